@@ -1,0 +1,1032 @@
+#!/usr/bin/env python3
+"""Portico's side-by-side benchmark: origin direct, Portico, HAProxy and NGINX in one run.
+
+Standard library only. Entry point: ``bench/run`` (see bench/README.md). What it does:
+
+1. installs wrk, nginx, libnginx-mod-stream and haproxy from Debian's packages when missing,
+   without letting apt start them as system services;
+2. lays out a scratch RUNDIR (bench/rundir/) and copies ../shared/bench's configs into it with
+   RUNDIR substituted;
+3. starts the origins (nginx, 127.0.0.1:9001-9003) on the load core (1);
+4. for each target in turn: starts it pinned to the proxy core (0), checks one request per path,
+   runs wrk (pinned to core 1) per path, reading the target's process-tree CPU time from
+   /proc/<pid>/stat before and after, and sampling its process-tree RSS meanwhile; stops it;
+5. prints one Markdown table (and writes bench/RESULTS.md with --write);
+6. stops everything it started, by PID, on success, error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+RUNDIR = BENCH / "rundir"  # not bench/run/: that name is the entry script
+SHARED = REPO.parent / "shared" / "bench"  # read-only; never written
+RESULTS = BENCH / "RESULTS.md"
+PORTICO_BIN = REPO / ".venv" / "bin" / "portico"
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+PROXY_CORE = 0
+LOAD_CORE = 1 if (os.cpu_count() or 1) >= 2 else 0
+
+ORIGIN_PORTS = (9001, 9002, 9003)
+PATHS = {"small": ("/small", 5), "16k": ("/16k", 16 * 1024), "1m": ("/1m", 1024 * 1024)}
+TARGETS = ("origin", "portico", "haproxy", "nginx")
+
+START_TIMEOUT = 10.0  # seconds for a target's port to accept connections
+STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
+CHECK_TIMEOUT = 5.0  # seconds for the one-request sanity check per path
+WRK_GRACE = 15.0  # seconds past wrk's own -d before it is killed
+RSS_INTERVAL = 0.1  # seconds between RSS samples
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+PORTICO_YAML = """\
+workers: 1
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    protocol: http
+    default_pool: app
+{l4_listener}pools:
+  app:
+    policy: round_robin
+    servers:
+      - address: 127.0.0.1:9001
+      - address: 127.0.0.1:9002
+      - address: 127.0.0.1:9003
+"""
+# Hook for Portico's L4 row (--portico-l4): a TCP listener on :8085 over the same pool. The schema
+# for it is a guess until Portico's L4 proxy exists; adjust here when it lands.
+PORTICO_L4_LISTENER = """\
+  - name: tcp
+    bind: 127.0.0.1:8085
+    protocol: tcp
+    default_pool: app
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGTERM/SIGHUP handler so every finally: block runs (BaseException, like
+    KeyboardInterrupt, so no `except Exception` turns it into a row's error)."""
+
+
+# --------------------------------------------------------------------------- /proc readers
+
+
+def _proc_table() -> dict[int, list[bytes]]:
+    """pid -> the fields of /proc/<pid>/stat after the command name (field 3 is index 0)."""
+    table: dict[int, list[bytes]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        table[int(name)] = data[data.rindex(b")") + 2 :].split()
+    return table
+
+
+def process_tree(root: int, table: dict[int, list[bytes]] | None = None) -> list[int]:
+    """root and all its descendants that are alive now."""
+    table = _proc_table() if table is None else table
+    if root not in table:
+        return []
+    children: dict[int, list[int]] = {}
+    for pid, fields in table.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime (+ cutime+cstime, so reaped children still count) over root's process tree."""
+    table = _proc_table()
+    ticks = 0
+    for pid in process_tree(root, table):
+        f = table[pid]
+        ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return ticks / CLK_TCK
+
+
+def tree_rss_kib(root: int) -> int:
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def core_busy_ticks(core: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one core from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + (v[4] if len(v) > 4 else 0)
+                return sum(v) - idle, sum(v)
+    return 0, 0
+
+
+class RssSampler:
+    """Samples the process tree's summed VmRSS in a thread; keeps the peak."""
+
+    def __init__(self, root: int) -> None:
+        self.root, self.peak_kib = root, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak_kib = max(self.peak_kib, tree_rss_kib(self.root))
+            if self._stop.wait(RSS_INTERVAL):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.peak_kib = max(self.peak_kib, tree_rss_kib(self.root))
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    logfile: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self) -> str:
+        """The last line of its output (a traceback's exception, nginx's [emerg]) and where the
+        rest is."""
+        try:
+            lines = self.logfile.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = lines[-1].strip() if lines else "no output"
+        return f"{last} (see {self.logfile.relative_to(REPO)})"
+
+
+STARTED: list[Proc] = []  # every long-running process this harness started, stopped in finally
+
+
+def spawn(name: str, argv: list[str], core: int) -> Proc:
+    logfile = RUNDIR / "logs" / f"{name}.out"
+    with open(logfile, "ab") as out:
+        popen = subprocess.Popen(
+            ["taskset", "-c", str(core), *argv],  # taskset execs: the pid is the program's own
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the harness only; it stops them in order
+            cwd=RUNDIR,
+        )
+    proc = Proc(name, popen, logfile)
+    STARTED.append(proc)
+    log(f"started {name} (pid {proc.pid}, core {core}): {shlex.join(argv)}")
+    return proc
+
+
+def stop(proc: Proc) -> None:
+    """SIGTERM the process, SIGKILL its tree (and its own process group) after STOP_TIMEOUT."""
+    if proc in STARTED:
+        STARTED.remove(proc)
+    if proc.popen.poll() is not None:
+        return
+    tree = process_tree(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.popen.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        log(f"{proc.name} (pid {proc.pid}) ignored SIGTERM for {STOP_TIMEOUT:.0f}s: SIGKILL")
+    # Children may outlive their parent by a moment; give them the same deadline, then kill.
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.05)
+    for pid in tree:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its own group (start_new_session): only ours
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.popen.wait(timeout=STOP_TIMEOUT)
+    log(f"stopped {proc.name} (pid {proc.pid})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def stop_all() -> None:
+    for proc in reversed(list(STARTED)):
+        try:
+            stop(proc)
+        except Exception as exc:
+            log(f"could not stop {proc.name} (pid {proc.pid}): {exc}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for_port(proc: Proc, port: int, timeout: float = START_TIMEOUT) -> None:
+    """Poll a TCP connect until the port accepts, the process exits, or timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(
+                f"{proc.name} exited with code {proc.popen.returncode}: {proc.log_tail()}"
+            )
+        if port_open(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"{proc.name} did not accept on :{port} within {timeout:.0f}s: {proc.log_tail()}"
+    )
+
+
+def check_affinity(proc: Proc, core: int) -> None:
+    for pid in process_tree(proc.pid):
+        with contextlib.suppress(OSError):
+            cpus = os.sched_getaffinity(pid)
+            if cpus != {core}:
+                log(f"warning: {proc.name} pid {pid} runs on cores {sorted(cpus)}, not {core}")
+
+
+def check_response(port: int, path: str, size: int) -> None:
+    """One GET through the target: 200 and the expected body length, or an error."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CHECK_TIMEOUT)
+    try:
+        conn.request("GET", path, headers={"Host": "localhost"})
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200 or len(body) != size:
+        raise RuntimeError(
+            f"GET {path} gave {resp.status} with {len(body)} bytes (expected 200 with {size})"
+        )
+
+
+# --------------------------------------------------------------------------- installation
+
+PACKAGES = {  # Debian package -> a file it installs
+    "wrk": "wrk",
+    "nginx": "nginx",
+    "libnginx-mod-stream": str(STREAM_MODULE),
+    "haproxy": "haproxy",
+}
+SERVICE_PORTS = (80, 8080, 8081, 8082, 8083, 8084)
+
+
+def have(thing: str) -> bool:
+    if thing.startswith("/"):
+        return Path(thing).exists()
+    return shutil.which(thing) is not None or Path("/usr/sbin", thing).exists()
+
+
+def _pids_named(*names: str) -> set[int]:
+    pids = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                comm = Path(f"/proc/{name}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in names:
+                pids.add(int(name))
+    return pids
+
+
+def install_missing() -> None:
+    missing = [pkg for pkg, probe in PACKAGES.items() if not have(probe)]
+    if not missing:
+        return
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if not shutil.which("sudo"):
+            log(f"missing {' '.join(missing)} and not root: install them with apt-get")
+            return
+        prefix = ["sudo", "-n"]
+    log(f"installing from Debian's packages: {' '.join(missing)}")
+    before = _pids_named("nginx", "haproxy")
+    # policy-rc.d exiting 101 tells invoke-rc.d/deb-systemd-invoke not to start services.
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = False
+    if not policy.exists() and os.geteuid() == 0:
+        policy.write_text(
+            "#!/bin/sh\n# written by portico bench/run during apt-get install\nexit 101\n"
+        )
+        policy.chmod(0o755)
+        made_policy = True
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        subprocess.run(
+            [*prefix, "apt-get", "update", "-q"],
+            env=env,
+            check=False,
+            timeout=300,
+            stdout=subprocess.DEVNULL,
+        )
+        res = subprocess.run(
+            [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+            env=env,
+            check=False,
+            timeout=600,
+            stdout=subprocess.DEVNULL,
+        )
+        if res.returncode != 0:
+            log(f"apt-get install exited {res.returncode}; going on with what is installed")
+    except subprocess.TimeoutExpired:
+        log("apt-get timed out; going on with what is installed")
+    finally:
+        if made_policy:
+            policy.unlink(missing_ok=True)
+    # Keep the services apt just installed from starting at boot (the package enables them),
+    # and stop any the install started anyway: exactly the new processes, by PID.
+    systemd = Path("/run/systemd/system").is_dir()
+    for svc in ("nginx", "haproxy"):
+        if svc not in missing:
+            continue
+        if systemd:
+            argv = [*prefix, "systemctl", "disable", "--now", svc]
+        elif shutil.which("update-rc.d"):
+            argv = [*prefix, "update-rc.d", svc, "disable"]
+        else:
+            continue
+        subprocess.run(argv, check=False, timeout=60, capture_output=True)
+    started = _pids_named("nginx", "haproxy") - before
+    for pid in sorted(started):
+        log(f"stopping system service process {pid} started by apt-get install")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
+        time.sleep(0.1)
+    for pid in started:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    held = [p for p in SERVICE_PORTS if port_open(p)]
+    if held:
+        log(f"warning: ports {held} are held by something this harness did not start")
+
+
+# --------------------------------------------------------------------------- RUNDIR
+
+
+def prepare_rundir(portico_l4: bool) -> None:
+    if not SHARED.is_dir():
+        raise SystemExit(f"shared bench configs not found at {SHARED}")
+    if RUNDIR.exists():
+        for pidfile in (RUNDIR / "run").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text().split()[0])
+                if _alive(pid):
+                    log(f"warning: {pidfile} names live pid {pid} (left by an earlier run?)")
+        shutil.rmtree(RUNDIR)
+    for sub in ("www", "tmp", "logs", "run"):
+        (RUNDIR / sub).mkdir(parents=True)
+    pattern = bytes(range(32, 127))
+    for name, (_, size) in PATHS.items():
+        if name != "small":
+            (RUNDIR / "www" / name).write_bytes((pattern * (size // len(pattern) + 1))[:size])
+    rundir = str(RUNDIR)
+    for conf in ("nginx-backends.conf", "nginx-proxy.conf", "haproxy.cfg"):
+        text = (SHARED / conf).read_text().replace("RUNDIR", rundir)
+        if conf == "nginx-proxy.conf" and not make_cert():
+            text = drop_server_block(text, "listen 127.0.0.1:8443")
+            log("openssl not found: the :8443 TLS server is left out of nginx-proxy.conf")
+        (RUNDIR / conf).write_text(text)
+    (RUNDIR / "portico.yaml").write_text(
+        PORTICO_YAML.format(l4_listener=PORTICO_L4_LISTENER if portico_l4 else "")
+    )
+
+
+def make_cert() -> bool:
+    """Self-signed cert for nginx-proxy.conf's :8443 server (not benchmarked here)."""
+    if not shutil.which("openssl"):
+        return False
+    tls = RUNDIR / "tls"
+    tls.mkdir()
+    res = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(tls / "key.pem"),
+            "-out",
+            str(tls / "cert.pem"),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return res.returncode == 0
+
+
+def drop_server_block(text: str, marker: str) -> str:
+    at = text.index(marker)
+    start = text.rindex("server {", 0, at)
+    depth, i = 0, start
+    while True:
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[:start] + text[i + 1 :]
+        i += 1
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    key: str  # origin | portico | haproxy | nginx
+    label: str
+    start: Callable[[], Proc]
+    l7_port: int
+    l4_port: int | None = None  # None: no L4 row for this target
+    l4_note: str = ""  # why there is no L4 row
+
+
+def nginx_argv(conf: str, errlog: str) -> list[str]:
+    return [
+        "nginx",
+        "-p",
+        f"{RUNDIR}/",
+        "-e",
+        str(RUNDIR / "logs" / errlog),
+        "-c",
+        str(RUNDIR / conf),
+        "-g",
+        "daemon off;",
+    ]
+
+
+def make_targets(args: argparse.Namespace) -> list[Target]:
+    def start_origin() -> Proc:
+        raise AssertionError("the origins run for the whole benchmark")
+
+    def start_portico() -> Proc:
+        if not args.portico_bin.exists():
+            raise RuntimeError(f"{args.portico_bin} not found (pip install -e . in the venv?)")
+        return spawn(
+            "portico", [str(args.portico_bin), "run", str(RUNDIR / "portico.yaml")], PROXY_CORE
+        )
+
+    def start_haproxy() -> Proc:
+        if not have("haproxy"):
+            raise RuntimeError("haproxy is not installed")
+        return spawn("haproxy", ["haproxy", "-db", "-f", str(RUNDIR / "haproxy.cfg")], PROXY_CORE)
+
+    def start_nginx() -> Proc:
+        if not have("nginx") or not STREAM_MODULE.exists():
+            raise RuntimeError("nginx or libnginx-mod-stream is not installed")
+        return spawn(
+            "nginx-proxy", nginx_argv("nginx-proxy.conf", "nginx-proxy-error.log"), PROXY_CORE
+        )
+
+    return [
+        Target("origin", "origin (direct)", start_origin, ORIGIN_PORTS[0]),
+        Target(
+            "portico",
+            "Portico",
+            start_portico,
+            8080,
+            8085 if args.portico_l4 else None,
+            "not measured (Portico's L4 proxy is not built yet; try --portico-l4)",
+        ),
+        Target("haproxy", "HAProxy", start_haproxy, 8082, 8083),
+        Target("nginx", "NGINX", start_nginx, 8081, 8084),
+    ]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Row:
+    target: str  # Target.key
+    label: str
+    layer: str  # L7 | L4
+    path: str  # "small" | "16k" | "1m" | "*" for a target-wide error
+    error: str = ""
+    rps: float = 0.0
+    requests: int = 0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    rss_kib: int = 0
+    errors: int = 0
+    load_core_pct: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_pct(self) -> float:
+        return 100.0 * self.cpu_s / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.requests / self.cpu_s if self.cpu_s else 0.0
+
+
+def wrk_argv(args: argparse.Namespace, url: str, seconds: int) -> list[str]:
+    return [
+        "taskset",
+        "-c",
+        str(LOAD_CORE),
+        "wrk",
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{seconds}s",
+        "--latency",
+        url,
+    ]
+
+
+def run_wrk(argv: list[str], seconds: int) -> str:
+    """Run wrk bounded by its -d plus WRK_GRACE; return its stdout."""
+    popen = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    proc = Proc("wrk", popen, RUNDIR / "logs" / "wrk.out")
+    STARTED.append(proc)
+    try:
+        out, _ = popen.communicate(timeout=seconds + WRK_GRACE)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"wrk did not finish within {seconds + WRK_GRACE:.0f}s") from exc
+    finally:
+        stop(proc)
+    text = out.decode(errors="replace")
+    with open(proc.logfile, "a") as f:
+        f.write(f"$ {shlex.join(argv)}\n{text}\n")
+    if popen.returncode != 0:
+        raise RuntimeError(f"wrk exited {popen.returncode}: {text.strip()[-200:]}")
+    return text
+
+
+_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def _duration_us(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"unreadable wrk duration {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(text: str, row: Row) -> None:
+    def grab(pattern: str) -> re.Match[str]:
+        m = re.search(pattern, text, re.M)
+        if not m:
+            raise RuntimeError(f"wrk output lacks {pattern!r}: {text.strip()[-200:]}")
+        return m
+
+    row.rps = float(grab(r"^Requests/sec:\s+([\d.]+)").group(1))
+    row.requests = int(grab(r"^\s*(\d+) requests in ").group(1))
+    row.p50_us = _duration_us(grab(r"^\s+50%\s+(\S+)").group(1))
+    row.p99_us = _duration_us(grab(r"^\s+99%\s+(\S+)").group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    row.errors = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    row.errors += int(m.group(1)) if m else 0
+
+
+def measure(args: argparse.Namespace, server: Proc, row: Row, port: int) -> None:
+    path, size = PATHS[row.path]
+    check_response(port, path, size)
+    url = f"http://127.0.0.1:{port}{path}"
+    if args.warmup:
+        run_wrk(wrk_argv(args, url, args.warmup), args.warmup)
+    argv = wrk_argv(args, url, args.duration)
+    busy0, total0 = core_busy_ticks(LOAD_CORE)
+    with RssSampler(server.pid) as rss:
+        cpu0, t0 = tree_cpu_seconds(server.pid), time.monotonic()
+        out = run_wrk(argv, args.duration)
+        cpu1, t1 = tree_cpu_seconds(server.pid), time.monotonic()
+    busy1, total1 = core_busy_ticks(LOAD_CORE)
+    parse_wrk(out, row)
+    row.cpu_s, row.wall_s, row.rss_kib = cpu1 - cpu0, t1 - t0, rss.peak_kib
+    row.load_core_pct = 100.0 * (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
+    log(
+        f"  {row.label} {row.layer} {path}: {row.rps:,.0f} req/s, proxy CPU {row.cpu_pct:.0f}%, "
+        f"{row.per_cpu_s:,.0f} req/CPU-s, load core {row.load_core_pct:.0f}% busy, "
+        f"{row.errors} errors"
+    )
+
+
+def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[Row]:
+    layers: list[tuple[str, int | None]] = [("L7", target.l7_port)]
+    if args.l4 and target.key != "origin":
+        layers.append(("L4", target.l4_port))
+    rows: list[Row] = []
+    if target.key == "origin":
+        server = origins
+    else:
+        ports = [p for _, p in layers if p is not None]
+        busy = [p for p in ports if port_open(p)]
+        try:
+            if busy:
+                raise RuntimeError(
+                    f"port(s) {busy} already in use by a process this harness did not start"
+                )
+            server = target.start()
+            try:
+                for p in ports:
+                    wait_for_port(server, p)
+            except Exception:
+                stop(server)
+                raise
+        except Exception as exc:
+            log(f"{target.label}: not available: {exc}")
+            return [
+                Row(target.key, target.label, layer, "*", error=f"not available (error: {exc})")
+                for layer, _ in layers
+            ]
+        check_affinity(server, PROXY_CORE)
+    try:
+        for layer, port in layers:
+            if port is None:
+                rows.append(Row(target.key, target.label, layer, "*", error=target.l4_note))
+                continue
+            for name in args.paths:
+                row = Row(target.key, target.label, layer, name)
+                try:
+                    measure(args, server, row, port)
+                except (RuntimeError, OSError, http.client.HTTPException, ValueError) as exc:
+                    row.error = f"failed (error: {exc})"
+                    log(f"  {target.label} {layer} {name}: {row.error}")
+                rows.append(row)
+                if server.popen.poll() is not None:
+                    raise RuntimeError(f"{target.label} exited: {server.log_tail()}")
+    except RuntimeError as exc:
+        done = {(r.layer, r.path) for r in rows}
+        rows += [
+            Row(target.key, target.label, layer, name, error=f"not available (error: {exc})")
+            for layer, port in layers
+            if port is not None
+            for name in args.paths
+            if (layer, name) not in done
+        ]
+    finally:
+        if server is not origins:
+            stop(server)
+    return rows
+
+
+# --------------------------------------------------------------------------- reporting
+
+COLUMNS = (
+    "target",
+    "path",
+    "requests/s",
+    "p50",
+    "p99",
+    "proxy CPU %",
+    "requests per proxy CPU-second",
+    "Portico ÷ HAProxy (per CPU-s)",
+    "peak RSS",
+    "errors",
+)
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms"
+
+
+def render_table(rows: list[Row], paths: list[str]) -> str:
+    order = {k: i for i, k in enumerate(TARGETS)}
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            r.layer != "L7",
+            paths.index(r.path) if r.path in paths else len(paths),  # "all": after the rest
+            order[r.target],
+        ),
+    )
+    haproxy = {
+        (r.layer, r.path): r.per_cpu_s
+        for r in rows
+        if r.target == "haproxy" and not r.error and r.per_cpu_s
+    }
+    lines = []
+    for r in rows:
+        label = r.label if r.target == "origin" else f"{r.label} {r.layer}"
+        path = PATHS[r.path][0] if r.path in PATHS else "all"
+        if r.error:
+            cells = [label, path, r.error.replace("|", "/"), *["—"] * (len(COLUMNS) - 3)]
+        else:
+            ratio = ""
+            if r.target == "portico":
+                base = haproxy.get((r.layer, r.path))
+                ratio = f"{r.per_cpu_s / base:.2f}x" if base else "— (no HAProxy row)"
+            cells = [
+                label,
+                path,
+                f"{r.rps:,.0f}",
+                _ms(r.p50_us),
+                _ms(r.p99_us),
+                f"{r.cpu_pct:.0f}%",
+                f"{r.per_cpu_s:,.0f}",
+                ratio,
+                f"{r.rss_kib / 1024:.1f} MiB",
+                str(r.errors),
+            ]
+        lines.append(cells)
+    widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in lines)) for i in range(len(COLUMNS))]
+    # The error text spans the columns after it; don't let it widen "requests/s" for every row.
+    widths[2] = max([len(COLUMNS[2])] + [len(c[2]) for c in lines if c[3] != "—"])
+    numeric = set(range(2, len(COLUMNS)))
+
+    def fmt(cells: list[str] | tuple[str, ...]) -> str:
+        out = [
+            c.rjust(widths[i]) if i in numeric and cells is not COLUMNS else c.ljust(widths[i])
+            for i, c in enumerate(cells)
+        ]
+        return "| " + " | ".join(out) + " |"
+
+    sep = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)
+        )
+        + "|"
+    )
+    return "\n".join([fmt(COLUMNS), sep, *(fmt(c) for c in lines)])
+
+
+def footnotes(rows: list[Row]) -> str:
+    notes = [
+        "- proxy CPU: utime+stime of the target's whole process tree (from /proc/<pid>/stat) "
+        "during the wrk run, as a share of one core; requests per proxy CPU-second = requests "
+        "completed ÷ those CPU seconds.",
+        "- errors: wrk's socket errors (connect/read/write/timeout) plus non-2xx/3xx responses.",
+    ]
+    if any(r.target == "origin" and not r.error for r in rows):
+        notes.append(
+            "- origin (direct): its CPU and RSS columns are the origin nginx's own (it shares "
+            "the load core with wrk)."
+        )
+    busy = [r.load_core_pct for r in rows if not r.error]
+    if busy:
+        notes.append(
+            f"- load core (wrk + origins) busy: {min(busy):.0f} to {max(busy):.0f}% "
+            "across rows; at ~100% requests/s is capped by the load generator, not the "
+            "proxy, which is why requests per proxy CPU-second is the figure to compare."
+        )
+    return "\n".join(notes)
+
+
+def versions() -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return f"{argv[0]} not installed"
+        lines = (res.stdout + res.stderr).strip().splitlines()
+        return lines[0] if lines else argv[0]
+
+    return {
+        "wrk": first_line(["wrk", "-v"]),
+        "nginx": first_line(["nginx", "-v"]),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "python": sys.version.split()[0],
+    }
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def write_results(table: str, notes: str, args: argparse.Namespace, started: dt.datetime) -> None:
+    uname = " ".join(os.uname())
+    v = versions()
+    wrk_cmd = shlex.join(wrk_argv(args, "http://127.0.0.1:<port><path>", args.duration))
+    text = f"""# Portico benchmark results
+
+Written by `bench/run {shlex.join(sys.argv[1:])}`; see bench/README.md for what the columns mean.
+
+- date: {started.strftime("%Y-%m-%d %H:%M:%S %Z")}
+- machine: `{uname}`
+- CPU: {cpu_model()}, {os.cpu_count()} cores; proxy pinned to core {PROXY_CORE}, wrk and
+  origins to core {LOAD_CORE}
+- load: `{wrk_cmd}` per row (after a {args.warmup}s warm-up run)
+- versions: {v["wrk"]}; {v["nginx"]}; {v["haproxy"]}; Python {v["python"]}
+
+{table}
+
+{notes}
+"""
+    RESULTS.write_text(text)
+    log(f"wrote {RESULTS}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument("--quick", action="store_true", help="3-second runs (overrides --duration)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="seconds of unmeasured wrk before each row (default 1; 0 = none)",
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default: all)",
+    )
+    p.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)} (default: all)",
+    )
+    p.add_argument(
+        "--l4",
+        action="store_true",
+        help="also measure L4 (TCP) proxying: HAProxy :8083, NGINX :8084",
+    )
+    p.add_argument(
+        "--portico-l4",
+        action="store_true",
+        help="with --l4: give Portico a TCP listener on :8085 and measure it",
+    )
+    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--write", action="store_true", help=f"also write {RESULTS.relative_to(REPO)}")
+    p.add_argument(
+        "--portico-bin",
+        type=Path,
+        default=PORTICO_BIN,
+        help="the portico command, run as CMD run RUNDIR/portico.yaml (default: the venv's)",
+    )
+    p.add_argument("--no-install", action="store_true", help="never run apt-get")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration = 3
+    if args.duration < 1 or args.duration > 600 or args.warmup < 0 or args.warmup > 60:
+        p.error("--duration must be 1..600 s and --warmup 0..60 s")
+    args.targets = _subset(p, "--targets", args.targets, TARGETS)
+    args.paths = _subset(p, "--paths", args.paths, tuple(PATHS))
+    return args
+
+
+def _subset(
+    p: argparse.ArgumentParser, flag: str, value: str, allowed: tuple[str, ...]
+) -> list[str]:
+    chosen = [v.strip().lower() for v in value.split(",") if v.strip()]
+    bad = [v for v in chosen if v not in allowed]
+    if bad or not chosen:
+        p.error(f"{flag}: unknown {bad}; choose from {','.join(allowed)}")
+    return [v for v in allowed if v in chosen]  # canonical order
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def cleanup_on_exit() -> Iterator[None]:
+    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C raises KeyboardInterrupt even when started from a shell that ignored SIGINT (`&`).
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        # Finish stopping even if Ctrl-C is pressed again.
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        stop_all()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    with contextlib.suppress(OSError):  # the harness itself stays off the proxy's core
+        os.sched_setaffinity(0, {LOAD_CORE})
+    with contextlib.suppress(
+        ValueError, OSError
+    ):  # room for 50 conns x 2 sides, nginx worker_connections 4096
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if LOAD_CORE == PROXY_CORE:
+        log("warning: one core only; proxy, wrk and origins share it")
+    if not args.no_install:
+        install_missing()
+    for tool in ("wrk", "nginx", "taskset"):
+        if not have(tool):
+            log(f"{tool} is required and not installed")
+            return 2
+    prepare_rundir(args.portico_l4)
+    busy = [p for p in ORIGIN_PORTS if port_open(p)]
+    if busy:
+        log(f"origin ports {busy} are in use by a process this harness did not start")
+        return 2
+
+    targets = [t for t in make_targets(args) if t.key in args.targets]
+    rows: list[Row] = []
+    try:
+        with cleanup_on_exit():
+            origins = spawn(
+                "origins", nginx_argv("nginx-backends.conf", "backends-error.log"), LOAD_CORE
+            )
+            for port in ORIGIN_PORTS:
+                wait_for_port(origins, port)
+            for target in targets:
+                log(f"measuring {target.label} ({args.duration}s per path)")
+                rows += run_target(args, target, origins)
+    except KeyboardInterrupt:
+        log("interrupted: everything started was stopped")
+        return 130
+    except Interrupted as exc:
+        log(f"{exc}: everything started was stopped")
+        return 143
+
+    table, notes = render_table(rows, args.paths), footnotes(rows)
+    print(table)
+    print()
+    print(notes)
+    if args.write:
+        write_results(table, notes, args, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

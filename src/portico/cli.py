@@ -1,0 +1,81 @@
+"""The `portico` command: run, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from portico import __version__
+from portico.config.load import ConfigError, parse_config
+
+
+def _read(path: str) -> tuple[str, str] | None:
+    try:
+        return Path(path).read_text(encoding="utf-8"), path
+    except OSError as exc:
+        print(f"portico: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _read(args.config)
+    if loaded is None:
+        return 2
+    text, filename = loaded
+    try:
+        config = parse_config(text, filename)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    pools = ", ".join(f"{name} ({len(p.servers)} servers)" for name, p in config.pools.items())
+    print(f"{filename}: OK: {len(config.listeners)} listener(s); pools: {pools}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _read(args.config)
+    if loaded is None:
+        return 2
+    text, filename = loaded
+    try:
+        config = parse_config(text, filename)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    from portico import supervisor
+
+    return supervisor.run(config, text, filename)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from portico.demo import run_demo
+
+    return run_demo(port=args.port, workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="portico", description="A load balancer and reverse proxy in Python."
+    )
+    parser.add_argument("--version", action="version", version=f"portico {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run from a config file")
+    run.add_argument("config", help="path to portico.yaml")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a config file and exit")
+    check.add_argument("config", help="path to portico.yaml")
+    check.set_defaults(func=cmd_check)
+    demo = sub.add_parser("demo", help="three demo backends behind Portico")
+    demo.add_argument("--port", type=int, default=8080, help="Portico's port (default 8080)")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    demo.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

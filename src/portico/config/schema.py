@@ -1,0 +1,448 @@
+"""The configuration model: what a valid Portico config file contains.
+
+This module owns the frozen pydantic models (one per YAML mapping, fields named exactly like
+the YAML keys), their defaults, the per-field rules, and the cross-reference rules between
+parts of the config (`check_references`). It is *pure*: it never reads files, never parses
+YAML and never formats errors with file names and lines; `load.py` does that.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal, NamedTuple, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from portico.config.units import (
+    Address,
+    BindAddress,
+    Duration,
+    DurationOrZero,
+    HostPort,
+    Size,
+    parse_address,
+    show,
+)
+
+__all__ = [
+    "DEFER_REFERENCES",
+    "MAX_WORKERS",
+    "POLICY_NAMES",
+    "Config",
+    "ForwardedHeaders",
+    "ListenerConfig",
+    "ListenerLimits",
+    "ListenerTimeouts",
+    "Loc",
+    "PolicyName",
+    "PoolConfig",
+    "PoolKeepalive",
+    "PoolTimeouts",
+    "ReferenceIssue",
+    "ServerConfig",
+    "check_references",
+    "format_loc",
+]
+
+MAX_WORKERS: Final = 64
+
+PolicyName = Literal[
+    "round_robin",
+    "weighted_round_robin",
+    "least_conn",
+    "random",
+    "p2c_ewma",
+    "ip_hash",
+    "consistent_hash",
+]
+"""Balancing policies, by the names they are registered under in `portico.balancing`."""
+
+POLICY_NAMES: Final[tuple[str, ...]] = get_args(PolicyName)
+
+DEFER_REFERENCES: Final = "portico.defer_references"
+"""Validation-context key: when true, `Config` skips `check_references` so that the caller
+(the loader) can run it and report each issue at its own path and line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Field rules
+
+
+def _reject_bool(value: object) -> object:
+    # YAML reads yes/no/on/off as booleans, and pydantic's lax int would turn them into 1 and 0.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, not {show(value)}")
+    return value
+
+
+def _between(low: int, high: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return check
+
+
+# Int field types limited to low..high, with one message naming both bounds.
+_NoBool = BeforeValidator(_reject_bool)
+_Backlog = Annotated[int, _NoBool, AfterValidator(_between(1, 65_535))]
+_MaxHeaders = Annotated[int, _NoBool, AfterValidator(_between(1, 10_000))]
+_Weight = Annotated[int, _NoBool, AfterValidator(_between(1, 256))]
+_MaxIdle = Annotated[int, _NoBool, AfterValidator(_between(0, 10_000))]
+_MaxRequests = Annotated[int, _NoBool, AfterValidator(_between(0, 2**31 - 1))]
+_Retries = Annotated[int, _NoBool, AfterValidator(_between(0, 10))]
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f'{show(value)} is not a valid name: use only letters, digits, "_", "." and "-"'
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+"""A listener or pool name: letters, digits, ``_``, ``.`` and ``-``."""
+
+# RFC 9110 token: the characters allowed in a header field name (and in a cookie name).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_HASH_KEY = re.compile(rf"client_ip|path|(?:header|cookie):{_TOKEN}")
+
+
+def _check_header_name(value: str) -> str:
+    if not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"{show(value)} is not a valid header name")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+
+
+def _check_hash_key(value: str) -> str:
+    if _HASH_KEY.fullmatch(value):
+        return value
+    kind, colon, name = value.partition(":")
+    if colon and kind in ("header", "cookie"):
+        raise ValueError(f"{show(name)} is not a valid {kind} name in {show(value)}")
+    raise ValueError(
+        f"{show(value)} is not a hash key: use client_ip, path, header:NAME or cookie:NAME"
+    )
+
+
+def _check_workers(value: object) -> object:
+    if value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ValueError(f'must be "auto" or a whole number from 1 to {MAX_WORKERS}, not {show(value)}')
+
+
+def _check_positive_size(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be more than 0 bytes")
+    return value
+
+
+PositiveSize = Annotated[Size, AfterValidator(_check_positive_size)]
+
+
+def _none_is_empty(empty: object) -> Callable[[object], object]:
+    """A section written as ``limits:`` with every line under it commented out is YAML null;
+    treat it as the empty section (all defaults) rather than as an error."""
+
+    def convert(value: object) -> object:
+        return empty if value is None else value
+
+    return convert
+
+
+_EMPTY_SECTION = BeforeValidator(_none_is_empty({}))
+_EMPTY_LIST = BeforeValidator(_none_is_empty(()))
+
+
+class _Model(BaseModel):
+    """Shared settings: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------
+# Listeners
+
+
+class ListenerLimits(_Model):
+    """Size limits on a client's request; over a limit, the listener answers with an error."""
+
+    max_request_line: PositiveSize = 8 * 1024  # longer request line -> 414
+    max_header_size: PositiveSize = 32 * 1024  # whole request head -> 431
+    max_headers: _MaxHeaders = 100  # more header fields -> 431
+    max_body_size: Size = 0  # 0 = unlimited; larger body -> 413
+
+
+class ListenerTimeouts(_Model):
+    """How long a client may keep the listener waiting, in seconds."""
+
+    header: Duration = 10.0  # a complete request head must arrive within this (slowloris)
+    keepalive: Duration = 75.0  # idle client connection between requests is closed after this
+    body: Duration = 60.0  # idle gap while receiving a request body
+    send: Duration = 60.0  # client not reading our response for this long -> closed
+
+
+class ForwardedHeaders(_Model):
+    """Which headers tell a server about the original client."""
+
+    x_forwarded: bool = True  # X-Forwarded-For / -Proto / -Host
+    forwarded: bool = True  # RFC 7239 Forwarded
+
+
+class ListenerConfig(_Model):
+    """One listening socket and how requests arriving on it are handled."""
+
+    name: Name
+    bind: BindAddress  # port 0: any free port (the ready line says which)
+    protocol: Literal["http"] = "http"
+    default_pool: Name
+    backlog: _Backlog = 1024
+    limits: Annotated[ListenerLimits, _EMPTY_SECTION] = Field(default_factory=ListenerLimits)
+    timeouts: Annotated[ListenerTimeouts, _EMPTY_SECTION] = Field(default_factory=ListenerTimeouts)
+    forwarded: Annotated[ForwardedHeaders, _EMPTY_SECTION] = Field(default_factory=ForwardedHeaders)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pools
+
+
+def _check_server_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty (leave it out to use the address)")
+    return value
+
+
+class ServerConfig(_Model):
+    """One server in a pool. `name` is always a string: when the file gives none, it is
+    the address as ``host:port``."""
+
+    address: Address
+    weight: _Weight = 1
+    name: Annotated[str, AfterValidator(_check_server_name)] = ""  # "" only until filled in
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("name") is not None:
+            return data
+        try:
+            address = parse_address(data.get("address"))
+        except ValueError:
+            return data  # the address field reports it; no name error on top
+        return {**data, "name": str(address)}
+
+
+class PoolTimeouts(_Model):
+    """How long Portico waits on a pool's servers, in seconds."""
+
+    connect: Duration = 3.0  # TCP connect to a server
+    read: Duration = 30.0  # wait for the response head, and max gap between response bytes -> 504
+    write: Duration = 30.0  # server not accepting our request bytes for this long
+
+
+class PoolKeepalive(_Model):
+    """Reuse of idle connections to a pool's servers."""
+
+    max_idle: _MaxIdle = 32  # idle connections kept per server (0 = no reuse)
+    idle_timeout: Duration = 60.0  # an idle pooled connection is closed after this
+    max_requests: _MaxRequests = 0  # requests per connection (0 = unlimited)
+
+
+class PoolConfig(_Model):
+    """A named group of servers and how requests are spread over them."""
+
+    policy: PolicyName = "round_robin"
+    hash_key: Annotated[str, AfterValidator(_check_hash_key)] = "client_ip"
+    servers: tuple[ServerConfig, ...] = Field(min_length=1)
+    timeouts: Annotated[PoolTimeouts, _EMPTY_SECTION] = Field(default_factory=PoolTimeouts)
+    keepalive: Annotated[PoolKeepalive, _EMPTY_SECTION] = Field(default_factory=PoolKeepalive)
+    # Other servers tried after a connect failure, or after an idempotent request failed
+    # before any response byte arrived.
+    retries: _Retries = 1
+    hide_headers: Annotated[tuple[HeaderName, ...], _EMPTY_LIST] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole file
+
+
+class Config(_Model):
+    """A whole config file. Valid means every field is valid and every reference resolves."""
+
+    workers: Annotated[int | Literal["auto"], BeforeValidator(_check_workers)] = "auto"
+    shutdown_grace: DurationOrZero = 30.0  # in-flight requests may finish within this on stop
+    listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
+    pools: dict[Name, PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_references(self, info: ValidationInfo) -> Self:
+        if info.context and info.context.get(DEFER_REFERENCES):
+            return self
+        issues = check_references(self)
+        if issues:
+            raise ValueError("; ".join(str(issue) for issue in issues))
+        return self
+
+    def worker_count(self, cpu_count: int | None = None) -> int:
+        """The number of worker processes to start: `workers`, or for ``auto`` the number of
+        CPUs this process may run on (`cpu_count` if given), capped at MAX_WORKERS."""
+        if isinstance(self.workers, int):
+            return self.workers
+        if cpu_count is None:
+            cpu_count = _usable_cpus()
+        return max(1, min(cpu_count, MAX_WORKERS))
+
+
+def _usable_cpus() -> int:
+    # sched_getaffinity honours taskset and container cpusets; os.cpu_count() does not.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - platforms without sched_getaffinity
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-references
+
+Loc = tuple[str | int, ...]
+"""A key path into the config, like ``("pools", "app", "servers", 1, "address")``."""
+
+
+class ReferenceIssue(NamedTuple):
+    """A rule between parts of the config that does not hold, at the key path `loc`."""
+
+    loc: Loc
+    message: str
+
+    def __str__(self) -> str:
+        return f"{format_loc(self.loc)}: {self.message}"
+
+
+def format_loc(loc: Loc) -> str:
+    """Write a key path the way the YAML reads: ``pools.app.servers[1].address``.
+
+    Keys that are not plain words (pool names with dots, say) are quoted:
+    ``pools["app.v2"].policy``.
+    """
+    out: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            out.append(f".{part}" if out else part)
+        else:
+            escaped = part.replace("\\", "\\\\").replace('"', '\\"')
+            out.append(f'["{escaped}"]')
+    return "".join(out)
+
+
+def check_references(config: Config) -> list[ReferenceIssue]:
+    """Return every broken rule between parts of `config`, in file order: a listener's
+    default_pool must name a pool, listener names and binds must be unique, and server names
+    must be unique within their pool. An empty list means the config is consistent."""
+    issues: list[ReferenceIssue] = []
+    pool_names = ", ".join(config.pools)
+
+    names: dict[str, int] = {}
+    binds: dict[HostPort, int] = {}
+    for i, listener in enumerate(config.listeners):
+        if listener.name in names:
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "name"),
+                    f'listener name "{listener.name}" is already used by '
+                    f"listeners[{names[listener.name]}]",
+                )
+            )
+        else:
+            names[listener.name] = i
+        clash = _bind_clash(listener.bind, binds) if listener.bind.port else None
+        if clash is not None:
+            k = binds[clash]
+            other = f'listener "{config.listeners[k].name}" (listeners[{k}])'
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "bind"),
+                    f"{listener.bind} is already bound by {other}"
+                    if clash == listener.bind
+                    else f"{listener.bind} overlaps {clash} of {other}",
+                )
+            )
+        else:
+            binds[listener.bind] = i
+        if listener.default_pool not in config.pools:
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "default_pool"),
+                    f'no pool named "{listener.default_pool}" (pools are: {pool_names})',
+                )
+            )
+
+    for pool_name, pool in config.pools.items():
+        seen: dict[str, int] = {}
+        for j, server in enumerate(pool.servers):
+            first = seen.setdefault(server.name, j)
+            if first == j:
+                continue
+            if pool.servers[first].address == server.address:
+                issues.append(
+                    ReferenceIssue(
+                        ("pools", pool_name, "servers", j, "address"),
+                        f"server {server.address} is listed twice (first as servers[{first}]):"
+                        " raise its weight instead, or give each entry its own name",
+                    )
+                )
+            else:
+                issues.append(
+                    ReferenceIssue(
+                        ("pools", pool_name, "servers", j, "name"),
+                        f'server name "{server.name}" is already used by servers[{first}]',
+                    )
+                )
+    return issues
+
+
+_WILDCARDS: Final = {"0.0.0.0": 4, "::": 6}
+
+
+def _bind_clash(bind: HostPort, taken: dict[HostPort, int]) -> HostPort | None:
+    """The already-taken bind that `bind` collides with, if any: the same host and port, or
+    the same port where one side is the wildcard address of the other's IP family."""
+    if bind in taken:
+        return bind
+    for other in taken:
+        if other.port != bind.port:
+            continue
+        for wild, side in ((other, bind), (bind, other)):
+            family = _WILDCARDS.get(wild.host)
+            if family is not None and _ip_family(side.host) == family:
+                return other
+    return None
+
+
+def _ip_family(host: str) -> int | None:
+    if ":" in host:
+        return 6
+    if re.fullmatch(r"[0-9.]+", host):
+        return 4
+    return None

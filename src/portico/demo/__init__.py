@@ -1,0 +1,53 @@
+"""`portico demo`: three demo backends and Portico in front of them, in one command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from portico.config.load import ConfigError, parse_config
+
+DEMO_CONFIG = """\
+# The demo: Portico on 127.0.0.1:{port} in front of three demo backends.
+workers: {workers}
+shutdown_grace: 5s
+listeners:
+  - name: web
+    bind: 127.0.0.1:{port}
+    protocol: http
+    default_pool: app
+pools:
+  app:
+    policy: round_robin
+    servers:
+      - address: 127.0.0.1:{b1}
+        name: backend-1
+      - address: 127.0.0.1:{b2}
+        name: backend-2
+      - address: 127.0.0.1:{b3}
+        name: backend-3
+"""
+
+
+def demo_config(port: int, workers: int, backend_ports: list[int]) -> str:
+    b1, b2, b3 = backend_ports
+    return DEMO_CONFIG.format(port=port, workers=workers, b1=b1, b2=b2, b3=b3)
+
+
+def run_demo(port: int = 8080, workers: int = 2, backend_ports: list[int] | None = None) -> int:
+    ports = backend_ports or [9001, 9002, 9003]
+    text = demo_config(port, workers, ports)
+    try:
+        config = parse_config(text, "<demo>")
+    except ConfigError as exc:  # pragma: no cover - the demo config is fixed
+        print(exc, file=sys.stderr)
+        return 1
+    backends = subprocess.Popen([sys.executable, "-m", "portico.demo.backends", *map(str, ports)])
+    try:
+        from portico import supervisor
+
+        print(f"portico demo: try  curl -i http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
+        return supervisor.run(config, text, "<demo>")
+    finally:
+        backends.terminate()
+        backends.wait(timeout=10)

@@ -1,0 +1,363 @@
+"""The client side of an HTTP/1.x listener: one protocol object per client connection.
+
+Owns: parsing requests with httptools (strict llhttp: no lenient flags, ever), the limits on
+what a client may send (414, 431, 413, 400), client timeouts, keep-alive and pipelining (answers
+in request order), and back-pressure from the client socket. A request that fails any check is
+answered here and never reaches a server. Where a request goes and how its response comes back
+is `portico.proxy.l7.Exchange`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from portico.http.errors import client_error
+from portico.http.headers import BodyKind, Header
+from portico.proxy.l7 import BLOCK_DONE, BLOCK_QUEUED, Exchange
+from portico.timers import Deadline
+from portico.upstreams.pool import Pool
+
+if TYPE_CHECKING:
+    from portico.worker import Worker
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListenerSettings:
+    """One listener's rules, resolved from the config once per config version."""
+
+    name: str
+    pool: Pool
+    max_request_line: int
+    max_header_size: int
+    max_headers: int
+    max_body_size: int  # 0 = unlimited
+    header_timeout: float
+    keepalive_timeout: float
+    body_timeout: float
+    send_timeout: float
+    x_forwarded: bool
+    forwarded: bool
+    proto: bytes = b"http"
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the status is on the connection."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse requests, hand each to an Exchange, answer in order."""
+
+    def __init__(self, settings: HttpListenerSettings, worker: Worker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.loop = worker.loop
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = "unknown"
+        self.write_paused = False
+        self.draining = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._deadline = Deadline(self.loop, self._on_timeout)
+        self._blocked = 0
+        self._closed = False
+        self._eof = False
+        # the request being parsed
+        self._url = b""
+        self._headers: list[Header] = []
+        self._head_size = 0
+        self._in_head = False
+        self._reading: Exchange | None = None
+        self._refuse_status = 400
+        # the request being answered, and those pipelined behind it
+        self.active: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._refusal: int | None = None  # answer owed once the queue is empty, then close
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0]
+        self.worker.remember(self)
+        self._deadline.set(self.settings.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._deadline.cancel()
+        self.worker.forget(self)
+        active, self.active = self.active, None
+        if active is not None:
+            active.client_gone()
+        for queued in self._queue:
+            queued.client_gone()
+        self._queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._blocked & BLOCK_DONE:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops after the head of an Upgrade request; its exchange was marked to close
+            self._block(BLOCK_DONE)
+        except httptools.HttpParserCallbackError:
+            self._refuse(self._refuse_status)
+        except httptools.HttpParserError:
+            self._refuse(400)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        # half-close: keep writing to answer what was asked, then close; if nothing is owed,
+        # returning False closes now
+        return self.active is not None or self._reading is not None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._deadline.set(self.settings.send_timeout)
+        active = self.active
+        if active is not None:
+            active.client_writable(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None:
+            self._deadline.clear()
+            self.active.client_writable(True)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._in_head = True
+        if self.active is None:
+            self._deadline.set(self.settings.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.settings.max_request_line:
+            self._refuse_status = 414
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        settings = self.settings
+        if self._head_size > settings.max_header_size or len(self._headers) >= settings.max_headers:
+            self._refuse_status = 431
+            raise _Refused
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        method: bytes = parser.get_method()
+        version: str = parser.get_http_version()
+        headers = self._headers
+        target = self._url
+        host: bytes | None = None
+        hosts = 0
+        kind = BodyKind.NONE
+        length = 0
+        te = b""
+        for name, value in headers:
+            low = name.lower()
+            if low == b"host":
+                host = value
+                hosts += 1
+            elif low == b"content-length":
+                kind = BodyKind.LENGTH
+                length = int(value)
+            elif low == b"transfer-encoding":
+                kind = BodyKind.CHUNKED
+                te = value
+        if method == b"CONNECT":
+            self._refuse_status = 405
+            raise _Refused
+        if target[:1] != b"/":
+            target, host = self._absolute_target(target, host)
+            hosts = max(hosts, 1)
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
+            raise _Refused
+        max_body = self.settings.max_body_size
+        if max_body and kind is BodyKind.LENGTH and length > max_body:
+            self._refuse_status = 413
+            raise _Refused
+        keep_alive: bool = parser.should_keep_alive()
+        if parser.should_upgrade():
+            # Upgrade (WebSocket, h2c) is not offered: answer the plain request, then close,
+            # since llhttp treats any bytes after this head as another protocol's.
+            if kind is not BodyKind.NONE:
+                self._refuse_status = 400
+                raise _Refused
+            keep_alive = False
+        if self._eof:
+            keep_alive = False
+        exchange = Exchange(
+            self, method, target, version, headers, host, keep_alive, kind, length, te
+        )
+        self._reading = exchange
+        self._in_head = False
+        self._url = b""
+        self._headers = []
+        self._deadline.clear()
+        if kind is not BodyKind.NONE and self.active is None:
+            self._deadline.set(self.settings.body_timeout)
+        if self.active is None:
+            self.active = exchange
+            exchange.start()
+        else:
+            self._queue.append(exchange)
+            self._block(BLOCK_QUEUED)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._reading
+        assert exchange is not None
+        exchange.received += len(body)
+        max_body = self.settings.max_body_size
+        if max_body and exchange.received > max_body:
+            self._refuse_status = 413
+            raise _Refused
+        if exchange is self.active and not self.write_paused:
+            self._deadline.set(self.settings.body_timeout)
+        exchange.request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._reading
+        self._reading = None
+        if exchange is not None:
+            exchange.request_end()
+        if self.active is None and not self._closed:
+            self._deadline.set(self.settings.keepalive_timeout)
+
+    # -- used by the exchange ----------------------------------------------------------------
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    def block_reading(self, reason: int) -> None:
+        self._block(reason)
+
+    def unblock_reading(self, reason: int) -> None:
+        self._unblock(reason)
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        """`exchange` has written its whole response: go on with the next request, or close."""
+        if exchange is not self.active:
+            return
+        self.active = None
+        if self._closed:
+            return
+        if not keep_alive or self.draining or not exchange.request_complete:
+            self.close()
+            return
+        self._deadline.clear()
+        if self._queue:
+            nxt = self._queue.popleft()
+            if not self._queue:
+                self._unblock(BLOCK_QUEUED)
+            self.active = nxt
+            if self.write_paused:
+                self._deadline.set(self.settings.send_timeout)
+            nxt.start()
+            return
+        if self._refusal is not None:
+            self.write(client_error(self._refusal))
+            self.close()
+            return
+        self._unblock(BLOCK_QUEUED)
+        if self._eof:
+            self.close()
+        elif self._reading is None:
+            self._deadline.set(self.settings.keepalive_timeout)
+
+    def close(self) -> None:
+        """Close after what was written is flushed."""
+        self._block(BLOCK_DONE)
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once: the response cannot be completed, so none is presented as complete."""
+        self._block(BLOCK_DONE)
+        if self.transport is not None and not self._closed:
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """Shutdown: finish the request in progress, then close; close now if idle."""
+        self.draining = True
+        if self.active is None and self._reading is None:
+            self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _absolute_target(self, target: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
+        """Absolute-form (RFC 9112 §3.2.2): its authority replaces Host; forward origin-form."""
+        if target == b"*":
+            return target, host
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            self._refuse_status = 400
+            raise _Refused from None
+        if not url.host or url.schema not in (b"http", b"https"):
+            self._refuse_status = 400
+            raise _Refused
+        authority = url.host if url.port is None else url.host + b":%d" % url.port
+        path = url.path or b"/"
+        if url.query:
+            path += b"?" + url.query
+        return path, authority
+
+    def _refuse(self, status: int) -> None:
+        """The request being parsed is bad: it is never forwarded; answer in order and close."""
+        self._block(BLOCK_DONE)
+        reading, self._reading = self._reading, None
+        if reading is not None and reading is self.active:
+            reading.refuse(status)
+            return
+        if reading is not None and reading in self._queue:
+            self._queue.remove(reading)
+        if self.active is None:
+            self.write(client_error(status))
+            self.close()
+        else:
+            self._refusal = status
+
+    def _block(self, reason: int) -> None:
+        if not self._blocked and self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+        self._blocked |= reason
+
+    def _unblock(self, reason: int) -> None:
+        if not self._blocked & reason:
+            return
+        self._blocked &= ~reason
+        if not self._blocked and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def _on_timeout(self) -> None:
+        if self._closed:
+            return
+        if self.write_paused:
+            self.abort()  # the client stopped reading our response
+        elif self._reading is not None:
+            if self._reading is self.active:
+                self._reading.refuse(408)
+            else:
+                self.abort()
+        elif self.active is None:
+            if self._in_head:
+                self.write(client_error(408))  # a head started and never finished
+            self.close()

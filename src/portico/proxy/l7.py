@@ -1,0 +1,427 @@
+"""One HTTP request's way through the proxy: pick a server, send, relay the answer back.
+
+Owns the request phases of an exchange: backend selection (through the pool's policy),
+reusing or opening a server connection, retrying elsewhere when that is safe, streaming the
+request body up and the response back with back-pressure both ways, re-framing bodies for the
+client, and the 502/503/504 answers. Never parses bytes (the listener and the upstream
+connection do) and never decides limits on what clients may send (the listener does).
+
+Safety rules for retries: a request is tried again on another server only when no byte of a
+response came back and the request can be replayed whole: after a failed connect, or after a
+reused keep-alive connection died under an idempotent request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from portico import tasks
+from portico.http.errors import client_error, upstream_error
+from portico.http.headers import (
+    FORWARDING_NAMES,
+    BodyKind,
+    Header,
+    connection_tokens,
+    end_to_end,
+    forwarding_headers,
+    header_value,
+    serialize_head,
+)
+from portico.upstreams.connections import UpstreamConnection
+
+if TYPE_CHECKING:
+    from portico.listeners.http import ClientConnection
+    from portico.upstreams.backend import BackendState
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
+_CHUNK_END = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+X_FORWARDED_NAMES = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+
+# Why an exchange asks its client connection to stop reading (one bit each).
+BLOCK_QUEUED = 1  # a pipelined request waits for the one before it
+BLOCK_UPSTREAM = 2  # the server is not taking the request body as fast as the client sends it
+BLOCK_PENDING = 4  # body bytes are buffered while the server connection is being set up
+BLOCK_DONE = 8  # nothing more will be read on this connection
+
+
+class Exchange:
+    """A request from one client and the response to it; implements `ResponseSink`."""
+
+    __slots__ = (
+        "_backend",
+        "_chunked_out",
+        "_client",
+        "_head",
+        "_pending",
+        "_pending_size",
+        "_replayable",
+        "_response_started",
+        "_reused",
+        "_sent_at",
+        "_stale_retried",
+        "_tried",
+        "_upstream",
+        "_upstream_head",
+        "body_kind",
+        "body_length",
+        "finished",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "received",
+        "request_complete",
+        "status",
+        "target",
+        "te",
+        "version",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[Header],
+        host: bytes | None,
+        keep_alive: bool,
+        body_kind: BodyKind,
+        body_length: int,
+        te: bytes,
+    ) -> None:
+        # the request, as parsed
+        self._client = client
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.host = host
+        self.keep_alive = keep_alive
+        self.body_kind = body_kind
+        self.body_length = body_length
+        self.te = te
+        self.received = 0
+        self.request_complete = body_kind is BodyKind.NONE
+        # the request body while no server connection is attached, kept for a replay
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._replayable = True
+        # the upstream side
+        self._backend: BackendState | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._upstream_head: bytes | None = None
+        self._tried: list[BackendState] = []
+        self._reused = False
+        self._stale_retried = False
+        self._sent_at = 0.0
+        # the response side
+        self._head: bytes | None = None  # staged, written with the first body bytes
+        self._chunked_out = False
+        self._response_started = False
+        self.status = 0
+        self.finished = False
+
+    # -- request phases ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Pick a backend and send the request to it (now if a pooled connection is free)."""
+        client = self._client
+        pool = client.settings.pool
+        backend = pool.select(self.headers, self.target, client.client_ip, self._tried)
+        if backend is None:
+            self._respond_error(502 if self._tried else 503)
+            return
+        self._backend = backend
+        backend.in_flight += 1
+        backend.requests += 1
+        conn = backend.take_idle()
+        if conn is not None:
+            self._reused = True
+            self._attach(conn)
+        else:
+            self._reused = False
+            tasks.spawn(self._connect(backend))
+
+    async def _connect(self, backend: BackendState) -> None:
+        settings = self._client.settings.pool.settings
+        loop = self._client.loop
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(
+                        backend, settings.read_timeout, settings.write_timeout
+                    ),
+                    backend.host,
+                    backend.port,
+                )
+        except (OSError, TimeoutError) as exc:
+            if self._backend is backend and not self.finished:
+                self._release_backend(failed=True)
+                self._tried.append(backend)
+                timed_out = isinstance(exc, TimeoutError)
+                self._retry_or_fail(504 if timed_out else 502, counts=True)
+            return
+        if self.finished or self._backend is not backend:
+            # the client left while we connected: keep the connection for someone else
+            if not backend.put_idle(conn, loop.time()):
+                conn.close()
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self._upstream = conn
+        head = self._upstream_head
+        if head is None:
+            head = self._upstream_head = self._build_upstream_head()
+        self._sent_at = self._client.loop.time()
+        conn.send(self, self.method, head)
+        if self._pending:
+            conn.writelines(self._framed(self._pending))
+        if self.request_complete and self.body_kind is BodyKind.CHUNKED:
+            conn.write(_CHUNK_END)
+        if self._client.write_paused:
+            conn.pause_reading()
+        self._client.unblock_reading(BLOCK_PENDING)
+
+    def _build_upstream_head(self) -> bytes:
+        """The request head re-serialised for the server: never the client's raw bytes."""
+        settings = self._client.settings
+        headers = self.headers
+        drop = connection_tokens(headers)
+        if settings.x_forwarded and settings.forwarded:
+            drop = drop | FORWARDING_NAMES
+        elif settings.x_forwarded:
+            drop = drop | X_FORWARDED_NAMES
+        elif settings.forwarded:
+            drop = drop | {b"forwarded"}
+        out = end_to_end(headers, drop)
+        if self.host is not None and header_value(headers, b"host") is None:
+            out.insert(0, (b"Host", self.host))  # from an absolute-form target
+        if settings.x_forwarded or settings.forwarded:
+            out.extend(
+                forwarding_headers(
+                    headers,
+                    self._client.client_ip,
+                    settings.proto,
+                    self.host,
+                    x_forwarded=settings.x_forwarded,
+                    forwarded=settings.forwarded,
+                )
+            )
+        if self.body_kind is BodyKind.LENGTH:
+            out.append((b"Content-Length", b"%d" % self.body_length))
+        elif self.body_kind is BodyKind.CHUNKED:
+            out.append((b"Transfer-Encoding", self.te))
+        return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out)
+
+    def _framed(self, chunks: list[bytes]) -> list[bytes | memoryview]:
+        if self.body_kind is not BodyKind.CHUNKED:
+            return list(chunks)
+        out: list[bytes | memoryview] = []
+        for chunk in chunks:
+            out += (b"%x\r\n" % len(chunk), chunk, _CRLF)
+        return out
+
+    # -- request body, from the client ---------------------------------------------------------
+
+    def request_body(self, chunk: bytes) -> None:
+        upstream = self._upstream
+        if upstream is not None:
+            if self._replayable:
+                # stream from now on: the body can no longer be replayed
+                self._replayable = False
+                self._pending = []
+            if self.body_kind is BodyKind.CHUNKED:
+                upstream.writelines([b"%x\r\n" % len(chunk), chunk, _CRLF])
+            else:
+                upstream.write(chunk)
+        elif not self.finished:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            if self._pending_size > REPLAY_LIMIT:
+                self._client.block_reading(BLOCK_PENDING)
+
+    def request_end(self) -> None:
+        self.request_complete = True
+        upstream = self._upstream
+        if upstream is not None and self.body_kind is BodyKind.CHUNKED:
+            upstream.write(_CHUNK_END)
+
+    def refuse(self, status: int) -> None:
+        """The request turned out bad while being forwarded (body too large, malformed, slow)."""
+        if self._response_started:
+            self._abort()
+            return
+        self._drop_upstream()
+        self._release_backend(failed=False)
+        self._client.write(client_error(status))
+        self.finished = True
+        self._client.exchange_done(self, False)
+
+    # -- response, from the server (ResponseSink) ----------------------------------------------
+
+    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
+        if self.version == "1.1" and status in (100, 103):
+            line = b"HTTP/1.1 %d %s" % (status, reason)
+            self._client.write(serialize_head(line, end_to_end(headers)))
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[Header], kind: BodyKind, length: int
+    ) -> None:
+        client = self._client
+        backend = self._backend
+        if backend is not None:
+            backend.observe_latency(client.loop.time() - self._sent_at)
+        self.status = status
+        pool_settings = client.settings.pool.settings
+        drop = connection_tokens(headers)
+        if pool_settings.hide_headers:
+            drop = drop | pool_settings.hide_headers
+        out = end_to_end(headers, drop)
+        is_11 = self.version == "1.1"
+        keep = self.keep_alive and not client.draining and self.request_complete
+        if kind is BodyKind.LENGTH:
+            out.append((b"Content-Length", b"%d" % length))
+        elif kind is BodyKind.NONE:
+            declared = header_value(headers, b"content-length")
+            if declared is not None and status >= 200:
+                out.append((b"Content-Length", declared))  # HEAD and 304 describe the GET body
+        elif is_11:
+            self._chunked_out = True
+            te = header_value(headers, b"transfer-encoding") if kind is BodyKind.CHUNKED else None
+            out.append((b"Transfer-Encoding", te or b"chunked"))
+        else:
+            keep = False  # an HTTP/1.0 client reads this body until the connection closes
+        if not keep:
+            self.keep_alive = False
+            out.append((b"Connection", b"close"))
+        elif not is_11:
+            out.append((b"Connection", b"keep-alive"))
+        self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, reason), out)
+
+    def on_response_body(self, data: bytes | memoryview) -> None:
+        client = self._client
+        head = self._head
+        if self._chunked_out:
+            if not data:
+                return
+            parts: list[bytes | memoryview] = [b"%x\r\n" % len(data), data, _CRLF]
+            if head is not None:
+                parts.insert(0, head)
+            client.writelines(parts)
+        elif head is not None:
+            client.writelines([head, data])
+        else:
+            client.write(data)
+        if head is not None:
+            self._head = None
+            self._response_started = True
+
+    def on_response_end(self) -> None:
+        client = self._client
+        head = self._head
+        if head is not None:
+            self._head = None
+            client.write(head + _CHUNK_END if self._chunked_out else head)
+        elif self._chunked_out:
+            client.write(_CHUNK_END)
+        self._response_started = True
+        upstream, self._upstream = self._upstream, None
+        backend = self._backend
+        self._release_backend(failed=False)
+        if upstream is not None:
+            upstream.detach()
+            settings = client.settings.pool.settings
+            if (
+                backend is None
+                or not self.request_complete
+                or not upstream.is_reusable()
+                or (settings.max_requests and upstream.requests >= settings.max_requests)
+                or not backend.put_idle(upstream, client.loop.time())
+            ):
+                upstream.close()
+        self.finished = True
+        client.exchange_done(self, self.keep_alive)
+
+    def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None:
+        self._upstream = None
+        backend = self._backend
+        self._release_backend(failed=True)
+        if self._response_started:
+            self._abort()  # never present a truncated body as complete
+            return
+        self._head = None
+        if got_bytes or not self._replayable:
+            self._respond_error(504 if timed_out else 502)
+            return
+        if self._reused and not self._stale_retried and self.method in IDEMPOTENT:
+            # a pooled connection the server had already given up on: not the server's fault
+            self._stale_retried = True
+            self.start()
+            return
+        if backend is not None:
+            self._tried.append(backend)
+        if self.method in IDEMPOTENT and not timed_out:
+            self._retry_or_fail(502, counts=True)
+        else:
+            self._respond_error(504 if timed_out else 502)
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self._client.unblock_reading(BLOCK_UPSTREAM)
+        else:
+            self._client.block_reading(BLOCK_UPSTREAM)
+
+    # -- from the client connection ------------------------------------------------------------
+
+    def client_writable(self, writable: bool) -> None:
+        upstream = self._upstream
+        if upstream is not None:
+            if writable:
+                upstream.resume_reading()
+            else:
+                upstream.pause_reading()
+
+    def client_gone(self) -> None:
+        self.finished = True
+        self._drop_upstream()
+        self._release_backend(failed=False)
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def _retry_or_fail(self, status: int, *, counts: bool) -> None:
+        retries = self._client.settings.pool.settings.retries
+        if self.finished:
+            return
+        if counts and len(self._tried) <= retries:
+            self.start()
+        else:
+            self._respond_error(status)
+
+    def _respond_error(self, status: int) -> None:
+        keep = self.keep_alive and self.request_complete and not self._client.draining
+        self._client.write(upstream_error(status, close=not keep))
+        self.status = status
+        self.finished = True
+        self._client.exchange_done(self, keep)
+
+    def _abort(self) -> None:
+        self.finished = True
+        self._drop_upstream()
+        self._client.abort()
+
+    def _drop_upstream(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.abort()
+
+    def _release_backend(self, *, failed: bool) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.in_flight -= 1
+            if failed:
+                backend.failures += 1

@@ -1,0 +1,59 @@
+"""A resettable deadline that is cheap to push back on the hot path.
+
+Connections re-arm their timeouts on every read; cancelling and re-creating a TimerHandle each
+time would allocate per read. Instead `set` only stores the new deadline when it is later than
+the one scheduled, and the handle, when it fires early, re-schedules itself for the remainder
+(the lazy-timer technique of NGINX's and HAProxy's timer wheels, in miniature).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class Deadline:
+    """Calls `callback` once `seconds` after the latest `set`, unless `clear`ed first."""
+
+    __slots__ = ("_callback", "_handle", "_loop", "_when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0  # 0.0 = not armed
+
+    def set(self, seconds: float) -> None:
+        when = self._loop.time() + seconds
+        self._when = when
+        handle = self._handle
+        if handle is None or handle.when() > when:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def clear(self) -> None:
+        """Disarm; the scheduled handle, if any, will wake once and do nothing."""
+        self._when = 0.0
+
+    def cancel(self) -> None:
+        """Disarm and drop the handle: for a connection that is going away."""
+        self._when = 0.0
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    @property
+    def armed(self) -> bool:
+        return self._when != 0.0
+
+    def _fire(self) -> None:
+        self._handle = None
+        when = self._when
+        if when == 0.0:
+            return
+        if self._loop.time() < when:
+            self._handle = self._loop.call_at(when, self._fire)
+            return
+        self._when = 0.0
+        self._callback()

@@ -1,0 +1,348 @@
+"""One HTTP/1.1 connection to a server: send a request head, read back the response.
+
+Owns the client side of the HTTP/1.1 codec towards servers: finding the response head, parsing
+it with httptools (strict llhttp), deciding the body's framing, and relaying body bytes to a
+`ResponseSink` with as little Python per byte as possible: a Content-Length or close-delimited
+body is never re-parsed, only counted; chunked bodies go through the C parser. Never decides
+where a request goes or what the client sees (the proxy does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol, cast
+
+import httptools
+
+from portico.http.headers import BodyKind, Header, connection_tokens, response_body_kind
+from portico.timers import Deadline
+
+if TYPE_CHECKING:
+    from portico.upstreams.backend import BackendState
+
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class UpstreamFailure(Exception):
+    """Why a response could not be read; `retryable` when the server saw nothing useful."""
+
+
+class ResponseSink(Protocol):
+    """What receives a response; the proxy's exchange implements it."""
+
+    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None: ...
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[Header], kind: BodyKind, length: int
+    ) -> None: ...
+
+    def on_response_body(self, data: bytes | memoryview) -> None: ...
+
+    def on_response_end(self) -> None: ...
+
+    def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None: ...
+
+    def on_upstream_writable(self, writable: bool) -> None: ...
+
+
+# response states
+_IDLE, _HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(6)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A keep-alive connection to one backend, carrying one request at a time."""
+
+    def __init__(self, backend: BackendState, read_timeout: float, write_timeout: float) -> None:
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.requests = 0
+        self.idle_since = 0.0
+        self.closed = False
+        self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
+        self._deadline: Deadline | None = None
+        self._paused_reading = False
+        self._write_blocked = False
+        # per-response state
+        self._state = _IDLE
+        self._method = b"GET"
+        self._buffer = b""
+        self._remaining = 0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: list[Header] = []
+        self._reason = b""
+        self._keep_alive = True
+        self._got_bytes = False
+        self._chunked_done = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._deadline = Deadline(asyncio.get_running_loop(), self._on_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        sink, self.sink = self.sink, None
+        state = self._state
+        self._state = _DONE
+        if sink is None:
+            return
+        if state == _CLOSE:
+            sink.on_response_end()
+        elif state != _IDLE:
+            sink.on_upstream_failed(
+                "server closed the connection" + (f" ({exc})" if exc else ""),
+                self._got_bytes,
+                False,
+            )
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: a half-closed server connection is never reused
+
+    def pause_writing(self) -> None:
+        self._write_blocked = True
+        if self._deadline is not None and self._state != _IDLE:
+            self._deadline.set(self._write_timeout)
+        if self.sink is not None:
+            self.sink.on_upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self.sink is not None:
+            self.sink.on_upstream_writable(True)
+            self._arm_read()
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == _LENGTH:
+            # the hot path of a download: count and forward, never parse
+            self._arm_read()
+            remaining = self._remaining
+            assert self.sink is not None
+            if len(data) < remaining:
+                self._remaining = remaining - len(data)
+                self.sink.on_response_body(data)
+                return
+            if len(data) > remaining:
+                self._keep_alive = False  # bytes beyond the response: the stream is corrupt
+                data = data[:remaining]
+            self._remaining = 0
+            self.sink.on_response_body(data)
+            self._finish()
+        elif state == _HEAD:
+            self._got_bytes = True
+            self._arm_read()
+            self._read_head(self._buffer + data if self._buffer else data)
+        elif state == _CHUNKED:
+            self._arm_read()
+            self._feed_chunked(data)
+        elif state == _CLOSE:
+            self._arm_read()
+            assert self.sink is not None
+            self.sink.on_response_body(data)
+        else:
+            # bytes while idle (a late 408, garbage): this connection cannot be trusted again
+            self.close()
+
+    # -- used by the proxy -------------------------------------------------------------------
+
+    def is_reusable(self) -> bool:
+        transport = self.transport
+        return (
+            not self.closed
+            and self._state == _IDLE
+            and self._keep_alive
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    def send(self, sink: ResponseSink, method: bytes, head: bytes) -> None:
+        """Start a request: write its head and expect a response for `sink`."""
+        self.sink = sink
+        self.requests += 1
+        self._method = method
+        self._state = _HEAD
+        self._buffer = b""
+        self._headers = []
+        self._got_bytes = False
+        self._chunked_done = False
+        assert self.transport is not None
+        self.transport.write(head)
+        self._arm_read()
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    def pause_reading(self) -> None:
+        """The client is not keeping up: stop reading so the server slows down, not our memory."""
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+            if self._deadline is not None:
+                self._deadline.clear()
+
+    def resume_reading(self) -> None:
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+            self._arm_read()
+
+    def detach(self) -> None:
+        """The exchange is over; the caller decides whether to pool or close."""
+        self.sink = None
+        if self._deadline is not None:
+            self._deadline.clear()
+
+    def close(self) -> None:
+        self.sink = None
+        self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.sink = None
+        self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- response head -----------------------------------------------------------------------
+
+    def _read_head(self, buffer: bytes) -> None:
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_RESPONSE_HEAD:
+                    self._fail("response head too large")
+                else:
+                    self._buffer = buffer
+                return
+            head_end = end + 4
+            self._buffer = b""
+            self._headers = []
+            self._reason = b""
+            parser = httptools.HttpResponseParser(self)
+            try:
+                parser.feed_data(buffer[:head_end] if head_end < len(buffer) else buffer)
+            except httptools.HttpParserError as exc:
+                self._fail(f"malformed response head: {exc}")
+                return
+            status = parser.get_status_code()
+            sink = self.sink
+            assert sink is not None
+            rest = buffer[head_end:]
+            if status < 200:
+                if status == 101:
+                    self._fail("unexpected 101 Switching Protocols")
+                    return
+                sink.on_interim(status, self._reason, self._headers)
+                if self.sink is None:
+                    return
+                buffer = rest
+                continue
+            kind, length = response_body_kind(self._method, status, self._headers)
+            tokens = connection_tokens(self._headers)
+            if parser.get_http_version() == "1.1":
+                self._keep_alive = b"close" not in tokens
+            else:
+                self._keep_alive = b"keep-alive" in tokens
+            sink.on_response_head(status, self._reason, self._headers, kind, length)
+            if self.sink is None:
+                return
+            if kind is BodyKind.LENGTH:
+                self._state = _LENGTH
+                self._remaining = length
+                if length == 0:
+                    if rest:
+                        self._keep_alive = False
+                    self._finish()
+                elif rest:
+                    self.data_received(rest)
+            elif kind is BodyKind.NONE:
+                if rest:
+                    self._keep_alive = False
+                self._finish()
+            elif kind is BodyKind.CHUNKED:
+                self._state = _CHUNKED
+                self._parser = parser
+                if rest:
+                    self._feed_chunked(rest)
+            else:
+                self._state = _CLOSE
+                self._keep_alive = False
+                if rest:
+                    sink.on_response_body(rest)
+            return
+
+    # httptools callbacks (the parser calls them by name)
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state == _HEAD:
+            self._headers.append((name, value))
+        # trailers of a chunked body are dropped: Portico does not forward trailer fields
+
+    def on_body(self, body: bytes) -> None:
+        if self._state == _CHUNKED and self.sink is not None:
+            self.sink.on_response_body(body)
+
+    def on_message_begin(self) -> None:
+        if self._state == _CHUNKED:
+            self._keep_alive = False  # a second message after the chunked one: never reuse
+
+    def on_message_complete(self) -> None:
+        if self._state == _CHUNKED:
+            self._chunked_done = True
+
+    def _feed_chunked(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self._chunked_done:
+                self._fail(f"malformed chunked body: {exc}")
+                return
+            self._keep_alive = False  # bytes after the final chunk
+        if self._chunked_done:
+            # finished only after the parser returned: the sink may reuse this connection at once
+            self._parser = None
+            self._finish()
+
+    # -- endings -----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        self._state = _IDLE
+        sink = self.sink
+        if sink is not None:
+            sink.on_response_end()
+
+    def _fail(self, reason: str, timed_out: bool = False) -> None:
+        sink = self.sink
+        got = self._got_bytes
+        self.abort()
+        self._state = _DONE
+        if sink is not None:
+            sink.on_upstream_failed(reason, got, timed_out)
+
+    def _arm_read(self) -> None:
+        if self._deadline is not None and not self._paused_reading:
+            self._deadline.set(self._write_timeout if self._write_blocked else self._read_timeout)
+
+    def _on_timeout(self) -> None:
+        if self._state in (_IDLE, _DONE):
+            return
+        self._fail("server timed out", timed_out=True)

@@ -1,0 +1,175 @@
+"""A data-plane worker process: accept connections on the inherited sockets and proxy them.
+
+Owns one event loop (uvloop when installed), the live pools of one config snapshot, and the
+client connections. Lifecycle: build (from the config the supervisor sends) → start (listen,
+report ready) → drain (stop accepting, let requests in flight finish, bounded by the grace
+time) → stop. Never binds sockets or reads the config file itself: the supervisor owns both, so
+workers can be replaced without closing a listening socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+
+from portico import channel, tasks
+from portico.config.load import parse_config
+from portico.config.schema import Config
+from portico.listeners.http import ClientConnection, HttpListenerSettings
+from portico.upstreams.pool import Pool
+
+log = logging.getLogger("portico.worker")
+
+IDLE_SWEEP_INTERVAL = 1.0
+
+
+def build_pools(config: Config, loop: asyncio.AbstractEventLoop) -> dict[str, Pool]:
+    rng = random.Random()
+    return {
+        name: Pool.from_config(name, pool, loop.time, rng) for name, pool in config.pools.items()
+    }
+
+
+def listener_settings(config: Config, pools: dict[str, Pool]) -> dict[str, HttpListenerSettings]:
+    out = {}
+    for listener in config.listeners:
+        limits, timeouts = listener.limits, listener.timeouts
+        out[listener.name] = HttpListenerSettings(
+            name=listener.name,
+            pool=pools[listener.default_pool],
+            max_request_line=limits.max_request_line,
+            max_header_size=limits.max_header_size,
+            max_headers=limits.max_headers,
+            max_body_size=limits.max_body_size,
+            header_timeout=timeouts.header,
+            keepalive_timeout=timeouts.keepalive,
+            body_timeout=timeouts.body,
+            send_timeout=timeouts.send,
+            x_forwarded=listener.forwarded.x_forwarded,
+            forwarded=listener.forwarded.forwarded,
+        )
+    return out
+
+
+class Worker:
+    """One worker's loop, servers and connections."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config: Config,
+        sockets: dict[str, socket.socket],
+    ) -> None:
+        self.loop = loop
+        self.config = config
+        self.sockets = sockets
+        self.connections: set[ClientConnection] = set()
+        self.pools = build_pools(config, loop)
+        self.settings = listener_settings(config, self.pools)
+        self.servers: list[asyncio.Server] = []
+        self.all_closed = asyncio.Event()  # set while no client connection is open
+
+    def forget(self, conn: ClientConnection) -> None:
+        """A client connection closed."""
+        self.connections.discard(conn)
+        if not self.connections:
+            self.all_closed.set()
+
+    def remember(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        self.all_closed.clear()
+
+    async def start(self) -> None:
+        for name, sock in self.sockets.items():
+            settings = self.settings[name]
+            server = await self.loop.create_server(
+                lambda settings=settings: ClientConnection(settings, self),  # type: ignore[misc]
+                sock=sock,
+            )
+            self.servers.append(server)
+        tasks.spawn(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL)
+            now = self.loop.time()
+            for pool in self.pools.values():
+                pool.close_idle(now - pool.settings.idle_timeout)
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish for at most `grace` seconds."""
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_closed.wait(), grace)
+        for conn in list(self.connections):
+            conn.abort()
+        for pool in self.pools.values():
+            pool.close_idle(float("inf"))
+
+
+async def _run(channel_fd: int, fds: dict[str, int]) -> int:
+    loop = asyncio.get_running_loop()
+    chan = socket.socket(fileno=channel_fd)
+    reader, writer = await asyncio.open_unix_connection(sock=chan)
+    first = await channel.receive(reader)
+    if first is None or first["type"] != "config":
+        log.error("no config from the supervisor")
+        return 1
+    config = parse_config(first["text"], first["filename"])
+    sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}
+    worker = Worker(loop, config, sockets)
+    await worker.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
+    writer.write(channel.encode("ready", pid=os.getpid()))
+    await writer.drain()
+
+    async def listen() -> None:
+        while True:
+            message = await channel.receive(reader)
+            if message is None or message["type"] == "stop":
+                stop.set()
+                return
+
+    tasks.spawn(listen())
+    await stop.wait()
+    await worker.drain(config.shutdown_grace)
+    tasks.cancel_all()
+    writer.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="portico-worker")
+    parser.add_argument("--channel", type=int, required=True)
+    parser.add_argument("--listen", action="append", default=[], help="NAME=FD")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s"
+    )
+    fds = {}
+    for item in args.listen:
+        name, _, fd = item.rpartition("=")
+        fds[name] = int(fd)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return int(uvloop.run(_run(args.channel, fds)))
+    return asyncio.run(_run(args.channel, fds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

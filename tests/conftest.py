@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import FakeBackend, Portico, pool_yaml
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., FakeBackend]]:
+    """Make FakeBackends that are stopped at the end of the test."""
+    made: list[FakeBackend] = []
+
+    def make(name: str, handler=None) -> FakeBackend:  # type: ignore[no-untyped-def]
+        backend = FakeBackend(name, handler)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.stop()
+
+
+@pytest.fixture
+def portico(tmp_path: Path) -> Iterator[Callable[..., Portico]]:
+    """Start `portico run` on a config; stopped (SIGTERM) at the end of the test."""
+    started: list[Portico] = []
+
+    def start(config: str) -> Portico:
+        proxy = Portico(config, tmp_path)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def simple_config(
+    backends: list[FakeBackend],
+    *,
+    policy: str = "round_robin",
+    extra_pool: str = "",
+    extra_listener: str = "",
+    top: str = "",
+) -> str:
+    """One listener on a free port in front of one pool of `backends`."""
+    return (
+        f"workers: 1\n{top}"
+        "listeners:\n"
+        "  - name: web\n"
+        "    bind: 127.0.0.1:0\n"
+        "    default_pool: app\n"
+        f"{extra_listener}"
+        "pools:\n"
+        "  app:\n"
+        f"    policy: {policy}\n"
+        f"{extra_pool}"
+        "    servers:\n" + pool_yaml(backends)
+    )

@@ -1,0 +1,446 @@
+"""Test doubles over real sockets: backends that record what they receive, and a running Portico.
+
+`FakeBackend` is a real HTTP/1.1 server on 127.0.0.1 (port chosen by the kernel), run on its own
+event loop in a thread so that plain synchronous tests can drive it. By default it answers
+`200` with `X-Backend: <name>` and the body `<name>`; a test passes `handler` to answer
+otherwise (status, headers, body as bytes or chunks, framing, or misbehaviour).
+`Portico` starts the real `portico run` command on an inline config and waits for its ready
+line, never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httptools
+
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class Seen:
+    """A request as a backend received it."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    raw_head: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+@dataclass
+class Reply:
+    """How a FakeBackend answers one request."""
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | Iterable[bytes] = b""
+    framing: str = "length"  # length | chunked | close | none (no framing header at all)
+    reason: str = "OK"
+    delay: float = 0.0  # seconds before the head is sent
+    interim: list[int] = field(default_factory=list)  # 1xx statuses sent first
+    action: str = ""  # "" | "close" (drop without answering) | "hang" | "truncate"
+    keep_alive: bool = True
+
+
+Handler = Callable[["Seen"], Reply]
+
+
+class _BackendProtocol(asyncio.Protocol):
+    def __init__(self, backend: FakeBackend) -> None:
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: Seen | None = None
+        self.head_bytes = b""
+        self.in_head = True
+        self.body: list[bytes] = []
+        self.queue: asyncio.Queue[Seen | None] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.backend.connections += 1
+        self.backend.open_connections += 1
+        self.task = asyncio.get_running_loop().create_task(self.serve())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.backend.open_connections -= 1
+        self.queue.put_nowait(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.backend.bytes_received += len(data)
+        if self.in_head:
+            self.head_bytes += data
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.backend.errors.append(data)
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.current = Seen("", "", "", [])
+        self.body = []
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        assert self.current is not None
+        self.current.target += url.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.current is not None
+        self.current.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        assert self.current is not None
+        self.current.method = self.parser.get_method().decode()
+        self.current.version = self.parser.get_http_version()
+        end = self.head_bytes.find(b"\r\n\r\n")
+        self.current.raw_head = self.head_bytes[: end + 4]
+        self.head_bytes = b""
+        self.in_head = False
+        with self.backend.lock:
+            self.backend.in_flight += 1
+            self.backend.max_in_flight = max(self.backend.max_in_flight, self.backend.in_flight)
+        self.backend.heads.append(self.current)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(bytes(body))
+        self.backend.body_bytes += len(body)
+        if self.backend.discard_body:
+            self.body.clear()
+
+    def on_message_complete(self) -> None:
+        assert self.current is not None
+        self.current.body = b"".join(self.body)
+        self.backend.seen.append(self.current)
+        self.queue.put_nowait(self.current)
+        self.in_head = True
+
+    async def serve(self) -> None:
+        while True:
+            seen = await self.queue.get()
+            if seen is None or self.transport is None:
+                return
+            reply = self.backend.handler(seen)
+            try:
+                await self.answer(seen, reply)
+            finally:
+                with self.backend.lock:
+                    self.backend.in_flight -= 1
+            if not reply.keep_alive or reply.framing == "close" or reply.action:
+                return
+
+    async def answer(self, seen: Seen, reply: Reply) -> None:
+        transport = self.transport
+        assert transport is not None
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.action == "close":
+            transport.close()
+            return
+        if reply.action == "hang":
+            await asyncio.Event().wait()
+        for status in reply.interim:
+            transport.write(f"HTTP/1.1 {status} Continue\r\n\r\n".encode())
+        chunks = [reply.body] if isinstance(reply.body, bytes) else list(reply.body)
+        total = sum(len(c) for c in chunks)
+        headers = [("X-Backend", self.backend.name), *reply.headers]
+        if reply.framing == "length":
+            headers.append(("Content-Length", str(total)))
+        elif reply.framing == "chunked":
+            headers.append(("Transfer-Encoding", "chunked"))
+        if not reply.keep_alive or reply.framing == "close":
+            headers.append(("Connection", "close"))
+        head = f"HTTP/1.1 {reply.status} {reply.reason}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        transport.write(head.encode("latin-1"))
+        no_body = seen.method == "HEAD" or reply.status in (204, 304)
+        for index, chunk in enumerate(chunks):
+            if no_body:
+                break
+            if reply.action == "truncate" and index == len(chunks) - 1:
+                await asyncio.sleep(0)
+                transport.abort()
+                return
+            if reply.framing == "chunked":
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            else:
+                transport.write(chunk)
+            await self.writable.wait()  # flow control: a slow reader slows this backend
+        if reply.framing == "chunked" and not no_body:
+            transport.write(b"0\r\n\r\n")
+        if reply.framing == "close":
+            transport.close()
+
+
+class FakeBackend:
+    """A real HTTP server on a free loopback port, in a thread; see the module docstring."""
+
+    def __init__(self, name: str, handler: Handler | None = None) -> None:
+        self.name = name
+        self.handler: Handler = handler or (lambda seen: Reply(body=name.encode()))
+        self.seen: list[Seen] = []  # complete requests
+        self.heads: list[Seen] = []  # every request head, even if its body never completed
+        self.errors: list[bytes] = []
+        self.connections = 0
+        self.open_connections = 0
+        self.bytes_received = 0
+        self.body_bytes = 0
+        self.discard_body = False
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.port = self._call(self._start())
+
+    def _call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+    async def _start(self) -> int:
+        self._server = await self.loop.create_server(lambda: _BackendProtocol(self), "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server.abort_clients()
+
+        with contextlib.suppress(Exception):
+            self._call(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+    def __enter__(self) -> FakeBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def pool_yaml(backends: Iterable[FakeBackend], indent: str = "      ") -> str:
+    return "".join(f"{indent}- address: {b.address}\n{indent}  name: {b.name}\n" for b in backends)
+
+
+class Portico:
+    """`portico run` on an inline config, as a user runs it; `url` once it said it is ready."""
+
+    def __init__(self, config: str, tmp_path: Path) -> None:
+        path = tmp_path / "portico.yaml"
+        path.write_text(config)
+        self.path = path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "portico", "run", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.stderr_lines: list[str] = []
+        self.ready_line = self._wait_ready()
+        ports = re.findall(r"http://[\d.]+:(\d+)", self.ready_line)
+        self.port = int(ports[0])
+        self.ports = [int(p) for p in ports]
+
+    def _wait_ready(self) -> str:
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=deadline - time.monotonic()):
+                line = key.fileobj.readline().decode()  # type: ignore[union-attr]
+                if key.fileobj is self.proc.stderr:
+                    if line:
+                        self.stderr_lines.append(line)
+                    continue
+                if line.startswith("portico: ready"):
+                    sel.close()
+                    self._drain_stderr()
+                    return line
+                if not line and self.proc.poll() is not None:
+                    raise RuntimeError("portico exited:\n" + "".join(self.stderr_lines))
+        raise RuntimeError("portico did not become ready:\n" + "".join(self.stderr_lines))
+
+    def _drain_stderr(self) -> None:
+        def pump() -> None:
+            assert self.proc.stderr is not None
+            for raw in self.proc.stderr:
+                self.stderr_lines.append(raw.decode(errors="replace"))
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(p) for p in out.stdout.split()]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(Exception):
+                    pipe.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Portico:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, limit: int = 1 << 24) -> bytes:
+    chunks = []
+    total = 0
+    while total < limit:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    version: str = "1.1"
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+class ResponseReader:
+    """Reads HTTP/1.1 responses one after another from a socket (httptools-parsed)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: list[Response] = []
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self.eof = False
+
+    def on_message_begin(self) -> None:
+        self._headers, self._body = [], []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        self.done.append(
+            Response(
+                self.parser.get_status_code(),
+                self._headers,
+                b"".join(self._body),
+                self.parser.get_http_version(),
+            )
+        )
+
+    def read(self, head_only: bool = False) -> Response:
+        """The next complete response; raises EOFError if the connection closes first."""
+        while not self.done:
+            data = self.sock.recv(65536)
+            if not data:
+                self.eof = True
+                with contextlib.suppress(httptools.HttpParserError):
+                    self.parser.feed_data(b"")
+                if not self.done:
+                    raise EOFError("connection closed before a complete response")
+                break
+            self.parser.feed_data(data)
+        return self.done.pop(0)
+
+
+def request(
+    port: int,
+    method: str = "GET",
+    target: str = "/",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> Response:
+    """One request on a fresh connection."""
+    with connect(port) as sock:
+        hdrs = {"Host": "test.local", **(headers or {})}
+        if body:
+            hdrs.setdefault("Content-Length", str(len(body)))
+        head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+        sock.sendall(head.encode() + b"\r\n" + body)
+        return ResponseReader(sock).read()
+
+
+def iter_chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
+    block = os.urandom(size)
+    sent = 0
+    while sent < total:
+        n = min(size, total - sent)
+        yield block[:n]
+        sent += n
