@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class Seen:
     headers: list[tuple[str, str]]
     body: bytes = b""
     raw_head: bytes = b""
+    connection: int = 0  # which of the backend's connections carried it (1 = the first)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -64,6 +66,14 @@ class Reply:
     interim: list[int] = field(default_factory=list)  # 1xx statuses sent first
     action: str = ""  # "" | "close" (drop without answering) | "hang" | "truncate"
     keep_alive: bool = True
+    # the body's size given up front: an iterable body is then streamed chunk by chunk as it is
+    # generated, never held whole (for bodies larger than memory should hold)
+    length: int | None = None
+    # close the connection right after this response without announcing it (no Connection:
+    # close): a server dropping a keep-alive connection that a proxy may still have pooled
+    silent_close: bool = False
+    raw: bytes = b""  # sent as is instead of a response (garbage, say), then the connection closes
+    trailers: list[tuple[str, str]] = field(default_factory=list)  # after a chunked body
 
 
 Handler = Callable[["Seen"], Reply]
@@ -85,14 +95,17 @@ class _BackendProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable.clear()
+        self.backend._flow_changed(blocked=True)
 
     def resume_writing(self) -> None:
         self.writable.set()
+        self.backend._flow_changed(blocked=False)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.backend.connections += 1
         self.backend.open_connections += 1
+        self.index = self.backend.connections
         self.task = asyncio.get_running_loop().create_task(self.serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -111,7 +124,7 @@ class _BackendProtocol(asyncio.Protocol):
                 self.transport.close()
 
     def on_message_begin(self) -> None:
-        self.current = Seen("", "", "", [])
+        self.current = Seen("", "", "", [], connection=self.index)
         self.body = []
         self.in_head = True
 
@@ -135,11 +148,18 @@ class _BackendProtocol(asyncio.Protocol):
             self.backend.in_flight += 1
             self.backend.max_in_flight = max(self.backend.max_in_flight, self.backend.in_flight)
         self.backend.heads.append(self.current)
+        expect = (self.current.header("Expect") or "").lower()
+        if self.backend.continue_on_expect and expect == "100-continue" and self.transport:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the body, as asked
+        if self.backend.hold_body and self.transport is not None:
+            self.transport.pause_reading()  # a server that does not take the body (yet)
+            self.backend._held.append(self)
 
     def on_body(self, body: bytes) -> None:
         self.body.append(bytes(body))
         self.backend.body_bytes += len(body)
         if self.backend.discard_body:
+            self.backend.body_crc = zlib.crc32(body, self.backend.body_crc)
             self.body.clear()
 
     def on_message_complete(self) -> None:
@@ -162,6 +182,8 @@ class _BackendProtocol(asyncio.Protocol):
                     self.backend.in_flight -= 1
             if not reply.keep_alive or reply.framing == "close" or reply.action:
                 return
+            if reply.silent_close or reply.raw:
+                return
 
     async def answer(self, seen: Seen, reply: Reply) -> None:
         transport = self.transport
@@ -173,10 +195,18 @@ class _BackendProtocol(asyncio.Protocol):
             return
         if reply.action == "hang":
             await asyncio.Event().wait()
+        if reply.raw:
+            transport.write(reply.raw)
+            transport.close()
+            return
         for status in reply.interim:
             transport.write(f"HTTP/1.1 {status} Continue\r\n\r\n".encode())
-        chunks = [reply.body] if isinstance(reply.body, bytes) else list(reply.body)
-        total = sum(len(c) for c in chunks)
+        chunks: Iterable[bytes]
+        if reply.length is not None and not isinstance(reply.body, bytes):
+            chunks, total, last = reply.body, reply.length, -1  # streamed as generated
+        else:
+            chunks = [reply.body] if isinstance(reply.body, bytes) else list(reply.body)
+            total, last = sum(len(c) for c in chunks), len(chunks) - 1
         headers = [("X-Backend", self.backend.name), *reply.headers]
         if reply.framing == "length":
             headers.append(("Content-Length", str(total)))
@@ -191,7 +221,7 @@ class _BackendProtocol(asyncio.Protocol):
         for index, chunk in enumerate(chunks):
             if no_body:
                 break
-            if reply.action == "truncate" and index == len(chunks) - 1:
+            if reply.action == "truncate" and index == last:
                 await asyncio.sleep(0)
                 transport.abort()
                 return
@@ -199,10 +229,12 @@ class _BackendProtocol(asyncio.Protocol):
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             else:
                 transport.write(chunk)
+            self.backend.body_bytes_sent += len(chunk)
             await self.writable.wait()  # flow control: a slow reader slows this backend
         if reply.framing == "chunked" and not no_body:
-            transport.write(b"0\r\n\r\n")
-        if reply.framing == "close":
+            trailer = "".join(f"{k}: {v}\r\n" for k, v in reply.trailers)
+            transport.write(b"0\r\n" + trailer.encode("latin-1") + b"\r\n")
+        if reply.framing == "close" or reply.silent_close:
             transport.close()
 
 
@@ -220,6 +252,15 @@ class FakeBackend:
         self.bytes_received = 0
         self.body_bytes = 0
         self.discard_body = False
+        self.continue_on_expect = False  # answer `Expect: 100-continue` with 100 at the head
+        self.body_crc = 0  # zlib.crc32 of the body bytes received while discard_body is set
+        self.body_bytes_sent = 0  # response body bytes handed to the socket
+        self.hold_body = False  # stop reading each request after its head, until release_body()
+        self._held: list[_BackendProtocol] = []
+        # flow control of the response writer, for wait_stalled()
+        self.write_blocked = False
+        self.flow_changes = 0
+        self._flow = threading.Condition()
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -239,6 +280,41 @@ class FakeBackend:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def _flow_changed(self, *, blocked: bool) -> None:
+        with self._flow:
+            self.write_blocked = blocked
+            self.flow_changes += 1
+            self._flow.notify_all()
+
+    def wait_stalled(self, quiet: float = 0.5, timeout: float = 15.0) -> bool:
+        """Wait until writing a response is held by flow control (the peer stopped reading) and
+        stays held for `quiet` seconds; False if that does not happen within `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._flow:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if not self._flow.wait_for(lambda: self.write_blocked, timeout=remaining):
+                    return False
+                seen = self.flow_changes
+                if not self._flow.wait_for(
+                    lambda seen=seen: self.flow_changes != seen,
+                    timeout=min(quiet, remaining),
+                ):
+                    return True
+
+    def release_body(self) -> None:
+        """Resume reading the requests held by `hold_body`."""
+
+        def resume() -> None:
+            for protocol in self._held:
+                if protocol.transport is not None and not protocol.transport.is_closing():
+                    protocol.transport.resume_reading()
+            self._held.clear()
+
+        self.loop.call_soon_threadsafe(resume)
 
     def stop(self) -> None:
         async def close() -> None:

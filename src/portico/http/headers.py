@@ -13,51 +13,12 @@ from enum import Enum
 
 Header = tuple[bytes, bytes]
 
-# Hop-by-hop: meaningful for one connection only, never forwarded (RFC 9110 §7.6.1).
-# Content-Length is here too because Portico re-frames every body itself.
+# Hop-by-hop: meaningful for one connection only, never forwarded (RFC 9110 §7.6.1), besides
+# those a Connection header lists. Content-Length and Transfer-Encoding are not forwarded either:
+# Portico re-frames every body itself.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
 )
-
-
-def header_value(headers: Sequence[Header], name: bytes) -> bytes | None:
-    """The first value of header `name` (lower-case), or None."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def connection_tokens(headers: Sequence[Header]) -> frozenset[bytes]:
-    """Lower-cased tokens of every Connection header: "close", "keep-alive", and header names
-    that the sender declared hop-by-hop for this connection."""
-    tokens: set[bytes] = set()
-    for key, value in headers:
-        if key.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens)
-
-
-def end_to_end(
-    headers: Iterable[Header], also_drop: frozenset[bytes] = frozenset()
-) -> list[Header]:
-    """The headers a proxy may forward: all but hop-by-hop ones and those named in `also_drop`
-    (lower-case; the Connection-listed names and any configured hidden headers)."""
-    out: list[Header] = []
-    for header in headers:
-        low = header[0].lower()
-        if low not in HOP_BY_HOP and low not in also_drop:
-            out.append(header)
-    return out
 
 
 class BodyKind(Enum):
@@ -70,31 +31,193 @@ class BodyKind(Enum):
 
 
 def response_body_kind(
-    request_method: bytes, status: int, headers: Sequence[Header]
-) -> tuple[BodyKind, int]:
-    """The framing of a response body and, for LENGTH, its length.
+    request_method: bytes, status: int, length: int | None, transfer_encoding: bytes | None
+) -> BodyKind:
+    """The framing of a response body (RFC 9112 §6.3).
 
-    Order follows RFC 9112 §6.3: HEAD and 1xx/204/304 have no body whatever the headers say;
-    then a final `chunked` transfer coding; then Content-Length; else the body runs to close.
-    The parser has already refused a Content-Length beside a Transfer-Encoding and bad lengths.
+    HEAD and 1xx/204/304 have no body whatever the headers say; then a final `chunked` transfer
+    coding (any other final coding runs to close); then Content-Length; else the body runs to
+    close. The parser has already refused a Content-Length beside a Transfer-Encoding.
     """
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
-        return BodyKind.NONE, 0
-    length: int | None = None
-    chunked = False
-    for key, value in headers:
-        low = key.lower()
-        if low == b"transfer-encoding":
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            if not chunked:
-                return BodyKind.CLOSE, 0
-        elif low == b"content-length":
-            length = int(value)
-    if chunked:
-        return BodyKind.CHUNKED, 0
+        return BodyKind.NONE
+    if transfer_encoding is not None:
+        if transfer_encoding.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+            return BodyKind.CHUNKED
+        return BodyKind.CLOSE
     if length is not None:
-        return BodyKind.LENGTH, length
-    return BodyKind.CLOSE, 0
+        return BodyKind.LENGTH
+    return BodyKind.CLOSE
+
+
+# What the one pass over a request head must notice, by lower-case name.
+_HOST, _LENGTH, _TE, _CONNECTION, _HOP, _XFF, _XFP, _XFH, _FORWARDED = range(9)
+_REQUEST_NAMES: dict[bytes, int] = {
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"upgrade": _HOP,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
+    b"forwarded": _FORWARDED,
+}
+_PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+class RequestHead:
+    """A request head sorted in one pass: what to forward, and what framing and routing need."""
+
+    __slots__ = (
+        "connection",
+        "forwarded",
+        "headers",
+        "host",
+        "hosts",
+        "kind",
+        "length",
+        "te",
+        "x_forwarded_for",
+    )
+
+    def __init__(self) -> None:
+        self.headers: list[Header] = []  # end-to-end, in order; framing re-added by the proxy
+        self.host: bytes | None = None
+        self.hosts = 0
+        self.kind = BodyKind.NONE
+        self.length = 0
+        self.te = b""
+        self.connection: frozenset[bytes] = frozenset()
+        self.x_forwarded_for: list[bytes] = []
+        self.forwarded: list[bytes] = []
+
+
+def split_request_headers(
+    headers: Sequence[Header], *, replace_x_forwarded: bool, replace_forwarded: bool
+) -> RequestHead:
+    """Sort a parsed request head (already validated by llhttp) for forwarding.
+
+    Hop-by-hop headers and Content-Length/Transfer-Encoding are left out of `headers` (the proxy
+    re-frames the body); with `replace_*`, the client's forwarding headers too (the proxy sets
+    its own, keeping the prior X-Forwarded-For and Forwarded lists). Names listed in Connection
+    are removed as RFC 9110 §7.6.1 asks.
+    """
+    head = RequestHead()
+    out = head.headers
+    listed: set[bytes] | None = None
+    for header in headers:
+        low = header[0].lower()
+        what = _REQUEST_NAMES.get(low)
+        if what is None:
+            out.append(header)
+        elif what == _HOST:
+            head.host = header[1]
+            head.hosts += 1
+            out.append(header)
+        elif what == _LENGTH:
+            head.kind = BodyKind.LENGTH
+            head.length = int(header[1])
+        elif what == _TE:
+            head.kind = BodyKind.CHUNKED
+            head.te = header[1]
+        elif what == _CONNECTION:
+            tokens = {t.strip().lower() for t in header[1].split(b",")}
+            if listed is None:
+                listed = tokens
+            else:
+                listed |= tokens
+        elif what == _XFF:
+            if replace_x_forwarded:
+                head.x_forwarded_for.append(header[1])
+            else:
+                out.append(header)
+        elif what in (_XFP, _XFH):
+            if not replace_x_forwarded:
+                out.append(header)
+        elif what == _FORWARDED:
+            if replace_forwarded:
+                head.forwarded.append(header[1])
+            else:
+                out.append(header)
+    if listed is not None:
+        head.connection = frozenset(listed)
+        extra = listed - _PLAIN_CONNECTION_TOKENS
+        if extra:
+            head.headers = [h for h in out if h[0].lower() not in extra]
+    return head
+
+
+class ResponseHead:
+    """A response head sorted in one pass: what the client may see, and how the body ends."""
+
+    __slots__ = ("declared_length", "headers", "keep_alive", "kind", "length", "te")
+
+    def __init__(self) -> None:
+        self.headers: list[Header] = []
+        self.kind = BodyKind.NONE
+        self.length = 0
+        self.declared_length: bytes | None = None  # as sent, for HEAD and 304
+        self.te: bytes | None = None
+        self.keep_alive = True
+
+
+_RESPONSE_NAMES: dict[bytes, int] = {
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"upgrade": _HOP,
+}
+
+
+def split_response_headers(
+    headers: Sequence[Header],
+    *,
+    method: bytes,
+    status: int,
+    http11: bool,
+    hide: frozenset[bytes] = frozenset(),
+) -> ResponseHead:
+    """Sort a parsed response head: end-to-end headers minus `hide`, framing, keep-alive."""
+    head = ResponseHead()
+    out = head.headers
+    listed: set[bytes] | None = None
+    length: int | None = None
+    for header in headers:
+        low = header[0].lower()
+        what = _RESPONSE_NAMES.get(low)
+        if what is None:
+            if not hide or low not in hide:
+                out.append(header)
+        elif what == _LENGTH:
+            head.declared_length = header[1]
+            length = int(header[1])
+        elif what == _TE:
+            head.te = header[1]
+        elif what == _CONNECTION:
+            tokens = {t.strip().lower() for t in header[1].split(b",")}
+            listed = tokens if listed is None else listed | tokens
+    if listed is not None:
+        head.keep_alive = b"close" not in listed if http11 else b"keep-alive" in listed
+        extra = listed - _PLAIN_CONNECTION_TOKENS
+        if extra:
+            head.headers = [h for h in out if h[0].lower() not in extra]
+    else:
+        head.keep_alive = http11
+    head.kind = response_body_kind(method, status, length, head.te)
+    if head.kind is BodyKind.LENGTH:
+        head.length = length or 0
+    elif head.kind is BodyKind.CLOSE:
+        head.keep_alive = False
+    return head
 
 
 def format_forwarded_for(client_ip: str) -> bytes:
@@ -105,36 +228,36 @@ def format_forwarded_for(client_ip: str) -> bytes:
 
 
 def forwarding_headers(
-    headers: Sequence[Header],
     client_ip: str,
     proto: bytes,
     host: bytes | None,
     *,
-    x_forwarded: bool,
-    forwarded: bool,
+    x_forwarded_for: Sequence[bytes] | None,
+    forwarded: Sequence[bytes] | None,
 ) -> list[Header]:
-    """Headers that tell a server who the client is.
+    """Headers that tell a server who the client is; None leaves that family out.
 
     X-Forwarded-For appends this hop to any list the client sent (what NGINX's
     $proxy_add_x_forwarded_for and HAProxy's `option forwardfor` do); X-Forwarded-Proto and
     X-Forwarded-Host state what this proxy saw, replacing anything the client claimed.
+    Forwarded (RFC 7239) appends this hop's element to the client's list likewise.
     """
     out: list[Header] = []
     ip = client_ip.encode("ascii")
-    if x_forwarded:
-        prior = [value for key, value in headers if key.lower() == b"x-forwarded-for"]
-        out.append((b"X-Forwarded-For", b", ".join([*prior, ip])))
+    if x_forwarded_for is not None:
+        out.append(
+            (b"X-Forwarded-For", b", ".join([*x_forwarded_for, ip]) if x_forwarded_for else ip)
+        )
         out.append((b"X-Forwarded-Proto", proto))
         if host is not None:
             out.append((b"X-Forwarded-Host", host))
-    if forwarded:
+    if forwarded is not None:
         node = format_forwarded_for(client_ip) + b";proto=" + proto
         if host is not None and _is_token(host):
             node += b";host=" + host
         elif host is not None:
             node += b';host="' + host.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-        prior = [value for key, value in headers if key.lower() == b"forwarded"]
-        out.append((b"Forwarded", b", ".join([*prior, node])))
+        out.append((b"Forwarded", b", ".join([*forwarded, node]) if forwarded else node))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from portico.http.errors import client_error
-from portico.http.headers import BodyKind, Header
+from portico.http.headers import BodyKind, Header, RequestHead, split_request_headers
 from portico.proxy.l7 import BLOCK_DONE, BLOCK_QUEUED, Exchange
 from portico.timers import Deadline
 from portico.upstreams.pool import Pool
@@ -156,37 +156,25 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        settings = self.settings
         method: bytes = parser.get_method()
         version: str = parser.get_http_version()
         headers = self._headers
         target = self._url
-        host: bytes | None = None
-        hosts = 0
-        kind = BodyKind.NONE
-        length = 0
-        te = b""
-        for name, value in headers:
-            low = name.lower()
-            if low == b"host":
-                host = value
-                hosts += 1
-            elif low == b"content-length":
-                kind = BodyKind.LENGTH
-                length = int(value)
-            elif low == b"transfer-encoding":
-                kind = BodyKind.CHUNKED
-                te = value
+        head = split_request_headers(
+            headers, replace_x_forwarded=settings.x_forwarded, replace_forwarded=settings.forwarded
+        )
         if method == b"CONNECT":
             self._refuse_status = 405
             raise _Refused
         if target[:1] != b"/":
-            target, host = self._absolute_target(target, host)
-            hosts = max(hosts, 1)
-        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            target = self._absolute_target(target, head)
+        if head.hosts > 1 or (head.hosts == 0 and version == "1.1"):
             self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
             raise _Refused
-        max_body = self.settings.max_body_size
-        if max_body and kind is BodyKind.LENGTH and length > max_body:
+        kind = head.kind
+        max_body = settings.max_body_size
+        if max_body and kind is BodyKind.LENGTH and head.length > max_body:
             self._refuse_status = 413
             raise _Refused
         keep_alive: bool = parser.should_keep_alive()
@@ -199,17 +187,17 @@ class ClientConnection(asyncio.Protocol):
             keep_alive = False
         if self._eof:
             keep_alive = False
-        exchange = Exchange(
-            self, method, target, version, headers, host, keep_alive, kind, length, te
-        )
+        exchange = Exchange(self, method, target, version, headers, head, keep_alive)
         self._reading = exchange
         self._in_head = False
         self._url = b""
         self._headers = []
-        self._deadline.clear()
-        if kind is not BodyKind.NONE and self.active is None:
-            self._deadline.set(self.settings.body_timeout)
-        if self.active is None:
+        active = self.active
+        if active is None:
+            if kind is BodyKind.NONE:
+                self._deadline.clear()
+            else:
+                self._deadline.set(settings.body_timeout)
             self.active = exchange
             exchange.start()
         else:
@@ -302,10 +290,10 @@ class ClientConnection(asyncio.Protocol):
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _absolute_target(self, target: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
+    def _absolute_target(self, target: bytes, head: RequestHead) -> bytes:
         """Absolute-form (RFC 9112 §3.2.2): its authority replaces Host; forward origin-form."""
         if target == b"*":
-            return target, host
+            return target
         try:
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
@@ -315,10 +303,13 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_status = 400
             raise _Refused
         authority = url.host if url.port is None else url.host + b":%d" % url.port
+        head.host = authority
+        head.hosts = 1
+        head.headers = [(b"Host", authority)] + [h for h in head.headers if h[0].lower() != b"host"]
         path = url.path or b"/"
         if url.query:
             path += b"?" + url.query
-        return path, authority
+        return path
 
     def _refuse(self, status: int) -> None:
         """The request being parsed is bad: it is never forwarded; answer in order and close."""

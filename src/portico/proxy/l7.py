@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING
 from portico import tasks
 from portico.http.errors import client_error, upstream_error
 from portico.http.headers import (
-    FORWARDING_NAMES,
     BodyKind,
     Header,
-    connection_tokens,
-    end_to_end,
+    RequestHead,
+    ResponseHead,
     forwarding_headers,
-    header_value,
     serialize_head,
 )
 from portico.upstreams.connections import UpstreamConnection
@@ -38,7 +36,6 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
 _CHUNK_END = b"0\r\n\r\n"
 _CRLF = b"\r\n"
-X_FORWARDED_NAMES = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 
 # Why an exchange asks its client connection to stop reading (one bit each).
 BLOCK_QUEUED = 1  # a pipelined request waits for the one before it
@@ -65,18 +62,15 @@ class Exchange:
         "_tried",
         "_upstream",
         "_upstream_head",
-        "body_kind",
-        "body_length",
         "finished",
+        "head",
         "headers",
-        "host",
         "keep_alive",
         "method",
         "received",
         "request_complete",
         "status",
         "target",
-        "te",
         "version",
     )
 
@@ -87,25 +81,19 @@ class Exchange:
         target: bytes,
         version: str,
         headers: list[Header],
-        host: bytes | None,
+        head: RequestHead,
         keep_alive: bool,
-        body_kind: BodyKind,
-        body_length: int,
-        te: bytes,
     ) -> None:
         # the request, as parsed
         self._client = client
         self.method = method
         self.target = target
         self.version = version
-        self.headers = headers
-        self.host = host
+        self.headers = headers  # as received, for hash keys and (later) routing
+        self.head = head  # sorted for forwarding
         self.keep_alive = keep_alive
-        self.body_kind = body_kind
-        self.body_length = body_length
-        self.te = te
         self.received = 0
-        self.request_complete = body_kind is BodyKind.NONE
+        self.request_complete = head.kind is BodyKind.NONE
         # the request body while no server connection is attached, kept for a replay
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -153,7 +141,10 @@ class Exchange:
             async with asyncio.timeout(settings.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(
-                        backend, settings.read_timeout, settings.write_timeout
+                        backend,
+                        settings.read_timeout,
+                        settings.write_timeout,
+                        settings.hide_headers,
                     ),
                     backend.host,
                     backend.port,
@@ -181,45 +172,36 @@ class Exchange:
         conn.send(self, self.method, head)
         if self._pending:
             conn.writelines(self._framed(self._pending))
-        if self.request_complete and self.body_kind is BodyKind.CHUNKED:
+        if self.request_complete and self.head.kind is BodyKind.CHUNKED:
             conn.write(_CHUNK_END)
-        if self._client.write_paused:
+        client = self._client
+        if client.write_paused:
             conn.pause_reading()
-        self._client.unblock_reading(BLOCK_PENDING)
+        if self._pending_size > REPLAY_LIMIT:
+            client.unblock_reading(BLOCK_PENDING)
 
     def _build_upstream_head(self) -> bytes:
         """The request head re-serialised for the server: never the client's raw bytes."""
-        settings = self._client.settings
-        headers = self.headers
-        drop = connection_tokens(headers)
-        if settings.x_forwarded and settings.forwarded:
-            drop = drop | FORWARDING_NAMES
-        elif settings.x_forwarded:
-            drop = drop | X_FORWARDED_NAMES
-        elif settings.forwarded:
-            drop = drop | {b"forwarded"}
-        out = end_to_end(headers, drop)
-        if self.host is not None and header_value(headers, b"host") is None:
-            out.insert(0, (b"Host", self.host))  # from an absolute-form target
+        client = self._client
+        settings = client.settings
+        head = self.head
+        out = head.headers
         if settings.x_forwarded or settings.forwarded:
-            out.extend(
-                forwarding_headers(
-                    headers,
-                    self._client.client_ip,
-                    settings.proto,
-                    self.host,
-                    x_forwarded=settings.x_forwarded,
-                    forwarded=settings.forwarded,
-                )
+            out = out + forwarding_headers(
+                client.client_ip,
+                settings.proto,
+                head.host,
+                x_forwarded_for=head.x_forwarded_for if settings.x_forwarded else None,
+                forwarded=head.forwarded if settings.forwarded else None,
             )
-        if self.body_kind is BodyKind.LENGTH:
-            out.append((b"Content-Length", b"%d" % self.body_length))
-        elif self.body_kind is BodyKind.CHUNKED:
-            out.append((b"Transfer-Encoding", self.te))
+        if head.kind is BodyKind.LENGTH:
+            out.append((b"Content-Length", b"%d" % head.length))
+        elif head.kind is BodyKind.CHUNKED:
+            out.append((b"Transfer-Encoding", head.te))
         return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out)
 
     def _framed(self, chunks: list[bytes]) -> list[bytes | memoryview]:
-        if self.body_kind is not BodyKind.CHUNKED:
+        if self.head.kind is not BodyKind.CHUNKED:
             return list(chunks)
         out: list[bytes | memoryview] = []
         for chunk in chunks:
@@ -235,7 +217,7 @@ class Exchange:
                 # stream from now on: the body can no longer be replayed
                 self._replayable = False
                 self._pending = []
-            if self.body_kind is BodyKind.CHUNKED:
+            if self.head.kind is BodyKind.CHUNKED:
                 upstream.writelines([b"%x\r\n" % len(chunk), chunk, _CRLF])
             else:
                 upstream.write(chunk)
@@ -248,7 +230,7 @@ class Exchange:
     def request_end(self) -> None:
         self.request_complete = True
         upstream = self._upstream
-        if upstream is not None and self.body_kind is BodyKind.CHUNKED:
+        if upstream is not None and self.head.kind is BodyKind.CHUNKED:
             upstream.write(_CHUNK_END)
 
     def refuse(self, status: int) -> None:
@@ -264,35 +246,29 @@ class Exchange:
 
     # -- response, from the server (ResponseSink) ----------------------------------------------
 
-    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
+    def on_interim(self, status: int, reason: bytes, head: ResponseHead) -> None:
         if self.version == "1.1" and status in (100, 103):
             line = b"HTTP/1.1 %d %s" % (status, reason)
-            self._client.write(serialize_head(line, end_to_end(headers)))
+            self._client.write(serialize_head(line, head.headers))
 
-    def on_response_head(
-        self, status: int, reason: bytes, headers: list[Header], kind: BodyKind, length: int
-    ) -> None:
+    def on_response_head(self, status: int, reason: bytes, head: ResponseHead) -> None:
         client = self._client
         backend = self._backend
-        if backend is not None:
+        if backend is not None and backend.tracks_latency:
             backend.observe_latency(client.loop.time() - self._sent_at)
         self.status = status
-        pool_settings = client.settings.pool.settings
-        drop = connection_tokens(headers)
-        if pool_settings.hide_headers:
-            drop = drop | pool_settings.hide_headers
-        out = end_to_end(headers, drop)
+        out = head.headers
+        kind = head.kind
         is_11 = self.version == "1.1"
-        keep = self.keep_alive and not client.draining and self.request_complete
+        keep = self.keep_alive and self.request_complete and not client.draining
         if kind is BodyKind.LENGTH:
-            out.append((b"Content-Length", b"%d" % length))
+            out.append((b"Content-Length", b"%d" % head.length))
         elif kind is BodyKind.NONE:
-            declared = header_value(headers, b"content-length")
-            if declared is not None and status >= 200:
-                out.append((b"Content-Length", declared))  # HEAD and 304 describe the GET body
+            if head.declared_length is not None and status >= 200:
+                out.append((b"Content-Length", head.declared_length))  # HEAD, 304: the GET's
         elif is_11:
             self._chunked_out = True
-            te = header_value(headers, b"transfer-encoding") if kind is BodyKind.CHUNKED else None
+            te = head.te if kind is BodyKind.CHUNKED else None
             out.append((b"Transfer-Encoding", te or b"chunked"))
         else:
             keep = False  # an HTTP/1.0 client reads this body until the connection closes

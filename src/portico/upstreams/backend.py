@@ -30,6 +30,7 @@ class BackendState:
         "name",
         "port",
         "requests",
+        "tracks_latency",
         "weight",
     )
 
@@ -54,6 +55,7 @@ class BackendState:
         self.failures = 0
         self._ewma = PeakEwma()
         self._clock = clock
+        self.tracks_latency = False  # set when the pool's policy reads `latency`
         # idle keep-alive connections, most recently used last (LIFO keeps few connections warm)
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from portico.http.headers import BodyKind, Header, connection_tokens, response_body_kind
+from portico.http.headers import BodyKind, Header, ResponseHead, split_response_headers
 from portico.timers import Deadline
 
 if TYPE_CHECKING:
@@ -30,11 +30,9 @@ class UpstreamFailure(Exception):
 class ResponseSink(Protocol):
     """What receives a response; the proxy's exchange implements it."""
 
-    def on_interim(self, status: int, reason: bytes, headers: list[Header]) -> None: ...
+    def on_interim(self, status: int, reason: bytes, head: ResponseHead) -> None: ...
 
-    def on_response_head(
-        self, status: int, reason: bytes, headers: list[Header], kind: BodyKind, length: int
-    ) -> None: ...
+    def on_response_head(self, status: int, reason: bytes, head: ResponseHead) -> None: ...
 
     def on_response_body(self, data: bytes | memoryview) -> None: ...
 
@@ -52,8 +50,15 @@ _IDLE, _HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(6)
 class UpstreamConnection(asyncio.Protocol):
     """A keep-alive connection to one backend, carrying one request at a time."""
 
-    def __init__(self, backend: BackendState, read_timeout: float, write_timeout: float) -> None:
+    def __init__(
+        self,
+        backend: BackendState,
+        read_timeout: float,
+        write_timeout: float,
+        hide_headers: frozenset[bytes] = frozenset(),
+    ) -> None:
         self.backend = backend
+        self._hide = hide_headers
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self.requests = 0
@@ -243,22 +248,25 @@ class UpstreamConnection(asyncio.Protocol):
             sink = self.sink
             assert sink is not None
             rest = buffer[head_end:]
+            head = split_response_headers(
+                self._headers,
+                method=self._method,
+                status=status,
+                http11=parser.get_http_version() == "1.1",
+                hide=self._hide,
+            )
             if status < 200:
                 if status == 101:
                     self._fail("unexpected 101 Switching Protocols")
                     return
-                sink.on_interim(status, self._reason, self._headers)
+                sink.on_interim(status, self._reason, head)
                 if self.sink is None:
                     return
                 buffer = rest
                 continue
-            kind, length = response_body_kind(self._method, status, self._headers)
-            tokens = connection_tokens(self._headers)
-            if parser.get_http_version() == "1.1":
-                self._keep_alive = b"close" not in tokens
-            else:
-                self._keep_alive = b"keep-alive" in tokens
-            sink.on_response_head(status, self._reason, self._headers, kind, length)
+            kind, length = head.kind, head.length
+            self._keep_alive = head.keep_alive
+            sink.on_response_head(status, self._reason, head)
             if self.sink is None:
                 return
             if kind is BodyKind.LENGTH:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from portico.balancing import Policy, make_policy
+from portico.balancing.p2c_ewma import P2CEwma
 from portico.config.schema import PoolConfig
 from portico.http.headers import Header
 from portico.upstreams.backend import BackendState
@@ -101,6 +102,9 @@ class Pool:
             for server in config.servers
         ]
         policy = make_policy(config.policy, rng)
+        if isinstance(policy, P2CEwma):
+            for backend in backends:
+                backend.tracks_latency = True
         key_of: KeyFunction | None = None
         if policy.needs_key:
             key_of = key_function("client_ip" if config.policy == "ip_hash" else config.hash_key)
