@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from portico.demo import run_demo
 
-    return run_demo(port=args.port, workers=args.workers)
+    base = args.backend_port
+    return run_demo(port=args.port, workers=args.workers, backend_ports=[base, base + 1, base + 2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="three demo backends behind Portico")
     demo.add_argument("--port", type=int, default=8080, help="Portico's port (default 8080)")
-    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    demo.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1: strict rotation)"
+    )
+    demo.add_argument(
+        "--backend-port", type=int, default=9001, help="first of three backend ports (9001)"
+    )
     demo.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")

@@ -34,7 +34,7 @@ def demo_config(port: int, workers: int, backend_ports: list[int]) -> str:
     return DEMO_CONFIG.format(port=port, workers=workers, b1=b1, b2=b2, b3=b3)
 
 
-def run_demo(port: int = 8080, workers: int = 2, backend_ports: list[int] | None = None) -> int:
+def run_demo(port: int = 8080, workers: int = 1, backend_ports: list[int] | None = None) -> int:
     ports = backend_ports or [9001, 9002, 9003]
     text = demo_config(port, workers, ports)
     try:
@@ -46,7 +46,8 @@ def run_demo(port: int = 8080, workers: int = 2, backend_ports: list[int] | None
     try:
         from portico import supervisor
 
-        print(f"portico demo: try  curl -i http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
+        if port:
+            print(f"portico demo: try  curl -i http://127.0.0.1:{port}/  (Ctrl-C stops)")
         return supervisor.run(config, text, "<demo>")
     finally:
         backends.terminate()

@@ -152,20 +152,6 @@ def split_request_headers(
     return head
 
 
-class ResponseHead:
-    """A response head sorted in one pass: what the client may see, and how the body ends."""
-
-    __slots__ = ("declared_length", "headers", "keep_alive", "kind", "length", "te")
-
-    def __init__(self) -> None:
-        self.headers: list[Header] = []
-        self.kind = BodyKind.NONE
-        self.length = 0
-        self.declared_length: bytes | None = None  # as sent, for HEAD and 304
-        self.te: bytes | None = None
-        self.keep_alive = True
-
-
 _RESPONSE_NAMES: dict[bytes, int] = {
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
@@ -176,6 +162,85 @@ _RESPONSE_NAMES: dict[bytes, int] = {
     b"trailer": _HOP,
     b"upgrade": _HOP,
 }
+_PLAIN = -1
+# Header names as sent (any case) -> their class: servers repeat the same few names, so most
+# lookups skip bytes.lower(). Bounded, so that a server inventing names cannot grow it.
+_RESPONSE_NAME_MEMO: dict[bytes, int] = {}
+_MEMO_LIMIT = 2048
+
+
+class ResponseHead:
+    """A response head, sorted as the parser reports each header (it is the parser's callback
+    object): end-to-end headers minus hidden ones, framing, keep-alive. Pure: no I/O."""
+
+    __slots__ = (
+        "_hide",
+        "_length",
+        "_listed",
+        "complete",
+        "declared_length",
+        "headers",
+        "keep_alive",
+        "kind",
+        "length",
+        "reason",
+        "te",
+    )
+
+    def __init__(self, hide: frozenset[bytes] = frozenset()) -> None:
+        self.headers: list[Header] = []
+        self.reason = b""
+        self.kind = BodyKind.NONE
+        self.length = 0
+        self.declared_length: bytes | None = None  # as sent, for HEAD and 304
+        self.te: bytes | None = None
+        self.keep_alive = True
+        self.complete = False
+        self._hide = hide
+        self._length: int | None = None
+        self._listed: set[bytes] | None = None
+
+    # httptools callbacks
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return  # a trailer field of a chunked body: not forwarded
+        what = _RESPONSE_NAME_MEMO.get(name)
+        if what is None:
+            what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
+            if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
+                _RESPONSE_NAME_MEMO[name] = what
+        if what == _PLAIN:
+            if self._hide and name.lower() in self._hide:
+                return
+            self.headers.append((name, value))
+        elif what == _LENGTH:
+            self.declared_length = value
+            self._length = int(value)
+        elif what == _TE:
+            self.te = value
+        elif what == _CONNECTION:
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            self._listed = tokens if self._listed is None else self._listed | tokens
+
+    def finish(self, method: bytes, status: int, http11: bool) -> None:
+        """The head is complete: settle framing and keep-alive (RFC 9112 §6.3, §9.3)."""
+        self.complete = True
+        listed = self._listed
+        if listed is not None:
+            self.keep_alive = b"close" not in listed if http11 else b"keep-alive" in listed
+            extra = listed - _PLAIN_CONNECTION_TOKENS
+            if extra:
+                self.headers = [h for h in self.headers if h[0].lower() not in extra]
+        else:
+            self.keep_alive = http11
+        self.kind = response_body_kind(method, status, self._length, self.te)
+        if self.kind is BodyKind.LENGTH:
+            self.length = self._length or 0
+        elif self.kind is BodyKind.CLOSE:
+            self.keep_alive = False
 
 
 def split_response_headers(
@@ -186,37 +251,11 @@ def split_response_headers(
     http11: bool,
     hide: frozenset[bytes] = frozenset(),
 ) -> ResponseHead:
-    """Sort a parsed response head: end-to-end headers minus `hide`, framing, keep-alive."""
-    head = ResponseHead()
-    out = head.headers
-    listed: set[bytes] | None = None
-    length: int | None = None
-    for header in headers:
-        low = header[0].lower()
-        what = _RESPONSE_NAMES.get(low)
-        if what is None:
-            if not hide or low not in hide:
-                out.append(header)
-        elif what == _LENGTH:
-            head.declared_length = header[1]
-            length = int(header[1])
-        elif what == _TE:
-            head.te = header[1]
-        elif what == _CONNECTION:
-            tokens = {t.strip().lower() for t in header[1].split(b",")}
-            listed = tokens if listed is None else listed | tokens
-    if listed is not None:
-        head.keep_alive = b"close" not in listed if http11 else b"keep-alive" in listed
-        extra = listed - _PLAIN_CONNECTION_TOKENS
-        if extra:
-            head.headers = [h for h in out if h[0].lower() not in extra]
-    else:
-        head.keep_alive = http11
-    head.kind = response_body_kind(method, status, length, head.te)
-    if head.kind is BodyKind.LENGTH:
-        head.length = length or 0
-    elif head.kind is BodyKind.CLOSE:
-        head.keep_alive = False
+    """Sort a list of response headers (what the parser would report one by one)."""
+    head = ResponseHead(hide)
+    for name, value in headers:
+        head.on_header(name, value)
+    head.finish(method, status, http11)
     return head
 
 
@@ -275,8 +314,8 @@ def _is_token(value: bytes) -> bool:
 
 def serialize_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
     """`first_line` CRLF, each header as `name: value` CRLF, then the empty line."""
-    parts = [first_line]
-    for key, value in headers:
-        parts.append(key + b": " + value)
-    parts.append(b"\r\n")
-    return b"\r\n".join(parts)
+    # map(b": ".join, ...) joins each (name, value) pair in C: no Python loop per header
+    lines = b"\r\n".join(map(b": ".join, headers))
+    if not lines:
+        return first_line + b"\r\n\r\n"
+    return first_line + b"\r\n" + lines + b"\r\n\r\n"

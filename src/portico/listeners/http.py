@@ -60,6 +60,8 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = "unknown"
         self.write_paused = False
         self.draining = False
+        # (Host, forwarding headers) of the last request: reused while the Host is the same
+        self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._blocked = 0

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
 _CHUNK_END = b"0\r\n\r\n"
+_COALESCE = 16 * 1024  # a first body piece up to this size is copied behind the head
 _CRLF = b"\r\n"
 
 # Why an exchange asks its client connection to stop reading (one bit each).
@@ -187,18 +188,33 @@ class Exchange:
         head = self.head
         out = head.headers
         if settings.x_forwarded or settings.forwarded:
-            out = out + forwarding_headers(
-                client.client_ip,
-                settings.proto,
-                head.host,
-                x_forwarded_for=head.x_forwarded_for if settings.x_forwarded else None,
-                forwarded=head.forwarded if settings.forwarded else None,
-            )
+            if head.x_forwarded_for or head.forwarded:
+                added = self._forwarding(head)
+            else:
+                # the usual case: the same block as the last request on this connection
+                memo = client.forwarding_memo
+                if memo is not None and memo[0] == head.host:
+                    added = memo[1]
+                else:
+                    added = self._forwarding(head)
+                    client.forwarding_memo = (head.host, added)
+            out = out + added
         if head.kind is BodyKind.LENGTH:
             out.append((b"Content-Length", b"%d" % head.length))
         elif head.kind is BodyKind.CHUNKED:
             out.append((b"Transfer-Encoding", head.te))
         return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out)
+
+    def _forwarding(self, head: RequestHead) -> list[Header]:
+        client = self._client
+        settings = client.settings
+        return forwarding_headers(
+            client.client_ip,
+            settings.proto,
+            head.host,
+            x_forwarded_for=head.x_forwarded_for if settings.x_forwarded else None,
+            forwarded=head.forwarded if settings.forwarded else None,
+        )
 
     def _framed(self, chunks: list[bytes]) -> list[bytes | memoryview]:
         if self.head.kind is not BodyKind.CHUNKED:
@@ -246,12 +262,12 @@ class Exchange:
 
     # -- response, from the server (ResponseSink) ----------------------------------------------
 
-    def on_interim(self, status: int, reason: bytes, head: ResponseHead) -> None:
+    def on_interim(self, status: int, head: ResponseHead) -> None:
         if self.version == "1.1" and status in (100, 103):
-            line = b"HTTP/1.1 %d %s" % (status, reason)
+            line = b"HTTP/1.1 %d %s" % (status, head.reason)
             self._client.write(serialize_head(line, head.headers))
 
-    def on_response_head(self, status: int, reason: bytes, head: ResponseHead) -> None:
+    def on_response_head(self, status: int, head: ResponseHead) -> None:
         client = self._client
         backend = self._backend
         if backend is not None and backend.tracks_latency:
@@ -277,7 +293,7 @@ class Exchange:
             out.append((b"Connection", b"close"))
         elif not is_11:
             out.append((b"Connection", b"keep-alive"))
-        self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, reason), out)
+        self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, head.reason), out)
 
     def on_response_body(self, data: bytes | memoryview) -> None:
         client = self._client
@@ -290,7 +306,10 @@ class Exchange:
                 parts.insert(0, head)
             client.writelines(parts)
         elif head is not None:
-            client.writelines([head, data])
+            if len(data) <= _COALESCE:
+                client.write(head + data)  # one small buffer beats a writev of two
+            else:
+                client.writelines([head, data])
         else:
             client.write(data)
         if head is not None:

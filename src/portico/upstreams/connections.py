@@ -10,11 +10,12 @@ where a request goes or what the client sees (the proxy does).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from portico.http.headers import BodyKind, Header, ResponseHead, split_response_headers
+from portico.http.headers import BodyKind, ResponseHead
 from portico.timers import Deadline
 
 if TYPE_CHECKING:
@@ -30,9 +31,9 @@ class UpstreamFailure(Exception):
 class ResponseSink(Protocol):
     """What receives a response; the proxy's exchange implements it."""
 
-    def on_interim(self, status: int, reason: bytes, head: ResponseHead) -> None: ...
+    def on_interim(self, status: int, head: ResponseHead) -> None: ...
 
-    def on_response_head(self, status: int, reason: bytes, head: ResponseHead) -> None: ...
+    def on_response_head(self, status: int, head: ResponseHead) -> None: ...
 
     def on_response_body(self, data: bytes | memoryview) -> None: ...
 
@@ -75,8 +76,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffer = b""
         self._remaining = 0
         self._parser: httptools.HttpResponseParser | None = None
-        self._headers: list[Header] = []
-        self._reason = b""
+        # the current response head's parser callbacks (set per response, see _read_head)
+        self.on_status: Callable[[bytes], None] | None = None
+        self.on_header: Callable[[bytes, bytes], None] | None = None
         self._keep_alive = True
         self._got_bytes = False
         self._chunked_done = False
@@ -172,7 +174,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._method = method
         self._state = _HEAD
         self._buffer = b""
-        self._headers = []
         self._got_bytes = False
         self._chunked_done = False
         assert self.transport is not None
@@ -236,8 +237,11 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             head_end = end + 4
             self._buffer = b""
-            self._headers = []
-            self._reason = b""
+            head = ResponseHead(self._hide)
+            # the head object receives the parser's header callbacks directly (no hop via
+            # this connection); httptools looks the callbacks up when the parser is made
+            self.on_status = head.on_status
+            self.on_header = head.on_header
             parser = httptools.HttpResponseParser(self)
             try:
                 parser.feed_data(buffer[:head_end] if head_end < len(buffer) else buffer)
@@ -245,33 +249,27 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(f"malformed response head: {exc}")
                 return
             status = parser.get_status_code()
+            head.finish(self._method, status, parser.get_http_version() == "1.1")
             sink = self.sink
             assert sink is not None
             rest = buffer[head_end:]
-            head = split_response_headers(
-                self._headers,
-                method=self._method,
-                status=status,
-                http11=parser.get_http_version() == "1.1",
-                hide=self._hide,
-            )
             if status < 200:
                 if status == 101:
                     self._fail("unexpected 101 Switching Protocols")
                     return
-                sink.on_interim(status, self._reason, head)
+                sink.on_interim(status, head)
                 if self.sink is None:
                     return
                 buffer = rest
                 continue
-            kind, length = head.kind, head.length
+            kind = head.kind
             self._keep_alive = head.keep_alive
-            sink.on_response_head(status, self._reason, head)
+            sink.on_response_head(status, head)
             if self.sink is None:
                 return
             if kind is BodyKind.LENGTH:
                 self._state = _LENGTH
-                self._remaining = length
+                length = self._remaining = head.length
                 if length == 0:
                     if rest:
                         self._keep_alive = False
@@ -294,15 +292,7 @@ class UpstreamConnection(asyncio.Protocol):
                     sink.on_response_body(rest)
             return
 
-    # httptools callbacks (the parser calls them by name)
-    def on_status(self, reason: bytes) -> None:
-        self._reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._state == _HEAD:
-            self._headers.append((name, value))
-        # trailers of a chunked body are dropped: Portico does not forward trailer fields
-
+    # httptools callbacks for the body of a chunked response (the head's go to ResponseHead)
     def on_body(self, body: bytes) -> None:
         if self._state == _CHUNKED and self.sink is not None:
             self.sink.on_response_body(body)

@@ -1,0 +1,129 @@
+"""Python cost of one proxied request, without sockets: the hot path in isolation.
+
+Drives a real ClientConnection and UpstreamConnection through fake transports: a keep-alive
+client request in, the request head out to a pooled server connection, a small response in,
+the response out. Prints microseconds per request (CPU time of this process), so a change to
+the hot path can be judged in seconds without the noise of a loaded machine.
+
+    .venv/bin/python bench/hotpath.py [--profile] [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import time
+from typing import Any
+
+from portico.config.load import parse_config
+from portico.upstreams.connections import UpstreamConnection
+from portico.worker import Worker
+
+CONFIG = """
+workers: 1
+listeners:
+  - name: web
+    bind: 127.0.0.1:0
+    default_pool: app
+pools:
+  app:
+    servers:
+      - address: 127.0.0.1:9001
+      - address: 127.0.0.1:9002
+      - address: 127.0.0.1:9003
+"""
+REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 12:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+    b"X-Backend: 9001\r\n\r\nhello"
+)
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written = 0
+        self.last: Any = b""
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+    def write(self, data: Any) -> None:
+        self.written += len(data)
+        self.last = data
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.write(part)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    config = parse_config(CONFIG, "<hotpath>")
+    worker = Worker(loop, config, {})
+    settings = worker.settings["web"]
+    from portico.listeners.http import ClientConnection
+
+    client = ClientConnection(settings, worker)
+    client.connection_made(FakeTransport())
+    uppers = []
+    for backend in settings.pool.backends:
+        conn = UpstreamConnection(backend, 30.0, 30.0)
+        conn.transport = FakeTransport(("127.0.0.1", 9001))
+        conn._deadline = None  # no timers without a running loop
+        backend.put_idle(conn, 0.0)
+        uppers.append(conn)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            client.data_received(REQUEST)
+            exchange = client.active
+            assert exchange is not None
+            upstream = exchange._upstream
+            assert upstream is not None
+            upstream.data_received(RESPONSE)
+
+    run(1000)
+    assert client.transport.last.endswith(b"hello")  # type: ignore[union-attr]
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run(args.requests)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+    start = time.process_time()
+    run(args.requests)
+    elapsed = time.process_time() - start
+    print(f"{elapsed / args.requests * 1e6:.2f} us of Python per proxied request")
+
+
+if __name__ == "__main__":
+    main()
