@@ -67,7 +67,9 @@ _REQUEST_NAMES: dict[bytes, int] = {
     b"x-forwarded-host": _XFH,
     b"forwarded": _FORWARDED,
 }
-_PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection tokens that name no header to remove; `host` is never removed because a client
+# lists it there (a client must not be able to strip the Host the server routes on).
+_PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
 
 
 class RequestHead:
@@ -124,7 +126,8 @@ def split_request_headers(
             head.length = int(header[1])
         elif what == _TE:
             head.kind = BodyKind.CHUNKED
-            head.te = header[1]
+            # repeated fields are one list (RFC 9110 §5.3): gzip + chunked stays "gzip, chunked"
+            head.te = header[1] if not head.te else head.te + b", " + header[1]
         elif what == _CONNECTION:
             tokens = {t.strip().lower() for t in header[1].split(b",")}
             if listed is None:
@@ -220,7 +223,7 @@ class ResponseHead:
             self.declared_length = value
             self._length = int(value)
         elif what == _TE:
-            self.te = value
+            self.te = value if self.te is None else self.te + b", " + value
         elif what == _CONNECTION:
             tokens = {t.strip().lower() for t in value.split(b",")}
             self._listed = tokens if self._listed is None else self._listed | tokens

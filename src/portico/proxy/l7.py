@@ -199,6 +199,12 @@ class Exchange:
                     added = self._forwarding(head)
                     client.forwarding_memo = (head.host, added)
             out = out + added
+        if head.host is None:
+            # an HTTP/1.0 client may omit Host; the HTTP/1.1 request we send may not
+            backend = self._backend
+            if backend is not None:
+                host = f"[{backend.host}]" if ":" in backend.host else backend.host
+                out = [(b"Host", f"{host}:{backend.port}".encode()), *out]
         if head.kind is BodyKind.LENGTH:
             out.append((b"Content-Length", b"%d" % head.length))
         elif head.kind is BodyKind.CHUNKED:
@@ -280,7 +286,7 @@ class Exchange:
         if kind is BodyKind.LENGTH:
             out.append((b"Content-Length", b"%d" % head.length))
         elif kind is BodyKind.NONE:
-            if head.declared_length is not None and status >= 200:
+            if head.declared_length is not None and status >= 200 and status != 204:
                 out.append((b"Content-Length", head.declared_length))  # HEAD, 304: the GET's
         elif is_11:
             self._chunked_out = True
