@@ -10,6 +10,7 @@ Run with `-s` to see the throughput and memory figures.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import zlib
@@ -20,7 +21,7 @@ import httptools
 import pytest
 
 from conftest import simple_config
-from fakes import FakeBackend, Portico, Reply, Seen, connect, request
+from fakes import FakeBackend, Portico, Reply, ResponseReader, Seen, connect, request
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -210,7 +211,8 @@ def test_client_that_stops_reading_stops_the_backend_not_the_proxy_memory(
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: test.local\r\n\r\n")
         reader = StreamingReader(sock)
         reader.read(up_to=1)  # the response has started; now the client reads nothing more
-        assert backend.wait_stalled(), "the backend never had to stop writing"
+        # wait until the backend's writes are held by flow control and stay held
+        stalled = backend.wait_stalled(quiet=0.5, timeout=10)
         sent_when_stalled = backend.body_bytes_sent
         rss_stalled, peak_stalled = worker_memory(proxy)
         print(
@@ -218,8 +220,9 @@ def test_client_that_stops_reading_stops_the_backend_not_the_proxy_memory(
             f"worker RSS +{(rss_stalled - rss_before) / MiB:.1f} MiB "
             f"(peak +{(peak_stalled - rss_before) / MiB:.1f} MiB)"
         )
-        assert sent_when_stalled < STALL_LIMIT
+        assert sent_when_stalled < STALL_LIMIT  # the proxy stopped reading from the backend
         assert peak_stalled - rss_before < MEMORY_BUDGET
+        assert stalled, "the backend never had to stop writing"
         response = reader.read()  # the client reads again: the rest follows, complete
     assert response.status == 200
     assert response.size == 256 * MiB
@@ -275,3 +278,21 @@ def test_backend_that_stops_reading_stops_the_client_upload_not_the_proxy_memory
     assert backend.body_crc == pattern.crc
     _, peak = worker_memory(proxy)
     assert peak - rss_before < MEMORY_BUDGET
+
+
+def test_slow_upload_outlasting_the_pool_read_timeout_still_completes(backends, portico) -> None:
+    """The pool's read timeout bounds the wait for the server's answer, which starts once the
+    request is sent (NGINX's proxy_read_timeout): a client still sending its body, slowly but
+    steadily, is not cut off with a 504 (its idle gaps are the listener's body timeout)."""
+    backend = upload_backend(backends)
+    proxy = portico(simple_config([backend], extra_pool="    timeouts: {read: 300ms}\n"))
+    with connect(proxy.port) as sock:
+        sock.sendall(b"PUT /slow HTTP/1.1\r\nHost: test.local\r\nContent-Length: 10\r\n\r\n")
+        with contextlib.suppress(OSError):  # a proxy that gave up closes: its answer says why
+            for _ in range(10):
+                # pacing, not synchronisation: the upload's slowness is what is under test
+                time.sleep(0.1)
+                sock.sendall(b"x")
+        response = ResponseReader(sock).read()
+    assert response.status == 200
+    assert backend.body_bytes == 10

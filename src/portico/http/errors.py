@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
 
 def _build(status: int, *, close: bool, extra: bytes = b"") -> bytes:
     phrase = HTTPStatus(status).phrase.encode("ascii")
@@ -26,8 +28,10 @@ def _build(status: int, *, close: bool, extra: bytes = b"") -> bytes:
 # Errors in the request itself: the connection is closed after the answer, since what follows
 # on the wire can no longer be trusted to start a new request.
 CLIENT_ERRORS: dict[int, bytes] = {
-    status: _build(status, close=True) for status in (400, 405, 408, 413, 414, 431, 501, 505)
+    status: _build(status, close=True) for status in (400, 408, 413, 414, 431, 501, 505)
 }
+# 405 is for CONNECT: RFC 9110 §15.5.6 asks for the methods that would be accepted
+CLIENT_ERRORS[405] = _build(405, close=True, extra=b"Allow: " + ALLOWED_METHODS + b"\r\n")
 
 # Errors of the upstream side: the client's connection stays usable.
 UPSTREAM_ERRORS: dict[tuple[int, bool], bytes] = {

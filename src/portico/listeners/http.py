@@ -45,6 +45,11 @@ class HttpListenerSettings:
     proto: bytes = b"http"
 
 
+HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
+LINGER_TIME = 2.0  # after an error answer, how long unread client bytes are drained
+LINGER_BYTES = 1 << 20  # ... and how many
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the status is on the connection."""
 
@@ -74,9 +79,16 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._reading: Exchange | None = None
         self._refuse_status = 400
+        self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
+        self._head_guard = settings.max_request_line + settings.max_header_size + HEAD_SLACK
+        self._lingering = False
+        self._lingered = 0
         # the request being answered, and those pipelined behind it
         self.active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
+        # the active exchange, started only once the segment that carried it parsed cleanly:
+        # a request whose bytes turn out malformed later in the same read never reaches a server
+        self._unstarted: Exchange | None = None
         self._refusal: int | None = None  # answer owed once the queue is empty, then close
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -101,6 +113,11 @@ class ClientConnection(asyncio.Protocol):
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self.abort()
+            return
         if self._blocked & BLOCK_DONE:
             return
         try:
@@ -112,9 +129,23 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(self._refuse_status)
         except httptools.HttpParserError:
             self._refuse(400)
+        else:
+            if self._in_head:
+                # httptools holds an unfinished field in memory and reports it only whole:
+                # bound what a client may make us hold while its head never ends
+                self._head_bytes += len(data)
+                if self._head_bytes > self._head_guard:
+                    self._refuse(431)
+        unstarted = self._unstarted
+        if unstarted is not None:
+            self._unstarted = None
+            if unstarted is self.active and not unstarted.finished:
+                unstarted.start()
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._lingering:
+            return False
         # half-close: keep writing to answer what was asked, then close; if nothing is owed,
         # returning False closes now
         return self.active is not None or self._reading is not None
@@ -139,12 +170,14 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._head_size = 0
         self._in_head = True
+        self._head_bytes = 0
         if self.active is None:
             self._deadline.set(self.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.settings.max_request_line:
+        # the whole request line: method SP target SP HTTP/1.x
+        if len(self._url) + len(self._parser.get_method()) + 10 > self.settings.max_request_line:
             self._refuse_status = 414
             raise _Refused
 
@@ -166,6 +199,9 @@ class ClientConnection(asyncio.Protocol):
         head = split_request_headers(
             headers, replace_x_forwarded=settings.x_forwarded, replace_forwarded=settings.forwarded
         )
+        if version != "1.1" and version != "1.0":
+            self._refuse_status = 505  # llhttp reads a missing version as 0.9
+            raise _Refused
         if method == b"CONNECT":
             self._refuse_status = 405
             raise _Refused
@@ -175,6 +211,9 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
             raise _Refused
         kind = head.kind
+        if kind is BodyKind.CHUNKED and version == "1.0":
+            self._refuse_status = 400  # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
+            raise _Refused
         max_body = settings.max_body_size
         if max_body and kind is BodyKind.LENGTH and head.length > max_body:
             self._refuse_status = 413
@@ -201,7 +240,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._deadline.set(settings.body_timeout)
             self.active = exchange
-            exchange.start()
+            self._unstarted = exchange
         else:
             self._queue.append(exchange)
             self._block(BLOCK_QUEUED)
@@ -242,12 +281,16 @@ class ClientConnection(asyncio.Protocol):
     def unblock_reading(self, reason: int) -> None:
         self._unblock(reason)
 
-    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
-        """`exchange` has written its whole response: go on with the next request, or close."""
+    def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None:
+        """`exchange` has written its whole response: go on with the next request, or close
+        (after a refusal, with a lingering close so that the client reads the answer)."""
         if exchange is not self.active:
             return
         self.active = None
         if self._closed:
+            return
+        if linger:
+            self.linger_close()
             return
         if not keep_alive or self.draining or not exchange.request_complete:
             self.close()
@@ -264,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._refusal is not None:
             self.write(client_error(self._refusal))
-            self.close()
+            self.linger_close()
             return
         self._unblock(BLOCK_QUEUED)
         if self._eof:
@@ -277,6 +320,22 @@ class ClientConnection(asyncio.Protocol):
         self._block(BLOCK_DONE)
         if self.transport is not None and not self._closed:
             self.transport.close()
+
+    def linger_close(self) -> None:
+        """Close after an error answer without losing it: closing with unread client bytes
+        makes the kernel send a reset that can destroy the answer in flight. So shut the write
+        side, read and discard for a moment, then close (NGINX's lingering close)."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        if not transport.can_write_eof():
+            self.close()
+            return
+        self._lingering = True
+        self._blocked = 0
+        transport.resume_reading()
+        transport.write_eof()
+        self._deadline.set(LINGER_TIME)
 
     def abort(self) -> None:
         """Close at once: the response cannot be completed, so none is presented as complete."""
@@ -324,7 +383,7 @@ class ClientConnection(asyncio.Protocol):
             self._queue.remove(reading)
         if self.active is None:
             self.write(client_error(status))
-            self.close()
+            self.linger_close()
         else:
             self._refusal = status
 
@@ -342,6 +401,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_timeout(self) -> None:
         if self._closed:
+            return
+        if self._lingering:
+            self.close()
             return
         if self.write_paused:
             self.abort()  # the client stopped reading our response

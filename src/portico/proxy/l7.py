@@ -170,7 +170,7 @@ class Exchange:
         if head is None:
             head = self._upstream_head = self._build_upstream_head()
         self._sent_at = self._client.loop.time()
-        conn.send(self, self.method, head)
+        conn.send(self, self.method, head, self.request_complete)
         if self._pending:
             conn.writelines(self._framed(self._pending))
         if self.request_complete and self.head.kind is BodyKind.CHUNKED:
@@ -252,8 +252,10 @@ class Exchange:
     def request_end(self) -> None:
         self.request_complete = True
         upstream = self._upstream
-        if upstream is not None and self.head.kind is BodyKind.CHUNKED:
-            upstream.write(_CHUNK_END)
+        if upstream is not None:
+            if self.head.kind is BodyKind.CHUNKED:
+                upstream.write(_CHUNK_END)
+            upstream.request_sent()
 
     def refuse(self, status: int) -> None:
         """The request turned out bad while being forwarded (body too large, malformed, slow)."""
@@ -263,8 +265,9 @@ class Exchange:
         self._drop_upstream()
         self._release_backend(failed=False)
         self._client.write(client_error(status))
+        self.status = status
         self.finished = True
-        self._client.exchange_done(self, False)
+        self._client.exchange_done(self, False, linger=True)
 
     # -- response, from the server (ResponseSink) ----------------------------------------------
 

@@ -70,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline: Deadline | None = None
         self._paused_reading = False
         self._write_blocked = False
+        self._sending = False  # request body still streaming: no read timeout yet
         # per-response state
         self._state = _IDLE
         self._method = b"GET"
@@ -167,9 +168,11 @@ class UpstreamConnection(asyncio.Protocol):
             and not transport.is_closing()
         )
 
-    def send(self, sink: ResponseSink, method: bytes, head: bytes) -> None:
-        """Start a request: write its head and expect a response for `sink`."""
+    def send(self, sink: ResponseSink, method: bytes, head: bytes, complete: bool) -> None:
+        """Start a request: write its head and expect a response for `sink`. `complete` says
+        the request has no more body to come (else `request_sent` is called when it has)."""
         self.sink = sink
+        self._sending = not complete
         self.requests += 1
         self._method = method
         self._state = _HEAD
@@ -336,9 +339,22 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             sink.on_upstream_failed(reason, got, timed_out)
 
+    def request_sent(self) -> None:
+        """The whole request is written: the server's time to answer starts now (a slow
+        upload is the client's time, watched by the listener's body timeout, as NGINX does)."""
+        self._sending = False
+        self._arm_read()
+
     def _arm_read(self) -> None:
-        if self._deadline is not None and not self._paused_reading:
-            self._deadline.set(self._write_timeout if self._write_blocked else self._read_timeout)
+        deadline = self._deadline
+        if deadline is None or self._paused_reading:
+            return
+        if self._write_blocked:
+            deadline.set(self._write_timeout)
+        elif self._sending:
+            deadline.clear()
+        else:
+            deadline.set(self._read_timeout)
 
     def _on_timeout(self) -> None:
         if self._state in (_IDLE, _DONE):

@@ -29,9 +29,6 @@ class Parsed:
     def on_message_begin(self) -> None:
         self.messages += 1
 
-    def on_status(self, status: bytes) -> None:
-        pass
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
