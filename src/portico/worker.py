@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -28,6 +29,7 @@ from portico.upstreams.pool import Pool
 log = logging.getLogger("portico.worker")
 
 IDLE_SWEEP_INTERVAL = 1.0
+GC_GEN0_THRESHOLD = 50_000
 
 
 def build_pools(config: Config, loop: asyncio.AbstractEventLoop) -> dict[str, Pool]:
@@ -130,6 +132,11 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}
     worker = Worker(loop, config, sockets)
     await worker.start()
+    # The request path allocates many short-lived containers but makes no reference cycles in
+    # steady state: collect the youngest generation less often, and never scan what was built
+    # at start-up (the Instagram recipe; measured ~3% of worker CPU on small responses).
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

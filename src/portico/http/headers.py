@@ -111,10 +111,9 @@ def split_request_headers(
     """
     head = RequestHead()
     out = head.headers
-    listed: set[bytes] | None = None
+    listed: frozenset[bytes] | None = None
     for header in headers:
-        low = header[0].lower()
-        what = _REQUEST_NAMES.get(low)
+        what = _REQUEST_NAMES.get(header[0].lower())
         if what is None:
             out.append(header)
         elif what == _HOST:
@@ -129,11 +128,8 @@ def split_request_headers(
             # repeated fields are one list (RFC 9110 §5.3): gzip + chunked stays "gzip, chunked"
             head.te = header[1] if not head.te else head.te + b", " + header[1]
         elif what == _CONNECTION:
-            tokens = {t.strip().lower() for t in header[1].split(b",")}
-            if listed is None:
-                listed = tokens
-            else:
-                listed |= tokens
+            tokens = connection_tokens(header[1])
+            listed = tokens if listed is None else listed | tokens
         elif what == _XFF:
             if replace_x_forwarded:
                 head.x_forwarded_for.append(header[1])
@@ -148,7 +144,7 @@ def split_request_headers(
             else:
                 out.append(header)
     if listed is not None:
-        head.connection = frozenset(listed)
+        head.connection = listed
         extra = listed - _PLAIN_CONNECTION_TOKENS
         if extra:
             head.headers = [h for h in out if h[0].lower() not in extra]
@@ -174,13 +170,16 @@ _MEMO_LIMIT = 2048
 
 class ResponseHead:
     """A response head, sorted as the parser reports each header (it is the parser's callback
-    object): end-to-end headers minus hidden ones, framing, keep-alive. Pure: no I/O."""
+    object): end-to-end headers minus hidden ones, framing, keep-alive. Pure: no I/O.
+
+    Trailer fields of a chunked body reach `on_header` too, after `finish`: they land in
+    `headers`, which was serialised for the client before any trailer arrived, so they are
+    dropped (Portico does not forward trailers)."""
 
     __slots__ = (
         "_hide",
         "_length",
         "_listed",
-        "complete",
         "declared_length",
         "headers",
         "keep_alive",
@@ -198,39 +197,34 @@ class ResponseHead:
         self.declared_length: bytes | None = None  # as sent, for HEAD and 304
         self.te: bytes | None = None
         self.keep_alive = True
-        self.complete = False
         self._hide = hide
         self._length: int | None = None
-        self._listed: set[bytes] | None = None
+        self._listed: frozenset[bytes] | None = None
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:
-            return  # a trailer field of a chunked body: not forwarded
         what = _RESPONSE_NAME_MEMO.get(name)
         if what is None:
             what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
             if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
                 _RESPONSE_NAME_MEMO[name] = what
         if what == _PLAIN:
-            if self._hide and name.lower() in self._hide:
-                return
-            self.headers.append((name, value))
+            if not self._hide or name.lower() not in self._hide:
+                self.headers.append((name, value))
         elif what == _LENGTH:
             self.declared_length = value
             self._length = int(value)
+        elif what == _CONNECTION:
+            tokens = connection_tokens(value)
+            self._listed = tokens if self._listed is None else self._listed | tokens
         elif what == _TE:
             self.te = value if self.te is None else self.te + b", " + value
-        elif what == _CONNECTION:
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            self._listed = tokens if self._listed is None else self._listed | tokens
 
     def finish(self, method: bytes, status: int, http11: bool) -> None:
         """The head is complete: settle framing and keep-alive (RFC 9112 §6.3, §9.3)."""
-        self.complete = True
         listed = self._listed
         if listed is not None:
             self.keep_alive = b"close" not in listed if http11 else b"keep-alive" in listed
@@ -239,11 +233,25 @@ class ResponseHead:
                 self.headers = [h for h in self.headers if h[0].lower() not in extra]
         else:
             self.keep_alive = http11
-        self.kind = response_body_kind(method, status, self._length, self.te)
-        if self.kind is BodyKind.LENGTH:
+        kind = self.kind = response_body_kind(method, status, self._length, self.te)
+        if kind is BodyKind.LENGTH:
             self.length = self._length or 0
-        elif self.kind is BodyKind.CLOSE:
+        elif kind is BodyKind.CLOSE:
             self.keep_alive = False
+
+
+_TOKENS_MEMO: dict[bytes, frozenset[bytes]] = {}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The lower-cased options of one Connection field value (memoised: servers repeat
+    `keep-alive` and `close` on every response)."""
+    tokens = _TOKENS_MEMO.get(value)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for t in value.split(b",")) - {b""}
+        if len(_TOKENS_MEMO) < _MEMO_LIMIT:
+            _TOKENS_MEMO[value] = tokens
+    return tokens
 
 
 def split_response_headers(

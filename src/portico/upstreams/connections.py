@@ -271,14 +271,20 @@ class UpstreamConnection(asyncio.Protocol):
             if self.sink is None:
                 return
             if kind is BodyKind.LENGTH:
-                self._state = _LENGTH
-                length = self._remaining = head.length
-                if length == 0:
-                    if rest:
-                        self._keep_alive = False
+                length = head.length
+                if len(rest) >= length:
+                    # the whole response in this read: the common case for small answers
+                    if len(rest) > length:
+                        self._keep_alive = False  # bytes beyond the response
+                        rest = rest[:length]
+                    if length:
+                        sink.on_response_body(rest)
                     self._finish()
-                elif rest:
-                    self.data_received(rest)
+                else:
+                    self._state = _LENGTH
+                    self._remaining = length - len(rest)
+                    if rest:
+                        sink.on_response_body(rest)
             elif kind is BodyKind.NONE:
                 if rest:
                     self._keep_alive = False
