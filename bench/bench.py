@@ -56,6 +56,7 @@ START_TIMEOUT = 10.0  # seconds for a target's port to accept connections
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 CHECK_TIMEOUT = 5.0  # seconds for the one-request sanity check per path
 WRK_GRACE = 15.0  # seconds past wrk's own -d before it is killed
+NOISE_WARN_PCT = 10.0  # % of a core used by others during a row before the table warns
 RSS_INTERVAL = 0.1  # seconds between RSS samples
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -151,15 +152,39 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-def core_busy_ticks(core: int) -> tuple[int, int]:
-    """(busy, total) jiffies of one core from /proc/stat."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith(f"cpu{core} "):
-                v = [int(x) for x in line.split()[1:]]
-                idle = v[3] + (v[4] if len(v) > 4 else 0)
-                return sum(v) - idle, sum(v)
-    return 0, 0
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU counters in seconds, read together at one moment; subtract two to get a run's share."""
+
+    at: float  # time.monotonic()
+    server: float  # the target's process tree
+    origins: float  # the origins' process tree (0 when the target is the origins)
+    harness: float  # this process and its reaped children (wrk)
+    machine: float  # user+nice+system over all cores, whoever ran
+    softirq: float  # irq+softirq over all cores: loopback TCP work charged to no process
+    load_busy: float  # the load core's busy time
+    load_total: float  # the load core's total time
+
+    @classmethod
+    def take(cls, server: int, origins: int | None) -> CpuSnapshot:
+        cores: dict[str, list[int]] = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu"):
+                    name, *values = line.split()
+                    cores[name] = [int(v) for v in values]
+        total, load = cores["cpu"], cores.get(f"cpu{LOAD_CORE}", cores["cpu"])
+        t = os.times()
+        return cls(
+            at=time.monotonic(),
+            server=tree_cpu_seconds(server),
+            origins=tree_cpu_seconds(origins) if origins is not None else 0.0,
+            harness=t.user + t.system + t.children_user + t.children_system,
+            machine=sum(total[0:3]) / CLK_TCK,
+            softirq=sum(total[5:7]) / CLK_TCK,
+            load_busy=(sum(load[0:3]) + sum(load[5:7])) / CLK_TCK,
+            load_total=sum(load[0:8]) / CLK_TCK,
+        )
 
 
 class RssSampler:
@@ -581,7 +606,9 @@ class Row:
     wall_s: float = 0.0
     rss_kib: int = 0
     errors: int = 0
-    load_core_pct: float = 0.0
+    load_core_pct: float = 0.0  # how busy wrk + origins kept their core
+    softirq_pct: float = 0.0  # kernel network work charged to no process, in % of one core
+    other_pct: float = 0.0  # CPU used by processes this harness did not start, % of one core
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -659,25 +686,29 @@ def parse_wrk(text: str, row: Row) -> None:
     row.errors += int(m.group(1)) if m else 0
 
 
-def measure(args: argparse.Namespace, server: Proc, row: Row, port: int) -> None:
+def measure(args: argparse.Namespace, server: Proc, origins: Proc, row: Row, port: int) -> None:
     path, size = PATHS[row.path]
     check_response(port, path, size)
     url = f"http://127.0.0.1:{port}{path}"
     if args.warmup:
         run_wrk(wrk_argv(args, url, args.warmup), args.warmup)
     argv = wrk_argv(args, url, args.duration)
-    busy0, total0 = core_busy_ticks(LOAD_CORE)
+    others = origins.pid if origins is not server else None
     with RssSampler(server.pid) as rss:
-        cpu0, t0 = tree_cpu_seconds(server.pid), time.monotonic()
+        a = CpuSnapshot.take(server.pid, others)
         out = run_wrk(argv, args.duration)
-        cpu1, t1 = tree_cpu_seconds(server.pid), time.monotonic()
-    busy1, total1 = core_busy_ticks(LOAD_CORE)
+        b = CpuSnapshot.take(server.pid, others)
     parse_wrk(out, row)
-    row.cpu_s, row.wall_s, row.rss_kib = cpu1 - cpu0, t1 - t0, rss.peak_kib
-    row.load_core_pct = 100.0 * (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
+    row.cpu_s, row.wall_s, row.rss_kib = b.server - a.server, b.at - a.at, rss.peak_kib
+    if b.load_total > a.load_total:
+        row.load_core_pct = 100.0 * (b.load_busy - a.load_busy) / (b.load_total - a.load_total)
+    ours = (b.server - a.server) + (b.origins - a.origins) + (b.harness - a.harness)
+    row.other_pct = max(0.0, 100.0 * ((b.machine - a.machine) - ours) / row.wall_s)
+    row.softirq_pct = 100.0 * (b.softirq - a.softirq) / row.wall_s
     log(
         f"  {row.label} {row.layer} {path}: {row.rps:,.0f} req/s, proxy CPU {row.cpu_pct:.0f}%, "
         f"{row.per_cpu_s:,.0f} req/CPU-s, load core {row.load_core_pct:.0f}% busy, "
+        f"softirq {row.softirq_pct:.0f}%, others {row.other_pct:.0f}% of a core, "
         f"{row.errors} errors"
     )
 
@@ -719,7 +750,7 @@ def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[
             for name in args.paths:
                 row = Row(target.key, target.label, layer, name)
                 try:
-                    measure(args, server, row, port)
+                    measure(args, server, origins, row, port)
                 except (RuntimeError, OSError, http.client.HTTPException, ValueError) as exc:
                     row.error = f"failed (error: {exc})"
                     log(f"  {target.label} {layer} {name}: {row.error}")
@@ -841,6 +872,21 @@ def footnotes(rows: list[Row]) -> str:
             "across rows; at ~100% requests/s is capped by the load generator, not the "
             "proxy, which is why requests per proxy CPU-second is the figure to compare."
         )
+    measured = [r for r in rows if not r.error]
+    if measured:
+        soft = [r.softirq_pct for r in measured]
+        notes.append(
+            f"- kernel softirq (loopback TCP, charged to no process, so in no CPU column): "
+            f"{min(soft):.0f} to {max(soft):.0f}% of a core across rows."
+        )
+        noisy = max(measured, key=lambda r: r.other_pct)
+        if noisy.other_pct >= NOISE_WARN_PCT:
+            notes.append(
+                f"- **noisy machine**: processes this harness did not start used up to "
+                f"{noisy.other_pct:.0f}% of a core during a row ({noisy.label} {noisy.layer} "
+                f"{PATHS[noisy.path][0]}); figures from this run are less trustworthy, rerun on "
+                "a quiet machine."
+            )
     return "\n".join(notes)
 
 
@@ -980,9 +1026,8 @@ def main(argv: list[str]) -> int:
     started = dt.datetime.now(dt.UTC)
     with contextlib.suppress(OSError):  # the harness itself stays off the proxy's core
         os.sched_setaffinity(0, {LOAD_CORE})
-    with contextlib.suppress(
-        ValueError, OSError
-    ):  # room for 50 conns x 2 sides, nginx worker_connections 4096
+    # Room for wrk's connections on both sides of a proxy and nginx's worker_connections 4096.
+    with contextlib.suppress(ValueError, OSError):
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
@@ -1010,6 +1055,8 @@ def main(argv: list[str]) -> int:
             for port in ORIGIN_PORTS:
                 wait_for_port(origins, port)
             for target in targets:
+                if origins.popen.poll() is not None:
+                    raise RuntimeError(f"the origins exited: {origins.log_tail()}")
                 log(f"measuring {target.label} ({args.duration}s per path)")
                 rows += run_target(args, target, origins)
     except KeyboardInterrupt:
@@ -1018,6 +1065,9 @@ def main(argv: list[str]) -> int:
     except Interrupted as exc:
         log(f"{exc}: everything started was stopped")
         return 143
+    except RuntimeError as exc:
+        log(f"stopped early: {exc}")
+        return 1
 
     table, notes = render_table(rows, args.paths), footnotes(rows)
     print(table)

@@ -107,6 +107,9 @@ class _BackendProtocol(asyncio.Protocol):
         self.backend.open_connections += 1
         self.index = self.backend.connections
         self.task = asyncio.get_running_loop().create_task(self.serve())
+        # held until done: a task the loop only knows weakly is garbage-collected mid-wait
+        self.backend._tasks.add(self.task)
+        self.task.add_done_callback(self.backend._tasks.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.backend.open_connections -= 1
@@ -264,6 +267,7 @@ class FakeBackend:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -318,9 +322,14 @@ class FakeBackend:
 
     def stop(self) -> None:
         async def close() -> None:
+            # answers still waiting (delay, hang) end here, not as "Task was destroyed" noise
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
             if self._server is not None:
                 self._server.close()
-                self._server.abort_clients()
+                if hasattr(self._server, "abort_clients"):  # Python 3.13+
+                    self._server.abort_clients()
 
         with contextlib.suppress(Exception):
             self._call(close())

@@ -160,6 +160,9 @@ class Supervisor:
         for worker in workers:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 worker.writer.write(channel.encode("stop"))
+        # refuse new connections at once rather than queue them where no one will accept them
+        for sock in self.sockets.values():
+            sock.close()
         limit = self.config.shutdown_grace + 5.0
         waits = [asyncio.create_task(w.process.wait()) for w in workers]  # noqa: TID251
         _, pending = await asyncio.wait(waits, timeout=limit)

@@ -362,7 +362,7 @@ class Exchange:
         if got_bytes or not self._replayable:
             self._respond_error(504 if timed_out else 502)
             return
-        if self._reused and not self._stale_retried and self.method in IDEMPOTENT:
+        if self._reused and not timed_out and not self._stale_retried and self.method in IDEMPOTENT:
             # a pooled connection the server had already given up on: not the server's fault
             self._stale_retried = True
             self.start()
