@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from portico import channel
 from portico.config.schema import Config, ListenerConfig
+from portico.health.checker import HealthChecker
 
 log = logging.getLogger("portico")
 
@@ -76,6 +77,7 @@ class Supervisor:
         self.stopping = False
         self._stopped = asyncio.Event()
         self._failures: dict[int, int] = {}
+        self.checker = HealthChecker(config, self._health_changed)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -84,6 +86,7 @@ class Supervisor:
         count = self.config.worker_count()
         for slot in range(count):
             await self._spawn(slot)
+        self.checker.start()
         await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
         listening = ", ".join(
             f"{listener.name} http://{_bound(self.sockets[listener.name])}"
@@ -96,6 +99,7 @@ class Supervisor:
             signal.SIGHUP, lambda: log.warning("reload is not supported yet; ignoring SIGHUP")
         )
         await self._stopped.wait()
+        self.checker.stop()
         await self._stop_workers()
         for sock in self.sockets.values():
             sock.close()
@@ -120,11 +124,20 @@ class Supervisor:
         child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         writer.write(channel.encode("config", text=self.config_text, filename=self.filename))
+        for health in self.checker.down():  # a new worker learns what the others know
+            writer.write(channel.encode("health", pool=health.pool, server=health.server, up=False))
         worker = WorkerProcess(slot, process, writer, reader, time.monotonic())
         self.workers[slot] = worker
         from portico import tasks
 
         tasks.spawn(self._watch(worker))
+
+    def _health_changed(self, pool: str, server: str, up: bool) -> None:
+        """An active check changed its verdict: every worker hears it at once."""
+        message = channel.encode("health", pool=pool, server=server, up=up)
+        for worker in self.workers.values():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                worker.writer.write(message)
 
     async def _watch(self, worker: WorkerProcess) -> None:
         """Read a worker's messages; when its channel closes, it has died or stopped."""

@@ -19,10 +19,13 @@ import random
 import signal
 import socket
 import sys
+from typing import Any
 
 from portico import channel, tasks
 from portico.config.load import parse_config
-from portico.config.schema import Config
+from portico.config.schema import Config, ListenerConfig
+from portico.filters.base import RequestFilter
+from portico.filters.ratelimit import RateLimitFilter
 from portico.listeners.http import ClientConnection, HttpListenerSettings
 from portico.upstreams.pool import Pool
 
@@ -39,7 +42,19 @@ def build_pools(config: Config, loop: asyncio.AbstractEventLoop) -> dict[str, Po
     }
 
 
-def listener_settings(config: Config, pools: dict[str, Pool]) -> dict[str, HttpListenerSettings]:
+def request_filters(
+    listener: ListenerConfig, loop: asyncio.AbstractEventLoop
+) -> tuple[RequestFilter, ...]:
+    """The filters of one listener, in the order they run."""
+    out: list[RequestFilter] = []
+    if listener.rate_limit is not None:
+        out.append(RateLimitFilter(listener.rate_limit, loop.time))
+    return tuple(out)
+
+
+def listener_settings(
+    config: Config, pools: dict[str, Pool], loop: asyncio.AbstractEventLoop
+) -> dict[str, HttpListenerSettings]:
     out = {}
     for listener in config.listeners:
         limits, timeouts = listener.limits, listener.timeouts
@@ -56,6 +71,8 @@ def listener_settings(config: Config, pools: dict[str, Pool]) -> dict[str, HttpL
             send_timeout=timeouts.send,
             x_forwarded=listener.forwarded.x_forwarded,
             forwarded=listener.forwarded.forwarded,
+            filters=request_filters(listener, loop),
+            max_conns_per_client=listener.max_conns_per_client,
         )
     return out
 
@@ -73,10 +90,18 @@ class Worker:
         self.config = config
         self.sockets = sockets
         self.connections: set[ClientConnection] = set()
+        self.client_connections: dict[str, int] = {}  # open connections per client address
         self.pools = build_pools(config, loop)
-        self.settings = listener_settings(config, self.pools)
+        self.settings = listener_settings(config, self.pools, loop)
         self.servers: list[asyncio.Server] = []
         self.all_closed = asyncio.Event()  # set while no client connection is open
+
+    def handle(self, message: dict[str, Any]) -> None:
+        """A control-plane message other than stop."""
+        if message["type"] == "health":
+            pool = self.pools.get(message["pool"])
+            if pool is not None:
+                pool.set_active_health(message["server"], bool(message["up"]), self.loop.time())
 
     def forget(self, conn: ClientConnection) -> None:
         """A client connection closed."""
@@ -150,6 +175,7 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
             if message is None or message["type"] == "stop":
                 stop.set()
                 return
+            worker.handle(message)
 
     tasks.spawn(listen())
     await stop.wait()

@@ -8,6 +8,7 @@ YAML and never formats errors with file names and lines; `load.py` does that.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from portico.config.units import (
     Address,
@@ -38,17 +41,24 @@ __all__ = [
     "DEFER_REFERENCES",
     "MAX_WORKERS",
     "POLICY_NAMES",
+    "ActiveHealthConfig",
     "Config",
     "ForwardedHeaders",
+    "HealthConfig",
+    "HttpCheckConfig",
     "ListenerConfig",
     "ListenerLimits",
     "ListenerTimeouts",
     "Loc",
+    "PassiveHealthConfig",
     "PolicyName",
     "PoolConfig",
     "PoolKeepalive",
     "PoolTimeouts",
+    "QueueConfig",
+    "RateLimitConfig",
     "ReferenceIssue",
+    "RetryBudgetConfig",
     "ServerConfig",
     "check_references",
     "format_loc",
@@ -102,6 +112,11 @@ _Weight = Annotated[int, _NoBool, AfterValidator(_between(1, 256))]
 _MaxIdle = Annotated[int, _NoBool, AfterValidator(_between(0, 10_000))]
 _MaxRequests = Annotated[int, _NoBool, AfterValidator(_between(0, 2**31 - 1))]
 _Retries = Annotated[int, _NoBool, AfterValidator(_between(0, 10))]
+_RiseFall = Annotated[int, _NoBool, AfterValidator(_between(1, 100))]
+_Count = Annotated[int, _NoBool, AfterValidator(_between(1, 1_000_000))]
+_Percent = Annotated[int, _NoBool, AfterValidator(_between(0, 100))]
+_MaxConns = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000))]
+_QueueSize = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000))]
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -171,6 +186,73 @@ def _none_is_empty(empty: object) -> Callable[[object], object]:
     return convert
 
 
+def _check_path(value: str) -> str:
+    if not value.startswith("/") or any(c <= " " or c == "\x7f" for c in value):
+        raise ValueError(
+            f'{show(value)} is not a request path: start it with "/", no spaces or controls'
+        )
+    return value
+
+
+def _check_host_header(value: str) -> str:
+    if not value or any(c <= " " or c == "\x7f" for c in value):
+        raise ValueError(f"{show(value)} is not a Host value: no spaces or control characters")
+    return value
+
+
+def _parse_status_range(value: object) -> object:
+    """`200`, `"200-399"` or `[200, 399]` → (low, high)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d{3}\s*(-\s*\d{3}\s*)?", value):
+        parts = [int(p) for p in value.split("-")]
+        low, high = parts[0], parts[-1]
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = value
+    else:
+        raise ValueError(f'{show(value)} is not a status range: write e.g. 200 or "200-399"')
+    if not (100 <= low <= high <= 599):
+        raise ValueError(f"{show(value)} is not a status range from 100 to 599, low to high")
+    return (low, high)
+
+
+def _check_ratio(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be from 0 to 1, not {value}")
+    return value
+
+
+def _check_non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must not be negative, not {value}")
+    return value
+
+
+def _parse_rate(value: object) -> object:
+    from portico.filters.ratelimit import parse_rate
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{show(value)} is not a rate: write e.g. 100/s, 600/m or 10000/h")
+    return parse_rate(value)
+
+
+_LIMIT_KEY = re.compile(rf"client_ip|(?:header|cookie):{_TOKEN}")
+
+
+def _check_limit_key(value: str) -> str:
+    if not _LIMIT_KEY.fullmatch(value):
+        raise ValueError(
+            f"{show(value)} is not a rate-limit key: use client_ip, header:NAME or cookie:NAME"
+        )
+    return value
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
 _EMPTY_SECTION = BeforeValidator(_none_is_empty({}))
 _EMPTY_LIST = BeforeValidator(_none_is_empty(()))
 
@@ -210,6 +292,17 @@ class ForwardedHeaders(_Model):
     forwarded: bool = True  # RFC 7239 Forwarded
 
 
+class RateLimitConfig(_Model):
+    """Per-client request rate limit (GCRA): over it, 429 with Retry-After."""
+
+    rate: Annotated[float, BeforeValidator(_parse_rate)]  # "100/s", "600/m", "10000/h"
+    burst: _Count | None = None  # requests at once from idle; default: one second's worth
+    key: Annotated[str, AfterValidator(_check_limit_key)] = "client_ip"
+
+    def burst_size(self) -> int:
+        return self.burst if self.burst is not None else max(1, math.ceil(self.rate))
+
+
 class ListenerConfig(_Model):
     """One listening socket and how requests arriving on it are handled."""
 
@@ -221,6 +314,8 @@ class ListenerConfig(_Model):
     limits: Annotated[ListenerLimits, _EMPTY_SECTION] = Field(default_factory=ListenerLimits)
     timeouts: Annotated[ListenerTimeouts, _EMPTY_SECTION] = Field(default_factory=ListenerTimeouts)
     forwarded: Annotated[ForwardedHeaders, _EMPTY_SECTION] = Field(default_factory=ForwardedHeaders)
+    rate_limit: RateLimitConfig | None = None
+    max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +364,98 @@ class PoolKeepalive(_Model):
     max_requests: _MaxRequests = 0  # requests per connection (0 = unlimited)
 
 
+class HttpCheckConfig(_Model):
+    """What an active HTTP health check sends and expects."""
+
+    method: HeaderName = "GET"
+    path: Annotated[str, AfterValidator(_check_path)] = "/"
+    host: Annotated[str, AfterValidator(_check_host_header)] | None = None  # default host:port
+    expect_status: Annotated[tuple[int, int], BeforeValidator(_parse_status_range)] = (200, 399)
+    expect_body: str | None = None  # a substring the body must contain
+
+    @field_validator("expect_body")
+    @classmethod
+    def _body_needs_a_body(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("method") == "HEAD":
+            raise ValueError("a HEAD response has no body to look into: use GET")
+        if value == "":
+            raise ValueError("must not be empty (leave it out to not check the body)")
+        return value
+
+
+class ActiveHealthConfig(_Model):
+    """Active checks, run by the control plane once per instance and shared with workers."""
+
+    type: Literal["http", "tcp"] = "http"
+    interval: Duration = 2.0
+    timeout: Duration = 1.0  # must not exceed interval
+    rise: _RiseFall = 2  # successes in a row that bring a server back
+    fall: _RiseFall = 3  # failures in a row that take it out
+    http: Annotated[HttpCheckConfig, _EMPTY_SECTION] = Field(default_factory=HttpCheckConfig)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_within_interval(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("interval")
+        if interval is not None and value > interval:
+            raise ValueError(
+                f"must not be longer than interval ({_seconds(interval)}): a check would "
+                "still be running when the next one starts"
+            )
+        return value
+
+
+class PassiveHealthConfig(_Model):
+    """Outlier detection on real traffic (as Envoy): failures in a row eject a server."""
+
+    enabled: bool = True
+    consecutive_failures: _Count = 5  # connect failures, timeouts (and 5xx with on_5xx)
+    on_5xx: bool = True  # count 5xx responses as failures
+    base_ejection_time: Duration = 30.0  # times the number of ejections, up to the max
+    max_ejection_time: Duration = 300.0
+    max_ejection_percent: _Percent = 50  # never eject more than this share of the pool
+
+    @field_validator("max_ejection_time")
+    @classmethod
+    def _max_at_least_base(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("base_ejection_time")
+        if base is not None and value < base:
+            raise ValueError(f"must not be shorter than base_ejection_time ({_seconds(base)})")
+        return value
+
+
+class HealthConfig(_Model):
+    """How a pool learns which servers are fit to receive traffic."""
+
+    active: ActiveHealthConfig | None = None  # no active checks unless configured
+    passive: Annotated[PassiveHealthConfig, _EMPTY_SECTION] = Field(
+        default_factory=PassiveHealthConfig
+    )
+
+
+class QueueConfig(_Model):
+    """Requests waiting for a server below max_conns (as HAProxy's queue)."""
+
+    size: _QueueSize = 0  # 0: no queue, 503 at once when every server is full
+    timeout: Duration | None = None  # required with a queue
+
+    @model_validator(mode="after")
+    def _queue_needs_timeout(self) -> Self:
+        if self.size and self.timeout is None:
+            raise PydanticCustomError(
+                "queue_timeout", "a queue needs a timeout: set queue.timeout, e.g. 5s"
+            )
+        return self
+
+
+class RetryBudgetConfig(_Model):
+    """Retries allowed as a share of recent requests, so that retries never multiply the load
+    on a failing pool (Finagle's and Envoy's retry budget)."""
+
+    ratio: Annotated[float, AfterValidator(_check_ratio)] = 0.2
+    min_per_second: Annotated[float, AfterValidator(_check_non_negative)] = 3.0
+
+
 class PoolConfig(_Model):
     """A named group of servers and how requests are spread over them."""
 
@@ -281,6 +468,14 @@ class PoolConfig(_Model):
     # before any response byte arrived.
     retries: _Retries = 1
     hide_headers: Annotated[tuple[HeaderName, ...], _EMPTY_LIST] = ()
+    health: Annotated[HealthConfig, _EMPTY_SECTION] = Field(default_factory=HealthConfig)
+    slow_start: DurationOrZero = 0.0  # a server coming back ramps up over this window
+    max_conns: _MaxConns = 0  # concurrent requests per server (0 = unlimited)
+    queue: Annotated[QueueConfig, _EMPTY_SECTION] = Field(default_factory=QueueConfig)
+    retry_budget: Annotated[RetryBudgetConfig, _EMPTY_SECTION] = Field(
+        default_factory=RetryBudgetConfig
+    )
+    fallback_pool: Name | None = None  # used when every server of this pool is down
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,6 +594,20 @@ def check_references(config: Config) -> list[ReferenceIssue]:
             )
 
     for pool_name, pool in config.pools.items():
+        fallback = pool.fallback_pool
+        if fallback is not None and fallback not in config.pools:
+            issues.append(
+                ReferenceIssue(
+                    ("pools", pool_name, "fallback_pool"),
+                    f'no pool named "{fallback}" (pools are: {pool_names})',
+                )
+            )
+        elif fallback == pool_name:
+            issues.append(
+                ReferenceIssue(
+                    ("pools", pool_name, "fallback_pool"), "a pool cannot be its own fallback"
+                )
+            )
         seen: dict[str, int] = {}
         for j, server in enumerate(pool.servers):
             first = seen.setdefault(server.name, j)

@@ -23,6 +23,7 @@ from portico.timers import Deadline
 from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
+    from portico.filters.base import RequestFilter
     from portico.worker import Worker
 
 
@@ -43,6 +44,8 @@ class HttpListenerSettings:
     x_forwarded: bool
     forwarded: bool
     proto: bytes = b"http"
+    filters: tuple[RequestFilter, ...] = ()  # run in order on each request head
+    max_conns_per_client: int = 0  # 0 = no limit
 
 
 HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
@@ -71,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._blocked = 0
         self._closed = False
+        self._counted = False
         self._eof = False
         # the request being parsed
         self._url = b""
@@ -98,10 +102,29 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = peer[0]
+        limit = self.settings.max_conns_per_client
+        if limit:
+            counts = self.worker.client_connections
+            open_now = counts.get(self.client_ip, 0)
+            if open_now >= limit:
+                self._closed = True  # refused at accept: never counted, never parsed
+                cast(asyncio.Transport, transport).abort()
+                return
+            counts[self.client_ip] = open_now + 1
+            self._counted = True
         self.worker.remember(self)
         self._deadline.set(self.settings.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            counts = self.worker.client_connections
+            left = counts[self.client_ip] - 1
+            if left:
+                counts[self.client_ip] = left
+            else:
+                del counts[self.client_ip]
+        if self._closed and not self._counted and self.active is None:
+            return  # refused at accept
         self._closed = True
         self._deadline.cancel()
         self.worker.forget(self)
@@ -140,7 +163,7 @@ class ClientConnection(asyncio.Protocol):
         if unstarted is not None:
             self._unstarted = None
             if unstarted is self.active and not unstarted.finished:
-                unstarted.start()
+                unstarted.begin()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -303,7 +326,7 @@ class ClientConnection(asyncio.Protocol):
             self.active = nxt
             if self.write_paused:
                 self._deadline.set(self.settings.send_timeout)
-            nxt.start()
+            nxt.begin()
             return
         if self._refusal is not None:
             self.write(client_error(self._refusal))

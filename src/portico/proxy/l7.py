@@ -27,6 +27,7 @@ from portico.http.headers import (
     serialize_head,
 )
 from portico.upstreams.connections import UpstreamConnection
+from portico.upstreams.pool import FULL
 
 if TYPE_CHECKING:
     from portico.listeners.http import ClientConnection
@@ -37,6 +38,7 @@ REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the bod
 _CHUNK_END = b"0\r\n\r\n"
 _COALESCE = 16 * 1024  # a first body piece up to this size is copied behind the head
 _CRLF = b"\r\n"
+_CLOSE_END = b"\r\nConnection: close\r\n\r\n"
 
 # Why an exchange asks its client connection to stop reading (one bit each).
 BLOCK_QUEUED = 1  # a pipelined request waits for the one before it
@@ -52,9 +54,14 @@ class Exchange:
         "_backend",
         "_chunked_out",
         "_client",
+        "_dequeued",
+        "_fell_back",
         "_head",
+        "_observed",
         "_pending",
         "_pending_size",
+        "_pool",
+        "_queue_timer",
         "_replayable",
         "_response_started",
         "_reused",
@@ -106,6 +113,11 @@ class Exchange:
         self._tried: list[BackendState] = []
         self._reused = False
         self._stale_retried = False
+        self._pool = client.settings.pool
+        self._dequeued = False
+        self._fell_back = False
+        self._observed = False
+        self._queue_timer: asyncio.TimerHandle | None = None
         self._sent_at = 0.0
         # the response side
         self._head: bytes | None = None  # staged, written with the first body bytes
@@ -114,16 +126,52 @@ class Exchange:
         self.status = 0
         self.finished = False
 
+    @property
+    def client(self) -> ClientConnection:
+        return self._client
+
     # -- request phases ----------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """The request head is in: run the listener's request filters, then go upstream."""
+        client = self._client
+        for request_filter in client.settings.filters:
+            answer = request_filter.on_request(self)
+            if answer is not None:
+                self._respond_locally(answer)
+                return
+        pool = self._pool = client.settings.pool
+        budget = pool.budget
+        if budget is not None:
+            budget.record_request(client.loop.time())
+        self.start()
 
     def start(self) -> None:
         """Pick a backend and send the request to it (now if a pooled connection is free)."""
         client = self._client
-        pool = client.settings.pool
-        backend = pool.select(self.headers, self.target, client.client_ip, self._tried)
+        pool = self._pool
+        now = client.loop.time()
+        if pool.queue and not self._dequeued:
+            backend: BackendState | str | None = FULL  # wait behind those already waiting
+        else:
+            backend = pool.select(self.headers, self.target, client.client_ip, self._tried, now)
+        self._dequeued = False
         if backend is None:
+            fallback = pool.fallback
+            if fallback is not None and not self._tried and not self._fell_back:
+                self._fell_back = True
+                self._pool = client.worker.pools[fallback]
+                self.start()
+                return
             self._respond_error(502 if self._tried else 503)
             return
+        if backend is FULL:
+            if pool.enqueue(self):
+                self._queue_timer = client.loop.call_later(pool.queue_timeout, self._queue_expired)
+            else:
+                self._respond_error(503)
+            return
+        assert not isinstance(backend, str)
         self._backend = backend
         backend.in_flight += 1
         backend.requests += 1
@@ -135,8 +183,23 @@ class Exchange:
             self._reused = False
             tasks.spawn(self._connect(backend))
 
+    def dequeued(self) -> None:
+        """A server slot freed while this request waited in the pool's queue."""
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        if not self.finished:
+            self._dequeued = True
+            self.start()
+
+    def _queue_expired(self) -> None:
+        self._queue_timer = None
+        self._pool.leave_queue(self)
+        if not self.finished:
+            self._respond_error(503)
+
     async def _connect(self, backend: BackendState) -> None:
-        settings = self._client.settings.pool.settings
+        settings = self._pool.settings
         loop = self._client.loop
         try:
             async with asyncio.timeout(settings.connect_timeout):
@@ -263,7 +326,7 @@ class Exchange:
             self._abort()
             return
         self._drop_upstream()
-        self._release_backend(failed=False)
+        self._release_backend(failed=None)
         self._client.write(client_error(status))
         self.status = status
         self.finished = True
@@ -279,8 +342,13 @@ class Exchange:
     def on_response_head(self, status: int, head: ResponseHead) -> None:
         client = self._client
         backend = self._backend
-        if backend is not None and backend.tracks_latency:
-            backend.observe_latency(client.loop.time() - self._sent_at)
+        if backend is not None:
+            if backend.tracks_latency:
+                backend.observe_latency(client.loop.time() - self._sent_at)
+            pool = self._pool
+            if status >= 500 and pool.on_5xx and pool.outliers is not None:
+                pool.observe(backend, True, client.loop.time())
+                self._observed = True
         self.status = status
         out = head.headers
         kind = head.kind
@@ -336,10 +404,10 @@ class Exchange:
         self._response_started = True
         upstream, self._upstream = self._upstream, None
         backend = self._backend
-        self._release_backend(failed=False)
+        self._release_backend(failed=None if self._observed else False)
         if upstream is not None:
             upstream.detach()
-            settings = client.settings.pool.settings
+            settings = self._pool.settings
             if (
                 backend is None
                 or not self.request_complete
@@ -354,7 +422,8 @@ class Exchange:
     def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None:
         self._upstream = None
         backend = self._backend
-        self._release_backend(failed=True)
+        stale = self._reused and not got_bytes and not timed_out and not self._stale_retried
+        self._release_backend(failed=None if stale else True)
         if self._response_started:
             self._abort()  # never present a truncated body as complete
             return
@@ -393,18 +462,37 @@ class Exchange:
     def client_gone(self) -> None:
         self.finished = True
         self._drop_upstream()
-        self._release_backend(failed=False)
+        self._release_backend(failed=None)
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+            self._pool.leave_queue(self)
 
     # -- endings -------------------------------------------------------------------------------
 
     def _retry_or_fail(self, status: int, *, counts: bool) -> None:
-        retries = self._client.settings.pool.settings.retries
         if self.finished:
             return
-        if counts and len(self._tried) <= retries:
-            self.start()
-        else:
-            self._respond_error(status)
+        pool = self._pool
+        if counts and len(self._tried) <= pool.settings.retries:
+            budget = pool.budget
+            now = self._client.loop.time()
+            if budget is None or budget.can_retry(now):
+                if budget is not None:
+                    budget.record_retry(now)
+                self.start()
+                return
+        self._respond_error(status)
+
+    def _respond_locally(self, answer: bytes) -> None:
+        """A filter answered (429, say): the connection stays usable if the request is read."""
+        keep = self.keep_alive and self.request_complete and not self._client.draining
+        if not keep:
+            self.keep_alive = False
+        self._client.write(answer if keep else answer.replace(b"\r\n\r\n", _CLOSE_END, 1))
+        self.status = int(answer[9:12])
+        self.finished = True
+        self._client.exchange_done(self, keep)
 
     def _respond_error(self, status: int) -> None:
         keep = self.keep_alive and self.request_complete and not self._client.draining
@@ -423,9 +511,16 @@ class Exchange:
         if upstream is not None:
             upstream.abort()
 
-    def _release_backend(self, *, failed: bool) -> None:
+    def _release_backend(self, *, failed: bool | None) -> None:
+        """The request is done with its backend; `failed` feeds outlier detection (None: the
+        outcome says nothing about the server, as when the client left)."""
         backend, self._backend = self._backend, None
         if backend is not None:
             backend.in_flight -= 1
-            if failed:
-                backend.failures += 1
+            pool = self._pool
+            if failed is not None:
+                if failed:
+                    backend.failures += 1
+                pool.observe(backend, failed, self._client.loop.time())
+            if pool.queue:
+                pool.released()

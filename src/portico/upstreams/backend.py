@@ -22,6 +22,9 @@ class BackendState:
     __slots__ = (
         "_clock",
         "_ewma",
+        "active_up",
+        "ejected",
+        "fail_streak",
         "failures",
         "host",
         "idle",
@@ -31,6 +34,7 @@ class BackendState:
         "port",
         "requests",
         "tracks_latency",
+        "up_since",
         "weight",
     )
 
@@ -53,6 +57,12 @@ class BackendState:
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
+        # health: up by the control plane's active checks, not ejected by this worker's
+        # outlier detection; `up_since` is set while slow start ramps the server back up
+        self.active_up = True
+        self.ejected = False
+        self.fail_streak = 0
+        self.up_since: float | None = None
         self._ewma = PeakEwma()
         self._clock = clock
         self.tracks_latency = False  # set when the pool's policy reads `latency`

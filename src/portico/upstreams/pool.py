@@ -6,18 +6,20 @@ upstream settings. Never does I/O: `select` is a plain function of the request a
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final, Protocol
 
 from portico.balancing import Policy, make_policy
 from portico.balancing.p2c_ewma import P2CEwma
 from portico.config.schema import PoolConfig
+from portico.health import OutlierDetector, RetryBudget, slow_start_factor
 from portico.http.headers import Header
+from portico.http.keys import KeyFunction, key_function
 from portico.upstreams.backend import BackendState
-
-# A hash key from (headers, path, client address).
-KeyFunction = Callable[[Sequence[Header], bytes, str], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,43 +35,21 @@ class UpstreamSettings:
     hide_headers: frozenset[bytes]
 
 
-def key_function(spec: str) -> KeyFunction:
-    """Compile a `hash_key` setting (client_ip | path | header:NAME | cookie:NAME)."""
-    if spec == "client_ip":
-        return lambda headers, path, client_ip: client_ip.encode()
-    if spec == "path":
-        return lambda headers, path, client_ip: path.split(b"?", 1)[0]
-    kind, _, name = spec.partition(":")
-    wanted = name.lower().encode()
-    if kind == "header":
+class Waiter(Protocol):
+    """A request waiting in a pool's queue for a server below max_conns."""
 
-        def by_header(headers: Sequence[Header], path: bytes, client_ip: str) -> bytes:
-            for key, value in headers:
-                if key.lower() == wanted:
-                    return value
-            return client_ip.encode()
+    def dequeued(self) -> None:
+        """A slot is free: go on (pick a server again)."""
 
-        return by_header
-    if kind == "cookie":
-        cookie_name = name.encode()
 
-        def by_cookie(headers: Sequence[Header], path: bytes, client_ip: str) -> bytes:
-            for key, value in headers:
-                if key.lower() == b"cookie":
-                    for part in value.split(b";"):
-                        k, _, v = part.strip().partition(b"=")
-                        if k == cookie_name:
-                            return v
-            return client_ip.encode()
-
-        return by_cookie
-    raise ValueError(f"unknown hash key {spec!r}")
+FULL: Final = "full"  # `select` result: servers are up, but every one is at max_conns
 
 
 class Pool:
-    """The servers of one pool and how a request picks one."""
-
-    __slots__ = ("backends", "key_of", "name", "policy", "settings")
+    """The servers of one pool in one worker: which are fit for traffic, and which one a
+    request gets. Health comes from two sides: the control plane's active checks
+    (`set_active_health`) and this worker's own view of real traffic (`observe`, outlier
+    ejection). Never does I/O; the clock is passed in."""
 
     def __init__(
         self,
@@ -78,12 +58,35 @@ class Pool:
         policy: Policy,
         settings: UpstreamSettings,
         key_of: KeyFunction | None,
+        *,
+        rng: random.Random,
+        outliers: OutlierDetector | None = None,
+        on_5xx: bool = True,
+        slow_start: float = 0.0,
+        max_conns: int = 0,
+        queue_size: int = 0,
+        queue_timeout: float = 0.0,
+        budget: RetryBudget | None = None,
+        fallback: str | None = None,
     ) -> None:
         self.name = name
         self.backends = tuple(backends)
         self.policy = policy
         self.settings = settings
         self.key_of = key_of
+        self.rng = rng
+        self.outliers = outliers
+        self.on_5xx = on_5xx
+        self.slow_start = slow_start
+        self.max_conns = max_conns
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.budget = budget
+        self.fallback = fallback
+        self.queue: deque[Waiter] = deque()
+        # what the policy sees: a new tuple whenever the set changes (the policies cache on it)
+        self.available: tuple[BackendState, ...] = self.backends
+        self._next_refresh = float("inf")  # when an ejection ends
 
     @classmethod
     def from_config(
@@ -117,7 +120,34 @@ class Pool:
             retries=config.retries,
             hide_headers=frozenset(h.lower().encode() for h in config.hide_headers),
         )
-        return cls(name, backends, policy, settings, key_of)
+        passive = config.health.passive
+        outliers = None
+        if passive.enabled:
+            outliers = OutlierDetector(
+                passive.consecutive_failures,
+                passive.base_ejection_time,
+                passive.max_ejection_time,
+                passive.max_ejection_percent,
+            )
+        budget = RetryBudget(config.retry_budget.ratio, config.retry_budget.min_per_second)
+        return cls(
+            name,
+            backends,
+            policy,
+            settings,
+            key_of,
+            rng=rng,
+            outliers=outliers,
+            on_5xx=passive.on_5xx,
+            slow_start=config.slow_start,
+            max_conns=config.max_conns,
+            queue_size=config.queue.size,
+            queue_timeout=config.queue.timeout or 0.0,
+            budget=budget,
+            fallback=config.fallback_pool,
+        )
+
+    # -- choosing ------------------------------------------------------------------------------
 
     def select(
         self,
@@ -125,13 +155,92 @@ class Pool:
         path: bytes,
         client_ip: str,
         exclude: Sequence[BackendState],
-    ) -> BackendState | None:
-        """The backend for this request, avoiding those in `exclude` (already tried)."""
-        candidates: Sequence[BackendState] = self.backends
+        now: float,
+    ) -> BackendState | str | None:
+        """The backend for this request, avoiding those in `exclude` (already tried); None
+        when no server is fit for traffic; FULL when all that are fit are at max_conns."""
+        if now >= self._next_refresh:
+            self.refresh(now)
+        candidates: Sequence[BackendState] = self.available
         if exclude:
             candidates = [b for b in candidates if b not in exclude]
+        if not candidates:
+            return None
+        max_conns = self.max_conns
+        if max_conns:
+            candidates = [b for b in candidates if b.in_flight < max_conns]
+            if not candidates:
+                return FULL
         key = self.key_of(headers, path, client_ip) if self.key_of is not None else b""
-        return self.policy.pick(candidates, key)
+        chosen = self.policy.pick(candidates, key)
+        if chosen is not None and chosen.up_since is not None and self.slow_start:
+            # slow start: a server back from down keeps only `factor` of its picks
+            factor = slow_start_factor(chosen.up_since, now, self.slow_start)
+            if factor >= 1.0:
+                chosen.up_since = None
+            elif len(candidates) > 1 and self.rng.random() > factor:
+                others = [b for b in candidates if b is not chosen]
+                chosen = self.policy.pick(others, key) or chosen
+        return chosen
+
+    # -- health --------------------------------------------------------------------------------
+
+    def set_active_health(self, server: str, up: bool, now: float) -> bool:
+        """The control plane's verdict on one server; True when it changed anything."""
+        for backend in self.backends:
+            if backend.name == server and backend.active_up != up:
+                backend.active_up = up
+                backend.up_since = now if up and self.slow_start else None
+                self.refresh(now)
+                return True
+        return False
+
+    def observe(self, backend: BackendState, failed: bool, now: float) -> None:
+        """One real request's outcome (failed: connect error, timeout, or 5xx with on_5xx)."""
+        outliers = self.outliers
+        if outliers is None:
+            return
+        if not failed and not backend.fail_streak:
+            return  # the common case costs one attribute read
+        backend.fail_streak = backend.fail_streak + 1 if failed else 0
+        if outliers.observe(backend.name, failed, now, len(self.backends)):
+            self.refresh(now)
+
+    def refresh(self, now: float) -> None:
+        """Recompute the servers fit for traffic (after a health change, or when an ejection
+        ends)."""
+        outliers = self.outliers
+        ejected = outliers.ejected(now) if outliers is not None else ()
+        for backend in self.backends:
+            if backend.name in ejected and not backend.ejected:
+                backend.ejected = True
+            elif backend.ejected and backend.name not in ejected:
+                backend.ejected = False
+                backend.fail_streak = 0
+                backend.up_since = now if self.slow_start else None
+        available = tuple(b for b in self.backends if b.active_up and not b.ejected)
+        if available != self.available:
+            self.available = available
+        upcoming = outliers.next_change(now) if outliers is not None else None
+        self._next_refresh = upcoming if upcoming is not None else float("inf")
+
+    # -- the queue of requests waiting for a slot (max_conns) ----------------------------------
+
+    def enqueue(self, waiter: Waiter) -> bool:
+        """Wait for a free slot; False when the queue is full (or there is none)."""
+        if len(self.queue) >= self.queue_size:
+            return False
+        self.queue.append(waiter)
+        return True
+
+    def leave_queue(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self.queue.remove(waiter)
+
+    def released(self) -> None:
+        """A request to one of this pool's servers ended: the first waiter may go."""
+        if self.queue:
+            self.queue.popleft().dequeued()
 
     def close_idle(self, older_than: float) -> None:
         for backend in self.backends:
