@@ -105,6 +105,7 @@ class _BackendProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.backend.connections += 1
         self.backend.open_connections += 1
+        self.backend._transports.add(self.transport)  # type: ignore[arg-type]
         self.index = self.backend.connections
         self.task = asyncio.get_running_loop().create_task(self.serve())
         # held until done: a task the loop only knows weakly is garbage-collected mid-wait
@@ -113,6 +114,7 @@ class _BackendProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.backend.open_connections -= 1
+        self.backend._transports.discard(self.transport)  # type: ignore[arg-type]
         self.queue.put_nowait(None)
 
     def data_received(self, data: bytes) -> None:
@@ -121,6 +123,8 @@ class _BackendProtocol(asyncio.Protocol):
             self.head_bytes += data
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # the upgrade request itself is complete; this fake never switches protocols
         except httptools.HttpParserError:
             self.backend.errors.append(data)
             if self.transport is not None:
@@ -244,7 +248,7 @@ class _BackendProtocol(asyncio.Protocol):
 class FakeBackend:
     """A real HTTP server on a free loopback port, in a thread; see the module docstring."""
 
-    def __init__(self, name: str, handler: Handler | None = None) -> None:
+    def __init__(self, name: str, handler: Handler | None = None, port: int = 0) -> None:
         self.name = name
         self.handler: Handler = handler or (lambda seen: Reply(body=name.encode()))
         self.seen: list[Seen] = []  # complete requests
@@ -268,8 +272,12 @@ class FakeBackend:
         self.max_in_flight = 0
         self.lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._transports: set[asyncio.Transport] = set()  # open connections, closed by stop()
+        self._stopped = False
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
+        # port 0: any free port; a given port (one a stopped backend had): the same server back
+        self._bind_port = port
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.port = self._call(self._start())
@@ -278,7 +286,10 @@ class FakeBackend:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
 
     async def _start(self) -> int:
-        self._server = await self.loop.create_server(lambda: _BackendProtocol(self), "127.0.0.1", 0)
+        # SO_REUSEADDR (asyncio's default on POSIX): a port left in TIME_WAIT can be bound again
+        self._server = await self.loop.create_server(
+            lambda: _BackendProtocol(self), "127.0.0.1", self._bind_port, reuse_address=True
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
@@ -321,6 +332,12 @@ class FakeBackend:
         self.loop.call_soon_threadsafe(resume)
 
     def stop(self) -> None:
+        """Die as a killed server process does: the listener and every open connection are
+        closed (reset), and its port is free to bind again. Stopping twice does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+
         async def close() -> None:
             # answers still waiting (delay, hang) end here, not as "Task was destroyed" noise
             for task in asyncio.all_tasks():
@@ -328,8 +345,10 @@ class FakeBackend:
                     task.cancel()
             if self._server is not None:
                 self._server.close()
-                if hasattr(self._server, "abort_clients"):  # Python 3.13+
-                    self._server.abort_clients()
+            # as Server.abort_clients() (Python 3.13+) does, on every version
+            for transport in list(self._transports):
+                transport.abort()
+            await asyncio.sleep(0)  # let connection_lost close the sockets before the loop stops
 
         with contextlib.suppress(Exception):
             self._call(close())
@@ -363,6 +382,8 @@ class Portico:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.stderr_lines: list[str] = []
+        self.stderr_times: list[float] = []  # when each line arrived (time.monotonic())
+        self._stderr_changed = threading.Condition()
         self.ready_line = self._wait_ready()
         ports = re.findall(r"http://[\d.]+:(\d+)", self.ready_line)
         self.port = int(ports[0])
@@ -380,7 +401,7 @@ class Portico:
                 line = key.fileobj.readline().decode()  # type: ignore[union-attr]
                 if key.fileobj is self.proc.stderr:
                     if line:
-                        self.stderr_lines.append(line)
+                        self._stderr_line(line)
                     continue
                 if line.startswith("portico: ready"):
                     sel.close()
@@ -394,9 +415,30 @@ class Portico:
         def pump() -> None:
             assert self.proc.stderr is not None
             for raw in self.proc.stderr:
-                self.stderr_lines.append(raw.decode(errors="replace"))
+                self._stderr_line(raw.decode(errors="replace"))
 
         threading.Thread(target=pump, daemon=True).start()
+
+    def _stderr_line(self, line: str) -> None:
+        with self._stderr_changed:
+            self.stderr_lines.append(line)
+            self.stderr_times.append(time.monotonic())
+            self._stderr_changed.notify_all()
+
+    def wait_for_stderr(self, text: str, timeout: float = 10.0, start: int = 0) -> float | None:
+        """Wait for a stderr line containing `text`, among the lines from index `start` on
+        (pass `len(proxy.stderr_lines)` to ignore what was said before); the time.monotonic()
+        at which it arrived, or None if none arrives within `timeout` seconds."""
+
+        def arrived() -> float | None:
+            for index in range(start, len(self.stderr_lines)):
+                if text in self.stderr_lines[index]:
+                    return self.stderr_times[index]
+            return None
+
+        with self._stderr_changed:
+            self._stderr_changed.wait_for(lambda: arrived() is not None, timeout=timeout)
+            return arrived()
 
     @property
     def url(self) -> str:

@@ -69,6 +69,7 @@ def listener_settings(
             keepalive_timeout=timeouts.keepalive,
             body_timeout=timeouts.body,
             send_timeout=timeouts.send,
+            tunnel_timeout=timeouts.tunnel,
             x_forwarded=listener.forwarded.x_forwarded,
             forwarded=listener.forwarded.forwarded,
             filters=request_filters(listener, loop),

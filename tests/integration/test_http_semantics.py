@@ -109,24 +109,6 @@ def test_hop_by_hop_request_headers_never_reach_the_backend(backends, portico) -
     assert seen.header("X-Kept") == "k"
 
 
-def test_upgrade_request_is_answered_without_forwarding_upgrade(backends, portico) -> None:
-    b = backends("b", echo_target)
-    proxy = portico(simple_config([b]))
-    with open_client(proxy.port) as sock:
-        sock.sendall(
-            get(
-                "/ws",
-                extra=(
-                    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                ),
-            )
-        )
-        response = ResponseReader(sock).read()
-    assert response.status == 200
-    assert response.body == b"/ws"
-    assert not names(b.seen[0].headers) & HOP_BY_HOP
-
-
 def test_end_to_end_request_headers_reach_the_backend_unchanged_in_order(backends, portico) -> None:
     b = backends("b", echo_target)
     proxy = portico(simple_config([b]))

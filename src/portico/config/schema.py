@@ -249,6 +249,28 @@ def _check_limit_key(value: str) -> str:
     return value
 
 
+def _check_network(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(
+            f"{show(value)} is not an IP address or network: write e.g. 10.0.0.0/8 or ::1"
+        ) from None
+
+
+_SNI = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+
+
+def _check_sni_pattern(value: str) -> str:
+    if not _SNI.fullmatch(value.lower()):
+        raise ValueError(
+            f"{show(value)} is not a server name: write a.example.com or *.example.com"
+        )
+    return value.lower()
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
@@ -283,6 +305,7 @@ class ListenerTimeouts(_Model):
     keepalive: Duration = 75.0  # idle client connection between requests is closed after this
     body: Duration = 60.0  # idle gap while receiving a request body
     send: Duration = 60.0  # client not reading our response for this long -> closed
+    tunnel: Duration = 3600.0  # an upgraded (WebSocket) connection idle both ways this long
 
 
 class ForwardedHeaders(_Model):
@@ -303,12 +326,18 @@ class RateLimitConfig(_Model):
         return self.burst if self.burst is not None else max(1, math.ceil(self.rate))
 
 
+class ProxyProtocolAccept(_Model):
+    """Accept a PROXY protocol header (v1 or v2) from a trusted load balancer in front."""
+
+    trusted: tuple[Annotated[str, AfterValidator(_check_network)], ...] = Field(min_length=1)
+
+
 class ListenerConfig(_Model):
     """One listening socket and how requests arriving on it are handled."""
 
     name: Name
     bind: BindAddress  # port 0: any free port (the ready line says which)
-    protocol: Literal["http"] = "http"
+    protocol: Literal["http", "tcp"] = "http"
     default_pool: Name
     backlog: _Backlog = 1024
     limits: Annotated[ListenerLimits, _EMPTY_SECTION] = Field(default_factory=ListenerLimits)
@@ -316,6 +345,11 @@ class ListenerConfig(_Model):
     forwarded: Annotated[ForwardedHeaders, _EMPTY_SECTION] = Field(default_factory=ForwardedHeaders)
     rate_limit: RateLimitConfig | None = None
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
+    proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers
+    # tcp listeners only
+    sni_routes: dict[Annotated[str, AfterValidator(_check_sni_pattern)], Name] | None = None
+    on_bad_hello: Literal["default", "close"] = "default"  # unparsable ClientHello with sni_routes
+    idle_timeout: Duration = 3600.0  # tcp: a connection silent both ways this long is closed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +510,7 @@ class PoolConfig(_Model):
         default_factory=RetryBudgetConfig
     )
     fallback_pool: Name | None = None  # used when every server of this pool is down
+    proxy_protocol: Literal["v1", "v2"] | None = None  # send a PROXY header to servers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,6 +620,21 @@ def check_references(config: Config) -> list[ReferenceIssue]:
             )
         else:
             binds[listener.bind] = i
+        for pattern, target in (listener.sni_routes or {}).items():
+            if target not in config.pools:
+                issues.append(
+                    ReferenceIssue(
+                        ("listeners", i, "sni_routes", pattern),
+                        f'no pool named "{target}" (pools are: {pool_names})',
+                    )
+                )
+        if listener.sni_routes is not None and listener.protocol != "tcp":
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "sni_routes"),
+                    "sni_routes (TLS passthrough) need protocol: tcp",
+                )
+            )
         if listener.default_pool not in config.pools:
             issues.append(
                 ReferenceIssue(

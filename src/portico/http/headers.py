@@ -51,7 +51,7 @@ def response_body_kind(
 
 
 # What the one pass over a request head must notice, by lower-case name.
-_HOST, _LENGTH, _TE, _CONNECTION, _HOP, _XFF, _XFP, _XFH, _FORWARDED = range(9)
+_HOST, _LENGTH, _TE, _CONNECTION, _HOP, _XFF, _XFP, _XFH, _FORWARDED, _UPGRADE = range(10)
 _REQUEST_NAMES: dict[bytes, int] = {
     b"host": _HOST,
     b"content-length": _LENGTH,
@@ -61,7 +61,7 @@ _REQUEST_NAMES: dict[bytes, int] = {
     b"proxy-connection": _HOP,
     b"te": _HOP,
     b"trailer": _HOP,
-    b"upgrade": _HOP,
+    b"upgrade": _UPGRADE,
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _XFP,
     b"x-forwarded-host": _XFH,
@@ -84,6 +84,7 @@ class RequestHead:
         "kind",
         "length",
         "te",
+        "upgrade",
         "x_forwarded_for",
     )
 
@@ -97,6 +98,8 @@ class RequestHead:
         self.connection: frozenset[bytes] = frozenset()
         self.x_forwarded_for: list[bytes] = []
         self.forwarded: list[bytes] = []
+        self.upgrade: bytes | None = None  # the Upgrade field (hop-by-hop: forwarded only on
+        # an upgrade the proxy relays, WebSocket)
 
 
 def split_request_headers(
@@ -143,6 +146,8 @@ def split_request_headers(
                 head.forwarded.append(header[1])
             else:
                 out.append(header)
+        elif what == _UPGRADE:
+            head.upgrade = header[1]
     if listed is not None:
         head.connection = listed
         extra = listed - _PLAIN_CONNECTION_TOKENS
@@ -159,7 +164,7 @@ _RESPONSE_NAMES: dict[bytes, int] = {
     b"proxy-connection": _HOP,
     b"te": _HOP,
     b"trailer": _HOP,
-    b"upgrade": _HOP,
+    b"upgrade": _UPGRADE,
 }
 _PLAIN = -1
 # Header names as sent (any case) -> their class: servers repeat the same few names, so most
@@ -187,6 +192,7 @@ class ResponseHead:
         "length",
         "reason",
         "te",
+        "upgrade",
     )
 
     def __init__(self, hide: frozenset[bytes] = frozenset()) -> None:
@@ -197,6 +203,7 @@ class ResponseHead:
         self.declared_length: bytes | None = None  # as sent, for HEAD and 304
         self.te: bytes | None = None
         self.keep_alive = True
+        self.upgrade: bytes | None = None  # the protocol a 101 switches to
         self._hide = hide
         self._length: int | None = None
         self._listed: frozenset[bytes] | None = None
@@ -222,6 +229,8 @@ class ResponseHead:
             self._listed = tokens if self._listed is None else self._listed | tokens
         elif what == _TE:
             self.te = value if self.te is None else self.te + b", " + value
+        elif what == _UPGRADE:
+            self.upgrade = value
 
     def finish(self, method: bytes, status: int, http11: bool) -> None:
         """The head is complete: settle framing and keep-alive (RFC 9112 §6.3, §9.3)."""

@@ -45,6 +45,7 @@ class HttpListenerSettings:
     forwarded: bool
     proto: bytes = b"http"
     filters: tuple[RequestFilter, ...] = ()  # run in order on each request head
+    tunnel_timeout: float = 3600.0  # an upgraded connection idle both ways this long ends
     max_conns_per_client: int = 0  # 0 = no limit
 
 
@@ -76,6 +77,8 @@ class ClientConnection(asyncio.Protocol):
         self._closed = False
         self._counted = False
         self._eof = False
+        self.early = b""  # bytes after an Upgrade request's head
+        self.tunneled = False
         # the request being parsed
         self._url = b""
         self._headers: list[Header] = []
@@ -145,8 +148,10 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # llhttp stops after the head of an Upgrade request; its exchange was marked to close
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops after the head of an Upgrade request: what follows belongs to the
+            # new protocol (a tunnel, if the server agrees), or to nobody (then we close)
+            self.early = data[exc.args[0] :]
             self._block(BLOCK_DONE)
         except httptools.HttpParserCallbackError:
             self._refuse(self._refuse_status)
@@ -243,12 +248,17 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused
         keep_alive: bool = parser.should_keep_alive()
         if parser.should_upgrade():
-            # Upgrade (WebSocket, h2c) is not offered: answer the plain request, then close,
+            # Upgrade (WebSocket): forwarded for a GET without a body; after the server's 101
+            # the connection becomes a tunnel. Else answered as a plain request, then closed,
             # since llhttp treats any bytes after this head as another protocol's.
             if kind is not BodyKind.NONE:
                 self._refuse_status = 400
                 raise _Refused
+            if method != b"GET":
+                head.upgrade = None
             keep_alive = False
+        else:
+            head.upgrade = None
         if self._eof:
             keep_alive = False
         exchange = Exchange(self, method, target, version, headers, head, keep_alive)
@@ -367,10 +377,23 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def drain(self) -> None:
-        """Shutdown: finish the request in progress, then close; close now if idle."""
+        """Shutdown: finish the request in progress, then close; close now if idle. A tunnel
+        (WebSocket) runs on until it ends or the grace time runs out."""
         self.draining = True
-        if self.active is None and self._reading is None:
+        if self.active is None and self._reading is None and not self.tunneled:
             self.close()
+
+    def hand_over(self) -> asyncio.Transport:
+        """The connection becomes a tunnel: this object stops parsing and timing it."""
+        assert self.transport is not None
+        self.tunneled = True
+        self.active = None
+        self._deadline.cancel()
+        return self.transport
+
+    def tunnel_closed(self) -> None:
+        """The tunnel that took this connection over has ended."""
+        self.connection_lost(None)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from portico.http.headers import (
     forwarding_headers,
     serialize_head,
 )
+from portico.proxy.tunnel import Tunnel
 from portico.upstreams.connections import UpstreamConnection
 from portico.upstreams.pool import FULL
 
@@ -233,7 +234,7 @@ class Exchange:
         if head is None:
             head = self._upstream_head = self._build_upstream_head()
         self._sent_at = self._client.loop.time()
-        conn.send(self, self.method, head, self.request_complete)
+        conn.send(self, self.method, head, self.request_complete, self.head.upgrade is not None)
         if self._pending:
             conn.writelines(self._framed(self._pending))
         if self.request_complete and self.head.kind is BodyKind.CHUNKED:
@@ -272,6 +273,8 @@ class Exchange:
             out.append((b"Content-Length", b"%d" % head.length))
         elif head.kind is BodyKind.CHUNKED:
             out.append((b"Transfer-Encoding", head.te))
+        if head.upgrade is not None:
+            out = [*out, (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
         return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out)
 
     def _forwarding(self, head: RequestHead) -> list[Header]:
@@ -443,6 +446,34 @@ class Exchange:
         else:
             self._respond_error(504 if timed_out else 502)
 
+    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
+        """The server answered 101: relay it, then tunnel bytes both ways until either ends."""
+        client = self._client
+        upstream, self._upstream = self._upstream, None
+        assert upstream is not None
+        assert upstream.transport is not None
+        self.status = 101
+        self.finished = True
+        extra: list[Header] = [(b"Connection", b"Upgrade")]
+        if head.upgrade is not None:
+            extra.append((b"Upgrade", head.upgrade))
+        client.write(serialize_head(b"HTTP/1.1 101 %s" % head.reason, head.headers + extra))
+        backend = self._backend
+
+        def closed() -> None:
+            client.tunnel_closed()
+            if backend is not None and self._backend is backend:
+                self._release_backend(failed=False)
+
+        tunnel = Tunnel(
+            client.loop,
+            client.hand_over(),
+            upstream.transport,
+            client.settings.tunnel_timeout,
+            closed,
+        )
+        tunnel.start(client.early, rest)
+
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:
             self._client.unblock_reading(BLOCK_UPSTREAM)
@@ -518,9 +549,10 @@ class Exchange:
         if backend is not None:
             backend.in_flight -= 1
             pool = self._pool
-            if failed is not None:
-                if failed:
-                    backend.failures += 1
-                pool.observe(backend, failed, self._client.loop.time())
+            if failed:
+                backend.failures += 1
+                pool.observe(backend, True, self._client.loop.time())
+            elif failed is not None and backend.fail_streak:
+                pool.observe(backend, False, self._client.loop.time())
             if pool.queue:
                 pool.released()

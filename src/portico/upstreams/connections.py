@@ -43,6 +43,8 @@ class ResponseSink(Protocol):
 
     def on_upstream_writable(self, writable: bool) -> None: ...
 
+    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None: ...
+
 
 # response states
 _IDLE, _HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(6)
@@ -71,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._paused_reading = False
         self._write_blocked = False
         self._sending = False  # request body still streaming: no read timeout yet
+        self._upgrade = False
         # per-response state
         self._state = _IDLE
         self._method = b"GET"
@@ -168,10 +171,14 @@ class UpstreamConnection(asyncio.Protocol):
             and not transport.is_closing()
         )
 
-    def send(self, sink: ResponseSink, method: bytes, head: bytes, complete: bool) -> None:
+    def send(
+        self, sink: ResponseSink, method: bytes, head: bytes, complete: bool, upgrade: bool = False
+    ) -> None:
         """Start a request: write its head and expect a response for `sink`. `complete` says
-        the request has no more body to come (else `request_sent` is called when it has)."""
+        the request has no more body to come (else `request_sent` is called when it has);
+        `upgrade`, that a 101 may turn the connection into a tunnel."""
         self.sink = sink
+        self._upgrade = upgrade
         self._sending = not complete
         self.requests += 1
         self._method = method
@@ -248,6 +255,8 @@ class UpstreamConnection(asyncio.Protocol):
             parser = httptools.HttpResponseParser(self)
             try:
                 parser.feed_data(buffer[:head_end] if head_end < len(buffer) else buffer)
+            except httptools.HttpParserUpgrade:
+                pass  # a 101 (or an Upgrade field): the head itself parsed; decided below
             except httptools.HttpParserError as exc:
                 self._fail(f"malformed response head: {exc}")
                 return
@@ -258,7 +267,16 @@ class UpstreamConnection(asyncio.Protocol):
             rest = buffer[head_end:]
             if status < 200:
                 if status == 101:
-                    self._fail("unexpected 101 Switching Protocols")
+                    if not self._upgrade:
+                        self._fail("unexpected 101 Switching Protocols")
+                        return
+                    # the server switched protocols: the connection leaves HTTP for good
+                    self._state = _DONE
+                    self.sink = None
+                    self.closed = True  # never pooled again
+                    if self._deadline is not None:
+                        self._deadline.cancel()
+                    sink.on_upgraded(head, rest)
                     return
                 sink.on_interim(status, head)
                 if self.sink is None:
