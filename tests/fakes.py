@@ -114,7 +114,7 @@ class _BackendProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.backend.open_connections -= 1
-        self.backend._transports.discard(self.transport)  # type: ignore[arg-type]
+        self.backend._transports.discard(self.transport)
         self.queue.put_nowait(None)
 
     def data_received(self, data: bytes) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,6 +51,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return supervisor.run(config, text, filename)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate the file first (a bad one is refused here, before the running Portico is
+    disturbed), then signal the supervisor, found by --pid or the config's pid_file."""
+    loaded = _read(args.config)
+    if loaded is None:
+        return 2
+    text, filename = loaded
+    try:
+        config = parse_config(text, filename)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print("portico: reload refused; the running config stays", file=sys.stderr)
+        return 1
+    pid = args.pid
+    if pid is None:
+        if not config.pid_file:
+            print("portico: no --pid given and the config sets no pid_file", file=sys.stderr)
+            return 2
+        try:
+            pid = int(Path(config.pid_file).read_text().strip())
+        except (OSError, ValueError) as exc:
+            print(f"portico: cannot read pid_file {config.pid_file}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"portico: no process {pid}: is Portico running?", file=sys.stderr)
+        return 2
+    print(f"portico: asked process {pid} to reload {filename}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from portico.demo import run_demo
 
@@ -68,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("config", help="path to portico.yaml")
     check.set_defaults(func=cmd_check)
+    reload = sub.add_parser("reload", help="validate a config, then reload the running Portico")
+    reload.add_argument("config", help="path to portico.yaml")
+    reload.add_argument("--pid", type=int, help="the supervisor's pid (default: pid_file)")
+    reload.set_defaults(func=cmd_reload)
     demo = sub.add_parser("demo", help="three demo backends behind Portico")
     demo.add_argument("--port", type=int, default=8080, help="Portico's port (default 8080)")
     demo.add_argument(

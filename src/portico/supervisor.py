@@ -17,8 +17,10 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from portico import channel
+from portico import channel, tasks
+from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig
 from portico.health.checker import HealthChecker
 
@@ -50,6 +52,21 @@ def bind(listener: ListenerConfig) -> socket.socket:
     return sock
 
 
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _write_pid(path: str | None) -> None:
+    if path:
+        Path(path).write_text(f"{os.getpid()}\n")
+
+
+def _remove_pid(path: str | None) -> None:
+    if path:
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+
+
 def _bound(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -63,6 +80,7 @@ class WorkerProcess:
     reader: asyncio.StreamReader
     started: float
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -78,6 +96,8 @@ class Supervisor:
         self._stopped = asyncio.Event()
         self._failures: dict[int, int] = {}
         self.checker = HealthChecker(config, self._health_changed)
+        self._reloading = asyncio.Lock()
+        self.generation = 0
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -95,16 +115,94 @@ class Supervisor:
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.warning("reload is not supported yet; ignoring SIGHUP")
-        )
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        _write_pid(self.config.pid_file)
         await self._stopped.wait()
         self.checker.stop()
         await self._stop_workers()
         for sock in self.sockets.values():
             sock.close()
+        _remove_pid(self.config.pid_file)
         log.info("stopped")
         return 0
+
+    def request_reload(self) -> None:
+        if not self.stopping:
+            tasks.spawn(self.reload())
+
+    async def reload(self) -> bool:
+        """Zero-downtime reload (SIGHUP): validate the file again; if it is bad, say so and keep
+        running as before. If it is good, start new workers with it on the same listening
+        sockets, and only once they are ready ask the old ones to drain and exit."""
+        async with self._reloading:
+            try:
+                text = _read(self.filename)  # a small local file: the control plane may block
+                config = parse_config(text, self.filename)
+            except ConfigError as exc:
+                log.error("reload refused, the running config stays:\n%s", exc)
+                return False
+            except OSError as exc:
+                log.error("reload refused, cannot read %s: %s", self.filename, exc.strerror)
+                return False
+            try:
+                sockets = self._sockets_for(config)
+            except StartupError as exc:
+                log.error("reload refused, the running config stays: %s", exc)
+                return False
+            old_workers = list(self.workers.values())
+            old_sockets = self.sockets
+            self.config, self.config_text, self.sockets = config, text, sockets
+            self.generation += 1
+            self.checker.stop()
+            self.checker = HealthChecker(config, self._health_changed)
+            self.workers = {}
+            for slot in range(config.worker_count()):
+                await self._spawn(slot)
+            self.checker.start()
+            await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
+            for worker in old_workers:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    worker.writer.write(channel.encode("stop"))
+            # when reload() returns, every new connection reaches a new worker
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(w.draining.wait() for w in old_workers)), 10.0
+                )
+            kept = {id(sock) for sock in sockets.values()}
+            for sock in old_sockets.values():
+                if id(sock) not in kept:
+                    sock.close()  # a listener the new config dropped
+            log.info(
+                "reloaded %s: generation %d, %d worker(s); the old ones drain",
+                self.filename,
+                self.generation,
+                len(self.workers),
+            )
+            print(f"portico: reloaded, generation {self.generation}", flush=True)
+            return True
+
+    def _sockets_for(self, config: Config) -> dict[str, socket.socket]:
+        """Listening sockets for `config`: the running ones where the address is the same (so
+        no connection is refused during a reload), new ones for new addresses."""
+        running = {
+            (listener.bind if listener.bind.port else listener.name): self.sockets[listener.name]
+            for listener in self.config.listeners
+        }
+        out: dict[str, socket.socket] = {}
+        made: list[socket.socket] = []
+        try:
+            for listener in config.listeners:
+                key = listener.bind if listener.bind.port else listener.name
+                sock = running.get(key)
+                if sock is None:
+                    sock = bind(listener)
+                    made.append(sock)
+                out[listener.name] = sock
+        except StartupError:
+            for sock in made:
+                sock.close()
+            raise
+        return out
 
     def request_stop(self) -> None:
         if not self.stopping:
@@ -128,8 +226,6 @@ class Supervisor:
             writer.write(channel.encode("health", pool=health.pool, server=health.server, up=False))
         worker = WorkerProcess(slot, process, writer, reader, time.monotonic())
         self.workers[slot] = worker
-        from portico import tasks
-
         tasks.spawn(self._watch(worker))
 
     def _health_changed(self, pool: str, server: str, up: bool) -> None:
@@ -151,8 +247,11 @@ class Supervisor:
             if message["type"] == "ready":
                 self._failures.pop(worker.slot, None)
                 worker.ready.set()
+            elif message["type"] == "draining":
+                worker.draining.set()
         code = await worker.process.wait()
         worker.ready.set()
+        worker.draining.set()
         if self.stopping or self.workers.get(worker.slot) is not worker:
             return
         failures = self._failures[worker.slot] = self._failures.get(worker.slot, 0) + 1

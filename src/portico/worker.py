@@ -19,6 +19,7 @@ import random
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from portico import channel, tasks
@@ -27,6 +28,8 @@ from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
 from portico.filters.ratelimit import RateLimitFilter
 from portico.listeners.http import ClientConnection, HttpListenerSettings
+from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
+from portico.listeners.tls_peek import SniRouter
 from portico.upstreams.pool import Pool
 
 log = logging.getLogger("portico.worker")
@@ -57,6 +60,8 @@ def listener_settings(
 ) -> dict[str, HttpListenerSettings]:
     out = {}
     for listener in config.listeners:
+        if listener.protocol == "tcp":
+            continue
         limits, timeouts = listener.limits, listener.timeouts
         out[listener.name] = HttpListenerSettings(
             name=listener.name,
@@ -78,6 +83,34 @@ def listener_settings(
     return out
 
 
+def tcp_listener_settings(config: Config, pools: dict[str, Pool]) -> dict[str, TcpListenerSettings]:
+    """The settings of each TCP (layer 4) listener."""
+    send_proxy = {
+        name: pool.proxy_protocol
+        for name, pool in config.pools.items()
+        if pool.proxy_protocol is not None
+    }
+    out = {}
+    for listener in config.listeners:
+        if listener.protocol != "tcp":
+            continue
+        routes = listener.sni_routes
+        accept = listener.proxy_protocol
+        out[listener.name] = TcpListenerSettings(
+            name=listener.name,
+            pool=pools[listener.default_pool],
+            pools=pools,
+            idle_timeout=listener.idle_timeout,
+            hello_timeout=listener.timeouts.header,
+            sni=SniRouter({p: pools[name] for p, name in routes.items()}) if routes else None,
+            close_on_bad_hello=listener.on_bad_hello == "close",
+            trusted=trusted_networks(accept.trusted) if accept is not None else None,
+            send_proxy=send_proxy,
+            max_conns_per_client=listener.max_conns_per_client,
+        )
+    return out
+
+
 class Worker:
     """One worker's loop, servers and connections."""
 
@@ -90,10 +123,11 @@ class Worker:
         self.loop = loop
         self.config = config
         self.sockets = sockets
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnection | TcpClientConnection] = set()
         self.client_connections: dict[str, int] = {}  # open connections per client address
         self.pools = build_pools(config, loop)
         self.settings = listener_settings(config, self.pools, loop)
+        self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []
         self.all_closed = asyncio.Event()  # set while no client connection is open
 
@@ -104,18 +138,26 @@ class Worker:
             if pool is not None:
                 pool.set_active_health(message["server"], bool(message["up"]), self.loop.time())
 
-    def forget(self, conn: ClientConnection) -> None:
+    def forget(self, conn: ClientConnection | TcpClientConnection) -> None:
         """A client connection closed."""
         self.connections.discard(conn)
         if not self.connections:
             self.all_closed.set()
 
-    def remember(self, conn: ClientConnection) -> None:
+    def remember(self, conn: ClientConnection | TcpClientConnection) -> None:
         self.connections.add(conn)
         self.all_closed.clear()
 
     async def start(self) -> None:
         for name, sock in self.sockets.items():
+            tcp = self.tcp_settings.get(name)
+            if tcp is not None:
+                server = await self.loop.create_server(
+                    lambda tcp=tcp: TcpClientConnection(tcp, self),  # type: ignore[misc]
+                    sock=sock,
+                )
+                self.servers.append(server)
+                continue
             settings = self.settings[name]
             server = await self.loop.create_server(
                 lambda settings=settings: ClientConnection(settings, self),  # type: ignore[misc]
@@ -131,10 +173,15 @@ class Worker:
             for pool in self.pools.values():
                 pool.close_idle(now - pool.settings.idle_timeout)
 
-    async def drain(self, grace: float) -> None:
+    async def drain(self, grace: float, stopped_accepting: Callable[[], None]) -> None:
         """Stop accepting, let in-flight requests finish for at most `grace` seconds."""
         for server in self.servers:
             server.close()
+        stopped_accepting()
+        # connections accepted in the loop's last turn get `connection_made` in the next one:
+        # let those callbacks run, so that no such connection is dropped at exit
+        for _ in range(2):
+            await asyncio.sleep(0)
         for conn in list(self.connections):
             conn.drain()
         if self.connections:
@@ -180,7 +227,12 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
 
     tasks.spawn(listen())
     await stop.wait()
-    await worker.drain(config.shutdown_grace)
+
+    def stopped_accepting() -> None:
+        # from now on every new connection goes to the other workers (a reload waits for this)
+        writer.write(channel.encode("draining", pid=os.getpid()))
+
+    await worker.drain(config.shutdown_grace, stopped_accepting)
     tasks.cancel_all()
     writer.close()
     return 0

@@ -11,6 +11,7 @@ schema's `check_references` does, knowing every pool), and never compiles a rout
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import string
 from collections.abc import Callable, Iterable
@@ -18,7 +19,8 @@ from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from portico.config.units import Duration, show
+from portico.config.units import Duration
+from portico.config.units import show as _show_plain
 
 __all__ = [
     "FRAMING_HEADERS",
@@ -33,6 +35,14 @@ __all__ = [
     "ValueMatch",
     "compile_regex",
 ]
+
+
+def show(value: object) -> str:
+    """Quote a value as `units.show` does, with control characters escaped so that a message
+    stays on one line."""
+    if isinstance(value, str) and any(c < " " or c == "\x7f" for c in value):
+        return json.dumps(value)
+    return _show_plain(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +138,11 @@ def _check_path(value: str) -> str:
     if not value.startswith("/") or any(c <= " " or c == "\x7f" for c in value):
         raise ValueError(
             f'{show(value)} is not a request path: start it with "/", no spaces or controls'
+        )
+    if not value.isascii():
+        raise ValueError(
+            f"{show(value)} is not a request path as sent: percent-encode non-ASCII characters "
+            "(/caf%C3%A9 for /café)"
         )
     if "?" in value or "#" in value:
         raise ValueError(
@@ -323,6 +338,12 @@ class MatchConfig(_Model):
     def _one_prefix(self) -> Self:
         if self.path is not None and self.path_prefix is not None:
             raise ValueError('"path" is short for "path_prefix": write only one of them')
+        prefix, exact = self.prefix, self.path_exact
+        if prefix is not None and exact is not None and not exact.startswith(prefix):
+            raise ValueError(
+                f"path_exact {show(exact)} does not start with the path prefix {show(prefix)}: "
+                "the route could never match"
+            )
         return self
 
     @property

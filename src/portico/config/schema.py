@@ -522,6 +522,7 @@ class Config(_Model):
 
     workers: Annotated[int | Literal["auto"], BeforeValidator(_check_workers)] = "auto"
     shutdown_grace: DurationOrZero = 30.0  # in-flight requests may finish within this on stop
+    pid_file: str | None = None  # written by `portico run`, read by `portico reload`
     listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
 

@@ -52,6 +52,7 @@ class HttpListenerSettings:
 HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
 LINGER_TIME = 2.0  # after an error answer, how long unread client bytes are drained
 LINGER_BYTES = 1 << 20  # ... and how many
+DRAIN_FIRST_REQUEST = 1.0  # on shutdown, how long a new connection has to send its request
 
 
 class _Refused(Exception):
@@ -76,6 +77,7 @@ class ClientConnection(asyncio.Protocol):
         self._blocked = 0
         self._closed = False
         self._counted = False
+        self._served = 0
         self._eof = False
         self.early = b""  # bytes after an Upgrade request's head
         self.tunneled = False
@@ -320,6 +322,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not self.active:
             return
         self.active = None
+        self._served += 1
         if self._closed:
             return
         if linger:
@@ -381,7 +384,13 @@ class ClientConnection(asyncio.Protocol):
         (WebSocket) runs on until it ends or the grace time runs out."""
         self.draining = True
         if self.active is None and self._reading is None and not self.tunneled:
-            self.close()
+            if self._served:
+                self.close()  # idle between requests: nothing is owed
+            elif not self._in_head:
+                # just accepted: its first request may be on the wire right now (a reload
+                # hands the socket to new workers at any moment), so give it a moment to
+                # arrive, answer it with Connection: close, and only then close
+                self._deadline.set(min(DRAIN_FIRST_REQUEST, self.settings.header_timeout))
 
     def hand_over(self) -> asyncio.Transport:
         """The connection becomes a tunnel: this object stops parsing and timing it."""

@@ -92,11 +92,30 @@ def encode_v1(src: Address | None, dst: Address | None) -> bytes:
     if src is None or dst is None:
         return b"PROXY UNKNOWN\r\n"
     family = _family(src, dst)
-    # ipaddress writes the canonical forms the spec asks for (no leading zeroes, "::")
-    source = ipaddress.ip_address(src[0]).compressed
-    destination = ipaddress.ip_address(dst[0]).compressed
-    line = f"PROXY TCP{family} {source} {destination} {src[1]} {dst[1]}\r\n"
+    line = f"PROXY TCP{family} {_text(src[0])} {_text(dst[0])} {src[1]} {dst[1]}\r\n"
     return line.encode("ascii")
+
+
+def _text(ip: str) -> str:
+    """The spec's canonical text: dotted decimal without leading zeroes for IPv4; for IPv6 only
+    hex groups (never an embedded dotted IPv4, which newer Pythons print for ::ffff:a.b.c.d),
+    the longest run of two or more zero groups written as "::"."""
+    address = ipaddress.ip_address(ip)
+    if address.version == 4:
+        return str(address)
+    groups = [f"{group:x}" for group in struct.unpack("!8H", address.packed)]
+    best, best_len, run_start = -1, 1, -1
+    for i, group in enumerate([*groups, "end"]):
+        if group == "0":
+            if run_start < 0:
+                run_start = i
+        elif run_start >= 0:
+            if i - run_start > best_len:
+                best, best_len = run_start, i - run_start
+            run_start = -1
+    if best < 0:
+        return ":".join(groups)
+    return ":".join(groups[:best]) + "::" + ":".join(groups[best + best_len :])
 
 
 def encode_v2(src: Address | None, dst: Address | None) -> bytes:

@@ -191,6 +191,13 @@ class Pool:
             if backend.name == server and backend.active_up != up:
                 backend.active_up = up
                 backend.up_since = now if up and self.slow_start else None
+                # the active verdict supersedes a passive ejection either way (as Envoy's
+                # successful_active_health_check_uneject_host): a server restarted and seen
+                # healthy gets traffic now, not when an ejection from its crash runs out
+                if self.outliers is not None:
+                    self.outliers.forget(server)
+                backend.ejected = False
+                backend.fail_streak = 0
                 self.refresh(now)
                 return True
         return False

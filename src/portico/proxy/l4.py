@@ -1,0 +1,347 @@
+"""The byte relay of a TCP listener: one server connection per client connection, and every
+byte copied both ways untouched.
+
+Owns: picking a server (`Pool.select`, the client address as hash key), connecting with the
+pool's timeout and retrying another server on failure, the server's in-flight count for the
+connection's lifetime, the PROXY header to the server when the pool asks for one, and then the
+copy itself: flow control (a side that cannot take more stops reading on the other), half-close
+(an EOF one way is passed on as a shutdown of the write side, the other way keeps flowing) and
+the idle timeout. Never looks into the bytes: the listener (`portico.listeners.tcp`) reads any
+PROXY header and ClientHello first and decides the pool.
+
+The copy is two lean asyncio Protocols, one per socket: `data_received` writes to the other
+transport and marks the connection busy, nothing else. The client's transport is switched to
+its relay protocol (`set_protocol`) only once the server connection is up and the listener's
+checks are done, so the per-chunk path never tests a phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from enum import Enum
+from typing import Final, Protocol, cast
+
+from portico import tasks
+from portico.proxy import proxy_protocol
+from portico.proxy.proxy_protocol import Address
+from portico.timers import Deadline
+from portico.upstreams.backend import BackendState
+from portico.upstreams.pool import Pool
+
+IDLE_TICKS: Final = 4  # the idle timeout is checked this often per period (closes within +25%)
+
+
+class Owner(Protocol):
+    """The client connection a relay serves (the TCP listener's protocol)."""
+
+    def upstream_ready(self) -> None:
+        """The server connection is up: call `Relay.begin` when the client's bytes may go."""
+
+    def upstream_failed(self) -> None:
+        """No server could be reached: close the client."""
+
+    def relay_closed(self) -> None:
+        """Both sockets are closed (after `upstream_ready`): the connection is over."""
+
+
+class RelayState(Enum):
+    CONNECTING = "connecting"  # picking a server, connecting (possibly again after a failure)
+    CONNECTED = "connected"  # server to client flows; client to server waits for `begin`
+    RELAYING = "relaying"  # both ways
+    DONE = "done"
+
+
+class _Side(asyncio.Protocol):
+    """One socket of the relay: what it reads goes to the other socket's transport."""
+
+    __slots__ = ("heard", "lost", "other", "out", "read_done", "relay", "transport")
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.out: asyncio.Transport | None = None  # the other side's transport
+        self.other: _Side = self
+        self.heard = False  # read something since the last idle check
+        self.read_done = False  # EOF received: nothing more will be read here
+        self.lost = False  # connection_lost happened
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # only the server side is ever connected through this protocol
+        self.transport = cast(asyncio.Transport, transport)
+        if self.relay.state is RelayState.DONE:
+            self.transport.abort()  # the client left while we connected
+
+    def data_received(self, data: bytes) -> None:
+        self.out.write(data)  # type: ignore[union-attr]  # set before any read can happen
+        self.heard = True
+
+    def eof_received(self) -> bool:
+        return self.relay.side_eof(self)
+
+    def pause_writing(self) -> None:
+        # this socket's send buffer is full: stop reading what fills it
+        other = self.other
+        if not other.read_done and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.other
+        if not other.read_done and other.transport is not None:
+            other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.side_lost(self, exc)
+
+
+class Relay:
+    """One client connection's server side and the copy between the two; see the module
+    docstring. Lifecycle: `connect` → (owner.upstream_ready) → `begin` → owner.relay_closed,
+    or owner.upstream_failed when no server takes the connection."""
+
+    def __init__(
+        self,
+        owner: Owner,
+        loop: asyncio.AbstractEventLoop,
+        client_transport: asyncio.Transport,
+        pool: Pool,
+        pools: Mapping[str, Pool],
+        send_proxy: Mapping[str, str],
+        source: Address,
+        destination: Address,
+        idle_timeout: float,
+    ) -> None:
+        self.owner = owner
+        self.loop = loop
+        self.pool = pool
+        self.pools = pools  # for the fallback pool
+        self.send_proxy = send_proxy  # pool name -> "v1" | "v2"
+        self.source = source  # the real client (from a PROXY header if one came)
+        self.destination = destination  # the address the client connected to
+        self.state = RelayState.CONNECTING
+        self.backend: BackendState | None = None
+        self._tried: list[BackendState] = []
+        self._fell_back = False
+        # the two sockets
+        self.client = _Side(self)
+        self.server = _Side(self)
+        self.client.transport = client_transport
+        self.client.other, self.server.other = self.server, self.client
+        self.server.out = client_transport
+        # idle timeout: checked every tick from flags the reads set (no clock read per chunk)
+        self._tick = idle_timeout / IDLE_TICKS
+        self._silent_ticks = 0
+        self._idle = Deadline(loop, self._on_tick)
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Pick a server and connect to it (in a task)."""
+        budget = self.pool.budget
+        if budget is not None:
+            budget.record_request(self.loop.time())
+        self._pick()
+
+    def _pick(self) -> None:
+        pool = self.pool
+        backend = pool.select((), b"", self.source[0], self._tried, self.loop.time())
+        if backend is None:
+            fallback = pool.fallback
+            if fallback is not None and not self._tried and not self._fell_back:
+                self._fell_back = True
+                self.pool = self.pools[fallback]
+                self._pick()
+                return
+            self._fail()
+            return
+        if isinstance(backend, str):  # FULL: every server is at max_conns; TCP does not queue
+            self._fail()
+            return
+        self.backend = backend
+        backend.in_flight += 1
+        backend.requests += 1
+        tasks.spawn(self._connect(backend))
+
+    async def _connect(self, backend: BackendState) -> None:
+        try:
+            async with asyncio.timeout(self.pool.settings.connect_timeout):
+                transport, _ = await self.loop.create_connection(
+                    lambda: self.server, backend.host, backend.port
+                )
+        except (OSError, TimeoutError):
+            self.connect_failed(backend)
+            return
+        self.connected(backend, transport)
+
+    def connected(self, backend: BackendState, transport: asyncio.Transport) -> None:
+        """The connection to `backend` is up (its transport already runs `self.server`)."""
+        if self.state is not RelayState.CONNECTING or self.backend is not backend:
+            transport.abort()  # the client left meanwhile: already released
+            return
+        self.pool.observe(backend, False, self.loop.time())
+        self.state = RelayState.CONNECTED
+        self._idle.set(self._tick)
+        self.owner.upstream_ready()
+
+    def connect_failed(self, backend: BackendState) -> None:
+        """Connecting to `backend` failed or timed out: another server, or give up."""
+        if self.state is not RelayState.CONNECTING or self.backend is not backend:
+            return  # the client left meanwhile: already released
+        self._release(failed=True)
+        self._tried.append(backend)
+        pool = self.pool
+        now = self.loop.time()
+        budget = pool.budget
+        if len(self._tried) <= pool.settings.retries and (budget is None or budget.can_retry(now)):
+            if budget is not None:
+                budget.record_retry(now)
+            self._pick()
+        else:
+            self._fail()
+
+    def _fail(self) -> None:
+        self.state = RelayState.DONE
+        self.owner.upstream_failed()
+
+    # -- relaying ------------------------------------------------------------------------------
+
+    def begin(self, pending: bytes, eof: bool) -> None:
+        """Let the client's bytes go to the server: the PROXY header if the pool asks for one,
+        then `pending` (what the listener read so far, less any PROXY header it took), then
+        everything the client sends; `eof`: the client already shut its write side."""
+        if self.state is not RelayState.CONNECTED:
+            return
+        self.state = RelayState.RELAYING
+        client, server = self.client, self.server
+        client_transport, server_transport = client.transport, server.transport
+        assert client_transport is not None
+        assert server_transport is not None
+        client.out = server_transport
+        client_transport.set_protocol(client)
+        if eof:
+            client.read_done = True
+        else:
+            client_transport.resume_reading()  # the listener may have paused it
+        version = self.send_proxy.get(self.pool.name)
+        if version is not None:
+            pending = proxy_protocol.encode(version, self.source, self.destination) + pending
+        if pending:
+            server_transport.write(pending)  # may pause the client's reading (flow control)
+        if eof:
+            self._shut(server_transport)
+            if server.read_done:
+                self._close_both()
+
+    def side_eof(self, side: _Side) -> bool:
+        """`side` read an EOF: shut the write side of the other socket once what is queued for
+        it is sent (half-close); close both when both ways are done."""
+        side.read_done = True
+        if side.out is not None:
+            self._shut(side.out)
+        if side.other.read_done:
+            self._close_both()
+        return True  # keep the socket open for writing
+
+    def side_lost(self, side: _Side, exc: Exception | None) -> None:
+        """`side`'s socket is closed. The other goes too: gracefully when both ways had ended
+        cleanly, at once (reset) otherwise, since nobody is left to read or send."""
+        side.lost = True
+        if self.state is RelayState.DONE:
+            return
+        other = side.other
+        transport = other.transport
+        if not other.lost and transport is not None:
+            if exc is None and side.read_done and other.read_done:
+                transport.close()
+            else:
+                transport.abort()
+        if self.client.lost and (self.server.lost or self.server.transport is None):
+            self._finish()
+
+    def client_lost(self, exc: Exception | None) -> bool:
+        """The client's socket closed while the listener still held it. False when the relay
+        had not connected yet (it just lets the server go); True when the relay ends the
+        connection itself and will call owner.relay_closed."""
+        if self.state is RelayState.CONNECTING:
+            self.state = RelayState.DONE
+            self._release(failed=None)
+            return False
+        if self.state is RelayState.DONE:
+            return False
+        self.client.connection_lost(exc)
+        return True
+
+    def client_writable(self, writable: bool) -> None:
+        """Flow control while the listener still holds the client's transport."""
+        if writable:
+            self.client.resume_writing()
+        else:
+            self.client.pause_writing()
+
+    def abort(self) -> None:
+        """End now: reset both sockets (owner.relay_closed follows), or, still connecting,
+        let the server go."""
+        if self.state is RelayState.CONNECTING:
+            self.state = RelayState.DONE
+            self._release(failed=None)
+            return
+        for side in (self.client, self.server):
+            if side.transport is not None and not side.lost:
+                side.transport.abort()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _shut(transport: asyncio.Transport) -> None:
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+
+    def _close_both(self) -> None:
+        for side in (self.client, self.server):
+            if side.transport is not None and not side.lost:
+                side.transport.close()  # after what is queued is sent
+
+    def _on_tick(self) -> None:
+        client, server = self.client, self.server
+        if client.heard or server.heard:
+            client.heard = server.heard = False
+            self._silent_ticks = 0
+        else:
+            self._silent_ticks += 1
+            if self._silent_ticks >= IDLE_TICKS:
+                # silent both ways for the idle timeout: a clean close when nothing is queued
+                # (a peer that stopped reading would hold a graceful close forever)
+                for side in (client, server):
+                    transport = side.transport
+                    if transport is not None and not side.lost:
+                        if transport.get_write_buffer_size():
+                            transport.abort()
+                        else:
+                            transport.close()
+                return
+        self._idle.set(self._tick)
+
+    def _finish(self) -> None:
+        self.state = RelayState.DONE
+        self._idle.cancel()
+        self._release(failed=None)
+        self.owner.relay_closed()
+
+    def _release(self, *, failed: bool | None) -> None:
+        """The connection is done with its server; `failed` feeds outlier detection (None: the
+        outcome says nothing about the server)."""
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        backend.in_flight -= 1
+        pool = self.pool
+        if failed is not None:
+            if failed:
+                backend.failures += 1
+            pool.observe(backend, failed, self.loop.time())
+        if pool.queue:
+            pool.released()

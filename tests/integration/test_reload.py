@@ -1,0 +1,145 @@
+"""Reloads that drop nothing: SIGHUP / `portico reload` under steady load."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import simple_config
+from fakes import Portico, pool_yaml, request
+
+
+def _wait_line(proxy: Portico, prefix: str, timeout: float = 20.0) -> str:
+    """The next stdout line starting with `prefix` (the supervisor prints one per reload)."""
+    assert proxy.proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proxy.proc.stdout.readline().decode()
+        if not line:
+            raise AssertionError("portico exited")
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no {prefix!r} line")
+
+
+class Load:
+    """Requests on fresh connections, one after another, until stopped (bounded)."""
+
+    def __init__(self, port: int, limit: int = 20_000) -> None:
+        self.port = port
+        self.limit = limit
+        self.ok = 0
+        self.failures: list[str] = []
+        self.answered_by: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for _ in range(self.limit):
+            if self._stop.is_set():
+                return
+            try:
+                response = request(self.port, target="/load")
+            except (OSError, EOFError) as exc:
+                self.failures.append(repr(exc))
+                continue
+            if response.status != 200:
+                self.failures.append(f"status {response.status}")
+            else:
+                self.ok += 1
+                self.answered_by.append(response.header("X-Backend") or "")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_five_reloads_under_load_drop_no_request(backends, portico, tmp_path) -> None:
+    pool = [backends(name) for name in ("a", "b", "c")]
+    pools = [[pool[0]], [pool[1]], [pool[0], pool[2]], [pool[2]], [pool[1], pool[2]], [pool[0]]]
+    pid_file = tmp_path / "portico.pid"
+    top = f"pid_file: {pid_file}\nshutdown_grace: 5s\n"
+    proxy = portico(simple_config(pools[0], top=top))
+    load = Load(proxy.port)
+    try:
+        for version, members in enumerate(pools[1:], start=1):
+            proxy.path.write_text(simple_config(members, top=top))
+            if version % 2:
+                proxy.proc.send_signal(signal.SIGHUP)
+            else:  # the command a user types
+                done = subprocess.run(
+                    [sys.executable, "-m", "portico", "reload", str(proxy.path)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                assert done.returncode == 0, done.stderr
+            assert f"generation {version}" in _wait_line(proxy, "portico: reloaded")
+            # every new connection now lands on the new pool
+            names = {m.name for m in members}
+            for _ in range(6):
+                assert request(proxy.port).header("X-Backend") in names
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert load.ok > 50
+
+
+def test_a_bad_config_is_refused_and_the_old_one_keeps_serving(backends, portico) -> None:
+    b = backends("b")
+    proxy = portico(simple_config([b]))
+    proxy.path.write_text(proxy.path.read_text().replace("policy: round_robin", "policy: nope"))
+    done = subprocess.run(
+        [sys.executable, "-m", "portico", "reload", str(proxy.path), "--pid", str(proxy.proc.pid)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "pools.app.policy" in done.stderr
+    assert "reload refused" in done.stderr
+    # a SIGHUP with the bad file on disk is refused by the supervisor too
+    proxy.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while not any("reload refused" in line for line in proxy.stderr_lines):
+        assert time.monotonic() < deadline, "no refusal logged"
+        time.sleep(0.02)  # polling the log for a bounded time, not waiting for a fixed time
+    assert request(proxy.port).status == 200
+
+
+def test_slow_download_survives_three_reloads(backends, portico) -> None:
+    from fakes import Reply, connect
+
+    total = 8 * 1024 * 1024
+    chunk = b"z" * (256 * 1024)
+    release = threading.Event()
+
+    def slow_body():  # type: ignore[no-untyped-def]
+        for index in range(total // len(chunk)):
+            if index == 1:
+                release.wait(30)  # hold the download open across the reloads
+            yield chunk
+
+    b = backends("slow", lambda seen: Reply(body=slow_body(), length=total))
+    proxy = portico(simple_config([b], top="shutdown_grace: 30s\n"))
+    with connect(proxy.port, timeout=30) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        for version in range(1, 4):
+            proxy.proc.send_signal(signal.SIGHUP)
+            assert f"generation {version}" in _wait_line(proxy, "portico: reloaded")
+        release.set()
+        received = len(first) - first.index(b"\r\n\r\n") - 4
+        while received < total:
+            data = sock.recv(1 << 20)
+            assert data, f"download cut at {received} of {total} bytes"
+            received += len(data)
+    assert received == total
+    _ = pool_yaml

@@ -1,0 +1,368 @@
+"""The TCP relay (proxy/l4.py) through fake transports and a fake clock, without an event loop:
+server choice and retries, the PROXY header, flow control, half-close, idle timeout and the
+server's in-flight count."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from portico.config.schema import PoolConfig
+from portico.proxy import l4
+from portico.proxy.l4 import IDLE_TICKS, Relay, RelayState
+from portico.upstreams.backend import BackendState
+from portico.upstreams.pool import Pool
+
+
+class FakeHandle:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self._when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def when(self) -> float:
+        return self._when
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """time() and call_at() as Deadline uses them; `advance` runs what falls due."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[FakeHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> FakeHandle:
+        handle = FakeHandle(when, callback)
+        self.timers.append(handle)
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            due = [h for h in self.timers if not h.cancelled and h.when() <= end]
+            if not due:
+                break
+            handle = min(due, key=FakeHandle.when)
+            self.timers.remove(handle)
+            self.now = max(self.now, handle.when())
+            handle.callback()
+        self.now = end
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.protocol: object = None
+        self.eof = False
+        self.closed = False
+        self.aborted = False
+        self.reading = True
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class FakeOwner:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def upstream_ready(self) -> None:
+        self.events.append("ready")
+
+    def upstream_failed(self) -> None:
+        self.events.append("failed")
+
+    def relay_closed(self) -> None:
+        self.events.append("closed")
+
+
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[BackendState]:
+    """The backends the relay started connecting to (no task is really spawned)."""
+    started: list[BackendState] = []
+
+    def spawn(coro: Coroutine[Any, Any, Any]) -> None:
+        frame = coro.cr_frame
+        assert frame is not None
+        started.append(frame.f_locals["backend"])
+        coro.close()
+
+    monkeypatch.setattr(l4.tasks, "spawn", spawn)
+    return started
+
+
+def make_pool(loop: FakeLoop, servers: int = 2, **config: Any) -> Pool:
+    pool_config = PoolConfig(
+        servers=[{"address": f"127.0.0.1:{1000 + i}", "name": f"s{i}"} for i in range(servers)],
+        **config,
+    )
+    return Pool.from_config("app", pool_config, loop.time, random.Random(1))
+
+
+def make_relay(
+    loop: FakeLoop, pool: Pool, send_proxy: dict[str, str] | None = None, idle: float = 4.0
+) -> tuple[Relay, FakeOwner, FakeTransport]:
+    owner = FakeOwner()
+    client = FakeTransport()
+    relay = Relay(
+        owner,
+        loop,  # type: ignore[arg-type]
+        client,  # type: ignore[arg-type]
+        pool,
+        {"app": pool},
+        send_proxy or {},
+        ("203.0.113.7", 40001),
+        ("198.51.100.1", 443),
+        idle,
+    )
+    return relay, owner, client
+
+
+def connect(relay: Relay, spawned: list[BackendState]) -> FakeTransport:
+    """Pick a server and complete the connection to it."""
+    relay.connect()
+    server = FakeTransport()
+    relay.server.connection_made(server)  # type: ignore[arg-type]
+    relay.connected(spawned[-1], server)  # type: ignore[arg-type]
+    return server
+
+
+def test_connect_counts_the_server_in_flight_for_the_connection_lifetime(
+    spawned: list[BackendState],
+) -> None:
+    loop = FakeLoop()
+    pool = make_pool(loop)
+    relay, owner, _client = make_relay(loop, pool)
+    server = connect(relay, spawned)
+    backend = spawned[0]
+    assert owner.events == ["ready"]
+    assert backend.in_flight == 1
+    relay.begin(b"", eof=False)
+    relay.client.connection_lost(None)
+    assert server.aborted  # the client went away while both ways were open
+    assert backend.in_flight == 1
+    relay.server.connection_lost(None)
+    assert owner.events == ["ready", "closed"]
+    assert backend.in_flight == 0
+    assert relay.state is RelayState.DONE
+
+
+def test_connect_failure_is_observed_and_retried_on_another_server(
+    spawned: list[BackendState],
+) -> None:
+    loop = FakeLoop()
+    pool = make_pool(loop, retries=1)
+    relay, owner, _ = make_relay(loop, pool)
+    relay.connect()
+    first = spawned[0]
+    relay.connect_failed(first)
+    assert first.failures == 1
+    assert first.in_flight == 0
+    assert len(spawned) == 2
+    assert spawned[1] is not first
+    relay.connect_failed(spawned[1])  # retries used up
+    assert owner.events == ["failed"]
+    assert relay.state is RelayState.DONE
+    assert all(b.in_flight == 0 for b in pool.backends)
+
+
+def test_full_pool_fails_at_once(spawned: list[BackendState]) -> None:
+    loop = FakeLoop()
+    pool = make_pool(loop, servers=1, max_conns=1)
+    pool.backends[0].in_flight = 1
+    relay, owner, _ = make_relay(loop, pool)
+    relay.connect()
+    assert spawned == []
+    assert owner.events == ["failed"]
+
+
+def test_client_leaving_while_connecting_releases_the_server(
+    spawned: list[BackendState],
+) -> None:
+    loop = FakeLoop()
+    pool = make_pool(loop)
+    relay, owner, _ = make_relay(loop, pool)
+    relay.connect()
+    assert relay.client_lost(None) is False
+    assert spawned[0].in_flight == 0
+    late = FakeTransport()
+    relay.server.connection_made(late)  # type: ignore[arg-type]
+    relay.connected(spawned[0], late)  # type: ignore[arg-type]
+    assert late.aborted
+    assert owner.events == []
+
+
+@pytest.mark.parametrize(
+    ("version", "header"),
+    [
+        ("v1", b"PROXY TCP4 203.0.113.7 198.51.100.1 40001 443\r\n"),
+        (None, b""),
+    ],
+)
+def test_begin_sends_the_proxy_header_then_what_the_client_sent(
+    spawned: list[BackendState], version: str | None, header: bytes
+) -> None:
+    loop = FakeLoop()
+    pool = make_pool(loop)
+    relay, _, client = make_relay(loop, pool, {"app": version} if version else {})
+    server = connect(relay, spawned)
+    client.reading = False  # the listener had paused it
+    relay.begin(b"hello", eof=False)
+    assert bytes(server.written) == header + b"hello"
+    assert client.protocol is relay.client
+    assert client.reading
+    relay.client.data_received(b" world")
+    relay.server.data_received(b"answer")
+    assert bytes(server.written) == header + b"hello world"
+    assert bytes(client.written) == b"answer"
+
+
+def test_flow_control_pauses_the_other_side(spawned: list[BackendState]) -> None:
+    loop = FakeLoop()
+    relay, _, client = make_relay(loop, make_pool(loop))
+    server = connect(relay, spawned)
+    relay.begin(b"", eof=False)
+    relay.client.pause_writing()  # the client's socket is full: stop reading the server
+    assert not server.reading
+    assert client.reading
+    relay.client.resume_writing()
+    assert server.reading
+    relay.server.pause_writing()
+    assert not client.reading
+    relay.server.resume_writing()
+    assert client.reading
+
+
+def test_half_close_passes_eof_on_and_closes_when_both_ways_are_done(
+    spawned: list[BackendState],
+) -> None:
+    loop = FakeLoop()
+    relay, owner, client = make_relay(loop, make_pool(loop))
+    server = connect(relay, spawned)
+    relay.begin(b"request", eof=False)
+    assert relay.client.eof_received() is True  # keep the socket open for the answer
+    assert server.eof
+    assert not client.closed
+    relay.server.data_received(b"the whole answer")
+    assert bytes(client.written) == b"the whole answer"
+    relay.server.pause_writing()  # the client read its EOF: its socket is not paused again
+    assert client.reading
+    relay.server.resume_writing()
+    assert relay.server.eof_received() is True
+    assert client.eof
+    assert client.closed
+    assert server.closed
+    relay.client.connection_lost(None)
+    relay.server.connection_lost(None)
+    assert owner.events == ["ready", "closed"]
+
+
+def test_client_eof_before_begin_is_passed_on_after_the_pending_bytes(
+    spawned: list[BackendState],
+) -> None:
+    loop = FakeLoop()
+    relay, _, client = make_relay(loop, make_pool(loop))
+    server = connect(relay, spawned)
+    client.reading = False
+    relay.begin(b"last words", eof=True)
+    assert bytes(server.written) == b"last words"
+    assert server.eof
+    assert not client.reading  # an EOF'd socket is not read again
+
+
+def test_a_reset_on_one_side_resets_the_other(spawned: list[BackendState]) -> None:
+    loop = FakeLoop()
+    relay, owner, client = make_relay(loop, make_pool(loop))
+    connect(relay, spawned)
+    relay.begin(b"", eof=False)
+    relay.server.connection_lost(ConnectionResetError())
+    assert client.aborted
+    relay.client.connection_lost(None)
+    assert owner.events == ["ready", "closed"]
+
+
+def test_server_closing_before_begin_closes_the_client(spawned: list[BackendState]) -> None:
+    loop = FakeLoop()
+    relay, owner, client = make_relay(loop, make_pool(loop))
+    connect(relay, spawned)
+    relay.server.connection_lost(ConnectionResetError())
+    assert client.aborted
+    assert relay.client_lost(None) is True  # the listener's connection_lost, passed on
+    assert owner.events == ["ready", "closed"]
+    assert spawned[0].in_flight == 0
+
+
+def test_idle_timeout_closes_only_a_silent_connection(spawned: list[BackendState]) -> None:
+    loop = FakeLoop()
+    relay, _, client = make_relay(loop, make_pool(loop), idle=4.0)
+    server = connect(relay, spawned)
+    relay.begin(b"", eof=False)
+    for _ in range(10):  # busy: one byte a second for 10 s
+        loop.advance(1.0)
+        relay.client.data_received(b".")
+    assert not client.closed
+    assert not server.closed
+    loop.advance(4.0 - 0.01)
+    assert not client.closed
+    loop.advance(1.0 + 0.02)  # silent for the timeout (checked every quarter of it)
+    assert client.closed
+    assert server.closed
+    assert IDLE_TICKS == 4
+
+
+def test_idle_timeout_resets_a_side_that_has_unsent_bytes(spawned: list[BackendState]) -> None:
+    loop = FakeLoop()
+    relay, _, client = make_relay(loop, make_pool(loop), idle=1.0)
+    server = connect(relay, spawned)
+    relay.begin(b"", eof=False)
+    client.buffered = 1 << 16  # a client that stopped reading
+    loop.advance(1.5)
+    assert client.aborted
+    assert server.closed
+
+
+def test_abort_resets_both(spawned: list[BackendState]) -> None:
+    loop = FakeLoop()
+    relay, _, client = make_relay(loop, make_pool(loop))
+    server = connect(relay, spawned)
+    relay.begin(b"", eof=False)
+    relay.abort()
+    assert client.aborted
+    assert server.aborted
