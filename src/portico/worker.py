@@ -30,6 +30,7 @@ from portico.filters.ratelimit import RateLimitFilter
 from portico.listeners.http import ClientConnection, HttpListenerSettings
 from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
 from portico.listeners.tls_peek import SniRouter
+from portico.routing import Router
 from portico.upstreams.pool import Pool
 
 log = logging.getLogger("portico.worker")
@@ -79,6 +80,9 @@ def listener_settings(
             forwarded=listener.forwarded.forwarded,
             filters=request_filters(listener, loop),
             max_conns_per_client=listener.max_conns_per_client,
+            router=Router.compile(listener.routes, listener.default_pool)
+            if listener.routes
+            else None,
         )
     return out
 

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from portico.config.routes import Routes
 from portico.config.units import (
     Address,
     BindAddress,
@@ -343,6 +344,7 @@ class ListenerConfig(_Model):
     limits: Annotated[ListenerLimits, _EMPTY_SECTION] = Field(default_factory=ListenerLimits)
     timeouts: Annotated[ListenerTimeouts, _EMPTY_SECTION] = Field(default_factory=ListenerTimeouts)
     forwarded: Annotated[ForwardedHeaders, _EMPTY_SECTION] = Field(default_factory=ForwardedHeaders)
+    routes: Routes = ()  # http: ordered rules, first match wins; else default_pool
     rate_limit: RateLimitConfig | None = None
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
     proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers
@@ -636,6 +638,16 @@ def check_references(config: Config) -> list[ReferenceIssue]:
                     "sni_routes (TLS passthrough) need protocol: tcp",
                 )
             )
+        for j, route in enumerate(listener.routes):
+            if route.pool is not None and route.pool not in config.pools:
+                issues.append(
+                    ReferenceIssue(
+                        ("listeners", i, "routes", j, "pool"),
+                        f'no pool named "{route.pool}" (pools are: {pool_names})',
+                    )
+                )
+        if listener.routes and listener.protocol != "http":
+            issues.append(ReferenceIssue(("listeners", i, "routes"), "routes need protocol: http"))
         if listener.default_pool not in config.pools:
             issues.append(
                 ReferenceIssue(

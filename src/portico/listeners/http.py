@@ -24,6 +24,7 @@ from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
+    from portico.routing import Router
     from portico.worker import Worker
 
 
@@ -46,6 +47,7 @@ class HttpListenerSettings:
     proto: bytes = b"http"
     filters: tuple[RequestFilter, ...] = ()  # run in order on each request head
     tunnel_timeout: float = 3600.0  # an upgraded connection idle both ways this long ends
+    router: Router | None = None  # None: every request goes to `pool`
     max_conns_per_client: int = 0  # 0 = no limit
 
 

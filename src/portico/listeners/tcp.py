@@ -155,11 +155,9 @@ class TcpClientConnection(asyncio.Protocol):
     # -- used by the worker ------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Shutdown: a connection not relaying yet closes now; a relayed one runs on until the
-        worker's grace time ends (a TCP stream has no request boundary to stop at)."""
-        relay = self._relay
-        if relay is None or relay.state is not RelayState.RELAYING:
-            self.abort()
+        """Shutdown or reload: nothing to do. A TCP stream has no request boundary to stop
+        at, so the connection runs on until it ends or the worker's grace time does; one just
+        accepted is not dropped either (a reload hands the socket over at any moment)."""
 
     def abort(self) -> None:
         """Close at once (reset), both sides."""

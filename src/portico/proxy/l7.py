@@ -27,8 +27,17 @@ from portico.http.headers import (
     serialize_head,
 )
 from portico.proxy.tunnel import Tunnel
+from portico.routing import Route, Router
+from portico.routing.actions import (
+    RouteActions,
+    apply_request_headers,
+    apply_response_headers,
+    fixed_response,
+    redirect_response,
+    rewrite_path,
+)
 from portico.upstreams.connections import UpstreamConnection
-from portico.upstreams.pool import FULL
+from portico.upstreams.pool import FULL, Pool
 
 if TYPE_CHECKING:
     from portico.listeners.http import ClientConnection
@@ -64,10 +73,12 @@ class Exchange:
         "_pool",
         "_queue_timer",
         "_replayable",
+        "_response_edits",
         "_response_started",
         "_reused",
         "_sent_at",
         "_stale_retried",
+        "_timeouts",
         "_tried",
         "_upstream",
         "_upstream_head",
@@ -78,6 +89,7 @@ class Exchange:
         "method",
         "received",
         "request_complete",
+        "route",
         "status",
         "target",
         "version",
@@ -119,6 +131,9 @@ class Exchange:
         self._fell_back = False
         self._observed = False
         self._queue_timer: asyncio.TimerHandle | None = None
+        self._response_edits: RouteActions | None = None
+        self._timeouts: tuple[float, float, float] | None = None  # a route's, over the pool's
+        self.route: Route | None = None
         self._sent_at = 0.0
         # the response side
         self._head: bytes | None = None  # staged, written with the first body bytes
@@ -141,11 +156,50 @@ class Exchange:
             if answer is not None:
                 self._respond_locally(answer)
                 return
-        pool = self._pool = client.settings.pool
+        router = client.settings.router
+        if router is not None:
+            pool = self._route(router)
+            if pool is None:
+                return  # answered by the route itself
+        else:
+            pool = client.settings.pool
+        self._pool = pool
         budget = pool.budget
         if budget is not None:
             budget.record_request(client.loop.time())
         self.start()
+
+    def _route(self, router: Router) -> Pool | None:
+        """Match the request to a route and apply its request actions; None when the route
+        answered itself (a redirect or a fixed response)."""
+        client = self._client
+        head = self.head
+        route = self.route = router.match(self.method, self.target, head.host, self.headers)
+        actions = route.actions
+        if actions is not None:
+            if actions.respond is not None:
+                self._respond_locally(fixed_response(actions, head=self.method == b"HEAD"))
+                return None
+            if actions.redirect is not None:
+                scheme = client.settings.proto
+                self._respond_locally(redirect_response(actions, head.host, self.target, scheme))
+                return None
+            if actions.strip_prefix is not None:
+                self.target = rewrite_path(self.target, actions)
+            if actions.request_headers is not None:
+                head.headers = apply_request_headers(head.headers, actions)
+            self._response_edits = actions if actions.response_headers is not None else None
+        assert route.pool is not None
+        pool = client.worker.pools[route.pool]
+        timeouts = route.timeouts
+        if timeouts is not None:
+            settings = pool.settings
+            self._timeouts = (
+                timeouts.connect or settings.connect_timeout,
+                timeouts.read or settings.read_timeout,
+                timeouts.write or settings.write_timeout,
+            )
+        return pool
 
     def start(self) -> None:
         """Pick a backend and send the request to it (now if a pooled connection is free)."""
@@ -202,8 +256,10 @@ class Exchange:
     async def _connect(self, backend: BackendState) -> None:
         settings = self._pool.settings
         loop = self._client.loop
+        timeouts = self._timeouts
+        connect_timeout = settings.connect_timeout if timeouts is None else timeouts[0]
         try:
-            async with asyncio.timeout(settings.connect_timeout):
+            async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(
                         backend,
@@ -234,6 +290,8 @@ class Exchange:
         if head is None:
             head = self._upstream_head = self._build_upstream_head()
         self._sent_at = self._client.loop.time()
+        if self._timeouts is not None:
+            conn.set_timeouts(self._timeouts[1], self._timeouts[2])
         conn.send(self, self.method, head, self.request_complete, self.head.upgrade is not None)
         if self._pending:
             conn.writelines(self._framed(self._pending))
@@ -354,6 +412,8 @@ class Exchange:
                 self._observed = True
         self.status = status
         out = head.headers
+        if self._response_edits is not None:
+            out = apply_response_headers(out, self._response_edits)
         kind = head.kind
         is_11 = self.version == "1.1"
         keep = self.keep_alive and self.request_complete and not client.draining
@@ -516,7 +576,8 @@ class Exchange:
         self._respond_error(status)
 
     def _respond_locally(self, answer: bytes) -> None:
-        """A filter answered (429, say): the connection stays usable if the request is read."""
+        """A filter or a route answered (429, a redirect, a fixed page): the connection stays
+        usable if the request was read whole."""
         keep = self.keep_alive and self.request_complete and not self._client.draining
         if not keep:
             self.keep_alive = False

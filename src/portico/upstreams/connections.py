@@ -67,8 +67,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self.closed = False
-        self._read_timeout = read_timeout
-        self._write_timeout = write_timeout
+        self._read_timeout = self._base_read = read_timeout
+        self._write_timeout = self._base_write = write_timeout
         self._deadline: Deadline | None = None
         self._paused_reading = False
         self._write_blocked = False
@@ -215,6 +215,8 @@ class UpstreamConnection(asyncio.Protocol):
     def detach(self) -> None:
         """The exchange is over; the caller decides whether to pool or close."""
         self.sink = None
+        self._read_timeout = self._base_read
+        self._write_timeout = self._base_write
         if self._deadline is not None:
             self._deadline.clear()
 
@@ -362,6 +364,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._state = _DONE
         if sink is not None:
             sink.on_upstream_failed(reason, got, timed_out)
+
+    def set_timeouts(self, read: float, write: float) -> None:
+        """A route's own timeouts, for the request about to be sent on this connection (the
+        pool's return with `detach`)."""
+        self._read_timeout = read
+        self._write_timeout = write
 
     def request_sent(self) -> None:
         """The whole request is written: the server's time to answer starts now (a slow

@@ -1,0 +1,133 @@
+"""Layer 7 routing end to end: rules pick the pool, actions rewrite, redirect or answer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fakes import FakeBackend, Reply, ResponseReader, connect, pool_yaml, request
+
+
+def _config(app: FakeBackend, video: FakeBackend, billing: FakeBackend, routes: str) -> str:
+    return (
+        "workers: 1\n"
+        "listeners:\n"
+        "  - name: web\n"
+        "    bind: 127.0.0.1:0\n"
+        "    default_pool: app\n"
+        "    routes:\n" + routes + "pools:\n"
+        "  app:\n    servers:\n" + pool_yaml([app]) + "  video:\n    servers:\n"
+        "" + pool_yaml([video]) + "  billing:\n    servers:\n" + pool_yaml([billing])
+    )
+
+
+EXAMPLE = """\
+      - name: video-path
+        match: {path: /video/}
+        pool: video
+      - name: video-host
+        match: {host: video.example.com}
+        pool: video
+      - name: billing
+        match: {path_prefix: /billing/}
+        pool: billing
+        strip_prefix: /billing
+        request_headers: {set: {X-Route: billing}, remove: [X-Drop]}
+        response_headers: {set: {X-Served-By: portico}, remove: [X-Backend]}
+      - name: old
+        match: {path_exact: /old}
+        redirect: {status: 308, to: "https://{host}/new{query}"}
+      - name: maintenance
+        match: {path_prefix: /down/, method: [GET, HEAD]}
+        respond: {status: 503, body: "down for maintenance\\n"}
+      - name: canary
+        match: {headers: {X-Canary: "1"}, cookies: {beta: "yes"}}
+        pool: billing
+"""
+
+
+def test_the_issue_example_routes_video_billing_and_the_rest(backends, portico) -> None:
+    app, video, billing = backends("app"), backends("video"), backends("billing")
+    proxy = portico(_config(app, video, billing, EXAMPLE))
+    assert request(proxy.port, target="/video/clip.mp4").header("X-Backend") == "video"
+    host = {"Host": "video.example.com:8080"}
+    assert request(proxy.port, target="/", headers=host).header("X-Backend") == "video"
+    assert request(proxy.port, target="/videos").header("X-Backend") == "app"
+    assert request(proxy.port, target="/").header("X-Backend") == "app"
+    billed = request(proxy.port, target="/billing/invoice?id=7", headers={"X-Drop": "1"})
+    assert billed.status == 200
+    assert billed.header("X-Backend") is None  # removed by the route's response edits
+    assert billed.header("X-Served-By") == "portico"
+    seen = billing.seen[-1]
+    assert seen.target == "/invoice?id=7"  # prefix stripped, query kept
+    assert seen.header("X-Route") == "billing"
+    assert seen.header("X-Drop") is None
+
+
+def test_redirect_and_fixed_response_routes_answer_without_a_backend(backends, portico) -> None:
+    app, video, billing = backends("app"), backends("video"), backends("billing")
+    proxy = portico(_config(app, video, billing, EXAMPLE))
+    with connect(proxy.port) as sock:
+        reader = ResponseReader(sock)
+        sock.sendall(b"GET /old?x=1 HTTP/1.1\r\nHost: shop.example.com\r\n\r\n")
+        moved = reader.read()
+        sock.sendall(b"GET /down/page HTTP/1.1\r\nHost: shop.example.com\r\n\r\n")
+        down = reader.read()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n")
+        after = reader.read()  # the keep-alive connection is still usable
+    assert moved.status == 308
+    assert moved.header("Location") == "https://shop.example.com/new?x=1"
+    assert down.status == 503
+    assert down.body == b"down for maintenance\n"
+    assert after.status == 200
+    assert [s.target for s in app.seen] == ["/"]
+    assert video.seen == []
+    assert billing.seen == []
+
+
+def test_all_conditions_of_a_rule_must_hold(backends, portico) -> None:
+    app, video, billing = backends("app"), backends("video"), backends("billing")
+    proxy = portico(_config(app, video, billing, EXAMPLE))
+    both = {"X-Canary": "1", "Cookie": "a=b; beta=yes"}
+    assert request(proxy.port, headers=both).header("X-Backend") == "billing"
+    assert request(proxy.port, headers={"X-Canary": "1"}).header("X-Backend") == "app"
+    assert request(proxy.port, headers={"Cookie": "beta=yes"}).header("X-Backend") == "app"
+
+
+def test_a_route_timeout_overrides_the_pool_timeout(backends, portico) -> None:
+    slow = backends("slow", lambda seen: Reply(body=b"late", delay=1.0))
+    fast_route = """\
+      - match: {path_prefix: /quick/}
+        pool: video
+        timeouts: {read: 200ms}
+"""
+    proxy = portico(_config(backends("app"), slow, backends("billing"), fast_route))
+    assert request(proxy.port, target="/quick/x").status == 504
+
+
+def test_a_rule_that_cannot_compile_is_a_config_error_with_its_key_path(tmp_path) -> None:
+    path = tmp_path / "portico.yaml"
+    path.write_text(
+        "listeners:\n"
+        "  - name: web\n"
+        "    bind: 127.0.0.1:0\n"
+        "    default_pool: app\n"
+        "    routes:\n"
+        "      - match: {path_regex: '^/v[0-9+/'}\n"
+        "        pool: app\n"
+        "      - match: {path: /x/}\n"
+        "        pool: nowhere\n"
+        "pools:\n"
+        "  app:\n"
+        "    servers:\n"
+        "      - address: 127.0.0.1:9\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "portico", "check", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "listeners[0].routes[0].match.path_regex" in done.stderr
+    assert "not a valid regex" in done.stderr
