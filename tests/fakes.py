@@ -385,7 +385,7 @@ class Portico:
         self.stderr_times: list[float] = []  # when each line arrived (time.monotonic())
         self._stderr_changed = threading.Condition()
         self.ready_line = self._wait_ready()
-        ports = re.findall(r"http://[\d.]+:(\d+)", self.ready_line)
+        ports = re.findall(r"(?:https?|tcp)://[\d.]+:(\d+)", self.ready_line)
         self.port = int(ports[0])
         self.ports = [int(p) for p in ports]
 

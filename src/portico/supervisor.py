@@ -27,6 +27,7 @@ from portico.health.checker import HealthChecker
 log = logging.getLogger("portico")
 
 RESTART_BACKOFF_MAX = 5.0
+_SCHEMES = {"http": "http", "https": "https", "tcp": "tcp"}
 
 
 class StartupError(Exception):
@@ -109,7 +110,7 @@ class Supervisor:
         self.checker.start()
         await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
         listening = ", ".join(
-            f"{listener.name} http://{_bound(self.sockets[listener.name])}"
+            f"{listener.name} {_SCHEMES[listener.protocol]}://{_bound(self.sockets[listener.name])}"
             for listener in self.config.listeners
         )
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)

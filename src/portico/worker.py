@@ -27,8 +27,10 @@ from portico.config.load import parse_config
 from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
 from portico.filters.ratelimit import RateLimitFilter
+from portico.filters.redirect import RedirectToHttps
 from portico.listeners.http import ClientConnection, HttpListenerSettings
 from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
+from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
 from portico.routing import Router
 from portico.upstreams.pool import Pool
@@ -51,6 +53,8 @@ def request_filters(
 ) -> tuple[RequestFilter, ...]:
     """The filters of one listener, in the order they run."""
     out: list[RequestFilter] = []
+    if listener.redirect_https:
+        out.append(RedirectToHttps())
     if listener.rate_limit is not None:
         out.append(RateLimitFilter(listener.rate_limit, loop.time))
     return tuple(out)
@@ -78,6 +82,13 @@ def listener_settings(
             tunnel_timeout=timeouts.tunnel,
             x_forwarded=listener.forwarded.x_forwarded,
             forwarded=listener.forwarded.forwarded,
+            proto=b"https" if listener.protocol == "https" else b"http",
+            response_headers=(
+                ((b"Strict-Transport-Security", listener.tls.hsts.encode()),)
+                if listener.tls is not None and listener.tls.hsts
+                else ()
+            ),
+            client_subject=listener.tls is not None and listener.tls.client_auth != "none",
             filters=request_filters(listener, loop),
             max_conns_per_client=listener.max_conns_per_client,
             router=Router.compile(listener.routes, listener.default_pool)
@@ -133,6 +144,8 @@ class Worker:
         self.settings = listener_settings(config, self.pools, loop)
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []
+        self.terminators: list[TlsTerminator] = []
+        self._listeners = {listener.name: listener for listener in config.listeners}
         self.all_closed = asyncio.Event()  # set while no client connection is open
 
     def handle(self, message: dict[str, Any]) -> None:
@@ -163,9 +176,17 @@ class Worker:
                 self.servers.append(server)
                 continue
             settings = self.settings[name]
+            tls = self._listeners[name].tls
+            terminator = build_server_context(tls) if tls is not None else None
+            if terminator is not None:
+                self.terminators.append(terminator)
             server = await self.loop.create_server(
-                lambda settings=settings: ClientConnection(settings, self),  # type: ignore[misc]
+                lambda settings=settings: ClientConnection(settings, self),
                 sock=sock,
+                ssl=terminator.context if terminator is not None else None,
+                ssl_handshake_timeout=(
+                    terminator.handshake_timeout if terminator is not None else None
+                ),
             )
             self.servers.append(server)
         tasks.spawn(self._sweep_idle())

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from portico.config.routes import Routes
+from portico.config.tls import TlsConfig
 from portico.config.units import (
     Address,
     BindAddress,
@@ -338,7 +339,9 @@ class ListenerConfig(_Model):
 
     name: Name
     bind: BindAddress  # port 0: any free port (the ready line says which)
-    protocol: Literal["http", "tcp"] = "http"
+    protocol: Literal["http", "https", "tcp"] = "http"
+    tls: TlsConfig | None = None  # https: certificates and TLS settings
+    redirect_https: bool = False  # http: answer every request with 308 to the https URL
     default_pool: Name
     backlog: _Backlog = 1024
     limits: Annotated[ListenerLimits, _EMPTY_SECTION] = Field(default_factory=ListenerLimits)
@@ -646,7 +649,17 @@ def check_references(config: Config) -> list[ReferenceIssue]:
                         f'no pool named "{route.pool}" (pools are: {pool_names})',
                     )
                 )
-        if listener.routes and listener.protocol != "http":
+        if listener.protocol == "https" and listener.tls is None:
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "tls"), "protocol: https needs a tls section (certificates)"
+                )
+            )
+        if listener.tls is not None and listener.protocol != "https":
+            issues.append(
+                ReferenceIssue(("listeners", i, "tls"), "tls is for protocol: https listeners")
+            )
+        if listener.routes and listener.protocol == "tcp":
             issues.append(ReferenceIssue(("listeners", i, "routes"), "routes need protocol: http"))
         if listener.default_pool not in config.pools:
             issues.append(

@@ -18,6 +18,7 @@ import httptools
 
 from portico.http.errors import client_error
 from portico.http.headers import BodyKind, Header, RequestHead, split_request_headers
+from portico.listeners.tls import peer_subject
 from portico.proxy.l7 import BLOCK_DONE, BLOCK_QUEUED, Exchange
 from portico.timers import Deadline
 from portico.upstreams.pool import Pool
@@ -48,6 +49,8 @@ class HttpListenerSettings:
     filters: tuple[RequestFilter, ...] = ()  # run in order on each request head
     tunnel_timeout: float = 3600.0  # an upgraded connection idle both ways this long ends
     router: Router | None = None  # None: every request goes to `pool`
+    response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
+    client_subject: bool = False  # mTLS: pass the verified client certificate's subject
     max_conns_per_client: int = 0  # 0 = no limit
 
 
@@ -82,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         self._served = 0
         self._eof = False
         self.early = b""  # bytes after an Upgrade request's head
+        self.client_subject: str | None = None  # mTLS: the verified certificate's subject
         self.tunneled = False
         # the request being parsed
         self._url = b""
@@ -109,6 +113,8 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = peer[0]
+        if self.settings.client_subject:
+            self.client_subject = peer_subject(transport.get_extra_info("ssl_object"))
         limit = self.settings.max_conns_per_client
         if limit:
             counts = self.worker.client_connections

@@ -218,11 +218,6 @@ class Relay:
         assert server_transport is not None
         client.out = server_transport
         client_transport.set_protocol(client)
-        import os as _os
-        hw = int(_os.environ.get("L4_HW", "0"))
-        if hw:
-            client_transport.set_write_buffer_limits(high=hw)
-            server_transport.set_write_buffer_limits(high=hw)
         if eof:
             client.read_done = True
         else:

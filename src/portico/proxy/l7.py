@@ -50,6 +50,9 @@ _COALESCE = 16 * 1024  # a first body piece up to this size is copied behind the
 _CRLF = b"\r\n"
 _CLOSE_END = b"\r\nConnection: close\r\n\r\n"
 
+CLIENT_SUBJECT = b"X-Client-Cert-Subject"  # mTLS: the verified client certificate's subject
+CLIENT_SUBJECT_LOWER = CLIENT_SUBJECT.lower()
+
 # Why an exchange asks its client connection to stop reading (one bit each).
 BLOCK_QUEUED = 1  # a pipelined request waits for the one before it
 BLOCK_UPSTREAM = 2  # the server is not taking the request body as fast as the client sends it
@@ -333,6 +336,11 @@ class Exchange:
             out.append((b"Transfer-Encoding", head.te))
         if head.upgrade is not None:
             out = [*out, (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
+        if settings.client_subject:
+            # never the client's own claim: only what the TLS handshake verified
+            out = [h for h in out if h[0].lower() != CLIENT_SUBJECT_LOWER]
+            if client.client_subject is not None:
+                out.append((CLIENT_SUBJECT, client.client_subject.encode()))
         return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out)
 
     def _forwarding(self, head: RequestHead) -> list[Header]:
@@ -414,6 +422,8 @@ class Exchange:
         out = head.headers
         if self._response_edits is not None:
             out = apply_response_headers(out, self._response_edits)
+        if client.settings.response_headers:
+            out = [*out, *client.settings.response_headers]
         kind = head.kind
         is_11 = self.version == "1.1"
         keep = self.keep_alive and self.request_complete and not client.draining
