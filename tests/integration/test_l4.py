@@ -420,7 +420,7 @@ def test_idle_timeout_closes_a_silent_connection(
         silent_since = time.monotonic()
         assert is_closed(sock)
         silent = time.monotonic() - silent_since
-    assert 0.25 < silent < 2.0, silent
+    assert 0.25 < silent < 3.0, silent
 
 
 def test_dead_server_connect_is_retried_on_another(

@@ -183,6 +183,16 @@ class Relay:
         self._idle.set(self._tick)
         self.owner.upstream_ready()
 
+    def adopt(self, backend: BackendState, transport: asyncio.Transport) -> None:
+        """Take over a server connection that is already up, and already counted in
+        `backend.in_flight` (an HTTP connection after `101 Switching Protocols`: a WebSocket
+        becomes a relay like any TCP connection). `begin` follows."""
+        self.backend = backend
+        self.server.transport = transport
+        transport.set_protocol(self.server)
+        self.state = RelayState.CONNECTED
+        self._idle.set(self._tick)
+
     def connect_failed(self, backend: BackendState) -> None:
         """Connecting to `backend` failed or timed out: another server, or give up."""
         if self.state is not RelayState.CONNECTING or self.backend is not backend:

@@ -26,7 +26,7 @@ from portico.http.headers import (
     forwarding_headers,
     serialize_head,
 )
-from portico.proxy.tunnel import Tunnel
+from portico.proxy.l4 import Relay
 from portico.routing import Route, Router
 from portico.routing.actions import (
     RouteActions,
@@ -528,21 +528,26 @@ class Exchange:
         if head.upgrade is not None:
             extra.append((b"Upgrade", head.upgrade))
         client.write(serialize_head(b"HTTP/1.1 101 %s" % head.reason, head.headers + extra))
-        backend = self._backend
-
-        def closed() -> None:
-            client.tunnel_closed()
-            if backend is not None and self._backend is backend:
-                self._release_backend(failed=False)
-
-        tunnel = Tunnel(
+        backend, self._backend = self._backend, None  # the relay counts it from now on
+        assert backend is not None
+        transport = client.hand_over()
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sockname = transport.get_extra_info("sockname") or ("", 0)
+        relay = Relay(
+            _TunnelOwner(client),
             client.loop,
-            client.hand_over(),
-            upstream.transport,
+            transport,
+            self._pool,
+            client.worker.pools,
+            {},
+            (peer[0], peer[1]),
+            (sockname[0], sockname[1]),
             client.settings.tunnel_timeout,
-            closed,
         )
-        tunnel.start(client.early, rest)
+        relay.adopt(backend, upstream.transport)
+        if rest:
+            transport.write(rest)  # what the server sent right after its 101
+        relay.begin(client.early, False)
 
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:
@@ -627,3 +632,21 @@ class Exchange:
                 pool.observe(backend, False, self._client.loop.time())
             if pool.queue:
                 pool.released()
+
+
+class _TunnelOwner:
+    """What a WebSocket relay tells the client connection it took over: only its end."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: ClientConnection) -> None:
+        self._client = client
+
+    def upstream_ready(self) -> None:  # the server connection was up before the relay
+        pass
+
+    def upstream_failed(self) -> None:
+        pass
+
+    def relay_closed(self) -> None:
+        self._client.tunnel_closed()

@@ -1,0 +1,136 @@
+"""Portico's metrics in Prometheus' formats, from the supervisor's merged worker counters.
+
+Owns the metric names and help texts (``portico_*``), `PorticoCollector` (a prometheus-client
+custom collector that turns `StatsAggregator.merged()` into metric families at each scrape)
+and `PrometheusExporter` (its own registry, and the text for one scrape in the format the
+scraper asked for). One registry in the supervisor, fed by the snapshots the workers send:
+never prometheus-client's multiprocess mode, never a metric object per series, never a
+collector of the supervisor's own process (the workers do the work; their pids change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+
+from portico.observe.stats import COUNTERS, GAUGES, HISTOGRAMS, MergedStats, StatsAggregator
+
+__all__ = ["METRICS", "PorticoCollector", "PrometheusExporter"]
+
+# stats name -> (Prometheus name, help). Counters get `_total` from prometheus-client.
+METRICS: Final[dict[str, tuple[str, str]]] = {
+    "requests": (
+        "portico_requests",
+        "Requests answered, by listener, route, pool, server (backend, empty when no server "
+        'answered) and status class (code_class "none": the client left before a status).',
+    ),
+    "bytes_received": ("portico_bytes_received", "Bytes read from clients."),
+    "bytes_sent": ("portico_bytes_sent", "Bytes written to clients."),
+    "connections": ("portico_connections", "Client connections accepted."),
+    "ratelimited": ("portico_ratelimited", "Requests refused by a rate limit (429)."),
+    "retries": ("portico_retries", "Requests tried again on another server."),
+    "backend_requests": (
+        "portico_backend_requests",
+        "Requests sent to a server, each attempt counted (retries too).",
+    ),
+    "backend_failures": (
+        "portico_backend_failures",
+        "Requests a server failed: connect errors, timeouts, broken connections.",
+    ),
+    "backend_ejections": (
+        "portico_backend_ejections",
+        "Times a server was ejected by passive health checking (summed over workers).",
+    ),
+    "active_connections": ("portico_active_connections", "Client connections open now."),
+    "pool_queue_length": (
+        "portico_pool_queue_length",
+        "Requests waiting for a server below max_conns.",
+    ),
+    "backend_in_flight": ("portico_backend_in_flight", "Requests a server is handling now."),
+    "backend_up": (
+        "portico_backend_up",
+        "1 while a server passes its active health checks (always 1 without checks), else 0.",
+    ),
+    "backend_ejected": (
+        "portico_backend_ejected",
+        "Workers that have ejected a server now (passive health checking is per worker).",
+    ),
+    "backend_weight": ("portico_backend_weight", "A server's balancing weight."),
+    "request_duration": (
+        "portico_request_duration_seconds",
+        "Seconds from a request's head to its last response byte.",
+    ),
+    "upstream_connect": (
+        "portico_upstream_connect_seconds",
+        "Seconds to open a connection to a server (pooled connections are not counted).",
+    ),
+}
+WORKERS: Final = ("portico_workers", "Worker processes running (reporting to the supervisor).")
+
+
+class PorticoCollector:
+    """A prometheus-client collector over the supervisor's aggregator: every scrape reads the
+    merged view as it is then (at most one snapshot interval old)."""
+
+    def __init__(self, aggregator: StatsAggregator) -> None:
+        self.aggregator = aggregator
+
+    def collect(self) -> Iterator[Metric]:
+        merged = self.aggregator.merged()
+        yield from _counters(merged)
+        yield from _gauges(merged)
+        yield from _histograms(merged)
+        name, documentation = WORKERS
+        yield GaugeMetricFamily(name, documentation, value=merged.workers)
+
+
+def _counters(merged: MergedStats) -> Iterator[Metric]:
+    for key, labels in COUNTERS.items():
+        name, documentation = METRICS[key]
+        family = CounterMetricFamily(name, documentation, labels=labels)
+        for values, value in sorted(merged.counters.get(key, {}).items()):
+            family.add_metric(values, value)
+        yield family
+
+
+def _gauges(merged: MergedStats) -> Iterator[Metric]:
+    for key, spec in GAUGES.items():
+        name, documentation = METRICS[key]
+        family = GaugeMetricFamily(name, documentation, labels=spec.labels)
+        for values, value in sorted(merged.gauges.get(key, {}).items()):
+            family.add_metric(values, value)
+        yield family
+
+
+def _histograms(merged: MergedStats) -> Iterator[Metric]:
+    for key, spec in HISTOGRAMS.items():
+        name, documentation = METRICS[key]
+        family = HistogramMetricFamily(name, documentation, labels=spec.labels)
+        bounds = [repr(float(bound)) for bound in spec.bounds] + ["+Inf"]  # le="0.005"
+        for values, histogram in sorted(merged.histograms.get(key, {}).items()):
+            buckets = list(zip(bounds, histogram.cumulative(), strict=True))
+            family.add_metric(values, buckets, histogram.sum)
+        yield family
+
+
+class PrometheusExporter:
+    """The supervisor's registry: Portico's metrics and nothing else."""
+
+    def __init__(self, aggregator: StatsAggregator) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PorticoCollector(aggregator))
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """One scrape: the body and its Content-Type, in the format `accept` (the scraper's
+        Accept header) asks for: OpenMetrics, or else Prometheus' text format."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
