@@ -117,6 +117,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         _write_pid(self.config.pid_file)
         await self._stopped.wait()
         self.checker.stop()
@@ -126,6 +127,13 @@ class Supervisor:
         _remove_pid(self.config.pid_file)
         log.info("stopped")
         return 0
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): every worker reopens its access log files."""
+        message = channel.encode("reopen")
+        for worker in self.workers.values():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                worker.writer.write(message)
 
     def request_reload(self) -> None:
         if not self.stopping:

@@ -32,6 +32,7 @@ from portico.listeners.http import ClientConnection, HttpListenerSettings
 from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
 from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
+from portico.observe.access_log import AccessLogWriter
 from portico.routing import Router
 from portico.upstreams.pool import Pool
 
@@ -60,8 +61,23 @@ def request_filters(
     return tuple(out)
 
 
+def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
+    """One writer per distinct (path, format): listeners sharing a file share its writer."""
+    writers: dict[tuple[str, str], AccessLogWriter] = {}
+    for listener in config.listeners:
+        log_config = listener.access_log
+        if log_config is not None:
+            key = (log_config.path, log_config.format)
+            if key not in writers:
+                writers[key] = AccessLogWriter(log_config.path, log_config.format)
+    return writers
+
+
 def listener_settings(
-    config: Config, pools: dict[str, Pool], loop: asyncio.AbstractEventLoop
+    config: Config,
+    pools: dict[str, Pool],
+    loop: asyncio.AbstractEventLoop,
+    logs: dict[tuple[str, str], AccessLogWriter] | None = None,
 ) -> dict[str, HttpListenerSettings]:
     out = {}
     for listener in config.listeners:
@@ -89,6 +105,11 @@ def listener_settings(
                 else ()
             ),
             client_subject=listener.tls is not None and listener.tls.client_auth != "none",
+            access_log=(
+                (logs or {}).get((listener.access_log.path, listener.access_log.format))
+                if listener.access_log is not None
+                else None
+            ),
             filters=request_filters(listener, loop),
             max_conns_per_client=listener.max_conns_per_client,
             router=Router.compile(listener.routes, listener.default_pool)
@@ -141,7 +162,8 @@ class Worker:
         self.connections: set[ClientConnection | TcpClientConnection] = set()
         self.client_connections: dict[str, int] = {}  # open connections per client address
         self.pools = build_pools(config, loop)
-        self.settings = listener_settings(config, self.pools, loop)
+        self.access_logs = access_logs(config)
+        self.settings = listener_settings(config, self.pools, loop, self.access_logs)
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []
         self.terminators: list[TlsTerminator] = []
@@ -150,7 +172,10 @@ class Worker:
 
     def handle(self, message: dict[str, Any]) -> None:
         """A control-plane message other than stop."""
-        if message["type"] == "health":
+        if message["type"] == "reopen":
+            for writer in self.access_logs.values():
+                writer.reopen()
+        elif message["type"] == "health":
             pool = self.pools.get(message["pool"])
             if pool is not None:
                 pool.set_active_health(message["server"], bool(message["up"]), self.loop.time())
@@ -190,6 +215,8 @@ class Worker:
             )
             self.servers.append(server)
         tasks.spawn(self._sweep_idle())
+        for writer in self.access_logs.values():
+            writer.start(self.loop)
 
     async def _sweep_idle(self) -> None:
         while True:
@@ -239,6 +266,7 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # ... and log reopening
     writer.write(channel.encode("ready", pid=os.getpid()))
     await writer.drain()
 
@@ -258,6 +286,8 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
         writer.write(channel.encode("draining", pid=os.getpid()))
 
     await worker.drain(config.shutdown_grace, stopped_accepting)
+    for access_log in worker.access_logs.values():
+        access_log.close()
     tasks.cancel_all()
     writer.close()
     return 0

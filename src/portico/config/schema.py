@@ -328,6 +328,13 @@ class RateLimitConfig(_Model):
         return self.burst if self.burst is not None else max(1, math.ceil(self.rate))
 
 
+class AccessLogConfig(_Model):
+    """One line per request, written off the event loop."""
+
+    path: str = "-"  # "-": standard output; else a file (appended; reopened on SIGUSR1)
+    format: Literal["combined", "json"] = "combined"
+
+
 class ProxyProtocolAccept(_Model):
     """Accept a PROXY protocol header (v1 or v2) from a trusted load balancer in front."""
 
@@ -348,6 +355,7 @@ class ListenerConfig(_Model):
     timeouts: Annotated[ListenerTimeouts, _EMPTY_SECTION] = Field(default_factory=ListenerTimeouts)
     forwarded: Annotated[ForwardedHeaders, _EMPTY_SECTION] = Field(default_factory=ForwardedHeaders)
     routes: Routes = ()  # http: ordered rules, first match wins; else default_pool
+    access_log: AccessLogConfig | None = None  # also turns on X-Request-Id (passed or made)
     rate_limit: RateLimitConfig | None = None
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
     proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers

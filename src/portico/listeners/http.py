@@ -25,6 +25,7 @@ from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
+    from portico.observe.access_log import AccessLogWriter
     from portico.routing import Router
     from portico.worker import Worker
 
@@ -51,6 +52,7 @@ class HttpListenerSettings:
     router: Router | None = None  # None: every request goes to `pool`
     response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
     client_subject: bool = False  # mTLS: pass the verified client certificate's subject
+    access_log: AccessLogWriter | None = None
     max_conns_per_client: int = 0  # 0 = no limit
 
 

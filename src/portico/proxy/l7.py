@@ -14,6 +14,7 @@ reused keep-alive connection died under an idempotent request.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from portico import tasks
@@ -26,6 +27,8 @@ from portico.http.headers import (
     forwarding_headers,
     serialize_head,
 )
+from portico.observe.access_log import AccessRecord
+from portico.observe.request_id import request_id
 from portico.proxy.l4 import Relay
 from portico.routing import Route, Router
 from portico.routing.actions import (
@@ -65,22 +68,30 @@ class Exchange:
 
     __slots__ = (
         "_backend",
+        "_backend_name",
         "_chunked_out",
         "_client",
+        "_connect_time",
         "_dequeued",
         "_fell_back",
         "_head",
+        "_head_len",
         "_observed",
+        "_original_target",
         "_pending",
         "_pending_size",
         "_pool",
         "_queue_timer",
         "_replayable",
+        "_request_id",
         "_response_edits",
         "_response_started",
+        "_response_time",
         "_reused",
+        "_sent",
         "_sent_at",
         "_stale_retried",
+        "_started",
         "_timeouts",
         "_tried",
         "_upstream",
@@ -134,6 +145,15 @@ class Exchange:
         self._fell_back = False
         self._observed = False
         self._queue_timer: asyncio.TimerHandle | None = None
+        # what the access log reports (kept cheap: counted always, formatted only if logged)
+        self._started = client.loop.time()
+        self._sent = 0  # response body bytes written to the client
+        self._head_len = 0
+        self._backend_name: str | None = None
+        self._connect_time: float | None = None
+        self._response_time: float | None = None
+        self._original_target = target
+        self._request_id: bytes | None = None
         self._response_edits: RouteActions | None = None
         self._timeouts: tuple[float, float, float] | None = None  # a route's, over the pool's
         self.route: Route | None = None
@@ -159,6 +179,12 @@ class Exchange:
             if answer is not None:
                 self._respond_locally(answer)
                 return
+        if client.settings.access_log is not None:
+            self._request_id, passed = request_id(self.headers)
+            if not passed:  # an invalid one of the client's is replaced, never forwarded
+                self.head.headers = [
+                    h for h in self.head.headers if h[0].lower() != b"x-request-id"
+                ]
         router = client.settings.router
         if router is not None:
             pool = self._route(router)
@@ -231,6 +257,7 @@ class Exchange:
             return
         assert not isinstance(backend, str)
         self._backend = backend
+        self._backend_name = backend.name
         backend.in_flight += 1
         backend.requests += 1
         conn = backend.take_idle()
@@ -261,6 +288,7 @@ class Exchange:
         loop = self._client.loop
         timeouts = self._timeouts
         connect_timeout = settings.connect_timeout if timeouts is None else timeouts[0]
+        connect_started = loop.time()
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
@@ -280,6 +308,7 @@ class Exchange:
                 timed_out = isinstance(exc, TimeoutError)
                 self._retry_or_fail(504 if timed_out else 502, counts=True)
             return
+        self._connect_time = loop.time() - connect_started
         if self.finished or self._backend is not backend:
             # the client left while we connected: keep the connection for someone else
             if not backend.put_idle(conn, loop.time()):
@@ -336,6 +365,8 @@ class Exchange:
             out.append((b"Transfer-Encoding", head.te))
         if head.upgrade is not None:
             out = [*out, (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
+        if self._request_id is not None:
+            out = [*out, (b"X-Request-Id", self._request_id)]
         if settings.client_subject:
             # never the client's own claim: only what the TLS handshake verified
             out = [h for h in out if h[0].lower() != CLIENT_SUBJECT_LOWER]
@@ -396,9 +427,13 @@ class Exchange:
             return
         self._drop_upstream()
         self._release_backend(failed=None)
-        self._client.write(client_error(status))
+        answer = client_error(status)
+        self._client.write(answer)
         self.status = status
+        self._head_len = len(answer)
         self.finished = True
+        if self._client.settings.access_log is not None:
+            self._log(status)
         self._client.exchange_done(self, False, linger=True)
 
     # -- response, from the server (ResponseSink) ----------------------------------------------
@@ -411,6 +446,8 @@ class Exchange:
     def on_response_head(self, status: int, head: ResponseHead) -> None:
         client = self._client
         backend = self._backend
+        if client.settings.access_log is not None:
+            self._response_time = client.loop.time() - self._sent_at
         if backend is not None:
             if backend.tracks_latency:
                 backend.observe_latency(client.loop.time() - self._sent_at)
@@ -443,7 +480,8 @@ class Exchange:
             out.append((b"Connection", b"close"))
         elif not is_11:
             out.append((b"Connection", b"keep-alive"))
-        self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, head.reason), out)
+        staged = self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, head.reason), out)
+        self._head_len = len(staged)
 
     def on_response_body(self, data: bytes | memoryview) -> None:
         client = self._client
@@ -462,6 +500,7 @@ class Exchange:
                 client.writelines([head, data])
         else:
             client.write(data)
+        self._sent += len(data)
         if head is not None:
             self._head = None
             self._response_started = True
@@ -490,6 +529,8 @@ class Exchange:
             ):
                 upstream.close()
         self.finished = True
+        if client.settings.access_log is not None:
+            self._log(self.status)
         client.exchange_done(self, self.keep_alive)
 
     def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None:
@@ -524,6 +565,8 @@ class Exchange:
         assert upstream.transport is not None
         self.status = 101
         self.finished = True
+        if client.settings.access_log is not None:
+            self._log(101)
         extra: list[Header] = [(b"Connection", b"Upgrade")]
         if head.upgrade is not None:
             extra.append((b"Upgrade", head.upgrade))
@@ -566,6 +609,8 @@ class Exchange:
                 upstream.pause_reading()
 
     def client_gone(self) -> None:
+        if not self.finished and self._client.settings.access_log is not None:
+            self._log(self.status if self._response_started else 499)  # NGINX's 499
         self.finished = True
         self._drop_upstream()
         self._release_backend(failed=None)
@@ -596,19 +641,29 @@ class Exchange:
         keep = self.keep_alive and self.request_complete and not self._client.draining
         if not keep:
             self.keep_alive = False
-        self._client.write(answer if keep else answer.replace(b"\r\n\r\n", _CLOSE_END, 1))
+        written = answer if keep else answer.replace(b"\r\n\r\n", _CLOSE_END, 1)
+        self._client.write(written)
         self.status = int(answer[9:12])
+        self._head_len = len(written)
         self.finished = True
+        if self._client.settings.access_log is not None:
+            self._log(self.status)
         self._client.exchange_done(self, keep)
 
     def _respond_error(self, status: int) -> None:
         keep = self.keep_alive and self.request_complete and not self._client.draining
-        self._client.write(upstream_error(status, close=not keep))
+        answer = upstream_error(status, close=not keep)
+        self._client.write(answer)
         self.status = status
+        self._head_len = len(answer)
         self.finished = True
+        if self._client.settings.access_log is not None:
+            self._log(status)
         self._client.exchange_done(self, keep)
 
     def _abort(self) -> None:
+        if not self.finished and self._client.settings.access_log is not None:
+            self._log(self.status or 502)  # the response was cut: logged with what was sent
         self.finished = True
         self._drop_upstream()
         self._client.abort()
@@ -617,6 +672,48 @@ class Exchange:
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.abort()
+
+    def _log(self, status: int) -> None:
+        """One access log line for this request (only on listeners that keep a log)."""
+        client = self._client
+        writer = client.settings.access_log
+        if writer is None:
+            return
+        loop = client.loop
+        duration = loop.time() - self._started
+        headers = self.headers
+        referer = user_agent = None
+        for name, value in headers:
+            low = name.lower()
+            if low == b"referer":
+                referer = value
+            elif low == b"user-agent":
+                user_agent = value
+        route = self.route
+        writer.log(
+            AccessRecord(
+                start=time.time() - duration,
+                client_ip=client.client_ip,
+                method=self.method,
+                target=self._original_target,
+                version=self.version,
+                status=status,
+                bytes_sent=self._head_len + self._sent,
+                body_bytes_sent=self._sent,
+                bytes_received=self.received,
+                referer=referer,
+                user_agent=user_agent,
+                host=self.head.host,
+                request_id=self._request_id or b"-",
+                listener=client.settings.name,
+                route=route.name if route is not None else None,
+                pool=self._pool.name,
+                backend=self._backend_name,
+                duration=duration,
+                upstream_connect=self._connect_time,
+                upstream_response=self._response_time,
+            )
+        )
 
     def _release_backend(self, *, failed: bool | None) -> None:
         """The request is done with its backend; `failed` feeds outlier detection (None: the

@@ -1,0 +1,1176 @@
+"""The admin API's decisions: which endpoint a request names, whether it may use it, what it
+asks for, and the answer.
+
+Owns the endpoint table (`ENDPOINTS`), the bearer-token, Host and Origin checks, the request
+bodies (checked with the config file's own rules), the JSON shapes of listeners, pools and
+servers (`listener_views`, `pool_views`), the error answers (``{"error", "detail"}``), the log
+line of every change (who, what; the log record says when) and the OpenAPI document that
+describes all of it (`OPENAPI`). Never touches a socket (`server.py` does) and never changes
+Portico itself: it asks the supervisor through `SupervisorView`, whose methods make the change
+and tell the workers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import mimetypes
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Protocol, TypedDict, TypeVar, get_args
+from urllib.parse import unquote, urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from portico.config.schema import ListenerConfig, PoolConfig, ServerConfig
+from portico.observe.stats import CODE_CLASSES, MergedStats
+
+__all__ = [
+    "ENDPOINTS",
+    "OPENAPI",
+    "SERVER_STATES",
+    "STATIC_DIR",
+    "AdminApi",
+    "AdminError",
+    "AdminRequest",
+    "AdminResponse",
+    "BadRequest",
+    "Conflict",
+    "Endpoint",
+    "HealthView",
+    "ListenerView",
+    "NotFound",
+    "PoolView",
+    "ReloadResult",
+    "ServerState",
+    "ServerView",
+    "StateChange",
+    "SupervisorView",
+    "Unprocessable",
+    "WeightChange",
+    "error_response",
+    "listener_views",
+    "pool_views",
+]
+
+log = logging.getLogger("portico.admin")
+
+STATIC_DIR: Final = Path(__file__).parent / "static"  # the dashboard's files, when installed
+MUTATING: Final = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+
+ServerState = Literal["ready", "drain", "maint"]
+"""ready: takes traffic; drain: finishes what it has, gets no new requests (sticky ones
+neither); maint: out of rotation and out of the health checks' say (HAProxy's MAINT)."""
+SERVER_STATES: Final[tuple[str, ...]] = get_args(ServerState)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the API shows (the OpenAPI schemas below describe exactly these)
+
+
+class HealthView(TypedDict):
+    active: Literal["up", "down", "unchecked"]  # the control plane's active checks
+    detail: str  # the last check's outcome, in words
+    ejected_by: int  # workers whose passive health checking keeps the server out now
+
+
+class ServerView(TypedDict):
+    name: str
+    address: str
+    weight: int
+    state: ServerState
+    health: HealthView
+    in_flight: int
+    requests: int  # attempts sent to it, retries included
+    failures: int
+    ejections: int
+    responses: dict[str, int]  # status class -> requests it answered
+
+
+class PoolView(TypedDict):
+    name: str
+    policy: str
+    max_conns: int
+    queue_length: int
+    retries: int
+    servers: list[ServerView]
+
+
+class ListenerView(TypedDict):
+    name: str
+    protocol: str
+    address: str  # as bound (a port 0 in the config shows the port the kernel chose)
+    default_pool: str
+    routes: list[str]
+    active_connections: int
+    connections: int
+    bytes_received: int
+    bytes_sent: int
+    ratelimited: int
+    responses: dict[str, int]  # status class -> requests
+
+
+class ReloadResult(TypedDict):
+    reloaded: bool  # False: the file was refused and the running config stays
+    generation: int  # of the config running now
+    detail: str  # why it was refused, or a short confirmation
+
+
+class SupervisorView(Protocol):
+    """What the admin API needs from the supervisor, and nothing more.
+
+    Mutations are called only after the API has checked that the pool and server exist (and,
+    for `add_server`, that the name is free; for `remove_server`, that another server stays):
+    they make the change, tell the workers, and raise an `AdminError` for anything else that
+    stands in the way. The API then answers with the server as `pools()` shows it, so
+    `pools()` must show a change as soon as the mutation returns.
+    """
+
+    def listeners(self) -> list[ListenerView]: ...
+
+    def pools(self) -> list[PoolView]: ...
+
+    def set_weight(self, pool: str, server: str, weight: int) -> None: ...
+
+    def set_state(self, pool: str, server: str, state: ServerState) -> None: ...
+
+    def add_server(self, pool: str, server: ServerConfig) -> None: ...
+
+    def remove_server(self, pool: str, server: str) -> None: ...
+
+    def reload(self) -> Awaitable[ReloadResult]:
+        """Reload the config file as SIGHUP does; the result once the new workers serve."""
+        ...
+
+    def metrics(self, accept: str) -> tuple[bytes, str]:
+        """One Prometheus scrape: the body and its Content-Type, for this Accept header."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: each names the problem (`error`) and what to do about it (`detail`)
+
+
+class AdminError(Exception):
+    """A request the API will not carry out; the answer is its status and JSON error."""
+
+    status = 400
+    error = "bad request"
+
+    def __init__(
+        self, detail: str, *, error: str | None = None, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if error is not None:
+            self.error = error
+        self.headers = headers
+
+    def response(self) -> AdminResponse:
+        return error_response(self.status, self.error, self.detail, self.headers)
+
+
+class BadRequest(AdminError):
+    status = 400
+    error = "bad request"
+
+
+class Unauthorized(AdminError):
+    status = 401
+    error = "token required"
+
+
+class Forbidden(AdminError):
+    status = 403
+    error = "forbidden"
+
+
+class NotFound(AdminError):
+    status = 404
+    error = "not found"
+
+
+class MethodNotAllowed(AdminError):
+    status = 405
+    error = "method not allowed"
+
+
+class Conflict(AdminError):
+    status = 409
+    error = "conflict"
+
+
+class Unprocessable(AdminError):
+    status = 422
+    error = "invalid request"
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests and answers, as plain values (server.py parses and writes the bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    method: str
+    path: str  # as sent, percent-encoded, without the query
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+    client: str = "unknown"  # "address:port", for the log
+
+
+@dataclass(frozen=True, slots=True)
+class AdminResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json(status: int, value: object, headers: tuple[tuple[str, str], ...] = ()) -> AdminResponse:
+    body = json.dumps(value, ensure_ascii=False).encode() + b"\n"
+    return AdminResponse(
+        status, body, "application/json", (("Cache-Control", "no-store"), *headers)
+    )
+
+
+def error_response(
+    status: int, error: str, detail: str, headers: tuple[tuple[str, str], ...] = ()
+) -> AdminResponse:
+    return _json(status, {"error": error, "detail": detail}, headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_weight(value: int) -> int:
+    # the bounds of ServerConfig.weight in the config file (a unit test keeps them equal)
+    if not 1 <= value <= 256:
+        raise ValueError(f"must be from 1 to 256, not {value}")
+    return value
+
+
+class WeightChange(_Body):
+    """``{"weight": 5}``: a server's new balancing weight."""
+
+    weight: Annotated[int, Field(strict=True), AfterValidator(_check_weight)]
+
+
+class StateChange(_Body):
+    """``{"state": "drain"}``: take a server out of rotation gently, or bring it back."""
+
+    state: ServerState
+
+
+def _show(value: object) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _explain(exc: ValidationError) -> str:
+    """Pydantic's errors in the words of this API: which field, what is wrong with it."""
+    out = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        kind = error["type"]
+        ctx = error.get("ctx") or {}
+        value = error.get("input")
+        if kind == "missing":
+            out.append(f'missing field "{where}"')
+            continue
+        if kind == "extra_forbidden":
+            out.append(f'unknown field "{where}"')
+            continue
+        if kind == "value_error":
+            message = str(ctx.get("error", error["msg"].removeprefix("Value error, ")))
+        elif kind == "literal_error":
+            message = f"must be one of: {ctx.get('expected', '')}, not {_show(value)}"
+        elif kind in ("int_type", "int_parsing", "int_from_float"):
+            message = f"must be a whole number, not {_show(value)}"
+        elif kind in ("string_type", "str_type"):
+            message = f"must be text, not {_show(value)}"
+        else:
+            message = error["msg"][:1].lower() + error["msg"][1:]
+        out.append(f"{where}: {message}" if where else message)
+    return "; ".join(out)
+
+
+def _json_object(request: AdminRequest, example: str) -> dict[str, Any]:
+    if not request.body.strip():
+        raise BadRequest(f"send a JSON object, e.g. {example}", error="missing body")
+    try:
+        value = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(
+            f"{exc}; send a JSON object, e.g. {example}", error="body is not JSON"
+        ) from None
+    if not isinstance(value, dict):
+        raise Unprocessable(
+            f"got {_show(value)[:80]}; send a JSON object, e.g. {example}",
+            error="body is not a JSON object",
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON shapes, from the config and the merged counters (for the supervisor's `pools()`)
+
+
+def _responses_by(stats: MergedStats, *keys: int) -> dict[tuple[str, ...], dict[str, int]]:
+    """Requests per status class, grouped by the `requests` labels at positions `keys`."""
+    out: dict[tuple[str, ...], dict[str, int]] = {}
+    for labels, value in stats.counters.get("requests", {}).items():
+        group = out.setdefault(tuple(labels[k] for k in keys), {})
+        code_class = labels[4]
+        group[code_class] = group.get(code_class, 0) + int(value)
+    return out
+
+
+def _count(stats: MergedStats, metric: str, *labels: str) -> int:
+    return int(stats.value(metric, *labels) or 0)
+
+
+def listener_views(
+    listeners: Iterable[ListenerConfig], addresses: Mapping[str, str], stats: MergedStats
+) -> list[ListenerView]:
+    """What `GET /api/listeners` shows: each listener's config, the address it is bound to
+    (`addresses`, by listener name) and its counters summed over the workers."""
+    responses = _responses_by(stats, 0)
+    out: list[ListenerView] = []
+    for listener in listeners:
+        name = listener.name
+        out.append(
+            {
+                "name": name,
+                "protocol": listener.protocol,
+                "address": addresses.get(name, str(listener.bind)),
+                "default_pool": listener.default_pool,
+                "routes": [
+                    route.name if route.name is not None else f"routes[{i}]"
+                    for i, route in enumerate(listener.routes)
+                ],
+                "active_connections": _count(stats, "active_connections", name),
+                "connections": _count(stats, "connections", name),
+                "bytes_received": _count(stats, "bytes_received", name),
+                "bytes_sent": _count(stats, "bytes_sent", name),
+                "ratelimited": _count(stats, "ratelimited", name),
+                "responses": responses.get((name,), {}),
+            }
+        )
+    return out
+
+
+def pool_views(
+    pools: Mapping[str, PoolConfig],
+    stats: MergedStats,
+    *,
+    health: Mapping[tuple[str, str], tuple[bool, str]] | None = None,
+    states: Mapping[tuple[str, str], ServerState] | None = None,
+) -> list[PoolView]:
+    """What `GET /api/pools` shows. `pools`: the pools as they run now (with the servers and
+    weights the API changed); `health`: (pool, server) -> (up, detail) from the active
+    checks, for the servers that have them; `states`: (pool, server) -> admin state, for the
+    servers not "ready"."""
+    health = health or {}
+    states = states or {}
+    responses = _responses_by(stats, 2, 3)
+    out: list[PoolView] = []
+    for name, pool in pools.items():
+        servers: list[ServerView] = []
+        for server in pool.servers:
+            key = (name, server.name)
+            checked = health.get(key)
+            active: Literal["up", "down", "unchecked"] = "unchecked"
+            detail = "no active checks"
+            if checked is not None:
+                active, detail = ("up" if checked[0] else "down"), checked[1]
+            servers.append(
+                {
+                    "name": server.name,
+                    "address": str(server.address),
+                    "weight": server.weight,
+                    "state": states.get(key, "ready"),
+                    "health": {
+                        "active": active,
+                        "detail": detail,
+                        "ejected_by": _count(stats, "backend_ejected", *key),
+                    },
+                    "in_flight": _count(stats, "backend_in_flight", *key),
+                    "requests": _count(stats, "backend_requests", *key),
+                    "failures": _count(stats, "backend_failures", *key),
+                    "ejections": _count(stats, "backend_ejections", *key),
+                    "responses": responses.get(key, {}),
+                }
+            )
+        out.append(
+            {
+                "name": name,
+                "policy": pool.policy,
+                "max_conns": pool.max_conns,
+                "queue_length": _count(stats, "pool_queue_length", name),
+                "retries": _count(stats, "retries", name),
+                "servers": servers,
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One method on one path template (OpenAPI's spelling: ``/api/pools/{pool}``)."""
+
+    method: str
+    template: str
+    action: str  # the AdminApi method that answers
+    public: bool = False  # answered without the token (scrapers, the dashboard's files)
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.template.split("/")[1:])
+
+
+ENDPOINTS: Final[tuple[Endpoint, ...]] = (
+    Endpoint("GET", "/api/listeners", "get_listeners"),
+    Endpoint("GET", "/api/pools", "get_pools"),
+    Endpoint("GET", "/api/pools/{pool}", "get_pool"),
+    Endpoint("PUT", "/api/pools/{pool}/servers/{server}/weight", "put_weight"),
+    Endpoint("PUT", "/api/pools/{pool}/servers/{server}/state", "put_state"),
+    Endpoint("POST", "/api/pools/{pool}/servers", "post_server"),
+    Endpoint("DELETE", "/api/pools/{pool}/servers/{server}", "delete_server"),
+    Endpoint("POST", "/api/reload", "post_reload"),
+    Endpoint("GET", "/metrics", "get_metrics", public=True),
+    Endpoint("GET", "/openapi.json", "get_openapi"),
+    Endpoint("GET", "/", "get_index", public=True),
+    Endpoint("GET", "/static/{path}", "get_static", public=True),  # {path} may hold "/"
+)
+
+
+def _match(endpoint: Endpoint, segments: list[str]) -> dict[str, str] | None:
+    """The path parameters (percent-decoded) if `segments` fit the endpoint's template."""
+    pattern = endpoint.segments
+    rest = pattern[-1] == "{path}"
+    if len(segments) != len(pattern) and not (rest and len(segments) >= len(pattern)):
+        return None
+    params: dict[str, str] = {}
+    for i, part in enumerate(pattern):
+        if part.startswith("{"):
+            if rest and part == "{path}":
+                params["path"] = "/".join(segments[i:])  # each segment decoded later
+                return params
+            if not segments[i]:
+                return None
+            params[part[1:-1]] = _decode(segments[i])
+        elif part != segments[i]:
+            return None
+    return params
+
+
+def _decode(segment: str) -> str:
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{segment!r} is not percent-encoded UTF-8", error="bad path") from None
+
+
+def _is_local_name(host: str) -> bool:
+    """True for a Host header naming an IP address or localhost (with or without a port)."""
+    host = host.strip()
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        name = host.partition(":")[0]
+    else:
+        name = host
+    if name.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+_PLACEHOLDER = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Portico</title></head>
+<body><h1>Portico</h1>
+<p>The dashboard is not installed. The admin API is described at
+<a href="/openapi.json">/openapi.json</a>; metrics are at <a href="/metrics">/metrics</a>.</p>
+</body></html>
+"""
+
+Action = Callable[["AdminRequest", dict[str, str]], Awaitable[AdminResponse]]
+
+
+class AdminApi:
+    """Answers one admin request at a time; see the module docstring for what it decides.
+
+    `token`: when set, every endpoint but the public ones (`/metrics`, `/` and `/static/`)
+    needs ``Authorization: Bearer <token>``. When it is None, anyone who can connect may use
+    the API, so requests must then name the admin listener by address (``Host: 127.0.0.1:9090``
+    or ``localhost``): a host name could be an attacker's, re-pointed at 127.0.0.1 (DNS
+    rebinding), letting a web page in the operator's browser read the API.
+    """
+
+    def __init__(
+        self, view: SupervisorView, token: str | None, static_dir: Path | None = STATIC_DIR
+    ) -> None:
+        self.view = view
+        self._token = token.encode() if token else None
+        self._static = static_dir
+        self._openapi = json.dumps(OPENAPI, indent=2).encode() + b"\n"
+        self._actions: dict[str, Action] = {
+            "get_listeners": self.get_listeners,
+            "get_pools": self.get_pools,
+            "get_pool": self.get_pool,
+            "put_weight": self.put_weight,
+            "put_state": self.put_state,
+            "post_server": self.post_server,
+            "delete_server": self.delete_server,
+            "post_reload": self.post_reload,
+            "get_metrics": self.get_metrics,
+            "get_openapi": self.get_openapi,
+            "get_index": self.get_index,
+            "get_static": self.get_static,
+        }
+
+    async def handle(self, request: AdminRequest) -> AdminResponse:
+        """The answer to `request`; never raises. A refused change is logged as a warning."""
+        try:
+            return await self._dispatch(request)
+        except AdminError as exc:
+            if request.method in MUTATING or exc.status in (401, 403):
+                log.warning(
+                    "admin: %s %s %s refused (%d %s): %s",
+                    request.client,
+                    request.method,
+                    request.path,
+                    exc.status,
+                    exc.error,
+                    exc.detail,
+                )
+            return exc.response()
+        except Exception:
+            log.exception("admin: %s %s %s failed", request.client, request.method, request.path)
+            return error_response(500, "internal error", "the Portico log has the details")
+
+    async def _dispatch(self, request: AdminRequest) -> AdminResponse:
+        method = "GET" if request.method == "HEAD" else request.method
+        if self._token is None:
+            host = request.headers.get("host")
+            if host is not None and not _is_local_name(host):
+                raise Forbidden(
+                    f"Host {host!r} is not an IP address or localhost: without admin.token "
+                    "the admin API answers only requests that name it by address "
+                    "(protection against DNS rebinding); set a token to use host names",
+                    error="host not allowed",
+                )
+        if not request.path.startswith("/"):
+            raise BadRequest(f"{request.path!r} is not a path", error="bad path")
+        segments = request.path.split("/")[1:]
+        matches = [(e, p) for e in ENDPOINTS if (p := _match(e, segments)) is not None]
+        chosen = next(((e, p) for e, p in matches if e.method == method), None)
+        public = chosen is not None and chosen[0].public
+        if not public:
+            self._check_token(request)
+        if chosen is None:
+            if not matches:
+                raise NotFound(f"no endpoint at {request.path}; see /openapi.json")
+            methods = {e.method for e, _ in matches}
+            allowed = sorted(methods | {"HEAD"} if "GET" in methods else methods)
+            raise MethodNotAllowed(
+                f"{request.path} answers {', '.join(allowed)}, not {request.method}",
+                headers=(("Allow", ", ".join(allowed)),),
+            )
+        if method in MUTATING:
+            _check_origin(request)
+        endpoint, params = chosen
+        return await self._actions[endpoint.action](request, params)
+
+    def _check_token(self, request: AdminRequest) -> None:
+        token = self._token
+        if token is None:
+            return
+        challenge = (("WWW-Authenticate", 'Bearer realm="portico"'),)
+        header = request.headers.get("authorization")
+        if header is None:
+            raise Unauthorized(
+                'send the admin token as "Authorization: Bearer <token>"', headers=challenge
+            )
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise Unauthorized(
+                'the Authorization header must be "Bearer <token>"', headers=challenge
+            )
+        # constant time: how much of a guess matched must not show in how long a refusal takes
+        if not hmac.compare_digest(credentials.strip().encode(), token):
+            raise Forbidden("the token is not the admin token", error="wrong token")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def get_listeners(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        return _json(200, self.view.listeners())
+
+    async def get_pools(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        return _json(200, self.view.pools())
+
+    async def get_pool(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        return _json(200, self._pool(params["pool"]))
+
+    async def get_metrics(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        body, content_type = self.view.metrics(request.headers.get("accept", ""))
+        return AdminResponse(200, body, content_type, (("Cache-Control", "no-store"),))
+
+    async def get_openapi(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        return AdminResponse(200, self._openapi, "application/json")
+
+    async def get_index(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        page = self._static_file(("index.html",))
+        if page is not None:
+            return page
+        return AdminResponse(200, _PLACEHOLDER, "text/html; charset=utf-8")
+
+    async def get_static(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        parts = tuple(_decode(part) for part in params["path"].split("/"))
+        found = self._static_file(parts)
+        if found is None:
+            raise NotFound(f"no file {request.path}", error="no such file")
+        return found
+
+    # -- changing ---------------------------------------------------------------------------------
+
+    async def put_weight(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        pool, server = params["pool"], params["server"]
+        self._server(pool, server)
+        weight = _parse(WeightChange, _json_object(request, '{"weight": 5}')).weight
+        self.view.set_weight(pool, server, weight)
+        _log_change(request, f"set the weight of server {server!r} of pool {pool!r} to {weight}")
+        return _json(200, self._server(pool, server))
+
+    async def put_state(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        pool, server = params["pool"], params["server"]
+        self._server(pool, server)
+        state = _parse(StateChange, _json_object(request, '{"state": "drain"}')).state
+        self.view.set_state(pool, server, state)
+        _log_change(request, f"set server {server!r} of pool {pool!r} to {state}")
+        return _json(200, self._server(pool, server))
+
+    async def post_server(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        pool = params["pool"]
+        found = self._pool(pool)
+        example = '{"address": "127.0.0.1:9004", "weight": 1, "name": "s4"}'
+        server = _parse(ServerConfig, _json_object(request, example))
+        if any(s["name"] == server.name for s in found["servers"]):
+            raise Conflict(
+                f'pool "{pool}" already has a server named "{server.name}": choose another '
+                "name, or change that server's weight or state instead",
+                error="server exists",
+            )
+        self.view.add_server(pool, server)
+        _log_change(
+            request,
+            f"added server {server.name!r} ({server.address}, weight {server.weight}) "
+            f"to pool {pool!r}",
+        )
+        return _json(201, self._server(pool, server.name))
+
+    async def delete_server(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        pool, server = params["pool"], params["server"]
+        self._server(pool, server)
+        if len(self._pool(pool)["servers"]) == 1:
+            raise Unprocessable(
+                f'"{server}" is the only server of pool "{pool}": add another one first',
+                error="last server",
+            )
+        self.view.remove_server(pool, server)
+        _log_change(request, f"removed server {server!r} from pool {pool!r}")
+        return _json(200, {"pool": pool, "removed": server})
+
+    async def post_reload(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        _log_change(request, "asked for a reload")
+        result = await self.view.reload()
+        if not result["reloaded"]:
+            log.warning("admin: %s: reload refused: %s", request.client, result["detail"])
+            return _json(422, {"error": "reload refused", **result})
+        _log_change(request, f"reloaded the config: generation {result['generation']}")
+        return _json(200, result)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _pool(self, name: str) -> PoolView:
+        pools = self.view.pools()
+        for pool in pools:
+            if pool["name"] == name:
+                return pool
+        known = ", ".join(p["name"] for p in pools)
+        raise NotFound(f'no pool named "{name}" (pools are: {known})', error="no such pool")
+
+    def _server(self, pool: str, name: str) -> ServerView:
+        servers = self._pool(pool)["servers"]
+        for server in servers:
+            if server["name"] == name:
+                return server
+        known = ", ".join(s["name"] for s in servers)
+        raise NotFound(
+            f'pool "{pool}" has no server named "{name}" (its servers are: {known})',
+            error="no such server",
+        )
+
+    def _static_file(self, parts: tuple[str, ...]) -> AdminResponse | None:
+        """A file under the static folder, or None; never one outside it (no "..", no
+        hidden files, no symbolic link out)."""
+        root = self._static
+        if root is None or not parts:
+            return None
+        for part in parts:
+            if not part or part.startswith(".") or "/" in part or "\\" in part or "\0" in part:
+                return None
+        try:
+            base = root.resolve(strict=True)
+            path = base.joinpath(*parts).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if not path.is_relative_to(base) or not path.is_file():
+            return None
+        try:
+            body = path.read_bytes()  # small local files: the control plane may block
+        except OSError:
+            return None
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type in (
+            "application/javascript",
+            "application/json",
+            "image/svg+xml",
+        ):
+            content_type += "; charset=utf-8"
+        return AdminResponse(200, body, content_type, (("Cache-Control", "no-cache"),))
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _parse(model: type[_M], data: dict[str, Any]) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Unprocessable(_explain(exc), error="invalid body") from None
+
+
+def _check_origin(request: AdminRequest) -> None:
+    """Refuse a change a web page from another origin asks for (CSRF): browsers say where a
+    request comes from in Origin and Sec-Fetch-Site, and a form may POST cross-origin."""
+    headers = request.headers
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden(f"Sec-Fetch-Site is {site!r}", error="cross-origin request refused")
+    origin = headers.get("origin")
+    if origin is None:
+        return
+    host = headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc.lower() != host.strip().lower():
+        raise Forbidden(
+            f"Origin {origin!r} is not this admin listener ({host!r})",
+            error="cross-origin request refused",
+        )
+
+
+def _log_change(request: AdminRequest, what: str) -> None:
+    log.info("admin: %s %s", request.client, what)
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenAPI document (served at /openapi.json; a unit test checks it against ENDPOINTS)
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_AUTH_ERRORS = {
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "403": {"$ref": "#/components/responses/Forbidden"},
+}
+_POOL = {"$ref": "#/components/parameters/pool"}
+_SERVER = {"$ref": "#/components/parameters/server"}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+_RESPONSES = {
+    **_COUNTS,
+    "description": "Requests per status class (" + ", ".join(CODE_CLASSES) + ").",
+    "propertyNames": {"enum": list(CODE_CLASSES)},
+}
+_INT = {"type": "integer", "minimum": 0}
+
+
+def _json_body(schema: str, example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": _ref(schema), "example": example}},
+    }
+
+
+OPENAPI: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Portico admin API",
+        "version": "1",
+        "description": (
+            "The live state of a Portico instance and changes to it, served by the supervisor "
+            "on the admin listener (admin.bind, 127.0.0.1:9090 by default). When admin.token "
+            "(or the variable named by admin.token_env) is set, every endpoint except /metrics "
+            "and the dashboard's files needs `Authorization: Bearer <token>`. Without a token, "
+            "requests must name the listener by IP address or localhost in Host. Changes made "
+            "here apply to the running workers at once and are logged; they are not written to "
+            "the config file, so a reload or restart goes back to what the file says. Every "
+            'error is a JSON object {"error": ..., "detail": ...}.'
+        ),
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/api/listeners": {
+            "get": {
+                "operationId": "getListeners",
+                "summary": "Every listener, with its counters",
+                "responses": {
+                    "200": _ok("The listeners", {"type": "array", "items": _ref("Listener")}),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/api/pools": {
+            "get": {
+                "operationId": "getPools",
+                "summary": "Every pool and its servers, with live state",
+                "responses": {
+                    "200": _ok("The pools", {"type": "array", "items": _ref("Pool")}),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/api/pools/{pool}": {
+            "parameters": [_POOL],
+            "get": {
+                "operationId": "getPool",
+                "summary": "One pool and its servers, with live state",
+                "responses": {
+                    "200": _ok("The pool", _ref("Pool")),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such pool"),
+                },
+            },
+        },
+        "/api/pools/{pool}/servers": {
+            "parameters": [_POOL],
+            "post": {
+                "operationId": "addServer",
+                "summary": "Add a server to a pool",
+                "description": "The name defaults to the address. The server gets traffic at "
+                "once (its pool's active checks start at the next reload).",
+                "requestBody": _json_body(
+                    "NewServer", {"address": "127.0.0.1:9004", "weight": 1, "name": "s4"}
+                ),
+                "responses": {
+                    "201": _ok("The server, as added", _ref("Server")),
+                    "400": _error("The body is not a JSON object"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such pool"),
+                    "409": _error("The pool has a server of that name"),
+                    "422": _error("A field is invalid"),
+                },
+            },
+        },
+        "/api/pools/{pool}/servers/{server}": {
+            "parameters": [_POOL, _SERVER],
+            "delete": {
+                "operationId": "removeServer",
+                "summary": "Remove a server from a pool",
+                "description": "Requests in flight on it finish; no new ones are sent to it.",
+                "responses": {
+                    "200": _ok("The server was removed", _ref("Removed")),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such pool or server"),
+                    "422": _error("It is the pool's last server"),
+                },
+            },
+        },
+        "/api/pools/{pool}/servers/{server}/weight": {
+            "parameters": [_POOL, _SERVER],
+            "put": {
+                "operationId": "setWeight",
+                "summary": "Change a server's balancing weight",
+                "requestBody": _json_body("WeightChange", {"weight": 5}),
+                "responses": {
+                    "200": _ok("The server, changed", _ref("Server")),
+                    "400": _error("The body is not a JSON object"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such pool or server"),
+                    "422": _error("The weight is invalid"),
+                },
+            },
+        },
+        "/api/pools/{pool}/servers/{server}/state": {
+            "parameters": [_POOL, _SERVER],
+            "put": {
+                "operationId": "setState",
+                "summary": "Put a server in ready, drain or maint state",
+                "description": "ready: takes traffic. drain: finishes what it has and gets no "
+                "new requests. maint: out of rotation whatever its health checks say.",
+                "requestBody": _json_body("StateChange", {"state": "drain"}),
+                "responses": {
+                    "200": _ok("The server, changed", _ref("Server")),
+                    "400": _error("The body is not a JSON object"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such pool or server"),
+                    "422": _error("The state is invalid"),
+                },
+            },
+        },
+        "/api/reload": {
+            "post": {
+                "operationId": "reload",
+                "summary": "Reload the config file (as SIGHUP)",
+                "description": "Answers once the new workers serve and the old ones drain; a "
+                "file that does not validate is refused and the running config stays.",
+                "responses": {
+                    "200": _ok("Reloaded", _ref("ReloadResult")),
+                    **_AUTH_ERRORS,
+                    "422": _ok(
+                        "Refused: the running config stays",
+                        {
+                            "allOf": [
+                                _ref("ReloadResult"),
+                                {
+                                    "type": "object",
+                                    "required": ["error"],
+                                    "properties": {"error": {"const": "reload refused"}},
+                                },
+                            ]
+                        },
+                    ),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "getMetrics",
+                "summary": "Prometheus metrics (no token needed)",
+                "description": "Prometheus' text format, or OpenMetrics when the Accept header "
+                "asks for application/openmetrics-text. Counters are summed over the workers, "
+                "including workers that have exited since the start.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The metrics",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document",
+                "responses": {
+                    "200": _ok("The OpenAPI document", {"type": "object"}),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "getDashboard",
+                "summary": "The dashboard (no token needed; it asks for one)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The dashboard page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/static/{path}": {
+            "get": {
+                "operationId": "getStatic",
+                "summary": "The dashboard's files (no token needed)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "path",
+                        "in": "path",
+                        "required": True,
+                        "description": "A file under the dashboard's folder; may contain /",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {"*/*": {"schema": {"type": "string"}}},
+                    },
+                    "404": _error("No such file"),
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "admin.token from the config (or the variable admin.token_env)",
+            }
+        },
+        "parameters": {
+            "pool": {
+                "name": "pool",
+                "in": "path",
+                "required": True,
+                "description": "A pool's name, as in the config",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+            },
+            "server": {
+                "name": "server",
+                "in": "path",
+                "required": True,
+                "description": "A server's name (host:port when the config gives none), "
+                "percent-encoded",
+                "schema": {"type": "string", "minLength": 1},
+            },
+        },
+        "responses": {
+            "Unauthorized": _error("No token, or not a Bearer token (when admin.token is set)"),
+            "Forbidden": _error(
+                "A wrong token, a cross-origin change, or (without a token) a Host that is not "
+                "an IP address or localhost"
+            ),
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "detail"],
+                "properties": {
+                    "error": {"type": "string", "description": "What went wrong, briefly"},
+                    "detail": {"type": "string", "description": "Which value, and what to do"},
+                },
+            },
+            "Listener": {
+                "type": "object",
+                "required": list(ListenerView.__annotations__),
+                "properties": {
+                    "name": {"type": "string"},
+                    "protocol": {"enum": ["http", "https", "tcp"]},
+                    "address": {"type": "string", "description": "As bound, host:port"},
+                    "default_pool": {"type": "string"},
+                    "routes": {"type": "array", "items": {"type": "string"}},
+                    "active_connections": _INT,
+                    "connections": _INT,
+                    "bytes_received": _INT,
+                    "bytes_sent": _INT,
+                    "ratelimited": _INT,
+                    "responses": _RESPONSES,
+                },
+            },
+            "Pool": {
+                "type": "object",
+                "required": list(PoolView.__annotations__),
+                "properties": {
+                    "name": {"type": "string"},
+                    "policy": {"type": "string"},
+                    "max_conns": {**_INT, "description": "Per server; 0: no limit"},
+                    "queue_length": _INT,
+                    "retries": _INT,
+                    "servers": {"type": "array", "items": _ref("Server")},
+                },
+            },
+            "Server": {
+                "type": "object",
+                "required": list(ServerView.__annotations__),
+                "properties": {
+                    "name": {"type": "string"},
+                    "address": {"type": "string"},
+                    "weight": {"type": "integer", "minimum": 1, "maximum": 256},
+                    "state": {"enum": list(SERVER_STATES)},
+                    "health": _ref("Health"),
+                    "in_flight": _INT,
+                    "requests": {**_INT, "description": "Attempts sent to it, retries included"},
+                    "failures": _INT,
+                    "ejections": _INT,
+                    "responses": _RESPONSES,
+                },
+            },
+            "Health": {
+                "type": "object",
+                "required": list(HealthView.__annotations__),
+                "properties": {
+                    "active": {"enum": ["up", "down", "unchecked"]},
+                    "detail": {"type": "string"},
+                    "ejected_by": {
+                        **_INT,
+                        "description": "Workers whose passive checks keep it out now",
+                    },
+                },
+            },
+            "NewServer": {
+                "type": "object",
+                "required": ["address"],
+                "additionalProperties": False,
+                "properties": {
+                    "address": {"type": "string", "examples": ["127.0.0.1:9004", "[::1]:9004"]},
+                    "weight": {"type": "integer", "minimum": 1, "maximum": 256, "default": 1},
+                    "name": {"type": "string", "minLength": 1, "description": "Default: address"},
+                },
+            },
+            "WeightChange": {
+                "type": "object",
+                "required": ["weight"],
+                "additionalProperties": False,
+                "properties": {"weight": {"type": "integer", "minimum": 1, "maximum": 256}},
+            },
+            "StateChange": {
+                "type": "object",
+                "required": ["state"],
+                "additionalProperties": False,
+                "properties": {"state": {"enum": list(SERVER_STATES)}},
+            },
+            "Removed": {
+                "type": "object",
+                "required": ["pool", "removed"],
+                "properties": {"pool": {"type": "string"}, "removed": {"type": "string"}},
+            },
+            "ReloadResult": {
+                "type": "object",
+                "required": list(ReloadResult.__annotations__),
+                "properties": {
+                    "reloaded": {"type": "boolean"},
+                    "generation": _INT,
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+    },
+}
