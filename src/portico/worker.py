@@ -105,6 +105,11 @@ def listener_settings(
                 else ()
             ),
             client_subject=listener.tls is not None and listener.tls.client_auth != "none",
+            proxy_trusted=(
+                trusted_networks(listener.proxy_protocol.trusted)
+                if listener.proxy_protocol is not None
+                else None
+            ),
             access_log=(
                 (logs or {}).get((listener.access_log.path, listener.access_log.format))
                 if listener.access_log is not None

@@ -131,3 +131,38 @@ def test_a_rule_that_cannot_compile_is_a_config_error_with_its_key_path(tmp_path
     assert done.returncode == 1
     assert "listeners[0].routes[0].match.path_regex" in done.stderr
     assert "not a valid regex" in done.stderr
+
+
+def test_proxy_header_from_a_trusted_peer_gives_the_real_client_address(backends, portico) -> None:
+    from conftest import simple_config
+    from fakes import read_until_closed
+
+    b = backends("b")
+    proxy = portico(
+        simple_config([b], extra_listener="    proxy_protocol: {trusted: [127.0.0.0/8]}\n")
+    )
+    with connect(proxy.port) as sock:
+        sock.sendall(
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 80\r\nGET /real HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert ResponseReader(sock).read().status == 200
+    assert b.seen[0].header("X-Forwarded-For") == "203.0.113.7"
+    with connect(proxy.port) as sock:  # a malformed header: dropped, nothing forwarded
+        sock.sendall(b"PROXY TCP4 999.0.0.1 x\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_until_closed(sock) == b""
+    assert len(b.seen) == 1
+
+
+def test_proxy_header_from_an_untrusted_peer_is_refused(backends, portico) -> None:
+    from conftest import simple_config
+    from fakes import read_until_closed
+
+    b = backends("b")
+    proxy = portico(simple_config([b]))  # no trusted peers
+    with connect(proxy.port) as sock:
+        sock.sendall(
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 80\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b.seen == []

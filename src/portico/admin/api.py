@@ -459,7 +459,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
 
 
 def _match(endpoint: Endpoint, segments: list[str]) -> dict[str, str] | None:
-    """The path parameters (percent-decoded) if `segments` fit the endpoint's template."""
+    """The path parameters (still percent-encoded) if `segments` fit the endpoint's template."""
     pattern = endpoint.segments
     rest = pattern[-1] == "{path}"
     if len(segments) != len(pattern) and not (rest and len(segments) >= len(pattern)):
@@ -472,7 +472,7 @@ def _match(endpoint: Endpoint, segments: list[str]) -> dict[str, str] | None:
                 return params
             if not segments[i]:
                 return None
-            params[part[1:-1]] = _decode(segments[i])
+            params[part[1:-1]] = segments[i]
         elif part != segments[i]:
             return None
     return params
@@ -528,7 +528,7 @@ class AdminApi:
         self, view: SupervisorView, token: str | None, static_dir: Path | None = STATIC_DIR
     ) -> None:
         self.view = view
-        self._token = token.encode() if token else None
+        self._token = token.encode("utf-8") if token else None
         self._static = static_dir
         self._openapi = json.dumps(OPENAPI, indent=2).encode() + b"\n"
         self._actions: dict[str, Action] = {
@@ -597,6 +597,8 @@ class AdminApi:
         if method in MUTATING:
             _check_origin(request)
         endpoint, params = chosen
+        if not endpoint.template.endswith("{path}"):
+            params = {name: _decode(value) for name, value in params.items()}
         return await self._actions[endpoint.action](request, params)
 
     def _check_token(self, request: AdminRequest) -> None:
@@ -615,7 +617,8 @@ class AdminApi:
                 'the Authorization header must be "Bearer <token>"', headers=challenge
             )
         # constant time: how much of a guess matched must not show in how long a refusal takes
-        if not hmac.compare_digest(credentials.strip().encode(), token):
+        # the header arrived as bytes read as latin-1: compare those bytes with the UTF-8 token
+        if not hmac.compare_digest(credentials.strip().encode("latin-1"), token):
             raise Forbidden("the token is not the admin token", error="wrong token")
 
     # -- reading ---------------------------------------------------------------------------------
@@ -886,7 +889,8 @@ OPENAPI: Final[dict[str, Any]] = {
                 "operationId": "addServer",
                 "summary": "Add a server to a pool",
                 "description": "The name defaults to the address. The server gets traffic at "
-                "once (its pool's active checks start at the next reload).",
+                "once; passive health checking applies to it, active checks do not (they "
+                "follow the config file).",
                 "requestBody": _json_body(
                     "NewServer", {"address": "127.0.0.1:9004", "weight": 1, "name": "s4"}
                 ),

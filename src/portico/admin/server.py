@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httptools
 
@@ -220,7 +220,7 @@ class AdminServer:
         self.api = AdminApi(view, token, static_dir)
         self.token = token
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 9090, *, sock: socket.socket | None = None
@@ -256,23 +256,31 @@ class AdminServer:
         if server is None:
             return
         server.close()
-        for writer in list(self._connections):
+        connections = list(self._connections.items())
+        for writer, task in connections:
             writer.transport.abort()
+            if task is not None:
+                task.cancel()  # one waiting on the view (a reload) ends here too
+        await asyncio.gather(*(t for _, t in connections if t is not None), return_exceptions=True)
         await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= MAX_CONNECTIONS:
             writer.transport.abort()
             return
-        self._connections.add(writer)
+        self._connections[writer] = asyncio.current_task()
         peer = writer.get_extra_info("peername")
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
         try:
             await self._converse(reader, writer, _Requests(client))
         except (ConnectionError, OSError):
             pass  # the client went away: nothing is owed
+        except asyncio.CancelledError:
+            # close() ends connections this way; end quietly, since asyncio reports a cancelled
+            # connection task as an error (3.11's client_connected_cb callback)
+            pass
         finally:
-            self._connections.discard(writer)
+            self._connections.pop(writer, None)
             writer.close()
 
     async def _converse(

@@ -18,8 +18,11 @@ import httptools
 
 from portico.http.errors import client_error
 from portico.http.headers import BodyKind, Header, RequestHead, split_request_headers
+from portico.listeners.tcp import Network, is_trusted
 from portico.listeners.tls import peer_subject
+from portico.proxy import proxy_protocol
 from portico.proxy.l7 import BLOCK_DONE, BLOCK_QUEUED, Exchange
+from portico.proxy.proxy_protocol import ParseState
 from portico.timers import Deadline
 from portico.upstreams.pool import Pool
 
@@ -53,6 +56,7 @@ class HttpListenerSettings:
     response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
     client_subject: bool = False  # mTLS: pass the verified client certificate's subject
     access_log: AccessLogWriter | None = None
+    proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
     max_conns_per_client: int = 0  # 0 = no limit
 
 
@@ -88,6 +92,7 @@ class ClientConnection(asyncio.Protocol):
         self._eof = False
         self.early = b""  # bytes after an Upgrade request's head
         self.client_subject: str | None = None  # mTLS: the verified certificate's subject
+        self._proxy_header: bytes | None = None  # bytes of a PROXY header still expected
         self.tunneled = False
         # the request being parsed
         self._url = b""
@@ -117,6 +122,9 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = peer[0]
         if self.settings.client_subject:
             self.client_subject = peer_subject(transport.get_extra_info("ssl_object"))
+        trusted = self.settings.proxy_trusted
+        if trusted is not None and is_trusted(self.client_ip, trusted):
+            self._proxy_header = b""  # a PROXY header comes first
         limit = self.settings.max_conns_per_client
         if limit:
             counts = self.worker.client_connections
@@ -151,6 +159,10 @@ class ClientConnection(asyncio.Protocol):
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._proxy_header is not None:
+            data = self._read_proxy_header(data)
+            if not data:
+                return
         if self._lingering:
             self._lingered += len(data)
             if self._lingered > LINGER_BYTES:
@@ -415,6 +427,23 @@ class ClientConnection(asyncio.Protocol):
         self.connection_lost(None)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """A trusted load balancer in front sends a PROXY header (v1 or v2) first: the real
+        client's address replaces the peer's for everything after (logs, X-Forwarded-For,
+        hashing, rate limits). Returns what follows it; a malformed one drops the connection."""
+        buffer = (self._proxy_header or b"") + data
+        result = proxy_protocol.parse(buffer)
+        if result.state is ParseState.NEED_MORE:
+            self._proxy_header = buffer  # the header timeout bounds the wait
+            return b""
+        self._proxy_header = None
+        if result.state is ParseState.MALFORMED:
+            self.abort()
+            return b""
+        if result.source is not None:
+            self.client_ip = result.source[0]
+        return buffer[result.length :]
 
     def _absolute_target(self, target: bytes, head: RequestHead) -> bytes:
         """Absolute-form (RFC 9112 §3.2.2): its authority replaces Host; forward origin-form."""

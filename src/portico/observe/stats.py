@@ -11,8 +11,8 @@ when a worker is restarted or replaced by a reload. The metric table (`COUNTERS`
 Never reads the clock, never does I/O and never sends anything: the worker measures and sends,
 the supervisor receives and serves. Label values are names from the config (listeners, routes,
 pools, servers), never request data, so the number of series is bounded by the config; as a
-safety net a worker keeps at most `MAX_SERIES` request series and counts any beyond that under
-`OVERFLOW`.
+safety net a worker keeps at most `MAX_SERIES` listeners, pools and request series, and counts
+any beyond that under the label value `OVERFLOW`.
 
 Hot path: `request_done` and the other per-event methods are dict look-ups by name and int or
 float additions on objects made the first time a name is seen; in the steady state they
@@ -344,10 +344,20 @@ class WorkerStats:
     # -- first sight of a name (not the hot path) ---------------------------------------------
 
     def _listener(self, name: str) -> _Listener:
+        if len(self._listeners) >= MAX_SERIES:
+            name = OVERFLOW
+            entry = self._listeners.get(name)
+            if entry is not None:
+                return entry
         entry = self._listeners[name] = _Listener()
         return entry
 
     def _pool(self, name: str) -> _Pool:
+        if len(self._pools) >= MAX_SERIES:
+            name = OVERFLOW
+            counters = self._pools.get(name)
+            if counters is not None:
+                return counters
         counters = self._pools[name] = _Pool()
         return counters
 

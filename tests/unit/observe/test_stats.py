@@ -90,7 +90,15 @@ def test_request_done_counts_by_listener_route_pool_server_and_status_class() ->
 
 @pytest.mark.parametrize(
     ("status", "code_class"),
-    [(0, "none"), (101, "1xx"), (204, "2xx"), (308, "3xx"), (429, "4xx"), (599, "5xx"), (600, "none")],
+    [
+        (0, "none"),
+        (101, "1xx"),
+        (204, "2xx"),
+        (308, "3xx"),
+        (429, "4xx"),
+        (599, "5xx"),
+        (600, "none"),
+    ],
 )
 def test_status_classes(status: int, code_class: str) -> None:
     stats = WorkerStats()
@@ -194,6 +202,23 @@ def test_request_series_beyond_the_cap_are_counted_together(
     assert sum(v[0] for v in requests.values()) == 5
     durations = rows(snapshot, "histograms", "request_duration")
     assert sum(sum(counts) for counts, _ in durations.values()) == 5
+
+
+def test_listeners_and_pools_beyond_the_cap_are_counted_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stats_module, "MAX_SERIES", 2)
+    stats = WorkerStats()
+    for i in range(4):
+        stats.ratelimited(f"l{i}")
+        stats.retry(f"p{i}")
+    snapshot = stats.snapshot()
+    assert rows(snapshot, "counters", "ratelimited") == {
+        ("l0",): [1],
+        ("l1",): [1],
+        (OVERFLOW,): [2],
+    }
+    assert rows(snapshot, "counters", "retries") == {("p0",): [1], ("p1",): [1], (OVERFLOW,): [2]}
 
 
 # ---------------------------------------------------------------------------------------------
