@@ -20,13 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from portico import channel, tasks
+from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
+from portico.admin.api import ListenerView, PoolView, ServerState, listener_views, pool_views
 from portico.config.load import ConfigError, parse_config
-from portico.config.schema import Config, ListenerConfig
+from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.health.checker import HealthChecker
+from portico.observe.prometheus import PrometheusExporter
+from portico.observe.stats import StatsAggregator
 
 log = logging.getLogger("portico")
 
 RESTART_BACKOFF_MAX = 5.0
+CHANNEL_LIMIT = 16 * 1024 * 1024  # longest channel line: a stats snapshot of a large config
 _SCHEMES = {"http": "http", "https": "https", "tcp": "tcp"}
 
 
@@ -99,11 +104,20 @@ class Supervisor:
         self.checker = HealthChecker(config, self._health_changed)
         self._reloading = asyncio.Lock()
         self.generation = 0
+        self.reload_detail = ""
+        # what the workers report, summed; served as /metrics
+        self.stats = StatsAggregator()
+        self.exporter = PrometheusExporter(self.stats)
+        self.admin: AdminServer | None = None
+        # changes made through the admin API since the last (re)load: replayed to new workers
+        self.overrides: list[bytes] = []
+        self.server_states: dict[tuple[str, str], ServerState] = {}
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for listener in self.config.listeners:
             self.sockets[listener.name] = bind(listener)
+        await self._start_admin()
         count = self.config.worker_count()
         for slot in range(count):
             await self._spawn(slot)
@@ -113,6 +127,8 @@ class Supervisor:
             f"{listener.name} {_SCHEMES[listener.protocol]}://{_bound(self.sockets[listener.name])}"
             for listener in self.config.listeners
         )
+        if self.admin is not None:
+            listening += f"; admin http://{self.admin.address}"
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -120,6 +136,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         _write_pid(self.config.pid_file)
         await self._stopped.wait()
+        if self.admin is not None:
+            await self.admin.close()
         self.checker.stop()
         await self._stop_workers()
         for sock in self.sockets.values():
@@ -127,6 +145,30 @@ class Supervisor:
         _remove_pid(self.config.pid_file)
         log.info("stopped")
         return 0
+
+    async def _start_admin(self) -> None:
+        admin = self.config.admin
+        if admin is None:
+            return
+        try:
+            token = resolve_token(admin.token, admin.token_env)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self.admin = AdminServer(SupervisorAdmin(self), token)
+        try:
+            await self.admin.start(admin.bind.host, admin.bind.port)
+        except OSError as exc:
+            self.admin = None
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise StartupError(f"cannot listen on {admin.bind} (admin): {reason}") from None
+
+    def broadcast(self, message: bytes, *, keep: bool = True) -> None:
+        """Tell every worker; with `keep`, every worker started later too."""
+        if keep:
+            self.overrides.append(message)
+        for worker in self.workers.values():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                worker.writer.write(message)
 
     def _reopen_logs(self) -> None:
         """SIGUSR1 (logrotate): every worker reopens its access log files."""
@@ -149,19 +191,24 @@ class Supervisor:
                 config = parse_config(text, self.filename)
             except ConfigError as exc:
                 log.error("reload refused, the running config stays:\n%s", exc)
+                self.reload_detail = str(exc)
                 return False
             except OSError as exc:
                 log.error("reload refused, cannot read %s: %s", self.filename, exc.strerror)
+                self.reload_detail = f"cannot read {self.filename}: {exc.strerror}"
                 return False
             try:
                 sockets = self._sockets_for(config)
             except StartupError as exc:
                 log.error("reload refused, the running config stays: %s", exc)
+                self.reload_detail = str(exc)
                 return False
             old_workers = list(self.workers.values())
             old_sockets = self.sockets
             self.config, self.config_text, self.sockets = config, text, sockets
             self.generation += 1
+            self.overrides = []  # the file is the truth again
+            self.server_states = {}
             self.checker.stop()
             self.checker = HealthChecker(config, self._health_changed)
             self.workers = {}
@@ -188,6 +235,7 @@ class Supervisor:
                 len(self.workers),
             )
             print(f"portico: reloaded, generation {self.generation}", flush=True)
+            self.reload_detail = f"reloaded {self.filename}"
             return True
 
     def _sockets_for(self, config: Config) -> dict[str, socket.socket]:
@@ -229,10 +277,13 @@ class Supervisor:
             fds.append(sock.fileno())
         process = await asyncio.create_subprocess_exec(*args, pass_fds=fds)
         child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=CHANNEL_LIMIT)
         writer.write(channel.encode("config", text=self.config_text, filename=self.filename))
         for health in self.checker.down():  # a new worker learns what the others know
             writer.write(channel.encode("health", pool=health.pool, server=health.server, up=False))
+        for message in self.overrides:  # ... and the changes made through the admin API
+            writer.write(message)
+        self.stats.started(process.pid)
         worker = WorkerProcess(slot, process, writer, reader, time.monotonic())
         self.workers[slot] = worker
         tasks.spawn(self._watch(worker))
@@ -258,7 +309,13 @@ class Supervisor:
                 worker.ready.set()
             elif message["type"] == "draining":
                 worker.draining.set()
+            elif message["type"] == "stats":
+                try:
+                    self.stats.update(worker.process.pid, message["stats"])
+                except ValueError as exc:
+                    log.error("worker pid %d: bad stats snapshot: %s", worker.process.pid, exc)
         code = await worker.process.wait()
+        self.stats.exited(worker.process.pid)
         worker.ready.set()
         worker.draining.set()
         if self.stopping or self.workers.get(worker.slot) is not worker:
@@ -294,6 +351,75 @@ class Supervisor:
                     worker.process.kill()
         if pending:
             await asyncio.wait(pending, timeout=5.0)
+
+
+class SupervisorAdmin:
+    """The supervisor as the admin API sees it (`portico.admin.SupervisorView`)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def listeners(self) -> list[ListenerView]:
+        s = self.supervisor
+        addresses = {name: _bound(sock) for name, sock in s.sockets.items()}
+        return listener_views(s.config.listeners, addresses, s.stats.merged())
+
+    def pools(self) -> list[PoolView]:
+        s = self.supervisor
+        health = {(h.pool, h.server): (h.state.up, h.last_detail) for h in s.checker.servers}
+        return pool_views(s.config.pools, s.stats.merged(), health=health, states=s.server_states)
+
+    def _change_servers(self, pool: str, servers: tuple[ServerConfig, ...]) -> None:
+        s = self.supervisor
+        pools = dict(s.config.pools)
+        pools[pool] = pools[pool].model_copy(update={"servers": servers})
+        s.config = s.config.model_copy(update={"pools": pools})
+
+    def set_weight(self, pool: str, server: str, weight: int) -> None:
+        servers = self.supervisor.config.pools[pool].servers
+        self._change_servers(
+            pool,
+            tuple(
+                x.model_copy(update={"weight": weight}) if x.name == server else x for x in servers
+            ),
+        )
+        self.supervisor.broadcast(channel.encode("server", pool=pool, server=server, weight=weight))
+
+    def set_state(self, pool: str, server: str, state: ServerState) -> None:
+        states = self.supervisor.server_states
+        if state == "ready":
+            states.pop((pool, server), None)
+        else:
+            states[pool, server] = state
+        self.supervisor.broadcast(channel.encode("server", pool=pool, server=server, state=state))
+
+    def add_server(self, pool: str, server: ServerConfig) -> None:
+        self._change_servers(pool, (*self.supervisor.config.pools[pool].servers, server))
+        message = channel.encode(
+            "add_server",
+            pool=pool,
+            name=server.name,
+            host=server.address.host,
+            port=server.address.port,
+            weight=server.weight,
+        )
+        self.supervisor.broadcast(message)
+
+    def remove_server(self, pool: str, server: str) -> None:
+        servers = self.supervisor.config.pools[pool].servers
+        self._change_servers(pool, tuple(x for x in servers if x.name != server))
+        self.supervisor.server_states.pop((pool, server), None)
+        self.supervisor.broadcast(channel.encode("remove_server", pool=pool, server=server))
+
+    async def reload(self) -> ReloadResult:
+        s = self.supervisor
+        if s.stopping:
+            raise AdminError("Portico is stopping", error="stopping")
+        ok = await s.reload()
+        return {"reloaded": ok, "generation": s.generation, "detail": s.reload_detail}
+
+    def metrics(self, accept: str) -> tuple[bytes, str]:
+        return self.supervisor.exporter.render(accept)
 
 
 def run(config: Config, config_text: str, filename: str) -> int:

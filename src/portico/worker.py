@@ -33,12 +33,15 @@ from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trus
 from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
+from portico.observe.stats import WorkerStats
 from portico.routing import Router
+from portico.upstreams.backend import BackendState
 from portico.upstreams.pool import Pool
 
 log = logging.getLogger("portico.worker")
 
 IDLE_SWEEP_INTERVAL = 1.0
+STATS_INTERVAL = 1.0
 GC_GEN0_THRESHOLD = 50_000
 
 
@@ -167,6 +170,7 @@ class Worker:
         self.connections: set[ClientConnection | TcpClientConnection] = set()
         self.client_connections: dict[str, int] = {}  # open connections per client address
         self.pools = build_pools(config, loop)
+        self.stats = WorkerStats.for_config(config)
         self.access_logs = access_logs(config)
         self.settings = listener_settings(config, self.pools, loop, self.access_logs)
         self.tcp_settings = tcp_listener_settings(config, self.pools)
@@ -184,6 +188,31 @@ class Worker:
             pool = self.pools.get(message["pool"])
             if pool is not None:
                 pool.set_active_health(message["server"], bool(message["up"]), self.loop.time())
+        elif message["type"] == "server":
+            pool = self.pools.get(message["pool"])
+            if pool is None:
+                return
+            now = self.loop.time()
+            if "weight" in message:
+                pool.set_weight(message["server"], int(message["weight"]), now)
+            if "state" in message:
+                pool.set_state(message["server"], str(message["state"]), now)
+        elif message["type"] == "add_server":
+            pool = self.pools.get(message["pool"])
+            if pool is not None:
+                backend = BackendState(
+                    message["name"],
+                    message["host"],
+                    int(message["port"]),
+                    int(message["weight"]),
+                    max_idle=self.config.pools[message["pool"]].keepalive.max_idle,
+                    clock=self.loop.time,
+                )
+                pool.add_backend(backend, self.loop.time())
+        elif message["type"] == "remove_server":
+            pool = self.pools.get(message["pool"])
+            if pool is not None:
+                pool.remove_backend(message["server"], self.loop.time())
 
     def forget(self, conn: ClientConnection | TcpClientConnection) -> None:
         """A client connection closed."""
@@ -284,6 +313,17 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
             worker.handle(message)
 
     tasks.spawn(listen())
+
+    def report() -> None:
+        snapshot = worker.stats.snapshot(worker.pools)
+        writer.write(channel.encode("stats", pid=os.getpid(), stats=snapshot))
+
+    async def reporting() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            report()
+
+    tasks.spawn(reporting())
     await stop.wait()
 
     def stopped_accepting() -> None:
@@ -294,6 +334,9 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     for access_log in worker.access_logs.values():
         access_log.close()
     tasks.cancel_all()
+    with contextlib.suppress(ConnectionError):
+        report()  # the last counts, so the supervisor's totals lose nothing
+        await writer.drain()
     writer.close()
     return 0
 

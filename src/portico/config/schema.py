@@ -530,6 +530,20 @@ class PoolConfig(_Model):
 # The whole file
 
 
+class AdminConfig(_Model):
+    """The admin API, metrics and dashboard, served by the supervisor."""
+
+    bind: BindAddress = Field(default_factory=lambda: parse_address("127.0.0.1:9090"))
+    token: str | None = None  # required as "Authorization: Bearer <token>" when set
+    token_env: str | None = None  # or: the environment variable that holds the token
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("give token or token_env, not both")
+        return self
+
+
 class Config(_Model):
     """A whole config file. Valid means every field is valid and every reference resolves."""
 
@@ -538,6 +552,7 @@ class Config(_Model):
     pid_file: str | None = None  # written by `portico run`, read by `portico reload`
     listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
+    admin: Annotated[AdminConfig, _EMPTY_SECTION] | None = None  # no admin listener unless set
 
     @model_validator(mode="after")
     def _check_references(self, info: ValidationInfo) -> Self:

@@ -136,6 +136,7 @@ class ClientConnection(asyncio.Protocol):
             counts[self.client_ip] = open_now + 1
             self._counted = True
         self.worker.remember(self)
+        self.worker.stats.connection_opened(self.settings.name)
         self._deadline.set(self.settings.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -151,6 +152,7 @@ class ClientConnection(asyncio.Protocol):
         self._closed = True
         self._deadline.cancel()
         self.worker.forget(self)
+        self.worker.stats.connection_closed(self.settings.name)
         active, self.active = self.active, None
         if active is not None:
             active.client_gone()

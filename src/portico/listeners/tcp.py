@@ -104,6 +104,7 @@ class TcpClientConnection(asyncio.Protocol):
             counts[self.client_ip] = open_now + 1
             self._counted = True
         self.worker.remember(self)
+        self.worker.stats.connection_opened(self.settings.name)
         trusted = self.settings.trusted
         if trusted is not None:
             if is_trusted(self.client_ip, trusted):
@@ -273,6 +274,7 @@ class TcpClientConnection(asyncio.Protocol):
             else:
                 del counts[self.client_ip]
         self.worker.forget(self)
+        self.worker.stats.connection_closed(self.settings.name)
 
 
 def trusted_networks(specs: tuple[str, ...]) -> tuple[Network, ...]:

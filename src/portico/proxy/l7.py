@@ -29,6 +29,7 @@ from portico.http.headers import (
 )
 from portico.observe.access_log import AccessRecord
 from portico.observe.request_id import request_id
+from portico.observe.stats import NO_ROUTE
 from portico.proxy.l4 import Relay
 from portico.routing import Route, Router
 from portico.routing.actions import (
@@ -177,6 +178,8 @@ class Exchange:
         for request_filter in client.settings.filters:
             answer = request_filter.on_request(self)
             if answer is not None:
+                if answer.startswith(b"HTTP/1.1 429"):  # only the rate limiter answers 429
+                    client.worker.stats.ratelimited(client.settings.name)
                 self._respond_locally(answer)
                 return
         if client.settings.access_log is not None:
@@ -432,8 +435,7 @@ class Exchange:
         self.status = status
         self._head_len = len(answer)
         self.finished = True
-        if self._client.settings.access_log is not None:
-            self._log(status)
+        self._done(status)
         self._client.exchange_done(self, False, linger=True)
 
     # -- response, from the server (ResponseSink) ----------------------------------------------
@@ -529,8 +531,7 @@ class Exchange:
             ):
                 upstream.close()
         self.finished = True
-        if client.settings.access_log is not None:
-            self._log(self.status)
+        self._done(self.status)
         client.exchange_done(self, self.keep_alive)
 
     def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None:
@@ -565,8 +566,7 @@ class Exchange:
         assert upstream.transport is not None
         self.status = 101
         self.finished = True
-        if client.settings.access_log is not None:
-            self._log(101)
+        self._done(101)
         extra: list[Header] = [(b"Connection", b"Upgrade")]
         if head.upgrade is not None:
             extra.append((b"Upgrade", head.upgrade))
@@ -609,8 +609,8 @@ class Exchange:
                 upstream.pause_reading()
 
     def client_gone(self) -> None:
-        if not self.finished and self._client.settings.access_log is not None:
-            self._log(self.status if self._response_started else 499)  # NGINX's 499
+        if not self.finished:
+            self._done(self.status if self._response_started else 499)  # NGINX's 499
         self.finished = True
         self._drop_upstream()
         self._release_backend(failed=None)
@@ -631,6 +631,7 @@ class Exchange:
             if budget is None or budget.can_retry(now):
                 if budget is not None:
                     budget.record_retry(now)
+                self._client.worker.stats.retry(pool.name)
                 self.start()
                 return
         self._respond_error(status)
@@ -646,8 +647,7 @@ class Exchange:
         self.status = int(answer[9:12])
         self._head_len = len(written)
         self.finished = True
-        if self._client.settings.access_log is not None:
-            self._log(self.status)
+        self._done(self.status)
         self._client.exchange_done(self, keep)
 
     def _respond_error(self, status: int) -> None:
@@ -657,13 +657,12 @@ class Exchange:
         self.status = status
         self._head_len = len(answer)
         self.finished = True
-        if self._client.settings.access_log is not None:
-            self._log(status)
+        self._done(status)
         self._client.exchange_done(self, keep)
 
     def _abort(self) -> None:
-        if not self.finished and self._client.settings.access_log is not None:
-            self._log(self.status or 502)  # the response was cut: logged with what was sent
+        if not self.finished:
+            self._done(self.status or 502)  # the response was cut: logged with what was sent
         self.finished = True
         self._drop_upstream()
         self._client.abort()
@@ -672,6 +671,24 @@ class Exchange:
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.abort()
+
+    def _done(self, status: int) -> None:
+        """The request has ended (answered, refused, cut or abandoned): count it, log it."""
+        client = self._client
+        route = self.route
+        client.worker.stats.request_done(
+            client.settings.name,
+            route.name if route is not None else NO_ROUTE,
+            self._pool.name,
+            self._backend_name,
+            status if status != 499 or self._response_started else 0,
+            client.loop.time() - self._started,
+            self._connect_time,
+            self.received,
+            self._head_len + self._sent,
+        )
+        if client.settings.access_log is not None:
+            self._log(status)
 
     def _log(self, status: int) -> None:
         """One access log line for this request (only on listeners that keep a log)."""

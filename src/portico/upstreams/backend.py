@@ -23,6 +23,7 @@ class BackendState:
         "_clock",
         "_ewma",
         "active_up",
+        "admin_state",
         "ejected",
         "fail_streak",
         "failures",
@@ -60,6 +61,7 @@ class BackendState:
         # health: up by the control plane's active checks, not ejected by this worker's
         # outlier detection; `up_since` is set while slow start ramps the server back up
         self.active_up = True
+        self.admin_state = "ready"  # the admin API's: ready | drain | maint
         self.ejected = False
         self.fail_streak = 0
         self.up_since: float | None = None

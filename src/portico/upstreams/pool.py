@@ -213,7 +213,7 @@ class Pool:
         if outliers.observe(backend.name, failed, now, len(self.backends)):
             self.refresh(now)
 
-    def refresh(self, now: float) -> None:
+    def refresh(self, now: float, force: bool = False) -> None:
         """Recompute the servers fit for traffic (after a health change, or when an ejection
         ends)."""
         outliers = self.outliers
@@ -225,8 +225,10 @@ class Pool:
                 backend.ejected = False
                 backend.fail_streak = 0
                 backend.up_since = now if self.slow_start else None
-        available = tuple(b for b in self.backends if b.active_up and not b.ejected)
-        if available != self.available:
+        available = tuple(
+            b for b in self.backends if b.active_up and not b.ejected and b.admin_state == "ready"
+        )
+        if available != self.available or force:
             self.available = available
         upcoming = outliers.next_change(now) if outliers is not None else None
         self._next_refresh = upcoming if upcoming is not None else float("inf")
@@ -252,3 +254,31 @@ class Pool:
     def close_idle(self, older_than: float) -> None:
         for backend in self.backends:
             backend.close_idle(older_than)
+
+    # -- run-time changes from the admin API ----------------------------------------------------
+
+    def set_weight(self, server: str, weight: int, now: float) -> None:
+        for backend in self.backends:
+            if backend.name == server:
+                backend.weight = weight
+        self.refresh(now, force=True)  # a new tuple: the policies rebuild what they derived
+
+    def set_state(self, server: str, state: str, now: float) -> None:
+        for backend in self.backends:
+            if backend.name == server:
+                backend.admin_state = state
+        self.refresh(now, force=True)
+
+    def add_backend(self, backend: BackendState, now: float) -> None:
+        backend.tracks_latency = any(b.tracks_latency for b in self.backends)
+        self.backends = (*self.backends, backend)
+        self.refresh(now, force=True)
+
+    def remove_backend(self, server: str, now: float) -> None:
+        for backend in self.backends:
+            if backend.name == server:
+                backend.close_idle(float("inf"))
+        self.backends = tuple(b for b in self.backends if b.name != server)
+        if self.outliers is not None:
+            self.outliers.forget(server)
+        self.refresh(now, force=True)
