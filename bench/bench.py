@@ -67,7 +67,7 @@ listeners:
     bind: 127.0.0.1:8080
     protocol: http
     default_pool: app
-{l4_listener}pools:
+{routes}{l4_listener}pools:
   app:
     policy: round_robin
     servers:
@@ -75,8 +75,7 @@ listeners:
       - address: 127.0.0.1:9002
       - address: 127.0.0.1:9003
 """
-# Hook for Portico's L4 row (--portico-l4): a TCP listener on :8085 over the same pool. The schema
-# for it is a guess until Portico's L4 proxy exists; adjust here when it lands.
+# Portico's L4 row (--portico-l4): a TCP listener on :8085 over the same pool.
 PORTICO_L4_LISTENER = """\
   - name: tcp
     bind: 127.0.0.1:8085
@@ -451,7 +450,22 @@ def install_missing() -> None:
 # --------------------------------------------------------------------------- RUNDIR
 
 
-def prepare_rundir(portico_l4: bool) -> None:
+def portico_routes(count: int) -> str:
+    """`count` routing rules that the benchmark's requests do NOT match (so each request is
+    checked against all of them, then goes to the default pool): host and path rules, as a
+    site with many virtual hosts and sections would have."""
+    if count <= 0:
+        return ""
+    rules = ["    routes:\n"]
+    for i in range(count):
+        if i % 2:
+            rules.append(f"      - match: {{host: site{i}.example.com}}\n        pool: app\n")
+        else:
+            rules.append(f"      - match: {{path_prefix: /section{i}/}}\n        pool: app\n")
+    return "".join(rules)
+
+
+def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
     if not SHARED.is_dir():
         raise SystemExit(f"shared bench configs not found at {SHARED}")
     if RUNDIR.exists():
@@ -475,7 +489,9 @@ def prepare_rundir(portico_l4: bool) -> None:
             log("openssl not found: the :8443 TLS server is left out of nginx-proxy.conf")
         (RUNDIR / conf).write_text(text)
     (RUNDIR / "portico.yaml").write_text(
-        PORTICO_YAML.format(l4_listener=PORTICO_L4_LISTENER if portico_l4 else "")
+        PORTICO_YAML.format(
+            l4_listener=PORTICO_L4_LISTENER if portico_l4 else "", routes=portico_routes(routes)
+        )
     )
 
 
@@ -967,6 +983,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also measure L4 (TCP) proxying: HAProxy :8083, NGINX :8084",
     )
     p.add_argument(
+        "--portico-routes",
+        type=int,
+        default=0,
+        help="give Portico's listener N routing rules that requests do not match (routing cost)",
+    )
+    p.add_argument(
         "--portico-l4",
         action="store_true",
         help="with --l4: give Portico a TCP listener on :8085 and measure it",
@@ -1039,7 +1061,7 @@ def main(argv: list[str]) -> int:
         if not have(tool):
             log(f"{tool} is required and not installed")
             return 2
-    prepare_rundir(args.portico_l4)
+    prepare_rundir(args.portico_l4, args.portico_routes)
     busy = [p for p in ORIGIN_PORTS if port_open(p)]
     if busy:
         log(f"origin ports {busy} are in use by a process this harness did not start")

@@ -440,6 +440,18 @@ class Portico:
             self._stderr_changed.wait_for(lambda: arrived() is not None, timeout=timeout)
             return arrived()
 
+    def wait_stdout(self, prefix: str, timeout: float = 20.0) -> str:
+        """The next stdout line starting with `prefix` (the supervisor prints one per reload)."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                raise AssertionError("portico exited")
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no {prefix!r} line")
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -571,3 +583,36 @@ def iter_chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
         n = min(size, total - sent)
         yield block[:n]
         sent += n
+
+
+class Load:
+    """Requests on fresh connections, one after another, until stopped (bounded)."""
+
+    def __init__(self, port: int, limit: int = 20_000) -> None:
+        self.port = port
+        self.limit = limit
+        self.ok = 0
+        self.failures: list[str] = []
+        self.answered_by: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for _ in range(self.limit):
+            if self._stop.is_set():
+                return
+            try:
+                response = request(self.port, target="/load")
+            except (OSError, EOFError) as exc:
+                self.failures.append(repr(exc))
+                continue
+            if response.status != 200:
+                self.failures.append(f"status {response.status}")
+            else:
+                self.ok += 1
+                self.answered_by.append(response.header("X-Backend") or "")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)

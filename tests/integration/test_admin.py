@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import simple_config
-from fakes import FakeBackend, Portico, Response, pool_yaml, request
+from fakes import FakeBackend, Load, Portico, Response, pool_yaml, request
 
 MakeBackend = Callable[..., FakeBackend]
 MakePortico = Callable[[str], Portico]
@@ -183,6 +183,29 @@ def test_servers_added_and_removed_at_run_time(
     eventually(lambda: "c" not in answered_by(proxy, 6), "c to be gone")
     servers = payload(api(proxy, "GET", "/api/pools/app"))["servers"]
     assert [s["name"] for s in servers] == ["a", "b"]
+
+
+def test_scale_out_then_in_under_load_fails_no_request(
+    backends: MakeBackend, two: list[FakeBackend], portico: MakePortico
+) -> None:
+    proxy = portico(simple_config(two, top=ADMIN))
+    load = Load(proxy.port)
+    try:
+        extra = [backends(f"x{i}") for i in range(2)]
+        for backend in extra:
+            added = {"address": backend.address, "name": backend.name}
+            assert api(proxy, "POST", "/api/pools/app/servers", added).status == 201
+        eventually(lambda: all(b.seen for b in extra), "the new servers to get traffic")
+        for backend in extra:  # drain first, as an operator scaling in would
+            path = f"/api/pools/app/servers/{backend.name}/state"
+            assert api(proxy, "PUT", path, {"state": "drain"}).status == 200
+        for backend in extra:
+            assert api(proxy, "DELETE", f"/api/pools/app/servers/{backend.name}").status == 200
+        served = load.ok
+        eventually(lambda: load.ok > served + 20, "more requests after scaling in")
+    finally:
+        load.stop()
+    assert load.failures == []
 
 
 def test_reload_through_the_api_keeps_the_totals(

@@ -9,53 +9,7 @@ import threading
 import time
 
 from conftest import simple_config
-from fakes import Portico, pool_yaml, request
-
-
-def _wait_line(proxy: Portico, prefix: str, timeout: float = 20.0) -> str:
-    """The next stdout line starting with `prefix` (the supervisor prints one per reload)."""
-    assert proxy.proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proxy.proc.stdout.readline().decode()
-        if not line:
-            raise AssertionError("portico exited")
-        if line.startswith(prefix):
-            return line
-    raise AssertionError(f"no {prefix!r} line")
-
-
-class Load:
-    """Requests on fresh connections, one after another, until stopped (bounded)."""
-
-    def __init__(self, port: int, limit: int = 20_000) -> None:
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.failures: list[str] = []
-        self.answered_by: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for _ in range(self.limit):
-            if self._stop.is_set():
-                return
-            try:
-                response = request(self.port, target="/load")
-            except (OSError, EOFError) as exc:
-                self.failures.append(repr(exc))
-                continue
-            if response.status != 200:
-                self.failures.append(f"status {response.status}")
-            else:
-                self.ok += 1
-                self.answered_by.append(response.header("X-Backend") or "")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
+from fakes import Load, pool_yaml, request
 
 
 def test_five_reloads_under_load_drop_no_request(backends, portico, tmp_path) -> None:
@@ -79,7 +33,7 @@ def test_five_reloads_under_load_drop_no_request(backends, portico, tmp_path) ->
                     check=False,
                 )
                 assert done.returncode == 0, done.stderr
-            assert f"generation {version}" in _wait_line(proxy, "portico: reloaded")
+            assert f"generation {version}" in proxy.wait_stdout("portico: reloaded")
             # every new connection now lands on the new pool
             names = {m.name for m in members}
             for _ in range(6):
@@ -134,7 +88,7 @@ def test_slow_download_survives_three_reloads(backends, portico) -> None:
         assert first.startswith(b"HTTP/1.1 200")
         for version in range(1, 4):
             proxy.proc.send_signal(signal.SIGHUP)
-            assert f"generation {version}" in _wait_line(proxy, "portico: reloaded")
+            assert f"generation {version}" in proxy.wait_stdout("portico: reloaded")
         release.set()
         received = len(first) - first.index(b"\r\n\r\n") - 4
         while received < total:

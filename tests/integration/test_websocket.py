@@ -114,3 +114,22 @@ def test_upgrade_refused_by_the_server_is_a_plain_response_then_close(backends, 
     seen = plain.seen[0]
     assert seen.header("Upgrade") == "websocket"
     assert "upgrade" in (seen.header("Connection") or "").lower()
+
+
+def test_open_websocket_survives_three_reloads(echo: EchoServer, portico) -> None:
+    import signal
+
+    proxy = portico(_config(echo.port))
+
+    async def talk_across_reloads() -> list[str | bytes]:
+        got: list[str | bytes] = []
+        async with ws_connect(f"ws://127.0.0.1:{proxy.port}/live", ping_interval=None) as ws:
+            for version in range(1, 4):
+                proxy.proc.send_signal(signal.SIGHUP)
+                line = await asyncio.to_thread(proxy.wait_stdout, "portico: reloaded")
+                assert f"generation {version}" in line
+                await ws.send(f"after reload {version}")
+                got.append(await asyncio.wait_for(ws.recv(), 10))
+        return got
+
+    assert asyncio.run(talk_across_reloads()) == [f"after reload {v}" for v in (1, 2, 3)]
