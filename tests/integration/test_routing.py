@@ -166,3 +166,44 @@ def test_proxy_header_from_an_untrusted_peer_is_refused(backends, portico) -> No
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b.seen == []
+
+
+def test_http_pool_sends_a_proxy_header_on_connections_of_their_own(portico) -> None:
+    import socket
+    import threading
+
+    heads: list[bytes] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data.split(b"\r\n", 1)[-1]:
+                    data += conn.recv(4096)
+                heads.append(data)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                conn.recv(1)  # until Portico closes it: the connection is never reused
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    proxy = portico(
+        "workers: 1\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n    default_pool: app\n"
+        "pools:\n  app:\n    proxy_protocol: v1\n    servers:\n"
+        f"      - address: 127.0.0.1:{port}\n"
+    )
+    with connect(proxy.port) as sock:
+        reader = ResponseReader(sock)
+        for _ in range(2):  # one client connection, two requests: two server connections
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert reader.read().status == 200
+    thread.join(10)
+    server.close()
+    assert len(heads) == 2
+    for head in heads:
+        assert head.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+        assert b"\r\nGET / HTTP/1.1\r\n" in head

@@ -30,6 +30,7 @@ from portico.http.headers import (
 from portico.observe.access_log import AccessRecord
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
+from portico.proxy import proxy_protocol
 from portico.proxy.l4 import Relay
 from portico.routing import Route, Router
 from portico.routing.actions import (
@@ -312,6 +313,18 @@ class Exchange:
                 self._retry_or_fail(504 if timed_out else 502, counts=True)
             return
         self._connect_time = loop.time() - connect_started
+        version = self._pool.send_proxy
+        if version is not None and conn.transport is not None:
+            # the header names one client, so this connection serves only this request
+            transport = self._client.transport
+            assert transport is not None
+            peer = transport.get_extra_info("peername") or (self._client.client_ip, 0)
+            own = transport.get_extra_info("sockname")
+            destination = (own[0], own[1]) if own else None
+            conn.transport.write(
+                proxy_protocol.encode(version, (self._client.client_ip, peer[1]), destination)
+            )
+            conn.private = True
         if self.finished or self._backend is not backend:
             # the client left while we connected: keep the connection for someone else
             if not backend.put_idle(conn, loop.time()):
@@ -526,6 +539,7 @@ class Exchange:
                 backend is None
                 or not self.request_complete
                 or not upstream.is_reusable()
+                or upstream.private
                 or (settings.max_requests and upstream.requests >= settings.max_requests)
                 or not backend.put_idle(upstream, client.loop.time())
             ):

@@ -67,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self.closed = False
+        self.private = False  # opened for one client only (a PROXY header): never pooled
         self._read_timeout = self._base_read = read_timeout
         self._write_timeout = self._base_write = write_timeout
         self._deadline: Deadline | None = None

@@ -68,6 +68,7 @@ class Pool:
         queue_timeout: float = 0.0,
         budget: RetryBudget | None = None,
         fallback: str | None = None,
+        send_proxy: str | None = None,
     ) -> None:
         self.name = name
         self.backends = tuple(backends)
@@ -83,6 +84,7 @@ class Pool:
         self.queue_timeout = queue_timeout
         self.budget = budget
         self.fallback = fallback
+        self.send_proxy = send_proxy  # "v1" | "v2": a PROXY header opens each connection
         self.queue: deque[Waiter] = deque()
         # what the policy sees: a new tuple whenever the set changes (the policies cache on it)
         self.available: tuple[BackendState, ...] = self.backends
@@ -145,6 +147,7 @@ class Pool:
             queue_timeout=config.queue.timeout or 0.0,
             budget=budget,
             fallback=config.fallback_pool,
+            send_proxy=config.proxy_protocol,
         )
 
     # -- choosing ------------------------------------------------------------------------------

@@ -201,6 +201,7 @@
       errors: sum(requests, (l) => l.code_class === "5xx"),
       bytesIn: sum(metrics.get("portico_bytes_received_total")),
       bytesOut: sum(metrics.get("portico_bytes_sent_total")),
+      connections: sum(metrics.get("portico_active_connections")),
       latency: histograms(metrics),
       servers: new Map(),
       listeners: new Map(),
@@ -294,10 +295,15 @@
     return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
   }
 
+  /** A bucket bound as written in the config of buckets: 5 ms, 2.5 s. */
+  function formatBound(seconds) {
+    return seconds < 1 ? `${+(seconds * 1000).toFixed(3)} ms` : `${+seconds.toFixed(3)} s`;
+  }
+
   function formatQuantile(found) {
     if (!found) return "–";
-    if (found.below) return `< ${formatSeconds(found.seconds)}`;
-    if (found.above) return `> ${formatSeconds(found.seconds)}`;
+    if (found.below) return `< ${formatBound(found.seconds)}`;
+    if (found.above) return `> ${formatBound(found.seconds)}`;
     return formatSeconds(found.seconds);
   }
 
@@ -354,11 +360,11 @@
     const all = now.latency.get("");
     const old = before && before.latency.get("");
     if (before) {
+      const mean = meanLatency(all, old);
+      setText($("#total-latency"), formatSeconds(mean));
       const p50 = formatQuantile(quantile(0.5, all, old));
       const p99 = formatQuantile(quantile(0.99, all, old));
-      setText($("#total-latency"), p50 === "–" ? "–" : `${p50} · ${p99}`);
-      const mean = meanLatency(all, old);
-      setText($("#total-mean"), mean === null ? "no requests lately" : `mean ${formatSeconds(mean)}`);
+      setText($("#total-quantiles"), mean === null ? "no requests lately" : `p50 ${p50} · p99 ${p99}`);
     }
     setText($("#total-errors"), formatRate(errors), errors ?? 0);
     setText(
@@ -367,6 +373,7 @@
     );
     const inRate = before ? rate(now.bytesIn, before.bytesIn, seconds) : null;
     const outRate = before ? rate(now.bytesOut, before.bytesOut, seconds) : null;
+    setText($("#total-connections"), formatCount(now.connections));
     setText($("#total-bandwidth"), `in ${formatBytes(inRate)}/s · out ${formatBytes(outRate)}/s`);
     setText($("#total-workers"), `${page.workers} worker${page.workers === 1 ? "" : "s"}`);
     if (pools) {
@@ -472,7 +479,7 @@
     const max = Math.max(1, ...values);
     const step = width / (HISTORY - 1);
     const offset = (HISTORY - values.length) * step;
-    const points = values.map((v, i) => [offset + i * step, height - 2 - (v / max) * (height - 4)]);
+    const points = values.map((v, i) => [offset + i * step, height - 1 - (v / max) * (height - 4)]);
     if (points.length < 2) return;
     const line = points.map(([x, y], i) => `${i ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join("");
     svg.querySelector(".spark-line").setAttribute("d", line);
