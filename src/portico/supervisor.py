@@ -433,4 +433,3 @@ def run(config: Config, config_text: str, filename: str) -> int:
         for sock in supervisor.sockets.values():
             with contextlib.suppress(OSError):
                 sock.close()
-        _ = os  # keep import for platforms without pass_fds

@@ -9,7 +9,7 @@ import threading
 import time
 
 from conftest import simple_config
-from fakes import Load, pool_yaml, request
+from fakes import Load, request
 
 
 def test_five_reloads_under_load_drop_no_request(backends, portico, tmp_path) -> None:
@@ -96,4 +96,3 @@ def test_slow_download_survives_three_reloads(backends, portico) -> None:
             assert data, f"download cut at {received} of {total} bytes"
             received += len(data)
     assert received == total
-    _ = pool_yaml
