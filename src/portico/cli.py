@@ -87,7 +87,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from portico.demo import run_demo
 
     base = args.backend_port
-    return run_demo(port=args.port, workers=args.workers, backend_ports=[base, base + 1, base + 2])
+    return run_demo(
+        port=args.port,
+        workers=args.workers,
+        backend_ports=[base, base + 1, base + 2],
+        admin_port=args.admin_port,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument(
         "--backend-port", type=int, default=9001, help="first of three backend ports (9001)"
+    )
+    demo.add_argument(
+        "--admin-port", type=int, default=9090, help="the dashboard's port (default 9090)"
     )
     demo.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)

@@ -46,6 +46,7 @@ TOKEN = "dashboard-test-token"
 ADMIN = f"admin:\n  bind: 127.0.0.1:0\n  token: {TOKEN}\n"
 WAIT = 10.0  # seconds: a bound on a snapshot (every second) or a change reaching the page
 WAIT_MS = WAIT * 1000
+UNKNOWN = "\N{EN DASH}"  # what the page shows for a value it does not know yet
 
 
 def admin_port(proxy: Portico) -> int:
@@ -195,7 +196,7 @@ def test_the_dashboard_shows_live_traffic_and_drains_and_re_enables_a_server(
         has_rate_above_zero(page, "#total-rate")
         for name in "abc":
             has_rate_above_zero(page, f'tr[data-server="{name}"] [data-field="rate"]')
-        expect(pool.locator('[data-field="p50"]')).not_to_have_text("–")
+        expect(pool.locator('[data-field="p50"]')).not_to_have_text(UNKNOWN)
 
         # drain b from the page: the API shows it, and the proxy stops sending it requests
         row_b.get_by_role("button", name="Drain").click()

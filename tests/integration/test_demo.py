@@ -39,7 +39,18 @@ def _three_free_ports() -> int:
 def test_demo_rotates_requests_over_three_named_backends() -> None:
     base = _three_free_ports()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "portico", "demo", "--port", "0", "--backend-port", str(base)],
+        [
+            sys.executable,
+            "-m",
+            "portico",
+            "demo",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--backend-port",
+            str(base),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -54,7 +65,7 @@ def test_demo_rotates_requests_over_three_named_backends() -> None:
             if sel.select(timeout=deadline - time.monotonic()):
                 line = proc.stdout.readline()
                 assert line, "demo exited before it was ready"
-                found = re.search(r"ready.*http://127\.0\.0\.1:(\d+)", line)
+                found = re.search(r"listening on web http://127\.0\.0\.1:(\d+)", line)
                 if found:
                     port = int(found.group(1))
         sel.close()

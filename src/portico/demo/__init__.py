@@ -11,6 +11,8 @@ DEMO_CONFIG = """\
 # The demo: Portico on 127.0.0.1:{port} in front of three demo backends.
 workers: {workers}
 shutdown_grace: 5s
+admin:
+  bind: 127.0.0.1:{admin_port}   # the live dashboard and the admin API (loopback, no token)
 listeners:
   - name: web
     bind: 127.0.0.1:{port}
@@ -29,14 +31,21 @@ pools:
 """
 
 
-def demo_config(port: int, workers: int, backend_ports: list[int]) -> str:
+def demo_config(port: int, workers: int, backend_ports: list[int], admin_port: int) -> str:
     b1, b2, b3 = backend_ports
-    return DEMO_CONFIG.format(port=port, workers=workers, b1=b1, b2=b2, b3=b3)
+    return DEMO_CONFIG.format(
+        port=port, workers=workers, b1=b1, b2=b2, b3=b3, admin_port=admin_port
+    )
 
 
-def run_demo(port: int = 8080, workers: int = 1, backend_ports: list[int] | None = None) -> int:
+def run_demo(
+    port: int = 8080,
+    workers: int = 1,
+    backend_ports: list[int] | None = None,
+    admin_port: int = 9090,
+) -> int:
     ports = backend_ports or [9001, 9002, 9003]
-    text = demo_config(port, workers, ports)
+    text = demo_config(port, workers, ports, admin_port)
     try:
         config = parse_config(text, "<demo>")
     except ConfigError as exc:  # pragma: no cover - the demo config is fixed
@@ -48,6 +57,8 @@ def run_demo(port: int = 8080, workers: int = 1, backend_ports: list[int] | None
 
         if port:
             print(f"portico demo: try  curl -i http://127.0.0.1:{port}/  (Ctrl-C stops)")
+        if admin_port:
+            print(f"portico demo: live dashboard on http://127.0.0.1:{admin_port}/")
         return supervisor.run(config, text, "<demo>")
     finally:
         backends.terminate()

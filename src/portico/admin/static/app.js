@@ -11,6 +11,9 @@
 (() => {
   const POLL_MS = 1000;
   const RATE_WINDOW = 3; // seconds of readings a rate is computed over
+  // ... and at least this many: workers report once a second, so a rate over less than that
+  // reads a whole second's requests in a fraction of one
+  const MIN_SPAN = 1.5;
   const HISTORY = 60; // readings kept (sparklines show this many)
   const TOKEN_KEY = "portico.admin-token";
   const KEY_SEP = "\u0000";
@@ -25,7 +28,6 @@
     pools: new Map(), // pool name -> its <section>, with `.rows`: server name -> <tr>
     sparks: new Map(), // pool name -> recent req/s values
     lastMutation: 0, // performance.now() when a state change was last answered
-    lastOk: 0,
     workers: 0,
   };
 
@@ -86,7 +88,10 @@
     $("#token-input").focus();
   }
 
-  function askForToken(error) {
+  /** The API refused `used` (the token a request was sent with): ask for another one, unless
+   * a new token came while the request was on its way. */
+  function askForToken(error, used) {
+    if (used !== token()) return;
     page.needsToken = true;
     setStatus("token", error.status === 403 && token() ? "token refused" : "token needed");
     showTokenForm(error);
@@ -227,7 +232,7 @@
   }
 
   /** The reading to compute rates against: the newest one at least RATE_WINDOW seconds old,
-   * else the oldest; null before there are two readings. */
+   * else the oldest if it is at least MIN_SPAN old; else null (rates not known yet). */
   function baseline() {
     const samples = page.samples;
     if (samples.length < 2) return null;
@@ -235,7 +240,7 @@
     for (let i = samples.length - 2; i >= 0; i--) {
       if (now - samples[i].t >= RATE_WINDOW) return samples[i];
     }
-    return samples[0];
+    return now - samples[0].t >= MIN_SPAN ? samples[0] : null;
   }
 
   /** Per second, from `before` to `after` over `seconds`; null if unknown. A counter that went
@@ -476,7 +481,8 @@
     const svg = field(section, "spark");
     const width = 120;
     const height = 32;
-    const max = Math.max(1, ...values);
+    const peak = Math.max(...values);
+    const max = Math.max(1, peak * 1.2);
     const step = width / (HISTORY - 1);
     const offset = (HISTORY - values.length) * step;
     const points = values.map((v, i) => [offset + i * step, height - 1 - (v / max) * (height - 4)]);
@@ -485,7 +491,7 @@
     svg.querySelector(".spark-line").setAttribute("d", line);
     const first = points[0][0].toFixed(1);
     svg.querySelector(".spark-area").setAttribute("d", `${line}L${width},${height}L${first},${height}Z`);
-    svg.setAttribute("aria-label", `Requests per second, last minute: now ${formatRate(values[values.length - 1])}, peak ${formatRate(max)}`);
+    svg.setAttribute("aria-label", `Requests per second, last minute: now ${formatRate(values[values.length - 1])}, peak ${formatRate(peak)}`);
   }
 
   function renderPools(pools, now, before, seconds, showStates) {
@@ -587,6 +593,7 @@
 
   async function readAndRender() {
     const started = performance.now();
+    const used = token();
     const metricsPromise = metricsText();
     let pools = null;
     let listeners = null;
@@ -596,7 +603,7 @@
         [pools, listeners] = await Promise.all([api("GET", "/api/pools"), api("GET", "/api/listeners")]);
       } catch (error) {
         if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
-          askForToken(error);
+          askForToken(error, used);
         } else {
           failure = error;
         }
@@ -621,8 +628,6 @@
     renderTotals(now, before, seconds, pools);
     if (pools) renderPools(pools, now, before, seconds, showStates);
     if (listeners) renderListeners(listeners, now, before, seconds);
-    document.body.dataset.ready = "true";
-    page.lastOk = Date.now();
     if (failure) setStatus("offline", `admin API: ${failure.message}`);
     else if (!page.needsToken) {
       const time = new Date().toLocaleTimeString("en-GB", { hour12: false });
@@ -649,6 +654,7 @@
     const server = row.dataset.server;
     if (row.dataset.state === wanted) return;
     const buttons = row.querySelectorAll(".segmented button");
+    const used = token();
     row.classList.add("busy");
     buttons.forEach((b) => (b.disabled = true));
     try {
@@ -659,7 +665,7 @@
       toast(`${server} (${pool}) is ${VERBS[updated.state] || updated.state}`, "ok");
     } catch (error) {
       if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
-        askForToken(error);
+        askForToken(error, used);
       }
       toast(`Could not set ${server} to ${wanted}: ${error.message}`, "error");
     } finally {
@@ -690,6 +696,7 @@
     window.addEventListener("hashchange", () => {
       if (!location.hash.includes("token=")) return;
       takeTokenFromFragment();
+      $("#token-toggle").hidden = !token();
       page.needsToken = false;
       $("#token-form").hidden = true;
       refresh();
