@@ -447,10 +447,13 @@ class Portico:
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline().decode()
             if not line:
-                raise AssertionError("portico exited")
+                code = self.proc.wait(10)
+                raise AssertionError(
+                    f"portico exited ({code}):\n" + "".join(self.stderr_lines[-30:])
+                )
             if line.startswith(prefix):
                 return line
-        raise AssertionError(f"no {prefix!r} line")
+        raise AssertionError(f"no {prefix!r} line:\n" + "".join(self.stderr_lines[-30:]))
 
     @property
     def url(self) -> str:

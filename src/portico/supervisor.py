@@ -104,6 +104,7 @@ class Supervisor:
         self.checker = HealthChecker(config, self._health_changed)
         self._reloading = asyncio.Lock()
         self.generation = 0
+        self._ready = False
         self.reload_detail = ""
         # what the workers report, summed; served as /metrics
         self.stats = StatsAggregator()
@@ -115,6 +116,11 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # before anything else: SIGHUP's default action would kill the supervisor
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         for listener in self.config.listeners:
             self.sockets[listener.name] = bind(listener)
         await self._start_admin()
@@ -129,12 +135,9 @@ class Supervisor:
         )
         if self.admin is not None:
             listening += f"; admin http://{self.admin.address}"
-        print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         _write_pid(self.config.pid_file)
+        self._ready = True
+        print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
         await self._stopped.wait()
         if self.admin is not None:
             await self.admin.close()
@@ -178,7 +181,9 @@ class Supervisor:
                 worker.writer.write(message)
 
     def request_reload(self) -> None:
-        if not self.stopping:
+        if not self._ready:
+            log.warning("still starting: reload ignored (send it again once ready)")
+        elif not self.stopping:
             tasks.spawn(self.reload())
 
     async def reload(self) -> bool:

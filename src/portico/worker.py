@@ -281,6 +281,12 @@ class Worker:
 
 async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     loop = asyncio.get_running_loop()
+    # first of all: a SIGHUP or SIGUSR1 to the process group must not kill a starting worker
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # ... and log reopening
     chan = socket.socket(fileno=channel_fd)
     reader, writer = await asyncio.open_unix_connection(sock=chan)
     first = await channel.receive(reader)
@@ -296,11 +302,6 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     # at start-up (the Instagram recipe; measured ~3% of worker CPU on small responses).
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
-    loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # ... and log reopening
     writer.write(channel.encode("ready", pid=os.getpid()))
     await writer.drain()
 
@@ -316,7 +317,8 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
 
     def report() -> None:
         snapshot = worker.stats.snapshot(worker.pools)
-        writer.write(channel.encode("stats", pid=os.getpid(), stats=snapshot))
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the supervisor is gone
+            writer.write(channel.encode("stats", pid=os.getpid(), stats=snapshot))
 
     async def reporting() -> None:
         while True:
@@ -328,14 +330,15 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
 
     def stopped_accepting() -> None:
         # from now on every new connection goes to the other workers (a reload waits for this)
-        writer.write(channel.encode("draining", pid=os.getpid()))
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            writer.write(channel.encode("draining", pid=os.getpid()))
 
     await worker.drain(config.shutdown_grace, stopped_accepting)
     for access_log in worker.access_logs.values():
         access_log.close()
     tasks.cancel_all()
-    with contextlib.suppress(ConnectionError):
-        report()  # the last counts, so the supervisor's totals lose nothing
+    report()  # the last counts, so the supervisor's totals lose nothing
+    with contextlib.suppress(ConnectionError, RuntimeError):
         await writer.drain()
     writer.close()
     return 0
