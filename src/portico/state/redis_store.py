@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -163,8 +164,8 @@ class RedisStore:
         fail_fast_for: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, not {timeout!r}")
         self.url = url
         self.timeout = timeout
         self.fail_fast_for = fail_fast_for
@@ -282,7 +283,9 @@ class RedisStore:
         self.calls += 1
         if self._down_until and self.clock() < self._down_until:
             self.skipped += 1
-            raise StoreUnavailable(f"redis {op}: unavailable, retrying in under a second")
+            raise StoreUnavailable(
+                f"redis {op}: not tried, failed less than {self.fail_fast_for:g} s ago"
+            )
         # Wait for the task or the timer, whichever comes first; the task is never cancelled.
         # (asyncio.wait(timeout=...) does the same, with more allocations per call.)
         loop = asyncio.get_running_loop()
