@@ -503,6 +503,42 @@ class RetryBudgetConfig(_Model):
     min_per_second: Annotated[float, AfterValidator(_check_non_negative)] = 3.0
 
 
+class StickyConfig(_Model):
+    """Cookie persistence (HAProxy's `cookie ... insert`): Portico sets a cookie naming the
+    server by an opaque, signed token; a client presenting it returns to that server while it
+    is fit for traffic. Instances sharing the secret agree on every cookie."""
+
+    cookie: HeaderName = "PORTICO_SRV"
+    secret: str | None = None  # at least 16 bytes; or secret_env
+    secret_env: str | None = None  # the environment variable holding the secret
+    max_age: _MaxConns | None = None  # seconds; None: a session cookie, never expired by us
+    path: str = "/"
+    domain: str | None = None
+    secure: bool = False
+    httponly: bool = True
+    samesite: Literal["Lax", "Strict", "None"] | None = "Lax"
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Self:
+        if (self.secret is None) == (self.secret_env is None):
+            raise ValueError("give secret or secret_env (exactly one)")
+        secret = self.resolved_secret()
+        if len(secret.encode()) < 16:
+            raise ValueError("the secret must be at least 16 bytes")
+        if self.samesite == "None" and not self.secure:
+            raise ValueError("samesite: None needs secure: true (browsers refuse it otherwise)")
+        return self
+
+    def resolved_secret(self) -> str:
+        if self.secret is not None:
+            return self.secret
+        assert self.secret_env is not None
+        value = os.environ.get(self.secret_env)
+        if value is None:
+            raise ValueError(f"the environment variable {self.secret_env} is not set")
+        return value
+
+
 class PoolConfig(_Model):
     """A named group of servers and how requests are spread over them."""
 
@@ -524,6 +560,7 @@ class PoolConfig(_Model):
     )
     fallback_pool: Name | None = None  # used when every server of this pool is down
     proxy_protocol: Literal["v1", "v2"] | None = None  # send a PROXY header to servers
+    sticky: StickyConfig | None = None  # cookie persistence
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ class Exchange:
         "_sent_at",
         "_stale_retried",
         "_started",
+        "_sticky_server",
         "_timeouts",
         "_tried",
         "_upstream",
@@ -156,6 +157,7 @@ class Exchange:
         self._response_time: float | None = None
         self._original_target = target
         self._request_id: bytes | None = None
+        self._sticky_server: str | None = None  # the server a persistence cookie named
         self._response_edits: RouteActions | None = None
         self._timeouts: tuple[float, float, float] | None = None  # a route's, over the pool's
         self.route: Route | None = None
@@ -239,10 +241,15 @@ class Exchange:
         client = self._client
         pool = self._pool
         now = client.loop.time()
+        sticky = pool.sticky
+        if sticky is not None and not self._tried:
+            self._sticky_server = sticky.server_of(self.headers, pool.backends)
         if pool.queue and not self._dequeued:
             backend: BackendState | str | None = FULL  # wait behind those already waiting
         else:
-            backend = pool.select(self.headers, self.target, client.client_ip, self._tried, now)
+            backend = pool.select(
+                self.headers, self.target, client.client_ip, self._tried, now, self._sticky_server
+            )
         self._dequeued = False
         if backend is None:
             fallback = pool.fallback
@@ -476,6 +483,11 @@ class Exchange:
             out = apply_response_headers(out, self._response_edits)
         if client.settings.response_headers:
             out = [*out, *client.settings.response_headers]
+        sticky = self._pool.sticky
+        name = self._backend_name
+        if sticky is not None and name is not None and self._sticky_server != name:
+            # a new client, or its server is gone: it sticks to this one from now on
+            out = [*out, sticky.set_cookie(name)]
         kind = head.kind
         is_11 = self.version == "1.1"
         keep = self.keep_alive and self.request_complete and not client.draining

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,10 +16,17 @@ from typing import Final, Protocol
 
 from portico.balancing import Policy, make_policy
 from portico.balancing.p2c_ewma import P2CEwma
-from portico.config.schema import PoolConfig
+from portico.config.schema import PoolConfig, StickyConfig
 from portico.health import OutlierDetector, RetryBudget, slow_start_factor
 from portico.http.headers import Header
 from portico.http.keys import KeyFunction, key_function
+from portico.persistence.cookie import (
+    cookie_attributes,
+    cookie_value,
+    decode,
+    encode,
+    server_tokens,
+)
 from portico.upstreams.backend import BackendState
 
 
@@ -33,6 +41,51 @@ class UpstreamSettings:
     max_requests: int
     retries: int
     hide_headers: frozenset[bytes]
+
+
+class Sticky:
+    """A pool's cookie persistence settings, resolved once; the server tokens follow the
+    pool's servers (they change when servers are added or removed at run time)."""
+
+    def __init__(self, name: bytes, secret: bytes, attributes: bytes, max_age: int | None) -> None:
+        self.name = name
+        self.secret = secret
+        self.attributes = attributes
+        self.max_age = max_age
+        self._tokens: dict[str, str] = {}
+        self._for: tuple[BackendState, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config: StickyConfig) -> Sticky:
+        attributes = cookie_attributes(
+            path=config.path,
+            domain=config.domain,
+            max_age=config.max_age,
+            secure=config.secure,
+            httponly=config.httponly,
+            samesite=config.samesite,
+        )
+        secret = config.resolved_secret().encode()
+        return cls(config.cookie.encode(), secret, attributes, config.max_age)
+
+    def server_of(
+        self, headers: Sequence[Header], backends: tuple[BackendState, ...]
+    ) -> str | None:
+        """The server a valid persistence cookie names, or None (no cookie, tampered, expired,
+        foreign, or naming a server no longer in the pool: the policy picks)."""
+        for key, value in headers:
+            if key.lower() == b"cookie":
+                found = cookie_value(value, self.name)
+                if found is not None:
+                    if self._for is not backends:
+                        self._tokens = server_tokens((b.name for b in backends), self.secret)
+                        self._for = backends
+                    return decode(found, self.secret, self._tokens, self.max_age, int(time.time()))
+        return None
+
+    def set_cookie(self, server: str) -> Header:
+        value = encode(server, self.secret, int(time.time())).encode()
+        return (b"Set-Cookie", self.name + b"=" + value + self.attributes)
 
 
 class Waiter(Protocol):
@@ -69,6 +122,7 @@ class Pool:
         budget: RetryBudget | None = None,
         fallback: str | None = None,
         send_proxy: str | None = None,
+        sticky: Sticky | None = None,
     ) -> None:
         self.name = name
         self.backends = tuple(backends)
@@ -85,6 +139,7 @@ class Pool:
         self.budget = budget
         self.fallback = fallback
         self.send_proxy = send_proxy  # "v1" | "v2": a PROXY header opens each connection
+        self.sticky = sticky
         self.queue: deque[Waiter] = deque()
         # what the policy sees: a new tuple whenever the set changes (the policies cache on it)
         self.available: tuple[BackendState, ...] = self.backends
@@ -148,6 +203,7 @@ class Pool:
             budget=budget,
             fallback=config.fallback_pool,
             send_proxy=config.proxy_protocol,
+            sticky=Sticky.from_config(config.sticky) if config.sticky is not None else None,
         )
 
     # -- choosing ------------------------------------------------------------------------------
@@ -159,9 +215,11 @@ class Pool:
         client_ip: str,
         exclude: Sequence[BackendState],
         now: float,
+        prefer: str | None = None,
     ) -> BackendState | str | None:
         """The backend for this request, avoiding those in `exclude` (already tried); None
-        when no server is fit for traffic; FULL when all that are fit are at max_conns."""
+        when no server is fit for traffic; FULL when all that are fit are at max_conns.
+        `prefer` (a persistence cookie's server) wins while it is fit and has room."""
         if now >= self._next_refresh:
             self.refresh(now)
         candidates: Sequence[BackendState] = self.available
@@ -174,6 +232,10 @@ class Pool:
             candidates = [b for b in candidates if b.in_flight < max_conns]
             if not candidates:
                 return FULL
+        if prefer is not None:
+            for backend in candidates:
+                if backend.name == prefer:
+                    return backend
         key = self.key_of(headers, path, client_ip) if self.key_of is not None else b""
         chosen = self.policy.pick(candidates, key)
         if chosen is not None and chosen.up_since is not None and self.slow_start:
