@@ -26,7 +26,7 @@ from portico import channel, tasks
 from portico.config.load import parse_config
 from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
-from portico.filters.ratelimit import RateLimitFilter
+from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
 from portico.listeners.http import ClientConnection, HttpListenerSettings
 from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
@@ -35,6 +35,8 @@ from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
 from portico.observe.stats import WorkerStats
 from portico.routing import Router
+from portico.state.redis_store import RedisStore
+from portico.state.store import StateStore
 from portico.upstreams.backend import BackendState
 from portico.upstreams.pool import Pool
 
@@ -53,14 +55,23 @@ def build_pools(config: Config, loop: asyncio.AbstractEventLoop) -> dict[str, Po
 
 
 def request_filters(
-    listener: ListenerConfig, loop: asyncio.AbstractEventLoop
+    listener: ListenerConfig,
+    loop: asyncio.AbstractEventLoop,
+    store: StateStore | None = None,
+    fallback: str = "local",
 ) -> tuple[RequestFilter, ...]:
     """The filters of one listener, in the order they run."""
     out: list[RequestFilter] = []
     if listener.redirect_https:
         out.append(RedirectToHttps())
     if listener.rate_limit is not None:
-        out.append(RateLimitFilter(listener.rate_limit, loop.time))
+        if store is not None:
+            namespace = listener.name.encode()
+            out.append(
+                SharedRateLimitFilter(listener.rate_limit, loop.time, store, namespace, fallback)
+            )
+        else:
+            out.append(RateLimitFilter(listener.rate_limit, loop.time))
     return tuple(out)
 
 
@@ -81,6 +92,7 @@ def listener_settings(
     pools: dict[str, Pool],
     loop: asyncio.AbstractEventLoop,
     logs: dict[tuple[str, str], AccessLogWriter] | None = None,
+    store: StateStore | None = None,
 ) -> dict[str, HttpListenerSettings]:
     out = {}
     for listener in config.listeners:
@@ -118,7 +130,7 @@ def listener_settings(
                 if listener.access_log is not None
                 else None
             ),
-            filters=request_filters(listener, loop),
+            filters=request_filters(listener, loop, store, config.state.rate_limit_fallback),
             max_conns_per_client=listener.max_conns_per_client,
             router=Router.compile(listener.routes, listener.default_pool)
             if listener.routes
@@ -172,7 +184,10 @@ class Worker:
         self.pools = build_pools(config, loop)
         self.stats = WorkerStats.for_config(config)
         self.access_logs = access_logs(config)
-        self.settings = listener_settings(config, self.pools, loop, self.access_logs)
+        state = config.state
+        # one store per worker process, used on this loop only
+        self.store = RedisStore(state.redis, state.timeout) if state.redis else None
+        self.settings = listener_settings(config, self.pools, loop, self.access_logs, self.store)
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []
         self.terminators: list[TlsTerminator] = []
@@ -336,6 +351,8 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     await worker.drain(config.shutdown_grace, stopped_accepting)
     for access_log in worker.access_logs.values():
         access_log.close()
+    if worker.store is not None:
+        await worker.store.close()
     tasks.cancel_all()
     report()  # the last counts, so the supervisor's totals lose nothing
     with contextlib.suppress(ConnectionError, RuntimeError):

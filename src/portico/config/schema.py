@@ -567,6 +567,22 @@ class PoolConfig(_Model):
 # The whole file
 
 
+class StateConfig(_Model):
+    """Where state shared by workers and instances lives (rate limits, for now)."""
+
+    redis: str | None = None  # redis://host:port/db; None: in memory, per worker
+    timeout: Duration = 0.1  # no request waits longer than this on the store
+    rate_limit_fallback: Literal["local", "open", "closed"] = "local"  # Redis unreachable:
+    # local = this worker's own limiter, open = allow, closed = refuse (429)
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{show(value)} is not a Redis URL: write redis://host:port/db")
+        return value
+
+
 class AdminConfig(_Model):
     """The admin API, metrics and dashboard, served by the supervisor."""
 
@@ -587,6 +603,7 @@ class Config(_Model):
     workers: Annotated[int | Literal["auto"], BeforeValidator(_check_workers)] = "auto"
     shutdown_grace: DurationOrZero = 30.0  # in-flight requests may finish within this on stop
     pid_file: str | None = None  # written by `portico run`, read by `portico reload`
+    state: Annotated[StateConfig, _EMPTY_SECTION] = Field(default_factory=StateConfig)
     listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     admin: Annotated[AdminConfig, _EMPTY_SECTION] | None = None  # no admin listener unless set

@@ -15,8 +15,15 @@ if TYPE_CHECKING:
 
 
 class RequestFilter(Protocol):
-    """Runs when a request head is complete, before a backend is chosen."""
+    """Runs when a request head is complete, before a backend is chosen. An `asynchronous`
+    filter (one that asks a shared store) is awaited through `check` instead."""
+
+    asynchronous: bool
 
     def on_request(self, exchange: Exchange) -> bytes | None:
         """None to let the request go on; else the complete response to answer with."""
+        ...
+
+    async def check(self, exchange: Exchange) -> bytes | None:
+        """`on_request` for an asynchronous filter."""
         ...

@@ -27,12 +27,14 @@ from portico.http.keys import key_function
 if TYPE_CHECKING:
     from portico.config.schema import RateLimitConfig
     from portico.proxy.l7 import Exchange
+    from portico.state.store import StateStore
 
 __all__ = [
     "Decision",
     "Gcra",
     "RateLimitFilter",
     "RateLimiter",
+    "SharedRateLimitFilter",
     "parse_rate",
     "ratelimit_headers",
 ]
@@ -258,6 +260,8 @@ _TOO_MANY_BODY = b"429 Too Many Requests\n"
 
 
 class RateLimitFilter:
+    asynchronous = False  # SharedRateLimitFilter (through a store) is awaited
+
     """Per-client rate limit of one listener (per worker, in memory). A request over the
     limit is answered 429 with Retry-After and RateLimit-* headers and never reaches a pool.
     The key is the client address, a header or a cookie; a request without that header or
@@ -275,6 +279,12 @@ class RateLimitFilter:
         decision = self.limiter.check(key, self.clock())
         if decision.allowed:
             return None
+        return self._too_many(decision)
+
+    async def check(self, exchange: Exchange) -> bytes | None:
+        return self.on_request(exchange)
+
+    def _too_many(self, decision: Decision) -> bytes:
         gcra = self.limiter.gcra
         headers = ratelimit_headers(decision, gcra.burst, gcra.window)
         fields = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
@@ -285,3 +295,45 @@ class RateLimitFilter:
             b"Cache-Control: no-store\r\n"
             b"%s\r\n%s"
         ) % (len(_TOO_MANY_BODY), fields, _TOO_MANY_BODY)
+
+
+class SharedRateLimitFilter(RateLimitFilter):
+    """The same limit, counted in a shared store (Redis: every worker and instance together),
+    atomically there (a Lua GCRA on the server's clock). The store answers within its
+    timeout or not at all; then `fallback` decides: this worker's own limiter (`local`),
+    allow (`open`) or refuse (`closed`). Each fallback is counted."""
+
+    asynchronous = True
+
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        clock: Callable[[], float],
+        store: StateStore,
+        namespace: bytes,
+        fallback: str,
+    ) -> None:
+        super().__init__(config, clock)
+        # imported here: portico.state builds on this module (Decision, RateLimiter)
+        from portico.state.store import StoreUnavailable
+
+        self._unavailable = StoreUnavailable
+        self.store = store
+        self.namespace = namespace + b":"
+        self.fallback = fallback
+        self.fallbacks = 0
+
+    async def check(self, exchange: Exchange) -> bytes | None:
+        client = exchange.client
+        key = self.key_of(exchange.headers, exchange.target, client.client_ip)
+        gcra = self.limiter.gcra
+        try:
+            decision = await self.store.rate_limit(self.namespace + key, gcra.rate, gcra.burst)
+        except self._unavailable:
+            self.fallbacks += 1
+            if self.fallback == "open":
+                return None
+            if self.fallback == "closed":
+                return self._too_many(Decision(False, 0.0, 1.0, 0, 1.0))
+            decision = self.limiter.check(key, self.clock())
+        return None if decision.allowed else self._too_many(decision)

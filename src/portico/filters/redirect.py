@@ -11,6 +11,11 @@ if TYPE_CHECKING:
 class RedirectToHttps:
     """Answers 308 with `Location: https://<host><target>` (308 keeps the method and body)."""
 
+    asynchronous = False
+
+    async def check(self, exchange: Exchange) -> bytes | None:
+        return self.on_request(exchange)
+
     def on_request(self, exchange: Exchange) -> bytes | None:
         host = exchange.head.host or b"localhost"
         if b"\r" in host or b"\n" in host:

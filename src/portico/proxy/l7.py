@@ -45,6 +45,7 @@ from portico.upstreams.connections import UpstreamConnection
 from portico.upstreams.pool import FULL, Pool
 
 if TYPE_CHECKING:
+    from portico.filters.base import RequestFilter
     from portico.listeners.http import ClientConnection
     from portico.upstreams.backend import BackendState
 
@@ -175,15 +176,18 @@ class Exchange:
 
     # -- request phases ----------------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self, first_filter: int = 0) -> None:
         """The request head is in: run the listener's request filters, then go upstream."""
         client = self._client
-        for request_filter in client.settings.filters:
+        filters = client.settings.filters
+        for index in range(first_filter, len(filters)):
+            request_filter = filters[index]
+            if request_filter.asynchronous:
+                tasks.spawn(self._await_filter(request_filter, index))
+                return
             answer = request_filter.on_request(self)
             if answer is not None:
-                if answer.startswith(b"HTTP/1.1 429"):  # only the rate limiter answers 429
-                    client.worker.stats.ratelimited(client.settings.name)
-                self._respond_locally(answer)
+                self._filtered(answer)
                 return
         if client.settings.access_log is not None:
             self._request_id, passed = request_id(self.headers)
@@ -203,6 +207,23 @@ class Exchange:
         if budget is not None:
             budget.record_request(client.loop.time())
         self.start()
+
+    async def _await_filter(self, request_filter: RequestFilter, index: int) -> None:
+        """A filter that asks a shared store: its answer arrives within the store's timeout;
+        meanwhile the request's body waits in the bounded replay buffer."""
+        answer = await request_filter.check(self)
+        if self.finished:
+            return
+        if answer is not None:
+            self._filtered(answer)
+        else:
+            self.begin(index + 1)
+
+    def _filtered(self, answer: bytes) -> None:
+        client = self._client
+        if answer.startswith(b"HTTP/1.1 429"):  # only the rate limiter answers 429
+            client.worker.stats.ratelimited(client.settings.name)
+        self._respond_locally(answer)
 
     def _route(self, router: Router) -> Pool | None:
         """Match the request to a route and apply its request actions; None when the route
