@@ -11,6 +11,7 @@ from pathlib import Path
 
 from portico import __version__
 from portico.config.load import ConfigError, parse_config
+from portico.config.schema import Config
 
 
 def _read(path: str) -> tuple[str, str] | None:
@@ -21,31 +22,34 @@ def _read(path: str) -> tuple[str, str] | None:
         return None
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    loaded = _read(args.config)
+def _load(path: str) -> tuple[Config, str, str] | int:
+    """The validated config, its text and file name; or the exit code after saying why not."""
+    loaded = _read(path)
     if loaded is None:
         return 2
     text, filename = loaded
     try:
-        config = parse_config(text, filename)
+        return parse_config(text, filename), text, filename
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    config, _, filename = loaded
     pools = ", ".join(f"{name} ({len(p.servers)} servers)" for name, p in config.pools.items())
     print(f"{filename}: OK: {len(config.listeners)} listener(s); pools: {pools}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    loaded = _read(args.config)
-    if loaded is None:
-        return 2
-    text, filename = loaded
-    try:
-        config = parse_config(text, filename)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    config, text, filename = loaded
     from portico import supervisor
 
     return supervisor.run(config, text, filename)
@@ -54,16 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_reload(args: argparse.Namespace) -> int:
     """Validate the file first (a bad one is refused here, before the running Portico is
     disturbed), then signal the supervisor, found by --pid or the config's pid_file."""
-    loaded = _read(args.config)
-    if loaded is None:
-        return 2
-    text, filename = loaded
-    try:
-        config = parse_config(text, filename)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        print("portico: reload refused; the running config stays", file=sys.stderr)
-        return 1
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        if loaded == 1:
+            print("portico: reload refused; the running config stays", file=sys.stderr)
+        return loaded
+    config, _, filename = loaded
     pid = args.pid
     if pid is None:
         if not config.pid_file:

@@ -229,6 +229,25 @@ class Worker:
             if pool is not None:
                 pool.remove_backend(message["server"], self.loop.time())
 
+    def admit(self, client_ip: str, limit: int) -> bool:
+        """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it
+        (False) when it already has `limit` open in this worker."""
+        counts = self.client_connections
+        open_now = counts.get(client_ip, 0)
+        if open_now >= limit:
+            return False
+        counts[client_ip] = open_now + 1
+        return True
+
+    def release(self, client_ip: str) -> None:
+        """A connection counted by `admit` closed."""
+        counts = self.client_connections
+        left = counts[client_ip] - 1
+        if left:
+            counts[client_ip] = left
+        else:
+            del counts[client_ip]
+
     def forget(self, conn: ClientConnection | TcpClientConnection) -> None:
         """A client connection closed."""
         self.connections.discard(conn)

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from portico.config.routes import Routes
+from portico.config.routes import HeaderName, Routes
 from portico.config.tls import TlsConfig
 from portico.config.units import (
     Address,
@@ -139,15 +139,6 @@ Name = Annotated[str, AfterValidator(_check_name)]
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _TOKEN_RE = re.compile(_TOKEN)
 _HASH_KEY = re.compile(rf"client_ip|path|(?:header|cookie):{_TOKEN}")
-
-
-def _check_header_name(value: str) -> str:
-    if not _TOKEN_RE.fullmatch(value):
-        raise ValueError(f"{show(value)} is not a valid header name")
-    return value
-
-
-HeaderName = Annotated[str, AfterValidator(_check_header_name)]
 
 
 def _check_hash_key(value: str) -> str:

@@ -127,13 +127,10 @@ class ClientConnection(asyncio.Protocol):
             self._proxy_header = b""  # a PROXY header comes first
         limit = self.settings.max_conns_per_client
         if limit:
-            counts = self.worker.client_connections
-            open_now = counts.get(self.client_ip, 0)
-            if open_now >= limit:
+            if not self.worker.admit(self.client_ip, limit):
                 self._closed = True  # refused at accept: never counted, never parsed
                 cast(asyncio.Transport, transport).abort()
                 return
-            counts[self.client_ip] = open_now + 1
             self._counted = True
         self.worker.remember(self)
         self.worker.stats.connection_opened(self.settings.name)
@@ -141,12 +138,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
-            counts = self.worker.client_connections
-            left = counts[self.client_ip] - 1
-            if left:
-                counts[self.client_ip] = left
-            else:
-                del counts[self.client_ip]
+            self.worker.release(self.client_ip)
         if self._closed and not self._counted and self.active is None:
             return  # refused at accept
         self._closed = True

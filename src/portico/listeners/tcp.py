@@ -95,13 +95,10 @@ class TcpClientConnection(asyncio.Protocol):
             self.destination = (local[0], local[1])
         limit = self.settings.max_conns_per_client
         if limit:
-            counts = self.worker.client_connections
-            open_now = counts.get(self.client_ip, 0)
-            if open_now >= limit:
+            if not self.worker.admit(self.client_ip, limit):
                 self._done = True  # refused at accept: never counted, never relayed
                 self.transport.abort()
                 return
-            counts[self.client_ip] = open_now + 1
             self._counted = True
         self.worker.remember(self)
         self.worker.stats.connection_opened(self.settings.name)
@@ -267,12 +264,7 @@ class TcpClientConnection(asyncio.Protocol):
             return
         self._done = True
         if self._counted:
-            counts = self.worker.client_connections
-            left = counts[self.client_ip] - 1
-            if left:
-                counts[self.client_ip] = left
-            else:
-                del counts[self.client_ip]
+            self.worker.release(self.client_ip)
         self.worker.forget(self)
         self.worker.stats.connection_closed(self.settings.name)
 
