@@ -137,7 +137,6 @@ Name = Annotated[str, AfterValidator(_check_name)]
 
 # RFC 9110 token: the characters allowed in a header field name (and in a cookie name).
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_TOKEN_RE = re.compile(_TOKEN)
 _HASH_KEY = re.compile(rf"client_ip|path|(?:header|cookie):{_TOKEN}")
 
 
