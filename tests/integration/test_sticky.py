@@ -94,3 +94,37 @@ def test_a_short_or_missing_secret_is_a_config_error_with_its_path() -> None:
         text = str(caught.value)
         assert "pools.app.sticky" in text
         assert message in text
+
+
+def test_prefix_mode_tags_the_application_session_cookie(backends, portico) -> None:
+    from fakes import Reply
+
+    def session(name: str):  # type: ignore[no-untyped-def]
+        def handler(seen):  # type: ignore[no-untyped-def]
+            if seen.header("Cookie") is None:
+                return Reply(
+                    body=name.encode(), headers=[("Set-Cookie", f"JSESSIONID={name}-s1; Path=/")]
+                )
+            return Reply(body=name.encode())
+
+        return handler
+
+    pool = [backends(f"b{i}", session(f"b{i}")) for i in range(3)]
+    proxy = portico(
+        _config(pool).replace("sticky: {cookie: SRV,", "sticky: {mode: prefix, cookie: JSESSIONID,")
+    )
+    first = request(proxy.port)
+    server = first.header("X-Backend")
+    set_cookie = first.header("Set-Cookie")
+    assert set_cookie is not None
+    pair, _, attributes = set_cookie.partition(";")
+    assert attributes.strip() == "Path=/"  # the application's own attributes are kept
+    name, value = pair.split("=", 1)
+    assert name == "JSESSIONID"
+    assert value.endswith(f"~{server}-s1")  # <server token>~<the application's value>
+    assert server not in value.split("~")[0]
+    for _ in range(10):
+        again = request(proxy.port, headers={"Cookie": pair})
+        assert again.header("X-Backend") == server
+    sticky_backend = next(b for b in pool if b.name == server)
+    assert sticky_backend.seen[-1].header("Cookie") == f"JSESSIONID={server}-s1"  # token off

@@ -498,7 +498,8 @@ class StickyConfig(_Model):
     server by an opaque, signed token; a client presenting it returns to that server while it
     is fit for traffic. Instances sharing the secret agree on every cookie."""
 
-    cookie: HeaderName = "PORTICO_SRV"
+    mode: Literal["insert", "prefix"] = "insert"  # prefix: tag the application's own cookie
+    cookie: HeaderName = "PORTICO_SRV"  # prefix mode: the application's cookie (JSESSIONID)
     secret: str | None = None  # at least 16 bytes; or secret_env
     secret_env: str | None = None  # the environment variable holding the secret
     max_age: _MaxConns | None = None  # seconds; None: a session cookie, never expired by us

@@ -265,6 +265,8 @@ class Exchange:
         sticky = pool.sticky
         if sticky is not None and not self._tried:
             self._sticky_server = sticky.server_of(self.headers, pool.backends)
+            if sticky.prefix_mode and self._upstream_head is None:
+                self.head.headers = sticky.strip_prefix(self.head.headers)
         if pool.queue and not self._dequeued:
             backend: BackendState | str | None = FULL  # wait behind those already waiting
         else:
@@ -506,9 +508,12 @@ class Exchange:
             out = [*out, *client.settings.response_headers]
         sticky = self._pool.sticky
         name = self._backend_name
-        if sticky is not None and name is not None and self._sticky_server != name:
-            # a new client, or its server is gone: it sticks to this one from now on
-            out = [*out, sticky.set_cookie(name)]
+        if sticky is not None and name is not None:
+            if sticky.prefix_mode:
+                out = sticky.prefix_response(out, name)
+            elif self._sticky_server != name:
+                # a new client, or its server is gone: it sticks to this one from now on
+                out = [*out, sticky.set_cookie(name)]
         kind = head.kind
         is_11 = self.version == "1.1"
         keep = self.keep_alive and self.request_complete and not client.draining

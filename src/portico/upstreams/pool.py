@@ -25,7 +25,11 @@ from portico.persistence.cookie import (
     cookie_value,
     decode,
     encode,
+    prefix_set_cookie,
+    rewrite_cookie,
+    server_token,
     server_tokens,
+    unprefix,
 )
 from portico.upstreams.backend import BackendState
 
@@ -47,11 +51,22 @@ class Sticky:
     """A pool's cookie persistence settings, resolved once; the server tokens follow the
     pool's servers (they change when servers are added or removed at run time)."""
 
-    def __init__(self, name: bytes, secret: bytes, attributes: bytes, max_age: int | None) -> None:
+    def __init__(
+        self,
+        name: bytes,
+        secret: bytes,
+        attributes: bytes,
+        max_age: int | None,
+        prefix_mode: bool = False,
+    ) -> None:
         self.name = name
         self.secret = secret
         self.attributes = attributes
         self.max_age = max_age
+        # prefix mode (HAProxy's `cookie NAME prefix`): no cookie of our own; the server token
+        # is put in front of the application's session cookie, and taken off before the server
+        # sees it
+        self.prefix_mode = prefix_mode
         self._tokens: dict[str, str] = {}
         self._for: tuple[BackendState, ...] | None = None
 
@@ -66,7 +81,13 @@ class Sticky:
             samesite=config.samesite,
         )
         secret = config.resolved_secret().encode()
-        return cls(config.cookie.encode(), secret, attributes, config.max_age)
+        return cls(
+            config.cookie.encode(),
+            secret,
+            attributes,
+            config.max_age,
+            prefix_mode=config.mode == "prefix",
+        )
 
     def server_of(
         self, headers: Sequence[Header], backends: tuple[BackendState, ...]
@@ -77,11 +98,40 @@ class Sticky:
             if key.lower() == b"cookie":
                 found = cookie_value(value, self.name)
                 if found is not None:
-                    if self._for is not backends:
-                        self._tokens = server_tokens((b.name for b in backends), self.secret)
-                        self._for = backends
-                    return decode(found, self.secret, self._tokens, self.max_age, int(time.time()))
+                    tokens = self._tokens_for(backends)
+                    if self.prefix_mode:
+                        parts = unprefix(found)
+                        return tokens.get(parts[0]) if parts is not None else None
+                    return decode(found, self.secret, tokens, self.max_age, int(time.time()))
         return None
+
+    def strip_prefix(self, headers: list[Header]) -> list[Header]:
+        """Prefix mode: the request's headers with the application cookie's own value back."""
+        out = []
+        for key, value in headers:
+            if key.lower() == b"cookie":
+                found = cookie_value(value, self.name)
+                parts = unprefix(found) if found is not None else None
+                if parts is not None:
+                    value = rewrite_cookie(value, self.name, parts[1])
+            out.append((key, value))
+        return out
+
+    def prefix_response(self, headers: list[Header], server: str) -> list[Header]:
+        """Prefix mode: the server token in front of the session cookie the application sets."""
+        token = server_token(server, self.secret)
+        out = []
+        for key, value in headers:
+            if key.lower() == b"set-cookie":
+                value = prefix_set_cookie(value, self.name, token) or value
+            out.append((key, value))
+        return out
+
+    def _tokens_for(self, backends: tuple[BackendState, ...]) -> dict[str, str]:
+        if self._for is not backends:
+            self._tokens = server_tokens((b.name for b in backends), self.secret)
+            self._for = backends
+        return self._tokens
 
     def set_cookie(self, server: str) -> Header:
         value = encode(server, self.secret, int(time.time())).encode()
