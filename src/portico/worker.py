@@ -34,11 +34,13 @@ from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
 from portico.observe.stats import WorkerStats
+from portico.persistence.stick import StickTable
 from portico.routing import Router
+from portico.state.memory import MemoryStore
 from portico.state.redis_store import RedisStore
 from portico.state.store import StateStore
 from portico.upstreams.backend import BackendState
-from portico.upstreams.pool import Pool
+from portico.upstreams.pool import Pool, StickBinding
 
 log = logging.getLogger("portico.worker")
 
@@ -187,6 +189,16 @@ class Worker:
         state = config.state
         # one store per worker process, used on this loop only
         self.store = RedisStore(state.redis, state.timeout) if state.redis else None
+        memory = MemoryStore(loop.time)
+        for name, pool in self.pools.items():
+            stick = config.pools[name].stick
+            if stick is not None:
+                store = self.store if self.store is not None else memory
+                pool.stick = StickBinding(
+                    StickTable(store, name, stick.ttl, stick.size),
+                    stick.key,
+                    stick.learn_from_response,
+                )
         self.settings = listener_settings(config, self.pools, loop, self.access_logs, self.store)
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []

@@ -81,3 +81,82 @@ def test_redis_down_with_fallback_closed_refuses(backends, redis, portico) -> No
     answer = request(proxy.port, headers={"X-Api-Key": "k2"})
     assert answer.status == 429
     assert answer.header("Retry-After") == "1"
+
+
+def _stick_config(url: str | None, pool: list[FakeBackend]) -> str:
+    state = f"state: {{redis: '{url}', timeout: 200ms}}\n" if url else ""
+    return (
+        "workers: 1\n"
+        f"{state}"
+        "listeners:\n"
+        "  - name: web\n"
+        "    bind: 127.0.0.1:0\n"
+        "    default_pool: app\n"
+        "pools:\n"
+        "  app:\n"
+        "    stick: {key: 'cookie:JSESSIONID', ttl: 10m}\n"
+        "    servers:\n" + pool_yaml(pool)
+    )
+
+
+def _sessions(name: str):  # type: ignore[no-untyped-def]
+    from fakes import Reply
+
+    def handler(seen):  # type: ignore[no-untyped-def]
+        if "JSESSIONID" not in (seen.header("Cookie") or ""):
+            return Reply(
+                body=name.encode(), headers=[("Set-Cookie", f"JSESSIONID=s-{name}; Path=/")]
+            )
+        return Reply(body=name.encode())
+
+    return handler
+
+
+def _wait_for_a_stick_entry(url: str) -> None:
+    import time
+
+    import redis as redis_client
+
+    client = redis_client.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 5
+        while not any(True for _ in client.scan_iter(match="*st*")):
+            assert time.monotonic() < deadline, "no stick-table entry was written"
+    finally:
+        client.close()
+
+
+def test_a_session_learnt_by_one_instance_sticks_through_the_other(
+    backends, redis, tmp_path
+) -> None:
+    pool = [backends(f"b{i}", _sessions(f"b{i}")) for i in range(3)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config = _stick_config(redis.url, pool)
+    with Portico(config, tmp_path / "a") as a, Portico(config, tmp_path / "b") as b:
+        first = request(a.port)
+        server = first.header("X-Backend")
+        cookie = (first.header("Set-Cookie") or "").split(";")[0]
+        assert cookie == f"JSESSIONID=s-{server}"  # the application's cookie, untouched
+        _wait_for_a_stick_entry(redis.url)  # A learns after answering, without delaying it
+        answered = set()
+        for i in range(40):  # learnt in Redis by A: B follows
+            proxy = b if i % 2 == 0 else a
+            answered.add(request(proxy.port, headers={"Cookie": cookie}).header("X-Backend"))
+        assert answered == {server}
+
+
+def test_a_stick_table_without_redis_works_per_worker_and_redis_down_falls_back(
+    backends, redis, portico
+) -> None:
+    pool = [backends(f"b{i}", _sessions(f"b{i}")) for i in range(3)]
+    proxy = portico(_stick_config(redis.url, pool))
+    first = request(proxy.port)
+    cookie = (first.header("Set-Cookie") or "").split(";")[0]
+    assert request(proxy.port, headers={"Cookie": cookie}).header("X-Backend") == first.header(
+        "X-Backend"
+    )
+    redis.stop()
+    # Redis is gone: lookups answer nothing within the timeout, the policy picks: still 200s
+    for _ in range(5):
+        assert request(proxy.port, headers={"Cookie": cookie}).status == 200

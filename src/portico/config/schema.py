@@ -530,6 +530,16 @@ class StickyConfig(_Model):
         return value
 
 
+class StickConfig(_Model):
+    """A stick table (HAProxy's `stick on`): a client key -> the server it was sent to, kept in
+    the state store (shared by every worker and instance with `state.redis`)."""
+
+    key: Annotated[str, AfterValidator(_check_limit_key)]  # client_ip | header:NAME | cookie:NAME
+    ttl: Duration = 1800.0  # an entry unused this long is forgotten
+    size: _MaxConns = 0  # entries kept at most (0: no bound beyond the TTL)
+    learn_from_response: bool = True  # cookie keys: learn from the server's Set-Cookie
+
+
 class PoolConfig(_Model):
     """A named group of servers and how requests are spread over them."""
 
@@ -552,6 +562,7 @@ class PoolConfig(_Model):
     fallback_pool: Name | None = None  # used when every server of this pool is down
     proxy_protocol: Literal["v1", "v2"] | None = None  # send a PROXY header to servers
     sticky: StickyConfig | None = None  # cookie persistence
+    stick: StickConfig | None = None  # stick table on a client key (e.g. the app's session)
 
 
 # ---------------------------------------------------------------------------------------------

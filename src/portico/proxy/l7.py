@@ -30,6 +30,7 @@ from portico.http.headers import (
 from portico.observe.access_log import AccessRecord
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
+from portico.persistence.cookie import set_cookie_value
 from portico.proxy import proxy_protocol
 from portico.proxy.l4 import Relay
 from portico.routing import Route, Router
@@ -42,7 +43,7 @@ from portico.routing.actions import (
     rewrite_path,
 )
 from portico.upstreams.connections import UpstreamConnection
-from portico.upstreams.pool import FULL, Pool
+from portico.upstreams.pool import FULL, Pool, StickBinding
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
@@ -95,6 +96,8 @@ class Exchange:
         "_sent_at",
         "_stale_retried",
         "_started",
+        "_stick_key",
+        "_stick_looked",
         "_sticky_server",
         "_timeouts",
         "_tried",
@@ -159,6 +162,8 @@ class Exchange:
         self._original_target = target
         self._request_id: bytes | None = None
         self._sticky_server: str | None = None  # the server a persistence cookie named
+        self._stick_key: bytes | None = None  # the request's stick-table key
+        self._stick_looked = False
         self._response_edits: RouteActions | None = None
         self._timeouts: tuple[float, float, float] | None = None  # a route's, over the pool's
         self.route: Route | None = None
@@ -262,6 +267,13 @@ class Exchange:
         client = self._client
         pool = self._pool
         now = client.loop.time()
+        stick = pool.stick
+        if stick is not None and not self._tried and not self._stick_looked:
+            self._stick_looked = True
+            key = self._stick_key = stick.key(self.headers, self.target, client.client_ip)
+            if key is not None:
+                tasks.spawn(self._stick_lookup(stick, key))
+                return
         sticky = pool.sticky
         if sticky is not None and not self._tried:
             self._sticky_server = sticky.server_of(self.headers, pool.backends)
@@ -301,6 +313,13 @@ class Exchange:
         else:
             self._reused = False
             tasks.spawn(self._connect(backend))
+
+    async def _stick_lookup(self, stick: StickBinding, key: bytes) -> None:
+        """Ask the stick table (bounded by the store's timeout; a store that is down answers
+        None and the policy picks), then go on choosing a server."""
+        self._sticky_server = await stick.table.lookup(key)
+        if not self.finished:
+            self.start()
 
     def dequeued(self) -> None:
         """A server slot freed while this request waited in the pool's queue."""
@@ -508,6 +527,9 @@ class Exchange:
             out = [*out, *client.settings.response_headers]
         sticky = self._pool.sticky
         name = self._backend_name
+        stick = self._pool.stick
+        if stick is not None and name is not None:
+            self._stick_learn(stick, out, name)
         if sticky is not None and name is not None:
             if sticky.prefix_mode:
                 out = sticky.prefix_response(out, name)
@@ -535,6 +557,23 @@ class Exchange:
             out.append((b"Connection", b"keep-alive"))
         staged = self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, head.reason), out)
         self._head_len = len(staged)
+
+    def _stick_learn(self, stick: StickBinding, headers: list[Header], server: str) -> None:
+        """Remember the client's key -> `server` (without waiting: the response goes on), for
+        the request's own key, or a session cookie the server sets now."""
+        key = self._stick_key
+        if stick.cookie is not None:
+            for name, value in headers:
+                if name.lower() == b"set-cookie":
+                    learnt = set_cookie_value(value, stick.cookie)
+                    if learnt:
+                        key = learnt
+        if not key:
+            return
+        if key != self._stick_key:  # a session the server starts now
+            tasks.spawn(stick.table.learn(key, server))
+        elif self._sticky_server != server:  # unknown so far, or its server is gone
+            tasks.spawn(stick.table.learn(key, server, replacing=self._sticky_server))
 
     def on_response_body(self, data: bytes | memoryview) -> None:
         client = self._client

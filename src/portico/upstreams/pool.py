@@ -31,6 +31,7 @@ from portico.persistence.cookie import (
     server_tokens,
     unprefix,
 )
+from portico.persistence.stick import StickTable
 from portico.upstreams.backend import BackendState
 
 
@@ -138,6 +139,27 @@ class Sticky:
         return (b"Set-Cookie", self.name + b"=" + value + self.attributes)
 
 
+class StickBinding:
+    """A pool's stick table and how a request's key is found (set by the worker, which owns
+    the store)."""
+
+    def __init__(self, table: StickTable, key: str, learn_from_response: bool) -> None:
+        self.table = table
+        self.key_of = key_function(key)
+        kind, _, name = key.partition(":")
+        self.client_ip_only = kind == "client_ip"
+        # a cookie key can be learnt from the server's Set-Cookie (its session starts there)
+        self.cookie = name.encode() if kind == "cookie" and learn_from_response else None
+
+    def key(self, headers: Sequence[Header], path: bytes, client_ip: str) -> bytes | None:
+        """The request's key; None when it has no header or cookie of that name (no fallback
+        to the client address here: a session that has not started yet is not sticky)."""
+        key = self.key_of(headers, path, client_ip)
+        if not self.client_ip_only and key == client_ip.encode():
+            return None
+        return key
+
+
 class Waiter(Protocol):
     """A request waiting in a pool's queue for a server below max_conns."""
 
@@ -190,6 +212,7 @@ class Pool:
         self.fallback = fallback
         self.send_proxy = send_proxy  # "v1" | "v2": a PROXY header opens each connection
         self.sticky = sticky
+        self.stick: StickBinding | None = None  # set by the worker (it owns the state store)
         self.queue: deque[Waiter] = deque()
         # what the policy sees: a new tuple whenever the set changes (the policies cache on it)
         self.available: tuple[BackendState, ...] = self.backends
