@@ -241,6 +241,15 @@ class Worker:
             if pool is not None:
                 pool.remove_backend(message["server"], self.loop.time())
 
+    def store_counters(self, counters: dict[str, list[list[Any]]]) -> None:
+        """The state store's failures and the shared rate limits' fallbacks, for /metrics."""
+        if self.store is not None:
+            counters["store_errors"].append(["redis", self.store.failures + self.store.skipped])
+        for name, settings in self.settings.items():
+            for request_filter in settings.filters:
+                if isinstance(request_filter, SharedRateLimitFilter):
+                    counters["ratelimit_fallbacks"].append([name, request_filter.fallbacks])
+
     def admit(self, client_ip: str, limit: int) -> bool:
         """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it
         (False) when it already has `limit` open in this worker."""
@@ -363,6 +372,7 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
 
     def report() -> None:
         snapshot = worker.stats.snapshot(worker.pools)
+        worker.store_counters(snapshot["counters"])
         with contextlib.suppress(ConnectionError, RuntimeError):  # the supervisor is gone
             writer.write(channel.encode("stats", pid=os.getpid(), stats=snapshot))
 

@@ -59,12 +59,14 @@ def test_two_instances_share_one_limit(backends, redis, tmp_path) -> None:
 
 
 def test_redis_down_falls_back_to_the_local_limiter_and_recovers(backends, redis, portico) -> None:
-    proxy = portico(_config(redis.url, [backends("b")]))
+    proxy = portico("admin: {bind: 127.0.0.1:0}\n" + _config(redis.url, [backends("b")]))
     assert _statuses([proxy.port], 6, "k") == [200] * 5 + [429]
     redis.stop()
     # Redis is gone: this worker's own limiter takes over (a fresh key there: its own burst)
     local = _statuses([proxy.port], 7, "k")
     assert local == [200] * 5 + [429] * 2
+    _wait_for_metric(proxy, "portico_ratelimit_fallbacks_total", 7)  # each one is counted
+    _wait_for_metric(proxy, "portico_store_errors_total", 1)
     redis.start()  # an empty Redis: the shared counts start over
     deadline_ok = False
     for _ in range(50):  # bounded: the store reconnects on its own within its fail-fast window
@@ -81,6 +83,28 @@ def test_redis_down_with_fallback_closed_refuses(backends, redis, portico) -> No
     answer = request(proxy.port, headers={"X-Api-Key": "k2"})
     assert answer.status == 429
     assert answer.header("Retry-After") == "1"
+
+
+def _wait_for_metric(proxy: Portico, name: str, at_least: float) -> None:
+    """Poll /metrics (workers report every second) until `name` reaches `at_least`."""
+    import re
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = int(re.findall(r"admin http://[\d.]+:(\d+)", proxy.ready_line)[0])
+    deadline = time.monotonic() + 10
+    while True:
+        text = request(port, target="/metrics", headers={"Host": "127.0.0.1"}).body.decode()
+        total = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        )
+        if total >= at_least:
+            return
+        assert time.monotonic() < deadline, f"{name} stayed at {total}"
 
 
 def _stick_config(url: str | None, pool: list[FakeBackend]) -> str:

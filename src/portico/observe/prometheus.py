@@ -38,6 +38,14 @@ METRICS: Final[dict[str, tuple[str, str]]] = {
     "connections": ("portico_connections", "Client connections accepted."),
     "ratelimited": ("portico_ratelimited", "Requests refused by a rate limit (429)."),
     "retries": ("portico_retries", "Requests tried again on another server."),
+    "store_errors": (
+        "portico_store_errors",
+        "State store calls that failed, timed out or were skipped while it was down.",
+    ),
+    "ratelimit_fallbacks": (
+        "portico_ratelimit_fallbacks",
+        "Shared rate-limit decisions taken by the fallback while the store was unreachable.",
+    ),
     "backend_requests": (
         "portico_backend_requests",
         "Requests sent to a server, each attempt counted (retries too).",

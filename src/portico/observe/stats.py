@@ -109,6 +109,9 @@ COUNTERS: Final[Mapping[str, Labels]] = {
     "backend_requests": ("pool", "backend"),
     "backend_failures": ("pool", "backend"),
     "backend_ejections": ("pool", "backend"),
+    # filled in by the worker from its state store and shared rate limits
+    "store_errors": ("store",),
+    "ratelimit_fallbacks": ("listener",),
 }
 # Gauges: what is true now, from the living workers only.
 GAUGES: Final[Mapping[str, GaugeSpec]] = {

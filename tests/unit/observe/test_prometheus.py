@@ -29,6 +29,8 @@ EXPECTED = {
     "portico_backend_ejections": ("counter", {"pool", "backend"}),
     "portico_pool_queue_length": ("gauge", {"pool"}),
     "portico_retries": ("counter", {"pool"}),
+    "portico_store_errors": ("counter", {"store"}),
+    "portico_ratelimit_fallbacks": ("counter", {"listener"}),
     "portico_ratelimited": ("counter", {"listener"}),
     "portico_workers": ("gauge", set()),
     # and a few more
