@@ -28,7 +28,8 @@ from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
 from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
-from portico.listeners.http import ClientConnection, HttpListenerSettings
+from portico.listeners.h2 import H2ClientConnection
+from portico.listeners.http import ClientConnection, Http2Settings, HttpListenerSettings
 from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
 from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
@@ -133,6 +134,15 @@ def listener_settings(
                 else None
             ),
             filters=request_filters(listener, loop, store, config.state.rate_limit_fallback),
+            http2=(
+                Http2Settings(
+                    max_concurrent_streams=listener.http2.max_concurrent_streams,
+                    initial_window_size=listener.http2.initial_window_size,
+                    connection_window_size=listener.http2.connection_window_size,
+                )
+                if listener.http2 is not None and listener.http2.enabled
+                else None
+            ),
             max_conns_per_client=listener.max_conns_per_client,
             router=Router.compile(listener.routes, listener.default_pool)
             if listener.routes
@@ -181,7 +191,7 @@ class Worker:
         self.loop = loop
         self.config = config
         self.sockets = sockets
-        self.connections: set[ClientConnection | TcpClientConnection] = set()
+        self.connections: set[ClientConnection | TcpClientConnection | H2ClientConnection] = set()
         self.client_connections: dict[str, int] = {}  # open connections per client address
         self.pools = build_pools(config, loop)
         self.stats = WorkerStats.for_config(config)
@@ -269,13 +279,13 @@ class Worker:
         else:
             del counts[client_ip]
 
-    def forget(self, conn: ClientConnection | TcpClientConnection) -> None:
+    def forget(self, conn: ClientConnection | TcpClientConnection | H2ClientConnection) -> None:
         """A client connection closed."""
         self.connections.discard(conn)
         if not self.connections:
             self.all_closed.set()
 
-    def remember(self, conn: ClientConnection | TcpClientConnection) -> None:
+    def remember(self, conn: ClientConnection | TcpClientConnection | H2ClientConnection) -> None:
         self.connections.add(conn)
         self.all_closed.clear()
 
@@ -290,8 +300,10 @@ class Worker:
                 self.servers.append(server)
                 continue
             settings = self.settings[name]
-            tls = self._listeners[name].tls
-            terminator = build_server_context(tls) if tls is not None else None
+            listener = self._listeners[name]
+            tls = listener.tls
+            http2 = listener.http2 is not None and listener.http2.enabled
+            terminator = build_server_context(tls, http2=http2) if tls is not None else None
             if terminator is not None:
                 self.terminators.append(terminator)
             server = await self.loop.create_server(

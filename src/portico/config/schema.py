@@ -331,6 +331,34 @@ class ProxyProtocolAccept(_Model):
     trusted: tuple[Annotated[str, AfterValidator(_check_network)], ...] = Field(min_length=1)
 
 
+def _http2_shorthand(value: object) -> object:
+    """`http2: true` is `http2: {}` (defaults); `http2: false` is no section."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+def _window_size(value: int) -> int:
+    if not 65_535 <= value <= 2**31 - 1:
+        raise ValueError("must be from 65535 bytes (64KiB - 1) to 2GiB - 1 (RFC 9113 §6.9.2)")
+    return value
+
+
+_WindowSize = Annotated[Size, AfterValidator(_window_size)]
+
+
+class Http2Config(_Model):
+    """HTTP/2 to clients: ALPN "h2" on https listeners, h2c with prior knowledge on http ones.
+    Requests still reach servers over HTTP/1.1 keep-alive pools."""
+
+    enabled: bool = True  # so that `http2: {enabled: false}` turns it off without deleting
+    max_concurrent_streams: Annotated[int, _NoBool, AfterValidator(_between(1, 10_000))] = 100
+    initial_window_size: _WindowSize = 256 * 1024  # per stream, request bodies
+    connection_window_size: _WindowSize = 16 * 1024 * 1024  # all streams of a connection
+
+
 class ListenerConfig(_Model):
     """One listening socket and how requests arriving on it are handled."""
 
@@ -349,6 +377,7 @@ class ListenerConfig(_Model):
     rate_limit: RateLimitConfig | None = None
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
     proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers
+    http2: Annotated[Http2Config | None, BeforeValidator(_http2_shorthand)] = None  # off
     # tcp listeners only
     sni_routes: dict[Annotated[str, AfterValidator(_check_sni_pattern)], Name] | None = None
     on_bad_hello: Literal["default", "close"] = "default"  # unparsable ClientHello with sni_routes
@@ -737,6 +766,21 @@ def check_references(config: Config) -> list[ReferenceIssue]:
         if listener.tls is not None and listener.protocol != "https":
             issues.append(
                 ReferenceIssue(("listeners", i, "tls"), "tls is for protocol: https listeners")
+            )
+        http2 = listener.http2 is not None and listener.http2.enabled
+        if http2 and listener.protocol == "tcp":
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "http2"),
+                    "http2 is for protocol: https (ALPN) or http (h2c) listeners",
+                )
+            )
+        if listener.tls is not None and "h2" in listener.tls.alpn and not http2:
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "tls", "alpn"),
+                    'offers "h2" but HTTP/2 is off on this listener: add `http2: true`',
+                )
             )
         if listener.routes and listener.protocol == "tcp":
             issues.append(ReferenceIssue(("listeners", i, "routes"), "routes need protocol: http"))

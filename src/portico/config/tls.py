@@ -64,7 +64,7 @@ INTERMEDIATE_CIPHERS: Final = ":".join(
 only. 5.7's DHE-RSA suites are gone, so no DH parameters are needed. TLS 1.3 suites are not
 set here: OpenSSL's defaults are the profile's three."""
 
-ALPN_PROTOCOLS: Final[tuple[str, ...]] = ("http/1.1",)
+ALPN_PROTOCOLS: Final[tuple[str, ...]] = ("h2", "http/1.1")
 """Application protocols Portico can speak after the handshake. Offering one it cannot speak
 (h2 before the HTTP/2 codec exists) would break every client that accepts it."""
 
@@ -347,8 +347,6 @@ def _tls_version(value: object) -> object:
 def _check_alpn(value: str) -> str:
     if value not in ALPN_PROTOCOLS:
         speaks = ", ".join(ALPN_PROTOCOLS)
-        if value == "h2":
-            raise ValueError(f'Portico does not speak HTTP/2 ("h2") yet; it speaks: {speaks}')
         raise ValueError(f"{show(value)} is not a protocol Portico speaks: use {speaks}")
     return value
 

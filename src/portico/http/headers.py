@@ -177,9 +177,8 @@ class ResponseHead:
     """A response head, sorted as the parser reports each header (it is the parser's callback
     object): end-to-end headers minus hidden ones, framing, keep-alive. Pure: no I/O.
 
-    Trailer fields of a chunked body reach `on_header` too, after `finish`: they land in
-    `headers`, which was serialised for the client before any trailer arrived, so they are
-    dropped (Portico does not forward trailers)."""
+    Trailer fields of a chunked body reach `on_header` too, after `finish`: they land at the
+    end of `headers` (the upstream connection knows where the head's fields ended)."""
 
     __slots__ = (
         "_hide",
@@ -247,6 +246,44 @@ class ResponseHead:
             self.length = self._length or 0
         elif kind is BodyKind.CLOSE:
             self.keep_alive = False
+
+
+# Fields a sender must not put in a trailer section, or that a recipient must not merge from
+# one (RFC 9110 §6.5.1): framing, routing, authentication, response control, content meta.
+_NOT_IN_TRAILERS = frozenset(
+    {
+        b"age",
+        b"authorization",
+        b"cache-control",
+        b"content-encoding",
+        b"content-length",
+        b"content-range",
+        b"content-type",
+        b"cookie",
+        b"date",
+        b"expires",
+        b"host",
+        b"location",
+        b"proxy-authenticate",
+        b"retry-after",
+        b"set-cookie",
+        b"trailer",
+        b"transfer-encoding",
+        b"vary",
+        b"www-authenticate",
+    }
+)
+
+
+def trailer_fields(fields: Sequence[Header]) -> list[Header]:
+    """The fields of a server's trailer section that may be passed on (names lower-case,
+    as HTTP/2 wants them and HTTP/1.1 allows)."""
+    out = []
+    for name, value in fields:
+        low = name.lower()
+        if low not in _NOT_IN_TRAILERS and low not in HOP_BY_HOP:
+            out.append((low, value))
+    return out
 
 
 _TOKENS_MEMO: dict[bytes, frozenset[bytes]] = {}

@@ -18,6 +18,7 @@ import httptools
 
 from portico.http.errors import client_error
 from portico.http.headers import BodyKind, Header, RequestHead, split_request_headers
+from portico.listeners.h2 import PREFACE, H2ClientConnection
 from portico.listeners.tcp import Network, is_trusted
 from portico.listeners.tls import peer_subject
 from portico.proxy import proxy_protocol
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
     from portico.observe.access_log import AccessLogWriter
     from portico.routing import Router
     from portico.worker import Worker
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """HTTP/2 on a listener: offered by ALPN on TLS, by prior knowledge (h2c) on plain TCP."""
+
+    max_concurrent_streams: int = 100
+    initial_window_size: int = 256 * 1024  # per stream: request body bytes a client may send ahead
+    connection_window_size: int = 16 * 1024 * 1024  # all streams of a connection together
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,7 @@ class HttpListenerSettings:
     access_log: AccessLogWriter | None = None
     proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
     max_conns_per_client: int = 0  # 0 = no limit
+    http2: Http2Settings | None = None  # None: HTTP/1.x only
 
 
 HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
@@ -94,6 +105,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_subject: str | None = None  # mTLS: the verified certificate's subject
         self._proxy_header: bytes | None = None  # bytes of a PROXY header still expected
         self.tunneled = False
+        self._sniff_h2c = False  # h2c: the first bytes may be the HTTP/2 preface
         # the request being parsed
         self._url = b""
         self._headers: list[Header] = []
@@ -120,21 +132,48 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = peer[0]
-        if self.settings.client_subject:
-            self.client_subject = peer_subject(transport.get_extra_info("ssl_object"))
-        trusted = self.settings.proxy_trusted
+        settings = self.settings
+        ssl_object = transport.get_extra_info("ssl_object") if settings.proto == b"https" else None
+        if settings.client_subject:
+            self.client_subject = peer_subject(ssl_object)
+        if settings.http2 is not None:
+            if ssl_object is None:
+                self._sniff_h2c = True
+            elif ssl_object.selected_alpn_protocol() == "h2":
+                self._proxy_header = None
+                if self._admit():
+                    self._switch_to_h2(b"")
+                return
+        trusted = settings.proxy_trusted
         if trusted is not None and is_trusted(self.client_ip, trusted):
             self._proxy_header = b""  # a PROXY header comes first
+        if self._admit():
+            self._deadline.set(settings.header_timeout)
+
+    def _admit(self) -> bool:
+        """Count the connection, or refuse it at accept (`max_conns_per_client`)."""
         limit = self.settings.max_conns_per_client
         if limit:
             if not self.worker.admit(self.client_ip, limit):
                 self._closed = True  # refused at accept: never counted, never parsed
-                cast(asyncio.Transport, transport).abort()
-                return
+                assert self.transport is not None
+                self.transport.abort()
+                return False
             self._counted = True
         self.worker.remember(self)
         self.worker.stats.connection_opened(self.settings.name)
-        self._deadline.set(self.settings.header_timeout)
+        return True
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        """The client speaks HTTP/2: an `H2ClientConnection` takes the connection over, as
+        counted and admitted here."""
+        transport = self.transport
+        assert transport is not None
+        self._closed = True
+        self._deadline.cancel()
+        self.worker.forget(self)
+        h2 = H2ClientConnection(self.settings, self.worker)
+        h2.adopt(transport, self.client_ip, self.client_subject, self._counted, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
@@ -155,6 +194,10 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._proxy_header is not None:
             data = self._read_proxy_header(data)
+            if not data:
+                return
+        if self._sniff_h2c:
+            data = self._sniff(data)
             if not data:
                 return
         if self._lingering:
@@ -326,6 +369,8 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.writelines(parts)
 
+    answer = write  # Portico's own answers are HTTP/1.1 bytes already
+
     def block_reading(self, reason: int) -> None:
         self._block(reason)
 
@@ -438,6 +483,20 @@ class ClientConnection(asyncio.Protocol):
         if result.source is not None:
             self.client_ip = result.source[0]
         return buffer[result.length :]
+
+    def _sniff(self, data: bytes) -> bytes:
+        """h2c with prior knowledge: a connection whose first bytes are the HTTP/2 preface
+        is handed to HTTP/2; anything else is HTTP/1.x. Returns the bytes left for HTTP/1.x."""
+        buffered = self.early + data
+        if len(buffered) < len(PREFACE) and PREFACE.startswith(buffered):
+            self.early = buffered  # a preface split across reads: wait for the rest
+            return b""
+        self._sniff_h2c = False
+        self.early = b""
+        if buffered.startswith(PREFACE):
+            self._switch_to_h2(buffered)
+            return b""
+        return buffered
 
     def _absolute_target(self, target: bytes, head: RequestHead) -> bytes:
         """Absolute-form (RFC 9112 §3.2.2): its authority replaces Host; forward origin-form."""

@@ -37,6 +37,10 @@ METRICS: Final[dict[str, tuple[str, str]]] = {
     "bytes_sent": ("portico_bytes_sent", "Bytes written to clients."),
     "connections": ("portico_connections", "Client connections accepted."),
     "ratelimited": ("portico_ratelimited", "Requests refused by a rate limit (429)."),
+    "h2_abuse": (
+        "portico_h2_abuse",
+        "HTTP/2 connections closed for abuse (rapid reset, control-frame floods).",
+    ),
     "retries": ("portico_retries", "Requests tried again on another server."),
     "store_errors": (
         "portico_store_errors",

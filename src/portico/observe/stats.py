@@ -105,6 +105,7 @@ COUNTERS: Final[Mapping[str, Labels]] = {
     "bytes_sent": ("listener",),
     "connections": ("listener",),
     "ratelimited": ("listener",),
+    "h2_abuse": ("listener",),
     "retries": ("pool",),
     "backend_requests": ("pool", "backend"),
     "backend_failures": ("pool", "backend"),
@@ -201,6 +202,7 @@ class _Listener:
         "bytes_out",
         "connections",
         "durations",
+        "h2_abuse",
         "ratelimited",
         "requests",
     )
@@ -211,6 +213,7 @@ class _Listener:
         self.bytes_in = 0
         self.bytes_out = 0
         self.ratelimited = 0
+        self.h2_abuse = 0
         # route -> pool -> server -> requests per status class (indexed as CODE_CLASSES)
         self.requests: dict[str, dict[str, dict[str, list[int]]]] = {}
         self.durations: dict[str, Histogram] = {}  # pool -> request durations
@@ -327,6 +330,13 @@ class WorkerStats:
             entry = self._listener(listener)
         entry.ratelimited += 1
 
+    def h2_abuse(self, listener: str) -> None:
+        """An HTTP/2 connection was closed for abuse (rapid reset, a control-frame flood)."""
+        entry = self._listeners.get(listener)
+        if entry is None:
+            entry = self._listener(listener)
+        entry.h2_abuse += 1
+
     def connection_opened(self, listener: str) -> None:
         entry = self._listeners.get(listener)
         if entry is None:
@@ -393,6 +403,7 @@ class WorkerStats:
             counters["bytes_sent"].append([name, entry.bytes_out])
             counters["connections"].append([name, entry.connections])
             counters["ratelimited"].append([name, entry.ratelimited])
+            counters["h2_abuse"].append([name, entry.h2_abuse])
             gauges["active_connections"].append([name, entry.active])
             for route, by_pool in entry.requests.items():
                 for pool, by_server in by_pool.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from portico import tasks
 from portico.http.errors import client_error, upstream_error
@@ -47,8 +47,9 @@ from portico.upstreams.pool import FULL, Pool, StickBinding
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
-    from portico.listeners.http import ClientConnection
+    from portico.listeners.http import HttpListenerSettings
     from portico.upstreams.backend import BackendState
+    from portico.worker import Worker
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
@@ -65,6 +66,42 @@ BLOCK_QUEUED = 1  # a pipelined request waits for the one before it
 BLOCK_UPSTREAM = 2  # the server is not taking the request body as fast as the client sends it
 BLOCK_PENDING = 4  # body bytes are buffered while the server connection is being set up
 BLOCK_DONE = 8  # nothing more will be read on this connection
+
+
+class ClientSide(Protocol):
+    """What an exchange needs of the client it answers: an HTTP/1.x connection
+    (`portico.listeners.http.ClientConnection`) or one HTTP/2 stream
+    (`portico.listeners.h2.H2Stream`)."""
+
+    forwarding_memo: tuple[bytes | None, list[Header]] | None  # (Host, forwarding headers)
+    write_paused: bool
+
+    @property
+    def settings(self) -> HttpListenerSettings: ...
+    @property
+    def worker(self) -> Worker: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+    @property
+    def client_ip(self) -> str: ...
+    @property
+    def client_subject(self) -> str | None: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def early(self) -> bytes: ...
+
+    def write(self, data: bytes | memoryview) -> None: ...
+    def writelines(self, parts: list[bytes | memoryview]) -> None: ...
+    def answer(self, answer: bytes) -> None: ...
+    def block_reading(self, reason: int) -> None: ...
+    def unblock_reading(self, reason: int) -> None: ...
+    def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None: ...
+    def abort(self) -> None: ...
+    def hand_over(self) -> asyncio.Transport: ...
+    def tunnel_closed(self) -> None: ...
 
 
 class Exchange:
@@ -118,7 +155,7 @@ class Exchange:
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: ClientSide,
         method: bytes,
         target: bytes,
         version: str,
@@ -176,7 +213,7 @@ class Exchange:
         self.finished = False
 
     @property
-    def client(self) -> ClientConnection:
+    def client(self) -> ClientSide:
         return self._client
 
     # -- request phases ----------------------------------------------------------------------
@@ -492,13 +529,7 @@ class Exchange:
             return
         self._drop_upstream()
         self._release_backend(failed=None)
-        answer = client_error(status)
-        self._client.write(answer)
-        self.status = status
-        self._head_len = len(answer)
-        self.finished = True
-        self._done(status)
-        self._client.exchange_done(self, False, linger=True)
+        self._answer(client_error(status), status, False, linger=True)
 
     # -- response, from the server (ResponseSink) ----------------------------------------------
 
@@ -508,6 +539,34 @@ class Exchange:
             self._client.write(serialize_head(line, head.headers))
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
+        out = self._response_headers(status, head)
+        client = self._client
+        kind = head.kind
+        is_11 = self.version == "1.1"
+        keep = self.keep_alive and self.request_complete and not client.draining
+        if kind is BodyKind.LENGTH:
+            out.append((b"Content-Length", b"%d" % head.length))
+        elif kind is BodyKind.NONE:
+            if head.declared_length is not None and status >= 200 and status != 204:
+                out.append((b"Content-Length", head.declared_length))  # HEAD, 304: the GET's
+        elif is_11:
+            self._chunked_out = True
+            te = head.te if kind is BodyKind.CHUNKED else None
+            out.append((b"Transfer-Encoding", te or b"chunked"))
+        else:
+            keep = False  # an HTTP/1.0 client reads this body until the connection closes
+        if not keep:
+            self.keep_alive = False
+            out.append((b"Connection", b"close"))
+        elif not is_11:
+            out.append((b"Connection", b"keep-alive"))
+        staged = self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, head.reason), out)
+        self._head_len = len(staged)
+
+    def _response_headers(self, status: int, head: ResponseHead) -> list[Header]:
+        """What every response gets whatever the client speaks: observations of the server,
+        the route's and listener's header edits, persistence cookies. Returns the end-to-end
+        fields to send; framing is the caller's."""
         client = self._client
         backend = self._backend
         if client.settings.access_log is not None:
@@ -536,27 +595,7 @@ class Exchange:
             elif self._sticky_server != name:
                 # a new client, or its server is gone: it sticks to this one from now on
                 out = [*out, sticky.set_cookie(name)]
-        kind = head.kind
-        is_11 = self.version == "1.1"
-        keep = self.keep_alive and self.request_complete and not client.draining
-        if kind is BodyKind.LENGTH:
-            out.append((b"Content-Length", b"%d" % head.length))
-        elif kind is BodyKind.NONE:
-            if head.declared_length is not None and status >= 200 and status != 204:
-                out.append((b"Content-Length", head.declared_length))  # HEAD, 304: the GET's
-        elif is_11:
-            self._chunked_out = True
-            te = head.te if kind is BodyKind.CHUNKED else None
-            out.append((b"Transfer-Encoding", te or b"chunked"))
-        else:
-            keep = False  # an HTTP/1.0 client reads this body until the connection closes
-        if not keep:
-            self.keep_alive = False
-            out.append((b"Connection", b"close"))
-        elif not is_11:
-            out.append((b"Connection", b"keep-alive"))
-        staged = self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, head.reason), out)
-        self._head_len = len(staged)
+        return out
 
     def _stick_learn(self, stick: StickBinding, headers: list[Header], server: str) -> None:
         """Remember the client's key -> `server` (without waiting: the response goes on), for
@@ -597,14 +636,22 @@ class Exchange:
             self._head = None
             self._response_started = True
 
-    def on_response_end(self) -> None:
-        client = self._client
+    def on_response_trailers(self, fields: list[Header]) -> None:
+        """A chunked response ended with trailer fields: an HTTP/1.1 client gets them in its
+        own chunked framing (an HTTP/1.0 one has nowhere to put them)."""
+        if not self._chunked_out:
+            return
+        end = serialize_head(b"0", fields)
         head = self._head
         if head is not None:
             self._head = None
-            client.write(head + _CHUNK_END if self._chunked_out else head)
-        elif self._chunked_out:
-            client.write(_CHUNK_END)
+            end = head + end
+        self._client.write(end)
+        self._chunked_out = False  # the last chunk is written
+
+    def on_response_end(self) -> None:
+        client = self._client
+        self._write_end()
         self._response_started = True
         upstream, self._upstream = self._upstream, None
         backend = self._backend
@@ -648,6 +695,14 @@ class Exchange:
             self._retry_or_fail(502, counts=True)
         else:
             self._respond_error(504 if timed_out else 502)
+
+    def _write_end(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._client.write(head + _CHUNK_END if self._chunked_out else head)
+        elif self._chunked_out:
+            self._client.write(_CHUNK_END)
 
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         """The server answered 101: relay it, then tunnel bytes both ways until either ends."""
@@ -734,22 +789,21 @@ class Exchange:
         if not keep:
             self.keep_alive = False
         written = answer if keep else answer.replace(b"\r\n\r\n", _CLOSE_END, 1)
-        self._client.write(written)
-        self.status = int(answer[9:12])
-        self._head_len = len(written)
-        self.finished = True
-        self._done(self.status)
-        self._client.exchange_done(self, keep)
+        self._answer(written, int(answer[9:12]), keep)
 
     def _respond_error(self, status: int) -> None:
         keep = self.keep_alive and self.request_complete and not self._client.draining
-        answer = upstream_error(status, close=not keep)
-        self._client.write(answer)
+        self._answer(upstream_error(status, close=not keep), status, keep)
+
+    def _answer(self, answer: bytes, status: int, keep: bool, linger: bool = False) -> None:
+        """Portico answers itself (an error, a filter's or a route's answer): the whole
+        response in one piece, Portico's own HTTP/1.1 bytes."""
+        self._client.answer(answer)
         self.status = status
         self._head_len = len(answer)
         self.finished = True
         self._done(status)
-        self._client.exchange_done(self, keep)
+        self._client.exchange_done(self, keep, linger)
 
     def _abort(self) -> None:
         if not self.finished:
@@ -844,7 +898,7 @@ class _TunnelOwner:
 
     __slots__ = ("_client",)
 
-    def __init__(self, client: ClientConnection) -> None:
+    def __init__(self, client: ClientSide) -> None:
         self._client = client
 
     def upstream_ready(self) -> None:  # the server connection was up before the relay

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from portico.http.headers import BodyKind, ResponseHead
+from portico.http.headers import BodyKind, Header, ResponseHead, trailer_fields
 from portico.timers import Deadline
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ class ResponseSink(Protocol):
     def on_response_head(self, status: int, head: ResponseHead) -> None: ...
 
     def on_response_body(self, data: bytes | memoryview) -> None: ...
+
+    def on_response_trailers(self, fields: list[Header]) -> None: ...
 
     def on_response_end(self) -> None: ...
 
@@ -87,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = True
         self._got_bytes = False
         self._chunked_done = False
+        self._chunked_head: ResponseHead | None = None  # a chunked response's, for trailers
+        self._trailers_at = 0  # its fields before this index are the head's, after: trailers
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -313,6 +317,8 @@ class UpstreamConnection(asyncio.Protocol):
             elif kind is BodyKind.CHUNKED:
                 self._state = _CHUNKED
                 self._parser = parser
+                self._chunked_head = head
+                self._trailers_at = len(head.headers)
                 if rest:
                     self._feed_chunked(rest)
             else:
@@ -348,6 +354,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._chunked_done:
             # finished only after the parser returned: the sink may reuse this connection at once
             self._parser = None
+            head, self._chunked_head = self._chunked_head, None
+            if head is not None and len(head.headers) > self._trailers_at:
+                fields = trailer_fields(head.headers[self._trailers_at :])
+                if fields and self.sink is not None:
+                    self.sink.on_response_trailers(fields)
             self._finish()
 
     # -- endings -----------------------------------------------------------------------------

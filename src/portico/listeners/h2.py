@@ -1,0 +1,734 @@
+"""The client side of an HTTP/2 connection (RFC 9113): one protocol object per connection,
+one `H2Stream` per request.
+
+Owns: the h2 library's connection state machine (frames, HPACK, flow-control arithmetic,
+protocol errors), turning each request stream into an `H2Exchange` that goes to the same
+HTTP/1.1 server pools as any other request, flow control both ways, the connection's
+timeouts, graceful GOAWAY on drain, and the defences against known HTTP/2 attacks
+(`portico.http.h2.FloodGuard`: rapid reset, ping/settings floods, window-update showers;
+CONTINUATION floods and HPACK bombs are bounded by h2 itself and by the header-list limit).
+
+Flow control, both ways, with bounded memory:
+- Client to server: a DATA frame is acknowledged (so the client may send more) only once the
+  exchange has taken it and is not holding the client back; a stream whose server is slow
+  stops getting window, the others go on.
+- Server to client: each stream queues what its server sends and writes it as the stream's
+  and the connection's windows allow; past `STREAM_BUFFER` queued bytes the stream stops
+  reading its server. When the socket itself is full, no stream writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    UnknownFrameReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from portico.http.errors import client_error
+from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request, split_answer
+from portico.http.headers import BodyKind, Header, split_request_headers
+from portico.proxy.h2 import H2Exchange
+from portico.timers import Deadline
+
+if TYPE_CHECKING:
+    from portico.listeners.http import HttpListenerSettings
+    from portico.proxy.l7 import Exchange
+    from portico.worker import Worker
+
+log = logging.getLogger("portico.h2")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+STREAM_BUFFER = 256 * 1024  # response bytes queued per stream before its server is paused
+STREAM_RESUME = 64 * 1024  # ... and resumed below this
+CONTROL_BACKLOG = 4 * 1024 * 1024  # unsent bytes while the socket is full: a client not reading
+HEADER_SLACK = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
+
+
+class H2Stream:
+    """One request stream: the client side an `Exchange` answers (`ClientSide`)."""
+
+    __slots__ = (
+        "_blocked",
+        "_deadline",
+        "_end_pending",
+        "_pending",
+        "_pending_size",
+        "_trailers",
+        "_unacked",
+        "closed",
+        "conn",
+        "exchange",
+        "head_only",
+        "request_done",
+        "response_done",
+        "stream_id",
+        "write_paused",
+    )
+
+    # never true of a stream: connections drain, streams finish
+    draining = False
+    early = b""
+
+    def __init__(self, conn: H2ClientConnection, stream_id: int, method: bytes) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.head_only = method == b"HEAD"
+        self.exchange: Exchange | None = None
+        self.write_paused = False
+        self.request_done = False  # the client ended its side
+        self.response_done = False  # END_STREAM is queued on our side
+        self.closed = False
+        self._blocked = 0  # BLOCK_* reasons the exchange gave for not taking more body
+        self._unacked = 0  # body bytes received but not yet given back as window
+        self._pending: deque[bytes | memoryview] = deque()
+        self._pending_size = 0
+        self._end_pending = False
+        self._trailers: list[Header] | None = None  # sent after the body, with END_STREAM
+        self._deadline = Deadline(conn.loop, self._on_timeout)
+
+    # -- what an exchange reads of its client ----------------------------------------------------
+
+    @property
+    def settings(self) -> HttpListenerSettings:
+        return self.conn.settings
+
+    @property
+    def worker(self) -> Worker:
+        return self.conn.worker
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.conn.loop
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.conn.transport
+
+    @property
+    def client_ip(self) -> str:
+        return self.conn.client_ip
+
+    @property
+    def client_subject(self) -> str | None:
+        return self.conn.client_subject
+
+    @property
+    def forwarding_memo(self) -> tuple[bytes | None, list[Header]] | None:
+        return self.conn.forwarding_memo
+
+    @forwarding_memo.setter
+    def forwarding_memo(self, value: tuple[bytes | None, list[Header]] | None) -> None:
+        self.conn.forwarding_memo = value
+
+    # -- the response, from the exchange ---------------------------------------------------------
+
+    def send_headers(self, fields: list[Header], *, end: bool) -> None:
+        if self.closed:
+            return
+        conn = self.conn
+        conn.h2.send_headers(self.stream_id, fields, end_stream=end)
+        if end:
+            self._sent_end()
+        conn.flush()
+
+    def send_data(self, data: bytes | memoryview) -> None:
+        if self.closed or self.head_only:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        self.push()
+        if not self.write_paused and self._pending_size > STREAM_BUFFER:
+            self.write_paused = True
+            self._deadline.set(self.conn.settings.send_timeout)
+            exchange = self.exchange
+            if exchange is not None:
+                exchange.client_writable(False)
+
+    def send_trailers(self, fields: list[Header]) -> None:
+        """End the stream with a trailer section, once the body before it is out."""
+        if self.closed or self.response_done:
+            return
+        self._trailers = fields
+        self._end_pending = True
+        self.push()
+
+    def send_end(self) -> None:
+        if self.closed or self.response_done:
+            return
+        self._end_pending = True
+        self.push()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.send_data(data)
+
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
+        for part in parts:
+            self.send_data(part)
+
+    def answer(self, answer: bytes) -> None:
+        """Portico's own answer (an error, a redirect, a 429, a fixed page), whole."""
+        status, fields, body = split_answer(answer)
+        fields.insert(0, (b":status", b"%d" % status))
+        if not body or self.head_only:
+            self.send_headers(fields, end=True)
+            return
+        self.send_headers(fields, end=False)
+        self.send_data(body)
+        self.send_end()
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None:
+        """The exchange wrote its whole response (it may still wait here for window)."""
+
+    def abort(self) -> None:
+        """The response cannot be completed: reset this stream only."""
+        self.reset(ErrorCodes.INTERNAL_ERROR)
+
+    def hand_over(self) -> asyncio.Transport:
+        raise RuntimeError("an HTTP/2 stream is never upgraded")  # Upgrade is refused first
+
+    def tunnel_closed(self) -> None:
+        pass
+
+    # -- request body flow control -----------------------------------------------------------
+
+    def block_reading(self, reason: int) -> None:
+        self._blocked |= reason
+
+    def unblock_reading(self, reason: int) -> None:
+        self._blocked &= ~reason
+        if not self._blocked and self._unacked and not self.closed:
+            unacked, self._unacked = self._unacked, 0
+            self.conn.acknowledge(self.stream_id, unacked)
+            self.conn.flush()
+
+    # -- from the connection -------------------------------------------------------------------
+
+    def on_data(self, data: bytes, flow_length: int) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.finished:
+            self.conn.acknowledge(self.stream_id, flow_length)  # answered already: discard
+            return
+        exchange.received += len(data)
+        settings = self.conn.settings
+        max_body = settings.max_body_size
+        if max_body and exchange.received > max_body:
+            self.conn.acknowledge(self.stream_id, flow_length)
+            exchange.refuse(413)
+            return
+        if not self.write_paused:
+            self._deadline.set(settings.body_timeout)
+        if data:
+            exchange.request_body(data)
+        if self._blocked:
+            self._unacked += flow_length
+        else:
+            self.conn.acknowledge(self.stream_id, flow_length)
+
+    def on_request_end(self) -> None:
+        self.request_done = True
+        if not self.write_paused:
+            self._deadline.clear()
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished:
+            exchange.request_end()
+        if self.response_done:
+            self._close()
+
+    def on_reset(self) -> None:
+        """The client reset the stream (or the connection is gone): cancel what it asked for."""
+        if self.closed:
+            return
+        self.closed = True
+        self._deadline.cancel()
+        self._pending.clear()
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished:
+            exchange.client_gone()
+        self.conn.stream_closed(self)
+
+    def push(self) -> None:
+        """Write queued response bytes as far as the windows allow."""
+        conn = self.conn
+        if self.closed or conn.write_paused:
+            return
+        h2 = conn.h2
+        stream_id = self.stream_id
+        pending = self._pending
+        frames = 0
+        while pending:
+            window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+            if window <= 0:
+                break
+            chunk = pending[0]
+            if len(chunk) > window:
+                view = memoryview(chunk)
+                pending[0] = view[window:]
+                chunk = view[:window]
+            else:
+                pending.popleft()
+            self._pending_size -= len(chunk)
+            frames += 1
+            h2.send_data(
+                stream_id,
+                chunk,
+                end_stream=not pending and self._end_pending and self._trailers is None,
+            )
+        if frames:
+            conn.guard.data_frame_sent(frames)
+        if self._end_pending and not pending:
+            if self._trailers is not None:
+                h2.send_headers(stream_id, self._trailers, end_stream=True)
+            elif not frames:
+                h2.send_data(stream_id, b"", end_stream=True)
+            self._sent_end()
+        if self.write_paused and self._pending_size <= STREAM_RESUME:
+            self.write_paused = False
+            self._deadline.clear()
+            exchange = self.exchange
+            if exchange is not None:
+                exchange.client_writable(True)
+        conn.flush()
+
+    def reset(self, code: ErrorCodes) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(ProtocolError, StreamClosedError):
+            self.conn.h2.reset_stream(self.stream_id, code)
+        self.closed = True
+        self._deadline.cancel()
+        self._pending.clear()
+        self.conn.stream_closed(self)
+        self.conn.flush()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _sent_end(self) -> None:
+        self.response_done = True
+        self._end_pending = False
+        if self.request_done:
+            self._close()
+        else:
+            # answered before the client finished its request (a refusal, an early answer):
+            # ask it to stop sending, without error (RFC 9113 §8.1)
+            self.reset(ErrorCodes.NO_ERROR)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._deadline.cancel()
+            self.conn.stream_closed(self)
+
+    def _on_timeout(self) -> None:
+        exchange = self.exchange
+        if self.write_paused or exchange is None or exchange.finished:
+            # the client stopped taking this stream's data
+            if exchange is not None and not exchange.finished:
+                exchange.client_gone()
+            self.reset(ErrorCodes.CANCEL)
+        else:
+            exchange.refuse(408)  # the request body stalled
+
+
+class H2ClientConnection(asyncio.Protocol):
+    """One HTTP/2 client connection (after ALPN "h2", or h2c with prior knowledge)."""
+
+    def __init__(self, settings: HttpListenerSettings, worker: Worker) -> None:
+        assert settings.http2 is not None
+        self.settings = settings
+        self.worker = worker
+        self.loop = worker.loop
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = "unknown"
+        self.client_subject: str | None = None
+        self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
+        self.write_paused = False
+        self.streams: dict[int, H2Stream] = {}
+        self.guard = FloodGuard(worker.loop.time())
+        self._closed = False
+        self._lost = False
+        self._opened = False  # counted in stats and known to the worker
+        self._counted = False  # counted against max_conns_per_client
+        self._in_events = False
+        self._flush_scheduled = False
+        self._goaway_at: int | None = None  # the last stream accepted, once draining
+        self._deadline = Deadline(worker.loop, self._on_timeout)
+        http2 = settings.http2
+        self._limits = RequestLimits(
+            settings.max_request_line, settings.max_header_size, settings.max_headers
+        )
+        h2 = self.h2 = H2Connection(
+            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        )
+        h2.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: http2.max_concurrent_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: http2.initial_window_size,
+                SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_size,
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            },
+        )
+        h2.decoder.max_header_list_size = settings.max_header_size + HEADER_SLACK
+        self._dispatch: dict[type[Event], Callable[[Any], None]] = {
+            RequestReceived: self._on_request,
+            DataReceived: self._on_data,
+            StreamEnded: self._on_stream_ended,
+            StreamReset: self._on_stream_reset,
+            WindowUpdated: self._on_window_updated,
+            RemoteSettingsChanged: self._on_settings,
+            PingReceived: self._on_control,
+            PriorityUpdated: self._on_control,
+            UnknownFrameReceived: self._on_control,
+            ConnectionTerminated: self._on_terminated,
+        }
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0]
+        limit = self.settings.max_conns_per_client
+        if limit:
+            if not self.worker.admit(self.client_ip, limit):
+                self._closed = True
+                self.transport.abort()
+                return
+            self._counted = True
+        self.worker.stats.connection_opened(self.settings.name)
+        self._start()
+
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        client_ip: str,
+        client_subject: str | None,
+        counted: bool,
+        data: bytes,
+    ) -> None:
+        """Take over a connection an HTTP/1.x protocol object accepted (after ALPN or the h2c
+        preface): it was counted and admitted already."""
+        self.transport = transport
+        self.client_ip = client_ip
+        self.client_subject = client_subject
+        self._counted = counted
+        transport.set_protocol(self)
+        self._start()
+        if data:
+            self.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closed = True
+        if not self._opened:
+            return  # refused at accept
+        self._drop_streams()
+        if self._counted:
+            self._counted = False
+            self.worker.release(self.client_ip)
+        self.worker.forget(self)
+        self.worker.stats.connection_closed(self.settings.name)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as exc:
+            # h2 has queued a GOAWAY with the error: send it, then close
+            self._fail(f"protocol error: {exc}")
+            return
+        self._in_events = True
+        dispatch = self._dispatch
+        try:
+            for event in events:
+                handler = dispatch.get(type(event))
+                if handler is not None:
+                    handler(event)
+                if self._closed:
+                    return
+        finally:
+            self._in_events = False
+        self._flush_now()
+
+    def eof_received(self) -> bool:
+        return False  # HTTP/2 has no half-close at the connection level: close
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._deadline.set(self.settings.send_timeout)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._idle_or_busy()
+        for stream in list(self.streams.values()):
+            if stream._pending or stream._end_pending:
+                stream.push()
+
+    # -- used by streams -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what h2 has queued, once per turn of the loop: the frames of a response's
+        head, body and end, produced by separate calls, leave in one write."""
+        if self._in_events or self._flush_scheduled or self._closed:
+            return
+        self._flush_scheduled = True
+        self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        data = self.h2.data_to_send()
+        transport = self.transport
+        if data and transport is not None:
+            transport.write(data)
+            if self.write_paused and transport.get_write_buffer_size() > CONTROL_BACKLOG:
+                self._fail("client does not read (control frames piling up)")
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        if size:
+            with contextlib.suppress(ProtocolError, StreamClosedError):
+                self.h2.acknowledge_received_data(size, stream_id)
+
+    def stream_closed(self, stream: H2Stream) -> None:
+        if self.streams.pop(stream.stream_id, None) is not None:
+            self._idle_or_busy()
+
+    def drain(self) -> None:
+        """Shutdown or reload: GOAWAY naming the last stream taken (clients retry later ones
+        elsewhere), finish those, then close."""
+        if self._closed or self._goaway_at is not None:
+            return
+        self._goaway_at = self.h2.highest_inbound_stream_id
+        self._flush_now()  # what h2 queued goes first
+        if self.transport is not None:
+            # written by hand: h2 treats its own GOAWAY as the end of every stream
+            frame = GoAwayFrame(0, last_stream_id=self._goaway_at, error_code=0)
+            self.transport.write(frame.serialize())
+        self._idle_or_busy()
+
+    def abort(self) -> None:
+        """Grace time is over: cut the connection and every stream on it."""
+        self._closed = True
+        self._drop_streams()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _on_request(self, event: RequestReceived) -> None:
+        stream_id = event.stream_id
+        assert stream_id is not None
+        assert event.headers is not None
+        if self._goaway_at is not None and stream_id > self._goaway_at:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self.guard.stream_opened()
+        fields: list[Header] = event.headers
+        request = map_request(fields, self._limits)
+        method = request.method if isinstance(request, H2Request) else b"GET"
+        stream = H2Stream(self, stream_id, method)
+        self.streams[stream_id] = stream
+        self._idle_or_busy()
+        ended = event.stream_ended is not None
+        stream.request_done = ended
+        if isinstance(request, int):
+            stream.answer(client_error(request))
+            return
+        settings = self.settings
+        head = split_request_headers(
+            request.headers,
+            replace_x_forwarded=settings.x_forwarded,
+            replace_forwarded=settings.forwarded,
+        )
+        head.upgrade = None  # h2 refused any Upgrade field already
+        if ended:
+            if head.kind is BodyKind.LENGTH and head.length:
+                stream.answer(client_error(400))  # a length, and no body to match it
+                return
+            head.kind = BodyKind.NONE
+        elif not request.has_length:
+            # a body of unknown length: chunked to the server
+            head.kind = BodyKind.CHUNKED
+            head.te = b"chunked"
+        max_body = settings.max_body_size
+        if max_body and head.kind is BodyKind.LENGTH and head.length > max_body:
+            stream.answer(client_error(413))
+            return
+        exchange = H2Exchange(stream, request.method, request.target, request.headers, head)
+        stream.exchange = exchange
+        if not ended:
+            stream._deadline.set(settings.body_timeout)
+        exchange.begin()
+
+    def _on_data(self, event: DataReceived) -> None:
+        stream_id = event.stream_id
+        assert stream_id is not None
+        data = event.data or b""
+        length = event.flow_controlled_length or 0
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.acknowledge(stream_id, length)
+            return
+        if (
+            not data
+            and event.stream_ended is None
+            and not self.guard.control_frame(self.loop.time())
+        ):
+            self._abuse("empty DATA frames flood")
+            return
+        stream.on_data(data, length)
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id or 0)
+        if stream is not None:
+            stream.on_request_end()
+
+    def _on_stream_reset(self, event: StreamReset) -> None:
+        stream = self.streams.get(event.stream_id or 0)
+        if stream is not None:
+            exchange = stream.exchange
+            if exchange is not None and not exchange.finished and not self.guard.early_reset():
+                stream.on_reset()
+                self._abuse("rapid reset")
+                return
+            stream.on_reset()
+        if not self.guard.control_frame(self.loop.time()):
+            self._abuse("RST_STREAM flood")
+
+    def _on_window_updated(self, event: WindowUpdated) -> None:
+        if not self.guard.window_update():
+            self._abuse("WINDOW_UPDATE flood")
+            return
+        stream_id = event.stream_id
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None and (stream._pending or stream._end_pending):
+                stream.push()
+        else:
+            self._push_all()
+
+    def _on_settings(self, event: RemoteSettingsChanged) -> None:
+        if not self.guard.control_frame(self.loop.time()):
+            self._abuse("SETTINGS flood")
+            return
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._push_all()
+
+    def _on_control(self, event: Event) -> None:
+        if not self.guard.control_frame(self.loop.time()):
+            self._abuse(f"{type(event).__name__} flood")
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        # the client said goodbye: h2 allows nothing more to be sent on any stream
+        self._closed = True
+        self._drop_streams()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._opened = True
+        self.worker.remember(self)
+        h2 = self.h2
+        h2.initiate_connection()
+        window = self.settings.http2.connection_window_size if self.settings.http2 else 0
+        if window > 65535:
+            h2.increment_flow_control_window(window - 65535)
+        self._flush_now()
+        self._deadline.set(self.settings.header_timeout)
+
+    def _push_all(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream._pending or stream._end_pending:
+                stream.push()
+
+    def _idle_or_busy(self) -> None:
+        if self._closed:
+            return
+        if self.streams:
+            if not self.write_paused:
+                self._deadline.clear()
+        elif self._goaway_at is not None:
+            self._close()
+        else:
+            self._deadline.set(self.settings.keepalive_timeout)
+
+    def _on_timeout(self) -> None:
+        if self._closed:
+            return
+        if self.write_paused:
+            self._fail("client stopped reading")
+        elif not self.streams:
+            self._close()
+
+    def _close(self) -> None:
+        """Close cleanly: GOAWAY without error, then close once written."""
+        if self._closed:
+            return
+        with contextlib.suppress(ProtocolError):
+            self.h2.close_connection()
+        self._in_events = False
+        self._flush_now()
+        self._closed = True
+        self._drop_streams()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abuse(self, what: str) -> None:
+        log.warning("HTTP/2 client %s: %s; connection closed", self.client_ip, what)
+        self.worker.stats.h2_abuse(self.settings.name)
+        with contextlib.suppress(ProtocolError):
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._fail(what, quiet=True)
+
+    def _fail(self, why: str, quiet: bool = False) -> None:
+        """Send what h2 queued (its GOAWAY), then close; every stream is cancelled."""
+        if self._closed:
+            return
+        if not quiet:
+            log.info("HTTP/2 client %s: %s; connection closed", self.client_ip, why)
+        self._in_events = False
+        data = self.h2.data_to_send()
+        self._closed = True
+        self._drop_streams()
+        transport = self.transport
+        if transport is not None:
+            if data and transport.get_write_buffer_size() < CONTROL_BACKLOG:
+                transport.write(data)
+                transport.close()
+            else:
+                transport.abort()
+
+    def _drop_streams(self) -> None:
+        self._deadline.cancel()
+        for stream in list(self.streams.values()):
+            stream.on_reset()
+        self.streams.clear()
