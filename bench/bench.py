@@ -11,8 +11,12 @@ Standard library only. Entry point: ``bench/run`` (see bench/README.md). What it
 4. for each target in turn: starts it pinned to the proxy core (0), checks one request per path,
    runs wrk (pinned to core 1) per path, reading the target's process-tree CPU time from
    /proc/<pid>/stat before and after, and sampling its process-tree RSS meanwhile; stops it;
-5. prints one Markdown table (and writes bench/RESULTS.md with --write);
-6. stops everything it started, by PID, on success, error, Ctrl-C or SIGTERM.
+5. with --h2: the same over TLS with h2load, HTTP/2 and HTTP/1.1, NGINX :8443 beside Portico's
+   TLS listeners (:8444 h2, :8445 HTTP/1.1), reading CPU at the edges of h2load's measured window;
+6. with --tls-soak: new TLS connections against Portico for a while, sampling its workers' RSS,
+   to show that memory levels off (asyncio/uvloop servers have leaked under TLS churn);
+7. prints Markdown tables (and writes bench/RESULTS.md with --write);
+8. stops everything it started, by PID, on success, error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -75,6 +81,49 @@ listeners:
       - address: 127.0.0.1:9002
       - address: 127.0.0.1:9003
 """
+# Portico over TLS (--h2, --tls-soak): its own file, so a key the installed Portico refuses (the
+# h2 listener's `http2:` before HTTP/2 lands) costs the h2 rows only, never the plain-HTTP ones.
+PORTICO_TLS_YAML = """\
+workers: 1
+listeners:
+  - name: tls
+    bind: 127.0.0.1:{h1_port}
+    protocol: https
+    default_pool: app
+    tls:
+      certificates:
+        - cert: {rundir}/tls/cert.pem
+          key: {rundir}/tls/key.pem
+{h2_listener}pools:
+  app:
+    policy: round_robin
+    servers:
+      - address: 127.0.0.1:9001
+      - address: 127.0.0.1:9002
+      - address: 127.0.0.1:9003
+"""
+# The HTTP/2 listener: adjust here if Portico's HTTP/2 settings end up spelt differently.
+PORTICO_H2_LISTENER = """\
+  - name: h2
+    bind: 127.0.0.1:{h2_port}
+    protocol: https
+    default_pool: app
+    http2:
+      enabled: true
+    tls:
+      certificates:
+        - cert: {rundir}/tls/cert.pem
+          key: {rundir}/tls/key.pem
+"""
+NGINX_TLS_PORT = 8443  # nginx-proxy.conf: TLS, ALPN h2 and http/1.1
+PORTICO_H2_PORT = 8444
+PORTICO_TLS_PORT = 8445  # HTTP/1.1 only; the --tls-soak target
+TLS_TARGETS = ("nginx", "portico")  # the order of --h2's rows
+SOAK_INTERVAL = 2.0  # seconds between RSS samples during --tls-soak
+SOAK_CLIENTS = 50  # connections per h2load run in the soak (one full handshake each)
+SOAK_REQUESTS_PER_CONN = 4
+SOAK_LEVEL_MIB = 1.0  # more growth than this from the middle to the last third: "keeps growing"
+
 # Portico's L4 row (--portico-l4): a TCP listener on :8085 over the same pool.
 PORTICO_L4_LISTENER = """\
   - name: tcp
@@ -350,8 +399,9 @@ PACKAGES = {  # Debian package -> a file it installs
     "nginx": "nginx",
     "libnginx-mod-stream": str(STREAM_MODULE),
     "haproxy": "haproxy",
+    "nghttp2-client": "h2load",  # --h2, --tls-soak
 }
-SERVICE_PORTS = (80, 8080, 8081, 8082, 8083, 8084)
+SERVICE_PORTS = (80, 8080, 8081, 8082, 8083, 8084, 8443)
 
 
 def have(thing: str) -> bool:
@@ -482,10 +532,11 @@ def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
         if name != "small":
             (RUNDIR / "www" / name).write_bytes((pattern * (size // len(pattern) + 1))[:size])
     rundir = str(RUNDIR)
+    have_cert = make_cert()
     for conf in ("nginx-backends.conf", "nginx-proxy.conf", "haproxy.cfg"):
         text = (SHARED / conf).read_text().replace("RUNDIR", rundir)
-        if conf == "nginx-proxy.conf" and not make_cert():
-            text = drop_server_block(text, "listen 127.0.0.1:8443")
+        if conf == "nginx-proxy.conf" and not have_cert:
+            text = drop_server_block(text, f"listen 127.0.0.1:{NGINX_TLS_PORT}")
             log("openssl not found: the :8443 TLS server is left out of nginx-proxy.conf")
         (RUNDIR / conf).write_text(text)
     (RUNDIR / "portico.yaml").write_text(
@@ -493,10 +544,16 @@ def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
             l4_listener=PORTICO_L4_LISTENER if portico_l4 else "", routes=portico_routes(routes)
         )
     )
+    if have_cert:
+        ports = {"rundir": rundir, "h1_port": PORTICO_TLS_PORT, "h2_port": PORTICO_H2_PORT}
+        h2 = PORTICO_H2_LISTENER.format(**ports)
+        for name, listener in (("portico-tls.yaml", h2), ("portico-tls-h1.yaml", "")):
+            (RUNDIR / name).write_text(PORTICO_TLS_YAML.format(h2_listener=listener, **ports))
 
 
 def make_cert() -> bool:
-    """Self-signed cert for nginx-proxy.conf's :8443 server (not benchmarked here)."""
+    """Self-signed cert for nginx-proxy.conf's :8443 server and Portico's TLS listeners (--h2,
+    --tls-soak): the same key and certificate on both sides."""
     if not shutil.which("openssl"):
         return False
     tls = RUNDIR / "tls"
@@ -625,6 +682,8 @@ class Row:
     load_core_pct: float = 0.0  # how busy wrk + origins kept their core
     softirq_pct: float = 0.0  # kernel network work charged to no process, in % of one core
     other_pct: float = 0.0  # CPU used by processes this harness did not start, % of one core
+    mean_us: float = 0.0  # h2load's mean time per request (TLS rows; h2load has no percentiles)
+    tls: str = ""  # TLS rows: the negotiated version, cipher and key exchange
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -715,18 +774,40 @@ def measure(args: argparse.Namespace, server: Proc, origins: Proc, row: Row, por
         out = run_wrk(argv, args.duration)
         b = CpuSnapshot.take(server.pid, others)
     parse_wrk(out, row)
-    row.cpu_s, row.wall_s, row.rss_kib = b.server - a.server, b.at - a.at, rss.peak_kib
+    account(row, a, b, rss.peak_kib)
+
+
+def account(row: Row, a: CpuSnapshot, b: CpuSnapshot, rss_kib: int) -> None:
+    """Fill the row's CPU columns from two snapshots around its measured window, and log it."""
+    row.cpu_s, row.wall_s, row.rss_kib = b.server - a.server, b.at - a.at, rss_kib
     if b.load_total > a.load_total:
         row.load_core_pct = 100.0 * (b.load_busy - a.load_busy) / (b.load_total - a.load_total)
     ours = (b.server - a.server) + (b.origins - a.origins) + (b.harness - a.harness)
     row.other_pct = max(0.0, 100.0 * ((b.machine - a.machine) - ours) / row.wall_s)
     row.softirq_pct = 100.0 * (b.softirq - a.softirq) / row.wall_s
+    path = PATHS[row.path][0]
     log(
         f"  {row.label} {row.layer} {path}: {row.rps:,.0f} req/s, proxy CPU {row.cpu_pct:.0f}%, "
         f"{row.per_cpu_s:,.0f} req/CPU-s, load core {row.load_core_pct:.0f}% busy, "
         f"softirq {row.softirq_pct:.0f}%, others {row.other_pct:.0f}% of a core, "
         f"{row.errors} errors"
     )
+
+
+def start_listening(start: Callable[[], Proc], ports: list[int]) -> Proc:
+    """Start a target once its ports are free (a leftover would be measured instead), and wait
+    until it accepts on all of them; stop it again if it does not."""
+    busy = [p for p in ports if port_open(p)]
+    if busy:
+        raise RuntimeError(f"port(s) {busy} already in use by a process this harness did not start")
+    server = start()
+    try:
+        for p in ports:
+            wait_for_port(server, p)
+    except BaseException:
+        stop(server)
+        raise
+    return server
 
 
 def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[Row]:
@@ -737,20 +818,8 @@ def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[
     if target.key == "origin":
         server = origins
     else:
-        ports = [p for _, p in layers if p is not None]
-        busy = [p for p in ports if port_open(p)]
         try:
-            if busy:
-                raise RuntimeError(
-                    f"port(s) {busy} already in use by a process this harness did not start"
-                )
-            server = target.start()
-            try:
-                for p in ports:
-                    wait_for_port(server, p)
-            except Exception:
-                stop(server)
-                raise
+            server = start_listening(target.start, [p for _, p in layers if p is not None])
         except Exception as exc:
             log(f"{target.label}: not available: {exc}")
             return [
@@ -786,6 +855,475 @@ def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[
         if server is not origins:
             stop(server)
     return rows
+
+
+# --------------------------------------------------------------------------- TLS rows (--h2)
+
+H2LOAD_STARTED = "Main benchmark duration is started"  # h2load flushes these as they happen
+H2LOAD_OVER = "Main benchmark duration is over"
+PROTOCOLS = {"h2": "h2", "h1": "http/1.1"}  # Row.layer of a TLS row -> the ALPN it must get
+
+
+@dataclass
+class H2load:
+    """What one h2load run printed (its measured window only, when run with -D)."""
+
+    rps: float = 0.0
+    done: int = 0
+    succeeded: int = 0
+    failed: int = 0  # non-2xx/3xx responses included; "errored" is a subset
+    errored: int = 0
+    timeout: int = 0
+    mean_us: float = 0.0
+    data_bytes: int = 0  # response bodies
+    protocol: str = ""  # ALPN result
+    tls: str = ""
+    last_line: str = ""
+
+    @property
+    def errors(self) -> int:
+        return max(self.failed, self.errored + self.timeout)
+
+
+def parse_h2load(text: str) -> H2load:
+    def grab(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, text, re.M)
+
+    res = H2load()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    res.last_line = lines[-1].strip() if lines else "no output"
+    m = grab(
+        r"^requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout"
+    )
+    if not m:
+        raise RuntimeError(f"h2load output lacks its requests line: {res.last_line}")
+    res.done, res.succeeded, res.failed, res.errored, res.timeout = map(int, m.groups())
+    if m := grab(r"^finished in \S+, ([\d.]+) req/s"):
+        res.rps = float(m.group(1))
+    if m := grab(r"^traffic: .*\((\d+)\) data$"):
+        res.data_bytes = int(m.group(1))
+    if (m := grab(r"^time for request:\s+\S+\s+\S+\s+(\S+)")) and res.done:
+        res.mean_us = _duration_us(m.group(1))
+    if m := grab(r"^Application protocol: (\S+)"):
+        res.protocol = m.group(1)
+    tls = [grab(rf"^{key}: (.+)$") for key in ("TLS Protocol", "Cipher", "Server Temp Key")]
+    res.tls = ", ".join(m.group(1).strip() for m in tls if m)
+    return res
+
+
+def h2load_argv(
+    url: str,
+    layer: str,
+    *,
+    clients: int,
+    streams: int = 1,
+    seconds: int = 0,
+    warmup: int = 0,
+    requests: int = 1,
+) -> list[str]:
+    """h2load on the load core: for `seconds` (after `warmup`), or `requests` in all."""
+    argv = ["taskset", "-c", str(LOAD_CORE), "h2load", "-t1", f"-c{clients}", f"-m{streams}"]
+    if seconds:
+        argv.append(f"-D{seconds}")
+        if warmup:
+            argv.append(f"--warm-up-time={warmup}")
+    else:
+        argv.append(f"-n{requests}")
+    if layer == "h1":
+        argv.append("--h1")
+    return [*argv, url]
+
+
+def tls_load_argv(args: argparse.Namespace, url: str, layer: str) -> list[str]:
+    """The measured run. HTTP/1.1 gets as many requests in flight as h2 (clients x streams),
+    one per connection: pipelining (h1 with -m > 1) is something browsers never do."""
+    if layer == "h2":
+        clients, streams = args.h2_clients, args.h2_streams
+    else:
+        clients, streams = args.h2_clients * args.h2_streams, 1
+    return h2load_argv(
+        url, layer, clients=clients, streams=streams, seconds=args.duration, warmup=args.warmup
+    )
+
+
+def run_h2load(
+    argv: list[str], timeout: float, on_line: Callable[[str], None] | None = None
+) -> str:
+    """Run h2load, killed after `timeout` seconds, handing each output line to `on_line` as it
+    arrives (so CPU can be read when its measured window opens and closes); return the output."""
+    popen = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    proc = Proc("h2load", popen, RUNDIR / "logs" / "h2load.out")
+    STARTED.append(proc)
+    timer = threading.Timer(timeout, popen.kill)  # unblocks the read loop below
+    timer.start()
+    lines: list[str] = []
+    try:
+        assert popen.stdout is not None
+        for raw in popen.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+        timer.cancel()
+        popen.wait(timeout=STOP_TIMEOUT)
+    finally:
+        timer.cancel()
+        stop(proc)
+    text = "\n".join(lines)
+    with open(proc.logfile, "a") as f:
+        f.write(f"$ {shlex.join(argv)}\n{text}\n\n")
+    if popen.returncode == -signal.SIGKILL:
+        raise RuntimeError(f"h2load did not finish within {timeout:.0f}s")
+    return text
+
+
+def check_tls(port: int, path: str, size: int, layer: str) -> H2load:
+    """One request with h2load: 2xx, the expected body size, and the protocol asked for (a
+    server that falls back to HTTP/1.1 must not pass for an h2 row)."""
+    url = f"https://127.0.0.1:{port}{path}"
+    res = parse_h2load(run_h2load(h2load_argv(url, layer, clients=1), CHECK_TIMEOUT + 5))
+    want = PROTOCOLS[layer]
+    if res.protocol != want:
+        raise RuntimeError(f"negotiated {res.protocol or 'no protocol'}, not {want}")
+    if res.succeeded != 1 or res.data_bytes != size:
+        raise RuntimeError(
+            f"GET {path} over {want}: {res.succeeded} of 1 succeeded with {res.data_bytes} "
+            f"bytes (expected {size}): {res.last_line}"
+        )
+    return res
+
+
+def measure_tls(args: argparse.Namespace, server: Proc, origins: Proc, row: Row, port: int) -> None:
+    path, size = PATHS[row.path]
+    check_tls(port, path, size, row.layer)
+    edges: list[CpuSnapshot] = []
+
+    def on_line(line: str) -> None:
+        if line.startswith((H2LOAD_STARTED, H2LOAD_OVER)):
+            edges.append(CpuSnapshot.take(server.pid, origins.pid))
+
+    argv = tls_load_argv(args, f"https://127.0.0.1:{port}{path}", row.layer)
+    with RssSampler(server.pid) as rss:
+        first = CpuSnapshot.take(server.pid, origins.pid)
+        out = run_h2load(argv, args.warmup + args.duration + WRK_GRACE, on_line)
+        last = CpuSnapshot.take(server.pid, origins.pid)
+    res = parse_h2load(out)
+    if res.succeeded == 0:
+        raise RuntimeError(f"no request succeeded: {res.last_line}")
+    row.rps, row.requests, row.errors = res.rps, res.done, res.errors
+    row.mean_us, row.tls = res.mean_us, res.tls
+    # Without both markers (an h2load that prints them differently) the whole run counts,
+    # connection set-up and warm-up included: slightly pessimistic, never wrong by much.
+    a, b = (edges[0], edges[1]) if len(edges) == 2 else (first, last)
+    account(row, a, b, rss.peak_kib)
+
+
+def portico_check(binary: Path, conf: Path) -> str:
+    """`portico check`'s complaint about `conf` in one line, or "" if it accepts it."""
+    try:
+        res = subprocess.run(
+            [str(binary), "check", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"portico check: {exc}"
+    if res.returncode == 0:
+        return ""
+    lines = (res.stderr + res.stdout).strip().splitlines()
+    first = lines[0] if lines else f"exit code {res.returncode}"
+    first = re.sub(r" \(valid keys here: [^)]*\)", "", first).replace(str(conf), conf.name)
+    return f"portico check: {first}"
+
+
+def start_portico_tls(args: argparse.Namespace) -> tuple[Proc, str]:
+    """Portico with its TLS listeners, and why its h2 listener is missing ("" if it is there).
+
+    portico-tls.yaml (HTTP/1.1 and h2 listeners) is checked, then started; if either fails,
+    portico-tls-h1.yaml (HTTP/1.1 only) is started instead, so the h2 row says why and the
+    HTTP/1.1-over-TLS rows and the soak still run."""
+    if not args.portico_bin.exists():
+        raise RuntimeError(f"{args.portico_bin} not found (pip install -e . in the venv?)")
+    if not (RUNDIR / "portico-tls.yaml").exists():
+        raise RuntimeError("no TLS certificate (openssl missing?)")
+
+    def start(conf: str) -> Proc:
+        argv = [str(args.portico_bin), "run", str(RUNDIR / conf)]
+        return spawn("portico-tls", argv, PROXY_CORE)
+
+    h2_error = portico_check(args.portico_bin, RUNDIR / "portico-tls.yaml")
+    if not h2_error:
+        try:
+            ports = [PORTICO_TLS_PORT, PORTICO_H2_PORT]
+            return start_listening(lambda: start("portico-tls.yaml"), ports), ""
+        except RuntimeError as exc:
+            h2_error = str(exc)
+    log(f"Portico's h2 listener is not available ({h2_error}); starting the HTTP/1.1 one only")
+    return start_listening(lambda: start("portico-tls-h1.yaml"), [PORTICO_TLS_PORT]), h2_error
+
+
+def run_tls_target(args: argparse.Namespace, key: str, origins: Proc) -> list[Row]:
+    """--h2's rows for one target: per path, h2 then HTTP/1.1, both over TLS."""
+    target = next(t for t in make_targets(args) if t.key == key)
+    h2_error = ""
+    try:
+        if not have("h2load"):
+            raise RuntimeError("h2load is not installed (Debian package nghttp2-client)")
+        if key == "portico":
+            server, h2_error = start_portico_tls(args)
+            ports = {"h2": PORTICO_H2_PORT, "h1": PORTICO_TLS_PORT}
+        else:
+            if "listen 127.0.0.1:8443" not in (RUNDIR / "nginx-proxy.conf").read_text():
+                raise RuntimeError("no TLS certificate (openssl missing?)")
+            server = start_listening(target.start, [NGINX_TLS_PORT])
+            ports = {"h2": NGINX_TLS_PORT, "h1": NGINX_TLS_PORT}
+    except Exception as exc:
+        log(f"{target.label} over TLS: not available: {exc}")
+        return [
+            Row(key, target.label, layer, "*", error=f"not available (error: {exc})")
+            for layer in PROTOCOLS
+        ]
+    check_affinity(server, PROXY_CORE)
+    layers = [layer for layer in PROTOCOLS if not (layer == "h2" and h2_error)]
+    rows = [Row(key, target.label, "h2", "*", error=f"not available (error: {h2_error})")]
+    rows = rows if h2_error else []
+    try:
+        for name in args.paths:
+            for layer in layers:
+                row = Row(key, target.label, layer, name)
+                try:
+                    measure_tls(args, server, origins, row, ports[layer])
+                except (RuntimeError, OSError, ValueError) as exc:
+                    row.error = f"failed (error: {exc})"
+                    log(f"  {target.label} {layer} {name}: {row.error}")
+                rows.append(row)
+                if server.popen.poll() is not None:
+                    raise RuntimeError(f"{target.label} exited: {server.log_tail()}")
+    except RuntimeError as exc:
+        done = {(r.layer, r.path) for r in rows}
+        rows += [
+            Row(key, target.label, layer, name, error=f"not available (error: {exc})")
+            for name in args.paths
+            for layer in layers
+            if (layer, name) not in done
+        ]
+    finally:
+        stop(server)
+    return rows
+
+
+# --------------------------------------------------------------------------- TLS soak
+
+
+def rss_by_pid(root: int) -> dict[int, int]:
+    """VmRSS in KiB of each live process in root's tree."""
+    out = {}
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[pid] = int(line.split()[1])
+                    break
+    return out
+
+
+@dataclass
+class SoakSample:
+    at: float  # seconds since the load started
+    workers_kib: int  # summed over the supervisor's children
+    supervisor_kib: int
+
+
+@dataclass
+class Soak:
+    """--tls-soak's figures: Portico's memory under a stream of new TLS connections."""
+
+    seconds: int
+    error: str = ""
+    samples: list[SoakSample] = field(default_factory=list)
+    before: SoakSample | None = None  # idle, after one request
+    worker_pids: set[int] = field(default_factory=set)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    runs: int = 0  # h2load runs
+    handshakes: int = 0  # h2load connections: one full handshake each
+    requests: int = 0
+    errors: int = 0
+    abrupt: dict[str, int] = field(default_factory=dict)  # AbruptClients kind -> count
+    abrupt_failed: int = 0
+    tls: str = ""
+
+    def third_medians(self) -> tuple[float, float, float] | None:
+        """Median worker RSS (MiB) of the first, middle and last third of the samples."""
+        values = [s.workers_kib / 1024 for s in self.samples]
+        if len(values) < 6:
+            return None
+        n = len(values)
+        thirds = (values[: n // 3], values[n // 3 : n - n // 3], values[n - n // 3 :])
+        return tuple(sorted(t)[len(t) // 2] for t in thirds)  # type: ignore[return-value]
+
+    def verdict(self) -> str:
+        medians = self.third_medians()
+        if medians is None:
+            return "too few samples to judge (run longer)"
+        _, middle, last = medians
+        if last - middle > SOAK_LEVEL_MIB:
+            return f"**keeps growing** (+{last - middle:.1f} MiB from the middle to the last third)"
+        return f"levels off ({last - middle:+.1f} MiB from the middle to the last third)"
+
+
+class AbruptClients:
+    """Connections that end badly, in turn: closed before the ClientHello, reset halfway through
+    it, reset after the handshake in the middle of a request, and closed without close_notify
+    after a response. These are the paths where asyncio/uvloop TLS transports have leaked;
+    h2load only ever closes cleanly."""
+
+    KINDS = ("no hello", "half a hello", "reset mid-request", "no close_notify")
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.counts = dict.fromkeys(self.KINDS, 0)
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ctx = ssl.create_default_context()
+        self._ctx.check_hostname = False
+        self._ctx.verify_mode = ssl.CERT_NONE  # the bench's self-signed certificate
+        self._ctx.set_alpn_protocols(["http/1.1"])
+
+    def __enter__(self) -> AbruptClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            kind = self.KINDS[i % len(self.KINDS)]
+            i += 1
+            try:
+                self._one(kind)
+                self.counts[kind] += 1
+            except (OSError, ssl.SSLError):
+                self.failed += 1
+                self._stop.wait(0.05)  # the listener is gone or refusing: don't spin
+
+    def _one(self, kind: str) -> None:
+        request = b"GET /small HTTP/1.1\r\nHost: localhost\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            if kind == "no hello":
+                return
+            if kind == "half a hello":
+                out = ssl.MemoryBIO()
+                obj = self._ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname="localhost")
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    obj.do_handshake()
+                hello = out.read()
+                sock.sendall(hello[: len(hello) // 2])
+                _reset(sock)
+                return
+            tls = self._ctx.wrap_socket(sock, server_hostname="localhost")
+            if kind == "reset mid-request":
+                tls.sendall(request)  # headers not finished
+                _reset(tls)
+                return
+            tls.sendall(request + b"\r\n")
+            tls.recv(4096)
+            tls.close()  # no unwrap(): FIN without close_notify
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN (SO_LINGER 0)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def run_soak(args: argparse.Namespace) -> Soak:
+    """New TLS connections against Portico's HTTP/1.1 TLS listener for args.tls_soak seconds:
+    back-to-back h2load runs (SOAK_CLIENTS connections of SOAK_REQUESTS_PER_CONN requests each,
+    every connection a full handshake) plus AbruptClients, while Portico's RSS is sampled."""
+    soak = Soak(args.tls_soak)
+    try:
+        if not have("h2load"):
+            raise RuntimeError("h2load is not installed (Debian package nghttp2-client)")
+        server, _ = start_portico_tls(args)
+    except Exception as exc:
+        soak.error = f"not available (error: {exc})"
+        log(f"TLS soak: {soak.error}")
+        return soak
+    check_affinity(server, PROXY_CORE)
+    url = f"https://127.0.0.1:{PORTICO_TLS_PORT}/small"
+    argv = h2load_argv(
+        url, "h1", clients=SOAK_CLIENTS, requests=SOAK_CLIENTS * SOAK_REQUESTS_PER_CONN
+    )
+    stop_sampling = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> SoakSample:
+        rss = rss_by_pid(server.pid)
+        workers = {pid: kib for pid, kib in rss.items() if pid != server.pid}
+        soak.worker_pids.update(workers)
+        return SoakSample(time.monotonic() - started, sum(workers.values()), rss.get(server.pid, 0))
+
+    def sampler() -> None:
+        while not stop_sampling.wait(SOAK_INTERVAL):
+            soak.samples.append(sample())
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    try:
+        soak.tls = check_tls(PORTICO_TLS_PORT, "/small", PATHS["small"][1], "h1").tls
+        soak.before = sample()
+        log(
+            f"TLS soak: {args.tls_soak}s of new TLS connections against Portico "
+            f":{PORTICO_TLS_PORT}, worker RSS {soak.before.workers_kib / 1024:.1f} MiB idle"
+        )
+        cpu_before = tree_cpu_seconds(server.pid)
+        started = time.monotonic()
+        thread.start()
+        abrupt = AbruptClients(PORTICO_TLS_PORT)
+        with abrupt if args.soak_load != "h2load" else contextlib.nullcontext():
+            while time.monotonic() - started < args.tls_soak:
+                if args.soak_load == "abrupt":
+                    time.sleep(min(1.0, max(0.0, args.tls_soak - (time.monotonic() - started))))
+                else:
+                    res = parse_h2load(run_h2load(argv, 30.0))
+                    soak.runs += 1
+                    soak.handshakes += SOAK_CLIENTS
+                    soak.requests += res.done
+                    soak.errors += res.errors
+                if server.popen.poll() is not None:
+                    raise RuntimeError(f"Portico exited: {server.log_tail()}")
+        soak.abrupt, soak.abrupt_failed = abrupt.counts, abrupt.failed
+        stop_sampling.set()
+        thread.join(timeout=5)
+        soak.wall_s = time.monotonic() - started
+        soak.cpu_s = tree_cpu_seconds(server.pid) - cpu_before
+        soak.samples.append(sample())
+    except (RuntimeError, OSError, ValueError) as exc:
+        soak.error = f"failed (error: {exc})"
+        log(f"TLS soak: {soak.error}")
+    finally:
+        stop_sampling.set()
+        stop(server)
+    with open(RUNDIR / "logs" / "tls-soak.tsv", "w") as f:
+        f.write("seconds\tworkers_kib\tsupervisor_kib\n")
+        for s in soak.samples:
+            f.write(f"{s.at:.1f}\t{s.workers_kib}\t{s.supervisor_kib}\n")
+    if not soak.error:
+        log(f"TLS soak: {render_soak_summary(soak)}")
+    return soak
 
 
 # --------------------------------------------------------------------------- reporting
@@ -847,26 +1385,30 @@ def render_table(rows: list[Row], paths: list[str]) -> str:
                 str(r.errors),
             ]
         lines.append(cells)
-    widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in lines)) for i in range(len(COLUMNS))]
-    # The error text spans the columns after it; don't let it widen "requests/s" for every row.
-    widths[2] = max([len(COLUMNS[2])] + [len(c[2]) for c in lines if c[3] != "—"])
-    numeric = set(range(2, len(COLUMNS)))
+    return markdown_table(COLUMNS, lines, first_numeric=2)
 
-    def fmt(cells: list[str] | tuple[str, ...]) -> str:
+
+def markdown_table(columns: tuple[str, ...], lines: list[list[str]], first_numeric: int) -> str:
+    """An aligned Markdown table; columns from `first_numeric` on are right-aligned. A row whose
+    next cell is "—" carries an error text in that column: it spans the columns after it, so it
+    does not set the column's width."""
+    n = len(columns)
+    widths = [max(len(columns[i]), *(len(c[i]) for c in lines)) for i in range(n)]
+    col = first_numeric
+    if col + 1 < n:
+        widths[col] = max([len(columns[col])] + [len(c[col]) for c in lines if c[col + 1] != "—"])
+
+    def fmt(cells: list[str] | tuple[str, ...], header: bool = False) -> str:
         out = [
-            c.rjust(widths[i]) if i in numeric and cells is not COLUMNS else c.ljust(widths[i])
+            c.rjust(widths[i]) if i >= first_numeric and not header else c.ljust(widths[i])
             for i, c in enumerate(cells)
         ]
         return "| " + " | ".join(out) + " |"
 
-    sep = (
-        "|"
-        + "|".join(
-            ("-" * (w + 1) + ":") if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)
-        )
-        + "|"
+    sep = "|".join(
+        ("-" * (w + 1) + ":") if i >= first_numeric else "-" * (w + 2) for i, w in enumerate(widths)
     )
-    return "\n".join([fmt(COLUMNS), sep, *(fmt(c) for c in lines)])
+    return "\n".join([fmt(columns, header=True), f"|{sep}|", *(fmt(c) for c in lines)])
 
 
 def footnotes(rows: list[Row]) -> str:
@@ -881,10 +1423,16 @@ def footnotes(rows: list[Row]) -> str:
             "- origin (direct): its CPU and RSS columns are the origin nginx's own (it shares "
             "the load core with wrk)."
         )
+    return "\n".join(notes + machine_notes(rows))
+
+
+def machine_notes(rows: list[Row]) -> list[str]:
+    """How busy the load core, the kernel and other processes were during the rows."""
+    notes = []
     busy = [r.load_core_pct for r in rows if not r.error]
     if busy:
         notes.append(
-            f"- load core (wrk + origins) busy: {min(busy):.0f} to {max(busy):.0f}% "
+            f"- load core (load generator + origins) busy: {min(busy):.0f} to {max(busy):.0f}% "
             "across rows; at ~100% requests/s is capped by the load generator, not the "
             "proxy, which is why requests per proxy CPU-second is the figure to compare."
         )
@@ -903,7 +1451,159 @@ def footnotes(rows: list[Row]) -> str:
                 f"{PATHS[noisy.path][0]}); figures from this run are less trustworthy, rerun on "
                 "a quiet machine."
             )
-    return "\n".join(notes)
+    return notes
+
+
+TLS_COLUMNS = (
+    "target",
+    "protocol",
+    "path",
+    "requests/s",
+    "mean latency",
+    "proxy CPU %",
+    "requests per proxy CPU-second",
+    "Portico ÷ NGINX (per CPU-s)",
+    "Portico ÷ NGINX (requests/s)",
+    "peak RSS",
+    "errors",
+)
+TLS_LABELS = {"h2": "h2 (TLS)", "h1": "HTTP/1.1 (TLS)"}
+
+
+def render_tls_table(rows: list[Row], paths: list[str]) -> str:
+    """--h2's table: per path, h2 then HTTP/1.1, NGINX then Portico, each Portico row compared
+    with NGINX's on the same path and protocol."""
+    order = {k: i for i, k in enumerate(TLS_TARGETS)}
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            paths.index(r.path) if r.path in paths else len(paths),
+            list(PROTOCOLS).index(r.layer),
+            order[r.target],
+        ),
+    )
+    nginx = {(r.layer, r.path): r for r in rows if r.target == "nginx" and not r.error}
+    lines = []
+    for r in rows:
+        path = PATHS[r.path][0] if r.path in PATHS else "all"
+        head = [r.label, TLS_LABELS[r.layer], path]
+        if r.error:
+            lines.append([*head, r.error.replace("|", "/"), *["—"] * (len(TLS_COLUMNS) - 4)])
+            continue
+        per_cpu = per_rps = ""
+        if r.target == "portico":
+            base = nginx.get((r.layer, r.path))
+            if base and base.per_cpu_s and base.rps:
+                per_cpu = f"{r.per_cpu_s / base.per_cpu_s:.2f}x"
+                per_rps = f"{r.rps / base.rps:.2f}x"
+            else:
+                per_cpu = per_rps = "— (no NGINX row)"
+        lines.append(
+            [
+                *head,
+                f"{r.rps:,.0f}",
+                _ms(r.mean_us),
+                f"{r.cpu_pct:.0f}%",
+                f"{r.per_cpu_s:,.0f}",
+                per_cpu,
+                per_rps,
+                f"{r.rss_kib / 1024:.1f} MiB",
+                str(r.errors),
+            ]
+        )
+    return markdown_table(TLS_COLUMNS, lines, first_numeric=3)
+
+
+def tls_footnotes(rows: list[Row], args: argparse.Namespace) -> str:
+    h2 = shlex.join(tls_load_argv(args, "https://127.0.0.1:<port><path>", "h2"))
+    h1 = shlex.join(tls_load_argv(args, "https://127.0.0.1:<port><path>", "h1"))
+    notes = [
+        f"- load: `{h2}` (h2) and `{h1}` (HTTP/1.1: as many requests in flight, one per "
+        f"connection); ports: NGINX :{NGINX_TLS_PORT} (both protocols by ALPN), Portico "
+        f":{PORTICO_H2_PORT} (h2) and :{PORTICO_TLS_PORT} (HTTP/1.1). Same self-signed "
+        "RSA-2048 certificate on both; connections are opened during the warm-up, so the "
+        "figures are TLS record and HTTP costs, not handshakes.",
+        "- proxy CPU and requests/s cover h2load's measured window only (CPU read when h2load "
+        "announces its start and end); mean latency is h2load's (it reports no percentiles).",
+        "- errors: h2load's failed requests (non-2xx/3xx included) and timeouts.",
+    ]
+    negotiated = sorted({r.tls for r in rows if r.tls})
+    if negotiated:
+        notes.append(f"- negotiated: {'; '.join(negotiated)}.")
+    return "\n".join(notes + machine_notes(rows))
+
+
+def render_soak(soak: Soak) -> str:
+    """--tls-soak's section: Portico's worker RSS before, during and after, and the verdict."""
+    title = f"TLS soak: Portico, {soak.seconds} s of new TLS connections"
+    if soak.error:
+        return f"{title}\n\n{soak.error}"
+    mib = [s.workers_kib / 1024 for s in soak.samples]
+    before = soak.before.workers_kib / 1024 if soak.before else 0.0
+    table: list[list[str]] = [
+        ["before (idle, after one request)", f"{before:.1f}"],
+        ["max during the soak", f"{max(mib, default=0.0):.1f}"],
+        ["after (end of the soak)", f"{mib[-1] if mib else 0.0:.1f}"],
+    ]
+    medians = soak.third_medians()
+    if medians:
+        first, middle, last = medians
+        table += [
+            ["median, first third", f"{first:.1f}"],
+            ["median, middle third", f"{middle:.1f}"],
+            ["median, last third", f"{last:.1f}"],
+            ["growth, last third - first third", f"{last - first:+.1f}"],
+        ]
+    text = markdown_table(("Portico worker RSS", "MiB"), table, first_numeric=1)
+    step = max(1, len(mib) // 20)
+    timeline = " ".join(f"{v:.1f}" for v in mib[::step])
+    rate = soak.handshakes / soak.wall_s if soak.wall_s else 0.0
+    load = []
+    if soak.runs:
+        load.append(
+            f"{soak.runs:,} back-to-back runs of `h2load --h1 -c{SOAK_CLIENTS} "
+            f"-n{SOAK_CLIENTS * SOAK_REQUESTS_PER_CONN}` against :{PORTICO_TLS_PORT}: "
+            f"{soak.handshakes:,} full TLS handshakes ({rate:,.0f}/s) and {soak.requests:,} "
+            f"requests ({soak.errors:,} failed)"
+        )
+    if any(soak.abrupt.values()):
+        kinds = ", ".join(f"{n:,} {kind}" for kind, n in soak.abrupt.items())
+        load.append(
+            f"one after another, connections that end badly: {kinds} "
+            f"({soak.abrupt_failed:,} could not connect)"
+        )
+    cpu = 100.0 * soak.cpu_s / soak.wall_s if soak.wall_s else 0.0
+    notes = [
+        f"- verdict: {soak.verdict()}",
+        f"- load: {'; meanwhile '.join(load)}. {soak.tls}.",
+        f"- Portico CPU during the soak: {cpu:.0f}% of a core (its process tree).",
+        f"- worker RSS every {SOAK_INTERVAL * step:.0f} s from the start of the load, MiB: "
+        f"{timeline}",
+        f"- the verdict compares the last third's median with the middle third's (the first "
+        f"third holds the ramp-up); more than {SOAK_LEVEL_MIB:.0f} MiB reads as growing. "
+        "Samples in "
+        f"{(RUNDIR / 'logs' / 'tls-soak.tsv').relative_to(REPO)}.",
+    ]
+    if len(soak.worker_pids) > 1:
+        notes.append(
+            f"- **{len(soak.worker_pids)} worker processes** were seen (one was replaced): the "
+            "RSS series mixes processes."
+        )
+    if soak.before and soak.samples:
+        notes.append(
+            f"- supervisor RSS: {soak.before.supervisor_kib / 1024:.1f} MiB before, "
+            f"{soak.samples[-1].supervisor_kib / 1024:.1f} MiB after."
+        )
+    return f"{title}\n\n{text}\n\n" + "\n".join(notes)
+
+
+def render_soak_summary(soak: Soak) -> str:
+    mib = [s.workers_kib / 1024 for s in soak.samples]
+    before = soak.before.workers_kib / 1024 if soak.before else 0.0
+    return (
+        f"worker RSS {before:.1f} MiB before, max {max(mib, default=0.0):.1f}, "
+        f"after {mib[-1] if mib else 0.0:.1f}: {soak.verdict()}"
+    )
 
 
 def versions() -> dict[str, str]:
@@ -919,6 +1619,7 @@ def versions() -> dict[str, str]:
         "wrk": first_line(["wrk", "-v"]),
         "nginx": first_line(["nginx", "-v"]),
         "haproxy": first_line(["haproxy", "-v"]),
+        "h2load": first_line(["h2load", "--version"]),
         "python": sys.version.split()[0],
     }
 
@@ -931,24 +1632,28 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def write_results(table: str, notes: str, args: argparse.Namespace, started: dt.datetime) -> None:
+def write_results(sections: list[str], args: argparse.Namespace, started: dt.datetime) -> None:
     uname = " ".join(os.uname())
     v = versions()
-    wrk_cmd = shlex.join(wrk_argv(args, "http://127.0.0.1:<port><path>", args.duration))
+    load = []
+    if not args.tls_only:
+        wrk_cmd = shlex.join(wrk_argv(args, "http://127.0.0.1:<port><path>", args.duration))
+        load.append(f"- load: `{wrk_cmd}` per row (after a {args.warmup}s warm-up run)")
+    tools = [v["wrk"], v["nginx"], v["haproxy"]]
+    if args.h2 or args.tls_soak:
+        tools.append(v["h2load"])
+    body = "\n\n".join(sections)
     text = f"""# Portico benchmark results
 
 Written by `bench/run {shlex.join(sys.argv[1:])}`; see bench/README.md for what the columns mean.
 
 - date: {started.strftime("%Y-%m-%d %H:%M:%S %Z")}
 - machine: `{uname}`
-- CPU: {cpu_model()}, {os.cpu_count()} cores; proxy pinned to core {PROXY_CORE}, wrk and
-  origins to core {LOAD_CORE}
-- load: `{wrk_cmd}` per row (after a {args.warmup}s warm-up run)
-- versions: {v["wrk"]}; {v["nginx"]}; {v["haproxy"]}; Python {v["python"]}
+- CPU: {cpu_model()}, {os.cpu_count()} cores; proxy pinned to core {PROXY_CORE}, load
+  generators and origins to core {LOAD_CORE}
+{"".join(line + chr(10) for line in load)}- versions: {"; ".join(tools)}; Python {v["python"]}
 
-{table}
-
-{notes}
+{body}
 """
     RESULTS.write_text(text)
     log(f"wrote {RESULTS}")
@@ -993,6 +1698,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="with --l4: give Portico a TCP listener on :8085 and measure it",
     )
+    p.add_argument(
+        "--h2",
+        action="store_true",
+        help="also measure over TLS with h2load: HTTP/2 and HTTP/1.1, NGINX :8443 and Portico "
+        ":8444 (h2) / :8445 (HTTP/1.1)",
+    )
+    p.add_argument("--h2-clients", type=int, default=10, help="h2load -c for h2 rows (default 10)")
+    p.add_argument(
+        "--h2-streams",
+        type=int,
+        default=10,
+        help="h2load -m, streams per connection, for h2 rows (default 10); HTTP/1.1 rows use "
+        "clients x streams connections",
+    )
+    p.add_argument(
+        "--tls-soak",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="also open new TLS connections against Portico for SECONDS and report its "
+        "workers' RSS (default 0: off)",
+    )
+    p.add_argument(
+        "--soak-load",
+        choices=("both", "h2load", "abrupt"),
+        default="both",
+        help="--tls-soak's clients: h2load's clean connections, the abruptly ended ones, or "
+        "both at once (default; the others tell which one makes memory grow)",
+    )
+    p.add_argument(
+        "--tls-only",
+        action="store_true",
+        help="skip the plain-HTTP wrk rows: only --h2 and --tls-soak",
+    )
     p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--write", action="store_true", help=f"also write {RESULTS.relative_to(REPO)}")
@@ -1010,6 +1749,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--duration must be 1..600 s and --warmup 0..60 s")
     args.targets = _subset(p, "--targets", args.targets, TARGETS)
     args.paths = _subset(p, "--paths", args.paths, tuple(PATHS))
+    if not 0 <= args.tls_soak <= 3600:
+        p.error("--tls-soak must be 0..3600 s")
+    if args.tls_soak and "portico" not in args.targets:
+        p.error("--tls-soak measures Portico: keep portico in --targets")
+    if args.tls_only and not (args.h2 or args.tls_soak):
+        p.error("--tls-only needs --h2 or --tls-soak")
+    if not (1 <= args.h2_clients <= 1000 and 1 <= args.h2_streams <= 1000):
+        p.error("--h2-clients and --h2-streams must be 1..1000")
     return args
 
 
@@ -1057,7 +1804,7 @@ def main(argv: list[str]) -> int:
         log("warning: one core only; proxy, wrk and origins share it")
     if not args.no_install:
         install_missing()
-    for tool in ("wrk", "nginx", "taskset"):
+    for tool in ("nginx", "taskset") if args.tls_only else ("wrk", "nginx", "taskset"):
         if not have(tool):
             log(f"{tool} is required and not installed")
             return 2
@@ -1067,8 +1814,11 @@ def main(argv: list[str]) -> int:
         log(f"origin ports {busy} are in use by a process this harness did not start")
         return 2
 
-    targets = [t for t in make_targets(args) if t.key in args.targets]
+    targets = [] if args.tls_only else [t for t in make_targets(args) if t.key in args.targets]
+    tls_targets = [k for k in TLS_TARGETS if k in args.targets] if args.h2 else []
     rows: list[Row] = []
+    tls_rows: list[Row] = []
+    soak: Soak | None = None
     try:
         with cleanup_on_exit():
             origins = spawn(
@@ -1081,6 +1831,13 @@ def main(argv: list[str]) -> int:
                     raise RuntimeError(f"the origins exited: {origins.log_tail()}")
                 log(f"measuring {target.label} ({args.duration}s per path)")
                 rows += run_target(args, target, origins)
+            for key in tls_targets:
+                if origins.popen.poll() is not None:
+                    raise RuntimeError(f"the origins exited: {origins.log_tail()}")
+                log(f"measuring {key} over TLS with h2load ({args.duration}s per row)")
+                tls_rows += run_tls_target(args, key, origins)
+            if args.tls_soak:
+                soak = run_soak(args)
     except KeyboardInterrupt:
         log("interrupted: everything started was stopped")
         return 130
@@ -1091,12 +1848,19 @@ def main(argv: list[str]) -> int:
         log(f"stopped early: {exc}")
         return 1
 
-    table, notes = render_table(rows, args.paths), footnotes(rows)
-    print(table)
-    print()
-    print(notes)
+    sections = []
+    if rows:
+        sections.append(f"{render_table(rows, args.paths)}\n\n{footnotes(rows)}")
+    if tls_targets:
+        sections.append(
+            "## TLS: HTTP/2 and HTTP/1.1 (h2load)\n\n"
+            f"{render_tls_table(tls_rows, args.paths)}\n\n{tls_footnotes(tls_rows, args)}"
+        )
+    if soak is not None:
+        sections.append(f"## {render_soak(soak)}")
+    print("\n\n".join(sections))
     if args.write:
-        write_results(table, notes, args, started)
+        write_results(sections, args, started)
     return 0
 
 
