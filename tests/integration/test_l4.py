@@ -415,9 +415,9 @@ def test_idle_timeout_closes_a_silent_connection(
         while time.monotonic() < busy_until:
             sock.sendall(b".")
             assert read_exactly(sock, 1) == b"."
+            silent_since = time.monotonic()  # the last byte either way: silence starts here
             readable, _, _ = select.select([sock], [], [], 0.1)  # nothing may arrive (no EOF)
             assert not readable
-        silent_since = time.monotonic()
         assert is_closed(sock)
         silent = time.monotonic() - silent_since
     assert 0.25 < silent < 3.0, silent

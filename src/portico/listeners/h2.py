@@ -77,13 +77,19 @@ class H2Stream:
         "_pending_size",
         "_trailers",
         "_unacked",
+        "client_ip",
+        "client_subject",
         "closed",
         "conn",
         "exchange",
         "head_only",
+        "loop",
         "request_done",
         "response_done",
+        "settings",
         "stream_id",
+        "transport",
+        "worker",
         "write_paused",
     )
 
@@ -93,6 +99,13 @@ class H2Stream:
 
     def __init__(self, conn: H2ClientConnection, stream_id: int, method: bytes) -> None:
         self.conn = conn
+        # what the exchange reads of its client, copied: read many times per request
+        self.settings = conn.settings
+        self.worker = conn.worker
+        self.loop = conn.loop
+        self.transport = conn.transport
+        self.client_ip = conn.client_ip
+        self.client_subject = conn.client_subject
         self.stream_id = stream_id
         self.head_only = method == b"HEAD"
         self.exchange: Exchange | None = None
@@ -109,30 +122,6 @@ class H2Stream:
         self._deadline = Deadline(conn.loop, self._on_timeout)
 
     # -- what an exchange reads of its client ----------------------------------------------------
-
-    @property
-    def settings(self) -> HttpListenerSettings:
-        return self.conn.settings
-
-    @property
-    def worker(self) -> Worker:
-        return self.conn.worker
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self.conn.loop
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self.conn.transport
-
-    @property
-    def client_ip(self) -> str:
-        return self.conn.client_ip
-
-    @property
-    def client_subject(self) -> str | None:
-        return self.conn.client_subject
 
     @property
     def forwarding_memo(self) -> tuple[bytes | None, list[Header]] | None:
@@ -379,7 +368,15 @@ class H2ClientConnection(asyncio.Protocol):
             settings.max_request_line, settings.max_header_size, settings.max_headers
         )
         h2 = self.h2 = H2Connection(
-            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+            H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,  # a client's fields: checked, always
+                # ours are built valid (lower-case names, nothing connection-specific:
+                # `portico.http.h2.response_fields`), so h2 need not check them again
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         h2.local_settings = Settings(
             client=False,

@@ -79,7 +79,7 @@ class AccessRecord:
     client_ip: str
     method: bytes
     target: bytes  # as the client sent it (before any prefix rewrite)
-    version: str  # "1.1" or "1.0"
+    version: str  # "1.1", "1.0" or "2.0" (HTTP/2, logged as NGINX does)
     status: int
     bytes_sent: int
     body_bytes_sent: int

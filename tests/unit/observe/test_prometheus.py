@@ -32,6 +32,7 @@ EXPECTED = {
     "portico_store_errors": ("counter", {"store"}),
     "portico_ratelimit_fallbacks": ("counter", {"listener"}),
     "portico_ratelimited": ("counter", {"listener"}),
+    "portico_h2_abuse": ("counter", {"listener"}),
     "portico_workers": ("gauge", set()),
     # and a few more
     "portico_connections": ("counter", {"listener"}),
