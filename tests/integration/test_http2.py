@@ -210,6 +210,9 @@ def shared_config(
         + "  - name: strict\n    bind: 127.0.0.1:0\n    default_pool: special\n"
         "    http2: {max_concurrent_streams: 5}\n"
         "    limits: {max_body_size: 1KiB, max_headers: 10, max_request_line: 200}\n"
+        # idle connections closed soon
+        "  - name: idle\n    bind: 127.0.0.1:0\n    default_pool: special\n    http2: true\n"
+        "    timeouts: {keepalive: 300ms}\n"
         # only the metric test's attack happens here
         "  - name: watched\n    bind: 127.0.0.1:0\n    default_pool: special\n    http2: true\n"
         "pools:\n"
@@ -599,6 +602,15 @@ def test_refused_request_heads(
         refused = client.response(client.request(fields=fields))
         assert refused.status == status
         assert client.get("/special/after-refusal").status == 200
+
+
+def test_an_idle_connection_gets_a_goaway_and_is_closed(shared: Shared) -> None:
+    with h2c(shared.ports["idle"]) as client:
+        assert client.get("/special/before-idle").status == 200
+        goaway = client.wait_goaway()  # the listener's keepalive timeout: 300ms
+        assert goaway.error_code == ErrorCodes.NO_ERROR
+        assert goaway.last_stream_id == 1
+        client.read_until_eof()
 
 
 # -- attacks -----------------------------------------------------------------------------------
