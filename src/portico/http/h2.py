@@ -82,10 +82,10 @@ def map_request(fields: list[Header], limits: RequestLimits) -> H2Request | int:
         headers.append((name, value))
     if size > limits.max_header_size or len(headers) + len(cookies) > limits.max_headers:
         return 431
+    if method == b"CONNECT":
+        return 405  # before the :path check: an ordinary CONNECT has none (RFC 9113 §8.5)
     if method is None or path is None:
         return 400
-    if method == b"CONNECT":
-        return 405
     if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
         return 400
     if len(method) + len(path) + 10 > limits.max_request_line:

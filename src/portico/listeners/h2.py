@@ -249,13 +249,10 @@ class H2Stream:
         """The client reset the stream (or the connection is gone): cancel what it asked for."""
         if self.closed:
             return
-        self.closed = True
-        self._deadline.cancel()
-        self._pending.clear()
         exchange = self.exchange
+        self._end()
         if exchange is not None and not exchange.finished:
             exchange.client_gone()
-        self.conn.stream_closed(self)
 
     def push(self) -> None:
         """Write queued response bytes as far as the windows allow."""
@@ -305,10 +302,7 @@ class H2Stream:
             return
         with contextlib.suppress(ProtocolError, StreamClosedError):
             self.conn.h2.reset_stream(self.stream_id, code)
-        self.closed = True
-        self._deadline.cancel()
-        self._pending.clear()
-        self.conn.stream_closed(self)
+        self._end()
         self.conn.flush()
 
     # -- internals -----------------------------------------------------------------------------
@@ -325,9 +319,16 @@ class H2Stream:
 
     def _close(self) -> None:
         if not self.closed:
-            self.closed = True
-            self._deadline.cancel()
-            self.conn.stream_closed(self)
+            self._end()
+
+    def _end(self) -> None:
+        """The stream is over: no timer, no queued bytes, and no link back to its exchange
+        (which keeps one to the stream), so neither waits for the garbage collector."""
+        self.closed = True
+        self._deadline.cancel()
+        self._pending.clear()
+        self.exchange = None
+        self.conn.stream_closed(self)
 
     def _on_timeout(self) -> None:
         exchange = self.exchange
@@ -388,18 +389,6 @@ class H2ClientConnection(asyncio.Protocol):
             },
         )
         h2.decoder.max_header_list_size = settings.max_header_size + HEADER_SLACK
-        self._dispatch: dict[type[Event], Callable[[Any], None]] = {
-            RequestReceived: self._on_request,
-            DataReceived: self._on_data,
-            StreamEnded: self._on_stream_ended,
-            StreamReset: self._on_stream_reset,
-            WindowUpdated: self._on_window_updated,
-            RemoteSettingsChanged: self._on_settings,
-            PingReceived: self._on_control,
-            PriorityUpdated: self._on_control,
-            UnknownFrameReceived: self._on_control,
-            ConnectionTerminated: self._on_terminated,
-        }
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -461,12 +450,12 @@ class H2ClientConnection(asyncio.Protocol):
             self._fail(f"protocol error: {exc}")
             return
         self._in_events = True
-        dispatch = self._dispatch
+        dispatch = _DISPATCH
         try:
             for event in events:
                 handler = dispatch.get(type(event))
                 if handler is not None:
-                    handler(event)
+                    handler(self, event)
                 if self._closed:
                     return
         finally:
@@ -729,3 +718,19 @@ class H2ClientConnection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream.on_reset()
         self.streams.clear()
+
+
+# h2 event -> handler; plain functions rather than bound methods kept on each connection, so
+# that a closed connection is not kept alive by a cycle through its own methods
+_DISPATCH: dict[type[Event], Callable[[H2ClientConnection, Any], None]] = {
+    RequestReceived: H2ClientConnection._on_request,
+    DataReceived: H2ClientConnection._on_data,
+    StreamEnded: H2ClientConnection._on_stream_ended,
+    StreamReset: H2ClientConnection._on_stream_reset,
+    WindowUpdated: H2ClientConnection._on_window_updated,
+    RemoteSettingsChanged: H2ClientConnection._on_settings,
+    PingReceived: H2ClientConnection._on_control,
+    PriorityUpdated: H2ClientConnection._on_control,
+    UnknownFrameReceived: H2ClientConnection._on_control,
+    ConnectionTerminated: H2ClientConnection._on_terminated,
+}
