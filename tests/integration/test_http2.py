@@ -641,8 +641,13 @@ def continuation_flood(client: H2Client) -> bytes:
     return b"".join(f.serialize() for f in frames)
 
 
-def ping_flood(client: H2Client) -> bytes:
-    return b"".join(PingFrame(0, opaque_data=i.to_bytes(8, "big")).serialize() for i in range(1500))
+def ping_flood(client: H2Client, count: int = 1500) -> bytes:
+    pings = (PingFrame(0, opaque_data=i.to_bytes(8, "big")) for i in range(count))
+    return b"".join(ping.serialize() for ping in pings)
+
+
+def large_ping_flood(client: H2Client) -> bytes:
+    return ping_flood(client, 5000)  # 85 KB: more than the server takes in one read
 
 
 def settings_flood(client: H2Client) -> bytes:
@@ -680,8 +685,9 @@ PROTOCOL = ErrorCodes.PROTOCOL_ERROR
 # name: (listener, the attack's frames, the GOAWAY's error code, what the log says)
 ATTACKS: dict[str, tuple[str, Callable[[H2Client], bytes], ErrorCodes, str]] = {
     "rapid-reset": ("web", rapid_reset, CALM, "rapid reset"),
-    "continuation-flood": ("web", continuation_flood, PROTOCOL, "Too many continuation frames"),
+    "continuation-flood": ("web", continuation_flood, PROTOCOL, "CONTINUATION flood"),
     "ping-flood": ("web", ping_flood, CALM, "PingReceived flood"),
+    "large-ping-flood": ("web", large_ping_flood, CALM, "PingReceived flood"),
     "settings-flood": ("web", settings_flood, CALM, "SETTINGS flood"),
     "window-update-flood": ("web", window_update_flood, CALM, "WINDOW_UPDATE flood"),
     "empty-data-flood": ("web", empty_data_flood, CALM, "empty DATA frames flood"),
@@ -694,14 +700,12 @@ def attack(port: int, build: Callable[[H2Client], bytes]) -> int | None:
     """Open a connection, send the attack's frames in one go, and read what the server says
     until it closes the connection; the GOAWAY's error code, or None.
 
-    Each attack is a few tens of KiB, taken by the server in one read on loopback: a server
-    that closes while attack bytes it has not read are still arriving makes TCP reset the
-    connection, and the GOAWAY can then be lost on the way (see the report on lingering).
+    The server must not lose its GOAWAY by closing on attack bytes it has not read (TCP would
+    reset the connection): it lingers, discarding them, which the large PING flood checks.
     """
     with connect(port) as sock:
         client = H2Client(sock)  # the preface and SETTINGS went out
         data = build(client)
-        assert len(data) < 64 * 1024
         send_all_quietly(sock, data)
         frames, _ = read_frames_until_closed(sock)
     goaway = goaway_of(frames)

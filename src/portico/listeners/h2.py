@@ -42,7 +42,7 @@ from h2.events import (
     UnknownFrameReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import DenialOfServiceError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
@@ -64,6 +64,8 @@ STREAM_BUFFER = 256 * 1024  # response bytes queued per stream before its server
 STREAM_RESUME = 64 * 1024  # ... and resumed below this
 CONTROL_BACKLOG = 4 * 1024 * 1024  # unsent bytes while the socket is full: a client not reading
 HEADER_SLACK = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
+LINGER_TIME = 1.0  # after a GOAWAY for an error, how long the client's bytes are discarded
+LINGER_BYTES = 1 << 20  # ... and how many
 
 
 class H2Stream:
@@ -362,6 +364,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._counted = False  # counted against max_conns_per_client
         self._in_events = False
         self._flush_scheduled = False
+        self._lingered = -1  # bytes discarded after a GOAWAY for an error (-1: not lingering)
         self._goaway_at: int | None = None  # the last stream accepted, once draining
         self._deadline = Deadline(worker.loop, self._on_timeout)
         http2 = settings.http2
@@ -442,12 +445,22 @@ class H2ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
+            if self._lingered >= 0:
+                self._lingered += len(data)
+                if self._lingered > LINGER_BYTES and self.transport is not None:
+                    self.transport.abort()
             return
         try:
             events = self.h2.receive_data(data)
+        except DenialOfServiceError as exc:
+            self._abuse(f"oversized header block ({exc})", queued=True)
+            return
         except ProtocolError as exc:
             # h2 has queued a GOAWAY with the error: send it, then close
-            self._fail(f"protocol error: {exc}")
+            if "continuation" in str(exc).lower():
+                self._abuse("CONTINUATION flood", queued=True)  # h2's backlog limit
+            else:
+                self._fail(f"protocol error: {exc}")
             return
         self._in_events = True
         dispatch = _DISPATCH
@@ -688,11 +701,13 @@ class H2ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _abuse(self, what: str) -> None:
+    def _abuse(self, what: str, queued: bool = False) -> None:
+        """Close an abusive connection: GOAWAY ENHANCE_YOUR_CALM (or the error h2 `queued`)."""
         log.warning("HTTP/2 client %s: %s; connection closed", self.client_ip, what)
         self.worker.stats.h2_abuse(self.settings.name)
-        with contextlib.suppress(ProtocolError):
-            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        if not queued:
+            with contextlib.suppress(ProtocolError):
+                self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
         self._fail(what, quiet=True)
 
     def _fail(self, why: str, quiet: bool = False) -> None:
@@ -706,12 +721,19 @@ class H2ClientConnection(asyncio.Protocol):
         self._closed = True
         self._drop_streams()
         transport = self.transport
-        if transport is not None:
-            if data and transport.get_write_buffer_size() < CONTROL_BACKLOG:
-                transport.write(data)
-                transport.close()
-            else:
-                transport.abort()
+        if transport is None:
+            return
+        if not data or transport.get_write_buffer_size() >= CONTROL_BACKLOG:
+            transport.abort()
+            return
+        # the GOAWAY must reach the client: closing with its unread bytes in our socket would
+        # send a reset that can destroy it. So stop writing, read and discard for a moment,
+        # then close (as the HTTP/1 listener's lingering close)
+        transport.write(data)
+        self._lingered = 0
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_TIME, transport.close)
 
     def _drop_streams(self) -> None:
         self._deadline.cancel()
