@@ -1161,6 +1161,7 @@ class Soak:
     abrupt: dict[str, int] = field(default_factory=dict)  # AbruptClients kind -> count
     abrupt_failed: int = 0
     tls: str = ""
+    protocol: str = "h1"  # what h2load speaks: "h1" (port PORTICO_TLS_PORT) or "h2"
 
     def third_medians(self) -> tuple[float, float, float] | None:
         """Median worker RSS (MiB) of the first, middle and last third of the samples."""
@@ -1254,7 +1255,8 @@ def run_soak(args: argparse.Namespace) -> Soak:
     """New TLS connections against Portico's HTTP/1.1 TLS listener for args.tls_soak seconds:
     back-to-back h2load runs (SOAK_CLIENTS connections of SOAK_REQUESTS_PER_CONN requests each,
     every connection a full handshake) plus AbruptClients, while Portico's RSS is sampled."""
-    soak = Soak(args.tls_soak)
+    soak = Soak(args.tls_soak, protocol=args.soak_protocol)
+    port = PORTICO_H2_PORT if soak.protocol == "h2" else PORTICO_TLS_PORT
     try:
         if not have("h2load"):
             raise RuntimeError("h2load is not installed (Debian package nghttp2-client)")
@@ -1264,9 +1266,9 @@ def run_soak(args: argparse.Namespace) -> Soak:
         log(f"TLS soak: {soak.error}")
         return soak
     check_affinity(server, PROXY_CORE)
-    url = f"https://127.0.0.1:{PORTICO_TLS_PORT}/small"
+    url = f"https://127.0.0.1:{port}/small"
     argv = h2load_argv(
-        url, "h1", clients=SOAK_CLIENTS, requests=SOAK_CLIENTS * SOAK_REQUESTS_PER_CONN
+        url, soak.protocol, clients=SOAK_CLIENTS, requests=SOAK_CLIENTS * SOAK_REQUESTS_PER_CONN
     )
     stop_sampling = threading.Event()
     started = time.monotonic()
@@ -1283,16 +1285,16 @@ def run_soak(args: argparse.Namespace) -> Soak:
 
     thread = threading.Thread(target=sampler, daemon=True)
     try:
-        soak.tls = check_tls(PORTICO_TLS_PORT, "/small", PATHS["small"][1], "h1").tls
+        soak.tls = check_tls(port, "/small", PATHS["small"][1], soak.protocol).tls
         soak.before = sample()
         log(
             f"TLS soak: {args.tls_soak}s of new TLS connections against Portico "
-            f":{PORTICO_TLS_PORT}, worker RSS {soak.before.workers_kib / 1024:.1f} MiB idle"
+            f":{port}, worker RSS {soak.before.workers_kib / 1024:.1f} MiB idle"
         )
         cpu_before = tree_cpu_seconds(server.pid)
         started = time.monotonic()
         thread.start()
-        abrupt = AbruptClients(PORTICO_TLS_PORT)
+        abrupt = AbruptClients(port)
         with abrupt if args.soak_load != "h2load" else contextlib.nullcontext():
             while time.monotonic() - started < args.tls_soak:
                 if args.soak_load == "abrupt":
@@ -1535,7 +1537,8 @@ def tls_footnotes(rows: list[Row], args: argparse.Namespace) -> str:
 
 def render_soak(soak: Soak) -> str:
     """--tls-soak's section: Portico's worker RSS before, during and after, and the verdict."""
-    title = f"TLS soak: Portico, {soak.seconds} s of new TLS connections"
+    speaks = "HTTP/2" if soak.protocol == "h2" else "HTTP/1.1"
+    title = f"TLS soak: Portico, {soak.seconds} s of new TLS connections ({speaks})"
     if soak.error:
         return f"{title}\n\n{soak.error}"
     mib = [s.workers_kib / 1024 for s in soak.samples]
@@ -1561,8 +1564,9 @@ def render_soak(soak: Soak) -> str:
     load = []
     if soak.runs:
         load.append(
-            f"{soak.runs:,} back-to-back runs of `h2load --h1 -c{SOAK_CLIENTS} "
-            f"-n{SOAK_CLIENTS * SOAK_REQUESTS_PER_CONN}` against :{PORTICO_TLS_PORT}: "
+            f"{soak.runs:,} back-to-back runs of `h2load{' --h1' if soak.protocol == 'h1' else ''}"
+            f" -c{SOAK_CLIENTS} -n{SOAK_CLIENTS * SOAK_REQUESTS_PER_CONN}` against "
+            f":{PORTICO_H2_PORT if soak.protocol == 'h2' else PORTICO_TLS_PORT}: "
             f"{soak.handshakes:,} full TLS handshakes ({rate:,.0f}/s) and {soak.requests:,} "
             f"requests ({soak.errors:,} failed)"
         )
@@ -1726,6 +1730,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="both",
         help="--tls-soak's clients: h2load's clean connections, the abruptly ended ones, or "
         "both at once (default; the others tell which one makes memory grow)",
+    )
+    p.add_argument(
+        "--soak-protocol",
+        choices=("h1", "h2"),
+        default="h1",
+        help="--tls-soak's h2load connections speak HTTP/1.1 (default) or HTTP/2",
     )
     p.add_argument(
         "--tls-only",

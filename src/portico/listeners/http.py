@@ -180,6 +180,9 @@ class ClientConnection(asyncio.Protocol):
         self._deadline.cancel()
         self.worker.forget(self)
         h2 = H2ClientConnection(self.settings, self.worker)
+        # this object is done: nothing of it may keep the transport (and its TLS state) alive
+        self.transport = None
+        self._parser = _DEAD_PARSER
         h2.adopt(transport, self.client_ip, self.client_subject, self._counted, data)
 
     def connection_lost(self, exc: Exception | None) -> None:

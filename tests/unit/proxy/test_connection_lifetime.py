@@ -135,11 +135,33 @@ def test_a_closed_http2_connection_and_its_streams_are_freed(worker: Worker) -> 
     conn.adopt(transport, "127.0.0.1", None, False, client.data_to_send())
     assert transport.protocol is conn
     assert len(conn.streams) == 2
-    gone = weakref.ref(conn)
+    gone, h2_gone = weakref.ref(conn), weakref.ref(conn.h2)
     conn.connection_lost(None)
     del conn
     transport.protocol = None
     assert gone() is None
+    assert h2_gone() is None  # the h2 library's own object: cyclic inside, emptied on close
     # streams and exchanges have no weak references: look for them among all objects (the
     # collector is off, so cyclic garbage would still be listed)
     assert not [o for o in gc.get_objects() if isinstance(o, (H2Stream, H2Exchange))]
+
+
+def test_an_http1_connection_that_hands_over_to_h2c_is_freed_too(worker: Worker) -> None:
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
+    client.send_headers(1, fields, end_stream=True)
+    transport = FakeTransport()
+    first = ClientConnection(worker.settings["web"], worker)
+    first.connection_made(transport)
+    first.data_received(client.data_to_send())  # the h2c preface: HTTP/2 takes over
+    h2 = transport.protocol
+    assert isinstance(h2, H2ClientConnection)
+    assert len(h2.streams) == 1
+    first_gone, h2_gone = weakref.ref(first), weakref.ref(h2)
+    del first
+    assert first_gone() is None  # nothing of the HTTP/1 side outlives the handover
+    h2.connection_lost(None)
+    del h2
+    transport.protocol = None
+    assert h2_gone() is None
