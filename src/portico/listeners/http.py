@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from portico.http.errors import client_error
-from portico.http.headers import BodyKind, Header, RequestHead, split_request_headers
+from portico.http.headers import (
+    CHUNKED_BODY,
+    LENGTH_BODY,
+    NO_BODY,
+    Header,
+    RequestHead,
+    split_request_headers,
+)
 from portico.listeners.tcp import Network, is_trusted
 from portico.listeners.tls import peer_subject
 from portico.proxy import proxy_protocol
@@ -257,11 +264,11 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
             raise _Refused
         kind = head.kind
-        if kind is BodyKind.CHUNKED and version == "1.0":
+        if kind is CHUNKED_BODY and version == "1.0":
             self._refuse_status = 400  # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
             raise _Refused
         max_body = settings.max_body_size
-        if max_body and kind is BodyKind.LENGTH and head.length > max_body:
+        if max_body and kind is LENGTH_BODY and head.length > max_body:
             self._refuse_status = 413
             raise _Refused
         keep_alive: bool = parser.should_keep_alive()
@@ -269,7 +276,7 @@ class ClientConnection(asyncio.Protocol):
             # Upgrade (WebSocket): forwarded for a GET without a body; after the server's 101
             # the connection becomes a tunnel. Else answered as a plain request, then closed,
             # since llhttp treats any bytes after this head as another protocol's.
-            if kind is not BodyKind.NONE:
+            if kind is not NO_BODY:
                 self._refuse_status = 400
                 raise _Refused
             if method != b"GET":
@@ -286,7 +293,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         active = self.active
         if active is None:
-            if kind is BodyKind.NONE:
+            if kind is NO_BODY:
                 self._deadline.clear()
             else:
                 self._deadline.set(settings.body_timeout)

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 from portico import tasks
 from portico.http.errors import client_error, upstream_error
 from portico.http.headers import (
+    CHUNKED_BODY,
+    LENGTH_BODY,
+    NO_BODY,
     BodyKind,
     Header,
     RequestHead,
@@ -135,7 +138,7 @@ class Exchange:
         self.head = head  # sorted for forwarding
         self.keep_alive = keep_alive
         self.received = 0
-        self.request_complete = head.kind is BodyKind.NONE
+        self.request_complete = head.kind is NO_BODY
         # the request body while no server connection is attached, kept for a replay
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -392,7 +395,7 @@ class Exchange:
         conn.send(self, self.method, head, self.request_complete, self.head.upgrade is not None)
         if self._pending:
             conn.writelines(self._framed(self._pending))
-        if self.request_complete and self.head.kind is BodyKind.CHUNKED:
+        if self.request_complete and self.head.kind is CHUNKED_BODY:
             conn.write(_CHUNK_END)
         client = self._client
         if client.write_paused:
@@ -424,9 +427,9 @@ class Exchange:
             if backend is not None:
                 host = f"[{backend.host}]" if ":" in backend.host else backend.host
                 out = [(b"Host", f"{host}:{backend.port}".encode()), *out]
-        if head.kind is BodyKind.LENGTH:
+        if head.kind is LENGTH_BODY:
             out.append((b"Content-Length", b"%d" % head.length))
-        elif head.kind is BodyKind.CHUNKED:
+        elif head.kind is CHUNKED_BODY:
             out.append((b"Transfer-Encoding", head.te))
         if head.upgrade is not None:
             out = [*out, (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
@@ -451,7 +454,7 @@ class Exchange:
         )
 
     def _framed(self, chunks: list[bytes]) -> list[bytes | memoryview]:
-        if self.head.kind is not BodyKind.CHUNKED:
+        if self.head.kind is not CHUNKED_BODY:
             return list(chunks)
         out: list[bytes | memoryview] = []
         for chunk in chunks:
@@ -467,7 +470,7 @@ class Exchange:
                 # stream from now on: the body can no longer be replayed
                 self._replayable = False
                 self._pending = []
-            if self.head.kind is BodyKind.CHUNKED:
+            if self.head.kind is CHUNKED_BODY:
                 upstream.writelines([b"%x\r\n" % len(chunk), chunk, _CRLF])
             else:
                 upstream.write(chunk)
@@ -481,7 +484,7 @@ class Exchange:
         self.request_complete = True
         upstream = self._upstream
         if upstream is not None:
-            if self.head.kind is BodyKind.CHUNKED:
+            if self.head.kind is CHUNKED_BODY:
                 upstream.write(_CHUNK_END)
             upstream.request_sent()
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from portico.http.headers import BodyKind, ResponseHead
+from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, ResponseHead
 from portico.timers import Deadline
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_response_head(status, head)
             if self.sink is None:
                 return
-            if kind is BodyKind.LENGTH:
+            if kind is LENGTH_BODY:
                 length = head.length
                 if len(rest) >= length:
                     # the whole response in this read: the common case for small answers
@@ -306,11 +306,11 @@ class UpstreamConnection(asyncio.Protocol):
                     self._remaining = length - len(rest)
                     if rest:
                         sink.on_response_body(rest)
-            elif kind is BodyKind.NONE:
+            elif kind is NO_BODY:
                 if rest:
                     self._keep_alive = False
                 self._finish()
-            elif kind is BodyKind.CHUNKED:
+            elif kind is CHUNKED_BODY:
                 self._state = _CHUNKED
                 self._parser = parser
                 if rest:
