@@ -71,6 +71,7 @@ HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished hea
 LINGER_TIME = 2.0  # after an error answer, how long unread client bytes are drained
 LINGER_BYTES = 1 << 20  # ... and how many
 DRAIN_FIRST_REQUEST = 1.0  # on shutdown, how long a new connection has to send its request
+MAX_METHOD = 32  # longer than any method name llhttp knows
 
 
 class _Refused(Exception):
@@ -110,6 +111,8 @@ class ClientConnection(asyncio.Protocol):
         self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
         self._head_guard = settings.max_request_line + settings.max_header_size + HEAD_SLACK
+        # a target shorter than this cannot make the request line too long, whatever the method
+        self._url_room = settings.max_request_line - 10 - MAX_METHOD
         self._lingering = False
         self._lingered = 0
         # the request being answered, and those pipelined behind it
@@ -219,18 +222,18 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
+        # the state of the head being read was reset when the last one completed
         self._in_head = True
-        self._head_bytes = 0
         if self.active is None:
             self._deadline.set(self.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        url = self._url = self._url + url
         # the whole request line: method SP target SP HTTP/1.x
-        if len(self._url) + len(self._parser.get_method()) + 10 > self.settings.max_request_line:
+        if (
+            len(url) > self._url_room
+            and len(url) + len(self._parser.get_method()) + 10 > self.settings.max_request_line
+        ):
             self._refuse_status = 414
             raise _Refused
 
@@ -288,9 +291,12 @@ class ClientConnection(asyncio.Protocol):
             keep_alive = False
         exchange = Exchange(self, method, target, version, headers, head, keep_alive)
         self._reading = exchange
+        # ready for the next head
         self._in_head = False
         self._url = b""
         self._headers = []
+        self._head_size = 0
+        self._head_bytes = 0
         active = self.active
         if active is None:
             if kind is NO_BODY:
@@ -319,7 +325,10 @@ class ClientConnection(asyncio.Protocol):
         exchange = self._reading
         self._reading = None
         if exchange is not None:
-            exchange.request_end()
+            if exchange._upstream is None:
+                exchange.request_complete = True  # what request_end does before it is sent
+            else:
+                exchange.request_end()
         if self.active is None and not self._closed:
             self._deadline.set(self.settings.keepalive_timeout)
 
@@ -354,7 +363,6 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or self.draining or not exchange.request_complete:
             self.close()
             return
-        self._deadline.clear()
         if self._queue:
             nxt = self._queue.popleft()
             if not self._queue:
@@ -362,17 +370,23 @@ class ClientConnection(asyncio.Protocol):
             self.active = nxt
             if self.write_paused:
                 self._deadline.set(self.settings.send_timeout)
+            else:
+                self._deadline.clear()
             nxt.begin()
             return
         if self._refusal is not None:
+            self._deadline.clear()
             self.write(client_error(self._refusal))
             self.linger_close()
             return
-        self._unblock(BLOCK_QUEUED)
-        if self._eof:
-            self.close()
-        elif self._reading is None:
-            self._deadline.set(self.settings.keepalive_timeout)
+        if self._blocked:
+            self._unblock(BLOCK_QUEUED)
+        if self._reading is None and not self._eof:
+            self._deadline.set(self.settings.keepalive_timeout)  # the common case
+        else:
+            self._deadline.clear()
+            if self._eof:
+                self.close()
 
     def close(self) -> None:
         """Close after what was written is flushed."""
