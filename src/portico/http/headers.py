@@ -79,6 +79,7 @@ _REQUEST_NAMES: dict[bytes, int] = {
 # Connection tokens that name no header to remove; `host` is never removed because a client
 # lists it there (a client must not be able to strip the Host the server routes on).
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class RequestHead:
@@ -104,9 +105,10 @@ class RequestHead:
         self.kind = NO_BODY
         self.length = 0
         self.te = b""
-        self.connection: frozenset[bytes] = frozenset()
-        self.x_forwarded_for: list[bytes] = []
-        self.forwarded: list[bytes] = []
+        self.connection: frozenset[bytes] = _NO_TOKENS
+        # the client's values (lists once it sent some)
+        self.x_forwarded_for: Sequence[bytes] = ()
+        self.forwarded: Sequence[bytes] = ()
         self.upgrade: bytes | None = None  # the Upgrade field (hop-by-hop: forwarded only on
         # an upgrade the proxy relays, WebSocket)
 
@@ -144,7 +146,7 @@ def split_request_headers(
             listed = tokens if listed is None else listed | tokens
         elif what == _XFF:
             if replace_x_forwarded:
-                head.x_forwarded_for.append(header[1])
+                head.x_forwarded_for = [*head.x_forwarded_for, header[1]]
             else:
                 out.append(header)
         elif what in (_XFP, _XFH):
@@ -152,7 +154,7 @@ def split_request_headers(
                 out.append(header)
         elif what == _FORWARDED:
             if replace_forwarded:
-                head.forwarded.append(header[1])
+                head.forwarded = [*head.forwarded, header[1]]
             else:
                 out.append(header)
         elif what == _UPGRADE:

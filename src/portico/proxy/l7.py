@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from portico import tasks
@@ -140,14 +141,14 @@ class Exchange:
         self.received = 0
         self.request_complete = head.kind is NO_BODY
         # the request body while no server connection is attached, kept for a replay
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
         self._replayable = True
         # the upstream side
         self._backend: BackendState | None = None
         self._upstream: UpstreamConnection | None = None
         self._upstream_head: bytes | None = None
-        self._tried: list[BackendState] = []
+        self._tried: Sequence[BackendState] = ()  # a list once one has failed
         self._reused = False
         self._stale_retried = False
         self._pool = client.settings.pool
@@ -187,29 +188,31 @@ class Exchange:
     def begin(self, first_filter: int = 0) -> None:
         """The request head is in: run the listener's request filters, then go upstream."""
         client = self._client
-        filters = client.settings.filters
-        for index in range(first_filter, len(filters)):
-            request_filter = filters[index]
-            if request_filter.asynchronous:
-                tasks.spawn(self._await_filter(request_filter, index))
-                return
-            answer = request_filter.on_request(self)
-            if answer is not None:
-                self._filtered(answer)
-                return
-        if client.settings.access_log is not None:
+        settings = client.settings
+        filters = settings.filters
+        if filters:
+            for index in range(first_filter, len(filters)):
+                request_filter = filters[index]
+                if request_filter.asynchronous:
+                    tasks.spawn(self._await_filter(request_filter, index))
+                    return
+                answer = request_filter.on_request(self)
+                if answer is not None:
+                    self._filtered(answer)
+                    return
+        if settings.access_log is not None:
             self._request_id, passed = request_id(self.headers)
             if not passed:  # an invalid one of the client's is replaced, never forwarded
                 self.head.headers = [
                     h for h in self.head.headers if h[0].lower() != b"x-request-id"
                 ]
-        router = client.settings.router
+        router = settings.router
         if router is not None:
             pool = self._route(router)
             if pool is None:
                 return  # answered by the route itself
         else:
-            pool = client.settings.pool
+            pool = settings.pool
         self._pool = pool
         budget = pool.budget
         if budget is not None:
@@ -360,7 +363,7 @@ class Exchange:
         except (OSError, TimeoutError) as exc:
             if self._backend is backend and not self.finished:
                 self._release_backend(failed=True)
-                self._tried.append(backend)
+                self._tried = [*self._tried, backend]
                 timed_out = isinstance(exc, TimeoutError)
                 self._retry_or_fail(504 if timed_out else 502, counts=True)
             return
@@ -393,14 +396,15 @@ class Exchange:
         if self._timeouts is not None:
             conn.set_timeouts(self._timeouts[1], self._timeouts[2])
         conn.send(self, self.method, head, self.request_complete, self.head.upgrade is not None)
-        if self._pending:
-            conn.writelines(self._framed(self._pending))
+        pending = self._pending
+        if pending:
+            conn.writelines(self._framed(pending))
         if self.request_complete and self.head.kind is CHUNKED_BODY:
             conn.write(_CHUNK_END)
         client = self._client
         if client.write_paused:
             conn.pause_reading()
-        if self._pending_size > REPLAY_LIMIT:
+        if pending and self._pending_size > REPLAY_LIMIT:
             client.unblock_reading(BLOCK_PENDING)
 
     def _build_upstream_head(self) -> bytes:
@@ -469,13 +473,17 @@ class Exchange:
             if self._replayable:
                 # stream from now on: the body can no longer be replayed
                 self._replayable = False
-                self._pending = []
+                self._pending = None
             if self.head.kind is CHUNKED_BODY:
                 upstream.writelines([b"%x\r\n" % len(chunk), chunk, _CRLF])
             else:
                 upstream.write(chunk)
         elif not self.finished:
-            self._pending.append(chunk)
+            pending = self._pending
+            if pending is None:
+                self._pending = [chunk]
+            else:
+                pending.append(chunk)
             self._pending_size += len(chunk)
             if self._pending_size > REPLAY_LIMIT:
                 self._client.block_reading(BLOCK_PENDING)
@@ -646,7 +654,7 @@ class Exchange:
             self.start()
             return
         if backend is not None:
-            self._tried.append(backend)
+            self._tried = [*self._tried, backend]
         if self.method in IDEMPOTENT and not timed_out:
             self._retry_or_fail(502, counts=True)
         else:
