@@ -10,7 +10,7 @@ where a request goes or what the client sees (the proxy does).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -80,10 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._method = b"GET"
         self._buffer = b""
         self._remaining = 0
-        self._parser: httptools.HttpResponseParser | None = None
-        # the current response head's parser callbacks (set per response, see _read_head)
-        self.on_status: Callable[[bytes], None] | None = None
-        self.on_header: Callable[[bytes, bytes], None] | None = None
+        self._parser: httptools.HttpResponseParser | None = None  # of a chunked body
         self._keep_alive = True
         self._got_bytes = False
         self._chunked_done = False
@@ -147,8 +144,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish()
         elif state == _HEAD:
             self._got_bytes = True
-            self._arm_read()
             self._read_head(self._buffer + data if self._buffer else data)
+            if _IDLE < self._state < _DONE:
+                self._arm_read()  # more of this response to come (usually it came whole)
         elif state == _CHUNKED:
             self._arm_read()
             self._feed_chunked(data)
@@ -251,13 +249,12 @@ class UpstreamConnection(asyncio.Protocol):
             head_end = end + 4
             self._buffer = b""
             head = ResponseHead(self._hide)
-            # the head object receives the parser's header callbacks directly (no hop via
-            # this connection); httptools looks the callbacks up when the parser is made
-            self.on_status = head.on_status
-            self.on_header = head.on_header
-            parser = httptools.HttpResponseParser(self)
+            # the head object receives the parser's callbacks directly (no hop via this
+            # connection, no body or message callbacks); a chunked body gets its own parser
+            parser = httptools.HttpResponseParser(head)
+            raw = buffer[:head_end] if head_end < len(buffer) else buffer
             try:
-                parser.feed_data(buffer[:head_end] if head_end < len(buffer) else buffer)
+                parser.feed_data(raw)
             except httptools.HttpParserUpgrade:
                 pass  # a 101 (or an Upgrade field): the head itself parsed; decided below
             except httptools.HttpParserError as exc:
@@ -311,6 +308,11 @@ class UpstreamConnection(asyncio.Protocol):
                     self._keep_alive = False
                 self._finish()
             elif kind is CHUNKED_BODY:
+                # a parser that reports the body to this connection reads the head again first
+                # (it parsed cleanly above; its fields are not reported twice)
+                parser = httptools.HttpResponseParser(self)
+                with contextlib.suppress(httptools.HttpParserUpgrade):
+                    parser.feed_data(raw)
                 self._state = _CHUNKED
                 self._parser = parser
                 if rest:
