@@ -8,7 +8,7 @@ exactly as the parser gave them; names are compared case-insensitively.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from enum import Enum
 from typing import Final
 
@@ -182,6 +182,8 @@ _PLAIN = -1
 # lookups skip bytes.lower(). Bounded, so that a server inventing names cannot grow it.
 _RESPONSE_NAME_MEMO: dict[bytes, int] = {}
 _MEMO_LIMIT = 2048
+# Of those, the names of plain end-to-end fields, as sent: forwarded as they are (unless hidden)
+_PLAIN_NAMES: set[bytes] = set()
 
 
 class ResponseHead:
@@ -196,6 +198,7 @@ class ResponseHead:
         "_hide",
         "_length",
         "_listed",
+        "_plain",
         "declared_length",
         "headers",
         "keep_alive",
@@ -216,6 +219,8 @@ class ResponseHead:
         self.keep_alive = True
         self.upgrade: bytes | None = None  # the protocol a 101 switches to
         self._hide = hide
+        # names to forward without a look: none while some are hidden (hidden ones are plain)
+        self._plain: Collection[bytes] = _PLAIN_NAMES if not hide else ()
         self._length: int | None = None
         self._listed: frozenset[bytes] | None = None
 
@@ -224,11 +229,16 @@ class ResponseHead:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if name in self._plain:
+            self.headers.append((name, value))  # the usual field: a name seen before
+            return
         what = _RESPONSE_NAME_MEMO.get(name)
         if what is None:
             what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
             if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
                 _RESPONSE_NAME_MEMO[name] = what
+                if what == _PLAIN:
+                    _PLAIN_NAMES.add(name)
         if what == _PLAIN:
             if not self._hide or name.lower() not in self._hide:
                 self.headers.append((name, value))

@@ -263,7 +263,8 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused
         if target[:1] != b"/":
             target = self._absolute_target(target, head)
-        if head.hosts > 1 or (head.hosts == 0 and version == "1.1"):
+        hosts = head.hosts
+        if hosts != 1 and (hosts > 1 or version == "1.1"):
             self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
             raise _Refused
         kind = head.kind
@@ -275,7 +276,8 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_status = 413
             raise _Refused
         keep_alive: bool = parser.should_keep_alive()
-        if parser.should_upgrade():
+        # llhttp flags an upgrade only for a request with an Upgrade field (CONNECT is refused)
+        if head.upgrade is not None and parser.should_upgrade():
             # Upgrade (WebSocket): forwarded for a GET without a body; after the server's 101
             # the connection becomes a tunnel. Else answered as a plain request, then closed,
             # since llhttp treats any bytes after this head as another protocol's.

@@ -291,7 +291,8 @@ class Exchange:
             backend = pool.select(
                 self.headers, self.target, client.client_ip, self._tried, now, self._sticky_server
             )
-        self._dequeued = False
+        if self._dequeued:
+            self._dequeued = False
         if backend is None:
             fallback = pool.fallback
             if fallback is not None and not self._tried and not self._fell_back:
@@ -307,7 +308,8 @@ class Exchange:
             else:
                 self._respond_error(503)
             return
-        assert not isinstance(backend, str)
+        if TYPE_CHECKING:
+            assert not isinstance(backend, str)
         self._backend = backend
         self._backend_name = backend.name
         backend.in_flight += 1
