@@ -24,7 +24,6 @@ from portico.http.headers import (
     CHUNKED_BODY,
     LENGTH_BODY,
     NO_BODY,
-    BodyKind,
     Header,
     RequestHead,
     ResponseHead,
@@ -552,14 +551,14 @@ class Exchange:
         kind = head.kind
         is_11 = self.version == "1.1"
         keep = self.keep_alive and self.request_complete and not client.draining
-        if kind is BodyKind.LENGTH:
+        if kind is LENGTH_BODY:
             out.append((b"Content-Length", b"%d" % head.length))
-        elif kind is BodyKind.NONE:
+        elif kind is NO_BODY:
             if head.declared_length is not None and status >= 200 and status != 204:
                 out.append((b"Content-Length", head.declared_length))  # HEAD, 304: the GET's
         elif is_11:
             self._chunked_out = True
-            te = head.te if kind is BodyKind.CHUNKED else None
+            te = head.te if kind is CHUNKED_BODY else None
             out.append((b"Transfer-Encoding", te or b"chunked"))
         else:
             keep = False  # an HTTP/1.0 client reads this body until the connection closes
