@@ -261,7 +261,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(f"malformed response head: {exc}")
                 return
             status = parser.get_status_code()
-            head.finish(self._method, status, parser.get_http_version() == "1.1")
+            # the version from the status line's first bytes when it starts there (llhttp
+            # accepted "HTTP/<digit>.<digit>"): cheaper than get_http_version's formatting
+            http11 = raw[:8] == b"HTTP/1.1" or (
+                raw[:1] != b"H" and parser.get_http_version() == "1.1"
+            )
+            head.finish(self._method, status, http11)
             sink = self.sink
             assert sink is not None
             rest = buffer[head_end:]
