@@ -114,7 +114,7 @@ class RequestHead:
 
 
 def split_request_headers(
-    headers: Sequence[Header], *, replace_x_forwarded: bool, replace_forwarded: bool
+    headers: Sequence[Header], replace_x_forwarded: bool, replace_forwarded: bool
 ) -> RequestHead:
     """Sort a parsed request head (already validated by llhttp) for forwarding.
 

@@ -252,9 +252,8 @@ class ClientConnection(asyncio.Protocol):
         version: str = parser.get_http_version()
         headers = self._headers
         target = self._url
-        head = split_request_headers(
-            headers, replace_x_forwarded=settings.x_forwarded, replace_forwarded=settings.forwarded
-        )
+        # positional: a call with keywords is not specialised by CPython 3.11
+        head = split_request_headers(headers, settings.x_forwarded, settings.forwarded)
         if version != "1.1" and version != "1.0":
             self._refuse_status = 505  # llhttp reads a missing version as 0.9
             raise _Refused

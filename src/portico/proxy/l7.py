@@ -316,7 +316,7 @@ class Exchange:
         conn = backend.take_idle()
         if conn is not None:
             self._reused = True
-            self._attach(conn)
+            self._attach(conn, now)
         else:
             self._reused = False
             tasks.spawn(self._connect(backend))
@@ -386,14 +386,15 @@ class Exchange:
             if not backend.put_idle(conn, loop.time()):
                 conn.close()
             return
-        self._attach(conn)
+        self._attach(conn, loop.time())
 
-    def _attach(self, conn: UpstreamConnection) -> None:
+    def _attach(self, conn: UpstreamConnection, now: float) -> None:
+        """Send the request on `conn` (`now`: the loop's time)."""
         self._upstream = conn
         head = self._upstream_head
         if head is None:
             head = self._upstream_head = self._build_upstream_head()
-        self._sent_at = self._client.loop.time()
+        self._sent_at = now
         if self._timeouts is not None:
             conn.set_timeouts(self._timeouts[1], self._timeouts[2])
         conn.send(self, self.method, head, self.request_complete, self.head.upgrade is not None)
