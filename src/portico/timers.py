@@ -11,25 +11,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+_NEVER = float("inf")
+
 
 class Deadline:
     """Calls `callback` once `seconds` after the latest `set`, unless `clear`ed first."""
 
-    __slots__ = ("_callback", "_handle", "_loop", "_when")
+    __slots__ = ("_at", "_callback", "_handle", "_loop", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
         self._callback = callback
         self._handle: asyncio.TimerHandle | None = None
+        self._at = _NEVER  # when the handle is due (_NEVER: no handle)
         self._when = 0.0  # 0.0 = not armed
 
     def set(self, seconds: float) -> None:
-        when = self._loop.time() + seconds
-        self._when = when
-        handle = self._handle
-        if handle is None or handle.when() > when:
-            if handle is not None:
-                handle.cancel()
+        when = self._when = self._loop.time() + seconds
+        if when < self._at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._at = when
             self._handle = self._loop.call_at(when, self._fire)
 
     def clear(self) -> None:
@@ -42,6 +44,7 @@ class Deadline:
         -> deadline -> owner, so the owner (and, for TLS, the ~100 KiB of OpenSSL state its
         transport holds) is freed at once instead of waiting for a full garbage collection."""
         self._when = 0.0
+        self._at = _NEVER
         self._callback = _nothing
         if self._handle is not None:
             self._handle.cancel()
@@ -53,10 +56,12 @@ class Deadline:
 
     def _fire(self) -> None:
         self._handle = None
+        self._at = _NEVER
         when = self._when
         if when == 0.0:
             return
         if self._loop.time() < when:
+            self._at = when
             self._handle = self._loop.call_at(when, self._fire)
             return
         self._when = 0.0

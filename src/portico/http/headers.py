@@ -8,8 +8,9 @@ exactly as the parser gave them; names are compared case-insensitively.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from enum import Enum
+from typing import Final
 
 Header = tuple[bytes, bytes]
 
@@ -30,6 +31,14 @@ class BodyKind(Enum):
     CLOSE = 3  # until the connection closes: responses only
 
 
+# The members as plain module names, for the hot path: on Python 3.11 `BodyKind.NONE` goes
+# through EnumType.__getattr__'s slow attribute hook (~0.1 us per access), a global does not.
+NO_BODY: Final = BodyKind.NONE
+LENGTH_BODY: Final = BodyKind.LENGTH
+CHUNKED_BODY: Final = BodyKind.CHUNKED
+CLOSE_BODY: Final = BodyKind.CLOSE
+
+
 def response_body_kind(
     request_method: bytes, status: int, length: int | None, transfer_encoding: bytes | None
 ) -> BodyKind:
@@ -40,14 +49,14 @@ def response_body_kind(
     close. The parser has already refused a Content-Length beside a Transfer-Encoding.
     """
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
-        return BodyKind.NONE
+        return NO_BODY
     if transfer_encoding is not None:
         if transfer_encoding.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
-            return BodyKind.CHUNKED
-        return BodyKind.CLOSE
+            return CHUNKED_BODY
+        return CLOSE_BODY
     if length is not None:
-        return BodyKind.LENGTH
-    return BodyKind.CLOSE
+        return LENGTH_BODY
+    return CLOSE_BODY
 
 
 # What the one pass over a request head must notice, by lower-case name.
@@ -70,6 +79,7 @@ _REQUEST_NAMES: dict[bytes, int] = {
 # Connection tokens that name no header to remove; `host` is never removed because a client
 # lists it there (a client must not be able to strip the Host the server routes on).
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class RequestHead:
@@ -92,18 +102,19 @@ class RequestHead:
         self.headers: list[Header] = []  # end-to-end, in order; framing re-added by the proxy
         self.host: bytes | None = None
         self.hosts = 0
-        self.kind = BodyKind.NONE
+        self.kind = NO_BODY
         self.length = 0
         self.te = b""
-        self.connection: frozenset[bytes] = frozenset()
-        self.x_forwarded_for: list[bytes] = []
-        self.forwarded: list[bytes] = []
+        self.connection: frozenset[bytes] = _NO_TOKENS
+        # the client's values (lists once it sent some)
+        self.x_forwarded_for: Sequence[bytes] = ()
+        self.forwarded: Sequence[bytes] = ()
         self.upgrade: bytes | None = None  # the Upgrade field (hop-by-hop: forwarded only on
         # an upgrade the proxy relays, WebSocket)
 
 
 def split_request_headers(
-    headers: Sequence[Header], *, replace_x_forwarded: bool, replace_forwarded: bool
+    headers: Sequence[Header], replace_x_forwarded: bool, replace_forwarded: bool
 ) -> RequestHead:
     """Sort a parsed request head (already validated by llhttp) for forwarding.
 
@@ -124,10 +135,10 @@ def split_request_headers(
             head.hosts += 1
             out.append(header)
         elif what == _LENGTH:
-            head.kind = BodyKind.LENGTH
+            head.kind = LENGTH_BODY
             head.length = int(header[1])
         elif what == _TE:
-            head.kind = BodyKind.CHUNKED
+            head.kind = CHUNKED_BODY
             # repeated fields are one list (RFC 9110 §5.3): gzip + chunked stays "gzip, chunked"
             head.te = header[1] if not head.te else head.te + b", " + header[1]
         elif what == _CONNECTION:
@@ -135,7 +146,7 @@ def split_request_headers(
             listed = tokens if listed is None else listed | tokens
         elif what == _XFF:
             if replace_x_forwarded:
-                head.x_forwarded_for.append(header[1])
+                head.x_forwarded_for = [*head.x_forwarded_for, header[1]]
             else:
                 out.append(header)
         elif what in (_XFP, _XFH):
@@ -143,7 +154,7 @@ def split_request_headers(
                 out.append(header)
         elif what == _FORWARDED:
             if replace_forwarded:
-                head.forwarded.append(header[1])
+                head.forwarded = [*head.forwarded, header[1]]
             else:
                 out.append(header)
         elif what == _UPGRADE:
@@ -171,19 +182,22 @@ _PLAIN = -1
 # lookups skip bytes.lower(). Bounded, so that a server inventing names cannot grow it.
 _RESPONSE_NAME_MEMO: dict[bytes, int] = {}
 _MEMO_LIMIT = 2048
+# Of those, the names of plain end-to-end fields, as sent: forwarded as they are (unless hidden)
+_PLAIN_NAMES: set[bytes] = set()
 
 
 class ResponseHead:
     """A response head, sorted as the parser reports each header (it is the parser's callback
     object): end-to-end headers minus hidden ones, framing, keep-alive. Pure: no I/O.
 
-    Trailer fields of a chunked body reach `on_header` too, after `finish`: they land at the
-    end of `headers` (the upstream connection knows where the head's fields ended)."""
+    Trailer fields of a chunked body are not its business: the upstream connection collects
+    them."""
 
     __slots__ = (
         "_hide",
         "_length",
         "_listed",
+        "_plain",
         "declared_length",
         "headers",
         "keep_alive",
@@ -197,13 +211,15 @@ class ResponseHead:
     def __init__(self, hide: frozenset[bytes] = frozenset()) -> None:
         self.headers: list[Header] = []
         self.reason = b""
-        self.kind = BodyKind.NONE
+        self.kind = NO_BODY
         self.length = 0
         self.declared_length: bytes | None = None  # as sent, for HEAD and 304
         self.te: bytes | None = None
         self.keep_alive = True
         self.upgrade: bytes | None = None  # the protocol a 101 switches to
         self._hide = hide
+        # names to forward without a look: none while some are hidden (hidden ones are plain)
+        self._plain: Collection[bytes] = _PLAIN_NAMES if not hide else ()
         self._length: int | None = None
         self._listed: frozenset[bytes] | None = None
 
@@ -212,11 +228,16 @@ class ResponseHead:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if name in self._plain:
+            self.headers.append((name, value))  # the usual field: a name seen before
+            return
         what = _RESPONSE_NAME_MEMO.get(name)
         if what is None:
             what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
             if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
                 _RESPONSE_NAME_MEMO[name] = what
+                if what == _PLAIN:
+                    _PLAIN_NAMES.add(name)
         if what == _PLAIN:
             if not self._hide or name.lower() not in self._hide:
                 self.headers.append((name, value))
@@ -242,9 +263,9 @@ class ResponseHead:
         else:
             self.keep_alive = http11
         kind = self.kind = response_body_kind(method, status, self._length, self.te)
-        if kind is BodyKind.LENGTH:
+        if kind is LENGTH_BODY:
             self.length = self._length or 0
-        elif kind is BodyKind.CLOSE:
+        elif kind is CLOSE_BODY:
             self.keep_alive = False
 
 
@@ -275,13 +296,13 @@ _NOT_IN_TRAILERS = frozenset(
 )
 
 
-def trailer_fields(fields: Sequence[Header]) -> list[Header]:
+def trailer_fields(fields: Sequence[Header], hide: frozenset[bytes] = frozenset()) -> list[Header]:
     """The fields of a server's trailer section that may be passed on (names lower-case,
-    as HTTP/2 wants them and HTTP/1.1 allows)."""
+    as HTTP/2 wants them and HTTP/1.1 allows), minus the pool's hidden ones."""
     out = []
     for name, value in fields:
         low = name.lower()
-        if low not in _NOT_IN_TRAILERS and low not in HOP_BY_HOP:
+        if low not in _NOT_IN_TRAILERS and low not in HOP_BY_HOP and low not in hide:
             out.append((low, value))
     return out
 

@@ -48,7 +48,7 @@ from hyperframe.frame import GoAwayFrame
 
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request, split_answer
-from portico.http.headers import BodyKind, Header, split_request_headers
+from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
 from portico.proxy.h2 import H2Exchange
 from portico.timers import Deadline
 
@@ -572,16 +572,16 @@ class H2ClientConnection(asyncio.Protocol):
         )
         head.upgrade = None  # h2 refused any Upgrade field already
         if ended:
-            if head.kind is BodyKind.LENGTH and head.length:
+            if head.kind is LENGTH_BODY and head.length:
                 stream.answer(client_error(400))  # a length, and no body to match it
                 return
-            head.kind = BodyKind.NONE
+            head.kind = NO_BODY
         elif not request.has_length:
             # a body of unknown length: chunked to the server
-            head.kind = BodyKind.CHUNKED
+            head.kind = CHUNKED_BODY
             head.te = b"chunked"
         max_body = settings.max_body_size
-        if max_body and head.kind is BodyKind.LENGTH and head.length > max_body:
+        if max_body and head.kind is LENGTH_BODY and head.length > max_body:
             stream.answer(client_error(413))
             return
         exchange = H2Exchange(stream, request.method, request.target, request.headers, head)

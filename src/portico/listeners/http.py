@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from portico.http.errors import client_error
-from portico.http.headers import BodyKind, Header, RequestHead, split_request_headers
+from portico.http.headers import (
+    CHUNKED_BODY,
+    LENGTH_BODY,
+    NO_BODY,
+    Header,
+    RequestHead,
+    split_request_headers,
+)
 from portico.listeners.h2 import PREFACE, H2ClientConnection
 from portico.listeners.tcp import Network, is_trusted
 from portico.listeners.tls import peer_subject
@@ -75,6 +82,7 @@ HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished hea
 LINGER_TIME = 2.0  # after an error answer, how long unread client bytes are drained
 LINGER_BYTES = 1 << 20  # ... and how many
 DRAIN_FIRST_REQUEST = 1.0  # on shutdown, how long a new connection has to send its request
+MAX_METHOD = 32  # longer than any method name llhttp knows
 
 
 class _Nobody:
@@ -122,6 +130,8 @@ class ClientConnection(asyncio.Protocol):
         self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
         self._head_guard = settings.max_request_line + settings.max_header_size + HEAD_SLACK
+        # a target shorter than this cannot make the request line too long, whatever the method
+        self._url_room = settings.max_request_line - 10 - MAX_METHOD
         self._lingering = False
         self._lingered = 0
         # the request being answered, and those pipelined behind it
@@ -271,18 +281,18 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
+        # the state of the head being read was reset when the last one completed
         self._in_head = True
-        self._head_bytes = 0
         if self.active is None:
             self._deadline.set(self.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        url = self._url = self._url + url
         # the whole request line: method SP target SP HTTP/1.x
-        if len(self._url) + len(self._parser.get_method()) + 10 > self.settings.max_request_line:
+        if (
+            len(url) > self._url_room
+            and len(url) + len(self._parser.get_method()) + 10 > self.settings.max_request_line
+        ):
             self._refuse_status = 414
             raise _Refused
 
@@ -301,9 +311,8 @@ class ClientConnection(asyncio.Protocol):
         version: str = parser.get_http_version()
         headers = self._headers
         target = self._url
-        head = split_request_headers(
-            headers, replace_x_forwarded=settings.x_forwarded, replace_forwarded=settings.forwarded
-        )
+        # positional: a call with keywords is not specialised by CPython 3.11
+        head = split_request_headers(headers, settings.x_forwarded, settings.forwarded)
         if version != "1.1" and version != "1.0":
             self._refuse_status = 505  # llhttp reads a missing version as 0.9
             raise _Refused
@@ -312,23 +321,25 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused
         if target[:1] != b"/":
             target = self._absolute_target(target, head)
-        if head.hosts > 1 or (head.hosts == 0 and version == "1.1"):
+        hosts = head.hosts
+        if hosts != 1 and (hosts > 1 or version == "1.1"):
             self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
             raise _Refused
         kind = head.kind
-        if kind is BodyKind.CHUNKED and version == "1.0":
+        if kind is CHUNKED_BODY and version == "1.0":
             self._refuse_status = 400  # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
             raise _Refused
         max_body = settings.max_body_size
-        if max_body and kind is BodyKind.LENGTH and head.length > max_body:
+        if max_body and kind is LENGTH_BODY and head.length > max_body:
             self._refuse_status = 413
             raise _Refused
         keep_alive: bool = parser.should_keep_alive()
-        if parser.should_upgrade():
+        # llhttp flags an upgrade only for a request with an Upgrade field (CONNECT is refused)
+        if head.upgrade is not None and parser.should_upgrade():
             # Upgrade (WebSocket): forwarded for a GET without a body; after the server's 101
             # the connection becomes a tunnel. Else answered as a plain request, then closed,
             # since llhttp treats any bytes after this head as another protocol's.
-            if kind is not BodyKind.NONE:
+            if kind is not NO_BODY:
                 self._refuse_status = 400
                 raise _Refused
             if method != b"GET":
@@ -340,12 +351,15 @@ class ClientConnection(asyncio.Protocol):
             keep_alive = False
         exchange = Exchange(self, method, target, version, headers, head, keep_alive)
         self._reading = exchange
+        # ready for the next head
         self._in_head = False
         self._url = b""
         self._headers = []
+        self._head_size = 0
+        self._head_bytes = 0
         active = self.active
         if active is None:
-            if kind is BodyKind.NONE:
+            if kind is NO_BODY:
                 self._deadline.clear()
             else:
                 self._deadline.set(settings.body_timeout)
@@ -371,7 +385,10 @@ class ClientConnection(asyncio.Protocol):
         exchange = self._reading
         self._reading = None
         if exchange is not None:
-            exchange.request_end()
+            if exchange._upstream is None:
+                exchange.request_complete = True  # what request_end does before it is sent
+            else:
+                exchange.request_end()
         if self.active is None and not self._closed:
             self._deadline.set(self.settings.keepalive_timeout)
 
@@ -408,7 +425,6 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or self.draining or not exchange.request_complete:
             self.close()
             return
-        self._deadline.clear()
         if self._queue:
             nxt = self._queue.popleft()
             if not self._queue:
@@ -416,17 +432,23 @@ class ClientConnection(asyncio.Protocol):
             self.active = nxt
             if self.write_paused:
                 self._deadline.set(self.settings.send_timeout)
+            else:
+                self._deadline.clear()
             nxt.begin()
             return
         if self._refusal is not None:
+            self._deadline.clear()
             self.write(client_error(self._refusal))
             self.linger_close()
             return
-        self._unblock(BLOCK_QUEUED)
-        if self._eof:
-            self.close()
-        elif self._reading is None:
-            self._deadline.set(self.settings.keepalive_timeout)
+        if self._blocked:
+            self._unblock(BLOCK_QUEUED)
+        if self._reading is None and not self._eof:
+            self._deadline.set(self.settings.keepalive_timeout)  # the common case
+        else:
+            self._deadline.clear()
+            if self._eof:
+                self.close()
 
     def close(self) -> None:
         """Close after what was written is flushed."""

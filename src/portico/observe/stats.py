@@ -309,7 +309,8 @@ class WorkerStats:
         histogram = entry.durations.get(pool)
         if histogram is None:
             histogram = self._duration_series(entry, pool)
-        histogram.observe(duration)
+        histogram.counts[bisect_left(histogram.bounds, duration)] += 1  # Histogram.observe
+        histogram.sum += duration
         if upstream_connect is not None:
             counters = self._pools.get(pool)
             if counters is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from portico.http.h2 import response_fields
-from portico.http.headers import BodyKind, Header, RequestHead, ResponseHead
+from portico.http.headers import LENGTH_BODY, NO_BODY, Header, RequestHead, ResponseHead
 from portico.proxy.l7 import Exchange
 
 if TYPE_CHECKING:
@@ -44,13 +44,10 @@ class H2Exchange(Exchange):
     def on_response_head(self, status: int, head: ResponseHead) -> None:
         out = self._response_headers(status, head)
         kind = head.kind
-        if kind is BodyKind.LENGTH:
+        if kind is LENGTH_BODY:
             out.append((b"content-length", b"%d" % head.length))
         elif (
-            kind is BodyKind.NONE
-            and head.declared_length is not None
-            and status >= 200
-            and status != 204
+            kind is NO_BODY and head.declared_length is not None and status >= 200 and status != 204
         ):
             out.append((b"content-length", head.declared_length))  # HEAD, 304: the GET's
         fields = self._fields = response_fields(status, out)

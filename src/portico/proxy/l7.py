@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from portico import tasks
 from portico.http.errors import client_error, upstream_error
 from portico.http.headers import (
-    BodyKind,
+    CHUNKED_BODY,
+    LENGTH_BODY,
+    NO_BODY,
     Header,
     RequestHead,
     ResponseHead,
@@ -172,16 +175,16 @@ class Exchange:
         self.head = head  # sorted for forwarding
         self.keep_alive = keep_alive
         self.received = 0
-        self.request_complete = head.kind is BodyKind.NONE
+        self.request_complete = head.kind is NO_BODY
         # the request body while no server connection is attached, kept for a replay
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
         self._replayable = True
         # the upstream side
         self._backend: BackendState | None = None
         self._upstream: UpstreamConnection | None = None
         self._upstream_head: bytes | None = None
-        self._tried: list[BackendState] = []
+        self._tried: Sequence[BackendState] = ()  # a list once one has failed
         self._reused = False
         self._stale_retried = False
         self._pool = client.settings.pool
@@ -221,29 +224,31 @@ class Exchange:
     def begin(self, first_filter: int = 0) -> None:
         """The request head is in: run the listener's request filters, then go upstream."""
         client = self._client
-        filters = client.settings.filters
-        for index in range(first_filter, len(filters)):
-            request_filter = filters[index]
-            if request_filter.asynchronous:
-                tasks.spawn(self._await_filter(request_filter, index))
-                return
-            answer = request_filter.on_request(self)
-            if answer is not None:
-                self._filtered(answer)
-                return
-        if client.settings.access_log is not None:
+        settings = client.settings
+        filters = settings.filters
+        if filters:
+            for index in range(first_filter, len(filters)):
+                request_filter = filters[index]
+                if request_filter.asynchronous:
+                    tasks.spawn(self._await_filter(request_filter, index))
+                    return
+                answer = request_filter.on_request(self)
+                if answer is not None:
+                    self._filtered(answer)
+                    return
+        if settings.access_log is not None:
             self._request_id, passed = request_id(self.headers)
             if not passed:  # an invalid one of the client's is replaced, never forwarded
                 self.head.headers = [
                     h for h in self.head.headers if h[0].lower() != b"x-request-id"
                 ]
-        router = client.settings.router
+        router = settings.router
         if router is not None:
             pool = self._route(router)
             if pool is None:
                 return  # answered by the route itself
         else:
-            pool = client.settings.pool
+            pool = settings.pool
         self._pool = pool
         budget = pool.budget
         if budget is not None:
@@ -322,7 +327,8 @@ class Exchange:
             backend = pool.select(
                 self.headers, self.target, client.client_ip, self._tried, now, self._sticky_server
             )
-        self._dequeued = False
+        if self._dequeued:
+            self._dequeued = False
         if backend is None:
             fallback = pool.fallback
             if fallback is not None and not self._tried and not self._fell_back:
@@ -338,7 +344,8 @@ class Exchange:
             else:
                 self._respond_error(503)
             return
-        assert not isinstance(backend, str)
+        if TYPE_CHECKING:
+            assert not isinstance(backend, str)
         self._backend = backend
         self._backend_name = backend.name
         backend.in_flight += 1
@@ -346,7 +353,7 @@ class Exchange:
         conn = backend.take_idle()
         if conn is not None:
             self._reused = True
-            self._attach(conn)
+            self._attach(conn, now)
         else:
             self._reused = False
             tasks.spawn(self._connect(backend))
@@ -394,7 +401,7 @@ class Exchange:
         except (OSError, TimeoutError) as exc:
             if self._backend is backend and not self.finished:
                 self._release_backend(failed=True)
-                self._tried.append(backend)
+                self._tried = [*self._tried, backend]
                 timed_out = isinstance(exc, TimeoutError)
                 self._retry_or_fail(504 if timed_out else 502, counts=True)
             return
@@ -416,25 +423,27 @@ class Exchange:
             if not backend.put_idle(conn, loop.time()):
                 conn.close()
             return
-        self._attach(conn)
+        self._attach(conn, loop.time())
 
-    def _attach(self, conn: UpstreamConnection) -> None:
+    def _attach(self, conn: UpstreamConnection, now: float) -> None:
+        """Send the request on `conn` (`now`: the loop's time)."""
         self._upstream = conn
         head = self._upstream_head
         if head is None:
             head = self._upstream_head = self._build_upstream_head()
-        self._sent_at = self._client.loop.time()
+        self._sent_at = now
         if self._timeouts is not None:
             conn.set_timeouts(self._timeouts[1], self._timeouts[2])
         conn.send(self, self.method, head, self.request_complete, self.head.upgrade is not None)
-        if self._pending:
-            conn.writelines(self._framed(self._pending))
-        if self.request_complete and self.head.kind is BodyKind.CHUNKED:
+        pending = self._pending
+        if pending:
+            conn.writelines(self._framed(pending))
+        if self.request_complete and self.head.kind is CHUNKED_BODY:
             conn.write(_CHUNK_END)
         client = self._client
         if client.write_paused:
             conn.pause_reading()
-        if self._pending_size > REPLAY_LIMIT:
+        if pending and self._pending_size > REPLAY_LIMIT:
             client.unblock_reading(BLOCK_PENDING)
 
     def _build_upstream_head(self) -> bytes:
@@ -461,9 +470,9 @@ class Exchange:
             if backend is not None:
                 host = f"[{backend.host}]" if ":" in backend.host else backend.host
                 out = [(b"Host", f"{host}:{backend.port}".encode()), *out]
-        if head.kind is BodyKind.LENGTH:
+        if head.kind is LENGTH_BODY:
             out.append((b"Content-Length", b"%d" % head.length))
-        elif head.kind is BodyKind.CHUNKED:
+        elif head.kind is CHUNKED_BODY:
             out.append((b"Transfer-Encoding", head.te))
         if head.upgrade is not None:
             out = [*out, (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
@@ -488,7 +497,7 @@ class Exchange:
         )
 
     def _framed(self, chunks: list[bytes]) -> list[bytes | memoryview]:
-        if self.head.kind is not BodyKind.CHUNKED:
+        if self.head.kind is not CHUNKED_BODY:
             return list(chunks)
         out: list[bytes | memoryview] = []
         for chunk in chunks:
@@ -503,13 +512,17 @@ class Exchange:
             if self._replayable:
                 # stream from now on: the body can no longer be replayed
                 self._replayable = False
-                self._pending = []
-            if self.head.kind is BodyKind.CHUNKED:
+                self._pending = None
+            if self.head.kind is CHUNKED_BODY:
                 upstream.writelines([b"%x\r\n" % len(chunk), chunk, _CRLF])
             else:
                 upstream.write(chunk)
         elif not self.finished:
-            self._pending.append(chunk)
+            pending = self._pending
+            if pending is None:
+                self._pending = [chunk]
+            else:
+                pending.append(chunk)
             self._pending_size += len(chunk)
             if self._pending_size > REPLAY_LIMIT:
                 self._client.block_reading(BLOCK_PENDING)
@@ -518,7 +531,7 @@ class Exchange:
         self.request_complete = True
         upstream = self._upstream
         if upstream is not None:
-            if self.head.kind is BodyKind.CHUNKED:
+            if self.head.kind is CHUNKED_BODY:
                 upstream.write(_CHUNK_END)
             upstream.request_sent()
 
@@ -544,14 +557,14 @@ class Exchange:
         kind = head.kind
         is_11 = self.version == "1.1"
         keep = self.keep_alive and self.request_complete and not client.draining
-        if kind is BodyKind.LENGTH:
+        if kind is LENGTH_BODY:
             out.append((b"Content-Length", b"%d" % head.length))
-        elif kind is BodyKind.NONE:
+        elif kind is NO_BODY:
             if head.declared_length is not None and status >= 200 and status != 204:
                 out.append((b"Content-Length", head.declared_length))  # HEAD, 304: the GET's
         elif is_11:
             self._chunked_out = True
-            te = head.te if kind is BodyKind.CHUNKED else None
+            te = head.te if kind is CHUNKED_BODY else None
             out.append((b"Transfer-Encoding", te or b"chunked"))
         else:
             keep = False  # an HTTP/1.0 client reads this body until the connection closes
@@ -690,7 +703,7 @@ class Exchange:
             self.start()
             return
         if backend is not None:
-            self._tried.append(backend)
+            self._tried = [*self._tried, backend]
         if self.method in IDEMPOTENT and not timed_out:
             self._retry_or_fail(502, counts=True)
         else:

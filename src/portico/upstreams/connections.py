@@ -10,12 +10,19 @@ where a request goes or what the client sees (the proxy does).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from portico.http.headers import BodyKind, Header, ResponseHead, trailer_fields
+from portico.http.headers import (
+    CHUNKED_BODY,
+    LENGTH_BODY,
+    NO_BODY,
+    Header,
+    ResponseHead,
+    trailer_fields,
+)
 from portico.timers import Deadline
 
 if TYPE_CHECKING:
@@ -82,15 +89,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._method = b"GET"
         self._buffer = b""
         self._remaining = 0
-        self._parser: httptools.HttpResponseParser | None = None
-        # the current response head's parser callbacks (set per response, see _read_head)
-        self.on_status: Callable[[bytes], None] | None = None
-        self.on_header: Callable[[bytes, bytes], None] | None = None
+        self._parser: httptools.HttpResponseParser | None = None  # of a chunked body
         self._keep_alive = True
         self._got_bytes = False
         self._chunked_done = False
-        self._chunked_head: ResponseHead | None = None  # a chunked response's, for trailers
-        self._trailers_at = 0  # its fields before this index are the head's, after: trailers
+        self._trailers: list[Header] = []  # of a chunked response, as they arrive
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -151,8 +154,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish()
         elif state == _HEAD:
             self._got_bytes = True
-            self._arm_read()
             self._read_head(self._buffer + data if self._buffer else data)
+            if _IDLE < self._state < _DONE:
+                self._arm_read()  # more of this response to come (usually it came whole)
         elif state == _CHUNKED:
             self._arm_read()
             self._feed_chunked(data)
@@ -255,20 +259,24 @@ class UpstreamConnection(asyncio.Protocol):
             head_end = end + 4
             self._buffer = b""
             head = ResponseHead(self._hide)
-            # the head object receives the parser's header callbacks directly (no hop via
-            # this connection); httptools looks the callbacks up when the parser is made
-            self.on_status = head.on_status
-            self.on_header = head.on_header
-            parser = httptools.HttpResponseParser(self)
+            # the head object receives the parser's callbacks directly (no hop via this
+            # connection, no body or message callbacks); a chunked body gets its own parser
+            parser = httptools.HttpResponseParser(head)
+            raw = buffer[:head_end] if head_end < len(buffer) else buffer
             try:
-                parser.feed_data(buffer[:head_end] if head_end < len(buffer) else buffer)
+                parser.feed_data(raw)
             except httptools.HttpParserUpgrade:
                 pass  # a 101 (or an Upgrade field): the head itself parsed; decided below
             except httptools.HttpParserError as exc:
                 self._fail(f"malformed response head: {exc}")
                 return
             status = parser.get_status_code()
-            head.finish(self._method, status, parser.get_http_version() == "1.1")
+            # the version from the status line's first bytes when it starts there (llhttp
+            # accepted "HTTP/<digit>.<digit>"): cheaper than get_http_version's formatting
+            http11 = raw[:8] == b"HTTP/1.1" or (
+                raw[:1] != b"H" and parser.get_http_version() == "1.1"
+            )
+            head.finish(self._method, status, http11)
             sink = self.sink
             assert sink is not None
             rest = buffer[head_end:]
@@ -295,7 +303,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_response_head(status, head)
             if self.sink is None:
                 return
-            if kind is BodyKind.LENGTH:
+            if kind is LENGTH_BODY:
                 length = head.length
                 if len(rest) >= length:
                     # the whole response in this read: the common case for small answers
@@ -310,15 +318,18 @@ class UpstreamConnection(asyncio.Protocol):
                     self._remaining = length - len(rest)
                     if rest:
                         sink.on_response_body(rest)
-            elif kind is BodyKind.NONE:
+            elif kind is NO_BODY:
                 if rest:
                     self._keep_alive = False
                 self._finish()
-            elif kind is BodyKind.CHUNKED:
+            elif kind is CHUNKED_BODY:
+                # a parser that reports the body to this connection reads the head again first
+                # (it parsed cleanly above; its fields are not reported twice)
+                parser = httptools.HttpResponseParser(self)
+                with contextlib.suppress(httptools.HttpParserUpgrade):
+                    parser.feed_data(raw)
                 self._state = _CHUNKED
                 self._parser = parser
-                self._chunked_head = head
-                self._trailers_at = len(head.headers)
                 if rest:
                     self._feed_chunked(rest)
             else:
@@ -332,6 +343,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._state == _CHUNKED and self.sink is not None:
             self.sink.on_response_body(body)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state == _CHUNKED:  # a trailer field: the head's were read before the state
+            self._trailers.append((name, value))
 
     def on_message_begin(self) -> None:
         if self._state == _CHUNKED:
@@ -354,9 +369,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._chunked_done:
             # finished only after the parser returned: the sink may reuse this connection at once
             self._parser = None
-            head, self._chunked_head = self._chunked_head, None
-            if head is not None and len(head.headers) > self._trailers_at:
-                fields = trailer_fields(head.headers[self._trailers_at :])
+            if self._trailers:
+                fields = trailer_fields(self._trailers, self._hide)
+                self._trailers = []
                 if fields and self.sink is not None:
                     self.sink.on_response_trailers(fields)
             self._finish()

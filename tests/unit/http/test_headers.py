@@ -184,8 +184,8 @@ def test_client_forwarding_headers_pass_untouched_when_the_proxy_sets_none() -> 
     ]
     head = split_request_headers(headers, replace_x_forwarded=False, replace_forwarded=False)
     assert head.headers == headers
-    assert head.x_forwarded_for == []
-    assert head.forwarded == []
+    assert not head.x_forwarded_for
+    assert not head.forwarded
 
 
 def test_only_the_replaced_family_of_forwarding_headers_is_taken_out() -> None:

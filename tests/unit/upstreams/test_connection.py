@@ -1,0 +1,186 @@
+"""UpstreamConnection reading responses through a fake transport: the head's fields as the
+client gets them, whatever path the parse took (one dict fill, or a callback per field when
+a name repeats), and the body framing after them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from portico.http.headers import BodyKind, ResponseHead
+from portico.upstreams.backend import BackendState
+from portico.upstreams.connections import UpstreamConnection
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def on_interim(self, status: int, head: ResponseHead) -> None:
+        self.events.append(("interim", status, list(head.headers)))
+
+    def on_response_head(self, status: int, head: ResponseHead) -> None:
+        self.events.append(("head", status, head.reason, list(head.headers), head.kind))
+
+    def on_response_body(self, data: bytes | memoryview) -> None:
+        self.events.append(("body", bytes(data)))
+
+    def on_response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.events.append(("trailers", fields))
+
+    def on_response_end(self) -> None:
+        self.events.append(("end",))
+
+    def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None:
+        self.events.append(("failed", reason))
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        pass
+
+    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
+        self.events.append(("upgraded", rest))
+
+
+def exchange(
+    responses: list[bytes], hide: frozenset[bytes] = frozenset(), method: bytes = b"GET"
+) -> tuple[UpstreamConnection, list[Sink]]:
+    """Send one request per response on one connection, feeding each response as given."""
+    backend = BackendState("a", "127.0.0.1", 9001, 1, max_idle=4, clock=lambda: 0.0)
+    conn = UpstreamConnection(backend, 30.0, 30.0, hide)
+    conn.transport = Transport()  # type: ignore[assignment]
+    sinks = []
+    for data in responses:
+        sink = Sink()
+        sinks.append(sink)
+        conn.send(sink, method, b"GET / HTTP/1.1\r\n\r\n", True)
+        conn.data_received(data)
+        if sink.events and sink.events[-1] == ("end",):
+            conn.detach()
+    return conn, sinks
+
+
+def test_plain_fields_keep_order_and_spelling_framing_and_hop_by_hop_go() -> None:
+    _, [sink] = exchange(
+        [
+            b"HTTP/1.1 200 Fine\r\nServer: s\r\nContent-Length: 2\r\nkeep-alive: timeout=5\r\n"
+            b"Connection: keep-alive\r\nx-custom: 1\r\nDate: d\r\n\r\nok"
+        ]
+    )
+    assert sink.events == [
+        (
+            "head",
+            200,
+            b"Fine",
+            [(b"Server", b"s"), (b"x-custom", b"1"), (b"Date", b"d")],
+            BodyKind.LENGTH,
+        ),
+        ("body", b"ok"),
+        ("end",),
+    ]
+
+
+def test_repeated_field_names_are_all_forwarded_in_order() -> None:
+    _, [sink] = exchange(
+        [
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nVary: x\r\nSet-Cookie: b=2\r\n"
+            b"Content-Length: 0\r\nset-cookie: c=3\r\n\r\n"
+        ]
+    )
+    assert sink.events[0][3] == [
+        (b"Set-Cookie", b"a=1"),
+        (b"Vary", b"x"),
+        (b"Set-Cookie", b"b=2"),
+        (b"set-cookie", b"c=3"),
+    ]
+
+
+def test_names_listed_in_connection_and_hidden_names_are_dropped() -> None:
+    _, [sink] = exchange(
+        [
+            b"HTTP/1.1 200 OK\r\nConnection: X-Private\r\nX-Private: p\r\nX-Powered-By: php\r\n"
+            b"Server: s\r\nContent-Length: 0\r\n\r\n"
+        ],
+        hide=frozenset({b"x-powered-by"}),
+    )
+    assert sink.events[0][3] == [(b"Server", b"s")]
+
+
+def test_empty_values_and_no_reason_phrase() -> None:
+    _, [sink] = exchange([b"HTTP/1.1 204 \r\nX-Empty:\r\nX-Next: n\r\n\r\n"])
+    assert sink.events == [
+        ("head", 204, b"", [(b"X-Empty", b""), (b"X-Next", b"n")], BodyKind.NONE),
+        ("end",),
+    ]
+
+
+def test_interim_then_final_response_in_one_read() -> None:
+    _, [sink] = exchange(
+        [
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
+        ]
+    )
+    assert sink.events == [
+        ("interim", 103, [(b"Link", b"</a>")]),
+        ("head", 200, b"OK", [], BodyKind.LENGTH),
+        ("body", b"x"),
+        ("end",),
+    ]
+
+
+def test_chunked_body_after_a_head_with_repeated_or_plain_names() -> None:
+    for extra in (b"", b"Vary: a\r\nVary: b\r\n"):
+        conn, [sink] = exchange(
+            [
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + extra + b"\r\n"
+                b"3\r\nabc\r\n0\r\nTrailer-Field: t\r\n\r\n"
+            ]
+        )
+        # the head's fields are read twice (by a second parser) but reported once: only the
+        # trailer section comes back as trailers
+        assert sink.events[1:] == [
+            ("body", b"abc"),
+            ("trailers", [(b"trailer-field", b"t")]),
+            ("end",),
+        ]
+        assert conn.is_reusable()
+
+
+def test_connection_is_reused_for_many_responses() -> None:
+    response = b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 1\r\n\r\nx"
+    conn, sinks = exchange([response] * 3)
+    assert all(s.events[-1] == ("end",) for s in sinks)
+    assert conn.is_reusable()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"HTTP/1.1 200 OK\r\nA: b\r\n  folded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+    ],
+)
+def test_malformed_heads_fail_the_exchange(bad: bytes) -> None:
+    conn, [sink] = exchange([bad])
+    assert sink.events[0][0] == "failed"
+    assert not conn.is_reusable()
