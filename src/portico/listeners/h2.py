@@ -60,8 +60,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("portico.h2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-STREAM_BUFFER = 256 * 1024  # response bytes queued per stream before its server is paused
-STREAM_RESUME = 64 * 1024  # ... and resumed below this
+STREAM_BUFFER = 128 * 1024  # response bytes queued per stream before its server is paused
+STREAM_RESUME = 32 * 1024  # ... and resumed below this
+OUTBOUND_TURN = 256 * 1024  # DATA bytes all streams may hand to h2 between two socket writes
 CONTROL_BACKLOG = 4 * 1024 * 1024  # unsent bytes while the socket is full: a client not reading
 HEADER_SLACK = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
 LINGER_TIME = 1.0  # after a GOAWAY for an error, how long the client's bytes are discarded
@@ -266,6 +267,9 @@ class H2Stream:
         pending = self._pending
         frames = 0
         while pending:
+            if conn.unsent >= OUTBOUND_TURN:
+                conn.starved = True  # the other streams' turn: this one goes on after a flush
+                break
             window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
             if window <= 0:
                 break
@@ -277,6 +281,7 @@ class H2Stream:
             else:
                 pending.popleft()
             self._pending_size -= len(chunk)
+            conn.unsent += len(chunk)
             frames += 1
             h2.send_data(
                 stream_id,
@@ -364,6 +369,9 @@ class H2ClientConnection(asyncio.Protocol):
         self._counted = False  # counted against max_conns_per_client
         self._in_events = False
         self._flush_scheduled = False
+        self.unsent = 0  # DATA bytes handed to h2 since the last socket write
+        self.starved = False  # a stream stopped pushing for OUTBOUND_TURN: push again after
+        self._rotation = 0
         self._lingered = -1  # bytes discarded after a GOAWAY for an error (-1: not lingering)
         self._goaway_at: int | None = None  # the last stream accepted, once draining
         self._deadline = Deadline(worker.loop, self._on_timeout)
@@ -507,12 +515,19 @@ class H2ClientConnection(asyncio.Protocol):
         self._flush_scheduled = False
         if self._closed:
             return
+        self.unsent = 0
         data = self.h2.data_to_send()
         transport = self.transport
         if data and transport is not None:
             transport.write(data)
             if self.write_paused and transport.get_write_buffer_size() > CONTROL_BACKLOG:
                 self._fail("client does not read (control frames piling up)")
+                return
+        if self.starved and not self.write_paused:
+            # the socket took the last turn's bytes: the streams that waited go on (each
+            # turn moves at most OUTBOUND_TURN, so memory stays bounded whatever the windows)
+            self.starved = False
+            self._push_all()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         if size:
@@ -669,7 +684,12 @@ class H2ClientConnection(asyncio.Protocol):
         self._deadline.set(self.settings.header_timeout)
 
     def _push_all(self) -> None:
-        for stream in list(self.streams.values()):
+        streams = list(self.streams.values())
+        if len(streams) > 1:
+            # a different stream goes first each time, so that none waits behind the others
+            self._rotation = turn = (self._rotation + 1) % len(streams)
+            streams = streams[turn:] + streams[:turn]
+        for stream in streams:
             if stream._pending or stream._end_pending:
                 stream.push()
 
