@@ -402,7 +402,11 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.writelines(parts)
 
-    answer = write  # Portico's own answers are HTTP/1.1 bytes already
+    def answer(self, answer: bytes) -> None:
+        # Portico's own answers are HTTP/1.1 bytes already (a def, not `answer = write`: a
+        # class attribute alias is not a method in a mypyc-compiled class)
+        assert self.transport is not None
+        self.transport.write(answer)
 
     def block_reading(self, reason: int) -> None:
         self._block(reason)

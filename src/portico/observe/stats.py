@@ -254,7 +254,13 @@ class WorkerStats:
     routes), a pool, a server (None when no server answered: a local answer, a 502/503).
     """
 
-    def __init__(self, listeners: Iterable[str] = (), pools: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        listeners: Iterable[str] = (),
+        pools: Iterable[str] = (),
+        max_series: int = MAX_SERIES,
+    ) -> None:
+        self._max_series = max_series  # a parameter (not the module constant) for tests
         self._listeners: dict[str, _Listener] = {}
         self._pools: dict[str, _Pool] = {}
         self._series = 0  # request series and duration histograms made so far
@@ -358,7 +364,7 @@ class WorkerStats:
     # -- first sight of a name (not the hot path) ---------------------------------------------
 
     def _listener(self, name: str) -> _Listener:
-        if len(self._listeners) >= MAX_SERIES:
+        if len(self._listeners) >= self._max_series:
             name = OVERFLOW
             entry = self._listeners.get(name)
             if entry is not None:
@@ -367,7 +373,7 @@ class WorkerStats:
         return entry
 
     def _pool(self, name: str) -> _Pool:
-        if len(self._pools) >= MAX_SERIES:
+        if len(self._pools) >= self._max_series:
             name = OVERFLOW
             counters = self._pools.get(name)
             if counters is not None:
@@ -376,7 +382,7 @@ class WorkerStats:
         return counters
 
     def _request_series(self, entry: _Listener, route: str, pool: str, server: str) -> list[int]:
-        if self._series >= MAX_SERIES:
+        if self._series >= self._max_series:
             return self._overflow_requests
         self._series += 1
         classes = [0] * len(CODE_CLASSES)
@@ -384,7 +390,7 @@ class WorkerStats:
         return classes
 
     def _duration_series(self, entry: _Listener, pool: str) -> Histogram:
-        if self._series >= MAX_SERIES:
+        if self._series >= self._max_series:
             return self._overflow_duration
         self._series += 1
         histogram = entry.durations[pool] = Histogram(DURATION_BUCKETS)

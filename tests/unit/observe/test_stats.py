@@ -12,7 +12,6 @@ import pytest
 
 from portico.config.load import parse_config
 from portico.config.schema import PoolConfig
-from portico.observe import stats as stats_module
 from portico.observe.stats import (
     CONNECT_BUCKETS,
     DURATION_BUCKETS,
@@ -189,11 +188,8 @@ def test_counting_known_names_allocates_nothing_that_stays() -> None:
     assert after - before < 2_000
 
 
-def test_request_series_beyond_the_cap_are_counted_together(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(stats_module, "MAX_SERIES", 3)
-    stats = WorkerStats()
+def test_request_series_beyond_the_cap_are_counted_together() -> None:
+    stats = WorkerStats(max_series=3)
     for i in range(5):
         served(stats, backend=f"s{i}")
     snapshot = stats.snapshot()
@@ -204,11 +200,8 @@ def test_request_series_beyond_the_cap_are_counted_together(
     assert sum(sum(counts) for counts, _ in durations.values()) == 5
 
 
-def test_listeners_and_pools_beyond_the_cap_are_counted_together(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(stats_module, "MAX_SERIES", 2)
-    stats = WorkerStats()
+def test_listeners_and_pools_beyond_the_cap_are_counted_together() -> None:
+    stats = WorkerStats(max_series=2)
     for i in range(4):
         stats.ratelimited(f"l{i}")
         stats.retry(f"p{i}")

@@ -112,16 +112,24 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
+def alive(cls: type) -> list[object]:
+    """The instances of `cls` still in memory. (No weak references here: a mypyc-compiled
+    class that inherits from an interpreted one, as ClientConnection does from
+    asyncio.Protocol, must not be weakly referenced on Python 3.11: mypyc's deallocator
+    releases the weak reference list as if it were an object.) The collector is off, so
+    cyclic garbage would still be listed."""
+    return [o for o in gc.get_objects() if isinstance(o, cls)]
+
+
 def test_a_closed_http1_connection_is_freed_by_reference_counting(worker: Worker) -> None:
     conn = ClientConnection(worker.settings["web"], worker)
     transport = FakeTransport()
     conn.connection_made(transport)
     conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n")
     assert conn.active is not None  # a request in flight, another half-parsed
-    gone = weakref.ref(conn)
     conn.connection_lost(None)
     del conn
-    assert gone() is None
+    assert not alive(ClientConnection)
 
 
 def test_a_closed_http2_connection_and_its_streams_are_freed(worker: Worker) -> None:
@@ -158,9 +166,9 @@ def test_an_http1_connection_that_hands_over_to_h2c_is_freed_too(worker: Worker)
     h2 = transport.protocol
     assert isinstance(h2, H2ClientConnection)
     assert len(h2.streams) == 1
-    first_gone, h2_gone = weakref.ref(first), weakref.ref(h2)
+    h2_gone = weakref.ref(h2)
     del first
-    assert first_gone() is None  # nothing of the HTTP/1 side outlives the handover
+    assert not alive(ClientConnection)  # nothing of the HTTP/1 side outlives the handover
     h2.connection_lost(None)
     del h2
     transport.protocol = None
