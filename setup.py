@@ -4,6 +4,9 @@ The modules in `COMPILED` are type-checked with `mypy --strict` and compiled to 
 next to their sources (about 2x less Python time per proxied request; see bench/hotpath.py).
 Everything still works without them: set PORTICO_NO_COMPILE=1, or install without mypy
 importable, and Portico installs as pure Python. pyproject.toml holds everything else.
+
+What users extend stays plain Python: balancing policies, filters, routing, health checks
+(a compiled class cannot be subclassed from interpreted code).
 """
 
 from __future__ import annotations
@@ -19,11 +22,6 @@ COMPILED = [
     "src/portico/upstreams/connections.py",
     "src/portico/upstreams/backend.py",
     "src/portico/upstreams/pool.py",
-    "src/portico/balancing/base.py",
-    "src/portico/balancing/hashing.py",
-    "src/portico/balancing/least_conn.py",
-    "src/portico/balancing/p2c_ewma.py",
-    "src/portico/balancing/round_robin.py",
     "src/portico/observe/stats.py",
     "src/portico/listeners/http.py",
     "src/portico/proxy/l7.py",
