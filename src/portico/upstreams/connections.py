@@ -222,8 +222,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._arm_read()
 
     def detach(self) -> None:
-        """The exchange is over; the caller decides whether to pool or close."""
+        """The exchange is over; the caller decides whether to pool or close. A connection
+        paused for a slow client reads again: pooled paused, the next request sent on it would
+        wait forever for its response (the last bytes of a big download often arrive while
+        the client is behind)."""
         self.sink = None
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
         self._read_timeout = self._base_read
         self._write_timeout = self._base_write
         if self._deadline is not None:

@@ -17,6 +17,13 @@ class Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.closing = False
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -184,3 +191,23 @@ def test_malformed_heads_fail_the_exchange(bad: bytes) -> None:
     conn, [sink] = exchange([bad])
     assert sink.events[0][0] == "failed"
     assert not conn.is_reusable()
+
+
+def test_a_connection_paused_for_a_slow_client_reads_again_once_pooled() -> None:
+    backend = BackendState("a", "127.0.0.1", 9001, 1, max_idle=4, clock=lambda: 0.0)
+    conn = UpstreamConnection(backend, 30.0, 30.0)
+    transport = Transport()
+    conn.transport = transport  # type: ignore[assignment]
+    conn._deadline = None  # no timers without a running loop
+    first, second = Sink(), Sink()
+    conn.send(first, b"GET", b"GET /big HTTP/1.1\r\n\r\n", True)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+    conn.pause_reading()  # the client fell behind
+    conn.data_received(b"def")  # what was in flight still arrives: the response is whole
+    assert first.events[-1] == ("end",)
+    conn.detach()
+    assert conn.is_reusable()
+    assert transport.reading  # pooled paused, it would never read the next response
+    conn.send(second, b"GET", b"GET /next HTTP/1.1\r\n\r\n", True)
+    conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert second.events[-1] == ("end",)
