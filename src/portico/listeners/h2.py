@@ -518,7 +518,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.unsent = 0
         data = self.h2.data_to_send()
         transport = self.transport
-        if data and transport is not None:
+        if data and transport is not None and not transport.is_closing():
             transport.write(data)
             if self.write_paused and transport.get_write_buffer_size() > CONTROL_BACKLOG:
                 self._fail("client does not read (control frames piling up)")
