@@ -11,6 +11,7 @@ import sys
 import time
 
 from fakes import request
+from h2client import H2Client
 
 
 def _three_free_ports() -> int:
@@ -76,6 +77,11 @@ def test_demo_rotates_requests_over_three_named_backends() -> None:
         for answer, name in zip(answers, names, strict=True):
             assert answer.status == 200
             assert f"Hello from {name}".encode() in answer.body
+        # the same port speaks HTTP/2 to a client that knows it (h2c, prior knowledge)
+        with H2Client(socket.create_connection(("127.0.0.1", port), timeout=10)) as client:
+            h2_answer = client.get("/")
+        assert h2_answer.status == 200
+        assert b"Hello from backend-" in bytes(h2_answer.body)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
         with socket.socket() as probe:  # the demo backends are gone with it

@@ -17,6 +17,7 @@ listeners:
   - name: web
     bind: 127.0.0.1:{port}
     protocol: http
+    http2: true                      # HTTP/2 too: curl --http2-prior-knowledge http://...
     default_pool: app
 pools:
   app:
