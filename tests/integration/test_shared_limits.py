@@ -177,6 +177,7 @@ def test_a_stick_table_without_redis_works_per_worker_and_redis_down_falls_back(
     proxy = portico(_stick_config(redis.url, pool))
     first = request(proxy.port)
     cookie = (first.header("Set-Cookie") or "").split(";")[0]
+    _wait_for_a_stick_entry(redis.url)  # learnt after answering: the next request must find it
     assert request(proxy.port, headers={"Cookie": cookie}).header("X-Backend") == first.header(
         "X-Backend"
     )
