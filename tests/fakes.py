@@ -346,14 +346,19 @@ class FakeBackend:
             # let it finish, then abort everything
             for _ in range(3):
                 await asyncio.sleep(0)
-            # answers still waiting (delay, hang) end here, not as "Task was destroyed" noise
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            # answers still waiting (delay, hang) end here, not as "Task was destroyed" noise;
+            # waited for, since a cancelled accept step closes its half-made transport only as
+            # it unwinds (and that close completes a turn later)
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            if others:
+                await asyncio.wait(others, timeout=2)
             # as Server.abort_clients() (Python 3.13+) does, on every version
             for transport in list(self._transports):
                 transport.abort()
-            await asyncio.sleep(0)  # let connection_lost close the sockets before the loop stops
+            for _ in range(3):  # let connection_lost close the sockets before the loop stops
+                await asyncio.sleep(0)
 
         with contextlib.suppress(Exception):
             self._call(close())
