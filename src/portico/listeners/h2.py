@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -365,7 +365,6 @@ class H2ClientConnection(asyncio.Protocol):
         self.guard = FloodGuard(worker.loop.time())
         self._closed = False
         self._lost = False
-        self._opened = False  # counted in stats and known to the worker
         self._counted = False  # counted against max_conns_per_client
         self._in_events = False
         self._flush_scheduled = False
@@ -403,21 +402,6 @@ class H2ClientConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client_ip = peer[0]
-        limit = self.settings.max_conns_per_client
-        if limit:
-            if not self.worker.admit(self.client_ip, limit):
-                self._closed = True
-                self.transport.abort()
-                return
-            self._counted = True
-        self.worker.stats.connection_opened(self.settings.name)
-        self._start()
-
     def adopt(
         self,
         transport: asyncio.Transport,
@@ -427,7 +411,8 @@ class H2ClientConnection(asyncio.Protocol):
         data: bytes,
     ) -> None:
         """Take over a connection an HTTP/1.x protocol object accepted (after ALPN or the h2c
-        preface): it was counted and admitted already."""
+        preface): it was counted and admitted already. The only way in: every listener's
+        connections start as HTTP/1.x (`ClientConnection`)."""
         self.transport = transport
         self.client_ip = client_ip
         self.client_subject = client_subject
@@ -442,8 +427,6 @@ class H2ClientConnection(asyncio.Protocol):
             return
         self._lost = True
         self._closed = True
-        if not self._opened:
-            return  # refused at accept
         self._drop_streams()
         if self._counted:
             self._counted = False
@@ -497,9 +480,7 @@ class H2ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._idle_or_busy()
-        for stream in list(self.streams.values()):
-            if stream._pending or stream._end_pending:
-                stream.push()
+        self._push_all()
 
     # -- used by streams -------------------------------------------------------------------------
 
@@ -632,11 +613,11 @@ class H2ClientConnection(asyncio.Protocol):
         stream = self.streams.get(event.stream_id or 0)
         if stream is not None:
             exchange = stream.exchange
-            if exchange is not None and not exchange.finished and not self.guard.early_reset():
-                stream.on_reset()
+            early = exchange is not None and not exchange.finished  # before its response ended
+            stream.on_reset()
+            if early and not self.guard.early_reset():
                 self._abuse("rapid reset")
                 return
-            stream.on_reset()
         if not self.guard.control_frame(self.loop.time()):
             self._abuse("RST_STREAM flood")
 
@@ -673,7 +654,6 @@ class H2ClientConnection(asyncio.Protocol):
     # -- internals -----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        self._opened = True
         self.worker.remember(self)
         h2 = self.h2
         h2.initiate_connection()

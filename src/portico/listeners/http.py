@@ -121,6 +121,7 @@ class ClientConnection(asyncio.Protocol):
         self._proxy_header: bytes | None = None  # bytes of a PROXY header still expected
         self.tunneled = False
         self._sniff_h2c = False  # h2c: the first bytes may be the HTTP/2 preface
+        self._preface = b""  # ... of which this much has arrived
         # the request being parsed
         self._url = b""
         self._headers: list[Header] = []
@@ -385,10 +386,7 @@ class ClientConnection(asyncio.Protocol):
         exchange = self._reading
         self._reading = None
         if exchange is not None:
-            if exchange._upstream is None:
-                exchange.request_complete = True  # what request_end does before it is sent
-            else:
-                exchange.request_end()
+            exchange.request_end()
         if self.active is None and not self._closed:
             self._deadline.set(self.settings.keepalive_timeout)
 
@@ -405,8 +403,7 @@ class ClientConnection(asyncio.Protocol):
     def answer(self, answer: bytes) -> None:
         # Portico's own answers are HTTP/1.1 bytes already (a def, not `answer = write`: a
         # class attribute alias is not a method in a mypyc-compiled class)
-        assert self.transport is not None
-        self.transport.write(answer)
+        self.write(answer)
 
     def block_reading(self, reason: int) -> None:
         self._block(reason)
@@ -529,12 +526,12 @@ class ClientConnection(asyncio.Protocol):
     def _sniff(self, data: bytes) -> bytes:
         """h2c with prior knowledge: a connection whose first bytes are the HTTP/2 preface
         is handed to HTTP/2; anything else is HTTP/1.x. Returns the bytes left for HTTP/1.x."""
-        buffered = self.early + data
+        buffered = self._preface + data
         if len(buffered) < len(PREFACE) and PREFACE.startswith(buffered):
-            self.early = buffered  # a preface split across reads: wait for the rest
+            self._preface = buffered  # a preface split across reads: wait for the rest
             return b""
         self._sniff_h2c = False
-        self.early = b""
+        self._preface = b""
         if buffered.startswith(PREFACE):
             self._switch_to_h2(buffered)
             return b""
