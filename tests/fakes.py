@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httptools
 
@@ -629,3 +630,16 @@ class Load:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll state no client can read an event for (what a backend saw, the admin API, a
+    snapshot sent every second) until `check` returns something true; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # a polling interval, bounded by the deadline

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import simple_config
-from fakes import FakeBackend, Load, Portico, Response, pool_yaml, request
+from fakes import FakeBackend, Load, Portico, Response, eventually, pool_yaml, request
 
 MakeBackend = Callable[..., FakeBackend]
 MakePortico = Callable[[str], Portico]
@@ -74,18 +73,6 @@ def requests_by_backend(proxy: Portico) -> Counter[str]:
         if sample.name == "portico_requests_total":
             out[sample.labels["backend"]] += int(sample.value)
     return out
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Retry `check` until it returns something true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def answered_by(proxy: Portico, count: int) -> list[str]:

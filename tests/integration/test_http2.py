@@ -25,7 +25,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -49,7 +48,17 @@ from hyperframe.frame import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from fakes import FakeBackend, Portico, Reply, ResponseReader, Seen, connect, pool_yaml, request
+from fakes import (
+    FakeBackend,
+    Portico,
+    Reply,
+    ResponseReader,
+    Seen,
+    connect,
+    eventually,
+    pool_yaml,
+    request,
+)
 from h2client import (
     H2Client,
     goaway_of,
@@ -99,19 +108,6 @@ def h2s(port: int, pki: dict[str, Any], **options: Any) -> H2Client:
     sock = tls_client_socket(port, tls_context(pki, ["h2", "http/1.1"]), SITE)
     assert sock.selected_alpn_protocol() == "h2"
     return H2Client(sock, scheme="https", authority=SITE, **options)
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll state that no client can read an event for (what a backend saw, the admin API)
-    until it holds. Bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def pattern(size: int) -> bytes:
