@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import trustme
 
 from fakes import Portico
-
-trustme = pytest.importorskip("trustme")
 
 MiB = 1 << 20
 MEMORY_BUDGET = 64 * MiB

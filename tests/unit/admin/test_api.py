@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+import jsonschema
 import pytest
 from pydantic import ValidationError
 
@@ -70,7 +71,6 @@ def test_openapi_marks_exactly_the_public_endpoints_as_needing_no_token() -> Non
 
 
 def schema_validator(name: str) -> Any:
-    jsonschema = pytest.importorskip("jsonschema")
     # the component, with the document's components beside it so that its $refs resolve
     schema = {"$ref": f"#/components/schemas/{name}", "components": OPENAPI["components"]}
     return jsonschema.Draft202012Validator(schema)
