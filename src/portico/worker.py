@@ -291,16 +291,20 @@ class Worker:
 
     async def start(self) -> None:
         for name, sock in self.sockets.items():
+            listener = self._listeners[name]
+            # create_server calls listen() again on the inherited socket: without the configured
+            # backlog it would reset the queue to asyncio's default of 100
+            backlog = listener.backlog
             tcp = self.tcp_settings.get(name)
             if tcp is not None:
                 server = await self.loop.create_server(
                     lambda tcp=tcp: TcpClientConnection(tcp, self),  # type: ignore[misc]
                     sock=sock,
+                    backlog=backlog,
                 )
                 self.servers.append(server)
                 continue
             settings = self.settings[name]
-            listener = self._listeners[name]
             tls = listener.tls
             http2 = listener.http2 is not None and listener.http2.enabled
             terminator = build_server_context(tls, http2=http2) if tls is not None else None
@@ -313,6 +317,7 @@ class Worker:
                 ssl_handshake_timeout=(
                     terminator.handshake_timeout if terminator is not None else None
                 ),
+                backlog=backlog,
             )
             self.servers.append(server)
         tasks.spawn(self._sweep_idle())
