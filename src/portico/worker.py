@@ -139,6 +139,7 @@ def listener_settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,
                     initial_window_size=listener.http2.initial_window_size,
                     connection_window_size=listener.http2.connection_window_size,
+                    only=listener.http2.only,
                 )
                 if listener.http2 is not None and listener.http2.enabled
                 else None
@@ -307,7 +308,10 @@ class Worker:
             settings = self.settings[name]
             tls = listener.tls
             http2 = listener.http2 is not None and listener.http2.enabled
-            terminator = build_server_context(tls, http2=http2) if tls is not None else None
+            only = http2 and listener.http2 is not None and listener.http2.only
+            terminator = (
+                build_server_context(tls, http2=http2, http2_only=only) if tls is not None else None
+            )
             if terminator is not None:
                 self.terminators.append(terminator)
             server = await self.loop.create_server(

@@ -357,6 +357,7 @@ class Http2Config(_Model):
     max_concurrent_streams: Annotated[int, _NoBool, AfterValidator(_between(1, 10_000))] = 100
     initial_window_size: _WindowSize = 256 * 1024  # per stream, request bodies
     connection_window_size: _WindowSize = 16 * 1024 * 1024  # all streams of a connection
+    only: bool = False  # no HTTP/1.x: h2c prior knowledge on http, ALPN "h2" alone on https
 
 
 class ListenerConfig(_Model):
@@ -773,6 +774,19 @@ def check_references(config: Config) -> list[ReferenceIssue]:
                 ReferenceIssue(
                     ("listeners", i, "http2"),
                     "http2 is for protocol: https (ALPN) or http (h2c) listeners",
+                )
+            )
+        only = listener.http2 is not None and listener.http2.only
+        if only and not http2:
+            issues.append(
+                ReferenceIssue(("listeners", i, "http2", "only"), "only: true needs HTTP/2 on")
+            )
+        tls = listener.tls
+        if only and tls is not None and "alpn" in tls.model_fields_set and "http/1.1" in tls.alpn:
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "tls", "alpn"),
+                    'offers "http/1.1" but the listener speaks only HTTP/2 (http2.only)',
                 )
             )
         if listener.tls is not None and "h2" in listener.tls.alpn and not http2:

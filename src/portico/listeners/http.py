@@ -48,6 +48,7 @@ class Http2Settings:
     max_concurrent_streams: int = 100
     initial_window_size: int = 256 * 1024  # per stream: request body bytes a client may send ahead
     connection_window_size: int = 16 * 1024 * 1024  # all streams of a connection together
+    only: bool = False  # no HTTP/1.x: every connection is HTTP/2 (a bad preface gets a GOAWAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +155,11 @@ class ClientConnection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object") if settings.proto == b"https" else None
         if settings.client_subject:
             self.client_subject = peer_subject(ssl_object)
-        if settings.http2 is not None:
+        http2 = settings.http2
+        if http2 is not None:
             if ssl_object is None:
                 self._sniff_h2c = True
-            elif ssl_object.selected_alpn_protocol() == "h2":
+            elif http2.only or ssl_object.selected_alpn_protocol() == "h2":
                 self._proxy_header = None
                 if self._admit():
                     self._switch_to_h2(b"")
@@ -166,6 +168,9 @@ class ClientConnection(asyncio.Protocol):
         if trusted is not None and is_trusted(self.client_ip, trusted):
             self._proxy_header = b""  # a PROXY header comes first
         if self._admit():
+            if http2 is not None and http2.only and self._proxy_header is None:
+                self._switch_to_h2(b"")  # h2c is the only way in: no need to sniff
+                return
             self._deadline.set(settings.header_timeout)
 
     def _admit(self) -> bool:
@@ -525,8 +530,16 @@ class ClientConnection(asyncio.Protocol):
 
     def _sniff(self, data: bytes) -> bytes:
         """h2c with prior knowledge: a connection whose first bytes are the HTTP/2 preface
-        is handed to HTTP/2; anything else is HTTP/1.x. Returns the bytes left for HTTP/1.x."""
+        is handed to HTTP/2; anything else is HTTP/1.x, unless the listener speaks only HTTP/2
+        (then HTTP/2 answers a broken preface with a GOAWAY). Returns the bytes left for
+        HTTP/1.x."""
         buffered = self._preface + data
+        http2 = self.settings.http2
+        if http2 is not None and http2.only:
+            self._sniff_h2c = False
+            self._preface = b""
+            self._switch_to_h2(buffered)
+            return b""
         if len(buffered) < len(PREFACE) and PREFACE.startswith(buffered):
             self._preface = buffered  # a preface split across reads: wait for the rest
             return b""
