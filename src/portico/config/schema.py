@@ -288,6 +288,9 @@ class ListenerLimits(_Model):
     max_header_size: PositiveSize = 32 * 1024  # whole request head -> 431
     max_headers: _MaxHeaders = 100  # more header fields -> 431
     max_body_size: Size = 0  # 0 = unlimited; larger body -> 413
+    # answered before its body was all in: this much of the rest is read and thrown away so
+    # that the connection stays open; a longer rest closes it (after the answer)
+    max_discard_size: Size = 16 * 1024 * 1024
 
 
 class ListenerTimeouts(_Model):
@@ -298,6 +301,7 @@ class ListenerTimeouts(_Model):
     body: Duration = 60.0  # idle gap while receiving a request body
     send: Duration = 60.0  # client not reading our response for this long -> closed
     tunnel: Duration = 3600.0  # an upgraded (WebSocket) connection idle both ways this long
+    linger: Duration = 30.0  # after an early answer, the longest wait for the rest of the body
 
 
 class ForwardedHeaders(_Model):

@@ -553,10 +553,9 @@ class Exchange:
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
         out = self._response_headers(status, head)
-        client = self._client
         kind = head.kind
         is_11 = self.version == "1.1"
-        keep = self.keep_alive and self.request_complete and not client.draining
+        keep = self._may_keep()
         if kind is LENGTH_BODY:
             out.append((b"Content-Length", b"%d" % head.length))
         elif kind is NO_BODY:
@@ -669,12 +668,16 @@ class Exchange:
         upstream, self._upstream = self._upstream, None
         backend = self._backend
         self._release_backend(failed=None if self._observed else False)
-        if upstream is not None:
+        if upstream is not None and not self.request_complete:
+            # the server answered before the whole body was sent: the connection is out of
+            # step for good, and closing it would wait on a server that may never read what
+            # is still buffered for it
+            upstream.abort()
+        elif upstream is not None:
             upstream.detach()
             settings = self._pool.settings
             if (
                 backend is None
-                or not self.request_complete
                 or not upstream.is_reusable()
                 or upstream.private
                 or (settings.max_requests and upstream.requests >= settings.max_requests)
@@ -797,16 +800,31 @@ class Exchange:
 
     def _respond_locally(self, answer: bytes) -> None:
         """A filter or a route answered (429, a redirect, a fixed page): the connection stays
-        usable if the request was read whole."""
-        keep = self.keep_alive and self.request_complete and not self._client.draining
+        usable if the request was read whole, or the rest of its body can be discarded."""
+        keep = self._may_keep()
         if not keep:
             self.keep_alive = False
         written = answer if keep else answer.replace(b"\r\n\r\n", _CLOSE_END, 1)
         self._answer(written, int(answer[9:12]), keep)
 
     def _respond_error(self, status: int) -> None:
-        keep = self.keep_alive and self.request_complete and not self._client.draining
+        keep = self._may_keep()
         self._answer(upstream_error(status, close=not keep), status, keep)
+
+    def _may_keep(self) -> bool:
+        """Whether the client connection may stay open after this answer: a request whose
+        body is still coming counts as read if the rest is small enough to be read and
+        thrown away (`max_discard_size`; a chunked rest is found out while discarding)."""
+        client = self._client
+        if not self.keep_alive or client.draining:
+            return False
+        if self.request_complete:
+            return True
+        if not self.received and any(name.lower() == b"expect" for name, _ in self.headers):
+            return False  # 100-continue: a client never asked for its body may not send it
+        if self.head.kind is not LENGTH_BODY:
+            return True
+        return self.head.length - self.received <= client.settings.max_discard_size
 
     def _answer(self, answer: bytes, status: int, keep: bool, linger: bool = False) -> None:
         """Portico answers itself (an error, a filter's or a route's answer): the whole
