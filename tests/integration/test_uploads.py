@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import ssl
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -190,21 +192,63 @@ def test_a_client_that_stops_sending_after_an_early_answer_is_closed_after_linge
         assert sock.recv(1) == b""
 
 
-def test_an_early_answer_to_expect_100_continue_before_any_body_closes_gently(
-    backends: MakeBackend, portico: MakePortico
+@pytest.mark.parametrize("continues", [False, True], ids=["no-100", "100-first"])
+def test_an_early_answer_to_expect_100_continue(
+    backends: MakeBackend, portico: MakePortico, continues: bool
 ) -> None:
-    # the client waits for 100 Continue before it sends its body, and gets a final answer
-    # instead: it may never send that body, so the connection is not kept waiting for it
+    # the client waits for 100 Continue before it sends its body. If a final answer comes
+    # instead, it may never send that body (curl 7.88 sends its next request instead), so
+    # the connection ends. If a 100 came first (NGINX sends one before it discards a body),
+    # the body follows and the connection stays.
     backend = early_backend(backends)
+    backend.continue_on_expect = continues
     proxy = portico(simple_config([backend]))
+    expect = upload_head("/expect", "length").replace(
+        b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"
+    )
     with connect(proxy.port) as sock:
-        head = upload_head("/expect", "length").replace(
-            b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"
-        )
-        sock.sendall(head)
-        response = ResponseReader(sock).read()
-        assert (response.status, response.header("Connection")) == (200, "close")
-        assert sock.recv(1) == b""
+        sock.sendall(expect)
+        reader = ResponseReader(sock)
+        response = reader.read()
+        if not continues:
+            assert (response.status, response.header("Connection")) == (200, "close")
+            assert sock.recv(1) == b""
+            return
+        assert response.status == 100
+        response = reader.read()
+        assert (response.status, response.header("Connection")) == (200, None)
+        sock.sendall(BODY)
+        sock.sendall(b"GET /next HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        assert reader.read().status == 200
+    assert [seen.target for seen in backend.heads] == ["/expect", "/next"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_uploads_answered_early_share_one_connection(
+    backends: MakeBackend, portico: MakePortico, tmp_path: Path
+) -> None:
+    # the trial: keep-alive POSTs with curl to a server answering at once (NGINX's
+    # `return 200`, which sends 100 Continue to an Expect first); 2 MiB bodies make curl
+    # send Expect: 100-continue, 1 MiB ones do not
+    backend = early_backend(backends)
+    backend.continue_on_expect = True
+    proxy = portico(simple_config([backend]))
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.write_bytes(BODY)
+    large.write_bytes(BODY * 2)
+    args: list[str] = []
+    for index in range(20):
+        if args:
+            args.append("--next")
+        body = small if index % 2 else large
+        url = f"http://127.0.0.1:{proxy.port}/up/{index}"
+        args += ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n"]
+        args += ["--max-time", "20", "--data-binary", f"@{body}", url]
+    done = subprocess.run(["curl", *args], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert [code for code, _ in rows] == ["200"] * 20
+    assert sum(int(connects) for _, connects in rows) == 1  # one connection for all 20
 
 
 def test_h2_uploads_answered_early_all_get_their_answer_on_one_connection(

@@ -116,6 +116,7 @@ class Exchange:
         "_chunked_out",
         "_client",
         "_connect_time",
+        "_continued",
         "_dequeued",
         "_fell_back",
         "_head",
@@ -212,6 +213,7 @@ class Exchange:
         self._head: bytes | None = None  # staged, written with the first body bytes
         self._chunked_out = False
         self._response_started = False
+        self._continued = False  # a 100 Continue went to the client
         self.status = 0
         self.finished = False
 
@@ -550,6 +552,8 @@ class Exchange:
         if self.version == "1.1" and status in (100, 103):
             line = b"HTTP/1.1 %d %s" % (status, head.reason)
             self._client.write(serialize_head(line, head.headers))
+            if status == 100:
+                self._continued = True
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
         out = self._response_headers(status, head)
@@ -820,11 +824,19 @@ class Exchange:
             return False
         if self.request_complete:
             return True
-        if not self.received and any(name.lower() == b"expect" for name, _ in self.headers):
-            return False  # 100-continue: a client never asked for its body may not send it
+        if not self.received and not self._continued and self._expects_continue():
+            # it waits for a 100 Continue that never came: it may never send its body (curl
+            # 7.88 does not, and sends its next request instead), so the connection ends
+            return False
         if self.head.kind is not LENGTH_BODY:
             return True
         return self.head.length - self.received <= client.settings.max_discard_size
+
+    def _expects_continue(self) -> bool:
+        for name, value in self.headers:
+            if name.lower() == b"expect":
+                return value.lower() == b"100-continue"
+        return False
 
     def _answer(self, answer: bytes, status: int, keep: bool, linger: bool = False) -> None:
         """Portico answers itself (an error, a filter's or a route's answer): the whole
