@@ -75,6 +75,7 @@ class Reply:
     silent_close: bool = False
     raw: bytes = b""  # sent as is instead of a response (garbage, say), then the connection closes
     trailers: list[tuple[str, str]] = field(default_factory=list)  # after a chunked body
+    hold_last: threading.Event | None = None  # the last body chunk waits until this is set
 
 
 Handler = Callable[["Seen"], Reply]
@@ -162,6 +163,8 @@ class _BackendProtocol(asyncio.Protocol):
         if self.backend.hold_body and self.transport is not None:
             self.transport.pause_reading()  # a server that does not take the body (yet)
             self.backend._held.append(self)
+        if self.backend.answer_early:
+            self.queue.put_nowait(self.current)  # answered now; the body is read after
 
     def on_body(self, body: bytes) -> None:
         self.body.append(bytes(body))
@@ -174,7 +177,8 @@ class _BackendProtocol(asyncio.Protocol):
         assert self.current is not None
         self.current.body = b"".join(self.body)
         self.backend.seen.append(self.current)
-        self.queue.put_nowait(self.current)
+        if not self.backend.answer_early:
+            self.queue.put_nowait(self.current)
         self.in_head = True
 
     async def serve(self) -> None:
@@ -229,6 +233,8 @@ class _BackendProtocol(asyncio.Protocol):
         for index, chunk in enumerate(chunks):
             if no_body:
                 break
+            if reply.hold_last is not None and index == last:
+                await asyncio.get_running_loop().run_in_executor(None, reply.hold_last.wait, 15)
             if reply.action == "truncate" and index == last:
                 await asyncio.sleep(0)
                 transport.abort()
@@ -264,6 +270,9 @@ class FakeBackend:
         self.body_crc = 0  # zlib.crc32 of the body bytes received while discard_body is set
         self.body_bytes_sent = 0  # response body bytes handed to the socket
         self.hold_body = False  # stop reading each request after its head, until release_body()
+        # answer each request as soon as its head is in, before its body (NGINX's `return 200`
+        # does); the body is read and thrown away after, unless hold_body
+        self.answer_early = False
         self._held: list[_BackendProtocol] = []
         # flow control of the response writer, for wait_stalled()
         self.write_blocked = False

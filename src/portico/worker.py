@@ -109,11 +109,13 @@ def listener_settings(
             max_header_size=limits.max_header_size,
             max_headers=limits.max_headers,
             max_body_size=limits.max_body_size,
+            max_discard_size=limits.max_discard_size,
             header_timeout=timeouts.header,
             keepalive_timeout=timeouts.keepalive,
             body_timeout=timeouts.body,
             send_timeout=timeouts.send,
             tunnel_timeout=timeouts.tunnel,
+            linger_timeout=timeouts.linger,
             x_forwarded=listener.forwarded.x_forwarded,
             forwarded=listener.forwarded.forwarded,
             proto=b"https" if listener.protocol == "https" else b"http",
@@ -139,6 +141,7 @@ def listener_settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,
                     initial_window_size=listener.http2.initial_window_size,
                     connection_window_size=listener.http2.connection_window_size,
+                    only=listener.http2.only,
                 )
                 if listener.http2 is not None and listener.http2.enabled
                 else None
@@ -291,19 +294,26 @@ class Worker:
 
     async def start(self) -> None:
         for name, sock in self.sockets.items():
+            listener = self._listeners[name]
+            # create_server calls listen() again on the inherited socket: without the configured
+            # backlog it would reset the queue to asyncio's default of 100
+            backlog = listener.backlog
             tcp = self.tcp_settings.get(name)
             if tcp is not None:
                 server = await self.loop.create_server(
                     lambda tcp=tcp: TcpClientConnection(tcp, self),  # type: ignore[misc]
                     sock=sock,
+                    backlog=backlog,
                 )
                 self.servers.append(server)
                 continue
             settings = self.settings[name]
-            listener = self._listeners[name]
             tls = listener.tls
             http2 = listener.http2 is not None and listener.http2.enabled
-            terminator = build_server_context(tls, http2=http2) if tls is not None else None
+            only = http2 and listener.http2 is not None and listener.http2.only
+            terminator = (
+                build_server_context(tls, http2=http2, http2_only=only) if tls is not None else None
+            )
             if terminator is not None:
                 self.terminators.append(terminator)
             server = await self.loop.create_server(
@@ -313,6 +323,7 @@ class Worker:
                 ssl_handshake_timeout=(
                     terminator.handshake_timeout if terminator is not None else None
                 ),
+                backlog=backlog,
             )
             self.servers.append(server)
         tasks.spawn(self._sweep_idle())

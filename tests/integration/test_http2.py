@@ -74,6 +74,7 @@ SITE = "a.example.com"
 TOKEN = "test-admin-token"
 WAIT = 15.0
 MiB = 1024 * 1024
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 
 
 # -- certificates, clients, helpers ------------------------------------------------------------
@@ -330,6 +331,49 @@ def test_an_http11_request_that_starts_like_the_preface_is_still_http11(shared: 
 
 
 # -- many streams, headers as servers see them ---------------------------------------------
+
+
+def test_an_http2_only_listener_answers_anything_else_with_goaway_protocol_error(
+    backends: MakeBackend, portico: MakePortico, tmp_path: Path
+) -> None:
+    # RFC 9113 §3.4: an invalid connection preface is a connection error of type
+    # PROTOCOL_ERROR; an HTTP/2 client can read a GOAWAY, not an HTTP/1.1 400
+    pki = make_pki(tmp_path)
+    app = backends("app")
+    proxy = portico(
+        "workers: 1\nlisteners:\n"
+        "  - name: h2c\n    bind: 127.0.0.1:0\n    default_pool: app\n"
+        "    http2: {only: true}\n"
+        "  - name: h2s\n    bind: 127.0.0.1:0\n    default_pool: app\n"
+        "    http2: {only: true}\n    protocol: https\n    tls:\n"
+        f"      certificates:\n        - {{cert: {pki['chain']}, key: {pki['key']}}}\n"
+        "pools:\n  app:\n    servers:\n" + pool_yaml([app])
+    )
+    plain, secure = proxy.ports
+    with h2c(plain) as client:
+        assert client.get("/prior-knowledge").header("x-backend") == "app"
+    with h2s(secure, pki) as client:  # it offered h2 and http/1.1: h2 was chosen
+        assert client.get("/alpn").header("x-backend") == "app"
+    broken = [
+        b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n",  # an HTTP/1.1 client
+        PREFACE[:-4] + b"XX\r\n",  # a broken preface
+    ]
+    for data in broken:
+        with connect(plain) as sock:
+            sock.sendall(data)
+            frames, _ = read_frames_until_closed(sock)
+        goaway = goaway_of(frames)
+        assert goaway is not None, frames
+        assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+    # over TLS, ALPN offers h2 alone: a client that wants only http/1.1 gets no protocol
+    with tls_client_socket(secure, tls_context(pki, ["http/1.1"]), SITE) as tls:
+        assert tls.selected_alpn_protocol() is None
+        tls.sendall(broken[0])
+        frames, _ = read_frames_until_closed(tls)
+    goaway = goaway_of(frames)
+    assert goaway is not None
+    assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert [seen.target for seen in app.seen] == ["/prior-knowledge", "/alpn"]
 
 
 def test_fifty_concurrent_streams_are_answered_and_spread_over_three_servers(
@@ -871,8 +915,24 @@ CHECK_BASE = (
             "1 to 10000",
         ),
         ("    http2: yes-please\n", "listeners[0].http2", "mapping"),
+        ("    http2: {enabled: false, only: true}\n", "listeners[0].http2.only", "HTTP/2 on"),
+        (
+            "    http2: {only: true}\n    protocol: https\n"
+            "    tls:\n      certificates: [{cert: C, key: K}]\n      alpn: [h2, http/1.1]\n",
+            "listeners[0].tls.alpn",
+            "only HTTP/2",
+        ),
     ],
-    ids=["tcp", "alpn-without-http2", "stream-window", "connection-window", "streams", "shape"],
+    ids=[
+        "tcp",
+        "alpn-without-http2",
+        "stream-window",
+        "connection-window",
+        "streams",
+        "shape",
+        "only-while-off",
+        "only-with-http11-alpn",
+    ],
 )
 def test_http2_config_errors_name_the_key(
     tmp_path: Path, listener: str, key: str, words: str

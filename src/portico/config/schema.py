@@ -288,6 +288,9 @@ class ListenerLimits(_Model):
     max_header_size: PositiveSize = 32 * 1024  # whole request head -> 431
     max_headers: _MaxHeaders = 100  # more header fields -> 431
     max_body_size: Size = 0  # 0 = unlimited; larger body -> 413
+    # answered before its body was all in: this much of the rest is read and thrown away so
+    # that the connection stays open; a longer rest closes it (after the answer)
+    max_discard_size: Size = 16 * 1024 * 1024
 
 
 class ListenerTimeouts(_Model):
@@ -298,6 +301,7 @@ class ListenerTimeouts(_Model):
     body: Duration = 60.0  # idle gap while receiving a request body
     send: Duration = 60.0  # client not reading our response for this long -> closed
     tunnel: Duration = 3600.0  # an upgraded (WebSocket) connection idle both ways this long
+    linger: Duration = 30.0  # after an early answer, the longest wait for the rest of the body
 
 
 class ForwardedHeaders(_Model):
@@ -357,6 +361,7 @@ class Http2Config(_Model):
     max_concurrent_streams: Annotated[int, _NoBool, AfterValidator(_between(1, 10_000))] = 100
     initial_window_size: _WindowSize = 256 * 1024  # per stream, request bodies
     connection_window_size: _WindowSize = 16 * 1024 * 1024  # all streams of a connection
+    only: bool = False  # no HTTP/1.x: h2c prior knowledge on http, ALPN "h2" alone on https
 
 
 class ListenerConfig(_Model):
@@ -773,6 +778,19 @@ def check_references(config: Config) -> list[ReferenceIssue]:
                 ReferenceIssue(
                     ("listeners", i, "http2"),
                     "http2 is for protocol: https (ALPN) or http (h2c) listeners",
+                )
+            )
+        only = listener.http2 is not None and listener.http2.only
+        if only and not http2:
+            issues.append(
+                ReferenceIssue(("listeners", i, "http2", "only"), "only: true needs HTTP/2 on")
+            )
+        tls = listener.tls
+        if only and tls is not None and "alpn" in tls.model_fields_set and "http/1.1" in tls.alpn:
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "tls", "alpn"),
+                    'offers "http/1.1" but the listener speaks only HTTP/2 (http2.only)',
                 )
             )
         if listener.tls is not None and "h2" in listener.tls.alpn and not http2:

@@ -455,7 +455,7 @@ class H2ClientConnection(asyncio.Protocol):
             if "continuation" in str(exc).lower():
                 self._abuse("CONTINUATION flood", queued=True)  # h2's backlog limit
             else:
-                self._fail(f"protocol error: {exc}")
+                self._fail(f"protocol error: {exc}", goaway=ErrorCodes.PROTOCOL_ERROR)
             return
         self._in_events = True
         dispatch = _DISPATCH
@@ -714,14 +714,20 @@ class H2ClientConnection(asyncio.Protocol):
                 self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
         self._fail(what, quiet=True)
 
-    def _fail(self, why: str, quiet: bool = False) -> None:
-        """Send what h2 queued (its GOAWAY), then close; every stream is cancelled."""
+    def _fail(self, why: str, quiet: bool = False, goaway: ErrorCodes | None = None) -> None:
+        """Send what h2 queued (its GOAWAY), then close; every stream is cancelled. `goaway`:
+        the error to send when h2 queued nothing (it raises on a broken connection preface
+        without a GOAWAY, which RFC 9113 §3.4 asks for: PROTOCOL_ERROR)."""
         if self._closed:
             return
         if not quiet:
             log.info("HTTP/2 client %s: %s; connection closed", self.client_ip, why)
         self._in_events = False
         data = self.h2.data_to_send()
+        if not data and goaway is not None:
+            with contextlib.suppress(ProtocolError):
+                self.h2.close_connection(goaway)
+            data = self.h2.data_to_send()
         self._closed = True
         self._drop_streams()
         transport = self.transport

@@ -29,7 +29,7 @@ from portico.listeners.h2 import PREFACE, H2ClientConnection
 from portico.listeners.tcp import Network, is_trusted
 from portico.listeners.tls import peer_subject
 from portico.proxy import proxy_protocol
-from portico.proxy.l7 import BLOCK_DONE, BLOCK_QUEUED, Exchange
+from portico.proxy.l7 import BLOCK_DONE, BLOCK_PENDING, BLOCK_QUEUED, BLOCK_UPSTREAM, Exchange
 from portico.proxy.proxy_protocol import ParseState
 from portico.timers import Deadline
 from portico.upstreams.pool import Pool
@@ -48,6 +48,7 @@ class Http2Settings:
     max_concurrent_streams: int = 100
     initial_window_size: int = 256 * 1024  # per stream: request body bytes a client may send ahead
     connection_window_size: int = 16 * 1024 * 1024  # all streams of a connection together
+    only: bool = False  # no HTTP/1.x: every connection is HTTP/2 (a bad preface gets a GOAWAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,11 @@ class HttpListenerSettings:
     proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
     max_conns_per_client: int = 0  # 0 = no limit
     http2: Http2Settings | None = None  # None: HTTP/1.x only
+    # answered before its body was all in: at most this much of the rest is read and thrown
+    # away, for at most this long (NGINX's lingering_time), to keep the connection or close it
+    # without a reset
+    max_discard_size: int = 16 * 1024 * 1024
+    linger_timeout: float = 30.0
 
 
 HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
@@ -134,7 +140,9 @@ class ClientConnection(asyncio.Protocol):
         # a target shorter than this cannot make the request line too long, whatever the method
         self._url_room = settings.max_request_line - 10 - MAX_METHOD
         self._lingering = False
-        self._lingered = 0
+        self._lingered = 0  # bytes thrown away while lingering or discarding
+        self._linger_limit = LINGER_BYTES
+        self._discarding = False  # reading the rest of an answered request's body
         # the request being answered, and those pipelined behind it
         self.active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
@@ -154,10 +162,11 @@ class ClientConnection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object") if settings.proto == b"https" else None
         if settings.client_subject:
             self.client_subject = peer_subject(ssl_object)
-        if settings.http2 is not None:
+        http2 = settings.http2
+        if http2 is not None:
             if ssl_object is None:
                 self._sniff_h2c = True
-            elif ssl_object.selected_alpn_protocol() == "h2":
+            elif http2.only or ssl_object.selected_alpn_protocol() == "h2":
                 self._proxy_header = None
                 if self._admit():
                     self._switch_to_h2(b"")
@@ -166,6 +175,9 @@ class ClientConnection(asyncio.Protocol):
         if trusted is not None and is_trusted(self.client_ip, trusted):
             self._proxy_header = b""  # a PROXY header comes first
         if self._admit():
+            if http2 is not None and http2.only and self._proxy_header is None:
+                self._switch_to_h2(b"")  # h2c is the only way in: no need to sniff
+                return
             self._deadline.set(settings.header_timeout)
 
     def _admit(self) -> bool:
@@ -229,7 +241,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self._lingering:
             self._lingered += len(data)
-            if self._lingered > LINGER_BYTES:
+            if self._lingered > self._linger_limit:
                 self.abort()
             return
         if self._blocked & BLOCK_DONE:
@@ -242,9 +254,15 @@ class ClientConnection(asyncio.Protocol):
             self.early = data[exc.args[0] :]
             self._block(BLOCK_DONE)
         except httptools.HttpParserCallbackError:
-            self._refuse(self._refuse_status)
+            if self._discarding:
+                self.abort()  # more of an answered body than max_discard_size
+            else:
+                self._refuse(self._refuse_status)
         except httptools.HttpParserError:
-            self._refuse(400)
+            if self._discarding:
+                self.abort()  # the answered request's body turned out malformed
+            else:
+                self._refuse(400)
         else:
             if self._in_head:
                 # httptools holds an unfinished field in memory and reports it only whole:
@@ -260,7 +278,7 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self._lingering:
+        if self._lingering or self._discarding:
             return False
         # half-close: keep writing to answer what was asked, then close; if nothing is owed,
         # returning False closes now
@@ -374,6 +392,11 @@ class ClientConnection(asyncio.Protocol):
         exchange = self._reading
         assert exchange is not None
         exchange.received += len(body)
+        if self._discarding:
+            self._lingered += len(body)
+            if self._lingered > self.settings.max_discard_size:
+                raise _Refused  # stops the parser; data_received cuts the connection
+            return
         max_body = self.settings.max_body_size
         if max_body and exchange.received > max_body:
             self._refuse_status = 413
@@ -387,6 +410,12 @@ class ClientConnection(asyncio.Protocol):
         self._reading = None
         if exchange is not None:
             exchange.request_end()
+        if self._discarding:
+            # the rest of an answered request's body is read: on to the next request
+            self._discarding = False
+            if self.draining:
+                self.close()
+                return
         if self.active is None and not self._closed:
             self._deadline.set(self.settings.keepalive_timeout)
 
@@ -423,7 +452,10 @@ class ClientConnection(asyncio.Protocol):
         if linger:
             self.linger_close()
             return
-        if not keep_alive or self.draining or not exchange.request_complete:
+        if not exchange.request_complete:
+            self._discard(keep_alive and not self.draining)
+            return
+        if not keep_alive or self.draining:
             self.close()
             return
         if self._queue:
@@ -451,16 +483,32 @@ class ClientConnection(asyncio.Protocol):
             if self._eof:
                 self.close()
 
+    def _discard(self, keep: bool) -> None:
+        """The answer went out before the request's body was all in (the server answered
+        early, or Portico did). Closing now would make the kernel reset the connection over
+        the unread body, and destroy the answer before the client read it. So read the rest
+        and throw it away (NGINX's discarded body, bounded by `max_discard_size` and
+        `linger_timeout`), then serve the next request (`keep`); or close gently."""
+        self._unblock(BLOCK_UPSTREAM | BLOCK_PENDING)  # the exchange no longer holds reading
+        settings = self.settings
+        if not keep:
+            self.linger_close(settings.linger_timeout, settings.max_discard_size)
+            return
+        self._discarding = True
+        self._lingered = 0
+        self._deadline.set(settings.linger_timeout)
+
     def close(self) -> None:
         """Close after what was written is flushed."""
         self._block(BLOCK_DONE)
         if self.transport is not None and not self._closed:
             self.transport.close()
 
-    def linger_close(self) -> None:
-        """Close after an error answer without losing it: closing with unread client bytes
-        makes the kernel send a reset that can destroy the answer in flight. So shut the write
-        side, read and discard for a moment, then close (NGINX's lingering close)."""
+    def linger_close(self, seconds: float = LINGER_TIME, limit: int = LINGER_BYTES) -> None:
+        """Close after an answer without losing it: closing with unread client bytes makes
+        the kernel send a reset that can destroy the answer in flight. So shut the write
+        side, read and discard for `seconds` (at most `limit` bytes), then close (NGINX's
+        lingering close)."""
         transport = self.transport
         if transport is None or self._closed:
             return
@@ -468,10 +516,13 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self._lingering = True
+        self._discarding = False
+        self._lingered = 0
+        self._linger_limit = limit
         self._blocked = 0
         transport.resume_reading()
         transport.write_eof()
-        self._deadline.set(LINGER_TIME)
+        self._deadline.set(seconds)
 
     def abort(self) -> None:
         """Close at once: the response cannot be completed, so none is presented as complete."""
@@ -525,8 +576,16 @@ class ClientConnection(asyncio.Protocol):
 
     def _sniff(self, data: bytes) -> bytes:
         """h2c with prior knowledge: a connection whose first bytes are the HTTP/2 preface
-        is handed to HTTP/2; anything else is HTTP/1.x. Returns the bytes left for HTTP/1.x."""
+        is handed to HTTP/2; anything else is HTTP/1.x, unless the listener speaks only HTTP/2
+        (then HTTP/2 answers a broken preface with a GOAWAY). Returns the bytes left for
+        HTTP/1.x."""
         buffered = self._preface + data
+        http2 = self.settings.http2
+        if http2 is not None and http2.only:
+            self._sniff_h2c = False
+            self._preface = b""
+            self._switch_to_h2(buffered)
+            return b""
         if len(buffered) < len(PREFACE) and PREFACE.startswith(buffered):
             self._preface = buffered  # a preface split across reads: wait for the rest
             return b""
@@ -588,8 +647,8 @@ class ClientConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         if self._closed:
             return
-        if self._lingering:
-            self.close()
+        if self._lingering or self._discarding:
+            self.close()  # lingered (or waited for the rest of an answered body) long enough
             return
         if self.write_paused:
             self.abort()  # the client stopped reading our response

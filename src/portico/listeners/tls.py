@@ -239,11 +239,16 @@ class TlsTerminator:
         connection.context = self._current.table.lookup(server_name)
 
 
-def build_server_context(config: TlsConfig, *, http2: bool = False) -> TlsTerminator:
+def build_server_context(
+    config: TlsConfig, *, http2: bool = False, http2_only: bool = False
+) -> TlsTerminator:
     """Build the TLS side of a listener from its validated `tls:` section; `.context` is what
     ``create_server(ssl=...)`` takes. Raises TlsError if a file changed since validation.
-    With `http2`, ALPN offers "h2" first unless the section orders it itself."""
-    if http2 and "h2" not in config.alpn:
+    With `http2`, ALPN offers "h2" first unless the section orders it itself; with
+    `http2_only`, "h2" alone."""
+    if http2_only:
+        config = config.model_copy(update={"alpn": ("h2",)})
+    elif http2 and "h2" not in config.alpn:
         config = config.model_copy(update={"alpn": ("h2", *config.alpn)})
     return TlsTerminator(config)
 

@@ -116,6 +116,7 @@ class Exchange:
         "_chunked_out",
         "_client",
         "_connect_time",
+        "_continued",
         "_dequeued",
         "_fell_back",
         "_head",
@@ -212,6 +213,7 @@ class Exchange:
         self._head: bytes | None = None  # staged, written with the first body bytes
         self._chunked_out = False
         self._response_started = False
+        self._continued = False  # a 100 Continue went to the client
         self.status = 0
         self.finished = False
 
@@ -550,13 +552,14 @@ class Exchange:
         if self.version == "1.1" and status in (100, 103):
             line = b"HTTP/1.1 %d %s" % (status, head.reason)
             self._client.write(serialize_head(line, head.headers))
+            if status == 100:
+                self._continued = True
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
         out = self._response_headers(status, head)
-        client = self._client
         kind = head.kind
         is_11 = self.version == "1.1"
-        keep = self.keep_alive and self.request_complete and not client.draining
+        keep = self._may_keep()
         if kind is LENGTH_BODY:
             out.append((b"Content-Length", b"%d" % head.length))
         elif kind is NO_BODY:
@@ -669,12 +672,16 @@ class Exchange:
         upstream, self._upstream = self._upstream, None
         backend = self._backend
         self._release_backend(failed=None if self._observed else False)
-        if upstream is not None:
+        if upstream is not None and not self.request_complete:
+            # the server answered before the whole body was sent: the connection is out of
+            # step for good, and closing it would wait on a server that may never read what
+            # is still buffered for it
+            upstream.abort()
+        elif upstream is not None:
             upstream.detach()
             settings = self._pool.settings
             if (
                 backend is None
-                or not self.request_complete
                 or not upstream.is_reusable()
                 or upstream.private
                 or (settings.max_requests and upstream.requests >= settings.max_requests)
@@ -797,16 +804,39 @@ class Exchange:
 
     def _respond_locally(self, answer: bytes) -> None:
         """A filter or a route answered (429, a redirect, a fixed page): the connection stays
-        usable if the request was read whole."""
-        keep = self.keep_alive and self.request_complete and not self._client.draining
+        usable if the request was read whole, or the rest of its body can be discarded."""
+        keep = self._may_keep()
         if not keep:
             self.keep_alive = False
         written = answer if keep else answer.replace(b"\r\n\r\n", _CLOSE_END, 1)
         self._answer(written, int(answer[9:12]), keep)
 
     def _respond_error(self, status: int) -> None:
-        keep = self.keep_alive and self.request_complete and not self._client.draining
+        keep = self._may_keep()
         self._answer(upstream_error(status, close=not keep), status, keep)
+
+    def _may_keep(self) -> bool:
+        """Whether the client connection may stay open after this answer: a request whose
+        body is still coming counts as read if the rest is small enough to be read and
+        thrown away (`max_discard_size`; a chunked rest is found out while discarding)."""
+        client = self._client
+        if not self.keep_alive or client.draining:
+            return False
+        if self.request_complete:
+            return True
+        if not self.received and not self._continued and self._expects_continue():
+            # it waits for a 100 Continue that never came: it may never send its body (curl
+            # 7.88 does not, and sends its next request instead), so the connection ends
+            return False
+        if self.head.kind is not LENGTH_BODY:
+            return True
+        return self.head.length - self.received <= client.settings.max_discard_size
+
+    def _expects_continue(self) -> bool:
+        for name, value in self.headers:
+            if name.lower() == b"expect":
+                return value.lower() == b"100-continue"
+        return False
 
     def _answer(self, answer: bytes, status: int, keep: bool, linger: bool = False) -> None:
         """Portico answers itself (an error, a filter's or a route's answer): the whole

@@ -305,7 +305,9 @@ class UpstreamConnection(asyncio.Protocol):
                 buffer = rest
                 continue
             kind = head.kind
-            self._keep_alive = head.keep_alive
+            # a server that answers before it has the whole request may never read the rest:
+            # whatever it says, the connection is not trusted with another request
+            self._keep_alive = head.keep_alive and not self._sending
             sink.on_response_head(status, head)
             if self.sink is None:
                 return
