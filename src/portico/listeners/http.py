@@ -37,6 +37,7 @@ from portico.upstreams.pool import Pool
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
     from portico.observe.access_log import AccessLogWriter
+    from portico.observe.debug_header import DebugHeader
     from portico.routing import Router
     from portico.worker import Worker
 
@@ -76,6 +77,7 @@ class HttpListenerSettings:
     proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
     max_conns_per_client: int = 0  # 0 = no limit
     http2: Http2Settings | None = None  # None: HTTP/1.x only
+    debug_header: DebugHeader | None = None  # None: off (the default)
 
 
 HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
