@@ -729,7 +729,8 @@ class AdminApi:
                 self.view.running_config(),
                 sample,
                 listener=body.listener,
-                live=live_state(self.view.pools()),
+                state=live_state(self.view.pools()),
+                live=True,
             )
         except ValueError as exc:
             raise Unprocessable(str(exc), error="cannot explain") from None

@@ -74,15 +74,16 @@ def explain(
     request: SampleRequest,
     *,
     listener: str | None = None,
-    live: LiveState | None = None,
+    state: LiveState | None = None,
+    live: bool = False,
     now: float = 0.0,
     seed: int = 0,
 ) -> Explanation:
     """Explain `request` against `config`, from its arrival at a listener to the server.
 
-    `listener` names the listener (default: chosen from the URL's scheme and port); `live`
-    is the server state to assume (None: as the config starts, with an offline note).
-    Raises ValueError when `listener` names no HTTP listener.
+    `listener` names the listener (default: chosen from the URL's scheme and port); `state`
+    is the server state to assume (a server not in it: as the config starts it); `live` says
+    it is a running Portico's. Raises ValueError when `listener` names no HTTP listener.
     """
     notes: list[str] = []
     chosen, why = _choose_listener(config, request, listener)
@@ -95,7 +96,7 @@ def explain(
         headers=[f"{_text(k)}: {_text(v)}" for k, v in request.headers],
     )
     base: dict[str, Any] = {
-        "live": live is not None,
+        "live": live,
         "request": summary,
         "listener": ListenerChoice(name=chosen.name, reason=why),
         "routes": [],
@@ -109,7 +110,7 @@ def explain(
         "server": None,
         "notes": notes,
     }
-    filters, answer = _filters(config, chosen, request, now, live is not None, notes)
+    filters, answer = _filters(config, chosen, request, now, live, notes)
     base["filters"] = filters
     if answer is not None:
         base["answer"] = answer
@@ -158,11 +159,12 @@ def explain(
         )
 
     assert route.pool is not None  # a route without a pool answered above
-    step, server, fallback, counts = _pool(config, route.pool, request, live or {}, now, seed)
+    servers = state or {}
+    step, server, fallback, counts = _pool(config, route.pool, request, servers, now, seed)
     pools = [step]
     if server is None and fallback is not None:
         # as the proxy: one hop to the fallback pool, only when no server of the first is fit
-        step, server, _, fallback_counts = _pool(config, fallback, request, live or {}, now, seed)
+        step, server, _, fallback_counts = _pool(config, fallback, request, servers, now, seed)
         pools.append(step)
         if server is not None:
             counts = fallback_counts
@@ -170,10 +172,19 @@ def explain(
     base["pools"] = pools
     base["pool"] = served
     base["server"] = server
-    if live is None:
+    if not live:
         notes.append(
-            "servers as the config starts them (up, ready, idle); ask a running Portico with "
-            "--live for its server state"
+            (
+                "servers as the config starts them (up, ready, idle)"
+                if not state
+                else "servers as --state says, the others as the config starts them"
+            )
+            + "; ask a running Portico with --live for its server state"
+        )
+    if any(p.policy == "p2c_ewma" for p in pools):
+        notes.append(
+            "p2c_ewma: latency estimates live in each worker, so explain has no samples: an "
+            "idle server costs 0, one with requests in flight the no-sample penalty (1e6)"
         )
     base["short"] = short_form(
         chosen.name,

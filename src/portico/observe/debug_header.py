@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from portico.routing.router import DEFAULT_ROUTE_NAME
+
 if TYPE_CHECKING:
     from portico.routing import Route
     from portico.upstreams.pool import Pool
@@ -70,7 +72,7 @@ class DebugHeader:
         """The header field for one proxied response."""
         value = short_form(
             listener,
-            route.name if route is not None else None,
+            route.name if route is not None else DEFAULT_ROUTE_NAME,  # a listener with no routes
             pool.name,
             self.policies.get(pool.name),
             len(pool.available),
