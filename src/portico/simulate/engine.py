@@ -54,7 +54,7 @@ class Run:
     wait: array[float]  # time spent queued: in the pool's queue and in the server's
     server: array[int]  # index into `servers` of the one that answered; -1: none
     status: array[int]  # 200, 5xx from a server in "error", 502/503 from Portico
-    retried: array[int]  # other servers tried before the answer
+    retried: array[int]  # times it was sent again to another server (up to 255)
     max_server_queue: int = 0  # the longest any server's own queue got
     pool_queued: int = 0  # requests that waited in the pool's queue (max_conns)
     ejections: int = 0  # outlier ejections (Pool.observe)
@@ -245,6 +245,8 @@ class _Simulation:
                 if budget is None or budget.can_retry(now):
                     if budget is not None:
                         budget.record_retry(now)
+                    if self.retried[request.index] < 255:
+                        self.retried[request.index] += 1
                     self.attempt(request)
                     return
             self.answer(request, 502)
@@ -295,9 +297,6 @@ class _Simulation:
         index = request.index
         self.latency[index] = self.now - request.arrival
         self.status[index] = status
-        tried = request.tried
-        if tried:
-            self.retried[index] = min(len(tried), 255)
         if status >= 502:
             self.wait[index] = self.now - request.arrival
         self.pending -= 1
