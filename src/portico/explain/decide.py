@@ -181,7 +181,13 @@ def explain(
             )
             + "; ask a running Portico with --live for its server state"
         )
-    if any(p.policy == "p2c_ewma" for p in pools):
+    rotating = ("round_robin", "weighted_round_robin", "least_conn")
+    if any(p.policy in rotating and len([s for s in p.servers if s.candidate]) > 1 for p in pools):
+        notes.append(
+            "a rotation's position (and least_conn's turn among ties) is kept per worker: the "
+            "pick shown is a freshly started pool's"
+        )
+    if any(p.policy == "p2c_ewma" and any(s.candidate for s in p.servers) for p in pools):
         notes.append(
             "p2c_ewma: latency estimates live in each worker, so explain has no samples: an "
             "idle server costs 0, one with requests in flight the no-sample penalty (1e6)"
@@ -509,7 +515,8 @@ def _pool(
     fallback: str | None = None
     if winner is not None:
         outcome = f'server "{winner.name}"'
-        if pool_config.policy in ("random", "p2c_ewma") and prefer != winner.name:
+        randomised = pool_config.policy in ("random", "p2c_ewma") and len(candidates) > 1
+        if randomised and prefer != winner.name:
             outcome += " (one random draw; see each server's chance)"
     elif chosen == FULL:
         queue = pool_config.queue

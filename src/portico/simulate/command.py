@@ -178,4 +178,8 @@ def _table(
 
 
 def _f(seconds: float) -> str:
-    return f"{'-':>9}" if math.isnan(seconds) else f"{seconds * 1000:>9.3g}"
+    """Milliseconds in 9 columns: three significant digits, whole ones from 100 ms up."""
+    if math.isnan(seconds):
+        return f"{'-':>9}"
+    ms = seconds * 1000
+    return f"{ms:>9,.0f}" if ms >= 100 else f"{ms:>9.3g}"
