@@ -113,6 +113,11 @@ def test_mistakes_are_named(tmp_path: Path) -> None:
     assert "give --trace LOG, or --workload SPEC with arrivals" in no_requests.stderr
     workload = tmp_path / "w.yaml"
     workload.write_text("arrivals: {requests: 10, rate: 1/s, service: {mean: 1s}}\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(workload.read_text() + "servers: {s9: {speed: 2}}\n")
+    wrong = run_cli(str(config), "--workload", str(typo), cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert "servers s9 are not in pool 'app'" in wrong.stderr
     unknown = run_cli(
         str(config), "--workload", str(workload), "--policies", "fastest", cwd=tmp_path
     )

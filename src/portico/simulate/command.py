@@ -48,6 +48,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         spec = _spec(args.workload)
         trace, pool, source = _requests(args, config, spec)
+        names = {server.name for server in config.pools[pool].servers}
+        unknown = sorted(set(spec.servers) - names)
+        if unknown:
+            raise ValueError(
+                f"{args.workload}: servers {', '.join(unknown)} are not in pool {pool!r} "
+                f"(its servers: {', '.join(sorted(names))})"
+            )
         policies = args.policies.split(",") if args.policies else [config.pools[pool].policy]
         policies = [p.strip() for p in policies if p.strip()]
         runs = []
