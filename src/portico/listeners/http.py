@@ -74,10 +74,10 @@ class HttpListenerSettings:
     response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
     client_subject: bool = False  # mTLS: pass the verified client certificate's subject
     access_log: AccessLogWriter | None = None
+    debug_header: DebugHeader | None = None  # None: off (the default)
     proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
     max_conns_per_client: int = 0  # 0 = no limit
     http2: Http2Settings | None = None  # None: HTTP/1.x only
-    debug_header: DebugHeader | None = None  # None: off (the default)
 
 
 HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
