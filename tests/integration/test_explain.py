@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -168,3 +169,26 @@ def test_the_debug_header_carries_the_short_form_to_trusted_clients_only(
         run_cli("explain", str(proxy.path), "GET /x", "-H", "Host: test.local", "--json").stdout
     )
     assert explained["short"] == header
+
+
+def test_the_debug_header_counts_the_attempt_after_a_refused_connect(
+    backends: MakeBackend, portico: MakePortico
+) -> None:
+    live = backends("live")
+    with socket.socket() as dead:  # bound, never listening: connecting is refused
+        dead.bind(("127.0.0.1", 0))
+        config = simple_config(
+            [live],
+            extra_pool="    retries: 1\n",
+            extra_listener="    debug_header: X-Portico-Explain\n",
+        )
+        entry = f"      - address: 127.0.0.1:{dead.getsockname()[1]}\n        name: dead\n"
+        config = config.replace("    servers:\n", "    servers:\n" + entry)
+        proxy = portico(config)
+        # round robin starts at the dead server: refused, then retried on the live one
+        seen = request(proxy.port, "GET", "/x")
+    assert seen.status == 200
+    assert seen.header("x-portico-explain") == (
+        "listener=web; route=default; pool=app; policy=round_robin; candidates=2/2; "
+        "server=live; attempt=2"
+    )
