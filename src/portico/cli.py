@@ -1,4 +1,4 @@
-"""The `portico` command: run, check, demo."""
+"""The `portico` command: run, check, reload, demo, explain, simulate."""
 
 from __future__ import annotations
 
@@ -95,6 +95,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    from portico.explain import command
+
+    return command.run(args, loaded[0])
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    from portico.simulate import command
+
+    return command.run(args, loaded[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portico", description="A load balancer and reverse proxy in Python."
@@ -123,6 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         "--admin-port", type=int, default=9090, help="the dashboard's port (default 9090)"
     )
     demo.set_defaults(func=cmd_demo)
+    from portico.explain import command as explain_command
+
+    explain = sub.add_parser("explain", help="why a request goes to the route, pool and server")
+    explain_command.add_arguments(explain)
+    explain.set_defaults(func=cmd_explain)
+    from portico.simulate import command as simulate_command
+
+    simulate = sub.add_parser("simulate", help="replay a trace through the policies, compare")
+    simulate_command.add_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")
     result: int = args.func(args)

@@ -426,6 +426,9 @@ class SupervisorAdmin:
     def metrics(self, accept: str) -> tuple[bytes, str]:
         return self.supervisor.exporter.render(accept)
 
+    def running_config(self) -> Config:
+        return self.supervisor.config
+
 
 def run(config: Config, config_text: str, filename: str) -> int:
     supervisor = Supervisor(config, config_text, filename)

@@ -30,10 +30,16 @@ from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
 from portico.listeners.h2 import H2ClientConnection
 from portico.listeners.http import ClientConnection, Http2Settings, HttpListenerSettings
-from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
+from portico.listeners.tcp import (
+    TcpClientConnection,
+    TcpListenerSettings,
+    is_trusted,
+    trusted_networks,
+)
 from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
+from portico.observe.debug_header import DebugHeader
 from portico.observe.stats import WorkerStats
 from portico.persistence.stick import StickTable
 from portico.routing import Router
@@ -76,6 +82,19 @@ def request_filters(
         else:
             out.append(RateLimitFilter(listener.rate_limit, loop.time))
     return tuple(out)
+
+
+def debug_header(config: Config, listener: ListenerConfig) -> DebugHeader | None:
+    """The listener's `debug_header`, resolved: its name, its trusted networks."""
+    setting = listener.debug_header
+    if setting is None:
+        return None
+    networks = trusted_networks(setting.trusted)
+    return DebugHeader(
+        setting.name.encode("ascii"),
+        lambda ip: is_trusted(ip, networks),
+        {name: pool.policy for name, pool in config.pools.items()},
+    )
 
 
 def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
@@ -150,6 +169,7 @@ def listener_settings(
             router=Router.compile(listener.routes, listener.default_pool)
             if listener.routes
             else None,
+            debug_header=debug_header(config, listener),
         )
     return out
 

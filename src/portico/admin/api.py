@@ -24,8 +24,11 @@ from typing import Annotated, Any, Final, Literal, Protocol, TypedDict, TypeVar,
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 
-from portico.config.schema import ListenerConfig, PoolConfig, ServerConfig
+from portico.config.schema import Config, ListenerConfig, PoolConfig, ServerConfig
+from portico.explain import ExplainRequest, Explanation, LiveState, ServerLive, explain
+from portico.explain import parse_request as parse_sample
 from portico.observe.stats import CODE_CLASSES, MergedStats
 
 __all__ = [
@@ -147,6 +150,10 @@ class SupervisorView(Protocol):
 
     def metrics(self, accept: str) -> tuple[bytes, str]:
         """One Prometheus scrape: the body and its Content-Type, for this Accept header."""
+        ...
+
+    def running_config(self) -> Config:
+        """The config the workers run now, with the API's changes (weights, servers) in it."""
         ...
 
 
@@ -451,6 +458,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("POST", "/api/pools/{pool}/servers", "post_server"),
     Endpoint("DELETE", "/api/pools/{pool}/servers/{server}", "delete_server"),
     Endpoint("POST", "/api/reload", "post_reload"),
+    Endpoint("POST", "/api/explain", "post_explain"),
     Endpoint("GET", "/metrics", "get_metrics", public=True),
     Endpoint("GET", "/openapi.json", "get_openapi"),
     Endpoint("GET", "/", "get_index", public=True),
@@ -540,6 +548,7 @@ class AdminApi:
             "post_server": self.post_server,
             "delete_server": self.delete_server,
             "post_reload": self.post_reload,
+            "post_explain": self.post_explain,
             "get_metrics": self.get_metrics,
             "get_openapi": self.get_openapi,
             "get_index": self.get_index,
@@ -710,6 +719,23 @@ class AdminApi:
         _log_change(request, f"reloaded the config: generation {result['generation']}")
         return _json(200, result)
 
+    async def post_explain(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        """`portico explain` with this instance's live server state; changes nothing."""
+        example = '{"request": "GET https://shop.example.com/cart", "headers": ["Cookie: a=1"]}'
+        body = _parse(ExplainRequest, _json_object(request, example))
+        try:
+            sample = parse_sample(body.request, body.headers, body.client_ip)
+            result = explain(
+                self.view.running_config(),
+                sample,
+                listener=body.listener,
+                state=live_state(self.view.pools()),
+                live=True,
+            )
+        except ValueError as exc:
+            raise Unprocessable(str(exc), error="cannot explain") from None
+        return _json(200, result.model_dump(mode="json"))
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _pool(self, name: str) -> PoolView:
@@ -759,6 +785,21 @@ class AdminApi:
         ):
             content_type += "; charset=utf-8"
         return AdminResponse(200, body, content_type, (("Cache-Control", "no-cache"),))
+
+
+def live_state(pools: Iterable[PoolView]) -> LiveState:
+    """The servers' live state, as `explain` takes it, from what `GET /api/pools` shows."""
+    return {
+        (pool["name"], server["name"]): ServerLive(
+            up=server["health"]["active"] != "down",
+            detail=server["health"]["detail"],
+            state=server["state"],
+            ejected_by=server["health"]["ejected_by"],
+            in_flight=server["in_flight"],
+        )
+        for pool in pools
+        for server in pool["servers"]
+    }
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -832,6 +873,12 @@ def _json_body(schema: str, example: dict[str, Any]) -> dict[str, Any]:
         "content": {"application/json": {"schema": _ref(schema), "example": example}},
     }
 
+
+# The explain endpoint's bodies, generated from their pydantic models (nested models included).
+_EXPLAIN_SCHEMAS: Final[dict[str, Any]] = models_json_schema(
+    [(ExplainRequest, "validation"), (Explanation, "serialization")],
+    ref_template="#/components/schemas/{model}",
+)[1]["$defs"]
 
 OPENAPI: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
@@ -949,6 +996,26 @@ OPENAPI: Final[dict[str, Any]] = {
                     "422": _error("The state is invalid"),
                 },
             },
+        },
+        "/api/explain": {
+            "post": {
+                "operationId": "explain",
+                "summary": "Why a request would go where it goes, with the live server state",
+                "description": "The listener, each route tried and the condition that failed, "
+                "the filters, the pool's servers with why each is or is not a candidate, the "
+                "policy's scores and the winner: what `portico explain --live` prints. "
+                "Changes nothing.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ExplainRequest")}},
+                },
+                "responses": {
+                    "200": _ok("The explanation", _ref("Explanation")),
+                    "400": _error("The body is not a JSON object"),
+                    **_AUTH_ERRORS,
+                    "422": _error("A field is invalid, or the request cannot be explained"),
+                },
+            }
         },
         "/api/reload": {
             "post": {
@@ -1166,6 +1233,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "required": ["pool", "removed"],
                 "properties": {"pool": {"type": "string"}, "removed": {"type": "string"}},
             },
+            **_EXPLAIN_SCHEMAS,
             "ReloadResult": {
                 "type": "object",
                 "required": list(ReloadResult.__annotations__),

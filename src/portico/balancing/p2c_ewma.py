@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from portico.balancing.base import C, Candidate
 
-__all__ = ["UNSAMPLED_PENALTY", "P2CEwma", "PeakEwma"]
+__all__ = ["UNSAMPLED_PENALTY", "P2CEwma", "PeakEwma", "cost"]
 
 # Cost of a backend that has requests outstanding but has never answered one (latency 0.0).
 # Without it such a backend would cost 0 and win every pair until its first response came back:
@@ -101,3 +101,8 @@ def _cost(c: Candidate) -> float:
     if latency == 0.0 and in_flight:
         return (UNSAMPLED_PENALTY + in_flight) / c.weight
     return latency * (in_flight + 1) / c.weight
+
+
+def cost(candidate: Candidate) -> float:
+    """What `P2CEwma` compares between its two draws (lower wins), for `portico explain`."""
+    return _cost(candidate)

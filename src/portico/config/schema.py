@@ -45,6 +45,7 @@ __all__ = [
     "POLICY_NAMES",
     "ActiveHealthConfig",
     "Config",
+    "DebugHeaderConfig",
     "ForwardedHeaders",
     "HealthConfig",
     "HttpCheckConfig",
@@ -364,6 +365,21 @@ class Http2Config(_Model):
     only: bool = False  # no HTTP/1.x: h2c prior knowledge on http, ALPN "h2" alone on https
 
 
+def _debug_header_shorthand(value: object) -> object:
+    """`debug_header: X-Portico-Explain` is `debug_header: {name: X-Portico-Explain}`."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class DebugHeaderConfig(_Model):
+    """A response header saying where the request went (route, pool, server: the short form
+    of `portico explain`), sent only to clients from `trusted` networks."""
+
+    name: HeaderName
+    trusted: tuple[Annotated[str, AfterValidator(_check_network)], ...] = Field(
+        default=("127.0.0.0/8", "::1/128"), min_length=1
+    )
+
+
 class ListenerConfig(_Model):
     """One listening socket and how requests arriving on it are handled."""
 
@@ -383,6 +399,9 @@ class ListenerConfig(_Model):
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
     proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers
     http2: Annotated[Http2Config | None, BeforeValidator(_http2_shorthand)] = None  # off
+    debug_header: Annotated[DebugHeaderConfig | None, BeforeValidator(_debug_header_shorthand)] = (
+        None  # off; "X-Portico-Explain": to loopback clients, or {name, trusted: [CIDR, ...]}
+    )
     # tcp listeners only
     sni_routes: dict[Annotated[str, AfterValidator(_check_sni_pattern)], Name] | None = None
     on_bad_hello: Literal["default", "close"] = "default"  # unparsable ClientHello with sni_routes
@@ -798,6 +817,12 @@ def check_references(config: Config) -> list[ReferenceIssue]:
                 ReferenceIssue(
                     ("listeners", i, "tls", "alpn"),
                     'offers "h2" but HTTP/2 is off on this listener: add `http2: true`',
+                )
+            )
+        if listener.debug_header is not None and listener.protocol == "tcp":
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "debug_header"), "debug_header is for http/https listeners"
                 )
             )
         if listener.routes and listener.protocol == "tcp":

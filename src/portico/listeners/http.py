@@ -37,6 +37,7 @@ from portico.upstreams.pool import Pool
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
     from portico.observe.access_log import AccessLogWriter
+    from portico.observe.debug_header import DebugHeader
     from portico.routing import Router
     from portico.worker import Worker
 
@@ -74,6 +75,7 @@ class HttpListenerSettings:
     response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
     client_subject: bool = False  # mTLS: pass the verified client certificate's subject
     access_log: AccessLogWriter | None = None
+    debug_header: DebugHeader | None = None  # None: off (the default)
     proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
     max_conns_per_client: int = 0  # 0 = no limit
     http2: Http2Settings | None = None  # None: HTTP/1.x only

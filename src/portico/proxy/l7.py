@@ -600,6 +600,13 @@ class Exchange:
             out = apply_response_headers(out, self._response_edits)
         if client.settings.response_headers:
             out = [*out, *client.settings.response_headers]
+        debug = client.settings.debug_header
+        if debug is not None and debug.trusts(client.client_ip):
+            attempt = len(self._tried) + 1
+            field = debug.field(
+                client.settings.name, self.route, self._pool, self._backend_name, attempt
+            )
+            out = [*out, field]
         sticky = self._pool.sticky
         name = self._backend_name
         stick = self._pool.stick

@@ -22,7 +22,7 @@ from portico.admin.api import (
 )
 from portico.admin.server import AdminServer
 from portico.config.load import parse_config
-from portico.config.schema import ServerConfig
+from portico.config.schema import Config, ServerConfig
 from portico.observe.prometheus import PrometheusExporter
 from portico.observe.stats import StatsAggregator, WorkerStats
 
@@ -113,6 +113,9 @@ class FakeSupervisor:
 
     def metrics(self, accept: str) -> tuple[bytes, str]:
         return self.exporter.render(accept)
+
+    def running_config(self) -> Config:
+        return self.config.model_copy(update={"pools": self.pool_configs})
 
     def _replace(
         self, pool: str, name: str, change: Callable[[ServerConfig], ServerConfig]
