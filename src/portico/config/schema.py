@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal, NamedTuple, Self, get_args
 
 from pydantic import (
@@ -263,6 +263,12 @@ def _check_sni_pattern(value: str) -> str:
     return value.lower()
 
 
+def _check_redirect_port(value: object) -> object:
+    if isinstance(value, bool) or (isinstance(value, int) and 1 <= value <= 65_535):
+        return value
+    raise ValueError(f"must be true, false or a port from 1 to 65535, not {show(value)}")
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
@@ -366,7 +372,9 @@ class ListenerConfig(_Model):
     bind: BindAddress  # port 0: any free port (the ready line says which)
     protocol: Literal["http", "https", "tcp"] = "http"
     tls: TlsConfig | None = None  # https: certificates and TLS settings
-    redirect_https: bool = False  # http: answer every request with 308 to the https URL
+    # http: answer every request with 308 to the https URL; true: on the port of the config's
+    # https listener (omitted when 443, or when there is none); or a port number
+    redirect_https: Annotated[bool | int, BeforeValidator(_check_redirect_port)] = False
     default_pool: Name
     backlog: _Backlog = 1024
     limits: Annotated[ListenerLimits, _EMPTY_SECTION] = Field(default_factory=ListenerLimits)
@@ -648,6 +656,21 @@ class Config(_Model):
             raise ValueError("; ".join(str(issue) for issue in issues))
         return self
 
+    def https_port(self, listener: ListenerConfig, bound: Mapping[str, int] | None = None) -> int | None:
+        """The port `listener`'s `redirect_https` sends clients to: the one it names, or for
+        `true` the port of the https listeners (`bound`: actual ports by listener name, for
+        binds to port 0); None when that is 443 or unknown (no https listener here, or
+        several on different ports: `check_references` refuses that)."""
+        setting = listener.redirect_https
+        if setting is False:
+            return None
+        if setting is True:
+            ports = _https_ports(self, bound)
+            port = ports.pop() if len(ports) == 1 else 443
+        else:
+            port = setting
+        return None if port == 443 else port
+
     def worker_count(self, cpu_count: int | None = None) -> int:
         """The number of worker processes to start: `workers`, or for ``auto`` the number of
         CPUs this process may run on (`cpu_count` if given), capped at MAX_WORKERS."""
@@ -656,6 +679,15 @@ class Config(_Model):
         if cpu_count is None:
             cpu_count = _usable_cpus()
         return max(1, min(cpu_count, MAX_WORKERS))
+
+
+def _https_ports(config: Config, bound: Mapping[str, int] | None = None) -> set[int]:
+    bound = bound or {}
+    return {
+        bound.get(listener.name) or listener.bind.port
+        for listener in config.listeners
+        if listener.protocol == "https"
+    }
 
 
 def _usable_cpus() -> int:
@@ -780,6 +812,15 @@ def check_references(config: Config) -> list[ReferenceIssue]:
                 ReferenceIssue(
                     ("listeners", i, "tls", "alpn"),
                     'offers "h2" but HTTP/2 is off on this listener: add `http2: true`',
+                )
+            )
+        if listener.redirect_https is True and len(https_ports := _https_ports(config)) > 1:
+            ports = ", ".join(str(port) for port in sorted(https_ports))
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "redirect_https"),
+                    f"the https listeners are on ports {ports}: say which, e.g. "
+                    f"redirect_https: {max(https_ports)}",
                 )
             )
         if listener.routes and listener.protocol == "tcp":
