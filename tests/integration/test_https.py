@@ -184,10 +184,7 @@ def test_plain_listener_redirects_to_https(backends, portico) -> None:
 def test_redirect_goes_to_the_port_of_the_https_listener(backends, portico, pki) -> None:
     b = backends("b")
     plain = (
-        "  - name: plain\n"
-        "    bind: 127.0.0.1:0\n"
-        "    default_pool: app\n"
-        "    redirect_https: true\n"
+        "  - name: plain\n    bind: 127.0.0.1:0\n    default_pool: app\n    redirect_https: true\n"
     )
     config = _https([b], pki).replace("listeners:\n", "listeners:\n" + plain, 1)
     proxy = portico(config)

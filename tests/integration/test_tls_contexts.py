@@ -311,9 +311,7 @@ def test_the_server_cipher_order_wins(
     chosen: str,
 ) -> None:
     server = serve(tls_of(sites["default"]))
-    context = client_context(
-        ca_file, max_version=ssl.TLSVersion.TLSv1_2, ciphers=":".join(offered)
-    )
+    context = client_context(ca_file, max_version=ssl.TLSVersion.TLSv1_2, ciphers=":".join(offered))
     with tls_connect(server.port, context) as sock:
         assert sock.cipher()[0] == chosen
         assert ask(sock)["cipher"] == chosen

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from portico.config.units import Duration
+from portico.config.units import Duration, Name
 from portico.config.units import show as _show_plain
 
 __all__ = [
@@ -66,19 +66,6 @@ def _none_is_empty(empty: object) -> Callable[[object], object]:
 
 _EMPTY_SECTION = BeforeValidator(_none_is_empty({}))
 _EMPTY_LIST = BeforeValidator(_none_is_empty(()))
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f'{show(value)} is not a valid name: use only letters, digits, "_", "." and "-"'
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
 
 # RFC 9110 token: the characters of a header field name, a method and a cookie name.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

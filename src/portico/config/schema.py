@@ -34,6 +34,8 @@ from portico.config.units import (
     Duration,
     DurationOrZero,
     HostPort,
+    Name,
+    ServerName,
     Size,
     parse_address,
     show,
@@ -120,20 +122,6 @@ _Percent = Annotated[int, _NoBool, AfterValidator(_between(0, 100))]
 _MaxConns = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000))]
 _QueueSize = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000))]
 
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f'{show(value)} is not a valid name: use only letters, digits, "_", "." and "-"'
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-"""A listener or pool name: letters, digits, ``_``, ``.`` and ``-``."""
 
 # RFC 9110 token: the characters allowed in a header field name (and in a cookie name).
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -396,19 +384,13 @@ class ListenerConfig(_Model):
 # Pools
 
 
-def _check_server_name(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty (leave it out to use the address)")
-    return value
-
-
 class ServerConfig(_Model):
     """One server in a pool. `name` is always a string: when the file gives none, it is
     the address as ``host:port``."""
 
     address: Address
     weight: _Weight = 1
-    name: Annotated[str, AfterValidator(_check_server_name)] = ""  # "" only until filled in
+    name: ServerName = ""  # "" only until filled in
 
     @model_validator(mode="before")
     @classmethod
@@ -656,7 +638,9 @@ class Config(_Model):
             raise ValueError("; ".join(str(issue) for issue in issues))
         return self
 
-    def https_port(self, listener: ListenerConfig, bound: Mapping[str, int] | None = None) -> int | None:
+    def https_port(
+        self, listener: ListenerConfig, bound: Mapping[str, int] | None = None
+    ) -> int | None:
         """The port `listener`'s `redirect_https` sends clients to: the one it names, or for
         `true` the port of the https listeners (`bound`: actual ports by listener name, for
         binds to port 0); None when that is 443 or unknown (no https listener here, or

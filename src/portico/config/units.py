@@ -1,8 +1,10 @@
-"""Human units in the config file: durations, sizes and listen/connect addresses.
+"""Human units in the config file: durations, sizes, listen/connect addresses and names.
 
 This module owns the text forms an operator writes (``2s``, ``64KiB``, ``[::1]:8080``), the
-parsing of them into plain numbers and a `HostPort`, the error messages for bad ones, and the
-pydantic annotated types (`Duration`, `Size`, `Address`) that the schema uses for its fields.
+parsing of them into plain numbers and a `HostPort`, the error messages for bad ones, the rule
+for the names of listeners, pools, routes and servers (the admin API takes names by the same
+rule), and the pydantic annotated types (`Duration`, `Size`, `Address`, `Name`, `ServerName`)
+that the schema uses for its fields.
 It is *pure*: it never reads files, resolves host names or touches sockets.
 """
 
@@ -14,14 +16,18 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, NamedTuple
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 __all__ = [
     "Address",
     "Duration",
     "DurationOrZero",
     "HostPort",
+    "Name",
+    "ServerName",
     "Size",
+    "check_name",
+    "check_server_name",
     "parse_address",
     "parse_duration",
     "parse_size",
@@ -253,7 +259,52 @@ def _check_host(host: str, bracketed: bool, value: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Names
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME_RULE = 'use only letters, digits, "_", "." and "-"'
+_ADDRESS_CHARS = re.compile(r"[A-Za-z0-9_.:\[\]-]+")
+
+
+def check_name(value: str) -> str:
+    """A listener, pool or route name: letters, digits, ``_``, ``.`` and ``-``, and not only
+    dots (``.`` and ``..`` in an admin API URL are path steps that clients collapse). Names
+    end up in URLs, log lines and metric labels: nothing there needs escaping."""
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{show(value)} is not a valid name: {_NAME_RULE}")
+    if not value.strip("."):
+        raise ValueError(f"{show(value)} is not a valid name: not only dots")
+    return value
+
+
+def check_server_name(value: str) -> str:
+    """A server's name: a name as `check_name` allows, or an address as ``host:port`` (a
+    server without a name is named by its address). Used for the config file and for servers
+    the admin API adds alike."""
+    if not value.strip():
+        raise ValueError("must not be empty (leave it out to use the address)")
+    if _NAME.fullmatch(value) and value.strip("."):
+        return value
+    if _ADDRESS_CHARS.fullmatch(value):
+        try:
+            if str(parse_address(value)) == value:
+                return value
+        except ValueError:
+            pass
+    raise ValueError(
+        f"{show(value)} is not a valid server name: {_NAME_RULE}, not only dots "
+        "(or leave it out to use the address)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Annotated types for the schema
+
+Name = Annotated[str, AfterValidator(check_name)]
+"""A listener, pool or route name: letters, digits, ``_``, ``.`` and ``-``."""
+
+ServerName = Annotated[str, AfterValidator(check_server_name)]
+"""A server's name: a `Name`, or its address as ``host:port``."""
 
 Duration = Annotated[float, BeforeValidator(_positive_duration)]
 """Seconds, more than 0, written as ``2s``, ``500ms``, ``1m``, ``1h`` or a number of seconds."""

@@ -21,7 +21,8 @@ class _Exchange:
 def location(port: int | None, host: bytes, target: bytes = b"/pay?x=1") -> bytes:
     exchange = cast(Exchange, _Exchange(host, target))
     answer = RedirectToHttps(port).on_request(exchange)
-    assert answer is not None and answer.startswith(b"HTTP/1.1 308 ")
+    assert answer is not None
+    assert answer.startswith(b"HTTP/1.1 308 ")
     return next(
         line.split(b": ", 1)[1]
         for line in answer.split(b"\r\n")
