@@ -12,6 +12,7 @@ from pathlib import Path
 from portico import __version__
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config
+from portico.upstreams.resolve import unresolved_servers
 
 
 def _read(path: str) -> tuple[str, str] | None:
@@ -40,6 +41,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     config, _, filename = loaded
+    for warning in unresolved_servers(config):  # warnings only: DNS may differ where it runs
+        print(f"{filename} {warning}", file=sys.stderr)
     pools = ", ".join(f"{name} ({len(p.servers)} servers)" for name, p in config.pools.items())
     print(f"{filename}: OK: {len(config.listeners)} listener(s); pools: {pools}")
     return 0

@@ -26,7 +26,7 @@ from portico import tasks
 from portico.proxy import proxy_protocol
 from portico.proxy.proxy_protocol import Address
 from portico.timers import Deadline
-from portico.upstreams.backend import BackendState
+from portico.upstreams.backend import BackendState, report_connect_failure, report_connected
 from portico.upstreams.pool import Pool
 
 IDLE_TICKS: Final = 4  # the idle timeout is checked this often per period (closes within +25%)
@@ -163,14 +163,18 @@ class Relay:
         tasks.spawn(self._connect(backend))
 
     async def _connect(self, backend: BackendState) -> None:
+        timeout = self.pool.settings.connect_timeout
         try:
-            async with asyncio.timeout(self.pool.settings.connect_timeout):
+            async with asyncio.timeout(timeout):
                 transport, _ = await self.loop.create_connection(
                     lambda: self.server, backend.host, backend.port
                 )
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
+            report_connect_failure(self.pool.name, backend, exc, timeout, self.loop.time())
             self.connect_failed(backend)
             return
+        if backend.connect_cause is not None:
+            report_connected(self.pool.name, backend)
         self.connected(backend, transport)
 
     def connected(self, backend: BackendState, transport: asyncio.Transport) -> None:

@@ -45,6 +45,7 @@ from portico.routing.actions import (
     redirect_response,
     rewrite_path,
 )
+from portico.upstreams.backend import report_connect_failure, report_connected
 from portico.upstreams.connections import UpstreamConnection
 from portico.upstreams.pool import FULL, Pool, StickBinding
 
@@ -399,6 +400,7 @@ class Exchange:
                     backend.port,
                 )
         except (OSError, TimeoutError) as exc:
+            report_connect_failure(self._pool.name, backend, exc, connect_timeout, loop.time())
             if self._backend is backend and not self.finished:
                 self._release_backend(failed=True)
                 self._tried = [*self._tried, backend]
@@ -406,6 +408,8 @@ class Exchange:
                 self._retry_or_fail(504 if timed_out else 502, counts=True)
             return
         self._connect_time = loop.time() - connect_started
+        if backend.connect_cause is not None:
+            report_connected(self._pool.name, backend)
         version = self._pool.send_proxy
         if version is not None and conn.transport is not None:
             # the header names one client, so this connection serves only this request

@@ -353,9 +353,7 @@ def test_adding_an_invalid_server_is_422(
 
 
 @pytest.mark.parametrize("name", ["a/b", "../../x", "x\x00y", "..", "a b", "ä"])
-def test_a_server_name_the_config_file_refuses_is_refused_here_too(
-    admin: Admin, name: str
-) -> None:
+def test_a_server_name_the_config_file_refuses_is_refused_here_too(admin: Admin, name: str) -> None:
     reply = admin.call("POST", "/api/pools/app/servers", {"address": "127.0.0.1:1", "name": name})
     assert reply.status == 422
     assert reply.json()["detail"].startswith("name: ")
