@@ -360,8 +360,8 @@ def listener_views(
                 ],
                 "active_connections": _count(stats, "active_connections", name),
                 "connections": _count(stats, "connections", name),
-                "bytes_received": _count(stats, "bytes_received", name),
-                "bytes_sent": _count(stats, "bytes_sent", name),
+                "bytes_received": _count(stats, "client_received_bytes", name),
+                "bytes_sent": _count(stats, "client_sent_bytes", name),
                 "ratelimited": _count(stats, "ratelimited", name),
                 "responses": responses.get((name,), {}),
             }

@@ -23,6 +23,7 @@ from enum import Enum
 from typing import Final, Protocol, cast
 
 from portico import tasks
+from portico.observe.stats import ByteCounter
 from portico.proxy import proxy_protocol
 from portico.proxy.proxy_protocol import Address
 from portico.timers import Deadline
@@ -94,6 +95,28 @@ class _Side(asyncio.Protocol):
         self.relay.side_lost(self, exc)
 
 
+class _ClientSide(_Side):
+    """The client's socket: what it reads is counted as received from the client."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.out.write(data)  # type: ignore[union-attr]  # set before any read can happen
+        self.heard = True
+        self.relay.bytes.received += len(data)
+
+
+class _ServerSide(_Side):
+    """The server's socket: what it reads goes to the client, counted as sent to it."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.out.write(data)  # type: ignore[union-attr]  # set before any read can happen
+        self.heard = True
+        self.relay.bytes.sent += len(data)
+
+
 class Relay:
     """One client connection's server side and the copy between the two; see the module
     docstring. Lifecycle: `connect` → (owner.upstream_ready) → `begin` → owner.relay_closed,
@@ -110,8 +133,10 @@ class Relay:
         source: Address,
         destination: Address,
         idle_timeout: float,
+        counter: ByteCounter | None = None,
     ) -> None:
         self.owner = owner
+        self.bytes = counter if counter is not None else ByteCounter()  # the client's side
         self.loop = loop
         self.pool = pool
         self.pools = pools  # for the fallback pool
@@ -123,8 +148,8 @@ class Relay:
         self._tried: list[BackendState] = []
         self._fell_back = False
         # the two sockets
-        self.client = _Side(self)
-        self.server = _Side(self)
+        self.client: _Side = _ClientSide(self)
+        self.server: _Side = _ServerSide(self)
         self.client.transport = client_transport
         self.client.other, self.server.other = self.server, self.client
         self.server.out = client_transport
@@ -239,7 +264,7 @@ class Relay:
         version = self.send_proxy.get(self.pool.name)
         if version is not None:
             pending = proxy_protocol.encode(version, self.source, self.destination) + pending
-        if pending:
+        if pending:  # the client's bytes were counted by the listener that read them
             server_transport.write(pending)  # may pause the client's reading (flow control)
         if eof:
             self._shut(server_transport)

@@ -50,8 +50,6 @@ def served(stats: WorkerStats, times: int = 1, **overrides: Any) -> None:
         "status": 200,
         "duration": 0.003,
         "upstream_connect": None,
-        "bytes_in": 100,
-        "bytes_out": 1000,
     }
     args.update(overrides)
     for _ in range(times):
@@ -83,8 +81,17 @@ def test_request_done_counts_by_listener_route_pool_server_and_status_class() ->
         ("web", "default", "app", "", "5xx"): [2],
         ("web", "api", "api", "x", "4xx"): [1],
     }
-    assert counter(snapshot, "bytes_received", "web") == 600
-    assert counter(snapshot, "bytes_sent", "web") == 6000
+
+
+def test_client_bytes_count_as_connections_read_and_write() -> None:
+    stats = WorkerStats()
+    counter_of_web = stats.client_bytes("web")
+    assert stats.client_bytes("web") is counter_of_web  # one per listener, kept by connections
+    counter_of_web.received += 600
+    counter_of_web.sent += 6000
+    snapshot = stats.snapshot()
+    assert counter(snapshot, "client_received_bytes", "web") == 600
+    assert counter(snapshot, "client_sent_bytes", "web") == 6000
 
 
 @pytest.mark.parametrize(
@@ -158,8 +165,8 @@ def test_retries_ratelimits_and_connections() -> None:
     assert counter(snapshot, "ratelimited", "web") == 1
     assert counter(snapshot, "connections", "web") == 3
     assert rows(snapshot, "gauges", "active_connections")[("web",)] == [2]
-    assert counter(snapshot, "bytes_received", "web") == 10
-    assert counter(snapshot, "bytes_sent", "web") == 20
+    assert counter(snapshot, "client_received_bytes", "web") == 10
+    assert counter(snapshot, "client_sent_bytes", "web") == 20
 
 
 def test_config_names_have_series_at_zero_from_the_first_snapshot() -> None:
