@@ -14,11 +14,12 @@ import ipaddress
 import math
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, NamedTuple
+from typing import Annotated, Final, NamedTuple
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 __all__ = [
+    "SERVER_NAME_SCHEMA",
     "Address",
     "Duration",
     "DurationOrZero",
@@ -300,25 +301,74 @@ def check_server_name(value: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Annotated types for the schema
 
-Name = Annotated[str, AfterValidator(check_name)]
+# WithJsonSchema: what an editor checking portico.yaml against `portico schema` should accept
+# (the text forms included); the validators above stay the judge.
+
+Name = Annotated[
+    str,
+    AfterValidator(check_name),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}),
+]
 """A listener, pool or route name: letters, digits, ``_``, ``.`` and ``-``."""
 
-ServerName = Annotated[str, AfterValidator(check_server_name)]
+SERVER_NAME_SCHEMA: Final = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9_.:\[\]-]+$",
+    "description": 'A name (letters, digits, "_", "." and "-") or host:port',
+}
+
+ServerName = Annotated[str, AfterValidator(check_server_name), WithJsonSchema(SERVER_NAME_SCHEMA)]
 """A server's name: a `Name`, or its address as ``host:port``."""
 
-Duration = Annotated[float, BeforeValidator(_positive_duration)]
+_DURATION_TEXT = {
+    "type": "string",
+    "description": "A number with us, ms, s, m or h: 2s, 500ms, 1m30s",
+    "examples": ["2s", "500ms"],
+}
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_positive_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION_TEXT]}),
+]
 """Seconds, more than 0, written as ``2s``, ``500ms``, ``1m``, ``1h`` or a number of seconds."""
 
-DurationOrZero = Annotated[float, BeforeValidator(parse_duration)]
+DurationOrZero = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION_TEXT]}),
+]
 """Like `Duration`, for fields where 0 has a meaning (such as "do not wait")."""
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {
+                    "type": "string",
+                    "description": "Bytes with kB, MB, GB (1000s) or KiB, MiB, GiB (1024s)",
+                    "examples": ["64KiB", "1MiB"],
+                },
+            ]
+        }
+    ),
+]
 """Bytes, 0 or more, written as ``64KiB``, ``1MiB``, ``10MB``, ``1kB`` or a number of bytes."""
 
 Address = Annotated[
     HostPort,
     BeforeValidator(parse_address),
     PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "host:port, [IPv6]:port or :port",
+            "examples": ["127.0.0.1:9001", "[::1]:9001"],
+        }
+    ),
 ]
 """``host:port`` text parsed into a HostPort; serialized back to the same text."""
 
@@ -326,5 +376,12 @@ BindAddress = Annotated[
     HostPort,
     BeforeValidator(parse_bind_address),
     PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "host:port, [IPv6]:port or :port (all IPv4 interfaces); port 0: any",
+            "examples": ["127.0.0.1:8080", ":8080"],
+        }
+    ),
 ]
 """An `Address` to listen on, where port 0 lets the kernel choose a free port."""
