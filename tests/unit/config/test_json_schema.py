@@ -29,7 +29,7 @@ def validator() -> jsonschema.Draft202012Validator:
 def reference_config() -> str:
     """The README's "complete file with every key at its default"."""
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Configuration reference") :]
+    section = text[text.index("A complete file with every key at its default") :]
     found = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
     assert found
     return found.group(1)
