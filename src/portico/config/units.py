@@ -307,13 +307,13 @@ def check_server_name(value: str) -> str:
 Name = Annotated[
     str,
     AfterValidator(check_name),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}),
+    WithJsonSchema({"type": "string", "pattern": r"^(?!\.+$)[A-Za-z0-9_.-]+$"}),
 ]
 """A listener, pool or route name: letters, digits, ``_``, ``.`` and ``-``."""
 
 SERVER_NAME_SCHEMA: Final = {
     "type": "string",
-    "pattern": r"^[A-Za-z0-9_.:\[\]-]+$",
+    "pattern": r"^(?!\.+$)[A-Za-z0-9_.:\[\]-]+$",
     "description": 'A name (letters, digits, "_", "." and "-") or host:port',
 }
 
