@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from portico import __version__
 from portico.config.load import ConfigError, parse_config
-from portico.config.schema import Config
+from portico.config.schema import Config, json_schema
+from portico.upstreams.resolve import unresolved_servers
 
 
 def _read(path: str) -> tuple[str, str] | None:
@@ -40,8 +42,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     config, _, filename = loaded
+    for warning in unresolved_servers(config):  # warnings only: DNS may differ where it runs
+        print(f"{filename} {warning}", file=sys.stderr)
     pools = ", ".join(f"{name} ({len(p.servers)} servers)" for name, p in config.pools.items())
     print(f"{filename}: OK: {len(config.listeners)} listener(s); pools: {pools}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("config", help="path to portico.yaml")
     check.set_defaults(func=cmd_check)
+    schema = sub.add_parser("schema", help="print the config file's JSON Schema (for editors)")
+    schema.set_defaults(func=cmd_schema)
     reload = sub.add_parser("reload", help="validate a config, then reload the running Portico")
     reload.add_argument("config", help="path to portico.yaml")
     reload.add_argument("--pid", type=int, help="the supervisor's pid (default: pid_file)")

@@ -19,7 +19,7 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from portico import channel, tasks
@@ -68,11 +68,13 @@ def request_filters(
     loop: asyncio.AbstractEventLoop,
     store: StateStore | None = None,
     fallback: str = "local",
+    https_port: int | None = None,
 ) -> tuple[RequestFilter, ...]:
-    """The filters of one listener, in the order they run."""
+    """The filters of one listener, in the order they run (`https_port`: where
+    `redirect_https` sends clients, None for 443)."""
     out: list[RequestFilter] = []
     if listener.redirect_https:
-        out.append(RedirectToHttps())
+        out.append(RedirectToHttps(https_port))
     if listener.rate_limit is not None:
         if store is not None:
             namespace = listener.name.encode()
@@ -115,7 +117,9 @@ def listener_settings(
     loop: asyncio.AbstractEventLoop,
     logs: dict[tuple[str, str], AccessLogWriter] | None = None,
     store: StateStore | None = None,
+    bound: Mapping[str, int] | None = None,
 ) -> dict[str, HttpListenerSettings]:
+    """`bound`: the port each listener is bound to (those bound to port 0 in the config)."""
     out = {}
     for listener in config.listeners:
         if listener.protocol == "tcp":
@@ -154,7 +158,13 @@ def listener_settings(
                 if listener.access_log is not None
                 else None
             ),
-            filters=request_filters(listener, loop, store, config.state.rate_limit_fallback),
+            filters=request_filters(
+                listener,
+                loop,
+                store,
+                config.state.rate_limit_fallback,
+                config.https_port(listener, bound),
+            ),
             http2=(
                 Http2Settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,
@@ -232,7 +242,10 @@ class Worker:
                     stick.key,
                     stick.learn_from_response,
                 )
-        self.settings = listener_settings(config, self.pools, loop, self.access_logs, self.store)
+        bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+        self.settings = listener_settings(
+            config, self.pools, loop, self.access_logs, self.store, bound
+        )
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []
         self.terminators: list[TlsTerminator] = []

@@ -179,3 +179,18 @@ def test_plain_listener_redirects_to_https(backends, portico) -> None:
     assert response.status == 308
     assert response.header("Location") == "https://shop.example.com/pay?x=1"
     assert b.seen == []
+
+
+def test_redirect_goes_to_the_port_of_the_https_listener(backends, portico, pki) -> None:
+    b = backends("b")
+    plain = (
+        "  - name: plain\n    bind: 127.0.0.1:0\n    default_pool: app\n    redirect_https: true\n"
+    )
+    config = _https([b], pki).replace("listeners:\n", "listeners:\n" + plain, 1)
+    proxy = portico(config)
+    plain_port, https_port = proxy.ports  # the ready line names them in config order
+    with connect(plain_port) as sock:
+        sock.sendall(b"GET /pay?x=1 HTTP/1.1\r\nHost: shop.example.com:8080\r\n\r\n")
+        response = ResponseReader(sock).read()
+    assert response.status == 308
+    assert response.header("Location") == f"https://shop.example.com:{https_port}/pay?x=1"

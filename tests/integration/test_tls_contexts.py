@@ -290,6 +290,44 @@ def test_tls12_client_gets_an_intermediate_cipher(
     assert view["cipher"] in INTERMEDIATE_CIPHERS.split(":")
 
 
+AES256 = "ECDHE-ECDSA-AES256-GCM-SHA384"
+AES128 = "ECDHE-ECDSA-AES128-GCM-SHA256"  # the intermediate profile's first choice
+CHACHA = "ECDHE-ECDSA-CHACHA20-POLY1305"
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        ((AES256, AES128), AES128),  # the server's order wins over the client's
+        ((CHACHA, AES128), CHACHA),  # ... except for a client that puts ChaCha20 first
+        ((AES128, CHACHA), AES128),
+    ],
+)
+def test_the_server_cipher_order_wins(
+    serve: Callable[..., TlsServer],
+    sites: dict[str, Pair],
+    ca_file: Path,
+    offered: tuple[str, str],
+    chosen: str,
+) -> None:
+    server = serve(tls_of(sites["default"]))
+    context = client_context(ca_file, max_version=ssl.TLSVersion.TLSv1_2, ciphers=":".join(offered))
+    with tls_connect(server.port, context) as sock:
+        assert sock.cipher()[0] == chosen
+        assert ask(sock)["cipher"] == chosen
+
+
+def test_the_client_cipher_order_on_request(
+    serve: Callable[..., TlsServer], sites: dict[str, Pair], ca_file: Path
+) -> None:
+    server = serve(tls_of(sites["default"], prefer_server_ciphers=False))
+    context = client_context(
+        ca_file, max_version=ssl.TLSVersion.TLSv1_2, ciphers=f"{AES256}:{AES128}"
+    )
+    with tls_connect(server.port, context) as sock:
+        assert sock.cipher()[0] == AES256
+
+
 def test_min_version_13_refuses_tls12(
     serve: Callable[..., TlsServer], sites: dict[str, Pair], ca_file: Path
 ) -> None:

@@ -20,13 +20,23 @@ import mimetypes
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Protocol, TypedDict, TypeVar, get_args
+from typing import Annotated, Any, Final, Literal, Protocol, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from pydantic.json_schema import models_json_schema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
+from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
 from portico.config.schema import Config, ListenerConfig, PoolConfig, ServerConfig
+from portico.config.units import Name, ServerName
 from portico.explain import ExplainRequest, Explanation, LiveState, ServerLive, explain
 from portico.explain import parse_request as parse_sample
 from portico.observe.stats import CODE_CLASSES, MergedStats
@@ -34,6 +44,7 @@ from portico.observe.stats import CODE_CLASSES, MergedStats
 __all__ = [
     "ENDPOINTS",
     "OPENAPI",
+    "SCHEMAS",
     "SERVER_STATES",
     "STATIC_DIR",
     "AdminApi",
@@ -43,11 +54,13 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "Endpoint",
+    "ErrorBody",
     "HealthView",
     "ListenerView",
     "NotFound",
     "PoolView",
     "ReloadResult",
+    "Removed",
     "ServerState",
     "ServerView",
     "StateChange",
@@ -71,55 +84,84 @@ SERVER_STATES: Final[tuple[str, ...]] = get_args(ServerState)
 
 
 # ---------------------------------------------------------------------------------------------
-# What the API shows (the OpenAPI schemas below describe exactly these)
+# What the API shows: the OpenAPI document's schemas are generated from these types
+
+_Count = Annotated[int, Field(ge=0)]
+CodeClass = Literal["none", "1xx", "2xx", "3xx", "4xx", "5xx"]
+"""`portico.observe.stats.CODE_CLASSES` as a type (a unit test keeps the two equal)."""
+_Responses = Annotated[
+    dict[CodeClass, _Count],
+    Field(description="Requests per status class (" + ", ".join(CODE_CLASSES) + ")."),
+]
 
 
 class HealthView(TypedDict):
     active: Literal["up", "down", "unchecked"]  # the control plane's active checks
     detail: str  # the last check's outcome, in words
-    ejected_by: int  # workers whose passive health checking keeps the server out now
+    ejected_by: Annotated[  # workers whose passive health checking keeps the server out now
+        int, Field(ge=0, description="Workers whose passive checks keep it out now")
+    ]
 
 
 class ServerView(TypedDict):
     name: str
     address: str
-    weight: int
+    weight: Annotated[int, Field(ge=1, le=256)]
     state: ServerState
     health: HealthView
-    in_flight: int
-    requests: int  # attempts sent to it, retries included
-    failures: int
-    ejections: int
-    responses: dict[str, int]  # status class -> requests it answered
+    in_flight: _Count
+    requests: Annotated[int, Field(ge=0, description="Attempts sent to it, retries included")]
+    failures: _Count
+    ejections: _Count
+    responses: _Responses  # status class -> requests it answered
 
 
 class PoolView(TypedDict):
     name: str
     policy: str
-    max_conns: int
-    queue_length: int
-    retries: int
+    max_conns: Annotated[int, Field(ge=0, description="Per server; 0: no limit")]
+    queue_length: _Count
+    retries: _Count
     servers: list[ServerView]
 
 
 class ListenerView(TypedDict):
     name: str
-    protocol: str
-    address: str  # as bound (a port 0 in the config shows the port the kernel chose)
+    protocol: Literal["http", "https", "tcp"]
+    # as bound (a port 0 in the config shows the port the kernel chose)
+    address: Annotated[str, Field(description="As bound, host:port")]
     default_pool: str
     routes: list[str]
-    active_connections: int
-    connections: int
-    bytes_received: int
-    bytes_sent: int
-    ratelimited: int
-    responses: dict[str, int]  # status class -> requests
+    active_connections: _Count
+    connections: _Count
+    bytes_received: Annotated[  # the listener's portico_client_received_bytes_total
+        int, Field(ge=0, description="Bytes read from its client connections, heads included")
+    ]
+    bytes_sent: Annotated[
+        int, Field(ge=0, description="Bytes written to its client connections, heads included")
+    ]
+    ratelimited: _Count
+    responses: _Responses  # status class -> requests
 
 
 class ReloadResult(TypedDict):
     reloaded: bool  # False: the file was refused and the running config stays
-    generation: int  # of the config running now
+    generation: _Count  # of the config running now
     detail: str  # why it was refused, or a short confirmation
+
+
+class Removed(TypedDict):
+    """What `DELETE /api/pools/{pool}/servers/{server}` answers."""
+
+    pool: str
+    removed: str
+
+
+class ErrorBody(TypedDict):
+    """Every error the API answers."""
+
+    error: Annotated[str, Field(description="What went wrong, briefly")]
+    detail: Annotated[str, Field(description="Which value, and what to do")]
 
 
 class SupervisorView(Protocol):
@@ -246,7 +288,8 @@ def _json(status: int, value: object, headers: tuple[tuple[str, str], ...] = ())
 def error_response(
     status: int, error: str, detail: str, headers: tuple[tuple[str, str], ...] = ()
 ) -> AdminResponse:
-    return _json(status, {"error": error, "detail": detail}, headers)
+    body: ErrorBody = {"error": error, "detail": detail}
+    return _json(status, body, headers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +310,12 @@ def _check_weight(value: int) -> int:
 class WeightChange(_Body):
     """``{"weight": 5}``: a server's new balancing weight."""
 
-    weight: Annotated[int, Field(strict=True), AfterValidator(_check_weight)]
+    weight: Annotated[
+        int,
+        Field(strict=True),
+        AfterValidator(_check_weight),
+        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 256}),
+    ]
 
 
 class StateChange(_Body):
@@ -332,12 +380,12 @@ def _json_object(request: AdminRequest, example: str) -> dict[str, Any]:
 # The JSON shapes, from the config and the merged counters (for the supervisor's `pools()`)
 
 
-def _responses_by(stats: MergedStats, *keys: int) -> dict[tuple[str, ...], dict[str, int]]:
+def _responses_by(stats: MergedStats, *keys: int) -> dict[tuple[str, ...], dict[CodeClass, int]]:
     """Requests per status class, grouped by the `requests` labels at positions `keys`."""
-    out: dict[tuple[str, ...], dict[str, int]] = {}
+    out: dict[tuple[str, ...], dict[CodeClass, int]] = {}
     for labels, value in stats.counters.get("requests", {}).items():
         group = out.setdefault(tuple(labels[k] for k in keys), {})
-        code_class = labels[4]
+        code_class = cast(CodeClass, labels[4])  # one of CODE_CLASSES: the stats made it
         group[code_class] = group.get(code_class, 0) + int(value)
     return out
 
@@ -367,8 +415,8 @@ def listener_views(
                 ],
                 "active_connections": _count(stats, "active_connections", name),
                 "connections": _count(stats, "connections", name),
-                "bytes_received": _count(stats, "bytes_received", name),
-                "bytes_sent": _count(stats, "bytes_sent", name),
+                "bytes_received": _count(stats, "client_received_bytes", name),
+                "bytes_sent": _count(stats, "client_sent_bytes", name),
                 "ratelimited": _count(stats, "ratelimited", name),
                 "responses": responses.get((name,), {}),
             }
@@ -708,7 +756,8 @@ class AdminApi:
             )
         self.view.remove_server(pool, server)
         _log_change(request, f"removed server {server!r} from pool {pool!r}")
-        return _json(200, {"pool": pool, "removed": server})
+        removed: Removed = {"pool": pool, "removed": server}
+        return _json(200, removed)
 
     async def post_reload(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         _log_change(request, "asked for a reload")
@@ -835,7 +884,8 @@ def _log_change(request: AdminRequest, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The OpenAPI document (served at /openapi.json; a unit test checks it against ENDPOINTS)
+# The OpenAPI document (served at /openapi.json; a unit test checks it against ENDPOINTS). Its
+# schemas are generated (`SCHEMAS`); the paths name them and say what each endpoint does.
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
@@ -858,13 +908,51 @@ _AUTH_ERRORS = {
 }
 _POOL = {"$ref": "#/components/parameters/pool"}
 _SERVER = {"$ref": "#/components/parameters/server"}
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
-_RESPONSES = {
-    **_COUNTS,
-    "description": "Requests per status class (" + ", ".join(CODE_CLASSES) + ").",
-    "propertyNames": {"enum": list(CODE_CLASSES)},
+
+
+SCHEMAS: Final[dict[str, tuple[Any, JsonSchemaMode]]] = {
+    # component name -> the type the API answers with (serialization) or validates (validation)
+    "Listener": (ListenerView, "serialization"),
+    "Pool": (PoolView, "serialization"),
+    "Server": (ServerView, "serialization"),
+    "Health": (HealthView, "serialization"),
+    "ReloadResult": (ReloadResult, "serialization"),
+    "Removed": (Removed, "serialization"),
+    "Error": (ErrorBody, "serialization"),
+    "NewServer": (ServerConfig, "validation"),  # the config file's own server model
+    "WeightChange": (WeightChange, "validation"),
+    "StateChange": (StateChange, "validation"),
+    "ExplainRequest": (ExplainRequest, "validation"),
+    "Explanation": (Explanation, "serialization"),
 }
-_INT = {"type": "integer", "minimum": 0}
+"""The OpenAPI document's schemas: generated from the types the API answers with and the
+models it validates request bodies with, so the document cannot drift from them."""
+
+
+def _component_schemas() -> dict[str, Any]:
+    """JSON Schemas of `SCHEMAS`, under their component names, referring to each other as
+    ``#/components/schemas/NAME``."""
+    generator = GenerateJsonSchema(ref_template="#/components/schemas/{model}")
+    inputs = [(name, mode, TypeAdapter(tp).core_schema) for name, (tp, mode) in SCHEMAS.items()]
+    found, definitions = generator.generate_definitions(inputs)
+    # pydantic names definitions after the Python types: give them their component names
+    renamed: dict[str, str] = {}
+    for (name, _), schema in found.items():
+        ref = schema.get("$ref")
+        if ref is not None:
+            renamed[ref.rsplit("/", 1)[1]] = name
+    out: dict[str, Any] = {}
+    for key, schema in definitions.items():
+        name = renamed.get(key, key)
+        out[name] = {**schema, "title": name}
+    for (name, _), schema in found.items():
+        if "$ref" not in schema:
+            out[name] = schema
+    text = json.dumps(out)
+    for old, new in renamed.items():
+        text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    result: dict[str, Any] = json.loads(text)
+    return result
 
 
 def _json_body(schema: str, example: dict[str, Any]) -> dict[str, Any]:
@@ -873,12 +961,6 @@ def _json_body(schema: str, example: dict[str, Any]) -> dict[str, Any]:
         "content": {"application/json": {"schema": _ref(schema), "example": example}},
     }
 
-
-# The explain endpoint's bodies, generated from their pydantic models (nested models included).
-_EXPLAIN_SCHEMAS: Final[dict[str, Any]] = models_json_schema(
-    [(ExplainRequest, "validation"), (Explanation, "serialization")],
-    ref_template="#/components/schemas/{model}",
-)[1]["$defs"]
 
 OPENAPI: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
@@ -1122,7 +1204,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "in": "path",
                 "required": True,
                 "description": "A pool's name, as in the config",
-                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+                "schema": TypeAdapter(Name).json_schema(),
             },
             "server": {
                 "name": "server",
@@ -1130,7 +1212,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "required": True,
                 "description": "A server's name (host:port when the config gives none), "
                 "percent-encoded",
-                "schema": {"type": "string", "minLength": 1},
+                "schema": TypeAdapter(ServerName).json_schema(),
             },
         },
         "responses": {
@@ -1140,109 +1222,6 @@ OPENAPI: Final[dict[str, Any]] = {
                 "an IP address or localhost"
             ),
         },
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error", "detail"],
-                "properties": {
-                    "error": {"type": "string", "description": "What went wrong, briefly"},
-                    "detail": {"type": "string", "description": "Which value, and what to do"},
-                },
-            },
-            "Listener": {
-                "type": "object",
-                "required": list(ListenerView.__annotations__),
-                "properties": {
-                    "name": {"type": "string"},
-                    "protocol": {"enum": ["http", "https", "tcp"]},
-                    "address": {"type": "string", "description": "As bound, host:port"},
-                    "default_pool": {"type": "string"},
-                    "routes": {"type": "array", "items": {"type": "string"}},
-                    "active_connections": _INT,
-                    "connections": _INT,
-                    "bytes_received": _INT,
-                    "bytes_sent": _INT,
-                    "ratelimited": _INT,
-                    "responses": _RESPONSES,
-                },
-            },
-            "Pool": {
-                "type": "object",
-                "required": list(PoolView.__annotations__),
-                "properties": {
-                    "name": {"type": "string"},
-                    "policy": {"type": "string"},
-                    "max_conns": {**_INT, "description": "Per server; 0: no limit"},
-                    "queue_length": _INT,
-                    "retries": _INT,
-                    "servers": {"type": "array", "items": _ref("Server")},
-                },
-            },
-            "Server": {
-                "type": "object",
-                "required": list(ServerView.__annotations__),
-                "properties": {
-                    "name": {"type": "string"},
-                    "address": {"type": "string"},
-                    "weight": {"type": "integer", "minimum": 1, "maximum": 256},
-                    "state": {"enum": list(SERVER_STATES)},
-                    "health": _ref("Health"),
-                    "in_flight": _INT,
-                    "requests": {**_INT, "description": "Attempts sent to it, retries included"},
-                    "failures": _INT,
-                    "ejections": _INT,
-                    "responses": _RESPONSES,
-                },
-            },
-            "Health": {
-                "type": "object",
-                "required": list(HealthView.__annotations__),
-                "properties": {
-                    "active": {"enum": ["up", "down", "unchecked"]},
-                    "detail": {"type": "string"},
-                    "ejected_by": {
-                        **_INT,
-                        "description": "Workers whose passive checks keep it out now",
-                    },
-                },
-            },
-            "NewServer": {
-                "type": "object",
-                "required": ["address"],
-                "additionalProperties": False,
-                "properties": {
-                    "address": {"type": "string", "examples": ["127.0.0.1:9004", "[::1]:9004"]},
-                    "weight": {"type": "integer", "minimum": 1, "maximum": 256, "default": 1},
-                    "name": {"type": "string", "minLength": 1, "description": "Default: address"},
-                },
-            },
-            "WeightChange": {
-                "type": "object",
-                "required": ["weight"],
-                "additionalProperties": False,
-                "properties": {"weight": {"type": "integer", "minimum": 1, "maximum": 256}},
-            },
-            "StateChange": {
-                "type": "object",
-                "required": ["state"],
-                "additionalProperties": False,
-                "properties": {"state": {"enum": list(SERVER_STATES)}},
-            },
-            "Removed": {
-                "type": "object",
-                "required": ["pool", "removed"],
-                "properties": {"pool": {"type": "string"}, "removed": {"type": "string"}},
-            },
-            **_EXPLAIN_SCHEMAS,
-            "ReloadResult": {
-                "type": "object",
-                "required": list(ReloadResult.__annotations__),
-                "properties": {
-                    "reloaded": {"type": "boolean"},
-                    "generation": _INT,
-                    "detail": {"type": "string"},
-                },
-            },
-        },
+        "schemas": _component_schemas(),
     },
 }

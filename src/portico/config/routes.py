@@ -17,9 +17,19 @@ import string
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core.core_schema import CoreSchema
 
-from portico.config.units import Duration
+from portico.config.units import Duration, Name
 from portico.config.units import show as _show_plain
 
 __all__ = [
@@ -66,19 +76,6 @@ def _none_is_empty(empty: object) -> Callable[[object], object]:
 
 _EMPTY_SECTION = BeforeValidator(_none_is_empty({}))
 _EMPTY_LIST = BeforeValidator(_none_is_empty(()))
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f'{show(value)} is not a valid name: use only letters, digits, "_", "." and "-"'
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
 
 # RFC 9110 token: the characters of a header field name, a method and a cookie name.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -130,7 +127,9 @@ def _check_field_value(value: str) -> str:
 
 
 HeaderValue = Annotated[
-    str, BeforeValidator(_text("a header value")), AfterValidator(_check_field_value)
+    str,
+    BeforeValidator(_text("a header value"), json_schema_input_type=str | int),
+    AfterValidator(_check_field_value),
 ]
 
 
@@ -266,9 +265,19 @@ class ValueMatch(_Model):
     when any one of them satisfies it; ``present: false`` holds when there is none.
     """
 
-    exact: Annotated[str, BeforeValidator(_text("text"))] | None = None
+    exact: (
+        Annotated[str, BeforeValidator(_text("text"), json_schema_input_type=str | int)] | None
+    ) = None
     present: bool | None = None
     regex: Regex | None = None
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # the shorthand: a plain value is {exact: value}
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        return {"anyOf": [{"type": ["string", "integer"]}, schema]}
 
     @model_validator(mode="before")
     @classmethod
@@ -309,7 +318,7 @@ class MatchConfig(_Model):
     host: (
         Annotated[
             tuple[HostPattern, ...],
-            BeforeValidator(_one_or_many),
+            BeforeValidator(_one_or_many, json_schema_input_type=str | list[HostPattern]),
             AfterValidator(_no_duplicates("host")),
         ]
         | None
@@ -321,7 +330,7 @@ class MatchConfig(_Model):
     method: (
         Annotated[
             tuple[Method, ...],
-            BeforeValidator(_one_or_many),
+            BeforeValidator(_one_or_many, json_schema_input_type=str | list[Method]),
             AfterValidator(_no_duplicates("method")),
         ]
         | None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal, NamedTuple, Self, get_args
 
 from pydantic import (
@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -29,11 +30,14 @@ from pydantic_core import PydanticCustomError
 from portico.config.routes import HeaderName, Routes
 from portico.config.tls import TlsConfig
 from portico.config.units import (
+    SERVER_NAME_SCHEMA,
     Address,
     BindAddress,
     Duration,
     DurationOrZero,
     HostPort,
+    Name,
+    ServerName,
     Size,
     parse_address,
     show,
@@ -65,6 +69,7 @@ __all__ = [
     "ServerConfig",
     "check_references",
     "format_loc",
+    "json_schema",
 ]
 
 MAX_WORKERS: Final = 64
@@ -107,34 +112,24 @@ def _between(low: int, high: int) -> Callable[[int], int]:
     return check
 
 
+def _ints(low: int, high: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})
+
+
 # Int field types limited to low..high, with one message naming both bounds.
 _NoBool = BeforeValidator(_reject_bool)
-_Backlog = Annotated[int, _NoBool, AfterValidator(_between(1, 65_535))]
-_MaxHeaders = Annotated[int, _NoBool, AfterValidator(_between(1, 10_000))]
-_Weight = Annotated[int, _NoBool, AfterValidator(_between(1, 256))]
-_MaxIdle = Annotated[int, _NoBool, AfterValidator(_between(0, 10_000))]
-_MaxRequests = Annotated[int, _NoBool, AfterValidator(_between(0, 2**31 - 1))]
-_Retries = Annotated[int, _NoBool, AfterValidator(_between(0, 10))]
-_RiseFall = Annotated[int, _NoBool, AfterValidator(_between(1, 100))]
-_Count = Annotated[int, _NoBool, AfterValidator(_between(1, 1_000_000))]
-_Percent = Annotated[int, _NoBool, AfterValidator(_between(0, 100))]
-_MaxConns = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000))]
-_QueueSize = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000))]
+_Backlog = Annotated[int, _NoBool, AfterValidator(_between(1, 65_535)), _ints(1, 65_535)]
+_MaxHeaders = Annotated[int, _NoBool, AfterValidator(_between(1, 10_000)), _ints(1, 10_000)]
+_Weight = Annotated[int, _NoBool, AfterValidator(_between(1, 256)), _ints(1, 256)]
+_MaxIdle = Annotated[int, _NoBool, AfterValidator(_between(0, 10_000)), _ints(0, 10_000)]
+_MaxRequests = Annotated[int, _NoBool, AfterValidator(_between(0, 2**31 - 1)), _ints(0, 2**31 - 1)]
+_Retries = Annotated[int, _NoBool, AfterValidator(_between(0, 10)), _ints(0, 10)]
+_RiseFall = Annotated[int, _NoBool, AfterValidator(_between(1, 100)), _ints(1, 100)]
+_Count = Annotated[int, _NoBool, AfterValidator(_between(1, 1_000_000)), _ints(1, 1_000_000)]
+_Percent = Annotated[int, _NoBool, AfterValidator(_between(0, 100)), _ints(0, 100)]
+_MaxConns = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000)), _ints(0, 1_000_000)]
+_QueueSize = Annotated[int, _NoBool, AfterValidator(_between(0, 1_000_000)), _ints(0, 1_000_000)]
 
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f'{show(value)} is not a valid name: use only letters, digits, "_", "." and "-"'
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-"""A listener or pool name: letters, digits, ``_``, ``.`` and ``-``."""
 
 # RFC 9110 token: the characters allowed in a header field name (and in a cookie name).
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -264,6 +259,12 @@ def _check_sni_pattern(value: str) -> str:
     return value.lower()
 
 
+def _check_redirect_port(value: object) -> object:
+    if isinstance(value, bool) or (isinstance(value, int) and 1 <= value <= 65_535):
+        return value
+    raise ValueError(f"must be true, false or a port from 1 to 65535, not {show(value)}")
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
@@ -315,7 +316,18 @@ class ForwardedHeaders(_Model):
 class RateLimitConfig(_Model):
     """Per-client request rate limit (GCRA): over it, 429 with Retry-After."""
 
-    rate: Annotated[float, BeforeValidator(_parse_rate)]  # "100/s", "600/m", "10000/h"
+    rate: Annotated[  # "100/s", "600/m", "10000/h"
+        float,
+        BeforeValidator(_parse_rate),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0},
+                    {"type": "string", "examples": ["100/s", "600/m", "10000/h"]},
+                ]
+            }
+        ),
+    ]
     burst: _Count | None = None  # requests at once from idle; default: one second's worth
     key: Annotated[str, AfterValidator(_check_limit_key)] = "client_ip"
 
@@ -359,7 +371,9 @@ class Http2Config(_Model):
     Requests still reach servers over HTTP/1.1 keep-alive pools."""
 
     enabled: bool = True  # so that `http2: {enabled: false}` turns it off without deleting
-    max_concurrent_streams: Annotated[int, _NoBool, AfterValidator(_between(1, 10_000))] = 100
+    max_concurrent_streams: Annotated[
+        int, _NoBool, AfterValidator(_between(1, 10_000)), _ints(1, 10_000)
+    ] = 100
     initial_window_size: _WindowSize = 256 * 1024  # per stream, request bodies
     connection_window_size: _WindowSize = 16 * 1024 * 1024  # all streams of a connection
     only: bool = False  # no HTTP/1.x: h2c prior knowledge on http, ALPN "h2" alone on https
@@ -387,7 +401,15 @@ class ListenerConfig(_Model):
     bind: BindAddress  # port 0: any free port (the ready line says which)
     protocol: Literal["http", "https", "tcp"] = "http"
     tls: TlsConfig | None = None  # https: certificates and TLS settings
-    redirect_https: bool = False  # http: answer every request with 308 to the https URL
+    # http: answer every request with 308 to the https URL; true: on the port of the config's
+    # https listener (omitted when 443, or when there is none); or a port number
+    redirect_https: Annotated[
+        bool | int,
+        BeforeValidator(_check_redirect_port),
+        WithJsonSchema(
+            {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 1, "maximum": 65535}]}
+        ),
+    ] = False
     default_pool: Name
     backlog: _Backlog = 1024
     limits: Annotated[ListenerLimits, _EMPTY_SECTION] = Field(default_factory=ListenerLimits)
@@ -398,10 +420,16 @@ class ListenerConfig(_Model):
     rate_limit: RateLimitConfig | None = None
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
     proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers
-    http2: Annotated[Http2Config | None, BeforeValidator(_http2_shorthand)] = None  # off
-    debug_header: Annotated[DebugHeaderConfig | None, BeforeValidator(_debug_header_shorthand)] = (
-        None  # off; "X-Portico-Explain": to loopback clients, or {name, trusted: [CIDR, ...]}
-    )
+    http2: Annotated[  # off unless set
+        Http2Config | None,
+        BeforeValidator(_http2_shorthand, json_schema_input_type=bool | Http2Config | None),
+    ] = None
+    debug_header: Annotated[  # off; "X-Portico-Explain": to loopback clients, or {name, trusted}
+        DebugHeaderConfig | None,
+        BeforeValidator(
+            _debug_header_shorthand, json_schema_input_type=str | DebugHeaderConfig | None
+        ),
+    ] = None
     # tcp listeners only
     sni_routes: dict[Annotated[str, AfterValidator(_check_sni_pattern)], Name] | None = None
     on_bad_hello: Literal["default", "close"] = "default"  # unparsable ClientHello with sni_routes
@@ -412,10 +440,9 @@ class ListenerConfig(_Model):
 # Pools
 
 
-def _check_server_name(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty (leave it out to use the address)")
-    return value
+def _no_default(schema: dict[str, Any]) -> None:
+    # a default filled in from another field: "" would mislead an editor
+    schema.pop("default", None)
 
 
 class ServerConfig(_Model):
@@ -424,7 +451,15 @@ class ServerConfig(_Model):
 
     address: Address
     weight: _Weight = 1
-    name: Annotated[str, AfterValidator(_check_server_name)] = ""  # "" only until filled in
+    name: Annotated[  # "" only until filled in
+        ServerName,
+        WithJsonSchema(
+            {
+                "anyOf": [SERVER_NAME_SCHEMA, {"type": "null"}],
+                "description": "Shown in logs, metrics and the admin API; default: the address",
+            }
+        ),
+    ] = Field("", json_schema_extra=_no_default)
 
     @model_validator(mode="before")
     @classmethod
@@ -460,7 +495,19 @@ class HttpCheckConfig(_Model):
     method: HeaderName = "GET"
     path: Annotated[str, AfterValidator(_check_path)] = "/"
     host: Annotated[str, AfterValidator(_check_host_header)] | None = None  # default host:port
-    expect_status: Annotated[tuple[int, int], BeforeValidator(_parse_status_range)] = (200, 399)
+    expect_status: Annotated[
+        tuple[int, int],
+        BeforeValidator(_parse_status_range),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "integer", "minimum": 100, "maximum": 599},
+                    {"type": "string", "examples": ["200-399"]},
+                    {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                ]
+            }
+        ),
+    ] = (200, 399)
     expect_body: str | None = None  # a substring the body must contain
 
     @field_validator("expect_body")
@@ -655,7 +702,11 @@ class AdminConfig(_Model):
 class Config(_Model):
     """A whole config file. Valid means every field is valid and every reference resolves."""
 
-    workers: Annotated[int | Literal["auto"], BeforeValidator(_check_workers)] = "auto"
+    workers: Annotated[
+        int | Literal["auto"],
+        BeforeValidator(_check_workers),
+        WithJsonSchema({"anyOf": [{"const": "auto"}, _ints(1, MAX_WORKERS).json_schema]}),
+    ] = "auto"
     shutdown_grace: DurationOrZero = 30.0  # in-flight requests may finish within this on stop
     pid_file: str | None = None  # written by `portico run`, read by `portico reload`
     state: Annotated[StateConfig, _EMPTY_SECTION] = Field(default_factory=StateConfig)
@@ -672,6 +723,23 @@ class Config(_Model):
             raise ValueError("; ".join(str(issue) for issue in issues))
         return self
 
+    def https_port(
+        self, listener: ListenerConfig, bound: Mapping[str, int] | None = None
+    ) -> int | None:
+        """The port `listener`'s `redirect_https` sends clients to: the one it names, or for
+        `true` the port of the https listeners (`bound`: actual ports by listener name, for
+        binds to port 0); None when that is 443 or unknown (no https listener here, or
+        several on different ports: `check_references` refuses that)."""
+        setting = listener.redirect_https
+        if setting is False:
+            return None
+        if setting is True:
+            ports = _https_ports(self, bound)
+            port = ports.pop() if len(ports) == 1 else 443
+        else:
+            port = setting
+        return None if port == 443 else port
+
     def worker_count(self, cpu_count: int | None = None) -> int:
         """The number of worker processes to start: `workers`, or for ``auto`` the number of
         CPUs this process may run on (`cpu_count` if given), capped at MAX_WORKERS."""
@@ -680,6 +748,28 @@ class Config(_Model):
         if cpu_count is None:
             cpu_count = _usable_cpus()
         return max(1, min(cpu_count, MAX_WORKERS))
+
+
+def _https_ports(config: Config, bound: Mapping[str, int] | None = None) -> set[int]:
+    bound = bound or {}
+    return {
+        bound.get(listener.name) or listener.bind.port
+        for listener in config.listeners
+        if listener.protocol == "https"
+    }
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a config file, generated from these models: editors
+    with a YAML language server complete and check portico.yaml with it (`portico schema`).
+    It accepts what the models accept, text forms included (``2s``, ``64KiB``); rules across
+    fields and files (references, certificates) are `portico check`'s."""
+    schema = Config.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "Portico configuration",
+    }
 
 
 def _usable_cpus() -> int:
@@ -823,6 +913,15 @@ def check_references(config: Config) -> list[ReferenceIssue]:
             issues.append(
                 ReferenceIssue(
                     ("listeners", i, "debug_header"), "debug_header is for http/https listeners"
+                )
+            )
+        if listener.redirect_https is True and len(https_ports := _https_ports(config)) > 1:
+            ports = ", ".join(str(port) for port in sorted(https_ports))
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "redirect_https"),
+                    f"the https listeners are on ports {ports}: say which, e.g. "
+                    f"redirect_https: {max(https_ports)}",
                 )
             )
         if listener.routes and listener.protocol == "tcp":

@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -417,8 +418,15 @@ class TlsConfig(_Model):
 
     # The first certificate is the default: for clients without SNI or with an unknown name.
     certificates: tuple[CertificateConfig, ...] = Field(min_length=1)
-    min_version: Annotated[TlsVersion, BeforeValidator(_tls_version)] = "1.2"
+    min_version: Annotated[  # YAML reads an unquoted 1.2 as a number: both are taken
+        TlsVersion,
+        BeforeValidator(_tls_version),
+        WithJsonSchema({"enum": ["1.2", "1.3", 1.2, 1.3]}),
+    ] = "1.2"
     ciphers: str | None = None  # OpenSSL cipher string for TLS 1.2; default INTERMEDIATE_CIPHERS
+    # the server's cipher order wins (ChaCha20 first for clients that put it first); false:
+    # the client's order
+    prefer_server_ciphers: bool = True
     alpn: tuple[Annotated[str, AfterValidator(_check_alpn)], ...] = ("http/1.1",)
     client_auth: ClientAuth = "none"  # client certificates: none | optional | require
     client_ca: CaPath | None = Field(default=None, validate_default=True)

@@ -1,8 +1,10 @@
-"""Human units in the config file: durations, sizes and listen/connect addresses.
+"""Human units in the config file: durations, sizes, listen/connect addresses and names.
 
 This module owns the text forms an operator writes (``2s``, ``64KiB``, ``[::1]:8080``), the
-parsing of them into plain numbers and a `HostPort`, the error messages for bad ones, and the
-pydantic annotated types (`Duration`, `Size`, `Address`) that the schema uses for its fields.
+parsing of them into plain numbers and a `HostPort`, the error messages for bad ones, the rule
+for the names of listeners, pools, routes and servers (the admin API takes names by the same
+rule), and the pydantic annotated types (`Duration`, `Size`, `Address`, `Name`, `ServerName`)
+that the schema uses for its fields.
 It is *pure*: it never reads files, resolves host names or touches sockets.
 """
 
@@ -12,16 +14,21 @@ import ipaddress
 import math
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, NamedTuple
+from typing import Annotated, Final, NamedTuple
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 __all__ = [
+    "SERVER_NAME_SCHEMA",
     "Address",
     "Duration",
     "DurationOrZero",
     "HostPort",
+    "Name",
+    "ServerName",
     "Size",
+    "check_name",
+    "check_server_name",
     "parse_address",
     "parse_duration",
     "parse_size",
@@ -253,21 +260,115 @@ def _check_host(host: str, bracketed: bool, value: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Names
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME_RULE = 'use only letters, digits, "_", "." and "-"'
+_ADDRESS_CHARS = re.compile(r"[A-Za-z0-9_.:\[\]-]+")
+
+
+def check_name(value: str) -> str:
+    """A listener, pool or route name: letters, digits, ``_``, ``.`` and ``-``, and not only
+    dots (``.`` and ``..`` in an admin API URL are path steps that clients collapse). Names
+    end up in URLs, log lines and metric labels: nothing there needs escaping."""
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{show(value)} is not a valid name: {_NAME_RULE}")
+    if not value.strip("."):
+        raise ValueError(f"{show(value)} is not a valid name: not only dots")
+    return value
+
+
+def check_server_name(value: str) -> str:
+    """A server's name: a name as `check_name` allows, or an address as ``host:port`` (a
+    server without a name is named by its address). Used for the config file and for servers
+    the admin API adds alike."""
+    if not value.strip():
+        raise ValueError("must not be empty (leave it out to use the address)")
+    if _NAME.fullmatch(value) and value.strip("."):
+        return value
+    if _ADDRESS_CHARS.fullmatch(value):
+        try:
+            if str(parse_address(value)) == value:
+                return value
+        except ValueError:
+            pass
+    raise ValueError(
+        f"{show(value)} is not a valid server name: {_NAME_RULE}, not only dots "
+        "(or leave it out to use the address)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Annotated types for the schema
 
-Duration = Annotated[float, BeforeValidator(_positive_duration)]
+# WithJsonSchema: what an editor checking portico.yaml against `portico schema` should accept
+# (the text forms included); the validators above stay the judge.
+
+Name = Annotated[
+    str,
+    AfterValidator(check_name),
+    WithJsonSchema({"type": "string", "pattern": r"^(?!\.+$)[A-Za-z0-9_.-]+$"}),
+]
+"""A listener, pool or route name: letters, digits, ``_``, ``.`` and ``-``."""
+
+SERVER_NAME_SCHEMA: Final = {
+    "type": "string",
+    "pattern": r"^(?!\.+$)[A-Za-z0-9_.:\[\]-]+$",
+    "description": 'A name (letters, digits, "_", "." and "-") or host:port',
+}
+
+ServerName = Annotated[str, AfterValidator(check_server_name), WithJsonSchema(SERVER_NAME_SCHEMA)]
+"""A server's name: a `Name`, or its address as ``host:port``."""
+
+_DURATION_TEXT = {
+    "type": "string",
+    "description": "A number with us, ms, s, m or h: 2s, 500ms, 1m30s",
+    "examples": ["2s", "500ms"],
+}
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_positive_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION_TEXT]}),
+]
 """Seconds, more than 0, written as ``2s``, ``500ms``, ``1m``, ``1h`` or a number of seconds."""
 
-DurationOrZero = Annotated[float, BeforeValidator(parse_duration)]
+DurationOrZero = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION_TEXT]}),
+]
 """Like `Duration`, for fields where 0 has a meaning (such as "do not wait")."""
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {
+                    "type": "string",
+                    "description": "Bytes with kB, MB, GB (1000s) or KiB, MiB, GiB (1024s)",
+                    "examples": ["64KiB", "1MiB"],
+                },
+            ]
+        }
+    ),
+]
 """Bytes, 0 or more, written as ``64KiB``, ``1MiB``, ``10MB``, ``1kB`` or a number of bytes."""
 
 Address = Annotated[
     HostPort,
     BeforeValidator(parse_address),
     PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "host:port, [IPv6]:port or :port",
+            "examples": ["127.0.0.1:9001", "[::1]:9001"],
+        }
+    ),
 ]
 """``host:port`` text parsed into a HostPort; serialized back to the same text."""
 
@@ -275,5 +376,12 @@ BindAddress = Annotated[
     HostPort,
     BeforeValidator(parse_bind_address),
     PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "host:port, [IPv6]:port or :port (all IPv4 interfaces); port 0: any",
+            "examples": ["127.0.0.1:8080", ":8080"],
+        }
+    ),
 ]
 """An `Address` to listen on, where port 0 lets the kernel choose a free port."""

@@ -8,10 +8,23 @@ if TYPE_CHECKING:
     from portico.proxy.l7 import Exchange
 
 
+def host_without_port(host: bytes) -> bytes:
+    """The name in a Host value: ``example.com:8080`` -> ``example.com``, ``[::1]:80`` ->
+    ``[::1]`` (an IPv6 literal keeps its brackets)."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    return host.split(b":", 1)[0]
+
+
 class RedirectToHttps:
-    """Answers 308 with `Location: https://<host><target>` (308 keeps the method and body)."""
+    """Answers 308 with `Location: https://<host>[:<port>]<target>` (308 keeps the method and
+    body). `port`: the https port, None for the default (443, left out of the URL)."""
 
     asynchronous = False
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port_suffix = b"" if port is None or port == 443 else b":%d" % port
 
     async def check(self, exchange: Exchange) -> bytes | None:
         return self.on_request(exchange)
@@ -22,7 +35,11 @@ class RedirectToHttps:
             host = b"localhost"  # a validated request has none; belt and braces
         return (
             b"HTTP/1.1 308 Permanent Redirect\r\n"
-            b"Location: https://" + host.split(b":", 1)[0] + exchange.target + b"\r\n"
+            b"Location: https://"
+            + host_without_port(host)
+            + self.port_suffix
+            + exchange.target
+            + b"\r\n"
             b"Content-Length: 0\r\n"
             b"Cache-Control: max-age=3600\r\n\r\n"
         )

@@ -374,6 +374,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._lingered = -1  # bytes discarded after a GOAWAY for an error (-1: not lingering)
         self._goaway_at: int | None = None  # the last stream accepted, once draining
         self._deadline = Deadline(worker.loop, self._on_timeout)
+        self._bytes = worker.stats.client_bytes(settings.name)  # every byte in and out
         http2 = settings.http2
         self._limits = RequestLimits(
             settings.max_request_line, settings.max_header_size, settings.max_headers
@@ -420,6 +421,7 @@ class H2ClientConnection(asyncio.Protocol):
         transport.set_protocol(self)
         self._start()
         if data:
+            self._bytes.received -= len(data)  # counted by the HTTP/1 side that read them
             self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -439,6 +441,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.h2.__dict__.clear()
 
     def data_received(self, data: bytes) -> None:
+        self._bytes.received += len(data)
         if self._closed:
             if self._lingered >= 0:
                 self._lingered += len(data)
@@ -500,6 +503,7 @@ class H2ClientConnection(asyncio.Protocol):
         data = self.h2.data_to_send()
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
+            self._bytes.sent += len(data)
             transport.write(data)
             if self.write_paused and transport.get_write_buffer_size() > CONTROL_BACKLOG:
                 self._fail("client does not read (control frames piling up)")
@@ -528,8 +532,9 @@ class H2ClientConnection(asyncio.Protocol):
         self._flush_now()  # what h2 queued goes first
         if self.transport is not None:
             # written by hand: h2 treats its own GOAWAY as the end of every stream
-            frame = GoAwayFrame(0, last_stream_id=self._goaway_at, error_code=0)
-            self.transport.write(frame.serialize())
+            frame = GoAwayFrame(0, last_stream_id=self._goaway_at, error_code=0).serialize()
+            self._bytes.sent += len(frame)
+            self.transport.write(frame)
         self._idle_or_busy()
 
     def abort(self) -> None:
@@ -739,6 +744,7 @@ class H2ClientConnection(asyncio.Protocol):
         # the GOAWAY must reach the client: closing with its unread bytes in our socket would
         # send a reset that can destroy it. So stop writing, read and discard for a moment,
         # then close (as the HTTP/1 listener's lingering close)
+        self._bytes.sent += len(data)
         transport.write(data)
         self._lingered = 0
         if transport.can_write_eof():

@@ -119,6 +119,7 @@ class ClientConnection(asyncio.Protocol):
         self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
+        self._bytes = worker.stats.client_bytes(settings.name)  # every byte in and out
         self._blocked = 0
         self._closed = False
         self._counted = False
@@ -233,6 +234,7 @@ class ClientConnection(asyncio.Protocol):
         self._parser = _DEAD_PARSER
 
     def data_received(self, data: bytes) -> None:
+        self._bytes.received += len(data)
         if self._proxy_header is not None:
             data = self._read_proxy_header(data)
             if not data:
@@ -425,10 +427,15 @@ class ClientConnection(asyncio.Protocol):
 
     def write(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
+        self._bytes.sent += len(data)
         self.transport.write(data)
 
     def writelines(self, parts: list[bytes | memoryview]) -> None:
         assert self.transport is not None
+        size = 0
+        for part in parts:
+            size += len(part)
+        self._bytes.sent += size
         self.transport.writelines(parts)
 
     def answer(self, answer: bytes) -> None:

@@ -73,6 +73,7 @@ class TcpClientConnection(asyncio.Protocol):
         self.pool = settings.pool
         self._relay: Relay | None = None
         self._buffer = bytearray()  # bytes read before the relay took over
+        self._bytes = worker.stats.client_bytes(settings.name)  # ... and counted here
         self._eof = False
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._counted = False
@@ -114,6 +115,7 @@ class TcpClientConnection(asyncio.Protocol):
             self._start_relay()  # connect now: some protocols wait for the server to speak
 
     def data_received(self, data: bytes) -> None:
+        self._bytes.received += len(data)
         self._buffer += data
         self._advance()
 
@@ -226,6 +228,7 @@ class TcpClientConnection(asyncio.Protocol):
             self.source,
             self.destination,
             self.settings.idle_timeout,
+            self._bytes,
         )
         relay.connect()
 

@@ -2,7 +2,7 @@
 
 Owns: building one `ssl.SSLContext` per configured certificate, all with the same protocol
 settings (Mozilla intermediate: TLS 1.2 and 1.3, forward-secret AEAD ciphers, no compression,
-no renegotiation, the client's cipher order); choosing a context for each ClientHello's server
+no renegotiation, the server's cipher order); choosing a context for each ClientHello's server
 name; swapping in freshly read certificates on `reload()`; and reading the subject of a verified
 client certificate (`peer_subject`).
 
@@ -37,6 +37,7 @@ from portico.config.tls import (
 )
 
 __all__ = [
+    "OP_PRIORITIZE_CHACHA",
     "SERVER_OPTIONS",
     "SniTable",
     "TlsError",
@@ -54,6 +55,11 @@ resumption saves a full handshake's CPU. Their key is random per worker process 
 long as the worker (Python cannot rotate it), which bounds how long a stolen key could decrypt
 recorded sessions; turning tickets off (OP_NO_TICKET) would move TLS 1.3 resumption into
 OpenSSL's per-process session cache instead."""
+
+OP_PRIORITIZE_CHACHA: Final = 0x00200000
+"""OpenSSL's SSL_OP_PRIORITIZE_CHACHA (1.1.1+), which Python's ssl module does not name: with
+the server's cipher order, a client whose first choice is ChaCha20-Poly1305 (a phone without
+AES hardware) gets ChaCha20; every other client gets the server's first choice (AES-GCM)."""
 
 _VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _VERIFY: Final = {
@@ -215,9 +221,13 @@ class TlsTerminator:
         context.minimum_version = _VERSIONS[config.min_version]
         context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
         context.options |= SERVER_OPTIONS
-        # Mozilla intermediate: the client picks, since every offered cipher is strong and the
-        # client knows whether it has AES hardware (else ChaCha20 is faster for it).
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        if config.prefer_server_ciphers:
+            # The server's order, so a client offering a weaker suite first still gets the
+            # strongest both support (TLS scanners flag "no server cipher order"); ChaCha20
+            # moves up only for clients that prefer it, as they lack AES hardware.
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | OP_PRIORITIZE_CHACHA
+        else:
+            context.options &= ~(ssl.OP_CIPHER_SERVER_PREFERENCE | OP_PRIORITIZE_CHACHA)
         context.set_ciphers(config.cipher_string())
         if config.alpn:
             context.set_alpn_protocols(list(config.alpn))

@@ -72,7 +72,10 @@ class AccessRecord:
     epoch (`time.time()`) when the request head arrived. Header values are the client's bytes
     (None: the header was absent). `status` is what the client was sent (NGINX logs 499 when the
     client left before any response: pass that). `bytes_sent` counts head and body bytes written
-    to the client, `body_bytes_sent` only the body (as framed on the wire).
+    to the client (NGINX's ``$bytes_sent``), `body_bytes_sent` only the body as framed on the
+    wire (``$body_bytes_sent``; Portico's own answers included: a 502's 16 bytes are 16), and
+    `bytes_received` the request body as received. The totals per listener, heads included,
+    are the metrics ``portico_client_received_bytes`` and ``portico_client_sent_bytes``.
     """
 
     start: float

@@ -33,8 +33,17 @@ METRICS: Final[dict[str, tuple[str, str]]] = {
         "Requests answered, by listener, route, pool, server (backend, empty when no server "
         'answered) and status class (code_class "none": the client left before a status).',
     ),
-    "bytes_received": ("portico_bytes_received", "Bytes read from clients."),
-    "bytes_sent": ("portico_bytes_sent", "Bytes written to clients."),
+    "client_received_bytes": (
+        "portico_client_received_bytes",
+        "Bytes read from client connections: request heads and bodies with their framing "
+        "(chunk sizes, HTTP/2 frames), PROXY headers, tunnelled and TCP bytes; after TLS "
+        "decryption.",
+    ),
+    "client_sent_bytes": (
+        "portico_client_sent_bytes",
+        "Bytes written to client connections, counted as client_received_bytes is: response "
+        "heads and bodies with their framing, Portico's own answers, tunnelled and TCP bytes.",
+    ),
     "connections": ("portico_connections", "Client connections accepted."),
     "ratelimited": ("portico_ratelimited", "Requests refused by a rate limit (429)."),
     "h2_abuse": (

@@ -23,10 +23,11 @@ from enum import Enum
 from typing import Final, Protocol, cast
 
 from portico import tasks
+from portico.observe.stats import ByteCounter
 from portico.proxy import proxy_protocol
 from portico.proxy.proxy_protocol import Address
 from portico.timers import Deadline
-from portico.upstreams.backend import BackendState
+from portico.upstreams.backend import BackendState, report_connect_failure, report_connected
 from portico.upstreams.pool import Pool
 
 IDLE_TICKS: Final = 4  # the idle timeout is checked this often per period (closes within +25%)
@@ -94,6 +95,28 @@ class _Side(asyncio.Protocol):
         self.relay.side_lost(self, exc)
 
 
+class _ClientSide(_Side):
+    """The client's socket: what it reads is counted as received from the client."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.out.write(data)  # type: ignore[union-attr]  # set before any read can happen
+        self.heard = True
+        self.relay.bytes.received += len(data)
+
+
+class _ServerSide(_Side):
+    """The server's socket: what it reads goes to the client, counted as sent to it."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.out.write(data)  # type: ignore[union-attr]  # set before any read can happen
+        self.heard = True
+        self.relay.bytes.sent += len(data)
+
+
 class Relay:
     """One client connection's server side and the copy between the two; see the module
     docstring. Lifecycle: `connect` → (owner.upstream_ready) → `begin` → owner.relay_closed,
@@ -110,8 +133,10 @@ class Relay:
         source: Address,
         destination: Address,
         idle_timeout: float,
+        counter: ByteCounter | None = None,
     ) -> None:
         self.owner = owner
+        self.bytes = counter if counter is not None else ByteCounter()  # the client's side
         self.loop = loop
         self.pool = pool
         self.pools = pools  # for the fallback pool
@@ -123,8 +148,8 @@ class Relay:
         self._tried: list[BackendState] = []
         self._fell_back = False
         # the two sockets
-        self.client = _Side(self)
-        self.server = _Side(self)
+        self.client: _Side = _ClientSide(self)
+        self.server: _Side = _ServerSide(self)
         self.client.transport = client_transport
         self.client.other, self.server.other = self.server, self.client
         self.server.out = client_transport
@@ -163,14 +188,18 @@ class Relay:
         tasks.spawn(self._connect(backend))
 
     async def _connect(self, backend: BackendState) -> None:
+        timeout = self.pool.settings.connect_timeout
         try:
-            async with asyncio.timeout(self.pool.settings.connect_timeout):
+            async with asyncio.timeout(timeout):
                 transport, _ = await self.loop.create_connection(
                     lambda: self.server, backend.host, backend.port
                 )
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
+            report_connect_failure(self.pool.name, backend, exc, timeout, self.loop.time())
             self.connect_failed(backend)
             return
+        if backend.connect_cause is not None:
+            report_connected(self.pool.name, backend)
         self.connected(backend, transport)
 
     def connected(self, backend: BackendState, transport: asyncio.Transport) -> None:
@@ -235,7 +264,7 @@ class Relay:
         version = self.send_proxy.get(self.pool.name)
         if version is not None:
             pending = proxy_protocol.encode(version, self.source, self.destination) + pending
-        if pending:
+        if pending:  # the client's bytes were counted by the listener that read them
             server_transport.write(pending)  # may pause the client's reading (flow control)
         if eof:
             self._shut(server_transport)

@@ -45,6 +45,7 @@ from portico.routing.actions import (
     redirect_response,
     rewrite_path,
 )
+from portico.upstreams.backend import report_connect_failure, report_connected
 from portico.upstreams.connections import UpstreamConnection
 from portico.upstreams.pool import FULL, Pool, StickBinding
 
@@ -194,7 +195,9 @@ class Exchange:
         self._observed = False
         self._queue_timer: asyncio.TimerHandle | None = None
         # what the access log reports (kept cheap: counted always, formatted only if logged)
-        self._started = client.loop.time()
+        # durations are measured with time.monotonic(), not loop.time(): uvloop's clock moves
+        # in whole milliseconds, which put most sub-millisecond requests at 0
+        self._started = time.monotonic()
         self._sent = 0  # response body bytes written to the client
         self._head_len = 0
         self._backend_name: str | None = None
@@ -387,7 +390,7 @@ class Exchange:
         loop = self._client.loop
         timeouts = self._timeouts
         connect_timeout = settings.connect_timeout if timeouts is None else timeouts[0]
-        connect_started = loop.time()
+        connect_started = time.monotonic()
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
@@ -401,13 +404,16 @@ class Exchange:
                     backend.port,
                 )
         except (OSError, TimeoutError) as exc:
+            report_connect_failure(self._pool.name, backend, exc, connect_timeout, loop.time())
             if self._backend is backend and not self.finished:
                 self._release_backend(failed=True)
                 self._tried = [*self._tried, backend]
                 timed_out = isinstance(exc, TimeoutError)
                 self._retry_or_fail(504 if timed_out else 502, counts=True)
             return
-        self._connect_time = loop.time() - connect_started
+        self._connect_time = time.monotonic() - connect_started
+        if backend.connect_cause is not None:
+            report_connected(self._pool.name, backend)
         version = self._pool.send_proxy
         if version is not None and conn.transport is not None:
             # the header names one client, so this connection serves only this request
@@ -759,9 +765,11 @@ class Exchange:
             (peer[0], peer[1]),
             (sockname[0], sockname[1]),
             client.settings.tunnel_timeout,
+            client.worker.stats.client_bytes(client.settings.name),
         )
         relay.adopt(backend, upstream.transport)
         if rest:
+            relay.bytes.sent += len(rest)
             transport.write(rest)  # what the server sent right after its 101
         relay.begin(client.early, False)
 
@@ -850,7 +858,9 @@ class Exchange:
         response in one piece, Portico's own HTTP/1.1 bytes."""
         self._client.answer(answer)
         self.status = status
-        self._head_len = len(answer)
+        # head and body as the access log counts them (an HTTP/2 client gets them as frames)
+        self._head_len = answer.find(b"\r\n\r\n") + 4
+        self._sent = len(answer) - self._head_len
         self.finished = True
         self._done(status)
         self._client.exchange_done(self, keep, linger)
@@ -877,10 +887,8 @@ class Exchange:
             self._pool.name,
             self._backend_name,
             status if status != 499 or self._response_started else 0,
-            client.loop.time() - self._started,
+            time.monotonic() - self._started,
             self._connect_time,
-            self.received,
-            self._head_len + self._sent,
         )
         if client.settings.access_log is not None:
             self._log(status)
@@ -891,8 +899,7 @@ class Exchange:
         writer = client.settings.access_log
         if writer is None:
             return
-        loop = client.loop
-        duration = loop.time() - self._started
+        duration = time.monotonic() - self._started
         headers = self.headers
         referer = user_agent = None
         for name, value in headers:

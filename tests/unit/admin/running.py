@@ -66,9 +66,12 @@ class FakeSupervisor:
         self.aggregator = StatsAggregator()
         stats = WorkerStats.for_config(self.config)
         for _ in range(3):
-            stats.request_done("web", "default", "app", "s1", 200, 0.01, None, 10, 100)
-        stats.request_done("web", "api", "api", "127.0.0.1:9101", 502, 0.02, 0.001, 10, 100)
+            stats.request_done("web", "default", "app", "s1", 200, 0.01, None)
+        stats.request_done("web", "api", "api", "127.0.0.1:9101", 502, 0.02, 0.001)
         stats.connection_opened("web")
+        client = stats.client_bytes("web")  # what its connections read and wrote
+        client.received += 40
+        client.sent += 400
         self.aggregator.update(4242, json.loads(json.dumps(stats.snapshot())))
         self.exporter = PrometheusExporter(self.aggregator)
 

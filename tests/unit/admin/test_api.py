@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import pytest
@@ -14,12 +14,16 @@ from pydantic import ValidationError
 from portico.admin.api import (
     ENDPOINTS,
     OPENAPI,
+    SCHEMAS,
     AdminApi,
     AdminRequest,
+    CodeClass,
+    ListenerView,
     WeightChange,
 )
 from portico.admin.server import resolve_token
 from portico.config.schema import ServerConfig
+from portico.observe.stats import CODE_CLASSES
 from tests.unit.admin.running import TOKEN, FakeSupervisor
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -168,3 +172,33 @@ def test_a_token_variable_that_is_unset_is_an_error_not_an_open_api(
 def test_no_token_configured() -> None:
     assert resolve_token(None, None, {}) is None
     assert resolve_token("", None, {}) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the schemas come from the models
+
+
+def test_status_classes_are_the_stats_ones() -> None:
+    assert get_args(CodeClass) == CODE_CLASSES
+
+
+def test_new_server_schema_is_the_config_files_server_model() -> None:
+    new = schema_validator("NewServer")
+    for name in ("a/b", "../../x", "x\x00y", ".."):
+        assert not new.is_valid({"address": "127.0.0.1:1", "name": name}), name
+    for name in ("s4", "[::1]:9004", "10.0.0.1:80"):
+        assert new.is_valid({"address": "127.0.0.1:1", "name": name}), name
+    assert not new.is_valid({"address": "127.0.0.1:1", "weight": 257})
+    server = jsonschema.Draft202012Validator(
+        OPENAPI["components"]["parameters"]["server"]["schema"]
+    )
+    assert not server.is_valid("a/b")
+    assert server.is_valid("127.0.0.1:9101")
+
+
+def test_every_schema_is_generated_from_a_type_the_api_uses() -> None:
+    assert set(OPENAPI["components"]["schemas"]) == set(SCHEMAS)
+    listener = OPENAPI["components"]["schemas"]["Listener"]
+    assert listener["required"] == list(ListenerView.__annotations__)
+    responses = listener["properties"]["responses"]
+    assert responses["propertyNames"] == {"enum": list(CODE_CLASSES)}

@@ -352,6 +352,15 @@ def test_adding_an_invalid_server_is_422(
     assert reply.json()["detail"].startswith(detail)
 
 
+@pytest.mark.parametrize("name", ["a/b", "../../x", "x\x00y", "..", "a b", "ä"])
+def test_a_server_name_the_config_file_refuses_is_refused_here_too(admin: Admin, name: str) -> None:
+    reply = admin.call("POST", "/api/pools/app/servers", {"address": "127.0.0.1:1", "name": name})
+    assert reply.status == 422
+    assert reply.json()["detail"].startswith("name: ")
+    assert "not a valid server name" in reply.json()["detail"]
+    assert admin.view.calls == []
+
+
 def test_adding_to_an_unknown_pool_is_404(admin: Admin) -> None:
     reply = admin.call("POST", "/api/pools/nope/servers", {"address": "127.0.0.1:1"})
     assert reply.status == 404

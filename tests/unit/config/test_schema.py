@@ -67,6 +67,23 @@ def test_server_name_must_not_be_empty() -> None:
         ServerConfig.model_validate({"address": "a:1", "name": " "})
 
 
+@pytest.mark.parametrize("name", ["a/b", "../../x", "x\x00y", "..", ".", "a b", "ä", "a:b"])
+def test_server_names_follow_the_name_rule(name: str) -> None:
+    with pytest.raises(ValidationError, match="not a valid server name"):
+        ServerConfig.model_validate({"address": "a:1", "name": name})
+
+
+@pytest.mark.parametrize("name", ["s1", "app-2.eu_west", "10.0.0.1:80", "[::1]:80", "db.local:5"])
+def test_a_server_may_be_named_like_a_name_or_an_address(name: str) -> None:
+    assert ServerConfig.model_validate({"address": "a:1", "name": name}).name == name
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b"])
+def test_listener_and_pool_names_are_not_only_dots(name: str) -> None:
+    with pytest.raises(ValidationError, match="not a valid name"):
+        Config.model_validate(minimal(pools={name: {"servers": [{"address": "a:1"}]}}))
+
+
 def test_models_are_frozen() -> None:
     config = Config.model_validate(minimal())
     with pytest.raises(ValidationError, match="frozen"):

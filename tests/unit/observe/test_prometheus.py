@@ -20,8 +20,8 @@ EXPECTED = {
     "portico_requests": ("counter", {"listener", "route", "pool", "backend", "code_class"}),
     "portico_request_duration_seconds": ("histogram", {"listener", "pool"}),
     "portico_upstream_connect_seconds": ("histogram", {"pool"}),
-    "portico_bytes_received": ("counter", {"listener"}),
-    "portico_bytes_sent": ("counter", {"listener"}),
+    "portico_client_received_bytes": ("counter", {"listener"}),
+    "portico_client_sent_bytes": ("counter", {"listener"}),
     "portico_active_connections": ("gauge", {"listener"}),
     "portico_backend_in_flight": ("gauge", {"pool", "backend"}),
     "portico_backend_up": ("gauge", {"pool", "backend"}),
@@ -53,9 +53,8 @@ def worker_snapshot(requests: int, durations: list[float]) -> object:
             200 if i % 4 else 503,
             durations[i % len(durations)],
             0.0007,
-            50,
-            500,
         )
+        stats.client_bytes("web").sent += 500
     stats.retry("app")
     stats.ratelimited("web")
     stats.connection_opened("web")
@@ -115,8 +114,8 @@ def test_counters_sum_living_and_exited_workers(exporter: PrometheusExporter) ->
     assert value(requests, "portico_requests_total", **labels, code_class="5xx") == 2 + 1 + 1
     assert value(found["portico_retries"], "portico_retries_total", pool="app") == 3
     assert value(found["portico_ratelimited"], "portico_ratelimited_total", listener="web") == 3
-    sent = found["portico_bytes_sent"]
-    assert value(sent, "portico_bytes_sent_total", listener="web") == 16 * 500
+    sent = found["portico_client_sent_bytes"]
+    assert value(sent, "portico_client_sent_bytes_total", listener="web") == 16 * 500
 
 
 def test_gauges_come_from_living_workers_only(exporter: PrometheusExporter) -> None:
@@ -166,7 +165,7 @@ def test_no_worker_yet_exposes_empty_families_and_zero_workers() -> None:
 
 def test_label_values_are_escaped() -> None:
     stats = WorkerStats()
-    stats.request_done('we"b\\', "routes[0]", "a\npp", None, 200, 0.1, None, 0, 0)
+    stats.request_done('we"b\\', "routes[0]", "a\npp", None, 200, 0.1, None)
     aggregator = StatsAggregator()
     aggregator.update(1, stats.snapshot())
     found = samples(PrometheusExporter(aggregator).render()[0].decode())["portico_requests"]

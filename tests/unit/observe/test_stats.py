@@ -50,8 +50,6 @@ def served(stats: WorkerStats, times: int = 1, **overrides: Any) -> None:
         "status": 200,
         "duration": 0.003,
         "upstream_connect": None,
-        "bytes_in": 100,
-        "bytes_out": 1000,
     }
     args.update(overrides)
     for _ in range(times):
@@ -83,8 +81,17 @@ def test_request_done_counts_by_listener_route_pool_server_and_status_class() ->
         ("web", "default", "app", "", "5xx"): [2],
         ("web", "api", "api", "x", "4xx"): [1],
     }
-    assert counter(snapshot, "bytes_received", "web") == 600
-    assert counter(snapshot, "bytes_sent", "web") == 6000
+
+
+def test_client_bytes_count_as_connections_read_and_write() -> None:
+    stats = WorkerStats()
+    counter_of_web = stats.client_bytes("web")
+    assert stats.client_bytes("web") is counter_of_web  # one per listener, kept by connections
+    counter_of_web.received += 600
+    counter_of_web.sent += 6000
+    snapshot = stats.snapshot()
+    assert counter(snapshot, "client_received_bytes", "web") == 600
+    assert counter(snapshot, "client_sent_bytes", "web") == 6000
 
 
 @pytest.mark.parametrize(
@@ -111,11 +118,27 @@ def test_duration_buckets_count_a_value_equal_to_a_bound_in_that_bound_bucket() 
         served(stats, duration=duration)
     counts, total = rows(stats.snapshot(), "histograms", "request_duration")[("web", "app")]
     assert len(counts) == len(DURATION_BUCKETS) + 1
-    assert counts[0] == 2  # 0.001 and 0.005 (le="0.005")
-    assert counts[1] == 1  # 0.0051 (le="0.01")
+    assert counts[DURATION_BUCKETS.index(0.001)] == 1  # le="0.001"
+    assert counts[DURATION_BUCKETS.index(0.005)] == 1  # le="0.005"
+    assert counts[DURATION_BUCKETS.index(0.01)] == 1  # 0.0051 (le="0.01")
     assert counts[DURATION_BUCKETS.index(10.0)] == 1
     assert counts[-1] == 1  # 11.0: above every bound
     assert total == pytest.approx(0.001 + 0.005 + 0.0051 + 10.0 + 11.0)
+
+
+def test_sub_millisecond_requests_are_told_apart() -> None:
+    # a request proxied to a nearby server takes a fraction of a millisecond: the buckets must
+    # say how large a fraction, or a dashboard can only say "p50 < 5 ms"
+    stats = WorkerStats()
+    for duration in (0.00008, 0.0002, 0.0004, 0.0009):
+        served(stats, duration=duration)
+    counts, _ = rows(stats.snapshot(), "histograms", "request_duration")[("web", "app")]
+    filled = [i for i, n in enumerate(counts) if n]
+    assert len(filled) == 4  # each in a bucket of its own
+    assert all(DURATION_BUCKETS[i] <= 0.001 for i in filled)
+    assert DURATION_BUCKETS[0] <= 0.00025
+    # a Prometheus series per bucket, per listener and pool: keep them few
+    assert len(DURATION_BUCKETS) <= 16
 
 
 def test_upstream_connect_is_observed_only_for_new_connections() -> None:
@@ -142,8 +165,8 @@ def test_retries_ratelimits_and_connections() -> None:
     assert counter(snapshot, "ratelimited", "web") == 1
     assert counter(snapshot, "connections", "web") == 3
     assert rows(snapshot, "gauges", "active_connections")[("web",)] == [2]
-    assert counter(snapshot, "bytes_received", "web") == 10
-    assert counter(snapshot, "bytes_sent", "web") == 20
+    assert counter(snapshot, "client_received_bytes", "web") == 10
+    assert counter(snapshot, "client_sent_bytes", "web") == 20
 
 
 def test_config_names_have_series_at_zero_from_the_first_snapshot() -> None:

@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from portico.config.tls import INTERMEDIATE_CIPHERS, TlsConfig
 from portico.listeners.tls import (
+    OP_PRIORITIZE_CHACHA,
     SniTable,
     TlsError,
     TlsTerminator,
@@ -96,11 +97,19 @@ def test_context_follows_mozilla_intermediate(ca: trustme.CA, tmp_path: Path) ->
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.options & ssl.OP_NO_COMPRESSION
     assert context.options & ssl.OP_NO_RENEGOTIATION
-    assert not context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert context.options & OP_PRIORITIZE_CHACHA  # a bit Python does not name: it sticks
     assert context.verify_mode == ssl.CERT_NONE
     tls12 = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
     assert tls12 == set(INTERMEDIATE_CIPHERS.split(":"))
     assert terminator.handshake_timeout == 10.0
+
+
+def test_client_cipher_order_on_request(ca: trustme.CA, tmp_path: Path) -> None:
+    pair = issue(ca, tmp_path, "a", "a.example.com")
+    context = build_server_context(config(pair, prefer_server_ciphers=False)).context
+    assert not context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert not context.options & OP_PRIORITIZE_CHACHA
 
 
 def test_tls13_only(ca: trustme.CA, tmp_path: Path) -> None:

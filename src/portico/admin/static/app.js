@@ -204,8 +204,8 @@
       t: performance.now() / 1000,
       requests: sum(requests),
       errors: sum(requests, (l) => l.code_class === "5xx"),
-      bytesIn: sum(metrics.get("portico_bytes_received_total")),
-      bytesOut: sum(metrics.get("portico_bytes_sent_total")),
+      bytesIn: sum(metrics.get("portico_client_received_bytes_total")),
+      bytesOut: sum(metrics.get("portico_client_sent_bytes_total")),
       connections: sum(metrics.get("portico_active_connections")),
       latency: histograms(metrics),
       servers: new Map(),
@@ -294,14 +294,15 @@
   function formatSeconds(seconds) {
     if (seconds === null || seconds === undefined) return "–";
     const ms = seconds * 1000;
-    if (ms < 1) return `${ms.toFixed(2)} ms`;
+    if (ms < 1) return `${Math.round(ms * 1000)} µs`;
     if (ms < 10) return `${ms.toFixed(1)} ms`;
     if (ms < 1000) return `${Math.round(ms)} ms`;
     return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
   }
 
-  /** A bucket bound as written in the config of buckets: 5 ms, 2.5 s. */
+  /** A bucket bound as written in the list of buckets: 250 µs, 5 ms, 2.5 s. */
   function formatBound(seconds) {
+    if (seconds < 0.001) return `${+(seconds * 1e6).toFixed(1)} µs`;
     return seconds < 1 ? `${+(seconds * 1000).toFixed(3)} ms` : `${+seconds.toFixed(3)} s`;
   }
 
