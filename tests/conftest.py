@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -52,8 +52,8 @@ def portico(tmp_path: Path) -> Iterator[Callable[..., Portico]]:
     """Start `portico run` on a config; stopped (SIGTERM) at the end of the test."""
     started: list[Portico] = []
 
-    def start(config: str) -> Portico:
-        proxy = Portico(config, tmp_path)
+    def start(config: str, prefix: Sequence[str] = ()) -> Portico:
+        proxy = Portico(config, tmp_path, prefix)
         started.append(proxy)
         return proxy
 

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +384,16 @@ class FakeBackend:
         self.stop()
 
 
+def isolated_resolver(tmp_path: Path) -> list[str]:
+    """A command prefix under which the system resolver asks only 127.0.0.1 (where nothing
+    answers DNS), in a mount namespace of its own: a test's name lookups never leave the
+    machine. Needs root (unshare, mount), as CI has."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    script = f'mount --bind "{conf}" /etc/resolv.conf && exec "$0" "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+
 def pool_yaml(backends: Iterable[FakeBackend], indent: str = "      ") -> str:
     return "".join(f"{indent}- address: {b.address}\n{indent}  name: {b.name}\n" for b in backends)
 
@@ -391,12 +401,13 @@ def pool_yaml(backends: Iterable[FakeBackend], indent: str = "      ") -> str:
 class Portico:
     """`portico run` on an inline config, as a user runs it; `url` once it said it is ready."""
 
-    def __init__(self, config: str, tmp_path: Path) -> None:
+    def __init__(self, config: str, tmp_path: Path, prefix: Sequence[str] = ()) -> None:
+        """`prefix`: a command that runs Portico (e.g. `isolated_resolver`'s)."""
         path = tmp_path / "portico.yaml"
         path.write_text(config)
         self.path = path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "portico", "run", str(path)],
+            [*prefix, sys.executable, "-m", "portico", "run", str(path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -1,7 +1,7 @@
 """A server whose host name does not resolve: `portico check` warns, `portico run` logs it.
 
-The name is under ``.invalid``, which never resolves (RFC 6761): the system resolver answers
-at once and no connection ever leaves the machine.
+The name is under ``.invalid``, which never resolves (RFC 6761). Portico runs under
+`isolated_resolver`, whose resolver is 127.0.0.1 alone, so the lookup never leaves the machine.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fakes import request
+from fakes import isolated_resolver, request
 
 MISSING = "backend.invalid"
 POOL = f"    servers:\n      - address: {MISSING}:80\n        name: ghost\n"
@@ -36,7 +36,7 @@ def test_check_warns_about_a_name_that_does_not_resolve_and_still_passes(
 ) -> None:
     (tmp_path / "portico.yaml").write_text(unresolvable_config())
     result = subprocess.run(
-        [sys.executable, "-m", "portico", "check", "portico.yaml"],
+        [*isolated_resolver(tmp_path), sys.executable, "-m", "portico", "check", "portico.yaml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -51,8 +51,8 @@ def test_check_warns_about_a_name_that_does_not_resolve_and_still_passes(
     )
 
 
-def test_run_logs_why_requests_fail_once_not_per_request(portico) -> None:  # type: ignore[no-untyped-def]
-    proxy = portico(unresolvable_config())
+def test_run_logs_why_requests_fail_once_not_per_request(portico, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proxy = portico(unresolvable_config(), isolated_resolver(tmp_path))
     start = len(proxy.stderr_lines)
     assert request(proxy.port).status == 502
     said = f"server ghost of pool app ({MISSING}:80): cannot connect: cannot resolve {MISSING}"
