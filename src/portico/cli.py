@@ -95,6 +95,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _refuse_stale_build() -> int:
+    """Refuse to start on compiled modules that are not a build of the sources beside them
+    (edited since, or left from a module no longer compiled): Python would run the old code
+    without a word. Returns the exit code, or 0 when the build is sound (or pure Python)."""
+    from portico import buildinfo
+
+    problems = buildinfo.problems()
+    if not problems:
+        return 0
+    print("portico: the compiled modules do not match this installation:", file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    print(f"portico: {buildinfo.FIX}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portico", description="A load balancer and reverse proxy in Python."
@@ -124,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
+    if args.command in ("run", "check", "demo") and (refused := _refuse_stale_build()):
+        return refused
     logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")
     result: int = args.func(args)
     return result
