@@ -41,6 +41,7 @@ COMPILED = [
 GROUP = "portico"  # the shared runtime library is portico__mypyc, not a hash of the module list
 MANIFEST = Path("portico", "_compiled.json")
 MANIFEST_DATA = b""  # set by ext_modules()
+GENERATED = Path("build", "portico-mypyc.json")  # what mypycify() made, and from what
 
 
 def module_name(source: str) -> str:
@@ -104,6 +105,46 @@ class BuildPy(build_py):
             remove_compiled(Path(self.build_lib))
 
 
+def generation_key() -> str:
+    """Everything mypyc's C output depends on: its version and Python's, this file and
+    pyproject.toml (mypy's options), every source of the package (the compiled modules' types
+    come from the others too), and the installed distributions (their types as well)."""
+    from importlib.metadata import distributions
+
+    digest = hashlib.sha256(f"{sys.version}\0{version('mypy')}\0".encode())
+    for path in [Path("setup.py"), Path("pyproject.toml"), *sorted(Path("src").rglob("*.py"))]:
+        digest.update(f"{path}\0".encode() + path.read_bytes() + b"\0")
+    installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions())
+    digest.update("\0".join(installed).encode())
+    return digest.hexdigest()
+
+
+def generated_extensions(key: str) -> list[object] | None:
+    """The extensions of an earlier mypycify() with the same `key`, if their C files are all
+    still in build/: mypyc's type-check pass (the slow part of an unchanged rebuild, as for a
+    wheel after scripts/compile) would only write the same files again."""
+    try:
+        cached = json.loads(GENERATED.read_text())
+    except (OSError, ValueError):
+        return None
+    if cached.get("key") != key:
+        return None
+    from mypyc.build import setup_mypycify_vars
+    from setuptools import Extension
+
+    extensions = []
+    for fields in cached["extensions"]:
+        if not all(Path(f).is_file() for f in [*fields["sources"], *fields["depends"]]):
+            return None
+        extension = Extension(fields["name"], fields["sources"])
+        extension.__dict__.update(fields)
+        extension.define_macros = [tuple(m) for m in fields["define_macros"]]
+        extensions.append(extension)
+    setup_mypycify_vars()  # the compiler settings mypycify() would have made
+    print("portico: mypyc's C files in build/ are current: not generated again", file=sys.stderr)
+    return extensions
+
+
 def ext_modules() -> list[object]:
     global MANIFEST_DATA
     if os.environ.get("PORTICO_NO_COMPILE", "") not in ("", "0"):
@@ -117,7 +158,13 @@ def ext_modules() -> list[object]:
     sources = {module_name(s): hashlib.sha256(Path(s).read_bytes()).hexdigest() for s in COMPILED}
     manifest = {"mypy": version("mypy"), "group": f"{GROUP}__mypyc", "sources": sources}
     MANIFEST_DATA = json.dumps(manifest, indent=2).encode() + b"\n"
-    return list(mypycify(COMPILED, opt_level="3", group_name=GROUP))
+    key = generation_key()
+    extensions = generated_extensions(key)
+    if extensions is None:
+        extensions = list(mypycify(COMPILED, opt_level="3", group_name=GROUP))
+        saved = [{k: v for k, v in vars(e).items() if not k.startswith("_")} for e in extensions]
+        GENERATED.write_text(json.dumps({"key": key, "extensions": saved}, indent=1))
+    return extensions
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExt, "build_py": BuildPy})
