@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def load_bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_under_test", REPO / "bench" / "bench.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
