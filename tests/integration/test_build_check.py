@@ -1,6 +1,8 @@
-"""`portico check` and `portico run` refuse compiled modules that do not match their source,
-before anything imports them: a copy of the package with stand-in compiled files (never
-imported) and a build manifest, run by a real `python -m portico` on PYTHONPATH."""
+"""A stale compiled build is noticed: `portico check`, `run` and `demo` refuse compiled modules
+that do not match their source, before anything imports them, and `scripts/compile --check`
+(which scripts/setup asks before compiling) says when a checkout must compile again. Both run
+for real on copies of the package with stand-in compiled files (never imported) and a manifest.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import shutil
 import subprocess
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 import portico
+from ci_policy import compiled_module_names
 from portico import buildinfo
 
 SUFFIX = EXTENSION_SUFFIXES[0]
@@ -86,3 +90,67 @@ def test_a_compiled_module_left_from_an_earlier_build_is_refused(site: Path) -> 
     result = portico_cli(site, "demo", "--port", "0", "--admin-port", "0")
     assert result.returncode == 2
     assert "portico.routing.router: a compiled module this build does not include" in result.stderr
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A copy of this checkout's setup.py, scripts/compile and sources (sharing its .venv),
+    "compiled": a stand-in .so for every module of setup.py's COMPILED, the runtime library,
+    and the manifest the compile would write."""
+    root = tmp_path / "checkout"
+    shutil.copytree(
+        REPO / "src" / "portico",
+        root / "src" / "portico",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", buildinfo.MANIFEST_NAME, "__pycache__"),
+    )
+    (root / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "compile", root / "scripts" / "compile")
+    shutil.copy2(REPO / "setup.py", root / "setup.py")
+    (root / ".venv").symlink_to(REPO / ".venv")
+    sources = {}
+    for name in compiled_module_names():
+        source = root / "src" / Path(*name.split(".")).with_suffix(".py")
+        source.with_name(source.stem + SUFFIX).write_bytes(b"a stand-in")
+        sources[name] = hashlib.sha256(source.read_bytes()).hexdigest()
+    (root / "src" / f"portico__mypyc{SUFFIX}").write_bytes(b"a stand-in")
+    manifest = {"mypy": version("mypy"), "group": "portico__mypyc", "sources": sources}
+    (root / "src" / "portico" / buildinfo.MANIFEST_NAME).write_text(json.dumps(manifest))
+    return root
+
+
+def is_current(checkout: Path) -> bool:
+    """`scripts/compile --check`: what scripts/setup asks before it compiles."""
+    command = ["bash", str(checkout / "scripts" / "compile"), "--check"]
+    return subprocess.run(command, timeout=60).returncode == 0
+
+
+def test_a_current_build_is_not_compiled_again(checkout: Path) -> None:
+    assert is_current(checkout)
+
+
+def test_a_module_dropped_from_setup_py_is_compiled_away(checkout: Path) -> None:
+    setup_py = checkout / "setup.py"
+    setup_py.write_text(setup_py.read_text().replace('    "src/portico/timers.py",\n', ""))
+    assert not is_current(checkout)
+
+
+def test_an_edited_source_is_compiled_again(checkout: Path) -> None:
+    with (checkout / "src" / "portico" / "timers.py").open("a") as source:
+        source.write("# edited\n")
+    assert not is_current(checkout)
+
+
+def test_another_mypy_compiles_again(checkout: Path) -> None:
+    manifest_path = checkout / "src" / "portico" / buildinfo.MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "mypy": "0.1"}))
+    assert not is_current(checkout)
+
+
+def test_pure_python_is_not_a_current_build(checkout: Path) -> None:
+    subprocess.run(["bash", str(checkout / "scripts" / "compile"), "--remove"], check=True)
+    assert not list((checkout / "src").rglob(f"*{SUFFIX}"))
+    assert not is_current(checkout)
