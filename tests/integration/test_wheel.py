@@ -64,7 +64,7 @@ def install(venv: Path, wheel: Path) -> None:
     (scripts/setup filled it) when it can, else from the index."""
     command = [str(UV), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
     command += ["-c", str(REPO / "requirements" / "demo.txt"), str(wheel)]
-    env = {**os.environ, "UV_LINK_MODE": "copy", "UV_NO_PROGRESS": "1"}
+    env = {**os.environ, "UV_LINK_MODE": "copy", "UV_NO_PROGRESS": "1", "UV_SYSTEM_CERTS": "1"}
     offline = subprocess.run([*command, "--offline"], env=env, capture_output=True, timeout=300)
     if offline.returncode != 0:
         subprocess.run(command, env=env, check=True, timeout=300)
