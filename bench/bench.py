@@ -5,8 +5,8 @@ Standard library only. Entry point: ``bench/run`` (see bench/README.md). What it
 
 1. installs wrk, nginx, libnginx-mod-stream and haproxy from Debian's packages when missing,
    without letting apt start them as system services;
-2. lays out a scratch RUNDIR (bench/rundir/) and copies ../shared/bench's configs into it with
-   RUNDIR substituted;
+2. lays out a scratch RUNDIR (bench/rundir/) and copies the reference configs of bench/configs/
+   into it with RUNDIR substituted;
 3. starts the origins (nginx, 127.0.0.1:9001-9003) on the load core (1);
 4. for each target in turn: starts it pinned to the proxy core (0), checks one request per path,
    runs wrk (pinned to core 1) per path, reading the target's process-tree CPU time from
@@ -46,7 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 RUNDIR = BENCH / "rundir"  # not bench/run/: that name is the entry script
-SHARED = REPO.parent / "shared" / "bench"  # read-only; never written
+CONFIGS = BENCH / "configs"  # the reference HAProxy and NGINX configs; read-only, never written
+CONFIG_FILES = ("nginx-backends.conf", "nginx-proxy.conf", "haproxy.cfg")
 RESULTS = BENCH / "RESULTS.md"
 PORTICO_BIN = REPO / ".venv" / "bin" / "portico"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -516,8 +517,9 @@ def portico_routes(count: int) -> str:
 
 
 def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
-    if not SHARED.is_dir():
-        raise SystemExit(f"shared bench configs not found at {SHARED}")
+    missing = [name for name in CONFIG_FILES if not (CONFIGS / name).is_file()]
+    if missing:
+        raise SystemExit(f"bench configs missing from {CONFIGS}: {', '.join(missing)}")
     if RUNDIR.exists():
         for pidfile in (RUNDIR / "run").glob("*.pid"):
             with contextlib.suppress(OSError, ValueError):
@@ -533,8 +535,8 @@ def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
             (RUNDIR / "www" / name).write_bytes((pattern * (size // len(pattern) + 1))[:size])
     rundir = str(RUNDIR)
     have_cert = make_cert()
-    for conf in ("nginx-backends.conf", "nginx-proxy.conf", "haproxy.cfg"):
-        text = (SHARED / conf).read_text().replace("RUNDIR", rundir)
+    for conf in CONFIG_FILES:
+        text = (CONFIGS / conf).read_text().replace("RUNDIR", rundir)
         if conf == "nginx-proxy.conf" and not have_cert:
             text = drop_server_block(text, f"listen 127.0.0.1:{NGINX_TLS_PORT}")
             log("openssl not found: the :8443 TLS server is left out of nginx-proxy.conf")

@@ -8,28 +8,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ci_policy import (  # noqa: F401 (pytest hooks: the build under test, skips under CI)
+    pytest_report_header,
+    pytest_runtest_makereport,
+    pytest_sessionstart,
+)
 from fakes import FakeBackend, Portico, pool_yaml
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Refuse to test a mypyc-compiled module older than its source: Python imports the .so
-    next to the .py, so an edit would go untested. scripts/setup rebuilds them."""
-    import portico
-
-    root = Path(portico.__file__).parent
-    stale = [
-        str(built.relative_to(root))
-        for built in root.rglob("*.so")
-        if (source := built.with_name(built.name.split(".")[0] + ".py")).exists()
-        and source.stat().st_mtime > built.stat().st_mtime
-    ]
-    if stale:
-        pytest.exit(
-            "compiled modules older than their source: "
-            + ", ".join(sorted(stale))
-            + " (run scripts/setup, or PORTICO_NO_COMPILE=1 scripts/setup for pure Python)",
-            returncode=4,
-        )
 
 
 @pytest.fixture

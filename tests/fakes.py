@@ -663,3 +663,44 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)  # a polling interval, bounded by the deadline
+
+
+def three_free_ports() -> int:
+    """A base port whose next two are free too (checked by binding them): `portico demo`'s
+    --backend-port."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base: int = probe.getsockname()[1]
+        if base > 65000:
+            continue
+        socks = []
+        try:
+            for port in (base, base + 1, base + 2):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no three consecutive free ports")
+
+
+def demo_port(proc: subprocess.Popen[str], timeout: float = READY_TIMEOUT) -> int:
+    """The port `portico demo --port 0` (started with stdout=PIPE, text=True) listens on, read
+    from its ready line."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sel.select(timeout=deadline - time.monotonic()):
+                line = proc.stdout.readline()
+                assert line, "demo exited before it was ready"
+                found = re.search(r"listening on web http://127\.0\.0\.1:(\d+)", line)
+                if found:
+                    return int(found.group(1))
+    raise AssertionError(f"the demo did not say it was listening within {timeout} s")

@@ -122,6 +122,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return command.run(args, loaded[0])
 
 
+def _refuse_stale_build() -> int:
+    """Refuse to start on compiled modules that are not a build of the sources beside them
+    (edited since, or left from a module no longer compiled): Python would run the old code
+    without a word. Returns the exit code, or 0 when the build is sound (or pure Python)."""
+    from portico import buildinfo
+
+    problems = buildinfo.problems()
+    if not problems:
+        return 0
+    print("portico: the compiled modules do not match this installation:", file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    print(f"portico: {buildinfo.FIX}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portico", description="A load balancer and reverse proxy in Python."
@@ -163,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     simulate_command.add_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
     args = parser.parse_args(argv)
+    if args.command in ("run", "check", "demo", "explain", "simulate") and (
+        refused := _refuse_stale_build()
+    ):
+        return refused
     logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")
     result: int = args.func(args)
     return result

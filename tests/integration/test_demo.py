@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import re
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import time
 
-from fakes import request
+from fakes import demo_port, request, three_free_ports
 from h2client import H2Client
 
 
-def _three_free_ports() -> int:
-    """A base port whose next two are free too (checked by binding them)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base > 65000:
-            continue
-        socks = []
-        try:
-            for port in (base, base + 1, base + 2):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no three consecutive free ports")
-
-
 def test_demo_rotates_requests_over_three_named_backends() -> None:
-    base = _three_free_ports()
+    base = three_free_ports()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -57,20 +31,7 @@ def test_demo_rotates_requests_over_three_named_backends() -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 20
-        port = None
-        while port is None and time.monotonic() < deadline:
-            if sel.select(timeout=deadline - time.monotonic()):
-                line = proc.stdout.readline()
-                assert line, "demo exited before it was ready"
-                found = re.search(r"listening on web http://127\.0\.0\.1:(\d+)", line)
-                if found:
-                    port = int(found.group(1))
-        sel.close()
-        assert port is not None
+        port = demo_port(proc)
         answers = [request(port) for _ in range(3)]
         names = [a.header("X-Backend") for a in answers]
         assert sorted(names) == ["backend-1", "backend-2", "backend-3"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 
 from portico.config.load import ConfigError, parse_config
 
@@ -32,11 +34,31 @@ pools:
 """
 
 
+BACKENDS_TIMEOUT = 20.0  # seconds for the demo backends to listen
+
+
 def demo_config(port: int, workers: int, backend_ports: list[int], admin_port: int) -> str:
     b1, b2, b3 = backend_ports
     return DEMO_CONFIG.format(
         port=port, workers=workers, b1=b1, b2=b2, b3=b3, admin_port=admin_port
     )
+
+
+def _wait_until_listening(ports: list[int], process: subprocess.Popen[bytes]) -> bool:
+    """Whether the demo backends accept connections within BACKENDS_TIMEOUT (False if their
+    process exits first, e.g. on a port in use): Portico must not answer the first curl 502
+    because a backend's interpreter was still starting."""
+    deadline = time.monotonic() + BACKENDS_TIMEOUT
+    for port in ports:
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)  # polling a port that is about to open, bounded by deadline
+    return True
 
 
 def run_demo(
@@ -54,6 +76,9 @@ def run_demo(
         return 1
     backends = subprocess.Popen([sys.executable, "-m", "portico.demo.backends", *map(str, ports)])
     try:
+        if not _wait_until_listening(ports, backends):
+            print(f"portico demo: the demo backends did not start on {ports}", file=sys.stderr)
+            return 1
         from portico import supervisor
 
         if port:

@@ -36,11 +36,11 @@ from functools import partial
 from typing import Any, Final, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from portico.filters.ratelimit import Decision, Gcra
 from portico.state.store import StoreUnavailable, check_table, ttl_ms
@@ -172,7 +172,8 @@ class RedisStore:
         self.clock = clock
         self._prefix = prefix.encode()
         # No retries (Retry(NoBackoff(), 0)): a retry would add a second timeout to a request's
-        # wait, and redis-py 6+ retries 3-10 times with backoff unless told not to.
+        # wait, and redis-py 6+ retries 3-10 times with backoff unless told not to. The asyncio
+        # Retry (redis.asyncio.retry, since redis-py 4.2): redis-py 8 warns of a synchronous one.
         self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,

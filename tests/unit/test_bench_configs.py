@@ -1,0 +1,42 @@
+"""bench/run works from a plain clone: the HAProxy and NGINX reference configs it lays out are
+in the repository (bench/configs/), with the ports and the RUNDIR placeholder bench.py expects."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_under_test", REPO / "bench" / "bench.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_configs_are_in_the_repository() -> None:
+    bench = load_bench()
+    assert bench.CONFIGS == REPO / "bench" / "configs"
+    texts = {name: (bench.CONFIGS / name).read_text() for name in bench.CONFIG_FILES}
+    assert "RUNDIR/www" in texts["nginx-backends.conf"]  # where bench.py writes /16k and /1m
+    for port in bench.ORIGIN_PORTS:
+        assert f"127.0.0.1:{port}" in texts["nginx-backends.conf"]
+    assert "127.0.0.1:8081" in texts["nginx-proxy.conf"]
+    assert f"127.0.0.1:{bench.NGINX_TLS_PORT}" in texts["nginx-proxy.conf"]
+    assert "127.0.0.1:8082" in texts["haproxy.cfg"]
+
+
+def test_bench_run_starts_in_a_plain_clone() -> None:
+    result = subprocess.run(
+        ["bash", str(REPO / "bench" / "run"), "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout
