@@ -28,7 +28,6 @@ from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
 from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
-from portico.listeners.h2 import H2ClientConnection
 from portico.listeners.http import ClientConnection, Http2Settings, HttpListenerSettings
 from portico.listeners.tcp import TcpClientConnection, TcpListenerSettings, trusted_networks
 from portico.listeners.tls import TlsTerminator, build_server_context
@@ -36,6 +35,7 @@ from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
 from portico.observe.stats import WorkerStats
 from portico.persistence.stick import StickTable
+from portico.proxy.context import ProxyContext
 from portico.routing import Router
 from portico.state.memory import MemoryStore
 from portico.state.redis_store import RedisStore
@@ -191,10 +191,12 @@ class Worker:
         self.loop = loop
         self.config = config
         self.sockets = sockets
-        self.connections: set[ClientConnection | TcpClientConnection | H2ClientConnection] = set()
-        self.client_connections: dict[str, int] = {}  # open connections per client address
         self.pools = build_pools(config, loop)
         self.stats = WorkerStats.for_config(config)
+        # what connections and exchanges see of this worker
+        self.context = ProxyContext(loop, self.stats, self.pools)
+        self.connections = self.context.connections
+        self.all_closed = self.context.all_closed  # set while no client connection is open
         self.access_logs = access_logs(config)
         state = config.state
         # one store per worker process, used on this loop only
@@ -214,7 +216,6 @@ class Worker:
         self.servers: list[asyncio.Server] = []
         self.terminators: list[TlsTerminator] = []
         self._listeners = {listener.name: listener for listener in config.listeners}
-        self.all_closed = asyncio.Event()  # set while no client connection is open
 
     def handle(self, message: dict[str, Any]) -> None:
         """A control-plane message other than stop."""
@@ -260,41 +261,12 @@ class Worker:
                 if isinstance(request_filter, SharedRateLimitFilter):
                     counters["ratelimit_fallbacks"].append([name, request_filter.fallbacks])
 
-    def admit(self, client_ip: str, limit: int) -> bool:
-        """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it
-        (False) when it already has `limit` open in this worker."""
-        counts = self.client_connections
-        open_now = counts.get(client_ip, 0)
-        if open_now >= limit:
-            return False
-        counts[client_ip] = open_now + 1
-        return True
-
-    def release(self, client_ip: str) -> None:
-        """A connection counted by `admit` closed."""
-        counts = self.client_connections
-        left = counts[client_ip] - 1
-        if left:
-            counts[client_ip] = left
-        else:
-            del counts[client_ip]
-
-    def forget(self, conn: ClientConnection | TcpClientConnection | H2ClientConnection) -> None:
-        """A client connection closed."""
-        self.connections.discard(conn)
-        if not self.connections:
-            self.all_closed.set()
-
-    def remember(self, conn: ClientConnection | TcpClientConnection | H2ClientConnection) -> None:
-        self.connections.add(conn)
-        self.all_closed.clear()
-
     async def start(self) -> None:
         for name, sock in self.sockets.items():
             tcp = self.tcp_settings.get(name)
             if tcp is not None:
                 server = await self.loop.create_server(
-                    lambda tcp=tcp: TcpClientConnection(tcp, self),  # type: ignore[misc]
+                    lambda tcp=tcp: TcpClientConnection(tcp, self.context),  # type: ignore[misc]
                     sock=sock,
                 )
                 self.servers.append(server)
@@ -307,7 +279,7 @@ class Worker:
             if terminator is not None:
                 self.terminators.append(terminator)
             server = await self.loop.create_server(
-                lambda settings=settings: ClientConnection(settings, self),
+                lambda settings=settings: ClientConnection(settings, self.context),
                 sock=sock,
                 ssl=terminator.context if terminator is not None else None,
                 ssl_handshake_timeout=(
