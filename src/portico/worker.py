@@ -19,13 +19,23 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from portico import channel, tasks
+from portico.config import plugins
 from portico.config.load import parse_config
+from portico.config.plugins import FilterUse
 from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
+from portico.filters.plugin import (
+    PluginFilter,
+    ResponseHook,
+    ResponseHooks,
+    RouteChain,
+    RouteFilters,
+    overrides,
+)
 from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
 from portico.listeners.http import ClientConnection, Http2Settings, HttpListenerSettings
@@ -35,6 +45,8 @@ from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
 from portico.observe.stats import WorkerStats
 from portico.persistence.stick import StickTable
+from portico.plugins import Filter
+from portico.plugins.guard import Guard
 from portico.proxy.context import ProxyContext
 from portico.routing import Router
 from portico.state.memory import MemoryStore
@@ -53,7 +65,8 @@ GC_GEN0_THRESHOLD = 50_000
 def build_pools(config: Config, loop: asyncio.AbstractEventLoop) -> dict[str, Pool]:
     rng = random.Random()
     return {
-        name: Pool.from_config(name, pool, loop.time, rng) for name, pool in config.pools.items()
+        name: Pool.from_config(name, pool, loop.time, rng, config.plugins)
+        for name, pool in config.pools.items()
     }
 
 
@@ -76,6 +89,42 @@ def request_filters(
         else:
             out.append(RateLimitFilter(listener.rate_limit, loop.time))
     return tuple(out)
+
+
+def plugin_filters(
+    uses: Sequence[FilterUse], where: str, config: Config
+) -> tuple[tuple[RequestFilter, ...], ResponseHooks | None]:
+    """Users' filters named in one `filters:` list (`where`: "listener web", for logs): their
+    request hooks in order, and their response hooks in reverse order (the first filter
+    named sees the request first and the response last). Only overridden hooks are kept."""
+    settings = config.plugins
+    request: list[RequestFilter] = []
+    response: list[tuple[ResponseHook, Guard]] = []
+    for use in uses:
+        cls, options = plugins.build("filters", use.use, use.options, config.pools, settings.path)
+        plugin: Filter = plugins.instantiate(cls, options)
+        guard = Guard(f"{use.use} ({where})", settings.block_budget)
+        if overrides(plugin, "on_request"):
+            request.append(PluginFilter(plugin, guard, settings.timeout))
+        if overrides(plugin, "on_response"):
+            response.append((plugin.on_response, guard))
+    return tuple(request), ResponseHooks(response[::-1]) if response else None
+
+
+def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | None:
+    """The plugin filters of each route of `listener`, by route index (the last entry is the
+    default route's, which has none); None when no route has any (the usual case)."""
+    if not any(route.filters for route in listener.routes):
+        return None
+    chains: list[RouteChain | None] = []
+    for i, route in enumerate(listener.routes):
+        name = route.name if route.name is not None else f"routes[{i}]"
+        request, response = plugin_filters(
+            route.filters, f"route {name} of listener {listener.name}", config
+        )
+        chains.append(RouteChain(request, response) if request or response else None)
+    chains.append(None)  # the default route
+    return tuple(chains)
 
 
 def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
@@ -102,6 +151,9 @@ def listener_settings(
         if listener.protocol == "tcp":
             continue
         limits, timeouts = listener.limits, listener.timeouts
+        plugin_request, response_hooks = plugin_filters(
+            listener.filters, f"listener {listener.name}", config
+        )
         out[listener.name] = HttpListenerSettings(
             name=listener.name,
             pool=pools[listener.default_pool],
@@ -133,7 +185,12 @@ def listener_settings(
                 if listener.access_log is not None
                 else None
             ),
-            filters=request_filters(listener, loop, store, config.state.rate_limit_fallback),
+            filters=(
+                *request_filters(listener, loop, store, config.state.rate_limit_fallback),
+                *plugin_request,
+            ),
+            response_hooks=response_hooks,
+            route_filters=route_filters(listener, config),
             http2=(
                 Http2Settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,

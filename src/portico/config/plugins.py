@@ -26,29 +26,35 @@ import difflib
 import importlib
 import importlib.metadata
 import os
+import random
 import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from portico.config.units import show
 from portico.plugins import POOLS, Filter, Policy, Probe, options_of
+from portico.plugins.guard import DEFAULT_BUDGET, Guard, GuardedPolicy
 
 __all__ = [
     "KINDS",
     "FilterUse",
     "PluginProblem",
     "build",
+    "build_policy",
     "builtin_names",
     "check_reference",
+    "create",
+    "instantiate",
     "is_builtin",
     "load",
     "names",
     "options",
+    "options_of",
     "resolve",
 ]
 
@@ -69,6 +75,8 @@ KINDS: Final[dict[str, Kind]] = {
     "filters": Kind("portico.filters:FILTERS", "portico.filters", Filter, "filter"),
     "probes": Kind("portico.health.probes:PROBES", "portico.probes", Probe, "health probe"),
 }
+
+T = TypeVar("T")
 
 # module.path:Attr, each part a Python identifier
 _REFERENCE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
@@ -223,6 +231,39 @@ def build(
     """The class and its validated options, ready to instantiate."""
     cls = load(kind, ref, path)
     return cls, options(cls, raw, pools)
+
+
+def instantiate(cls: type[T], options: BaseModel | None) -> T:
+    """One instance of a filter or probe class: ``cls(options)``, or ``cls()`` when it
+    declares no `Options` (policies have `Policy.create`)."""
+    factory: Any = cls
+    return cast(T, factory(options) if options_of(cls) is not None else factory())
+
+
+def create(cls: type, options: BaseModel | None) -> object:
+    """An instance of any kind of plugin class, as the worker or the checker builds it."""
+    if issubclass(cls, Policy):
+        return cls.create(options, random.Random())
+    return instantiate(cls, options)
+
+
+def build_policy(
+    ref: str,
+    raw: Mapping[str, Any] | None,
+    rng: random.Random,
+    *,
+    pool: str,
+    path: Iterable[str] = (),
+    budget: float = DEFAULT_BUDGET,
+) -> Policy:
+    """The policy of pool `pool`: a built-in one bare, a user's behind a `Guard` (timed, and
+    what it raises fails only the request concerned)."""
+    cls = load("policies", ref, path)
+    assert issubclass(cls, Policy)
+    policy = cls.create(options(cls, raw, ()), rng)
+    if ref in _builtins("policies"):
+        return policy
+    return GuardedPolicy(policy, Guard(f"{ref} (pool {pool})", budget))
 
 
 def builtin_names(kind: str) -> tuple[str, ...]:

@@ -24,7 +24,14 @@ from portico.http.headers import Header
 from portico.plugins import Filter, Request, Response, ResponseHeaders
 from portico.plugins.guard import Guard
 
-__all__ = ["PluginFilter", "ResponseHooks", "RouteChain", "RouteFilters", "overrides"]
+__all__ = [
+    "PluginFilter",
+    "ResponseHook",
+    "ResponseHooks",
+    "RouteChain",
+    "RouteFilters",
+    "overrides",
+]
 
 _FAILED = upstream_error(500, False)  # the exchange adds "Connection: close" when it must
 
