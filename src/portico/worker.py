@@ -101,7 +101,9 @@ def plugin_filters(
     request: list[RequestFilter] = []
     response: list[tuple[ResponseHook, Guard]] = []
     for use in uses:
-        cls, options = plugins.build("filters", use.use, use.options, config.pools, settings.path)
+        cls, options = plugins.build(
+            "filters", use.use, use.options, config.pools, settings.path, settings.base_dir
+        )
         plugin: Filter = plugins.instantiate(cls, options)
         guard = Guard(f"{use.use} ({where})", settings.block_budget)
         if overrides(plugin, "on_request"):

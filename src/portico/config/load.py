@@ -126,13 +126,13 @@ def parse_config(text: str, filename: str) -> Config:
 
 
 def _with_plugin_path(config: Config, filename: str) -> Config:
-    """`plugins.path` made absolute, from the directory of the config file."""
-    if not config.plugins.path:
-        return config
+    """`plugins.path` made absolute, from the directory of the config file (which relative
+    paths in plugins' options start from too)."""
     base = os.path.dirname(os.path.abspath(filename))
     path = tuple(os.path.normpath(os.path.join(base, entry)) for entry in config.plugins.path)
-    plugins = config.plugins.model_copy(update={"path": path})
-    return config.model_copy(update={"plugins": plugins})
+    settings = config.plugins.model_copy(update={"path": path})
+    settings._base_dir = base
+    return config.model_copy(update={"plugins": settings})
 
 
 def plugin_problems(config: Config) -> list[tuple[Loc, str]]:
@@ -141,6 +141,7 @@ def plugin_problems(config: Config) -> list[tuple[Loc, str]]:
     found: list[tuple[Loc, str]] = []
     pools = list(config.pools)
     path = config.plugins.path
+    base_dir = config.plugins.base_dir
 
     def check(kind: str, ref: str, raw: dict[str, Any], at: Loc, options_at: Loc) -> None:
         try:
@@ -148,13 +149,19 @@ def plugin_problems(config: Config) -> list[tuple[Loc, str]]:
         except plugins.PluginProblem as exc:
             found.append((at, str(exc)))
             return
+        model = plugins.options_of(cls)
+        if model is not None and model.model_config.get("extra") not in ("allow", "forbid"):
+            # a model that would ignore them: a misspelt option is an error all the same
+            known = [field.alias or name for name, field in model.model_fields.items()]
+            for key in raw:
+                if key not in known and key not in model.model_fields:
+                    found.append(((*options_at, key), _unknown_key(str(key), known)))
         try:
-            options = plugins.options(cls, raw, pools)
+            options = plugins.options(cls, raw, pools, base_dir)
         except plugins.PluginProblem as exc:
             found.append((options_at, str(exc)))
             return
         except ValidationError as exc:
-            model = plugins.options_of(cls)
             for error in _relevant(exc.errors(include_url=False)):
                 loc, message = _explain(error, model or Config)
                 found.append(((*options_at, *loc), message))

@@ -37,7 +37,7 @@ from typing import Any, Final, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from portico.config.units import show
-from portico.plugins import POOLS, Filter, Policy, Probe, options_of
+from portico.plugins import CONFIG_DIR, POOLS, Filter, Policy, Probe, options_of
 from portico.plugins.guard import DEFAULT_BUDGET, Guard, GuardedPolicy
 
 __all__ = [
@@ -209,16 +209,20 @@ def _mtime(module: ModuleType) -> float | None:
         return None
 
 
-def options(cls: type, raw: Mapping[str, Any] | None, pools: Iterable[str]) -> BaseModel | None:
+def options(
+    cls: type, raw: Mapping[str, Any] | None, pools: Iterable[str], base_dir: str = ""
+) -> BaseModel | None:
     """`raw` (the config's `with:`) validated by the class's `Options` model; None when it
-    declares none. Raises pydantic's ValidationError (locations relative to `with:`), or
-    PluginProblem for options given to a plugin that takes none."""
+    declares none. `pools` and `base_dir` (the config file's directory) are what `PoolName`
+    and `ConfigPath` options are checked against. Raises pydantic's ValidationError
+    (locations relative to `with:`), or PluginProblem for options to a class without any."""
     model = options_of(cls)
     if model is None:
         if raw:
             raise PluginProblem(f"{cls.__module__}:{cls.__qualname__} takes no options")
         return None
-    return model.model_validate(dict(raw or {}), context={POOLS: list(pools)})
+    context = {POOLS: list(pools), CONFIG_DIR: base_dir}
+    return model.model_validate(dict(raw or {}), context=context)
 
 
 def build(
@@ -227,10 +231,11 @@ def build(
     raw: Mapping[str, Any] | None,
     pools: Iterable[str],
     path: Iterable[str] = (),
+    base_dir: str = "",
 ) -> tuple[type, BaseModel | None]:
     """The class and its validated options, ready to instantiate."""
     cls = load(kind, ref, path)
-    return cls, options(cls, raw, pools)
+    return cls, options(cls, raw, pools, base_dir)
 
 
 def instantiate(cls: type[T], options: BaseModel | None) -> T:

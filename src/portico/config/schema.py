@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -638,6 +639,12 @@ class PluginsConfig(_Model):
     path: Annotated[tuple[str, ...], _EMPTY_LIST] = ()  # module directories, from the config's
     block_budget: Duration = 0.005  # a plugin call holding the event loop longer is logged
     timeout: Duration = 1.0  # an async filter hook must answer within this, else 500
+    _base_dir: str = PrivateAttr(default="")  # the config file's directory, set by load.py
+
+    @property
+    def base_dir(self) -> str:
+        """The directory of the config file: relative paths in plugin options start there."""
+        return self._base_dir
 
 
 class AdminConfig(_Model):

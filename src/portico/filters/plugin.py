@@ -63,10 +63,10 @@ class PluginFilter:
         try:
             answer = self._hook(Request(exchange))
         except Exception as exc:
+            guard.timed(started)  # before logging: the log's own time is not the plugin's
             guard.failed(exc, "on_request")
             return _FAILED
-        finally:
-            guard.timed(started)
+        guard.timed(started)
         return self._answer(answer, exchange)
 
     async def check(self, exchange: FilterRequest) -> bytes | None:
@@ -112,9 +112,9 @@ class ResponseHooks:
             try:
                 hook(request, response)
             except Exception as exc:
-                raise guard.failed(exc, "on_response") from exc
-            finally:
                 guard.timed(started)
+                raise guard.failed(exc, "on_response") from exc
+            guard.timed(started)
         return response.fields
 
 

@@ -45,7 +45,12 @@ def probe_for(active: ActiveHealthConfig, config: Config, pool: str) -> tuple[Pr
     """The probe `active.type` names (the one loader finds built-in and users' probes),
     built once per pool, and the guard its calls run behind."""
     cls, options = plugins.build(
-        "probes", active.type, active.options, config.pools, config.plugins.path
+        "probes",
+        active.type,
+        active.options,
+        config.pools,
+        config.plugins.path,
+        config.plugins.base_dir,
     )
     check: Probe = HttpCheck(active.http) if cls is HttpCheck else plugins.instantiate(cls, options)
     return check, Guard(f"{active.type} (health checks of pool {pool})")

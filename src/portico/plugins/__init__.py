@@ -32,11 +32,12 @@ import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Protocol
 
 from pydantic import AfterValidator, BaseModel, ValidationInfo
 
-from portico.balancing.base import Candidate, Policy
+from portico.balancing.base import C, Candidate, Policy
 from portico.http.headers import Header, RequestHead
 
 if TYPE_CHECKING:
@@ -44,8 +45,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_VERSION",
+    "C",
+    "CONFIG_DIR",
     "POOLS",
     "Candidate",
+    "ConfigPath",
     "Filter",
     "Policy",
     "PoolName",
@@ -63,6 +67,10 @@ POOLS: Final = "portico.pools"
 """Validation-context key: the config's pool names, which `PoolName` options are checked
 against."""
 
+CONFIG_DIR: Final = "portico.config_dir"
+"""Validation-context key: the directory of the config file, which a relative `ConfigPath`
+option is taken from."""
+
 
 def _known_pool(value: str, info: ValidationInfo) -> str:
     pools = info.context.get(POOLS) if isinstance(info.context, dict) else None
@@ -73,6 +81,15 @@ def _known_pool(value: str, info: ValidationInfo) -> str:
 
 PoolName = Annotated[str, AfterValidator(_known_pool)]
 """An option naming a pool of the config: `portico check` refuses a name that is not one."""
+
+
+def _from_config_dir(value: Path, info: ValidationInfo) -> Path:
+    base = info.context.get(CONFIG_DIR) if isinstance(info.context, dict) else None
+    return value if value.is_absolute() or not base else Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_from_config_dir)]
+"""An option naming a file: a relative path is taken from the config file's directory."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,8 +102,9 @@ class GuardedPolicy(Policy):
     def pick(self, candidates: Sequence[C], key: bytes) -> C | None:
         started = time.perf_counter()
         try:
-            return self.inner.pick(candidates, key)
+            chosen = self.inner.pick(candidates, key)
         except Exception as exc:
+            self.guard.timed(started)  # before logging: the log's own time is not the plugin's
             raise self.guard.failed(exc, "pick") from exc
-        finally:
-            self.guard.timed(started)
+        self.guard.timed(started)
+        return chosen
