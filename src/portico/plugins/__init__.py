@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_VERSION",
-    "C",
     "CONFIG_DIR",
     "POOLS",
+    "C",
     "Candidate",
     "ConfigPath",
     "Filter",
