@@ -121,6 +121,11 @@ def resolve(kind: str, ref: str) -> str | type:
     if target is not None:
         return target
     known = names(kind)
+    if not known:
+        raise PluginProblem(
+            f"no {KINDS[kind].noun} is registered as {show(ref)}: write module.path:ClassName"
+            f" (or install a package registering it under the {KINDS[kind].group} entry points)"
+        )
     message = f"must be one of: {', '.join(known)}, not {show(ref)}"
     close = difflib.get_close_matches(ref, known, n=1, cutoff=0.6)
     if close:
