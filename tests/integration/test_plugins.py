@@ -148,6 +148,19 @@ def test_json_probe_takes_a_server_out_when_its_health_field_changes(backends, p
     assert proxy.wait_for_stderr("server flaky of pool app is UP (status is 'ok')", 10, start)
 
 
+def test_least_latency_policy_sends_requests_to_the_faster_server(backends, portico) -> None:
+    slow = backends("slow", lambda seen: Reply(body=b"slow", delay=0.2))
+    fast = backends("fast")
+    text = config("", {"app": [slow, fast]}).replace(
+        "  app:\n", "  app:\n    policy: policies:LeastLatency\n"
+    )
+    proxy = portico(text)
+    answers = [request(proxy.port).body for _ in range(6)]
+    # unsampled servers go first; once each has answered, the slow one is avoided
+    assert answers.count(b"slow") == 1
+    assert answers[-3:] == [b"fast"] * 3
+
+
 FAULTY = """\
 import asyncio
 import time
