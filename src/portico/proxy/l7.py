@@ -312,7 +312,9 @@ class Exchange:
 
     def _filtered(self, answer: bytes) -> None:
         client = self._client
-        if answer.startswith(b"HTTP/1.1 429"):  # only the rate limiter answers 429
+        # counted as rate limited: the rate limiter's 429 (and, until local answers are values,
+        # a plugin's 429 too)
+        if answer.startswith(b"HTTP/1.1 429"):
             client.context.stats.ratelimited(client.settings.name)
         self._respond_locally(answer)
 
