@@ -126,13 +126,30 @@ def parse_config(text: str, filename: str) -> Config:
 
 
 def _with_plugin_path(config: Config, filename: str) -> Config:
-    """`plugins.path` made absolute, from the directory of the config file (which relative
-    paths in plugins' options start from too)."""
+    """`plugins.path` made absolute, from the directory of the config file, which relative
+    paths in plugins' options start from too (kept only for a config naming plugins of its
+    own: two configs without any stay equal wherever their files are)."""
+    if not config.plugins.path and not _names_plugins(config):
+        return config
     base = os.path.dirname(os.path.abspath(filename))
     path = tuple(os.path.normpath(os.path.join(base, entry)) for entry in config.plugins.path)
     settings = config.plugins.model_copy(update={"path": path})
     settings._base_dir = base
     return config.model_copy(update={"plugins": settings})
+
+
+def _names_plugins(config: Config) -> bool:
+    """Whether `config` names a plugin other than a built-in one without options."""
+    for listener in config.listeners:
+        if listener.filters or any(route.filters for route in listener.routes):
+            return True
+    for pool in config.pools.values():
+        if pool.policy_with or not plugins.is_builtin("policies", pool.policy):
+            return True
+        active = pool.health.active
+        if active is not None and (active.options or not plugins.is_builtin("probes", active.type)):
+            return True
+    return False
 
 
 def plugin_problems(config: Config) -> list[tuple[Loc, str]]:
