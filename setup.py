@@ -34,6 +34,7 @@ COMPILED = [
     "src/portico/upstreams/backend.py",
     "src/portico/upstreams/pool.py",
     "src/portico/observe/stats.py",
+    "src/portico/proxy/context.py",  # listener settings, read natively by the two below
     "src/portico/listeners/http.py",
     "src/portico/proxy/l7.py",
     "src/portico/proxy/h2.py",  # H2Exchange subclasses l7's Exchange: compiled together

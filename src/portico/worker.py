@@ -19,16 +19,25 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from portico import channel, tasks
+from portico.config import plugins
 from portico.config.load import parse_config
+from portico.config.plugins import FilterUse
 from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
+from portico.filters.plugin import (
+    PluginFilter,
+    ResponseHook,
+    ResponseHooks,
+    RouteChain,
+    RouteFilters,
+    overrides,
+)
 from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
-from portico.listeners.h2 import H2ClientConnection
 from portico.listeners.http import ClientConnection, Http2Settings, HttpListenerSettings
 from portico.listeners.tcp import (
     TcpClientConnection,
@@ -39,9 +48,12 @@ from portico.listeners.tcp import (
 from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
-from portico.observe.debug_header import DebugHeader
 from portico.observe.stats import WorkerStats
 from portico.persistence.stick import StickTable
+from portico.plugins import Filter
+from portico.plugins.guard import Guard
+from portico.proxy.context import ProxyContext
+from portico.proxy.debug_header import DebugHeader
 from portico.routing import Router
 from portico.state.memory import MemoryStore
 from portico.state.redis_store import RedisStore
@@ -59,7 +71,8 @@ GC_GEN0_THRESHOLD = 50_000
 def build_pools(config: Config, loop: asyncio.AbstractEventLoop) -> dict[str, Pool]:
     rng = random.Random()
     return {
-        name: Pool.from_config(name, pool, loop.time, rng) for name, pool in config.pools.items()
+        name: Pool.from_config(name, pool, loop.time, rng, config.plugins)
+        for name, pool in config.pools.items()
     }
 
 
@@ -99,6 +112,44 @@ def debug_header(config: Config, listener: ListenerConfig) -> DebugHeader | None
     )
 
 
+def plugin_filters(
+    uses: Sequence[FilterUse], where: str, config: Config
+) -> tuple[tuple[RequestFilter, ...], ResponseHooks | None]:
+    """Users' filters named in one `filters:` list (`where`: "listener web", for logs): their
+    request hooks in order, and their response hooks in reverse order (the first filter
+    named sees the request first and the response last). Only overridden hooks are kept."""
+    settings = config.plugins
+    request: list[RequestFilter] = []
+    response: list[tuple[ResponseHook, Guard]] = []
+    for use in uses:
+        cls, options = plugins.build(
+            "filters", use.use, use.options, config.pools, settings.path, settings.base_dir
+        )
+        plugin: Filter = plugins.instantiate(cls, options)
+        guard = Guard(f"{use.use} ({where})", settings.block_budget)
+        if overrides(plugin, "on_request"):
+            request.append(PluginFilter(plugin, guard, settings.timeout))
+        if overrides(plugin, "on_response"):
+            response.append((plugin.on_response, guard))
+    return tuple(request), ResponseHooks(response[::-1]) if response else None
+
+
+def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | None:
+    """The plugin filters of each route of `listener`, by route index (the last entry is the
+    default route's, which has none); None when no route has any (the usual case)."""
+    if not any(route.filters for route in listener.routes):
+        return None
+    chains: list[RouteChain | None] = []
+    for i, route in enumerate(listener.routes):
+        name = route.name if route.name is not None else f"routes[{i}]"
+        request, response = plugin_filters(
+            route.filters, f"route {name} of listener {listener.name}", config
+        )
+        chains.append(RouteChain(request, response) if request or response else None)
+    chains.append(None)  # the default route
+    return tuple(chains)
+
+
 def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
     """One writer per distinct (path, format): listeners sharing a file share its writer."""
     writers: dict[tuple[str, str], AccessLogWriter] = {}
@@ -125,6 +176,9 @@ def listener_settings(
         if listener.protocol == "tcp":
             continue
         limits, timeouts = listener.limits, listener.timeouts
+        plugin_request, response_hooks = plugin_filters(
+            listener.filters, f"listener {listener.name}", config
+        )
         out[listener.name] = HttpListenerSettings(
             name=listener.name,
             pool=pools[listener.default_pool],
@@ -158,13 +212,18 @@ def listener_settings(
                 if listener.access_log is not None
                 else None
             ),
-            filters=request_filters(
-                listener,
-                loop,
-                store,
-                config.state.rate_limit_fallback,
-                config.https_port(listener, bound),
+            filters=(
+                *request_filters(
+                    listener,
+                    loop,
+                    store,
+                    config.state.rate_limit_fallback,
+                    config.https_port(listener, bound),
+                ),
+                *plugin_request,
             ),
+            response_hooks=response_hooks,
+            route_filters=route_filters(listener, config),
             http2=(
                 Http2Settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,
@@ -224,10 +283,12 @@ class Worker:
         self.loop = loop
         self.config = config
         self.sockets = sockets
-        self.connections: set[ClientConnection | TcpClientConnection | H2ClientConnection] = set()
-        self.client_connections: dict[str, int] = {}  # open connections per client address
         self.pools = build_pools(config, loop)
         self.stats = WorkerStats.for_config(config)
+        # what connections and exchanges see of this worker
+        self.context = ProxyContext(loop, self.stats, self.pools)
+        self.connections = self.context.connections
+        self.all_closed = self.context.all_closed  # set while no client connection is open
         self.access_logs = access_logs(config)
         state = config.state
         # one store per worker process, used on this loop only
@@ -250,7 +311,6 @@ class Worker:
         self.servers: list[asyncio.Server] = []
         self.terminators: list[TlsTerminator] = []
         self._listeners = {listener.name: listener for listener in config.listeners}
-        self.all_closed = asyncio.Event()  # set while no client connection is open
 
     def handle(self, message: dict[str, Any]) -> None:
         """A control-plane message other than stop."""
@@ -296,35 +356,6 @@ class Worker:
                 if isinstance(request_filter, SharedRateLimitFilter):
                     counters["ratelimit_fallbacks"].append([name, request_filter.fallbacks])
 
-    def admit(self, client_ip: str, limit: int) -> bool:
-        """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it
-        (False) when it already has `limit` open in this worker."""
-        counts = self.client_connections
-        open_now = counts.get(client_ip, 0)
-        if open_now >= limit:
-            return False
-        counts[client_ip] = open_now + 1
-        return True
-
-    def release(self, client_ip: str) -> None:
-        """A connection counted by `admit` closed."""
-        counts = self.client_connections
-        left = counts[client_ip] - 1
-        if left:
-            counts[client_ip] = left
-        else:
-            del counts[client_ip]
-
-    def forget(self, conn: ClientConnection | TcpClientConnection | H2ClientConnection) -> None:
-        """A client connection closed."""
-        self.connections.discard(conn)
-        if not self.connections:
-            self.all_closed.set()
-
-    def remember(self, conn: ClientConnection | TcpClientConnection | H2ClientConnection) -> None:
-        self.connections.add(conn)
-        self.all_closed.clear()
-
     async def start(self) -> None:
         for name, sock in self.sockets.items():
             listener = self._listeners[name]
@@ -334,7 +365,7 @@ class Worker:
             tcp = self.tcp_settings.get(name)
             if tcp is not None:
                 server = await self.loop.create_server(
-                    lambda tcp=tcp: TcpClientConnection(tcp, self),  # type: ignore[misc]
+                    lambda tcp=tcp: TcpClientConnection(tcp, self.context),  # type: ignore[misc]
                     sock=sock,
                     backlog=backlog,
                 )
@@ -350,7 +381,7 @@ class Worker:
             if terminator is not None:
                 self.terminators.append(terminator)
             server = await self.loop.create_server(
-                lambda settings=settings: ClientConnection(settings, self),
+                lambda settings=settings: ClientConnection(settings, self.context),
                 sock=sock,
                 ssl=terminator.context if terminator is not None else None,
                 ssl_handshake_timeout=(

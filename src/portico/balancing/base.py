@@ -10,8 +10,12 @@ anything time- or chance-dependent is passed in, so every decision is reproducib
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = ["C", "Candidate", "CandidateSetCache", "Policy", "Signature"]
 
@@ -48,11 +52,34 @@ T = TypeVar("T")
 Signature = tuple[tuple[str, int], ...]
 
 
-class Policy(Protocol):
-    """Chooses the backend for one request; the pool owns one instance per pool."""
+class Policy:
+    """Chooses the backend for one request; the pool owns one instance per pool.
 
-    needs_key: bool
+    The base of every policy, the built-in ones and users' (`portico.plugins` exports it):
+    a plain class, never compiled, so any policy may subclass it in either build. What a pool
+    must do for a policy is said by class attributes, not by its config name.
+    """
+
+    __slots__ = ()
+
+    Options: ClassVar[type[BaseModel] | None] = None
+    """The pydantic model of the policy's options (`policy: {use: ..., with: {...}}`)."""
+
+    needs_key: bool = False
     """True for hashing policies: the caller then computes the key per request."""
+
+    fixed_key: str | None = None
+    """The hash key whatever the pool's `hash_key` says (`ip_hash`: "client_ip")."""
+
+    needs_latency: bool = False
+    """True when `pick` reads `Candidate.latency`: the pool then times every response."""
+
+    @classmethod
+    def create(cls, options: BaseModel | None, rng: random.Random) -> Self:
+        """A new instance for one pool: ``cls(options)``, or ``cls()`` without `Options`.
+        Override to use `rng`, the pool's random source (seeded in tests)."""
+        factory: Any = cls
+        return cast(Self, factory(options) if cls.Options is not None else factory())
 
     def pick(self, candidates: Sequence[C], key: bytes) -> C | None:
         """Choose one of `candidates`, or None when there are none.
@@ -61,7 +88,7 @@ class Policy(Protocol):
         servers go up and down. `key` is b"" unless `needs_key`. Runs once per request, so
         implementations keep it cheap and allocation-free in the steady state.
         """
-        ...
+        raise NotImplementedError
 
 
 class CandidateSetCache(Generic[T]):

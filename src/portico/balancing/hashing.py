@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from xxhash import xxh3_64_intdigest
 
-from portico.balancing.base import C, CandidateSetCache, Signature
+from portico.balancing.base import C, CandidateSetCache, Policy, Signature
 
 __all__ = ["POINTS_PER_WEIGHT", "ConsistentHash", "IpHash"]
 
@@ -45,7 +45,7 @@ def _build_ring(signature: Signature) -> _Ring:
     return _Ring(hashes=[p[0] for p in points], owners=[p[2] for p in points])
 
 
-class ConsistentHash:
+class ConsistentHash(Policy):
     """Hash ring with virtual nodes (Karger et al., ketama): minimal disruption on change.
 
     Each backend owns `POINTS_PER_WEIGHT * weight` points on a 64-bit ring; a key belongs to the
@@ -83,7 +83,7 @@ def _build_slots(signature: Signature) -> list[int]:
     return [index for index in order for _ in range(signature[index][1])]
 
 
-class IpHash:
+class IpHash(Policy):
     """Map-based hashing, as HAProxy's default `balance source`: a weighted slot table.
 
     Each backend fills `weight` slots of a table; a key goes to slot XXH3-64(key) % len(table).
@@ -98,6 +98,8 @@ class IpHash:
 
     __slots__ = ("_cache",)
     needs_key = True
+    fixed_key = "client_ip"  # `balance source`: the client address, whatever hash_key says
+    fixed_key = "client_ip"  # `balance source`: the client address, whatever hash_key says
 
     def __init__(self) -> None:
         self._cache = CandidateSetCache(_build_slots)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from portico.balancing.base import C
+from portico.balancing.base import C, Policy
 
 __all__ = ["LeastConn"]
 
 
-class LeastConn:
+class LeastConn(Policy):
     """Lowest `in_flight / weight` wins; ties rotate among the tied candidates.
 
     The scan starts just after the previous winner, and only a strictly lower load displaces

@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from portico.balancing.base import C, Candidate
+from portico.balancing.base import C, Candidate, Policy
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = ["UNSAMPLED_PENALTY", "P2CEwma", "PeakEwma", "cost"]
 
@@ -59,7 +63,7 @@ class PeakEwma:
         return self._estimate * math.exp(-max(now - self._stamp, 0.0) / self.tau)
 
 
-class P2CEwma:
+class P2CEwma(Policy):
     """Power of two choices: draw two distinct candidates at random, send to the cheaper.
 
     cost = latency * (in_flight + 1) / weight: expected wait if queued behind the outstanding
@@ -75,9 +79,14 @@ class P2CEwma:
 
     __slots__ = ("_rng",)
     needs_key = False
+    needs_latency = True
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
+
+    @classmethod
+    def create(cls, options: BaseModel | None, rng: random.Random) -> P2CEwma:
+        return cls(rng)
 
     def pick(self, candidates: Sequence[C], key: bytes) -> C | None:
         """The cheaper of two distinct random candidates, the only one, or None if none."""

@@ -12,13 +12,17 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
-from portico.balancing.base import C, CandidateSetCache, Signature
+from portico.balancing.base import C, CandidateSetCache, Policy, Signature
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = ["Random", "RoundRobin", "SmoothWeightedRoundRobin"]
 
 
-class RoundRobin:
+class RoundRobin(Policy):
     """Each candidate in turn, ignoring weights.
 
     The cursor is an index, so when the set shrinks below it the rotation restarts at the first
@@ -53,7 +57,7 @@ class _SmoothState:
     total: int
 
 
-class SmoothWeightedRoundRobin:
+class SmoothWeightedRoundRobin(Policy):
     """NGINX's smooth weighted round robin: proportional to weight, interleaved, no bursts.
 
     Each pick adds every candidate's weight to its current weight, picks the largest current
@@ -122,7 +126,7 @@ def _cumulative(signature: Signature) -> _CumulativeWeights:
     )
 
 
-class Random:
+class Random(Policy):
     """A random candidate, in proportion to weight, drawn from the given `random.Random`.
 
     Stateless between requests, so independent proxies need no coordination; the price is
@@ -136,6 +140,10 @@ class Random:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
         self._cache = CandidateSetCache(_cumulative)
+
+    @classmethod
+    def create(cls, options: BaseModel | None, rng: random.Random) -> Random:
+        return cls(rng)
 
     def pick(self, candidates: Sequence[C], key: bytes) -> C | None:
         """A weighted-random candidate, or None if there are none."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from portico.config import plugins
 from portico.config.schema import (
     DEFER_REFERENCES,
     Config,
@@ -116,9 +117,95 @@ def parse_config(text: str, filename: str) -> Config:
         found.extend(_explain(error) for error in _relevant(exc.errors(include_url=False)))
     if config is not None:
         found.extend((issue.loc, issue.message) for issue in check_references(config))
+    if config is not None and not placed and not found:
+        config = _with_plugin_path(config, filename)
+        found.extend(plugin_problems(config))
     if config is None or placed or found:
         raise ConfigError(_problems(placed, found, lines, filename))
     return config
+
+
+def _with_plugin_path(config: Config, filename: str) -> Config:
+    """`plugins.path` made absolute, from the directory of the config file, which relative
+    paths in plugins' options start from too (kept only for a config naming plugins of its
+    own: two configs without any stay equal wherever their files are)."""
+    if not config.plugins.path and not _names_plugins(config):
+        return config
+    base = os.path.dirname(os.path.abspath(filename))
+    path = tuple(os.path.normpath(os.path.join(base, entry)) for entry in config.plugins.path)
+    settings = config.plugins.model_copy(update={"path": path})
+    settings._base_dir = base
+    return config.model_copy(update={"plugins": settings})
+
+
+def _names_plugins(config: Config) -> bool:
+    """Whether `config` names a plugin other than a built-in one without options."""
+    for listener in config.listeners:
+        if listener.filters or any(route.filters for route in listener.routes):
+            return True
+    for pool in config.pools.values():
+        if pool.policy_with or not plugins.is_builtin("policies", pool.policy):
+            return True
+        active = pool.health.active
+        if active is not None and (active.options or not plugins.is_builtin("probes", active.type)):
+            return True
+    return False
+
+
+def plugin_problems(config: Config) -> list[tuple[Loc, str]]:
+    """Import every plugin `config` names and validate its options: each problem at the key
+    path of the reference (``use``, ``policy``, ``type``) or of its options (``with``)."""
+    found: list[tuple[Loc, str]] = []
+    pools = list(config.pools)
+    path = config.plugins.path
+    base_dir = config.plugins.base_dir
+
+    def check(kind: str, ref: str, raw: dict[str, Any], at: Loc, options_at: Loc) -> None:
+        try:
+            cls = plugins.load(kind, ref, path)
+        except plugins.PluginProblem as exc:
+            found.append((at, str(exc)))
+            return
+        model = plugins.options_of(cls)
+        if model is not None and model.model_config.get("extra") not in ("allow", "forbid"):
+            # a model that would ignore them: a misspelt option is an error all the same
+            known = [field.alias or name for name, field in model.model_fields.items()]
+            for key in raw:
+                if key not in known and key not in model.model_fields:
+                    found.append(((*options_at, key), _unknown_key(str(key), known)))
+        try:
+            options = plugins.options(cls, raw, pools, base_dir)
+        except plugins.PluginProblem as exc:
+            found.append((options_at, str(exc)))
+            return
+        except ValidationError as exc:
+            for error in _relevant(exc.errors(include_url=False)):
+                loc, message = _explain(error, model or Config)
+                found.append(((*options_at, *loc), message))
+            return
+        if plugins.is_builtin(kind, ref):
+            return
+        try:  # as a worker will: a constructor that fails here would fail there
+            plugins.create(cls, options)
+        except Exception as exc:
+            found.append((at, f"creating {ref} failed: {type(exc).__name__}: {exc}"))
+
+    for i, listener in enumerate(config.listeners):
+        for j, use in enumerate(listener.filters):
+            at: Loc = ("listeners", i, "filters", j)
+            check("filters", use.use, use.options, (*at, "use"), (*at, "with"))
+        for k, route in enumerate(listener.routes):
+            for j, use in enumerate(route.filters):
+                at = ("listeners", i, "routes", k, "filters", j)
+                check("filters", use.use, use.options, (*at, "use"), (*at, "with"))
+    for name, pool in config.pools.items():
+        at = ("pools", name, "policy")
+        check("policies", pool.policy, pool.policy_with, at, (*at, "with"))
+        active = pool.health.active
+        if active is not None:
+            at = ("pools", name, "health", "active")
+            check("probes", active.type, active.options, (*at, "type"), (*at, "with"))
+    return found
 
 
 def _problems(
@@ -289,8 +376,9 @@ def _relevant(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     ]
 
 
-def _explain(error: ErrorDetails) -> tuple[Loc, str]:
-    """Turn one pydantic error into a key path and a message an operator can act on."""
+def _explain(error: ErrorDetails, root: type[BaseModel] = Config) -> tuple[Loc, str]:
+    """Turn one pydantic error into a key path and a message an operator can act on; `root`
+    is the model the path starts from (a plugin's options model, or the whole Config)."""
     loc: Loc = tuple(error["loc"])
     kind = error["type"]
     value = error.get("input")
@@ -298,13 +386,13 @@ def _explain(error: ErrorDetails) -> tuple[Loc, str]:
     if kind == "missing":
         return loc[:-1], f'missing required key "{loc[-1]}"'
     if kind == "extra_forbidden":
-        return loc, _unknown_key(str(loc[-1]), _keys_at(loc[:-1]))
+        return loc, _unknown_key(str(loc[-1]), _keys_at(loc[:-1], root))
     if loc and loc[-1] == "[key]":
         loc = (*loc[:-2], str(loc[-2]))  # a bad mapping key: report it at the key itself
     if kind == "value_error":
         return loc, str(ctx.get("error", error["msg"].removeprefix("Value error, ")))
     if kind == "literal_error":
-        return loc, _not_one_of(value, _choices_at(loc) or [str(ctx.get("expected", ""))])
+        return loc, _not_one_of(value, _choices_at(loc, root) or [str(ctx.get("expected", ""))])
     if kind == "too_short":
         return loc, "must have at least one entry"
     expected = _EXPECTED.get(kind)
@@ -370,13 +458,13 @@ def _not_one_of(value: object, choices: Sequence[str]) -> str:
     return message
 
 
-def _type_at(loc: Loc) -> Any:
-    """The schema type found by following `loc` from Config, or None if it leads nowhere."""
-    tp: Any = Config
+def _type_at(loc: Loc, root: type[BaseModel] = Config) -> Any:
+    """The schema type found by following `loc` from `root`, or None if it leads nowhere."""
+    tp: Any = root
     for part in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field_info = tp.model_fields.get(str(part))
+            field_info = tp.model_fields.get(str(part)) or _by_alias(tp, str(part))
             if field_info is None:
                 return None
             tp = field_info.annotation
@@ -404,15 +492,22 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
-def _keys_at(loc: Loc) -> list[str]:
-    tp = _type_at(loc)
+def _by_alias(model: type[BaseModel], key: str) -> Any:
+    for field_info in model.model_fields.values():
+        if field_info.alias == key:
+            return field_info
+    return None
+
+
+def _keys_at(loc: Loc, root: type[BaseModel] = Config) -> list[str]:
+    tp = _type_at(loc, root)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return list(tp.model_fields)
+        return [field.alias or name for name, field in tp.model_fields.items()]
     return []
 
 
-def _choices_at(loc: Loc) -> list[str]:
-    tp = _type_at(loc)
+def _choices_at(loc: Loc, root: type[BaseModel] = Config) -> list[str]:
+    tp = _type_at(loc, root)
     if get_origin(tp) is Literal:
         return [str(arg) for arg in get_args(tp)]
     return []

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Final, Literal, NamedTuple, Self, get_args
+from typing import Annotated, Any, Final, Literal, NamedTuple, Self
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -27,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from portico.config.plugins import FilterUse, builtin_names, check_reference
 from portico.config.routes import HeaderName, Routes
 from portico.config.tls import TlsConfig
 from portico.config.units import (
@@ -40,6 +42,7 @@ from portico.config.units import (
     ServerName,
     Size,
     parse_address,
+    parse_rate,
     show,
 )
 
@@ -58,10 +61,12 @@ __all__ = [
     "ListenerTimeouts",
     "Loc",
     "PassiveHealthConfig",
+    "PluginsConfig",
     "PolicyName",
     "PoolConfig",
     "PoolKeepalive",
     "PoolTimeouts",
+    "ProbeName",
     "QueueConfig",
     "RateLimitConfig",
     "ReferenceIssue",
@@ -74,18 +79,16 @@ __all__ = [
 
 MAX_WORKERS: Final = 64
 
-PolicyName = Literal[
-    "round_robin",
-    "weighted_round_robin",
-    "least_conn",
-    "random",
-    "p2c_ewma",
-    "ip_hash",
-    "consistent_hash",
-]
-"""Balancing policies, by the names they are registered under in `portico.balancing`."""
+PolicyName = Annotated[str, AfterValidator(check_reference("policies"))]
+"""A balancing policy: a name registered in `portico.balancing.POLICIES` or by an entry point,
+or ``module:Class`` (`portico.config.plugins` finds it)."""
 
-POLICY_NAMES: Final[tuple[str, ...]] = get_args(PolicyName)
+POLICY_NAMES: Final[tuple[str, ...]] = builtin_names("policies")
+"""The built-in policies' names."""
+
+ProbeName = Annotated[str, AfterValidator(check_reference("probes"))]
+"""An active health probe: ``http``, ``tcp``, a name registered by an entry point, or
+``module:Class``."""
 
 DEFER_REFERENCES: Final = "portico.defer_references"
 """Validation-context key: when true, `Config` skips `check_references` so that the caller
@@ -217,8 +220,6 @@ def _check_non_negative(value: float) -> float:
 
 
 def _parse_rate(value: object) -> object:
-    from portico.filters.ratelimit import parse_rate
-
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -418,6 +419,7 @@ class ListenerConfig(_Model):
     routes: Routes = ()  # http: ordered rules, first match wins; else default_pool
     access_log: AccessLogConfig | None = None  # also turns on X-Request-Id (passed or made)
     rate_limit: RateLimitConfig | None = None
+    filters: Annotated[tuple[FilterUse, ...], _EMPTY_LIST] = ()  # plugins, on every request
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
     proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers
     http2: Annotated[  # off unless set
@@ -523,7 +525,8 @@ class HttpCheckConfig(_Model):
 class ActiveHealthConfig(_Model):
     """Active checks, run by the control plane once per instance and shared with workers."""
 
-    type: Literal["http", "tcp"] = "http"
+    type: ProbeName = "http"  # http, tcp, or a plugin: mypkg.probes:Grpc
+    options: Annotated[dict[str, Any], _EMPTY_SECTION] = Field(default_factory=dict, alias="with")
     interval: Duration = 2.0
     timeout: Duration = 1.0  # must not exceed interval
     rise: _RiseFall = 2  # successes in a row that bring a server back
@@ -644,6 +647,8 @@ class PoolConfig(_Model):
     """A named group of servers and how requests are spread over them."""
 
     policy: PolicyName = "round_robin"
+    # a policy's options, given as `policy: {use: NAME, with: {...}}`
+    policy_with: Annotated[dict[str, Any], _EMPTY_SECTION] = Field(default_factory=dict)
     hash_key: Annotated[str, AfterValidator(_check_hash_key)] = "client_ip"
     servers: tuple[ServerConfig, ...] = Field(min_length=1)
     timeouts: Annotated[PoolTimeouts, _EMPTY_SECTION] = Field(default_factory=PoolTimeouts)
@@ -664,6 +669,20 @@ class PoolConfig(_Model):
     sticky: StickyConfig | None = None  # cookie persistence
     stick: StickConfig | None = None  # stick table on a client key (e.g. the app's session)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_mapping(cls, data: Any) -> Any:
+        """`policy: {use: NAME, with: {...}}` is the name, and its options beside it."""
+        if not isinstance(data, dict) or not isinstance(data.get("policy"), dict):
+            return data
+        spec = data["policy"]
+        unknown = [key for key in spec if key not in ("use", "with")]
+        if unknown:
+            raise ValueError(f'policy: unknown key "{unknown[0]}" (valid keys here: use, with)')
+        if "use" not in spec:
+            raise ValueError('policy: missing required key "use"')
+        return {**data, "policy": spec["use"], "policy_with": spec.get("with") or {}}
+
 
 # ---------------------------------------------------------------------------------------------
 # The whole file
@@ -683,6 +702,20 @@ class StateConfig(_Model):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{show(value)} is not a Redis URL: write redis://host:port/db")
         return value
+
+
+class PluginsConfig(_Model):
+    """How Portico runs the plugins a config names (docs/plugins.md)."""
+
+    path: Annotated[tuple[str, ...], _EMPTY_LIST] = ()  # module directories, from the config's
+    block_budget: Duration = 0.005  # a plugin call holding the event loop longer is logged
+    timeout: Duration = 1.0  # an async filter hook must answer within this, else 500
+    _base_dir: str = PrivateAttr(default="")  # the config file's directory, set by load.py
+
+    @property
+    def base_dir(self) -> str:
+        """The directory of the config file: relative paths in plugin options start there."""
+        return self._base_dir
 
 
 class AdminConfig(_Model):
@@ -713,6 +746,7 @@ class Config(_Model):
     listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     admin: Annotated[AdminConfig, _EMPTY_SECTION] | None = None  # no admin listener unless set
+    plugins: Annotated[PluginsConfig, _EMPTY_SECTION] = Field(default_factory=PluginsConfig)
 
     @model_validator(mode="after")
     def _check_references(self, info: ValidationInfo) -> Self:
@@ -926,6 +960,10 @@ def check_references(config: Config) -> list[ReferenceIssue]:
             )
         if listener.routes and listener.protocol == "tcp":
             issues.append(ReferenceIssue(("listeners", i, "routes"), "routes need protocol: http"))
+        if listener.filters and listener.protocol == "tcp":
+            issues.append(
+                ReferenceIssue(("listeners", i, "filters"), "filters need protocol: http or https")
+            )
         if listener.default_pool not in config.pools:
             issues.append(
                 ReferenceIssue(

@@ -1,10 +1,10 @@
-"""Human units in the config file: durations, sizes, listen/connect addresses and names.
+"""Human units in the config file: durations, sizes, rates, listen/connect addresses and names.
 
-This module owns the text forms an operator writes (``2s``, ``64KiB``, ``[::1]:8080``), the
-parsing of them into plain numbers and a `HostPort`, the error messages for bad ones, the rule
-for the names of listeners, pools, routes and servers (the admin API takes names by the same
-rule), and the pydantic annotated types (`Duration`, `Size`, `Address`, `Name`, `ServerName`)
-that the schema uses for its fields.
+This module owns the text forms an operator writes (``2s``, ``64KiB``, ``100/s``,
+``[::1]:8080``), the parsing of them into plain numbers and a `HostPort`, the error messages
+for bad ones, the rule for the names of listeners, pools, routes and servers (the admin API
+takes names by the same rule), and the pydantic annotated types (`Duration`, `Size`,
+`Address`, `Name`, `ServerName`) that the schema uses for its fields.
 It is *pure*: it never reads files, resolves host names or touches sockets.
 """
 
@@ -31,6 +31,7 @@ __all__ = [
     "check_server_name",
     "parse_address",
     "parse_duration",
+    "parse_rate",
     "parse_size",
 ]
 
@@ -159,6 +160,33 @@ def parse_size(value: object) -> int:
     if size != size.to_integral_value():
         raise ValueError(f"{show(value)} is not a whole number of bytes: {_SIZE_HINT}")
     return int(size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rates
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:/\s*([smh]))?", re.IGNORECASE)
+_RATE_HINT = "write a number per s, m or h, e.g. 100/s"
+
+
+def parse_rate(text: str) -> float:
+    """Requests per second for ``"100/s"``, ``"10/m"``, ``"5000/h"``, ``"2.5/s"`` or
+    ``"100"`` (per second).
+
+    Raises ValueError naming the text for anything else, including a rate of zero (that is
+    not a limit but a block) and numbers too large to be finite.
+    """
+    match = _RATE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f'"{text}" is not a rate: {_RATE_HINT}')
+    number, unit = match.groups()
+    rate = float(number) / (_RATE_UNITS[unit.lower()] if unit else 1.0)
+    if not math.isfinite(rate):
+        raise ValueError(f'"{text}" is too large a rate: {_RATE_HINT}')
+    if rate <= 0:
+        raise ValueError(f'"{text}" is not a rate: it must be more than 0, e.g. 100/s')
+    return rate
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from portico.filters.ratelimit import RateLimitFilter
 from portico.filters.redirect import RedirectToHttps
 from portico.health import slow_start_factor
 from portico.http.headers import Header
-from portico.observe.debug_header import short_form
+from portico.proxy.debug_header import short_form
 from portico.routing import Route, Router, apply_request_headers, redirect_response, rewrite_path
 from portico.routing.actions import fixed_response
 from portico.routing.matchers import RequestView, WantedHeaders, host_name

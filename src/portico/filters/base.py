@@ -1,17 +1,22 @@
 """What a filter is: a hook on a request's way that may answer it locally.
 
-Owns the filter interface only. Filters are built once per config (one object per listener or
-route), so a request pays only for the hooks that exist; a listener without filters pays
-nothing. Hooks are plain functions: a filter that must wait on I/O (a shared store) does so
-with its own bounded timeout, never by blocking the loop.
+Owns the filter interface. Filters see a request as `FilterRequest` (a protocol the proxy's
+`Exchange` satisfies), so that filters never import the proxy that runs them. Filters are
+built once per config (one object per listener or route), so a request pays only for the hooks
+that exist; a listener without filters pays nothing. Hooks are plain functions: a filter that
+must wait on I/O (a shared store) does so with its own bounded timeout, never by blocking the
+loop. Users' filters (`portico.plugins.Filter`) reach this chain through `filters.plugin`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from portico.proxy.l7 import Exchange
+from portico.plugins import ProxiedRequest
+
+FilterRequest = ProxiedRequest
+"""What a filter may read and change of one request (`portico.proxy.l7.Exchange` satisfies
+it; users' filters see it through `portico.plugins.Request`)."""
 
 
 class RequestFilter(Protocol):
@@ -20,10 +25,10 @@ class RequestFilter(Protocol):
 
     asynchronous: bool
 
-    def on_request(self, exchange: Exchange) -> bytes | None:
+    def on_request(self, exchange: FilterRequest) -> bytes | None:
         """None to let the request go on; else the complete response to answer with."""
         ...
 
-    async def check(self, exchange: Exchange) -> bytes | None:
+    async def check(self, exchange: FilterRequest) -> bytes | None:
         """`on_request` for an asynchronous filter."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from portico.proxy.l7 import Exchange
+    from portico.filters.base import FilterRequest
 
 
 def host_without_port(host: bytes) -> bytes:
@@ -26,10 +26,10 @@ class RedirectToHttps:
     def __init__(self, port: int | None = None) -> None:
         self.port_suffix = b"" if port is None or port == 443 else b":%d" % port
 
-    async def check(self, exchange: Exchange) -> bytes | None:
+    async def check(self, exchange: FilterRequest) -> bytes | None:
         return self.on_request(exchange)
 
-    def on_request(self, exchange: Exchange) -> bytes | None:
+    def on_request(self, exchange: FilterRequest) -> bytes | None:
         host = exchange.head.host or b"localhost"
         if b"\r" in host or b"\n" in host:
             host = b"localhost"  # a validated request has none; belt and braces

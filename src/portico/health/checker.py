@@ -14,9 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from portico import tasks
+from portico.config import plugins
 from portico.config.schema import ActiveHealthConfig, Config, ServerConfig
-from portico.health.probes import HttpProbe, TcpProbe, probe
+from portico.health.probes import HttpCheck
 from portico.health.state import HealthState
+from portico.plugins import Probe, ProbeResult
+from portico.plugins.guard import Guard
 
 log = logging.getLogger("portico.health")
 
@@ -33,17 +36,48 @@ class ServerHealth:
     last_detail: str = "not checked yet"
 
 
-def probe_for(active: ActiveHealthConfig) -> HttpProbe | TcpProbe:
-    if active.type == "tcp":
-        return TcpProbe()
-    http = active.http
-    return HttpProbe(
-        method=http.method.encode(),
-        path=http.path.encode(),
-        host=http.host.encode() if http.host else None,
-        expect_status=http.expect_status,
-        expect_body=http.expect_body.encode() if http.expect_body else None,
+# A probe keeps its own deadline (its verdict says how far it got); this one only stops a
+# plugin probe that ignores the timeout it is given.
+PROBE_GRACE = 0.1
+
+
+def probe_for(active: ActiveHealthConfig, config: Config, pool: str) -> tuple[Probe, Guard]:
+    """The probe `active.type` names (the one loader finds built-in and users' probes),
+    built once per pool, and the guard its calls run behind."""
+    cls, options = plugins.build(
+        "probes",
+        active.type,
+        active.options,
+        config.pools,
+        config.plugins.path,
+        config.plugins.base_dir,
     )
+    check: Probe = HttpCheck(active.http) if cls is HttpCheck else plugins.instantiate(cls, options)
+    return check, Guard(f"{active.type} (health checks of pool {pool})")
+
+
+async def run_probe(
+    check: Probe,
+    guard: Guard,
+    host: str,
+    port: int,
+    timeout: float,  # noqa: ASYNC109 (the probe's own bound, enforced here too)
+) -> ProbeResult:
+    """One check of `host:port`, bounded in time; what a plugin probe raises or returns
+    instead of a verdict is a failed check (and a log line), never the checker's end."""
+    try:
+        async with asyncio.timeout(timeout + PROBE_GRACE):
+            result = await check.check(host, port, timeout)
+    except TimeoutError:
+        return ProbeResult(False, f"timed out after {timeout:g}s")
+    except Exception as exc:
+        guard.failed(exc, "check", "the check counts as failed")
+        return ProbeResult(False, f"probe raised {type(exc).__name__}: {exc}"[:160])
+    if not isinstance(result, ProbeResult):
+        error = TypeError(f"check returned {type(result).__name__}, not ProbeResult")
+        guard.failed(error, "check", "the check counts as failed")
+        return ProbeResult(False, "probe returned no verdict")
+    return result
 
 
 class HealthChecker:
@@ -60,11 +94,11 @@ class HealthChecker:
             active = pool.health.active
             if active is None:
                 continue
-            check = probe_for(active)
+            check, guard = probe_for(active, self.config, pool_name)
             for server in pool.servers:
                 health = ServerHealth(pool_name, server.name, HealthState(active.rise, active.fall))
                 self.servers.append(health)
-                self._tasks.append(tasks.spawn(self._run(health, server, active, check)))
+                self._tasks.append(tasks.spawn(self._run(health, server, active, check, guard)))
 
     def down(self) -> list[ServerHealth]:
         """Servers currently failing their checks (sent to a worker that just started)."""
@@ -80,13 +114,14 @@ class HealthChecker:
         health: ServerHealth,
         server: ServerConfig,
         active: ActiveHealthConfig,
-        check: HttpProbe | TcpProbe,
+        check: Probe,
+        guard: Guard,
     ) -> None:
         loop = asyncio.get_running_loop()
         address = server.address
         while True:
             started = loop.time()
-            result = await probe(address.host, address.port, check, active.timeout)
+            result = await run_probe(check, guard, address.host, address.port, active.timeout)
             health.last_detail = result.detail
             if health.state.observe(result.ok):
                 verdict = "UP" if health.state.up else "DOWN"

@@ -16,10 +16,15 @@ import asyncio
 import contextlib
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httptools
 
 from portico.http.headers import BodyKind, response_body_kind
+from portico.plugins import Probe, ProbeResult
+
+if TYPE_CHECKING:
+    from portico.config.schema import HttpCheckConfig
 
 # A response head larger than this is refused: the probe must stay cheap whatever a broken
 # server sends (llhttp itself sets no bound on a head).
@@ -72,14 +77,6 @@ class TcpProbe:
     """The server accepts a TCP connection: that alone counts as healthy."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """A probe's verdict; `detail` says why, in a few words, for logs and the admin API."""
-
-    ok: bool
-    detail: str
-
-
 async def probe(
     host: str,
     port: int,
@@ -101,6 +98,33 @@ async def probe(
         if deadline.expired():
             return ProbeResult(False, f"timed out after {round(float(timeout), 3)}s {progress}")
         return ProbeResult(False, _short(_describe(exc, host, progress)))
+
+
+class HttpCheck(Probe):
+    """The built-in `http` probe: one request, configured by the `http:` section."""
+
+    def __init__(self, config: HttpCheckConfig) -> None:
+        self.probe = HttpProbe(
+            method=config.method.encode(),
+            path=config.path.encode(),
+            host=config.host.encode() if config.host else None,
+            expect_status=config.expect_status,
+            expect_body=config.expect_body.encode() if config.expect_body else None,
+        )
+
+    async def check(self, host: str, port: int, timeout: float) -> ProbeResult:  # noqa: ASYNC109
+        return await probe(host, port, self.probe, timeout)
+
+
+class TcpCheck(Probe):
+    """The built-in `tcp` probe: the server accepts a connection."""
+
+    async def check(self, host: str, port: int, timeout: float) -> ProbeResult:  # noqa: ASYNC109
+        return await probe(host, port, TcpProbe(), timeout)
+
+
+PROBES: dict[str, type[Probe]] = {"http": HttpCheck, "tcp": TcpCheck}
+"""The built-in probes by the name `health.active.type` gives them."""
 
 
 class _Progress:

@@ -33,12 +33,13 @@ CLIENT_ERRORS: dict[int, bytes] = {
 # 405 is for CONNECT: RFC 9110 §15.5.6 asks for the methods that would be accepted
 CLIENT_ERRORS[405] = _build(405, close=True, extra=b"Allow: " + ALLOWED_METHODS + b"\r\n")
 
-# Errors of the upstream side: the client's connection stays usable.
+# Errors on the way to a server (a plugin that failed, 500; no server could answer, 502-504):
+# the client's connection stays usable.
 UPSTREAM_ERRORS: dict[tuple[int, bool], bytes] = {
     (status, close): _build(
         status, close=close, extra=b"Retry-After: 1\r\n" if status == 503 else b""
     )
-    for status in (502, 503, 504)
+    for status in (500, 502, 503, 504)
     for close in (False, True)
 }
 
@@ -49,5 +50,5 @@ def client_error(status: int) -> bytes:
 
 
 def upstream_error(status: int, close: bool) -> bytes:
-    """The full response when no server could answer: 502, 503 or 504."""
+    """The full response when a plugin failed (500) or no server could answer: 502-504."""
     return UPSTREAM_ERRORS[(status, close)]

@@ -49,13 +49,12 @@ from hyperframe.frame import GoAwayFrame
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request, split_answer
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
+from portico.proxy.context import HttpListenerSettings, ProxyContext
 from portico.proxy.h2 import H2Exchange
 from portico.timers import Deadline
 
 if TYPE_CHECKING:
-    from portico.listeners.http import HttpListenerSettings
     from portico.proxy.l7 import Exchange
-    from portico.worker import Worker
 
 log = logging.getLogger("portico.h2")
 
@@ -84,6 +83,7 @@ class H2Stream:
         "client_subject",
         "closed",
         "conn",
+        "context",
         "exchange",
         "head_only",
         "loop",
@@ -92,7 +92,6 @@ class H2Stream:
         "settings",
         "stream_id",
         "transport",
-        "worker",
         "write_paused",
     )
 
@@ -104,7 +103,7 @@ class H2Stream:
         self.conn = conn
         # what the exchange reads of its client, copied: read many times per request
         self.settings = conn.settings
-        self.worker = conn.worker
+        self.context = conn.context
         self.loop = conn.loop
         self.transport = conn.transport
         self.client_ip = conn.client_ip
@@ -351,18 +350,18 @@ class H2Stream:
 class H2ClientConnection(asyncio.Protocol):
     """One HTTP/2 client connection (after ALPN "h2", or h2c with prior knowledge)."""
 
-    def __init__(self, settings: HttpListenerSettings, worker: Worker) -> None:
+    def __init__(self, settings: HttpListenerSettings, context: ProxyContext) -> None:
         assert settings.http2 is not None
         self.settings = settings
-        self.worker = worker
-        self.loop = worker.loop
+        self.context = context
+        self.loop = context.loop
         self.transport: asyncio.Transport | None = None
         self.client_ip = "unknown"
         self.client_subject: str | None = None
         self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
         self.write_paused = False
         self.streams: dict[int, H2Stream] = {}
-        self.guard = FloodGuard(worker.loop.time())
+        self.guard = FloodGuard(context.loop.time())
         self._closed = False
         self._lost = False
         self._counted = False  # counted against max_conns_per_client
@@ -373,8 +372,8 @@ class H2ClientConnection(asyncio.Protocol):
         self._rotation = 0
         self._lingered = -1  # bytes discarded after a GOAWAY for an error (-1: not lingering)
         self._goaway_at: int | None = None  # the last stream accepted, once draining
-        self._deadline = Deadline(worker.loop, self._on_timeout)
-        self._bytes = worker.stats.client_bytes(settings.name)  # every byte in and out
+        self._deadline = Deadline(context.loop, self._on_timeout)
+        self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         http2 = settings.http2
         self._limits = RequestLimits(
             settings.max_request_line, settings.max_header_size, settings.max_headers
@@ -432,9 +431,9 @@ class H2ClientConnection(asyncio.Protocol):
         self._drop_streams()
         if self._counted:
             self._counted = False
-            self.worker.release(self.client_ip)
-        self.worker.forget(self)
-        self.worker.stats.connection_closed(self.settings.name)
+            self.context.release(self.client_ip)
+        self.context.forget(self)
+        self.context.stats.connection_closed(self.settings.name)
         # h2's connection object is full of cycles (a dispatch table of its own bound methods,
         # streams that point back): emptied now, it is freed by reference counting instead of
         # waiting, with its HPACK tables and stream states, for a full garbage collection
@@ -659,7 +658,7 @@ class H2ClientConnection(asyncio.Protocol):
     # -- internals -----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        self.worker.remember(self)
+        self.context.remember(self)
         h2 = self.h2
         h2.initiate_connection()
         window = self.settings.http2.connection_window_size if self.settings.http2 else 0
@@ -713,7 +712,7 @@ class H2ClientConnection(asyncio.Protocol):
     def _abuse(self, what: str, queued: bool = False) -> None:
         """Close an abusive connection: GOAWAY ENHANCE_YOUR_CALM (or the error h2 `queued`)."""
         log.warning("HTTP/2 client %s: %s; connection closed", self.client_ip, what)
-        self.worker.stats.h2_abuse(self.settings.name)
+        self.context.stats.h2_abuse(self.settings.name)
         if not queued:
             with contextlib.suppress(ProtocolError):
                 self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
@@ -26,64 +25,15 @@ from portico.http.headers import (
     split_request_headers,
 )
 from portico.listeners.h2 import PREFACE, H2ClientConnection
-from portico.listeners.tcp import Network, is_trusted
+from portico.listeners.tcp import is_trusted
 from portico.listeners.tls import peer_subject
 from portico.proxy import proxy_protocol
+from portico.proxy.context import Http2Settings, HttpListenerSettings, ProxyContext
 from portico.proxy.l7 import BLOCK_DONE, BLOCK_PENDING, BLOCK_QUEUED, BLOCK_UPSTREAM, Exchange
 from portico.proxy.proxy_protocol import ParseState
 from portico.timers import Deadline
-from portico.upstreams.pool import Pool
 
-if TYPE_CHECKING:
-    from portico.filters.base import RequestFilter
-    from portico.observe.access_log import AccessLogWriter
-    from portico.observe.debug_header import DebugHeader
-    from portico.routing import Router
-    from portico.worker import Worker
-
-
-@dataclass(frozen=True, slots=True)
-class Http2Settings:
-    """HTTP/2 on a listener: offered by ALPN on TLS, by prior knowledge (h2c) on plain TCP."""
-
-    max_concurrent_streams: int = 100
-    initial_window_size: int = 256 * 1024  # per stream: request body bytes a client may send ahead
-    connection_window_size: int = 16 * 1024 * 1024  # all streams of a connection together
-    only: bool = False  # no HTTP/1.x: every connection is HTTP/2 (a bad preface gets a GOAWAY)
-
-
-@dataclass(frozen=True, slots=True)
-class HttpListenerSettings:
-    """One listener's rules, resolved from the config once per config version."""
-
-    name: str
-    pool: Pool
-    max_request_line: int
-    max_header_size: int
-    max_headers: int
-    max_body_size: int  # 0 = unlimited
-    header_timeout: float
-    keepalive_timeout: float
-    body_timeout: float
-    send_timeout: float
-    x_forwarded: bool
-    forwarded: bool
-    proto: bytes = b"http"
-    filters: tuple[RequestFilter, ...] = ()  # run in order on each request head
-    tunnel_timeout: float = 3600.0  # an upgraded connection idle both ways this long ends
-    router: Router | None = None  # None: every request goes to `pool`
-    response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
-    client_subject: bool = False  # mTLS: pass the verified client certificate's subject
-    access_log: AccessLogWriter | None = None
-    debug_header: DebugHeader | None = None  # None: off (the default)
-    proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
-    max_conns_per_client: int = 0  # 0 = no limit
-    http2: Http2Settings | None = None  # None: HTTP/1.x only
-    # answered before its body was all in: at most this much of the rest is read and thrown
-    # away, for at most this long (NGINX's lingering_time), to keep the connection or close it
-    # without a reset
-    max_discard_size: int = 16 * 1024 * 1024
-    linger_timeout: float = 30.0
+__all__ = ["ClientConnection", "Http2Settings", "HttpListenerSettings"]
 
 
 HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
@@ -107,10 +57,10 @@ class _Refused(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse requests, hand each to an Exchange, answer in order."""
 
-    def __init__(self, settings: HttpListenerSettings, worker: Worker) -> None:
+    def __init__(self, settings: HttpListenerSettings, context: ProxyContext) -> None:
         self.settings = settings
-        self.worker = worker
-        self.loop = worker.loop
+        self.context = context
+        self.loop = context.loop
         self.transport: asyncio.Transport | None = None
         self.client_ip = "unknown"
         self.write_paused = False
@@ -119,7 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
-        self._bytes = worker.stats.client_bytes(settings.name)  # every byte in and out
+        self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         self._blocked = 0
         self._closed = False
         self._counted = False
@@ -187,14 +137,14 @@ class ClientConnection(asyncio.Protocol):
         """Count the connection, or refuse it at accept (`max_conns_per_client`)."""
         limit = self.settings.max_conns_per_client
         if limit:
-            if not self.worker.admit(self.client_ip, limit):
+            if not self.context.admit(self.client_ip, limit):
                 self._closed = True  # refused at accept: never counted, never parsed
                 assert self.transport is not None
                 self.transport.abort()
                 return False
             self._counted = True
-        self.worker.remember(self)
-        self.worker.stats.connection_opened(self.settings.name)
+        self.context.remember(self)
+        self.context.stats.connection_opened(self.settings.name)
         return True
 
     def _switch_to_h2(self, data: bytes) -> None:
@@ -204,8 +154,8 @@ class ClientConnection(asyncio.Protocol):
         assert transport is not None
         self._closed = True
         self._deadline.cancel()
-        self.worker.forget(self)
-        h2 = H2ClientConnection(self.settings, self.worker)
+        self.context.forget(self)
+        h2 = H2ClientConnection(self.settings, self.context)
         # this object is done: nothing of it may keep the transport (and its TLS state) alive
         self.transport = None
         self._parser = _DEAD_PARSER
@@ -213,13 +163,13 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
-            self.worker.release(self.client_ip)
+            self.context.release(self.client_ip)
         if self._closed and not self._counted and self.active is None:
             return  # refused at accept
         self._closed = True
         self._deadline.cancel()
-        self.worker.forget(self)
-        self.worker.stats.connection_closed(self.settings.name)
+        self.context.forget(self)
+        self.context.stats.connection_closed(self.settings.name)
         active, self.active = self.active, None
         if active is not None:
             active.client_gone()

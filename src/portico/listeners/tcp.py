@@ -15,19 +15,15 @@ import asyncio
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, cast
 
 from portico.listeners.tls_peek import SniRouter, SniState, peek_sni
 from portico.proxy import proxy_protocol
+from portico.proxy.context import Network, ProxyContext
 from portico.proxy.l4 import Relay, RelayState
 from portico.proxy.proxy_protocol import Address, ParseState
 from portico.timers import Deadline
 from portico.upstreams.pool import Pool
-
-if TYPE_CHECKING:
-    from portico.worker import Worker
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PENDING_LIMIT: Final = 64 * 1024  # client bytes held while the server connection is set up
 
@@ -62,10 +58,10 @@ def is_trusted(ip: str, networks: tuple[Network, ...]) -> bool:
 class TcpClientConnection(asyncio.Protocol):
     """One client connection of a TCP listener, until the relay takes it over."""
 
-    def __init__(self, settings: TcpListenerSettings, worker: Worker) -> None:
+    def __init__(self, settings: TcpListenerSettings, context: ProxyContext) -> None:
         self.settings = settings
-        self.worker = worker
-        self.loop = worker.loop
+        self.context = context
+        self.loop = context.loop
         self.transport: asyncio.Transport | None = None
         self.client_ip = "unknown"  # the peer at accept (the per-client limit counts it)
         self.source: Address = ("0.0.0.0", 0)  # the real client: the PROXY header's, if any
@@ -73,7 +69,7 @@ class TcpClientConnection(asyncio.Protocol):
         self.pool = settings.pool
         self._relay: Relay | None = None
         self._buffer = bytearray()  # bytes read before the relay took over
-        self._bytes = worker.stats.client_bytes(settings.name)  # ... and counted here
+        self._bytes = context.stats.client_bytes(settings.name)  # ... and counted here
         self._eof = False
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._counted = False
@@ -96,13 +92,13 @@ class TcpClientConnection(asyncio.Protocol):
             self.destination = (local[0], local[1])
         limit = self.settings.max_conns_per_client
         if limit:
-            if not self.worker.admit(self.client_ip, limit):
+            if not self.context.admit(self.client_ip, limit):
                 self._done = True  # refused at accept: never counted, never relayed
                 self.transport.abort()
                 return
             self._counted = True
-        self.worker.remember(self)
-        self.worker.stats.connection_opened(self.settings.name)
+        self.context.remember(self)
+        self.context.stats.connection_opened(self.settings.name)
         trusted = self.settings.trusted
         if trusted is not None:
             if is_trusted(self.client_ip, trusted):
@@ -267,9 +263,9 @@ class TcpClientConnection(asyncio.Protocol):
             return
         self._done = True
         if self._counted:
-            self.worker.release(self.client_ip)
-        self.worker.forget(self)
-        self.worker.stats.connection_closed(self.settings.name)
+            self.context.release(self.client_ip)
+        self.context.forget(self)
+        self.context.stats.connection_closed(self.settings.name)
 
 
 def trusted_networks(specs: tuple[str, ...]) -> tuple[Network, ...]:

@@ -9,24 +9,32 @@ END_STREAM instead of a terminating chunk or a closed connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from portico.http.h2 import response_fields
 from portico.http.headers import LENGTH_BODY, NO_BODY, Header, RequestHead, ResponseHead
-from portico.proxy.l7 import Exchange
+from portico.plugins.guard import PluginError
+from portico.proxy.l7 import ClientSide, Exchange
 
-if TYPE_CHECKING:
-    from portico.listeners.h2 import H2Stream
+
+class StreamSide(ClientSide, Protocol):
+    """What an `H2Exchange` needs of its client: one HTTP/2 stream
+    (`portico.listeners.h2.H2Stream`), which frames what it is given."""
+
+    def send_headers(self, fields: list[Header], *, end: bool) -> None: ...
+    def send_data(self, data: bytes | memoryview) -> None: ...
+    def send_trailers(self, fields: list[Header]) -> None: ...
+    def send_end(self) -> None: ...
 
 
 class H2Exchange(Exchange):
-    """An `Exchange` whose client is an `H2Stream`."""
+    """An `Exchange` whose client is an HTTP/2 stream."""
 
     __slots__ = ("_fields", "_stream")
 
     def __init__(
         self,
-        stream: H2Stream,
+        stream: StreamSide,
         method: bytes,
         target: bytes,
         headers: list[Header],
@@ -42,7 +50,11 @@ class H2Exchange(Exchange):
             self._stream.send_headers(response_fields(status, head.headers), end=False)
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
-        out = self._response_headers(status, head)
+        try:
+            out = self._response_headers(status, head)
+        except PluginError:
+            self._response_refused()
+            return
         kind = head.kind
         if kind is LENGTH_BODY:
             out.append((b"content-length", b"%d" % head.length))

@@ -34,6 +34,7 @@ from portico.observe.access_log import AccessRecord
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
 from portico.persistence.cookie import set_cookie_value
+from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
 from portico.proxy.l4 import Relay
 from portico.routing import Route, Router
@@ -51,9 +52,8 @@ from portico.upstreams.pool import FULL, Pool, StickBinding
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
-    from portico.listeners.http import HttpListenerSettings
+    from portico.proxy.context import HttpListenerSettings, ProxyContext
     from portico.upstreams.backend import BackendState
-    from portico.worker import Worker
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
@@ -83,7 +83,7 @@ class ClientSide(Protocol):
     @property
     def settings(self) -> HttpListenerSettings: ...
     @property
-    def worker(self) -> Worker: ...
+    def context(self) -> ProxyContext: ...
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
     @property
@@ -127,6 +127,7 @@ class Exchange:
         "_pending",
         "_pending_size",
         "_pool",
+        "_pool_chosen",
         "_queue_timer",
         "_replayable",
         "_request_id",
@@ -190,6 +191,7 @@ class Exchange:
         self._reused = False
         self._stale_retried = False
         self._pool = client.settings.pool
+        self._pool_chosen = False  # a filter chose the pool (`use_pool`)
         self._dequeued = False
         self._fell_back = False
         self._observed = False
@@ -227,7 +229,8 @@ class Exchange:
     # -- request phases ----------------------------------------------------------------------
 
     def begin(self, first_filter: int = 0) -> None:
-        """The request head is in: run the listener's request filters, then go upstream."""
+        """The request head is in: run the listener's request filters, route, run the route's
+        filters, then go upstream."""
         client = self._client
         settings = client.settings
         filters = settings.filters
@@ -235,7 +238,7 @@ class Exchange:
             for index in range(first_filter, len(filters)):
                 request_filter = filters[index]
                 if request_filter.asynchronous:
-                    tasks.spawn(self._await_filter(request_filter, index))
+                    tasks.spawn(self._await_filter(request_filter, index, False))
                     return
                 answer = request_filter.on_request(self)
                 if answer is not None:
@@ -252,29 +255,72 @@ class Exchange:
             pool = self._route(router)
             if pool is None:
                 return  # answered by the route itself
-        else:
-            pool = settings.pool
-        self._pool = pool
-        budget = pool.budget
+            if not self._pool_chosen:  # a listener filter's choice stands over the route's
+                self._pool = pool
+            route_filters = settings.route_filters
+            if route_filters is not None:
+                chain = route_filters[self.route.index] if self.route is not None else None
+                if chain is not None and chain.request:
+                    self._route_filters(chain.request, 0)
+                    return
+        self._go()
+
+    def _route_filters(self, filters: tuple[RequestFilter, ...], first: int) -> None:
+        """The chosen route's own filters (users' plugins), from `first` on; then upstream."""
+        for index in range(first, len(filters)):
+            request_filter = filters[index]
+            if request_filter.asynchronous:
+                tasks.spawn(self._await_filter(request_filter, index, True))
+                return
+            answer = request_filter.on_request(self)
+            if answer is not None:
+                self._filtered(answer)
+                return
+        self._go()
+
+    def _go(self) -> None:
+        """Filters and routing are done: count the request against its pool, then send it."""
+        budget = self._pool.budget
         if budget is not None:
-            budget.record_request(client.loop.time())
+            budget.record_request(self._client.loop.time())
         self.start()
 
-    async def _await_filter(self, request_filter: RequestFilter, index: int) -> None:
-        """A filter that asks a shared store: its answer arrives within the store's timeout;
-        meanwhile the request's body waits in the bounded replay buffer."""
+    async def _await_filter(self, request_filter: RequestFilter, index: int, routed: bool) -> None:
+        """A filter that waits on I/O (a shared store, a plugin's ``async def`` hook): its
+        answer arrives within its own bounded time; meanwhile the request's body waits in the
+        bounded replay buffer. Then the chain goes on after it (`routed`: the route's)."""
         answer = await request_filter.check(self)
         if self.finished:
             return
         if answer is not None:
             self._filtered(answer)
-        else:
+        elif not routed:
             self.begin(index + 1)
+        else:
+            chain = self._client.settings.route_filters
+            assert chain is not None
+            assert self.route is not None
+            route_chain = chain[self.route.index]
+            assert route_chain is not None
+            self._route_filters(route_chain.request, index + 1)
+
+    @property
+    def pool_name(self) -> str:
+        """The pool this request goes to, as things stand (for filters)."""
+        return self._pool.name
+
+    def use_pool(self, name: str) -> None:
+        """A filter's choice: this request goes to pool `name` (KeyError when there is none),
+        whatever the route says."""
+        self._pool = self._client.context.pools[name]
+        self._pool_chosen = True
 
     def _filtered(self, answer: bytes) -> None:
         client = self._client
-        if answer.startswith(b"HTTP/1.1 429"):  # only the rate limiter answers 429
-            client.worker.stats.ratelimited(client.settings.name)
+        # counted as rate limited: the rate limiter's 429 (and, until local answers are values,
+        # a plugin's 429 too)
+        if answer.startswith(b"HTTP/1.1 429"):
+            client.context.stats.ratelimited(client.settings.name)
         self._respond_locally(answer)
 
     def _route(self, router: Router) -> Pool | None:
@@ -298,7 +344,7 @@ class Exchange:
                 head.headers = apply_request_headers(head.headers, actions)
             self._response_edits = actions if actions.response_headers is not None else None
         assert route.pool is not None
-        pool = client.worker.pools[route.pool]
+        pool = client.context.pools[route.pool]
         timeouts = route.timeouts
         if timeouts is not None:
             settings = pool.settings
@@ -329,16 +375,25 @@ class Exchange:
         if pool.queue and not self._dequeued:
             backend: BackendState | str | None = FULL  # wait behind those already waiting
         else:
-            backend = pool.select(
-                self.headers, self.target, client.client_ip, self._tried, now, self._sticky_server
-            )
+            try:
+                backend = pool.select(
+                    self.headers,
+                    self.target,
+                    client.client_ip,
+                    self._tried,
+                    now,
+                    self._sticky_server,
+                )
+            except PluginError:  # a user's policy raised (and was logged)
+                self._respond_error(500)
+                return
         if self._dequeued:
             self._dequeued = False
         if backend is None:
             fallback = pool.fallback
             if fallback is not None and not self._tried and not self._fell_back:
                 self._fell_back = True
-                self._pool = client.worker.pools[fallback]
+                self._pool = client.context.pools[fallback]
                 self.start()
                 return
             self._respond_error(502 if self._tried else 503)
@@ -562,7 +617,11 @@ class Exchange:
                 self._continued = True
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
-        out = self._response_headers(status, head)
+        try:
+            out = self._response_headers(status, head)
+        except PluginError:
+            self._response_refused()
+            return
         kind = head.kind
         is_11 = self.version == "1.1"
         keep = self._may_keep()
@@ -604,14 +663,21 @@ class Exchange:
         out = head.headers
         if self._response_edits is not None:
             out = apply_response_headers(out, self._response_edits)
-        if client.settings.response_headers:
-            out = [*out, *client.settings.response_headers]
-        debug = client.settings.debug_header
+        settings = client.settings
+        if settings.response_headers:
+            out = [*out, *settings.response_headers]
+        route_filters = settings.route_filters
+        if route_filters is not None and self.route is not None:
+            chain = route_filters[self.route.index]
+            if chain is not None and chain.response is not None:
+                out = chain.response.run(self, status, out)  # PluginError: see on_response_head
+        hooks = settings.response_hooks
+        if hooks is not None:
+            out = hooks.run(self, status, out)
+        debug = settings.debug_header
         if debug is not None and debug.trusts(client.client_ip):
             attempt = len(self._tried) + 1
-            field = debug.field(
-                client.settings.name, self.route, self._pool, self._backend_name, attempt
-            )
+            field = debug.field(settings.name, self.route, self._pool, self._backend_name, attempt)
             out = [*out, field]
         sticky = self._pool.sticky
         name = self._backend_name
@@ -625,6 +691,13 @@ class Exchange:
                 # a new client, or its server is gone: it sticks to this one from now on
                 out = [*out, sticky.set_cookie(name)]
         return out
+
+    def _response_refused(self) -> None:
+        """A plugin's response hook raised (logged): nothing of the server's response has
+        reached the client, which gets a 500 instead; the server connection is dropped."""
+        self._drop_upstream()
+        self._release_backend(failed=None)
+        self._respond_error(500)
 
     def _stick_learn(self, stick: StickBinding, headers: list[Header], server: str) -> None:
         """Remember the client's key -> `server` (without waiting: the response goes on), for
@@ -760,12 +833,12 @@ class Exchange:
             client.loop,
             transport,
             self._pool,
-            client.worker.pools,
+            client.context.pools,
             {},
             (peer[0], peer[1]),
             (sockname[0], sockname[1]),
             client.settings.tunnel_timeout,
-            client.worker.stats.client_bytes(client.settings.name),
+            client.context.stats.client_bytes(client.settings.name),
         )
         relay.adopt(backend, upstream.transport)
         if rest:
@@ -812,7 +885,7 @@ class Exchange:
             if budget is None or budget.can_retry(now):
                 if budget is not None:
                     budget.record_retry(now)
-                self._client.worker.stats.retry(pool.name)
+                self._client.context.stats.retry(pool.name)
                 self.start()
                 return
         self._respond_error(status)
@@ -881,7 +954,7 @@ class Exchange:
         """The request has ended (answered, refused, cut or abandoned): count it, log it."""
         client = self._client
         route = self.route
-        client.worker.stats.request_done(
+        client.context.stats.request_done(
             client.settings.name,
             route.name if route is not None else NO_ROUTE,
             self._pool.name,

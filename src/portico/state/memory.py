@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from portico.filters.ratelimit import Decision, RateLimiter
+from portico.state.gcra import Decision, RateLimiter
 from portico.state.store import check_table, ttl_ms
 
 __all__ = ["MemoryStore"]

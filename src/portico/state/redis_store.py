@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from portico.filters.ratelimit import Decision, Gcra
+from portico.state.gcra import Decision, Gcra
 from portico.state.store import StoreUnavailable, check_table, ttl_ms
 from portico.tasks import spawn
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from portico.filters.ratelimit import Decision
+from portico.state.gcra import Decision
 
 __all__ = ["Decision", "StateStore", "StoreUnavailable", "check_table", "ttl_ms"]
 
@@ -86,7 +86,7 @@ class StateStore(Protocol):
         now_ms: int | None = None,
         cost: int = 1,
     ) -> Decision:
-        """Decide one request of `cost` for `key` with GCRA (`portico.filters.ratelimit.Gcra`)
+        """Decide one request of `cost` for `key` with GCRA (`portico.state.gcra.Gcra`)
         at `rate` requests per second and `burst`, recording it when allowed, atomically.
 
         `now_ms` is the time in milliseconds on the caller's clock; without it the store uses

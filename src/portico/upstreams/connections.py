@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -24,9 +24,6 @@ from portico.http.headers import (
     trailer_fields,
 )
 from portico.timers import Deadline
-
-if TYPE_CHECKING:
-    from portico.upstreams.backend import BackendState
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -64,12 +61,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        backend: BackendState,
+        backend: object,
         read_timeout: float,
         write_timeout: float,
         hide_headers: frozenset[bytes] = frozenset(),
     ) -> None:
-        self.backend = backend
+        self.backend = backend  # the BackendState it serves (backend.py builds on this module)
         self._hide = hide_headers
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from portico.balancing import Policy, make_policy
-from portico.balancing.p2c_ewma import P2CEwma
-from portico.config.schema import PoolConfig, StickyConfig
+from portico.balancing import Policy
+from portico.config.plugins import build_policy
+from portico.config.schema import PluginsConfig, PoolConfig, StickyConfig
 from portico.health import OutlierDetector, RetryBudget, slow_start_factor
 from portico.http.headers import Header
 from portico.http.keys import KeyFunction, key_function
@@ -32,6 +32,7 @@ from portico.persistence.cookie import (
     unprefix,
 )
 from portico.persistence.stick import StickTable
+from portico.plugins.guard import DEFAULT_BUDGET
 from portico.upstreams.backend import BackendState
 
 
@@ -220,7 +221,12 @@ class Pool:
 
     @classmethod
     def from_config(
-        cls, name: str, config: PoolConfig, clock: Callable[[], float], rng: random.Random
+        cls,
+        name: str,
+        config: PoolConfig,
+        clock: Callable[[], float],
+        rng: random.Random,
+        plugins: PluginsConfig | None = None,
     ) -> Pool:
         keepalive = config.keepalive
         backends = [
@@ -234,13 +240,20 @@ class Pool:
             )
             for server in config.servers
         ]
-        policy = make_policy(config.policy, rng)
-        if isinstance(policy, P2CEwma):
+        policy = build_policy(
+            config.policy,
+            config.policy_with,
+            rng,
+            pool=name,
+            path=plugins.path if plugins is not None else (),
+            budget=plugins.block_budget if plugins is not None else DEFAULT_BUDGET,
+        )
+        if policy.needs_latency:
             for backend in backends:
                 backend.tracks_latency = True
         key_of: KeyFunction | None = None
         if policy.needs_key:
-            key_of = key_function("client_ip" if config.policy == "ip_hash" else config.hash_key)
+            key_of = key_function(policy.fixed_key or config.hash_key)
         settings = UpstreamSettings(
             connect_timeout=config.timeouts.connect,
             read_timeout=config.timeouts.read,

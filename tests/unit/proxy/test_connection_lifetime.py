@@ -122,7 +122,7 @@ def alive(cls: type) -> list[object]:
 
 
 def test_a_closed_http1_connection_is_freed_by_reference_counting(worker: Worker) -> None:
-    conn = ClientConnection(worker.settings["web"], worker)
+    conn = ClientConnection(worker.settings["web"], worker.context)
     transport = FakeTransport()
     conn.connection_made(transport)
     conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n")
@@ -139,7 +139,7 @@ def test_a_closed_http2_connection_and_its_streams_are_freed(worker: Worker) -> 
     client.send_headers(1, fields, end_stream=True)
     client.send_headers(3, fields, end_stream=False)  # a body still to come
     transport = FakeTransport()
-    conn = H2ClientConnection(worker.settings["web"], worker)
+    conn = H2ClientConnection(worker.settings["web"], worker.context)
     conn.adopt(transport, "127.0.0.1", None, False, client.data_to_send())
     assert transport.protocol is conn
     assert len(conn.streams) == 2
@@ -160,7 +160,7 @@ def test_an_http1_connection_that_hands_over_to_h2c_is_freed_too(worker: Worker)
     fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
     client.send_headers(1, fields, end_stream=True)
     transport = FakeTransport()
-    first = ClientConnection(worker.settings["web"], worker)
+    first = ClientConnection(worker.settings["web"], worker.context)
     first.connection_made(transport)
     first.data_received(client.data_to_send())  # the h2c preface: HTTP/2 takes over
     h2 = transport.protocol

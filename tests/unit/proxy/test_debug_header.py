@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from portico.config.schema import PoolConfig
-from portico.observe.debug_header import DebugHeader, short_form
+from portico.proxy.debug_header import DebugHeader, short_form
 from portico.routing import Route
 from portico.upstreams.pool import Pool
 

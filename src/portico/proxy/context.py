@@ -1,0 +1,130 @@
+"""What the proxy is given: one listener's settings, and what one worker's connections share.
+
+Owns `HttpListenerSettings` (a listener's rules, resolved from the config once per config
+version), `Http2Settings`, and `ProxyContext`: the narrow part of a worker that client
+connections and exchanges use (the loop, the counters, the pools by name, the open connections
+and the per-client connection counts). The worker builds one and hands it to every connection;
+nothing here imports the worker, so the proxy and the listeners sit below it (lower layers
+never import upper ones: see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from portico.http.headers import Header
+from portico.observe.stats import WorkerStats
+from portico.upstreams.pool import Pool
+
+if TYPE_CHECKING:
+    from portico.filters.base import RequestFilter
+    from portico.filters.plugin import ResponseHooks, RouteFilters
+    from portico.observe.access_log import AccessLogWriter
+    from portico.proxy.debug_header import DebugHeader
+    from portico.routing import Router
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """HTTP/2 on a listener: offered by ALPN on TLS, by prior knowledge (h2c) on plain TCP."""
+
+    max_concurrent_streams: int = 100
+    initial_window_size: int = 256 * 1024  # per stream: request body bytes a client may send ahead
+    connection_window_size: int = 16 * 1024 * 1024  # all streams of a connection together
+    only: bool = False  # no HTTP/1.x: every connection is HTTP/2 (a bad preface gets a GOAWAY)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpListenerSettings:
+    """One listener's rules, resolved from the config once per config version."""
+
+    name: str
+    pool: Pool
+    max_request_line: int
+    max_header_size: int
+    max_headers: int
+    max_body_size: int  # 0 = unlimited
+    header_timeout: float
+    keepalive_timeout: float
+    body_timeout: float
+    send_timeout: float
+    x_forwarded: bool
+    forwarded: bool
+    proto: bytes = b"http"
+    filters: tuple[RequestFilter, ...] = ()  # run in order on each request head
+    tunnel_timeout: float = 3600.0  # an upgraded connection idle both ways this long ends
+    router: Router | None = None  # None: every request goes to `pool`
+    response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
+    client_subject: bool = False  # mTLS: pass the verified client certificate's subject
+    access_log: AccessLogWriter | None = None
+    debug_header: DebugHeader | None = None  # None: off (the default)
+    proxy_trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these peers
+    max_conns_per_client: int = 0  # 0 = no limit
+    http2: Http2Settings | None = None  # None: HTTP/1.x only
+    # plugin filters' other hooks; None (the usual case) costs a request one attribute check
+    response_hooks: ResponseHooks | None = None  # the listener's, on every server response
+    route_filters: RouteFilters | None = None  # by route index: request filters and hooks
+    # answered before its body was all in: at most this much of the rest is read and thrown
+    # away, for at most this long (NGINX's lingering_time), to keep the connection or close it
+    # without a reset
+    max_discard_size: int = 16 * 1024 * 1024
+    linger_timeout: float = 30.0
+
+
+class Connection(Protocol):
+    """A client connection as the worker sees it when it stops."""
+
+    def drain(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class ProxyContext:
+    """What one worker's client connections and exchanges share, and nothing more of the
+    worker: its loop, its counters, its pools by name, and the bookkeeping of open connections
+    (per client address for `max_conns_per_client`; all of them for draining)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, stats: WorkerStats, pools: dict[str, Pool]
+    ) -> None:
+        self.loop = loop
+        self.stats = stats
+        self.pools = pools
+        # open connections
+        self.connections: set[Connection] = set()
+        self.client_connections: dict[str, int] = {}  # open connections per client address
+        self.all_closed = asyncio.Event()  # set while no client connection is open
+
+    def admit(self, client_ip: str, limit: int) -> bool:
+        """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it
+        (False) when it already has `limit` open in this worker."""
+        counts = self.client_connections
+        open_now = counts.get(client_ip, 0)
+        if open_now >= limit:
+            return False
+        counts[client_ip] = open_now + 1
+        return True
+
+    def release(self, client_ip: str) -> None:
+        """A connection counted by `admit` closed."""
+        counts = self.client_connections
+        left = counts[client_ip] - 1
+        if left:
+            counts[client_ip] = left
+        else:
+            del counts[client_ip]
+
+    def remember(self, conn: Connection) -> None:
+        """A client connection opened."""
+        self.connections.add(conn)
+        self.all_closed.clear()
+
+    def forget(self, conn: Connection) -> None:
+        """A client connection closed."""
+        self.connections.discard(conn)
+        if not self.connections:
+            self.all_closed.set()
