@@ -125,7 +125,7 @@ SOAK_CLIENTS = 50  # connections per h2load run in the soak (one full handshake 
 SOAK_REQUESTS_PER_CONN = 4
 SOAK_LEVEL_MIB = 1.0  # more growth than this from the middle to the last third: "keeps growing"
 
-# Portico's L4 row (--portico-l4): a TCP listener on :8085 over the same pool.
+# Portico's L4 row (--l4): a TCP listener on :8085 over the same pool.
 PORTICO_L4_LISTENER = """\
   - name: tcp
     bind: 127.0.0.1:8085
@@ -655,8 +655,8 @@ def make_targets(args: argparse.Namespace) -> list[Target]:
             "Portico",
             start_portico,
             8080,
-            8085 if args.portico_l4 else None,
-            "not measured (Portico's L4 proxy is not built yet; try --portico-l4)",
+            8085 if args.l4 else None,
+            "not measured (run with --l4)",
         ),
         Target("haproxy", "HAProxy", start_haproxy, 8082, 8083),
         Target("nginx", "NGINX", start_nginx, 8081, 8084),
@@ -1702,7 +1702,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--portico-l4",
         action="store_true",
-        help="with --l4: give Portico a TCP listener on :8085 and measure it",
+        help="kept for old command lines: --l4 measures Portico's TCP listener (:8085) too",
     )
     p.add_argument(
         "--h2",
@@ -1820,7 +1820,7 @@ def main(argv: list[str]) -> int:
         if not have(tool):
             log(f"{tool} is required and not installed")
             return 2
-    prepare_rundir(args.portico_l4, args.portico_routes)
+    prepare_rundir(args.l4, args.portico_routes)
     busy = [p for p in ORIGIN_PORTS if port_open(p)]
     if busy:
         log(f"origin ports {busy} are in use by a process this harness did not start")
