@@ -91,7 +91,7 @@ def main() -> None:
     settings = worker.settings["web"]
     from portico.listeners.http import ClientConnection
 
-    client = ClientConnection(settings, worker)
+    client = ClientConnection(settings, worker.context)
     client.connection_made(FakeTransport())
     uppers = []
     for backend in settings.pool.backends:
