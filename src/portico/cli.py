@@ -9,11 +9,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from portico import __version__
-from portico.config.load import ConfigError, parse_config
-from portico.config.schema import Config, json_schema
-from portico.upstreams.resolve import unresolved_servers
+
+if TYPE_CHECKING:
+    from portico.config.schema import Config
+
+# Everything else is imported inside the commands: `main` checks the compiled build before
+# anything that may be compiled (or import something compiled) is imported.
 
 
 def _read(path: str) -> tuple[str, str] | None:
@@ -26,6 +30,8 @@ def _read(path: str) -> tuple[str, str] | None:
 
 def _load(path: str) -> tuple[Config, str, str] | int:
     """The validated config, its text and file name; or the exit code after saying why not."""
+    from portico.config.load import ConfigError, parse_config
+
     loaded = _read(path)
     if loaded is None:
         return 2
@@ -42,6 +48,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     config, _, filename = loaded
+    from portico.upstreams.resolve import unresolved_servers
+
     for warning in unresolved_servers(config):  # warnings only: DNS may differ where it runs
         print(f"{filename} {warning}", file=sys.stderr)
     pools = ", ".join(f"{name} ({len(p.servers)} servers)" for name, p in config.pools.items())
@@ -50,6 +58,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from portico.config.schema import json_schema
+
     print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
     return 0
 
@@ -139,6 +149,9 @@ def _refuse_stale_build() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    refused = _refuse_stale_build()  # first: the commands below import compiled modules
+    if refused:
+        return refused
     parser = argparse.ArgumentParser(
         prog="portico", description="A load balancer and reverse proxy in Python."
     )
@@ -179,10 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     simulate_command.add_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
     args = parser.parse_args(argv)
-    if args.command in ("run", "check", "demo", "explain", "simulate") and (
-        refused := _refuse_stale_build()
-    ):
-        return refused
     logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")
     result: int = args.func(args)
     return result

@@ -122,4 +122,5 @@ def test_mistakes_are_named(tmp_path: Path) -> None:
         str(config), "--workload", str(workload), "--policies", "fastest", cwd=tmp_path
     )
     assert unknown.returncode == 2
-    assert "'fastest'" in unknown.stderr  # named in the refusal
+    assert 'not "fastest"' in unknown.stderr  # named in the refusal, with the names there are
+    assert "round_robin" in unknown.stderr
