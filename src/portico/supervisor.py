@@ -223,7 +223,7 @@ class Supervisor:
             await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
             for worker in old_workers:
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    worker.writer.write(channel.encode("stop"))
+                    worker.writer.write(channel.encode("stop", reload=True))
             # when reload() returns, every new connection reaches a new worker
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
