@@ -5,10 +5,12 @@ from __future__ import annotations
 import http.client
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from conftest import simple_config
 from fakes import Load, connect, request
@@ -242,3 +244,102 @@ def test_twenty_reloads_under_keep_alive_load_fail_no_request(backends, portico)
     # the connections were in use when their workers drained, every time
     assert sum(load.closed_by_server for load in http1) >= 20
     assert sum(load.goaways for load in http2) >= 20
+
+
+# -- portico reload: which process, which file ------------------------------------------------
+
+
+def portico_reload(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`portico reload PATH ARGS` as a user types it; waits for it to exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "portico", "reload", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_reload_of_another_file_is_refused_and_the_running_one_stays(
+    backends, portico, tmp_path
+) -> None:
+    a, b = backends("a"), backends("b")
+    top = f"pid_file: {tmp_path / 'portico.pid'}\n"
+    proxy = portico(simple_config([a], top=top))
+    other = tmp_path / "other.yaml"
+    other.write_text(simple_config([b], top=top))
+    done = portico_reload(other)
+    assert done.returncode == 2
+    assert str(proxy.path) in done.stderr  # the file it runs, named
+    assert "refused" in done.stderr
+    assert request(proxy.port).header("X-Backend") == "a"
+    # the file it runs is reloaded, and the command waits for the outcome
+    proxy.path.write_text(simple_config([b], top=top))
+    done = portico_reload(proxy.path)
+    assert done.returncode == 0, done.stderr
+    assert "generation 1" in done.stdout
+    assert request(proxy.port).header("X-Backend") == "b"  # done when the command returned
+
+
+def test_reload_with_a_stale_pid_file_signals_nothing(tmp_path) -> None:
+    pid_file = tmp_path / "portico.pid"
+    config = tmp_path / "portico.yaml"
+    config.write_text(
+        f"pid_file: {pid_file}\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+        "    default_pool: app\npools:\n  app:\n    servers:\n      - address: 127.0.0.1:9\n"
+    )
+    # the pid was given since to an unrelated process, which SIGHUP would kill
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid_file.write_text(f"{unrelated.pid}\n")
+        done = portico_reload(config)
+        assert done.returncode == 2
+        assert "not a running Portico" in done.stderr
+        assert unrelated.poll() is None  # alive: never signalled
+        done = portico_reload(config, "--pid", str(unrelated.pid))
+        assert done.returncode == 2
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_the_pid_file_follows_the_config_and_goes_with_portico(backends, portico, tmp_path) -> None:
+    first, second = tmp_path / "first.pid", tmp_path / "second.pid"
+    b = backends("b")
+    proxy = portico(simple_config([b], top=f"pid_file: {first}\n"))
+    assert first.read_text().strip() == str(proxy.proc.pid)
+    # a second Portico with the same pid file would fight over it: refused
+    twin = tmp_path / "twin.yaml"
+    twin.write_text(simple_config([b], top=f"pid_file: {first}\n"))
+    started = subprocess.run(
+        [sys.executable, "-m", "portico", "run", str(twin)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert started.returncode == 1
+    assert f"names a running Portico (pid {proxy.proc.pid}" in started.stderr
+    proxy.path.write_text(simple_config([b], top=f"pid_file: {second}\n"))
+    # the new pid file does not exist yet: the running Portico is named by its pid
+    assert "give --pid" in portico_reload(proxy.path).stderr
+    assert portico_reload(proxy.path, "--pid", str(proxy.proc.pid)).returncode == 0
+    assert not first.exists()  # no stale pid file left behind
+    assert second.read_text().strip() == str(proxy.proc.pid)
+    assert proxy.stop() == 0
+    assert not second.exists()
+
+
+def test_portico_reload_reports_a_reload_the_running_portico_refused(backends, portico) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proxy = portico(simple_config([backends("b")]))
+        extra = f"  - name: more\n    bind: 127.0.0.1:{port}\n    default_pool: app\n"
+        proxy.path.write_text(proxy.path.read_text().replace("pools:\n", extra + "pools:\n"))
+        done = portico_reload(proxy.path, "--pid", str(proxy.proc.pid))
+    assert done.returncode == 1
+    assert "address already in use" in done.stderr
+    assert request(proxy.port).status == 200
