@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,8 +37,8 @@ def portico(tmp_path: Path) -> Iterator[Callable[..., Portico]]:
     """Start `portico run` on a config; stopped (SIGTERM) at the end of the test."""
     started: list[Portico] = []
 
-    def start(config: str, prefix: Sequence[str] = ()) -> Portico:
-        proxy = Portico(config, tmp_path, prefix)
+    def start(config: str, prefix: Sequence[str] = (), **options: Any) -> Portico:
+        proxy = Portico(config, tmp_path, prefix, **options)
         started.append(proxy)
         return proxy
 

@@ -401,8 +401,15 @@ def pool_yaml(backends: Iterable[FakeBackend], indent: str = "      ") -> str:
 class Portico:
     """`portico run` on an inline config, as a user runs it; `url` once it said it is ready."""
 
-    def __init__(self, config: str, tmp_path: Path, prefix: Sequence[str] = ()) -> None:
-        """`prefix`: a command that runs Portico (e.g. `isolated_resolver`'s)."""
+    def __init__(
+        self,
+        config: str,
+        tmp_path: Path,
+        prefix: Sequence[str] = (),
+        before_ready: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    ) -> None:
+        """`prefix`: a command that runs Portico (e.g. `isolated_resolver`'s); `before_ready`
+        is called with the process as soon as it started (e.g. to signal it while it starts)."""
         path = tmp_path / "portico.yaml"
         path.write_text(config)
         self.path = path
@@ -415,6 +422,9 @@ class Portico:
         self.stderr_lines: list[str] = []
         self.stderr_times: list[float] = []  # when each line arrived (time.monotonic())
         self._stderr_changed = threading.Condition()
+        self._pump: threading.Thread | None = None
+        if before_ready is not None:
+            before_ready(self.proc)
         self.ready_line = self._wait_ready()
         ports = re.findall(r"(?:https?|tcp)://[\d.]+:(\d+)", self.ready_line)
         self.port = int(ports[0])
@@ -448,7 +458,8 @@ class Portico:
             for raw in self.proc.stderr:
                 self._stderr_line(raw.decode(errors="replace"))
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
 
     def _stderr_line(self, line: str) -> None:
         with self._stderr_changed:
@@ -471,6 +482,13 @@ class Portico:
             self._stderr_changed.wait_for(lambda: arrived() is not None, timeout=timeout)
             return arrived()
 
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit and for all it wrote to stderr (`stderr_lines`)."""
+        code = self.proc.wait(timeout)
+        if self._pump is not None:
+            self._pump.join(timeout)
+        return code
+
     def wait_stdout(self, prefix: str, timeout: float = 20.0) -> str:
         """The next stdout line starting with `prefix` (the supervisor prints one per reload)."""
         assert self.proc.stdout is not None
@@ -491,9 +509,11 @@ class Portico:
         return f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
-        )
+        return self.children(self.proc.pid)
+
+    @staticmethod
+    def children(pid: int) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
         return [int(p) for p in out.stdout.split()]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:

@@ -5,6 +5,7 @@ socketpair per worker; a worker whose channel reaches EOF knows its supervisor i
 down, and a supervisor that reads EOF knows the worker died. Messages:
 
 - supervisor → worker: ``config`` (the validated YAML text and its file name), ``stop``
+  (with ``reload: true`` when a new generation takes over)
 - worker → supervisor: ``ready`` (listening, with its pid)
 """
 

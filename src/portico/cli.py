@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,9 +72,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return supervisor.run(config, text, filename)
 
 
+RELOAD_TIMEOUT = 120.0  # new workers start, then the old ones stop accepting (10 s at most)
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Validate the file first (a bad one is refused here, before the running Portico is
-    disturbed), then signal the supervisor, found by --pid or the config's pid_file."""
+    disturbed), then ask the supervisor, found by --pid or the config's pid_file, to reload
+    it, and wait for the outcome. Only the file Portico runs can be reloaded: a different
+    one is refused, since SIGHUP, the admin API and every later reload read the file the
+    supervisor was started with. A pid that is not a running Portico supervisor (a stale pid
+    file) is never signalled."""
+    from portico import control
+
     loaded = _load(args.config)
     if isinstance(loaded, int):
         if loaded == 1:
@@ -88,18 +95,58 @@ def cmd_reload(args: argparse.Namespace) -> int:
         if not config.pid_file:
             print("portico: no --pid given and the config sets no pid_file", file=sys.stderr)
             return 2
-        try:
-            pid = int(Path(config.pid_file).read_text().strip())
-        except (OSError, ValueError) as exc:
-            print(f"portico: cannot read pid_file {config.pid_file}: {exc}", file=sys.stderr)
+        pid = _read_pid_file(config.pid_file)
+        if pid is None:
             return 2
     try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        print(f"portico: no process {pid}: is Portico running?", file=sys.stderr)
+        reply = control.ask(
+            pid, "reload", timeout=RELOAD_TIMEOUT, config=str(Path(filename).absolute())
+        )
+    except control.NotRunning:
+        where = f"pid_file {config.pid_file} names" if args.pid is None else "--pid names"
+        print(
+            f"portico: {where} process {pid}, which is not a running Portico supervisor "
+            "(a stale pid file?); nothing was signalled",
+            file=sys.stderr,
+        )
         return 2
-    print(f"portico: asked process {pid} to reload {filename}")
+    except PermissionError as exc:
+        print(f"portico: cannot ask process {pid}: {exc} (run as its user)", file=sys.stderr)
+        return 2
+    except TimeoutError:
+        print(
+            f"portico: process {pid} did not answer within {RELOAD_TIMEOUT:.0f}s; "
+            "the reload may still complete (see its log)",
+            file=sys.stderr,
+        )
+        return 2
+    if reply.get("error") == "other-config":
+        print(
+            f"portico: process {pid} runs {reply.get('config')}, not {filename}: reload "
+            "refused (a running Portico reloads the file it was started with: edit that "
+            "one, or restart Portico with this one)",
+            file=sys.stderr,
+        )
+        return 2
+    if not reply.get("ok"):
+        print(f"portico: reload refused: {reply.get('detail')}", file=sys.stderr)
+        return 1
+    print(f"portico: process {pid} reloaded {filename}: generation {reply.get('generation')}")
     return 0
+
+
+def _read_pid_file(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except FileNotFoundError:
+        print(
+            f"portico: no pid_file {path}: is Portico running? (if this file names a new "
+            "pid_file, give --pid)",
+            file=sys.stderr,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"portico: cannot read pid_file {path}: {exc}", file=sys.stderr)
+    return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

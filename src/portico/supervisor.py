@@ -2,7 +2,8 @@
 
 Binds every listener once, starts `workers` processes that inherit the sockets, hands each the
 validated config over its channel, restarts a worker that dies, and on SIGTERM/SIGINT asks every
-worker to drain and waits for them (bounded by the grace time). Never touches a request.
+worker to drain and waits for them (bounded by the grace time). Answers `portico reload` on its
+control socket (`portico.control`) and owns the pid file. Never touches a request.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from portico import channel, tasks
+from portico import channel, control, tasks
 from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
 from portico.admin.api import ListenerView, PoolView, ServerState, listener_views, pool_views
 from portico.config.load import ConfigError, parse_config
@@ -62,13 +64,43 @@ def _read(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
+def read_pid(path: str) -> int | None:
+    """The pid a pid file names; None if there is no such file or it holds no pid."""
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_pid_file(path: str | None) -> None:
+    """Refuse to start while the pid file names a running Portico (two instances would fight
+    over it, and `portico reload` would reach only one); a stale one is replaced later."""
+    if not path:
+        return
+    pid = read_pid(path)
+    if pid is None or pid == os.getpid():
+        return
+    try:
+        hello = control.ask(pid, "hello", timeout=2.0)
+    except (control.NotRunning, TimeoutError):
+        log.info("pid file %s is stale (process %d is not a running Portico)", path, pid)
+        return
+    except PermissionError:
+        hello = {"config": "(run by another user)"}
+    raise StartupError(
+        f"pid_file {path} names a running Portico (pid {pid}, {hello.get('config')}): "
+        "stop it first, or give this one another pid_file"
+    )
+
+
 def _write_pid(path: str | None) -> None:
     if path:
         Path(path).write_text(f"{os.getpid()}\n")
 
 
 def _remove_pid(path: str | None) -> None:
-    if path:
+    """Remove the pid file if it is still ours."""
+    if path and read_pid(path) == os.getpid():
         with contextlib.suppress(OSError):
             Path(path).unlink()
 
@@ -78,7 +110,7 @@ def _bound(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass
+@dataclass(eq=False)  # one per process: compared, and hashed, by identity
 class WorkerProcess:
     slot: int
     process: asyncio.subprocess.Process
@@ -96,6 +128,7 @@ class Supervisor:
         self.config = config
         self.config_text = config_text
         self.filename = filename
+        self.path = os.path.abspath(filename)  # as `portico reload` names it from elsewhere
         self.sockets: dict[str, socket.socket] = {}
         self.workers: dict[int, WorkerProcess] = {}
         self.stopping = False
@@ -105,6 +138,13 @@ class Supervisor:
         self._reloading = asyncio.Lock()
         self.generation = 0
         self._ready = False
+        self._ready_event = asyncio.Event()
+        self.pid_file: str | None = None  # the pid file written (removed on exit)
+        self._reload_pending = False  # a SIGHUP before the ready line: run once ready
+        # every worker process not yet reaped, of any generation: all are stopped on shutdown
+        self.all_workers: set[WorkerProcess] = set()
+        self._spawning = asyncio.Lock()  # held while a worker is being started
+        self.control = control.ControlServer(self._control_request)
         self.reload_detail = ""
         # what the workers report, summed; served as /metrics
         self.stats = StatsAggregator()
@@ -121,6 +161,15 @@ class Supervisor:
             loop.add_signal_handler(signum, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        _check_pid_file(self.config.pid_file)
+        await self.control.start()
+        try:
+            return await self._run()
+        finally:
+            await self.control.close()
+            _remove_pid(self.pid_file)
+
+    async def _run(self) -> int:
         for listener in self.config.listeners:
             self.sockets[listener.name] = bind(listener)
         await self._start_admin()
@@ -128,26 +177,78 @@ class Supervisor:
         for slot in range(count):
             await self._spawn(slot)
         self.checker.start()
-        await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
-        listening = ", ".join(
-            f"{listener.name} {_SCHEMES[listener.protocol]}://{_bound(self.sockets[listener.name])}"
-            for listener in self.config.listeners
-        )
-        if self.admin is not None:
-            listening += f"; admin http://{self.admin.address}"
-        _write_pid(self.config.pid_file)
-        self._ready = True
-        print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
+        if await self._unless_stopping([w.ready for w in self.workers.values()]):
+            self._say_ready(count)
         await self._stopped.wait()
+        # a reload under way gives up (it sees `stopping`); one queued behind it is refused
+        async with self._reloading:
+            pass
         if self.admin is not None:
             await self.admin.close()
         self.checker.stop()
         await self._stop_workers()
         for sock in self.sockets.values():
             sock.close()
-        _remove_pid(self.config.pid_file)
         log.info("stopped")
         return 0
+
+    def _say_ready(self, count: int) -> None:
+        listening = ", ".join(
+            f"{listener.name} {_SCHEMES[listener.protocol]}://{_bound(self.sockets[listener.name])}"
+            for listener in self.config.listeners
+        )
+        if self.admin is not None:
+            listening += f"; admin http://{self.admin.address}"
+        self.pid_file = self.config.pid_file
+        _write_pid(self.pid_file)
+        self._ready = True
+        self._ready_event.set()
+        print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
+        if self._reload_pending:
+            self._reload_pending = False
+            log.info("running the reload asked for while starting")
+            tasks.spawn(self.reload())
+
+    async def _unless_stopping(self, events: list[asyncio.Event]) -> bool:
+        """Wait until every one of `events` is set; False if shutdown begins first. Whatever
+        it waited on is ended and retrieved before it returns (or is cancelled), so no task
+        or future outlives it."""
+
+        async def every() -> None:
+            for event in events:
+                await event.wait()
+
+        waits = [tasks.spawn(every()), tasks.spawn(self._stopped.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        done = waits[0]
+        return done.done() and not done.cancelled() and not self.stopping
+
+    async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A request on the control socket (`portico.control`)."""
+        running = self.path
+        if request["type"] == "hello":
+            return {"type": "hello", "pid": os.getpid(), "config": running}
+        if request["type"] != "reload":
+            return {"type": "error", "detail": f"unknown request {request['type']!r}"}
+        refused = {"type": "reloaded", "ok": False, "config": running}
+        asked = str(request.get("config", ""))
+        if not _same_file(asked, self.filename):
+            return {**refused, "error": "other-config", "detail": f"this Portico runs {running}"}
+        if self.stopping:
+            return {**refused, "error": "stopping", "detail": "Portico is stopping"}
+        ok = await self.reload()
+        return {
+            "type": "reloaded",
+            "ok": ok,
+            "config": running,
+            "generation": self.generation,
+            "detail": self.reload_detail,
+        }
 
     async def _start_admin(self) -> None:
         admin = self.config.admin
@@ -181,16 +282,28 @@ class Supervisor:
                 worker.writer.write(message)
 
     def request_reload(self) -> None:
-        if not self._ready:
-            log.warning("still starting: reload ignored (send it again once ready)")
-        elif not self.stopping:
+        if self.stopping:
+            log.warning("stopping: reload ignored")
+        elif not self._ready:
+            if not self._reload_pending:
+                log.info("reload asked for while starting: it runs once ready")
+            self._reload_pending = True
+        else:
             tasks.spawn(self.reload())
 
     async def reload(self) -> bool:
         """Zero-downtime reload (SIGHUP): validate the file again; if it is bad, say so and keep
         running as before. If it is good, start new workers with it on the same listening
-        sockets, and only once they are ready ask the old ones to drain and exit."""
+        sockets, and only once they are ready ask the old ones to drain and exit. One asked
+        for while Portico starts runs once it is ready; none runs once it stops."""
+        if not self._ready:
+            await self._unless_stopping([self._ready_event])
         async with self._reloading:
+            if self.stopping:
+                log.warning("reload not started: Portico is stopping")
+                self.reload_detail = "Portico is stopping"
+                return False
+            log.info("reloading %s", self.filename)
             try:
                 text = _read(self.filename)  # a small local file: the control plane may block
                 config = parse_config(text, self.filename)
@@ -218,21 +331,30 @@ class Supervisor:
             self.checker = HealthChecker(config, self._health_changed)
             self.workers = {}
             for slot in range(config.worker_count()):
-                await self._spawn(slot)
+                await self._spawn(slot)  # none once stopping: the sockets are closing
             self.checker.start()
-            await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
-            for worker in old_workers:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    worker.writer.write(channel.encode("stop"))
-            # when reload() returns, every new connection reaches a new worker
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(w.draining.wait() for w in old_workers)), 10.0
-                )
+            ready = await self._unless_stopping([w.ready for w in self.workers.values()])
+            if ready:
+                for worker in old_workers:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        worker.writer.write(channel.encode("stop", reload=True))
+                # when reload() returns, every new connection reaches a new worker
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(10.0):
+                        await self._unless_stopping([w.draining for w in old_workers])
             kept = {id(sock) for sock in sockets.values()}
             for sock in old_sockets.values():
                 if id(sock) not in kept:
                     sock.close()  # a listener the new config dropped
+            if not ready:
+                # shutdown began: it stops every worker, the old ones and those started here
+                log.warning("reload interrupted: Portico is stopping")
+                self.reload_detail = "interrupted: Portico is stopping"
+                return False
+            if config.pid_file != self.pid_file:  # it moved: no stale one left behind
+                _remove_pid(self.pid_file)
+                self.pid_file = config.pid_file
+                _write_pid(self.pid_file)
             log.info(
                 "reloaded %s: generation %d, %d worker(s); the old ones drain",
                 self.filename,
@@ -273,6 +395,13 @@ class Supervisor:
         self._stopped.set()
 
     async def _spawn(self, slot: int) -> None:
+        """Start the worker of `slot` on the current sockets; nothing once shutdown began
+        (`_stop_workers` waits for a start under way, then closes the sockets)."""
+        async with self._spawning:
+            if not self.stopping:
+                await self._start_worker(slot)
+
+    async def _start_worker(self, slot: int) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child.set_inheritable(True)
         args = [sys.executable, "-m", "portico.worker", "--channel", str(child.fileno())]
@@ -291,6 +420,7 @@ class Supervisor:
         self.stats.started(process.pid)
         worker = WorkerProcess(slot, process, writer, reader, time.monotonic())
         self.workers[slot] = worker
+        self.all_workers.add(worker)
         tasks.spawn(self._watch(worker))
 
     def _health_changed(self, pool: str, server: str, up: bool) -> None:
@@ -320,6 +450,7 @@ class Supervisor:
                 except ValueError as exc:
                     log.error("worker pid %d: bad stats snapshot: %s", worker.process.pid, exc)
         code = await worker.process.wait()
+        self.all_workers.discard(worker)
         self.stats.exited(worker.process.pid)
         worker.ready.set()
         worker.draining.set()
@@ -339,7 +470,11 @@ class Supervisor:
             await self._spawn(worker.slot)
 
     async def _stop_workers(self) -> None:
-        workers = list(self.workers.values())
+        async with self._spawning:
+            pass  # a worker being started is known once this returns; none starts after
+        # every generation: old workers still draining after a reload, and the workers a
+        # reload cut short by this shutdown started
+        workers = list(self.all_workers)
         for worker in workers:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 worker.writer.write(channel.encode("stop"))
@@ -428,6 +563,13 @@ class SupervisorAdmin:
 
     def running_config(self) -> Config:
         return self.supervisor.config
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def run(config: Config, config_text: str, filename: str) -> int:

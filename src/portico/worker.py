@@ -38,7 +38,12 @@ from portico.filters.plugin import (
 )
 from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
-from portico.listeners.http import ClientConnection, Http2Settings, HttpListenerSettings
+from portico.listeners.http import (
+    DRAIN_IDLE_GRACE,
+    ClientConnection,
+    Http2Settings,
+    HttpListenerSettings,
+)
 from portico.listeners.tcp import (
     TcpClientConnection,
     TcpListenerSettings,
@@ -401,8 +406,11 @@ class Worker:
             for pool in self.pools.values():
                 pool.close_idle(now - pool.settings.idle_timeout)
 
-    async def drain(self, grace: float, stopped_accepting: Callable[[], None]) -> None:
-        """Stop accepting, let in-flight requests finish for at most `grace` seconds."""
+    async def drain(
+        self, grace: float, stopped_accepting: Callable[[], None], idle_grace: float = 0.0
+    ) -> None:
+        """Stop accepting, let in-flight requests finish for at most `grace` seconds; idle
+        HTTP/1 keep-alive connections stay open `idle_grace` seconds (`ClientConnection.drain`)."""
         for server in self.servers:
             server.close()
         stopped_accepting()
@@ -410,8 +418,12 @@ class Worker:
         # let those callbacks run, so that no such connection is dropped at exit
         for _ in range(2):
             await asyncio.sleep(0)
+        idle_grace = min(idle_grace, grace)
         for conn in list(self.connections):
-            conn.drain()
+            if isinstance(conn, ClientConnection):
+                conn.drain(idle_grace)
+            else:
+                conn.drain()
         if self.connections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.all_closed.wait(), grace)
@@ -425,6 +437,7 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     loop = asyncio.get_running_loop()
     # first of all: a SIGHUP or SIGUSR1 to the process group must not kill a starting worker
     stop = asyncio.Event()
+    idle_grace = 0.0  # a reload's stop keeps idle keep-alive connections open a moment
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
@@ -448,9 +461,12 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     await writer.drain()
 
     async def listen() -> None:
+        nonlocal idle_grace
         while True:
             message = await channel.receive(reader)
             if message is None or message["type"] == "stop":
+                if message is not None and message.get("reload"):
+                    idle_grace = DRAIN_IDLE_GRACE
                 stop.set()
                 return
             worker.handle(message)
@@ -476,7 +492,7 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
         with contextlib.suppress(ConnectionError, RuntimeError):
             writer.write(channel.encode("draining", pid=os.getpid()))
 
-    await worker.drain(config.shutdown_grace, stopped_accepting)
+    await worker.drain(config.shutdown_grace, stopped_accepting, idle_grace)
     for access_log in worker.access_logs.values():
         access_log.close()
     if worker.store is not None:

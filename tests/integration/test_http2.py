@@ -850,10 +850,16 @@ def test_a_reload_sends_goaway_and_the_stream_in_flight_finishes(
             client.wait(lambda: len(stream.body) > 0, "the first bytes of the download")
             proxy.proc.send_signal(signal.SIGHUP)
             assert "generation 1" in proxy.wait_stdout("portico: reloaded")
-            goaway = client.wait_goaway(timeout=20)
-            assert goaway.error_code == ErrorCodes.NO_ERROR
-            assert goaway.last_stream_id == stream_id
-            # a stream the client opens now was never accepted: refused, to be retried
+            # first a GOAWAY that refuses nothing (a stream crossing it is still served) and
+            # a PING; once the client answers it, the final GOAWAY names the last stream
+            client.wait(
+                lambda: client.goaway is not None and client.goaway.last_stream_id == stream_id,
+                "the final GOAWAY",
+                timeout=20,
+            )
+            assert client.goaway is not None
+            assert client.goaway.error_code == ErrorCodes.NO_ERROR
+            # a stream the client opens now (against the rules) is refused, to be retried
             late = client.response(client.request("GET", "/late"))
             assert late.reset == ErrorCodes.REFUSED_STREAM
             release.set()

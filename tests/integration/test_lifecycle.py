@@ -303,3 +303,75 @@ def test_workers_exit_when_the_supervisor_is_killed(backends, portico) -> None:
     proxy.proc.kill()
     assert proxy.proc.wait(timeout=PROCESS_TIMEOUT) == -signal.SIGKILL
     assert wait_until(lambda: refuses_connections(proxy.port), interval=0.1)
+
+
+# -- signals around a reload -----------------------------------------------------------------
+
+
+def _trouble(proxy: Portico) -> list[str]:
+    """What the log says went wrong: tracebacks, task exceptions nobody retrieved, errors."""
+    return [
+        line
+        for line in proxy.stderr_lines
+        if "Traceback" in line or "never retrieved" in line or " ERROR " in line
+    ]
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _hup_then_term(proxy: Portico) -> None:
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.proc.send_signal(signal.SIGTERM)
+
+
+def _two_hups_then_term(proxy: Portico) -> None:
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.proc.send_signal(signal.SIGHUP)  # waits for the first reload
+    proxy.proc.send_signal(signal.SIGTERM)
+
+
+def _term_while_new_workers_start(proxy: Portico) -> None:
+    old = set(proxy.worker_pids())
+    proxy.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: bool(set(proxy.worker_pids()) - old), interval=0.005)
+    proxy.proc.send_signal(signal.SIGTERM)  # the reload waits for them to be ready
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [_hup_then_term, _two_hups_then_term, _term_while_new_workers_start],
+    ids=["reload-starting", "reload-queued", "reload-waiting-for-workers"],
+)
+def test_sigterm_during_a_reload_stops_cleanly(backends, portico, signals) -> None:
+    proxy = portico(simple_config([backends("b0")]).replace("workers: 1\n", "workers: 4\n"))
+    workers = set(proxy.worker_pids())
+    signals(proxy)
+    workers |= set(proxy.worker_pids())  # and those of the new generation, started by now
+    assert proxy.wait_exit(PROCESS_TIMEOUT) == 0
+    assert _trouble(proxy) == [], "".join(proxy.stderr_lines)
+    # no worker of either generation outlives the supervisor, or holds the socket
+    assert [pid for pid in workers if _running(pid)] == []
+    assert refuses_connections(proxy.port)
+
+
+def test_a_sighup_while_starting_reloads_once_ready(backends, portico) -> None:
+    def hup_while_starting(proc: subprocess.Popen[bytes]) -> None:
+        # the supervisor has its signal handlers once it starts workers; it is ready only
+        # when all four are
+        assert wait_until(lambda: bool(Portico.children(proc.pid)), interval=0.005)
+        proc.send_signal(signal.SIGHUP)
+
+    config = simple_config([backends("b0")]).replace("workers: 1\n", "workers: 4\n")
+    proxy = portico(config, before_ready=hup_while_starting)
+    assert proxy.wait_for_stderr("reload asked for while starting") is not None
+    assert "generation 1" in proxy.wait_stdout("portico: reloaded")
+    assert request(proxy.port).status == 200
+    assert proxy.stop() == 0
+    assert _trouble(proxy) == []

@@ -33,6 +33,7 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,
+    PingAckReceived,
     PingReceived,
     PriorityUpdated,
     RemoteSettingsChanged,
@@ -66,6 +67,9 @@ CONTROL_BACKLOG = 4 * 1024 * 1024  # unsent bytes while the socket is full: a cl
 HEADER_SLACK = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
 LINGER_TIME = 1.0  # after a GOAWAY for an error, how long the client's bytes are discarded
 LINGER_BYTES = 1 << 20  # ... and how many
+MAX_STREAM_ID = 2**31 - 1
+DRAIN_PING = b"portico\x00"  # the opaque data of the PING that follows a drain's first GOAWAY
+DRAIN_PING_TIMEOUT = 2.0  # a client that never answers it gets the final GOAWAY after this
 
 
 class H2Stream:
@@ -371,7 +375,9 @@ class H2ClientConnection(asyncio.Protocol):
         self.starved = False  # a stream stopped pushing for OUTBOUND_TURN: push again after
         self._rotation = 0
         self._lingered = -1  # bytes discarded after a GOAWAY for an error (-1: not lingering)
+        self._draining = False  # the first GOAWAY (no stream refused yet) is sent
         self._goaway_at: int | None = None  # the last stream accepted, once draining
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._deadline = Deadline(context.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         http2 = settings.http2
@@ -523,18 +529,37 @@ class H2ClientConnection(asyncio.Protocol):
             self._idle_or_busy()
 
     def drain(self) -> None:
-        """Shutdown or reload: GOAWAY naming the last stream taken (clients retry later ones
-        elsewhere), finish those, then close."""
+        """Shutdown or reload, in two steps so that no request is refused or cut (RFC 9113
+        §6.8, as Go's and nghttp2's servers do): a GOAWAY naming the highest possible stream
+        and a PING; the client opens no stream after reading them, so once it answers the
+        PING every stream it opened has arrived. Then the final GOAWAY naming the last one,
+        those finish, and the connection closes."""
+        if self._closed or self._draining:
+            return
+        self._draining = True
+        self._flush_now()  # what h2 queued goes first
+        self._write_goaway(MAX_STREAM_ID)
+        with contextlib.suppress(ProtocolError):
+            self.h2.ping(DRAIN_PING)
+        self._flush_now()
+        self._drain_timer = self.loop.call_later(DRAIN_PING_TIMEOUT, self._final_goaway)
+
+    def _final_goaway(self) -> None:
+        """The second step of a drain: refuse any later stream, close once the others end."""
+        self._drain_timer = None
         if self._closed or self._goaway_at is not None:
             return
         self._goaway_at = self.h2.highest_inbound_stream_id
-        self._flush_now()  # what h2 queued goes first
+        if self.streams:
+            self._write_goaway(self._goaway_at)
+        self._idle_or_busy()
+
+    def _write_goaway(self, last_stream_id: int) -> None:
+        # written by hand: h2 treats its own GOAWAY as the end of every stream
         if self.transport is not None:
-            # written by hand: h2 treats its own GOAWAY as the end of every stream
-            frame = GoAwayFrame(0, last_stream_id=self._goaway_at, error_code=0).serialize()
+            frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize()
             self._bytes.sent += len(frame)
             self.transport.write(frame)
-        self._idle_or_busy()
 
     def abort(self) -> None:
         """Grace time is over: cut the connection and every stream on it."""
@@ -648,6 +673,14 @@ class H2ClientConnection(asyncio.Protocol):
         if not self.guard.control_frame(self.loop.time()):
             self._abuse(f"{type(event).__name__} flood")
 
+    def _on_ping_ack(self, event: PingAckReceived) -> None:
+        """The client read the drain's first GOAWAY: every stream it opened has arrived."""
+        if self._draining and event.ping_data == DRAIN_PING:
+            timer = self._drain_timer
+            if timer is not None:
+                timer.cancel()
+            self._final_goaway()
+
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         # the client said goodbye: h2 allows nothing more to be sent on any stream
         self._closed = True
@@ -697,7 +730,9 @@ class H2ClientConnection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
-        """Close cleanly: GOAWAY without error, then close once written."""
+        """Close cleanly: GOAWAY without error, then a lingering close (frames the client
+        sent meanwhile, a WINDOW_UPDATE or a PING, must not make our end reset the
+        connection under the GOAWAY: RFC 9113 §6.8 asks to close only after it is read)."""
         if self._closed:
             return
         with contextlib.suppress(ProtocolError):
@@ -707,7 +742,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._closed = True
         self._drop_streams()
         if self.transport is not None:
-            self.transport.close()
+            self._linger(self.transport)
 
     def _abuse(self, what: str, queued: bool = False) -> None:
         """Close an abusive connection: GOAWAY ENHANCE_YOUR_CALM (or the error h2 `queued`)."""
@@ -741,10 +776,14 @@ class H2ClientConnection(asyncio.Protocol):
             transport.abort()
             return
         # the GOAWAY must reach the client: closing with its unread bytes in our socket would
-        # send a reset that can destroy it. So stop writing, read and discard for a moment,
-        # then close (as the HTTP/1 listener's lingering close)
+        # send a reset that can destroy it
         self._bytes.sent += len(data)
         transport.write(data)
+        self._linger(transport)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Stop writing, read and discard for a moment, then close (as the HTTP/1 listener's
+        lingering close); the client's own close ends it sooner (`eof_received`)."""
         self._lingered = 0
         if transport.can_write_eof():
             transport.write_eof()
@@ -752,6 +791,9 @@ class H2ClientConnection(asyncio.Protocol):
 
     def _drop_streams(self) -> None:
         self._deadline.cancel()
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None:
+            timer.cancel()
         for stream in list(self.streams.values()):
             stream.on_reset()
         self.streams.clear()
@@ -767,6 +809,7 @@ _DISPATCH: dict[type[Event], Callable[[H2ClientConnection, Any], None]] = {
     WindowUpdated: H2ClientConnection._on_window_updated,
     RemoteSettingsChanged: H2ClientConnection._on_settings,
     PingReceived: H2ClientConnection._on_control,
+    PingAckReceived: H2ClientConnection._on_ping_ack,
     PriorityUpdated: H2ClientConnection._on_control,
     UnknownFrameReceived: H2ClientConnection._on_control,
     ConnectionTerminated: H2ClientConnection._on_terminated,

@@ -40,6 +40,7 @@ HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished hea
 LINGER_TIME = 2.0  # after an error answer, how long unread client bytes are drained
 LINGER_BYTES = 1 << 20  # ... and how many
 DRAIN_FIRST_REQUEST = 1.0  # on shutdown, how long a new connection has to send its request
+DRAIN_IDLE_GRACE = 1.0  # on reload, how long an idle keep-alive connection stays open
 MAX_METHOD = 32  # longer than any method name llhttp knows
 
 
@@ -96,6 +97,7 @@ class ClientConnection(asyncio.Protocol):
         self._lingered = 0  # bytes thrown away while lingering or discarding
         self._linger_limit = LINGER_BYTES
         self._discarding = False  # reading the rest of an answered request's body
+        self._idle_grace = 0.0  # draining: how long an idle connection stays open
         # the request being answered, and those pipelined behind it
         self.active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
@@ -160,6 +162,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
         self._parser = _DEAD_PARSER
         h2.adopt(transport, self.client_ip, self.client_subject, self._counted, data)
+        if self.draining:
+            h2.drain()  # the preface arrived while this worker drains
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
@@ -368,7 +372,7 @@ class ClientConnection(asyncio.Protocol):
             # the rest of an answered request's body is read: on to the next request
             self._discarding = False
             if self.draining:
-                self.close()
+                self._drain_idle()  # its answer said keep-alive: one may be on its way
                 return
         if self.active is None and not self._closed:
             self._deadline.set(self.settings.keepalive_timeout)
@@ -412,11 +416,16 @@ class ClientConnection(asyncio.Protocol):
             self.linger_close()
             return
         if not exchange.request_complete:
-            self._discard(keep_alive and not self.draining)
+            self._discard(keep_alive)
             return
-        if not keep_alive or self.draining:
-            self.close()
+        if not keep_alive:
+            if self.draining:
+                self.linger_close()  # a pipelined request may be on its way: no reset
+            else:
+                self.close()
             return
+        # draining, a response that said keep-alive (its head left before the drain began)
+        # tells the client it may send another request: the connection is idle, not done
         if self._queue:
             nxt = self._queue.popleft()
             if not self._queue:
@@ -436,7 +445,10 @@ class ClientConnection(asyncio.Protocol):
         if self._blocked:
             self._unblock(BLOCK_QUEUED)
         if self._reading is None and not self._eof:
-            self._deadline.set(self.settings.keepalive_timeout)  # the common case
+            if self.draining:
+                self._drain_idle()
+            else:
+                self._deadline.set(self.settings.keepalive_timeout)  # the common case
         else:
             self._deadline.clear()
             if self._eof:
@@ -489,18 +501,41 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self.transport.abort()
 
-    def drain(self) -> None:
-        """Shutdown: finish the request in progress, then close; close now if idle. A tunnel
-        (WebSocket) runs on until it ends or the grace time runs out."""
+    def drain(self, idle_grace: float = 0.0) -> None:
+        """Shutdown or reload: finish the request in progress (its response says `Connection:
+        close`), then close. An idle connection stays open for `idle_grace` seconds (0 on
+        shutdown, `DRAIN_IDLE_GRACE` on reload), a just-accepted one for `DRAIN_FIRST_REQUEST`,
+        since a request may be on its way; one that arrives is answered with `Connection:
+        close`. A tunnel (WebSocket) runs on until it ends or the grace time runs out."""
         self.draining = True
-        if self.active is None and self._reading is None and not self.tunneled:
+        self._idle_grace = idle_grace
+        if (
+            self.active is None
+            and self._reading is None
+            and not self.tunneled
+            and not self._in_head  # a head is arriving: answered, then closed
+            and not self._lingering
+            and not self._closed
+        ):
             if self._served:
-                self.close()  # idle between requests: nothing is owed
-            elif not self._in_head:
+                self._drain_idle()
+            else:
                 # just accepted: its first request may be on the wire right now (a reload
-                # hands the socket to new workers at any moment), so give it a moment to
-                # arrive, answer it with Connection: close, and only then close
+                # hands the socket to new workers at any moment)
                 self._deadline.set(min(DRAIN_FIRST_REQUEST, self.settings.header_timeout))
+
+    def _drain_idle(self) -> None:
+        """Draining, between requests: close after the idle grace (HAProxy's
+        idle-close-on-response; a request arriving before is answered with `Connection:
+        close`), or at once if there is none. Either way with a lingering close: the write
+        side first, so the client sees the end before it sends again, then the read side
+        drained for a moment, so a request crossing our FIN is not met by a reset (RFC 9112
+        §9.6)."""
+        grace = min(self._idle_grace, self.settings.keepalive_timeout)
+        if grace > 0:
+            self._deadline.set(grace)
+        else:
+            self.linger_close()
 
     def hand_over(self) -> asyncio.Transport:
         """The connection becomes a tunnel: this object stops parsing and timing it."""
@@ -619,4 +654,7 @@ class ClientConnection(asyncio.Protocol):
         elif self.active is None:
             if self._in_head:
                 self.write(client_error(408))  # a head started and never finished
-            self.close()
+            if self.draining:
+                self.linger_close()
+            else:
+                self.close()
