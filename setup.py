@@ -37,7 +37,7 @@ COMPILED = [
     "src/portico/proxy/context.py",  # listener settings, read natively by the two below
     "src/portico/listeners/http.py",
     "src/portico/proxy/l7.py",
-    "src/portico/proxy/h2.py",  # H2Exchange subclasses l7's Exchange: compiled together
+    "src/portico/proxy/framing.py",  # ResponseFramer's subclasses: native calls from l7
 ]
 GROUP = "portico"  # the shared runtime library is portico__mypyc, not a hash of the module list
 MANIFEST = Path("portico", "_compiled.json")

@@ -54,6 +54,7 @@ from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogWriter
 from portico.observe.stats import WorkerStats
+from portico.persistence.session import StickBinding
 from portico.persistence.stick import StickTable
 from portico.plugins import Filter
 from portico.plugins.guard import Guard
@@ -64,7 +65,7 @@ from portico.state.memory import MemoryStore
 from portico.state.redis_store import RedisStore
 from portico.state.store import StateStore
 from portico.upstreams.backend import BackendState
-from portico.upstreams.pool import Pool, StickBinding
+from portico.upstreams.pool import Pool
 
 log = logging.getLogger("portico.worker")
 
@@ -303,10 +304,12 @@ class Worker:
             stick = config.pools[name].stick
             if stick is not None:
                 store = self.store if self.store is not None else memory
-                pool.stick = StickBinding(
-                    StickTable(store, name, stick.ttl, stick.size),
-                    stick.key,
-                    stick.learn_from_response,
+                pool.bind_stick_table(
+                    StickBinding(
+                        StickTable(store, name, stick.ttl, stick.size),
+                        stick.key,
+                        stick.learn_from_response,
+                    )
                 )
         bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
         self.settings = listener_settings(

@@ -10,7 +10,7 @@ import os
 import socket
 
 from conftest import simple_config
-from fakes import FakeBackend, Reply, ResponseReader, Seen, connect, read_until_closed
+from fakes import FakeBackend, Reply, ResponseReader, Seen, connect, pool_yaml, read_until_closed
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
 FORWARDING = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
@@ -341,6 +341,30 @@ def test_head_response_has_content_length_but_no_body_and_keeps_the_connection(
         reader = ResponseReader(sock)
         assert_usable(sock, reader)
     assert [s.method for s in b.seen] == ["HEAD", "GET"]
+
+
+def test_head_answered_by_portico_itself_has_no_body_and_keeps_the_connection(
+    backends, portico
+) -> None:
+    # Portico's own answers (here a 502) follow HEAD's rule too: the length, never the body
+    b = backends("b", echo_target)
+    with socket.socket() as refusing:  # bound, never listening: a connect to it is refused
+        refusing.bind(("127.0.0.1", 0))
+        config = (
+            "workers: 1\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+            "    default_pool: app\n    routes:\n      - name: gone\n"
+            "        match: {path_prefix: /gone/}\n        pool: gone\n"
+            "pools:\n  app:\n    servers:\n" + pool_yaml([b]) + "  gone:\n    retries: 0\n"
+            f"    servers:\n      - address: 127.0.0.1:{refusing.getsockname()[1]}\n"
+        )
+        proxy = portico(config)
+        with open_client(proxy.port) as sock:
+            sock.sendall(b"HEAD /gone/x HTTP/1.1\r\nHost: app.example\r\n\r\n")
+            status, headers, rest = read_head(sock)
+            assert status == 502
+            assert int(value(headers, "Content-Length") or 0) > 0
+            assert rest == b""
+            assert_usable(sock, ResponseReader(sock))
 
 
 def test_head_to_a_chunked_backend_response_has_no_body_and_keeps_the_connection(

@@ -73,12 +73,12 @@ def test_compiled_modules_without_a_manifest_are_refused(package: Path) -> None:
 
 
 def test_a_module_missing_from_a_compiled_build_is_named(package: Path) -> None:
-    # half a build: a compiled class whose interpreted subclass would fail at import
+    # half a build: the compiled modules that import the missing one would fail at import
     manifest = json.loads((package / buildinfo.MANIFEST_NAME).read_text())
-    manifest["sources"]["portico.proxy.h2"] = sha("z = 3\n")
+    manifest["sources"]["portico.proxy.framing"] = sha("z = 3\n")
     (package / buildinfo.MANIFEST_NAME).write_text(json.dumps(manifest))
     assert buildinfo.problems(package) == [
-        "portico.proxy.h2: in the build manifest, but its compiled module is missing"
+        "portico.proxy.framing: in the build manifest, but its compiled module is missing"
     ]
 
 

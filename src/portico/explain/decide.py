@@ -37,6 +37,7 @@ from portico.filters.ratelimit import RateLimitFilter
 from portico.filters.redirect import RedirectToHttps
 from portico.health import slow_start_factor
 from portico.http.headers import Header
+from portico.http.local import LocalResponse
 from portico.proxy.debug_header import short_form
 from portico.routing import Route, Router, apply_request_headers, redirect_response, rewrite_path
 from portico.routing.actions import fixed_response
@@ -125,17 +126,15 @@ def explain(
     if actions is not None:
         head = request.method == b"HEAD"
         if actions.respond is not None:
-            status = actions.respond.status
-            body = fixed_response(actions, head=head).partition(b"\r\n\r\n")[2]
-            base["answer"] = f"{status} from the route itself" + (
+            fixed = fixed_response(actions)
+            body = b"" if head else fixed.body  # an answer to HEAD leaves its body out
+            base["answer"] = f"{fixed.status} from the route itself" + (
                 f": {_text(body)!r}" if body else ""
             )
         elif actions.redirect is not None:
             scheme = b"https" if chosen.protocol == "https" else b"http"
-            raw = redirect_response(actions, request.host, target, scheme)
-            location = next(
-                (line[10:] for line in raw.split(b"\r\n") if line.startswith(b"Location: ")), b""
-            )
+            redirect = redirect_response(actions, request.host, target, scheme)
+            location = _location(redirect)
             base["answer"] = f"{actions.redirect.status} redirect to {_text(location)}"
         if base["answer"] is not None:
             base["short"] = short_form(chosen.name, route.name, None, None, 0, 0, None, 1)
@@ -259,6 +258,11 @@ class _Stub:
         self.client_ip = request.client_ip
 
 
+def _location(answer: LocalResponse) -> bytes:
+    """The Location field of a redirect Portico would answer with."""
+    return next((value for name, value in answer.headers if name.lower() == b"location"), b"")
+
+
 def _filters(
     config: Config,
     listener: ListenerConfig,
@@ -272,10 +276,8 @@ def _filters(
     steps: list[FilterStep] = []
     stub = cast(Any, _Stub(request))
     if listener.redirect_https:
-        raw = RedirectToHttps().on_request(stub) or b""
-        location = next(
-            (line[10:] for line in raw.split(b"\r\n") if line.startswith(b"Location: ")), b""
-        )
+        redirect = RedirectToHttps().on_request(stub)
+        location = _location(redirect) if redirect is not None else b""
         answer = f"308 redirect to {_text(location)}"
         steps.append(FilterStep(name="redirect_https", verdict="answer", detail=answer))
         return steps, answer
@@ -473,16 +475,19 @@ def _pool(
     candidates = [b for b in pool.available if not max_conns or b.in_flight < max_conns]
     prefer: str | None = None
     sticky: str | None = None
-    if pool.sticky is not None:
-        prefer = pool.sticky.server_of(request.headers, pool.backends)
-        cookie = pool.sticky.name.decode()
+    persistence = pool.persistence
+    cookie_rule = persistence.cookie if persistence is not None else None
+    if cookie_rule is not None:
+        prefer = cookie_rule.server_of(request.headers, pool.backends)
+        cookie = cookie_rule.name.decode()
         if prefer is None:
             sticky = f"no valid {cookie} cookie: the policy picks, and the response sets one"
         elif any(b.name == prefer for b in candidates):
             sticky = f'cookie {cookie} names "{prefer}", which is fit: it wins'
         else:
             sticky = f'cookie {cookie} names "{prefer}", which is not fit: the policy picks'
-    if pool.stick is not None or pool_config.stick is not None:
+    stick_bound = persistence is not None and persistence.stick is not None
+    if stick_bound or pool_config.stick is not None:
         notes = "a stick table entry, if the state store has one, wins over the policy"
         sticky = f"{sticky}; {notes}" if sticky else notes
     key: str | None = None

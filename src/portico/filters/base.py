@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from portico.http.local import LocalResponse
 from portico.plugins import ProxiedRequest
 
 FilterRequest = ProxiedRequest
@@ -25,10 +26,11 @@ class RequestFilter(Protocol):
 
     asynchronous: bool
 
-    def on_request(self, exchange: FilterRequest) -> bytes | None:
-        """None to let the request go on; else the complete response to answer with."""
+    def on_request(self, exchange: FilterRequest) -> LocalResponse | None:
+        """None to let the request go on; else the response to answer with (made by
+        `portico.http.local.local_response`)."""
         ...
 
-    async def check(self, exchange: FilterRequest) -> bytes | None:
+    async def check(self, exchange: FilterRequest) -> LocalResponse | None:
         """`on_request` for an asynchronous filter."""
         ...

@@ -1,12 +1,12 @@
 """Users' filters (`portico.plugins.Filter`) in the proxy's filter chain.
 
 Owns the adapters between a plugin's hooks and what the proxy runs: `PluginFilter` (an
-`on_request` hook as a `RequestFilter`: its `Response` turned into bytes, a failure into a
-500), `ResponseHooks` (the `on_response` hooks of a listener or route, run on each server
-response head) and `RouteChain` (one route's filters). Each hook runs behind its plugin's
-`Guard`: timed, its exceptions contained. Only hooks a plugin overrides are ever called, so
-a filter with only `on_request` costs nothing on responses, and a listener without plugin
-filters pays nothing at all (its settings hold no adapters).
+`on_request` hook as a `RequestFilter`: its `Response` turned into a `LocalResponse`, a
+failure into a 500), `ResponseHooks` (the `on_response` hooks of a listener or route, run on
+each server response head) and `RouteChain` (one route's filters). Each hook runs behind its
+plugin's `Guard`: timed, its exceptions contained. Only hooks a plugin overrides are ever
+called, so a filter with only `on_request` costs nothing on responses, and a listener without
+plugin filters pays nothing at all (its settings hold no adapters).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import cast
 from portico.filters.base import FilterRequest, RequestFilter
 from portico.http.errors import upstream_error
 from portico.http.headers import Header
+from portico.http.local import LocalResponse
 from portico.plugins import Filter, Request, Response, ResponseHeaders
 from portico.plugins.guard import Guard
 
@@ -33,7 +34,7 @@ __all__ = [
     "overrides",
 ]
 
-_FAILED = upstream_error(500, False)  # the exchange adds "Connection: close" when it must
+_FAILED = upstream_error(500)
 
 RequestHook = Callable[[Request], Response | Awaitable[Response | None] | None]
 ResponseHook = Callable[[Request, ResponseHeaders], None]
@@ -69,7 +70,7 @@ class PluginFilter:
         self.timeout = timeout
         self.asynchronous = inspect.iscoroutinefunction(plugin.on_request)
 
-    def on_request(self, exchange: FilterRequest) -> bytes | None:
+    def on_request(self, exchange: FilterRequest) -> LocalResponse | None:
         # the hot path of every request on a listener with this filter: kept to one call of
         # the hook, one allocation (the view) and two clock reads
         view = self._view  # one per filter, re-aimed: a view is valid during its call only
@@ -85,9 +86,9 @@ class PluginFilter:
         if perf_counter() - started > self.budget:
             self.guard.timed(started)
         view._exchange = _NO_REQUEST
-        return None if answer is None else self._answer(answer, exchange)
+        return None if answer is None else self._answer(answer)
 
-    async def check(self, exchange: FilterRequest) -> bytes | None:
+    async def check(self, exchange: FilterRequest) -> LocalResponse | None:
         if not self.asynchronous:
             return self.on_request(exchange)
         guard = self.guard
@@ -100,16 +101,16 @@ class PluginFilter:
         except Exception as exc:
             guard.failed(exc, "on_request")
             return _FAILED
-        return self._answer(answer, exchange)
+        return self._answer(answer)
 
-    def _answer(self, answer: object, exchange: FilterRequest) -> bytes | None:
+    def _answer(self, answer: object) -> LocalResponse | None:
         if answer is None:
             return None
         if not isinstance(answer, Response):
             error = TypeError(f"on_request returned {type(answer).__name__}, not Response or None")
             self.guard.failed(error, "on_request")
             return _FAILED
-        return answer.encode(head_only=exchange.method == b"HEAD")
+        return answer.to_local()
 
 
 class ResponseHooks:

@@ -1,10 +1,11 @@
 """Request rate limits as a filter: the key, the 429 answer, the RateLimit headers.
 
 Owns `RateLimitFilter` (a listener's per-client limit, counted in this worker) and
-`SharedRateLimitFilter` (the same limit counted in a shared store), and `ratelimit_headers`
-(the RateLimit-* and Retry-After response headers). The arithmetic is `portico.state.gcra`'s
-(pure, shared with the stores); `parse_rate` (the config text "100/s") is
-`portico.config.units`'. Both are re-exported here, where the filter's users look for them.
+`SharedRateLimitFilter` (the same limit counted in a shared store), both answering 429 with a
+`LocalResponse`, and `ratelimit_headers` (the RateLimit-* and Retry-After response headers).
+The arithmetic is `portico.state.gcra`'s (pure, shared with the stores); `parse_rate` (the
+config text "100/s") is `portico.config.units`'. Both are re-exported here, where the filter's
+users look for them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from portico.config.units import parse_rate
 from portico.http.keys import key_function
+from portico.http.local import LocalResponse, local_response
 from portico.state.gcra import Decision, Gcra, RateLimiter
 from portico.state.store import StateStore, StoreUnavailable
 
@@ -71,6 +73,11 @@ def ratelimit_headers(
 
 
 _TOO_MANY_BODY = b"429 Too Many Requests\n"
+_TOO_MANY_FIELDS = (
+    (b"Content-Type", b"text/plain; charset=utf-8"),
+    (b"Content-Length", b"%d" % len(_TOO_MANY_BODY)),
+    (b"Cache-Control", b"no-store"),
+)
 
 
 class RateLimitFilter:
@@ -87,7 +94,7 @@ class RateLimitFilter:
         self.clock = clock
         self.key_of = key_function(config.key)
 
-    def on_request(self, exchange: FilterRequest) -> bytes | None:
+    def on_request(self, exchange: FilterRequest) -> LocalResponse | None:
         client = exchange.client
         key = self.key_of(exchange.headers, exchange.target, client.client_ip)
         decision = self.limiter.check(key, self.clock())
@@ -95,20 +102,19 @@ class RateLimitFilter:
             return None
         return self._too_many(decision)
 
-    async def check(self, exchange: FilterRequest) -> bytes | None:
+    async def check(self, exchange: FilterRequest) -> LocalResponse | None:
         return self.on_request(exchange)
 
-    def _too_many(self, decision: Decision) -> bytes:
+    def _too_many(self, decision: Decision) -> LocalResponse:
         gcra = self.limiter.gcra
-        headers = ratelimit_headers(decision, gcra.burst, gcra.window)
-        fields = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-        return (
-            b"HTTP/1.1 429 Too Many Requests\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n"
-            b"Cache-Control: no-store\r\n"
-            b"%s\r\n%s"
-        ) % (len(_TOO_MANY_BODY), fields, _TOO_MANY_BODY)
+        return local_response(
+            429,
+            [
+                *_TOO_MANY_FIELDS,
+                *ratelimit_headers(decision, gcra.burst, gcra.window),
+            ],
+            _TOO_MANY_BODY,
+        )
 
 
 class SharedRateLimitFilter(RateLimitFilter):
@@ -133,7 +139,7 @@ class SharedRateLimitFilter(RateLimitFilter):
         self.fallback = fallback
         self.fallbacks = 0
 
-    async def check(self, exchange: FilterRequest) -> bytes | None:
+    async def check(self, exchange: FilterRequest) -> LocalResponse | None:
         client = exchange.client
         key = self.key_of(exchange.headers, exchange.target, client.client_ip)
         gcra = self.limiter.gcra

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from portico.http.local import LocalResponse, local_response
+
 if TYPE_CHECKING:
     from portico.filters.base import FilterRequest
 
@@ -26,20 +28,19 @@ class RedirectToHttps:
     def __init__(self, port: int | None = None) -> None:
         self.port_suffix = b"" if port is None or port == 443 else b":%d" % port
 
-    async def check(self, exchange: FilterRequest) -> bytes | None:
+    async def check(self, exchange: FilterRequest) -> LocalResponse | None:
         return self.on_request(exchange)
 
-    def on_request(self, exchange: FilterRequest) -> bytes | None:
+    def on_request(self, exchange: FilterRequest) -> LocalResponse | None:
         host = exchange.head.host or b"localhost"
         if b"\r" in host or b"\n" in host:
             host = b"localhost"  # a validated request has none; belt and braces
-        return (
-            b"HTTP/1.1 308 Permanent Redirect\r\n"
-            b"Location: https://"
-            + host_without_port(host)
-            + self.port_suffix
-            + exchange.target
-            + b"\r\n"
-            b"Content-Length: 0\r\n"
-            b"Cache-Control: max-age=3600\r\n\r\n"
+        location = b"https://" + host_without_port(host) + self.port_suffix + exchange.target
+        return local_response(
+            308,
+            [
+                (b"Location", location),
+                (b"Content-Length", b"0"),
+                (b"Cache-Control", b"max-age=3600"),
+            ],
         )

@@ -3,13 +3,14 @@
 Owns: turning a decoded HTTP/2 request header block (already checked by the h2 library for
 pseudo-header order, connection-specific fields and lower-case names) into the method, target
 and header list an `Exchange` takes (RFC 9113 §8.3.1: `:authority` becomes Host; split Cookie
-fields are joined again, §8.2.3), with the listener's size limits; and turning Portico's own
-prebuilt HTTP/1.1 answers (errors, redirects, fixed pages) into HTTP/2 header lists.
+fields are joined again, §8.2.3), with the listener's size limits; and turning a response head (a
+server's, or one of Portico's own `LocalResponse` answers) into an HTTP/2 header list.
 Never touches frames or sockets (`portico.listeners.h2` does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from portico.http.headers import Header
@@ -17,7 +18,7 @@ from portico.http.headers import Header
 # Per RFC 9113 §6.5.2 a header field costs its name and value plus 32 octets of overhead.
 FIELD_OVERHEAD = 32
 
-# Never sent on HTTP/2 (RFC 9113 §8.2.2); Portico's HTTP/1.1 answers may carry them.
+# Never sent on HTTP/2 (RFC 9113 §8.2.2).
 _CONNECTION_SPECIFIC = frozenset(
     {
         b"connection",
@@ -104,26 +105,7 @@ def map_request(fields: list[Header], limits: RequestLimits) -> H2Request | int:
     return H2Request(method, path, headers, has_length)
 
 
-def split_answer(answer: bytes) -> tuple[int, list[Header], bytes]:
-    """One of Portico's prebuilt HTTP/1.1 answers as (status, HTTP/2 fields, body).
-
-    Only ever given Portico's own well-formed bytes (error pages, redirects, fixed responses,
-    429s), never a server's: so a plain split is enough.
-    """
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0][9:12])
-    fields: list[Header] = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        low = name.strip().lower()
-        if low in _CONNECTION_SPECIFIC:
-            continue
-        fields.append((low, value.strip()))
-    return status, fields, body
-
-
-def response_fields(status: int, headers: list[Header]) -> list[Header]:
+def response_fields(status: int, headers: Iterable[Header]) -> list[Header]:
     """A response head as HTTP/2 fields: `:status` first, names lower-case, and nothing
     connection-specific (a server's own Connection-listed fields were removed already)."""
     out: list[Header] = [(b":status", b"%d" % status)]

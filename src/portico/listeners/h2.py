@@ -2,8 +2,9 @@
 one `H2Stream` per request.
 
 Owns: the h2 library's connection state machine (frames, HPACK, flow-control arithmetic,
-protocol errors), turning each request stream into an `H2Exchange` that goes to the same
-HTTP/1.1 server pools as any other request, flow control both ways, the connection's
+protocol errors), turning each request stream into an `Exchange` that goes to the same
+HTTP/1.1 server pools as any other request (its response framed by an `H2Framer` into this
+stream's HEADERS and DATA frames), flow control both ways, the connection's
 timeouts, graceful GOAWAY on drain, and the defences against known HTTP/2 attacks
 (`portico.http.h2.FloodGuard`: rapid reset, ping/settings floods, window-update showers;
 CONTINUATION floods and HPACK bombs are bounded by h2 itself and by the header-list limit).
@@ -24,7 +25,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -48,14 +49,12 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from portico.http.errors import client_error
-from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request, split_answer
+from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
 from portico.proxy.context import HttpListenerSettings, ProxyContext
-from portico.proxy.h2 import H2Exchange
+from portico.proxy.framing import H2Framer
+from portico.proxy.l7 import Exchange
 from portico.timers import Deadline
-
-if TYPE_CHECKING:
-    from portico.proxy.l7 import Exchange
 
 log = logging.getLogger("portico.h2")
 
@@ -137,7 +136,7 @@ class H2Stream:
     def forwarding_memo(self, value: tuple[bytes | None, list[Header]] | None) -> None:
         self.conn.forwarding_memo = value
 
-    # -- the response, from the exchange ---------------------------------------------------------
+    # -- the response, from its framer (portico.proxy.framing.H2Framer) --------------------------
 
     def send_headers(self, fields: list[Header], *, end: bool) -> None:
         if self.closed:
@@ -174,24 +173,6 @@ class H2Stream:
             return
         self._end_pending = True
         self.push()
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.send_data(data)
-
-    def writelines(self, parts: list[bytes | memoryview]) -> None:
-        for part in parts:
-            self.send_data(part)
-
-    def answer(self, answer: bytes) -> None:
-        """Portico's own answer (an error, a redirect, a 429, a fixed page), whole."""
-        status, fields, body = split_answer(answer)
-        fields.insert(0, (b":status", b"%d" % status))
-        if not body or self.head_only:
-            self.send_headers(fields, end=True)
-            return
-        self.send_headers(fields, end=False)
-        self.send_data(body)
-        self.send_end()
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None:
         """The exchange wrote its whole response (it may still wait here for window)."""
@@ -582,12 +563,13 @@ class H2ClientConnection(asyncio.Protocol):
         request = map_request(fields, self._limits)
         method = request.method if isinstance(request, H2Request) else b"GET"
         stream = H2Stream(self, stream_id, method)
+        framer = H2Framer(stream)
         self.streams[stream_id] = stream
         self._idle_or_busy()
         ended = event.stream_ended is not None
         stream.request_done = ended
         if isinstance(request, int):
-            stream.answer(client_error(request))
+            framer.send_local(client_error(request), False, False)
             return
         settings = self.settings
         head = split_request_headers(
@@ -598,7 +580,7 @@ class H2ClientConnection(asyncio.Protocol):
         head.upgrade = None  # h2 refused any Upgrade field already
         if ended:
             if head.kind is LENGTH_BODY and head.length:
-                stream.answer(client_error(400))  # a length, and no body to match it
+                framer.send_local(client_error(400), False, False)  # a length, and no body
                 return
             head.kind = NO_BODY
         elif not request.has_length:
@@ -607,9 +589,12 @@ class H2ClientConnection(asyncio.Protocol):
             head.te = b"chunked"
         max_body = settings.max_body_size
         if max_body and head.kind is LENGTH_BODY and head.length > max_body:
-            stream.answer(client_error(413))
+            framer.send_local(client_error(413), False, False)
             return
-        exchange = H2Exchange(stream, request.method, request.target, request.headers, head)
+        # streams end, connections stay: "keep-alive" is always true for a stream
+        exchange = Exchange(
+            stream, framer, request.method, request.target, "2.0", request.headers, head, True
+        )
         stream.exchange = exchange
         if not ended:
             stream._deadline.set(settings.body_timeout)

@@ -3,8 +3,9 @@
 Owns: parsing requests with httptools (strict llhttp: no lenient flags, ever), the limits on
 what a client may send (414, 431, 413, 400), client timeouts, keep-alive and pipelining (answers
 in request order), and back-pressure from the client socket. A request that fails any check is
-answered here and never reaches a server. Where a request goes and how its response comes back
-is `portico.proxy.l7.Exchange`'s business.
+answered here and never reaches a server. Where a request goes and what its response says is
+`portico.proxy.l7.Exchange`'s business; how the response is framed for HTTP/1.x is the
+connection's `portico.proxy.framing.Http1Framer`'s.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from portico.http.headers import (
     RequestHead,
     split_request_headers,
 )
+from portico.http.local import http1_bytes
 from portico.listeners.h2 import PREFACE, H2ClientConnection
 from portico.listeners.tcp import is_trusted
 from portico.listeners.tls import peer_subject
 from portico.proxy import proxy_protocol
 from portico.proxy.context import Http2Settings, HttpListenerSettings, ProxyContext
+from portico.proxy.framing import Http1Framer
 from portico.proxy.l7 import BLOCK_DONE, BLOCK_PENDING, BLOCK_QUEUED, BLOCK_UPSTREAM, Exchange
 from portico.proxy.proxy_protocol import ParseState
 from portico.timers import Deadline
@@ -71,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
+        self._framer = Http1Framer(self._bytes)  # frames the responses, one at a time
         self._blocked = 0
         self._closed = False
         self._counted = False
@@ -110,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._framer.transport = self.transport
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = peer[0]
@@ -159,7 +164,7 @@ class ClientConnection(asyncio.Protocol):
         self.context.forget(self)
         h2 = H2ClientConnection(self.settings, self.context)
         # this object is done: nothing of it may keep the transport (and its TLS state) alive
-        self.transport = None
+        self.transport = self._framer.transport = None
         self._parser = _DEAD_PARSER
         h2.adopt(transport, self.client_ip, self.client_subject, self._counted, data)
         if self.draining:
@@ -326,7 +331,7 @@ class ClientConnection(asyncio.Protocol):
             head.upgrade = None
         if self._eof:
             keep_alive = False
-        exchange = Exchange(self, method, target, version, headers, head, keep_alive)
+        exchange = Exchange(self, self._framer, method, target, version, headers, head, keep_alive)
         self._reading = exchange
         # ready for the next head
         self._in_head = False
@@ -341,6 +346,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._deadline.set(settings.body_timeout)
             self.active = exchange
+            self._framer.http11 = version == "1.1"
             self._unstarted = exchange
         else:
             self._queue.append(exchange)
@@ -392,11 +398,6 @@ class ClientConnection(asyncio.Protocol):
         self._bytes.sent += size
         self.transport.writelines(parts)
 
-    def answer(self, answer: bytes) -> None:
-        # Portico's own answers are HTTP/1.1 bytes already (a def, not `answer = write`: a
-        # class attribute alias is not a method in a mypyc-compiled class)
-        self.write(answer)
-
     def block_reading(self, reason: int) -> None:
         self._block(reason)
 
@@ -431,6 +432,7 @@ class ClientConnection(asyncio.Protocol):
             if not self._queue:
                 self._unblock(BLOCK_QUEUED)
             self.active = nxt
+            self._framer.http11 = nxt.version == "1.1"
             if self.write_paused:
                 self._deadline.set(self.settings.send_timeout)
             else:
@@ -439,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._refusal is not None:
             self._deadline.clear()
-            self.write(client_error(self._refusal))
+            self.write(http1_bytes(client_error(self._refusal), close=True))
             self.linger_close()
             return
         if self._blocked:
@@ -621,7 +623,7 @@ class ClientConnection(asyncio.Protocol):
         if reading is not None and reading in self._queue:
             self._queue.remove(reading)
         if self.active is None:
-            self.write(client_error(status))
+            self.write(http1_bytes(client_error(status), close=True))
             self.linger_close()
         else:
             self._refusal = status
@@ -653,7 +655,7 @@ class ClientConnection(asyncio.Protocol):
                 self.abort()
         elif self.active is None:
             if self._in_head:
-                self.write(client_error(408))  # a head started and never finished
+                self.write(http1_bytes(client_error(408), close=True))  # a head never finished
             if self.draining:
                 self.linger_close()
             else:

@@ -42,7 +42,7 @@ import select
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
@@ -52,6 +52,7 @@ __all__ = [
     "AccessRecord",
     "Format",
     "Sink",
+    "access_record",
     "escape",
     "format_combined",
     "format_json",
@@ -98,6 +99,61 @@ class AccessRecord:
     duration: float  # head received -> last response byte written
     upstream_connect: float | None  # None: a pooled connection was reused, or none was made
     upstream_response: float | None  # request sent -> response head received; None: no head
+
+
+def access_record(
+    *,
+    duration: float,
+    headers: Sequence[tuple[bytes, bytes]],
+    client_ip: str,
+    method: bytes,
+    target: bytes,
+    version: str,
+    status: int,
+    head_bytes: int,
+    body_bytes: int,
+    received: int,
+    host: bytes | None,
+    request_id: bytes | None,
+    listener: str,
+    route: str | None,
+    pool: str | None,
+    backend: str | None,
+    upstream_connect: float | None,
+    upstream_response: float | None,
+) -> AccessRecord:
+    """The record of a request that ended `duration` seconds after its head arrived, from what
+    the proxy measured: Referer and User-Agent are picked from the request's `headers`, the
+    start is the wall clock now minus `duration`. (Reads the wall clock: not pure.)"""
+    referer = user_agent = None
+    for name, value in headers:
+        low = name.lower()
+        if low == b"referer":
+            referer = value
+        elif low == b"user-agent":
+            user_agent = value
+    return AccessRecord(
+        start=time.time() - duration,
+        client_ip=client_ip,
+        method=method,
+        target=target,
+        version=version,
+        status=status,
+        bytes_sent=head_bytes + body_bytes,
+        body_bytes_sent=body_bytes,
+        bytes_received=received,
+        referer=referer,
+        user_agent=user_agent,
+        host=host,
+        request_id=request_id or b"-",
+        listener=listener,
+        route=route,
+        pool=pool,
+        backend=backend,
+        duration=duration,
+        upstream_connect=upstream_connect,
+        upstream_response=upstream_response,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Protocol
 
@@ -39,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, ValidationInfo
 
 from portico.balancing.base import C, Candidate, Policy
 from portico.http.headers import Header, RequestHead
+from portico.http.local import LocalResponse, local_response
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -150,22 +150,14 @@ class Response:
         if self.body and self.status in (204, 304):
             raise ValueError(f"a {self.status} response has no body")
 
-    def encode(self, *, head_only: bool = False) -> bytes:
-        """The response as HTTP/1.1 bytes (the listener turns them into frames for HTTP/2);
-        `head_only` for a HEAD request: the length of the body, not the body."""
+    def to_local(self) -> LocalResponse:
+        """The response as one of Portico's own answers (`portico.http.local`), which the
+        client's protocol frames when it is sent (an answer to HEAD without its body)."""
         body = self.body.encode() if isinstance(self.body, str) else self.body
         fields = [_field(name, value) for name, value in self.headers]
         if isinstance(self.body, str) and not any(n.lower() == b"content-type" for n, _ in fields):
             fields.append((b"Content-Type", b"text/plain; charset=utf-8"))
-        if self.status not in (204, 304):
-            fields.append((b"Content-Length", b"%d" % len(body)))
-        try:
-            reason = HTTPStatus(self.status).phrase.encode()
-        except ValueError:
-            reason = b"Unknown"
-        lines = b"".join(name + b": " + value + b"\r\n" for name, value in fields)
-        head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (self.status, reason, lines)
-        return head if head_only else head + body
+        return local_response(self.status, fields, body)  # Content-Length: local_response's
 
 
 @dataclass(frozen=True, slots=True)

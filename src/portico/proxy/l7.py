@@ -1,10 +1,15 @@
 """One HTTP request's way through the proxy: pick a server, send, relay the answer back.
 
-Owns the request phases of an exchange: backend selection (through the pool's policy),
-reusing or opening a server connection, retrying elsewhere when that is safe, streaming the
-request body up and the response back with back-pressure both ways, re-framing bodies for the
-client, and the 502/503/504 answers. Never parses bytes (the listener and the upstream
-connection do) and never decides limits on what clients may send (the listener does).
+Owns the protocol-neutral exchange, the same for HTTP/1.x and HTTP/2 clients: the request
+phases (filters, routing, backend selection through the pool's policy), reusing or opening a
+server connection, retrying elsewhere when that is safe, streaming the request body up and the
+response back with back-pressure both ways, the response's end-to-end header step (route and
+listener edits, session persistence), and which answer Portico gives itself (a
+`LocalResponse`: 502/503/504, a filter's or a route's). The response goes out through a
+`ResponseFramer` (`portico.proxy.framing`: HTTP/1.x bytes or HTTP/2 frames), the connection's
+lifecycle through `ClientSide`. Never frames or writes a response itself, never parses bytes
+(the listener and the upstream connection do) and never decides limits on what clients may
+send (the listener does).
 
 Safety rules for retries: a request is tried again on another server only when no byte of a
 response came back and the request can be replayed whole: after a failed connect, or after a
@@ -30,12 +35,13 @@ from portico.http.headers import (
     forwarding_headers,
     serialize_head,
 )
-from portico.observe.access_log import AccessRecord
+from portico.http.local import LocalResponse
+from portico.observe.access_log import access_record
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
-from portico.persistence.cookie import set_cookie_value
 from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
+from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
 from portico.routing import Route, Router
 from portico.routing.actions import (
@@ -48,19 +54,18 @@ from portico.routing.actions import (
 )
 from portico.upstreams.backend import report_connect_failure, report_connected
 from portico.upstreams.connections import UpstreamConnection
-from portico.upstreams.pool import FULL, Pool, StickBinding
+from portico.upstreams.pool import FULL, Pool
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
+    from portico.persistence.session import Persistence
     from portico.proxy.context import HttpListenerSettings, ProxyContext
     from portico.upstreams.backend import BackendState
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
 _CHUNK_END = b"0\r\n\r\n"
-_COALESCE = 16 * 1024  # a first body piece up to this size is copied behind the head
 _CRLF = b"\r\n"
-_CLOSE_END = b"\r\nConnection: close\r\n\r\n"
 
 CLIENT_SUBJECT = b"X-Client-Cert-Subject"  # mTLS: the verified client certificate's subject
 CLIENT_SUBJECT_LOWER = CLIENT_SUBJECT.lower()
@@ -73,8 +78,8 @@ BLOCK_DONE = 8  # nothing more will be read on this connection
 
 
 class ClientSide(Protocol):
-    """What an exchange needs of the client it answers: an HTTP/1.x connection
-    (`portico.listeners.http.ClientConnection`) or one HTTP/2 stream
+    """What an exchange needs of the client it answers, besides its `ResponseFramer`: an
+    HTTP/1.x connection (`portico.listeners.http.ClientConnection`) or one HTTP/2 stream
     (`portico.listeners.h2.H2Stream`)."""
 
     forwarding_memo: tuple[bytes | None, list[Header]] | None  # (Host, forwarding headers)
@@ -97,9 +102,6 @@ class ClientSide(Protocol):
     @property
     def early(self) -> bytes: ...
 
-    def write(self, data: bytes | memoryview) -> None: ...
-    def writelines(self, parts: list[bytes | memoryview]) -> None: ...
-    def answer(self, answer: bytes) -> None: ...
     def block_reading(self, reason: int) -> None: ...
     def unblock_reading(self, reason: int) -> None: ...
     def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None: ...
@@ -109,21 +111,21 @@ class ClientSide(Protocol):
 
 
 class Exchange:
-    """A request from one client and the response to it; implements `ResponseSink`."""
+    """A request from one client and the response to it; implements `ResponseSink`. The same
+    for every client protocol: `out` frames what it decides."""
 
     __slots__ = (
         "_backend",
         "_backend_name",
-        "_chunked_out",
         "_client",
         "_connect_time",
         "_continued",
         "_dequeued",
         "_fell_back",
-        "_head",
         "_head_len",
         "_observed",
         "_original_target",
+        "_out",
         "_pending",
         "_pending_size",
         "_pool",
@@ -162,6 +164,7 @@ class Exchange:
     def __init__(
         self,
         client: ClientSide,
+        out: ResponseFramer,
         method: bytes,
         target: bytes,
         version: str,
@@ -171,6 +174,7 @@ class Exchange:
     ) -> None:
         # the request, as parsed
         self._client = client
+        self._out = out
         self.method = method
         self.target = target
         self.version = version
@@ -215,9 +219,7 @@ class Exchange:
         self.route: Route | None = None
         self._sent_at = 0.0
         # the response side
-        self._head: bytes | None = None  # staged, written with the first body bytes
-        self._chunked_out = False
-        self._response_started = False
+        self._response_started = False  # a byte of it went to the client
         self._continued = False  # a 100 Continue went to the client
         self.status = 0
         self.finished = False
@@ -315,11 +317,9 @@ class Exchange:
         self._pool = self._client.context.pools[name]
         self._pool_chosen = True
 
-    def _filtered(self, answer: bytes) -> None:
+    def _filtered(self, answer: LocalResponse) -> None:
         client = self._client
-        # counted as rate limited: the rate limiter's 429 (and, until local answers are values,
-        # a plugin's 429 too)
-        if answer.startswith(b"HTTP/1.1 429"):
+        if answer.status == 429:  # the rate limiter's (or a plugin's) Too Many Requests
             client.context.stats.ratelimited(client.settings.name)
         self._respond_locally(answer)
 
@@ -332,7 +332,7 @@ class Exchange:
         actions = route.actions
         if actions is not None:
             if actions.respond is not None:
-                self._respond_locally(fixed_response(actions, head=self.method == b"HEAD"))
+                self._respond_locally(fixed_response(actions))
                 return None
             if actions.redirect is not None:
                 scheme = client.settings.proto
@@ -360,18 +360,19 @@ class Exchange:
         client = self._client
         pool = self._pool
         now = client.loop.time()
-        stick = pool.stick
-        if stick is not None and not self._tried and not self._stick_looked:
-            self._stick_looked = True
-            key = self._stick_key = stick.key(self.headers, self.target, client.client_ip)
-            if key is not None:
-                tasks.spawn(self._stick_lookup(stick, key))
-                return
-        sticky = pool.sticky
-        if sticky is not None and not self._tried:
-            self._sticky_server = sticky.server_of(self.headers, pool.backends)
-            if sticky.prefix_mode and self._upstream_head is None:
-                self.head.headers = sticky.strip_prefix(self.head.headers)
+        persistence = pool.persistence
+        if persistence is not None and not self._tried:
+            if persistence.stick is not None and not self._stick_looked:
+                self._stick_looked = True
+                key = persistence.stick_key(self.headers, self.target, client.client_ip)
+                self._stick_key = key
+                if key is not None:
+                    tasks.spawn(self._stick_lookup(persistence, key))
+                    return
+            if persistence.cookie is not None:
+                self._sticky_server = persistence.cookie_server(self.headers, pool.backends)
+                if self._upstream_head is None:
+                    self.head.headers = persistence.request_headers(self.head.headers)
         if pool.queue and not self._dequeued:
             backend: BackendState | str | None = FULL  # wait behind those already waiting
         else:
@@ -418,10 +419,10 @@ class Exchange:
             self._reused = False
             tasks.spawn(self._connect(backend))
 
-    async def _stick_lookup(self, stick: StickBinding, key: bytes) -> None:
+    async def _stick_lookup(self, persistence: Persistence, key: bytes) -> None:
         """Ask the stick table (bounded by the store's timeout; a store that is down answers
         None and the policy picks), then go on choosing a server."""
-        self._sticky_server = await stick.table.lookup(key)
+        self._sticky_server = await persistence.lookup(key)
         if not self.finished:
             self.start()
 
@@ -605,16 +606,13 @@ class Exchange:
             return
         self._drop_upstream()
         self._release_backend(failed=None)
-        self._answer(client_error(status), status, False, linger=True)
+        self._answer(client_error(status), False, linger=True)
 
     # -- response, from the server (ResponseSink) ----------------------------------------------
 
     def on_interim(self, status: int, head: ResponseHead) -> None:
-        if self.version == "1.1" and status in (100, 103):
-            line = b"HTTP/1.1 %d %s" % (status, head.reason)
-            self._client.write(serialize_head(line, head.headers))
-            if status == 100:
-                self._continued = True
+        if self._out.send_interim(status, head.reason, head.headers) and status == 100:
+            self._continued = True
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
         try:
@@ -623,26 +621,22 @@ class Exchange:
             self._response_refused()
             return
         kind = head.kind
-        is_11 = self.version == "1.1"
-        keep = self._may_keep()
+        coding = None
         if kind is LENGTH_BODY:
-            out.append((b"Content-Length", b"%d" % head.length))
+            length = head.length
         elif kind is NO_BODY:
+            length = BODY_NONE
             if head.declared_length is not None and status >= 200 and status != 204:
                 out.append((b"Content-Length", head.declared_length))  # HEAD, 304: the GET's
-        elif is_11:
-            self._chunked_out = True
-            te = head.te if kind is CHUNKED_BODY else None
-            out.append((b"Transfer-Encoding", te or b"chunked"))
         else:
-            keep = False  # an HTTP/1.0 client reads this body until the connection closes
-        if not keep:
+            length = BODY_UNKNOWN
+            if kind is CHUNKED_BODY:
+                coding = head.te
+        keep = self._may_keep()
+        framer = self._out
+        self._head_len = framer.send_response_head(status, head.reason, out, length, coding, keep)
+        if not framer.keep:
             self.keep_alive = False
-            out.append((b"Connection", b"close"))
-        elif not is_11:
-            out.append((b"Connection", b"keep-alive"))
-        staged = self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, head.reason), out)
-        self._head_len = len(staged)
 
     def _response_headers(self, status: int, head: ResponseHead) -> list[Header]:
         """What every response gets whatever the client speaks: observations of the server,
@@ -679,17 +673,10 @@ class Exchange:
             attempt = len(self._tried) + 1
             field = debug.field(settings.name, self.route, self._pool, self._backend_name, attempt)
             out = [*out, field]
-        sticky = self._pool.sticky
+        persistence = self._pool.persistence
         name = self._backend_name
-        stick = self._pool.stick
-        if stick is not None and name is not None:
-            self._stick_learn(stick, out, name)
-        if sticky is not None and name is not None:
-            if sticky.prefix_mode:
-                out = sticky.prefix_response(out, name)
-            elif self._sticky_server != name:
-                # a new client, or its server is gone: it sticks to this one from now on
-                out = [*out, sticky.set_cookie(name)]
+        if persistence is not None and name is not None:
+            out = persistence.response_headers(out, name, self._sticky_server, self._stick_key)
         return out
 
     def _response_refused(self) -> None:
@@ -699,61 +686,20 @@ class Exchange:
         self._release_backend(failed=None)
         self._respond_error(500)
 
-    def _stick_learn(self, stick: StickBinding, headers: list[Header], server: str) -> None:
-        """Remember the client's key -> `server` (without waiting: the response goes on), for
-        the request's own key, or a session cookie the server sets now."""
-        key = self._stick_key
-        if stick.cookie is not None:
-            for name, value in headers:
-                if name.lower() == b"set-cookie":
-                    learnt = set_cookie_value(value, stick.cookie)
-                    if learnt:
-                        key = learnt
-        if not key:
-            return
-        if key != self._stick_key:  # a session the server starts now
-            tasks.spawn(stick.table.learn(key, server))
-        elif self._sticky_server != server:  # unknown so far, or its server is gone
-            tasks.spawn(stick.table.learn(key, server, replacing=self._sticky_server))
-
     def on_response_body(self, data: bytes | memoryview) -> None:
-        client = self._client
-        head = self._head
-        if self._chunked_out:
-            if not data:
-                return
-            parts: list[bytes | memoryview] = [b"%x\r\n" % len(data), data, _CRLF]
-            if head is not None:
-                parts.insert(0, head)
-            client.writelines(parts)
-        elif head is not None:
-            if len(data) <= _COALESCE:
-                client.write(head + data)  # one small buffer beats a writev of two
-            else:
-                client.writelines([head, data])
-        else:
-            client.write(data)
+        self._out.send_body(data)
         self._sent += len(data)
-        if head is not None:
-            self._head = None
-            self._response_started = True
+        self._response_started = True
 
     def on_response_trailers(self, fields: list[Header]) -> None:
-        """A chunked response ended with trailer fields: an HTTP/1.1 client gets them in its
-        own chunked framing (an HTTP/1.0 one has nowhere to put them)."""
-        if not self._chunked_out:
-            return
-        end = serialize_head(b"0", fields)
-        head = self._head
-        if head is not None:
-            self._head = None
-            end = head + end
-        self._client.write(end)
-        self._chunked_out = False  # the last chunk is written
+        """A chunked response ended with trailer fields: the client gets them where its
+        protocol has room (HTTP/1.1 chunked framing, an HTTP/2 HEADERS frame)."""
+        self._out.send_trailers(fields)
+        self._response_started = True
 
     def on_response_end(self) -> None:
         client = self._client
-        self._write_end()
+        self._out.send_end()
         self._response_started = True
         upstream, self._upstream = self._upstream, None
         backend = self._backend
@@ -786,7 +732,7 @@ class Exchange:
         if self._response_started:
             self._abort()  # never present a truncated body as complete
             return
-        self._head = None
+        self._out.cancel_response_head()  # a retry stages the next server's
         if got_bytes or not self._replayable:
             self._respond_error(504 if timed_out else 502)
             return
@@ -802,14 +748,6 @@ class Exchange:
         else:
             self._respond_error(504 if timed_out else 502)
 
-    def _write_end(self) -> None:
-        head = self._head
-        if head is not None:
-            self._head = None
-            self._client.write(head + _CHUNK_END if self._chunked_out else head)
-        elif self._chunked_out:
-            self._client.write(_CHUNK_END)
-
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         """The server answered 101: relay it, then tunnel bytes both ways until either ends."""
         client = self._client
@@ -819,12 +757,9 @@ class Exchange:
         self.status = 101
         self.finished = True
         self._done(101)
-        extra: list[Header] = [(b"Connection", b"Upgrade")]
-        if head.upgrade is not None:
-            extra.append((b"Upgrade", head.upgrade))
-        client.write(serialize_head(b"HTTP/1.1 101 %s" % head.reason, head.headers + extra))
         backend, self._backend = self._backend, None  # the relay counts it from now on
         assert backend is not None
+        self._out.send_switching(head.reason, head.headers, head.upgrade)
         transport = client.hand_over()
         peer = transport.get_extra_info("peername") or ("", 0)
         sockname = transport.get_extra_info("sockname") or ("", 0)
@@ -890,18 +825,17 @@ class Exchange:
                 return
         self._respond_error(status)
 
-    def _respond_locally(self, answer: bytes) -> None:
+    def _respond_locally(self, answer: LocalResponse) -> None:
         """A filter or a route answered (429, a redirect, a fixed page): the connection stays
         usable if the request was read whole, or the rest of its body can be discarded."""
         keep = self._may_keep()
         if not keep:
             self.keep_alive = False
-        written = answer if keep else answer.replace(b"\r\n\r\n", _CLOSE_END, 1)
-        self._answer(written, int(answer[9:12]), keep)
+        self._answer(answer, keep)
 
     def _respond_error(self, status: int) -> None:
         keep = self._may_keep()
-        self._answer(upstream_error(status, close=not keep), status, keep)
+        self._answer(upstream_error(status), keep)
 
     def _may_keep(self) -> bool:
         """Whether the client connection may stay open after this answer: a request whose
@@ -926,17 +860,18 @@ class Exchange:
                 return value.lower() == b"100-continue"
         return False
 
-    def _answer(self, answer: bytes, status: int, keep: bool, linger: bool = False) -> None:
+    def _answer(self, answer: LocalResponse, keep: bool, linger: bool = False) -> None:
         """Portico answers itself (an error, a filter's or a route's answer): the whole
-        response in one piece, Portico's own HTTP/1.1 bytes."""
-        self._client.answer(answer)
-        self.status = status
-        # head and body as the access log counts them (an HTTP/2 client gets them as frames)
-        self._head_len = answer.find(b"\r\n\r\n") + 4
-        self._sent = len(answer) - self._head_len
+        response in one piece, framed by the client's framer."""
+        client = self._client
+        head_only = self.method == b"HEAD"
+        # head and body as the access log counts them (the body is left out for HEAD)
+        self._head_len = self._out.send_local(answer, keep, head_only)
+        self._sent = 0 if head_only else len(answer.body)
+        status = self.status = answer.status
         self.finished = True
         self._done(status)
-        self._client.exchange_done(self, keep, linger)
+        client.exchange_done(self, keep, linger)
 
     def _abort(self) -> None:
         if not self.finished:
@@ -972,36 +907,25 @@ class Exchange:
         writer = client.settings.access_log
         if writer is None:
             return
-        duration = time.monotonic() - self._started
-        headers = self.headers
-        referer = user_agent = None
-        for name, value in headers:
-            low = name.lower()
-            if low == b"referer":
-                referer = value
-            elif low == b"user-agent":
-                user_agent = value
         route = self.route
         writer.log(
-            AccessRecord(
-                start=time.time() - duration,
+            access_record(
+                duration=time.monotonic() - self._started,
+                headers=self.headers,
                 client_ip=client.client_ip,
                 method=self.method,
                 target=self._original_target,
                 version=self.version,
                 status=status,
-                bytes_sent=self._head_len + self._sent,
-                body_bytes_sent=self._sent,
-                bytes_received=self.received,
-                referer=referer,
-                user_agent=user_agent,
+                head_bytes=self._head_len,
+                body_bytes=self._sent,
+                received=self.received,
                 host=self.head.host,
-                request_id=self._request_id or b"-",
+                request_id=self._request_id,
                 listener=client.settings.name,
                 route=route.name if route is not None else None,
                 pool=self._pool.name,
                 backend=self._backend_name,
-                duration=duration,
                 upstream_connect=self._connect_time,
                 upstream_response=self._response_time,
             )

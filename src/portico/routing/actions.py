@@ -1,25 +1,25 @@
 """What a route does to a request besides choosing a pool: path rewrite, header edits, and the
 answers Portico gives itself (redirects, fixed responses). *pure*
 
-This module owns `RouteActions`, compiled once per route from its config with every byte
-string that can be precomputed already built, and the functions the proxy applies per request.
-It never decides which route a request takes (`router.py`), never writes to a socket and never
-looks at a pool.
+This module owns `RouteActions`, compiled once per route from its config with everything that
+can be precomputed already built (a fixed response is one `LocalResponse`), and the functions
+the proxy applies per request. It never decides which route a request takes (`router.py`),
+never writes to a socket, never serialises an answer (the protocol edge does) and never looks
+at a pool.
 """
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Final
 
 from portico.config.routes import HeaderEditsConfig, RouteConfig
-from portico.http.headers import Header, serialize_head
+from portico.http.headers import Header
+from portico.http.local import LocalResponse, local_response
 from portico.routing.matchers import host_name
 
 __all__ = [
-    "FixedResponse",
     "HeaderEdits",
     "Redirect",
     "RouteActions",
@@ -33,7 +33,6 @@ __all__ = [
 # A permanent redirect is cached by browsers with no end unless told otherwise; an hour keeps
 # most of the benefit while a wrong redirect in a config heals by itself.
 PERMANENT_REDIRECT_MAX_AGE: Final = 3600
-_CLOSE: Final[Header] = (b"Connection", b"close")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +78,7 @@ class Redirect:
 
     status: int
     parts: tuple[bytes | int, ...]
-    start: bytes  # status line up to "Location: "
-    end: bytes  # the rest of the head, keeping the connection open
-    end_close: bytes  # the same, with Connection: close
+    fields: tuple[Header, ...]  # what follows Location (Content-Length: 0, the route's edits)
 
 
 _FIELD_NUMBERS: Final = {"host": 0, "path": 1, "query": 2, "scheme": 3}
@@ -107,30 +104,10 @@ def _build_redirect(route: RouteConfig) -> Redirect:
     edits = HeaderEdits.from_config(route.response_headers) if route.response_headers else None
     if edits is not None:
         fields = edits.apply(fields)
-    end = serialize_head(b"", fields)  # CRLF, the fields, the empty line
-    end_close = serialize_head(b"", [*fields, _CLOSE])
-    return Redirect(
-        status=status,
-        parts=_template_parts(config.to),
-        start=_status_line(status) + b"\r\nLocation: ",
-        end=end,
-        end_close=end_close,
-    )
+    return Redirect(status=status, parts=_template_parts(config.to), fields=tuple(fields))
 
 
-@dataclass(frozen=True, slots=True)
-class FixedResponse:
-    """A `respond` answer, every variant fully built: with or without the body (HEAD), with
-    the connection kept open or closed."""
-
-    status: int
-    keep_alive: bytes
-    close: bytes
-    head_keep_alive: bytes
-    head_close: bytes
-
-
-def _build_fixed(route: RouteConfig) -> FixedResponse:
+def _build_fixed(route: RouteConfig) -> LocalResponse:
     config = route.respond
     assert config is not None
     body = config.body.encode("utf-8")
@@ -141,18 +118,7 @@ def _build_fixed(route: RouteConfig) -> FixedResponse:
     edits = HeaderEdits.from_config(route.response_headers) if route.response_headers else None
     if edits is not None:
         fields = edits.apply(fields)
-    line = _status_line(config.status)
-    head = serialize_head(line, fields)
-    head_close = serialize_head(line, [*fields, _CLOSE])
-    return FixedResponse(config.status, head + body, head_close + body, head, head_close)
-
-
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:  # a status with no registered phrase: the reason may be empty
-        phrase = b""
-    return b"HTTP/1.1 %d %s" % (status, phrase)
+    return local_response(config.status, fields, body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +134,7 @@ class RouteActions:
     request_headers: HeaderEdits | None = None
     response_headers: HeaderEdits | None = None
     redirect: Redirect | None = None
-    respond: FixedResponse | None = None
+    respond: LocalResponse | None = None
 
     @classmethod
     def from_config(cls, route: RouteConfig) -> RouteActions | None:
@@ -222,9 +188,9 @@ def apply_response_headers(headers: list[Header], actions: RouteActions) -> list
 
 
 def redirect_response(
-    actions: RouteActions, host: bytes | None, path: bytes, scheme: bytes, *, close: bool = False
-) -> bytes:
-    """The whole redirect response (head only, Content-Length: 0) for one request.
+    actions: RouteActions, host: bytes | None, path: bytes, scheme: bytes
+) -> LocalResponse:
+    """The redirect answer (Location first, Content-Length: 0) for one request.
 
     `host` is the Host header as received (the port is left out of {host}), `path` the request
     target with its query (rewritten by strip_prefix/replace_prefix before filling {path}),
@@ -247,18 +213,16 @@ def redirect_response(
     location = b"".join(
         part if isinstance(part, bytes) else values[part] for part in redirect.parts
     )
-    return redirect.start + location + (redirect.end_close if close else redirect.end)
+    return local_response(redirect.status, ((b"Location", location), *redirect.fields))
 
 
-def fixed_response(actions: RouteActions, *, close: bool = False, head: bool = False) -> bytes:
-    """The whole prebuilt `respond` answer: without its body for a HEAD request (`head`), with
-    Connection: close when `close`. Precondition: `actions.respond` is set."""
+def fixed_response(actions: RouteActions) -> LocalResponse:
+    """The prebuilt `respond` answer (the edge leaves its body out for a HEAD request).
+    Precondition: `actions.respond` is set."""
     respond = actions.respond
     if respond is None:
         raise ValueError("this route does not respond")
-    if head:
-        return respond.head_close if close else respond.head_keep_alive
-    return respond.close if close else respond.keep_alive
+    return respond
 
 
 # ---------------------------------------------------------------------------------------------

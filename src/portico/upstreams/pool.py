@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,22 +15,11 @@ from typing import Final, Protocol
 
 from portico.balancing import Policy
 from portico.config.plugins import build_policy
-from portico.config.schema import PluginsConfig, PoolConfig, StickyConfig
+from portico.config.schema import PluginsConfig, PoolConfig
 from portico.health import OutlierDetector, RetryBudget, slow_start_factor
 from portico.http.headers import Header
 from portico.http.keys import KeyFunction, key_function
-from portico.persistence.cookie import (
-    cookie_attributes,
-    cookie_value,
-    decode,
-    encode,
-    prefix_set_cookie,
-    rewrite_cookie,
-    server_token,
-    server_tokens,
-    unprefix,
-)
-from portico.persistence.stick import StickTable
+from portico.persistence.session import Persistence, StickBinding, Sticky
 from portico.plugins.guard import DEFAULT_BUDGET
 from portico.upstreams.backend import BackendState
 
@@ -47,118 +35,6 @@ class UpstreamSettings:
     max_requests: int
     retries: int
     hide_headers: frozenset[bytes]
-
-
-class Sticky:
-    """A pool's cookie persistence settings, resolved once; the server tokens follow the
-    pool's servers (they change when servers are added or removed at run time)."""
-
-    def __init__(
-        self,
-        name: bytes,
-        secret: bytes,
-        attributes: bytes,
-        max_age: int | None,
-        prefix_mode: bool = False,
-    ) -> None:
-        self.name = name
-        self.secret = secret
-        self.attributes = attributes
-        self.max_age = max_age
-        # prefix mode (HAProxy's `cookie NAME prefix`): no cookie of our own; the server token
-        # is put in front of the application's session cookie, and taken off before the server
-        # sees it
-        self.prefix_mode = prefix_mode
-        self._tokens: dict[str, str] = {}
-        self._for: tuple[BackendState, ...] | None = None
-
-    @classmethod
-    def from_config(cls, config: StickyConfig) -> Sticky:
-        attributes = cookie_attributes(
-            path=config.path,
-            domain=config.domain,
-            max_age=config.max_age,
-            secure=config.secure,
-            httponly=config.httponly,
-            samesite=config.samesite,
-        )
-        secret = config.resolved_secret().encode()
-        return cls(
-            config.cookie.encode(),
-            secret,
-            attributes,
-            config.max_age,
-            prefix_mode=config.mode == "prefix",
-        )
-
-    def server_of(
-        self, headers: Sequence[Header], backends: tuple[BackendState, ...]
-    ) -> str | None:
-        """The server a valid persistence cookie names, or None (no cookie, tampered, expired,
-        foreign, or naming a server no longer in the pool: the policy picks)."""
-        for key, value in headers:
-            if key.lower() == b"cookie":
-                found = cookie_value(value, self.name)
-                if found is not None:
-                    tokens = self._tokens_for(backends)
-                    if self.prefix_mode:
-                        parts = unprefix(found)
-                        return tokens.get(parts[0]) if parts is not None else None
-                    return decode(found, self.secret, tokens, self.max_age, int(time.time()))
-        return None
-
-    def strip_prefix(self, headers: list[Header]) -> list[Header]:
-        """Prefix mode: the request's headers with the application cookie's own value back."""
-        out = []
-        for key, value in headers:
-            if key.lower() == b"cookie":
-                found = cookie_value(value, self.name)
-                parts = unprefix(found) if found is not None else None
-                if parts is not None:
-                    value = rewrite_cookie(value, self.name, parts[1])
-            out.append((key, value))
-        return out
-
-    def prefix_response(self, headers: list[Header], server: str) -> list[Header]:
-        """Prefix mode: the server token in front of the session cookie the application sets."""
-        token = server_token(server, self.secret)
-        out = []
-        for key, value in headers:
-            if key.lower() == b"set-cookie":
-                value = prefix_set_cookie(value, self.name, token) or value
-            out.append((key, value))
-        return out
-
-    def _tokens_for(self, backends: tuple[BackendState, ...]) -> dict[str, str]:
-        if self._for is not backends:
-            self._tokens = server_tokens((b.name for b in backends), self.secret)
-            self._for = backends
-        return self._tokens
-
-    def set_cookie(self, server: str) -> Header:
-        value = encode(server, self.secret, int(time.time())).encode()
-        return (b"Set-Cookie", self.name + b"=" + value + self.attributes)
-
-
-class StickBinding:
-    """A pool's stick table and how a request's key is found (set by the worker, which owns
-    the store)."""
-
-    def __init__(self, table: StickTable, key: str, learn_from_response: bool) -> None:
-        self.table = table
-        self.key_of = key_function(key)
-        kind, _, name = key.partition(":")
-        self.client_ip_only = kind == "client_ip"
-        # a cookie key can be learnt from the server's Set-Cookie (its session starts there)
-        self.cookie = name.encode() if kind == "cookie" and learn_from_response else None
-
-    def key(self, headers: Sequence[Header], path: bytes, client_ip: str) -> bytes | None:
-        """The request's key; None when it has no header or cookie of that name (no fallback
-        to the client address here: a session that has not started yet is not sticky)."""
-        key = self.key_of(headers, path, client_ip)
-        if not self.client_ip_only and key == client_ip.encode():
-            return None
-        return key
 
 
 class Waiter(Protocol):
@@ -212,8 +88,9 @@ class Pool:
         self.budget = budget
         self.fallback = fallback
         self.send_proxy = send_proxy  # "v1" | "v2": a PROXY header opens each connection
-        self.sticky = sticky
-        self.stick: StickBinding | None = None  # set by the worker (it owns the state store)
+        # session persistence: the cookie from the config; a stick table is bound by the
+        # worker, which owns the state store (`bind_stick_table`)
+        self.persistence = Persistence(sticky, None) if sticky is not None else None
         self.queue: deque[Waiter] = deque()
         # what the policy sees: a new tuple whenever the set changes (the policies cache on it)
         self.available: tuple[BackendState, ...] = self.backends
@@ -290,6 +167,13 @@ class Pool:
             fallback=config.fallback_pool,
             send_proxy=config.proxy_protocol,
             sticky=Sticky.from_config(config.sticky) if config.sticky is not None else None,
+        )
+
+    def bind_stick_table(self, binding: StickBinding) -> None:
+        """Persist sessions in `binding`'s stick table too (the worker owns the store)."""
+        persistence = self.persistence
+        self.persistence = Persistence(
+            persistence.cookie if persistence is not None else None, binding
         )
 
     # -- choosing ------------------------------------------------------------------------------

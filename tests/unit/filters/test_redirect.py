@@ -9,6 +9,7 @@ import pytest
 from portico.config.schema import DEFER_REFERENCES, Config, check_references
 from portico.filters.redirect import RedirectToHttps, host_without_port
 from portico.http.headers import split_request_headers
+from portico.http.local import http1_bytes
 from portico.proxy.l7 import Exchange
 
 
@@ -22,10 +23,11 @@ def location(port: int | None, host: bytes, target: bytes = b"/pay?x=1") -> byte
     exchange = cast(Exchange, _Exchange(host, target))
     answer = RedirectToHttps(port).on_request(exchange)
     assert answer is not None
-    assert answer.startswith(b"HTTP/1.1 308 ")
+    raw = http1_bytes(answer)  # as the HTTP/1.1 edge writes it
+    assert raw.startswith(b"HTTP/1.1 308 ")
     return next(
         line.split(b": ", 1)[1]
-        for line in answer.split(b"\r\n")
+        for line in raw.split(b"\r\n")
         if line.lower().startswith(b"location:")
     )
 

@@ -1,4 +1,7 @@
-"""The responses Portico writes itself: each one complete, well framed, and silent about servers."""
+"""The responses Portico writes itself: each one complete, well framed, and silent about servers.
+
+The answers are values; `http1_bytes` is how the HTTP/1.1 edge writes them (with Connection:
+close for a client error, since the listener always closes after one)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import httptools
 import pytest
 
 from portico.http.errors import CLIENT_ERRORS, UPSTREAM_ERRORS, client_error, upstream_error
+from portico.http.local import http1_bytes
 
 # the statuses the listener refuses a request with (portico.listeners.http)
 LISTENER_STATUSES = [400, 405, 408, 413, 414, 431, 505]
@@ -57,13 +61,15 @@ def parse(raw: bytes) -> Parsed:
 
 def every_response() -> list[object]:
     cases: list[object] = [
-        pytest.param(s, client_error(s), id=f"client-{s}") for s in CLIENT_ERRORS
+        pytest.param(s, http1_bytes(client_error(s), close=True), id=f"client-{s}")
+        for s in CLIENT_ERRORS
     ]
-    for status, close in UPSTREAM_ERRORS:
-        raw = upstream_error(status, close)
-        cases.append(
-            pytest.param(status, raw, id=f"upstream-{status}-{'close' if close else 'keep'}")
-        )
+    for status in UPSTREAM_ERRORS:
+        for close in (False, True):
+            raw = http1_bytes(upstream_error(status), close)
+            cases.append(
+                pytest.param(status, raw, id=f"upstream-{status}-{'close' if close else 'keep'}")
+            )
     return cases
 
 
@@ -106,20 +112,20 @@ def test_error_response_is_plain_text_and_never_cached(status: int, raw: bytes) 
 @pytest.mark.parametrize("status", sorted(set(LISTENER_STATUSES) | set(CLIENT_ERRORS)))
 def test_client_errors_close_the_connection(status: int) -> None:
     # what follows a refused request on the wire can no longer be trusted to start a new one
-    parsed = parse(client_error(status))
+    parsed = parse(http1_bytes(client_error(status), close=True))
     assert parsed.status == status
     assert parsed.value(b"connection") == b"close"
 
 
 @pytest.mark.parametrize("status", UPSTREAM_STATUSES)
 def test_upstream_errors_close_the_connection_only_when_asked(status: int) -> None:
-    assert parse(upstream_error(status, close=True)).value(b"connection") == b"close"
-    assert parse(upstream_error(status, close=False)).value(b"connection") is None
+    assert parse(http1_bytes(upstream_error(status), close=True)).value(b"connection") == b"close"
+    assert parse(http1_bytes(upstream_error(status))).value(b"connection") is None
 
 
 @pytest.mark.parametrize("close", [False, True])
 def test_503_tells_the_client_when_to_retry(close: bool) -> None:
-    retry_after = parse(upstream_error(503, close)).value(b"retry-after")
+    retry_after = parse(http1_bytes(upstream_error(503), close)).value(b"retry-after")
     assert retry_after is not None
     assert retry_after.isdigit()  # delay-seconds (RFC 9110 §10.2.3)
     assert int(retry_after) >= 1

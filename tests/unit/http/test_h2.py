@@ -1,6 +1,6 @@
 """HTTP/2 messages to and from the HTTP/1.1 shape (portico.http.h2), as pure functions: request
-header blocks mapped (RFC 9113 §8.3.1, §8.2.3) or refused, Portico's own answers split into
-HTTP/2 fields, response heads cleaned of connection-specific fields, and the flood guard's
+header blocks mapped (RFC 9113 §8.3.1, §8.2.3) or refused, Portico's own answers as HTTP/2
+fields, response heads cleaned of connection-specific fields, and the flood guard's
 arithmetic on an explicit clock."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from portico.http.h2 import (
     RequestLimits,
     map_request,
     response_fields,
-    split_answer,
 )
 from portico.http.headers import Header
+from portico.http.local import LocalResponse, http1_bytes, local_response
 
 LIMITS = RequestLimits(max_request_line=8192, max_header_size=32 * 1024, max_headers=100)
 
@@ -188,41 +188,46 @@ def test_too_many_fields_is_431_and_cookie_crumbs_count() -> None:
     assert map_request(crumbs, limits) == 431
 
 
-# -- split_answer: Portico's own answers as HTTP/2 fields -------------------------------------
+# -- Portico's own answers (LocalResponse values) as HTTP/2 fields ----------------------------
+
+
+def local_fields(answer: LocalResponse) -> tuple[int, list[Header], bytes]:
+    """An answer as the HTTP/2 edge sends it: status, fields without :status, body."""
+    fields = response_fields(answer.status, answer.headers)
+    assert fields[0] == (b":status", b"%d" % answer.status)
+    return answer.status, fields[1:], answer.body
 
 
 @pytest.mark.parametrize("status", [400, 405, 408, 413, 414, 431])
-def test_client_errors_split_without_connection_close(status: int) -> None:
+def test_client_errors_as_fields_without_connection_close(status: int) -> None:
     answer = client_error(status)
-    got_status, got_fields, body = split_answer(answer)
+    got_status, got_fields, body = local_fields(answer)
     assert got_status == status
     names = [name for name, _ in got_fields]
     assert b"connection" not in names
     assert all(name == name.lower() for name in names)
     assert (b"content-type", b"text/plain; charset=utf-8") in got_fields
     assert (b"content-length", b"%d" % len(body)) in got_fields
-    assert body == answer.partition(b"\r\n\r\n")[2]
+    assert body == http1_bytes(answer).partition(b"\r\n\r\n")[2]
     assert body.startswith(b"%d " % status)
     if status == 405:
         assert any(name == b"allow" and b"GET" in value for name, value in got_fields)
 
 
-@pytest.mark.parametrize("close", [False, True])
 @pytest.mark.parametrize("status", [502, 503, 504])
-def test_upstream_errors_split_and_keep_retry_after(status: int, close: bool) -> None:
-    got_status, got_fields, body = split_answer(upstream_error(status, close))
+def test_upstream_errors_as_fields_keep_retry_after(status: int) -> None:
+    got_status, got_fields, body = local_fields(upstream_error(status))
     assert got_status == status
     assert b"connection" not in [name for name, _ in got_fields]
     assert ((b"retry-after", b"1") in got_fields) is (status == 503)
     assert body == b"%d %s\n" % (status, body.split(b" ", 1)[1].rstrip(b"\n"))
 
 
-def test_split_answer_of_a_redirect_without_a_body() -> None:
-    answer = (
-        b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://example.com/x\r\n"
-        b"Content-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+def test_a_redirect_as_fields_without_a_body() -> None:
+    answer = local_response(
+        308, [(b"Location", b"https://example.com/x"), (b"Content-Length", b"0")]
     )
-    assert split_answer(answer) == (
+    assert local_fields(answer) == (
         308,
         [(b"location", b"https://example.com/x"), (b"content-length", b"0")],
         b"",

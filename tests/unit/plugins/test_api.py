@@ -9,6 +9,7 @@ import httptools
 import pytest
 
 from portico.http.headers import Header, RequestHead
+from portico.http.local import http1_bytes
 from portico.plugins import Request, Response, ResponseHeaders
 from portico.plugins.guard import Guard
 
@@ -38,12 +39,15 @@ def parse(data: bytes) -> tuple[int, _Parsed]:
 
 
 def test_a_response_value_is_encoded_as_one_well_framed_message() -> None:
-    status, parsed = parse(Response(401, "no key\n", [("WWW-Authenticate", "ApiKey")]).encode())
+    # as the HTTP/1.1 edge writes the answer the value becomes
+    answer = Response(401, "no key\n", [("WWW-Authenticate", "ApiKey")]).to_local()
+    status, parsed = parse(http1_bytes(answer))
     assert status == 401
     assert parsed.body == b"no key\n"
     assert (b"Content-Length", b"7") in parsed.headers
     assert (b"Content-Type", b"text/plain; charset=utf-8") in parsed.headers
-    head = Response(200, b"\x00\x01", [("Content-Type", "application/x")]).encode(head_only=True)
+    binary = Response(200, b"\x00\x01", [("Content-Type", "application/x")]).to_local()
+    head = http1_bytes(binary, head_only=True)
     assert head.endswith(b"Content-Length: 2\r\n\r\n")  # a HEAD answer: the length, no body
     assert b"text/plain" not in head
 

@@ -1,10 +1,12 @@
-"""Route actions: path rewrite, header edits, redirects and fixed responses, as bytes."""
+"""Route actions: path rewrite, header edits, redirects and fixed responses (as the HTTP/1.1
+edge writes them)."""
 
 from typing import Any
 
 import pytest
 
 from portico.http.headers import Header
+from portico.http.local import http1_bytes
 from portico.routing import (
     RouteActions,
     apply_request_headers,
@@ -14,6 +16,18 @@ from portico.routing import (
     rewrite_path,
 )
 from tests.unit.routing.routes import router
+
+
+def redirect(
+    act: RouteActions, host: bytes | None, path: bytes, scheme: bytes, *, close: bool = False
+) -> bytes:
+    """The route's redirect as the HTTP/1.1 edge writes it."""
+    return http1_bytes(redirect_response(act, host, path, scheme), close)
+
+
+def fixed(act: RouteActions, *, close: bool = False, head: bool = False) -> bytes:
+    """The route's fixed response as the HTTP/1.1 edge writes it (`head`: to a HEAD request)."""
+    return http1_bytes(fixed_response(act), close, head)
 
 
 def actions(**route: Any) -> RouteActions:
@@ -121,7 +135,7 @@ def test_header_values_are_utf8_bytes() -> None:
 
 def test_redirect_to_https_keeps_path_and_query() -> None:
     act = actions(redirect={"status": 301, "to": "https://{host}{path}{query}"})
-    response = redirect_response(act, b"Example.com:8080", b"/a/b?x=1&y=2", b"http")
+    response = redirect(act, b"Example.com:8080", b"/a/b?x=1&y=2", b"http")
     assert response == (
         b"HTTP/1.1 301 Moved Permanently\r\n"
         b"Location: https://example.com/a/b?x=1&y=2\r\n"
@@ -133,16 +147,14 @@ def test_redirect_to_https_keeps_path_and_query() -> None:
 
 def test_redirect_without_query_field_drops_the_query() -> None:
     act = actions(redirect={"to": "https://{host}{path}"})
-    response = redirect_response(act, b"a.com", b"/x?y", b"http")
+    response = redirect(act, b"a.com", b"/x?y", b"http")
     assert response.startswith(b"HTTP/1.1 302 Found\r\nLocation: https://a.com/x\r\n")
     assert b"Cache-Control" not in response  # only permanent redirects get one
 
 
 def test_redirect_query_field_is_empty_without_a_query() -> None:
     act = actions(redirect={"status": 308, "to": "{scheme}://new.example.com{path}{query}"})
-    assert b"Location: https://new.example.com/x\r\n" in redirect_response(
-        act, None, b"/x", b"https"
-    )
+    assert b"Location: https://new.example.com/x\r\n" in redirect(act, None, b"/x", b"https")
 
 
 def test_redirect_path_is_rewritten_first() -> None:
@@ -152,7 +164,7 @@ def test_redirect_path_is_rewritten_first() -> None:
         replace_prefix="/new",
         redirect={"status": 301, "to": "{path}{query}"},
     )
-    assert b"Location: /new/page?a=1\r\n" in redirect_response(act, b"h", b"/old/page?a=1", b"http")
+    assert b"Location: /new/page?a=1\r\n" in redirect(act, b"h", b"/old/page?a=1", b"http")
 
 
 @pytest.mark.parametrize(
@@ -167,7 +179,7 @@ def test_redirect_path_is_rewritten_first() -> None:
 )
 def test_redirect_location_never_carries_cr_or_lf(host: bytes, path: bytes, scheme: bytes) -> None:
     act = actions(redirect={"status": 307, "to": "{scheme}://{host}{path}{query}"})
-    response = redirect_response(act, host, path, scheme)
+    response = redirect(act, host, path, scheme)
     head, _, body = response.partition(b"\r\n\r\n")
     assert body == b""
     lines = head.split(b"\r\n")
@@ -179,7 +191,7 @@ def test_redirect_location_never_carries_cr_or_lf(host: bytes, path: bytes, sche
 
 def test_redirect_percent_encodes_spaces_and_non_ascii_but_keeps_escapes() -> None:
     act = actions(redirect={"to": "https://a.com{path}"})
-    response = redirect_response(act, None, b"/caf\xc3\xa9 x/%41", b"http")
+    response = redirect(act, None, b"/caf\xc3\xa9 x/%41", b"http")
     assert b"Location: https://a.com/caf%C3%A9%20x/%41\r\n" in response
 
 
@@ -189,7 +201,7 @@ def test_redirect_with_close_and_response_header_edits() -> None:
         response_headers={"set": {"Cache-Control": "no-store"}, "add": {"X-Why": "moved"}},
     )
     assert act.response_headers is None  # baked into the redirect
-    response = redirect_response(act, None, b"/", b"http", close=True)
+    response = redirect(act, None, b"/", b"http", close=True)
     assert response == (
         b"HTTP/1.1 301 Moved Permanently\r\n"
         b"Location: https://a.com/\r\n"
@@ -203,7 +215,7 @@ def test_redirect_with_close_and_response_header_edits() -> None:
 
 def test_redirect_literal_braces() -> None:
     act = actions(redirect={"to": "/x?a={{b}}"})
-    assert b"Location: /x?a=%7Bb%7D\r\n" in redirect_response(act, None, b"/", b"http")
+    assert b"Location: /x?a=%7Bb%7D\r\n" in redirect(act, None, b"/", b"http")
 
 
 def test_redirect_and_respond_refuse_the_wrong_route() -> None:
@@ -226,10 +238,11 @@ def test_fixed_response_is_prebuilt() -> None:
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: 21\r\n"
     )
-    assert fixed_response(act) == head + b"\r\n" + body
-    assert fixed_response(act, close=True) == head + b"Connection: close\r\n\r\n" + body
-    assert fixed_response(act, head=True) == head + b"\r\n"  # HEAD: same head, no body
+    assert fixed(act) == head + b"\r\n" + body
+    assert fixed(act, close=True) == head + b"Connection: close\r\n\r\n" + body
+    assert fixed(act, head=True) == head + b"\r\n"  # HEAD: same head, no body
     assert fixed_response(act) is fixed_response(act)  # no per-request building
+    assert fixed(act) is fixed(act)  # ... nor serialising
 
 
 def test_fixed_response_content_type_and_extra_headers() -> None:
@@ -237,7 +250,7 @@ def test_fixed_response_content_type_and_extra_headers() -> None:
         respond={"status": 200, "body": '{"ok": true}', "content_type": "application/json"},
         response_headers={"add": {"Retry-After": 60}},
     )
-    assert fixed_response(act) == (
+    assert fixed(act) == (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
         b'Retry-After: 60\r\n\r\n{"ok": true}'
     )
@@ -245,14 +258,14 @@ def test_fixed_response_content_type_and_extra_headers() -> None:
 
 def test_fixed_response_body_length_counts_utf8_bytes() -> None:
     act = actions(respond={"status": 200, "body": "é"})
-    assert b"Content-Length: 2\r\n" in fixed_response(act)
+    assert b"Content-Length: 2\r\n" in fixed(act)
 
 
 def test_fixed_204_has_no_body_headers() -> None:
     act = actions(respond={"status": 204})
-    assert fixed_response(act) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert fixed(act) == b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
 def test_fixed_response_with_an_unregistered_status() -> None:
     act = actions(respond={"status": 299})
-    assert fixed_response(act).startswith(b"HTTP/1.1 299 \r\n")
+    assert fixed(act).startswith(b"HTTP/1.1 299 \r\n")

@@ -1,0 +1,177 @@
+"""The exchange decides what a response says; the framer of the client's protocol frames it.
+
+Driven through fake transports, without sockets: a request into a real `ClientConnection` (or
+an HTTP/2 connection's stream), a server's response into the pooled `UpstreamConnection` the
+exchange sends it on, and what the client would read taken from the client's transport. The
+case that matters most for body transforms is a body of unknown length: chunked for an HTTP/1.1
+client, read to the close for HTTP/1.0, DATA frames until END_STREAM for HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, ResponseReceived, StreamEnded
+
+from portico.config.load import parse_config
+from portico.listeners.h2 import H2ClientConnection
+from portico.listeners.http import ClientConnection
+from portico.upstreams.connections import UpstreamConnection
+from portico.worker import Worker
+
+CONFIG = """
+workers: 1
+listeners:
+  - name: web
+    bind: 127.0.0.1:0
+    default_pool: app
+    http2: true
+pools:
+  app:
+    servers:
+      - address: 127.0.0.1:9
+"""
+
+# a body of unknown length: no Content-Length, no chunks, it ends when the server closes
+UNKNOWN_LENGTH = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\nhello"
+
+
+class FakeTransport(asyncio.Transport):
+    """Records each write; knows which protocol it feeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.protocol: Any = None
+        self.closing = False
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self.writes)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, parts: Any) -> None:
+        self.writes.append(b"".join(bytes(part) for part in parts))
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    """A worker whose one server has idle pooled connections: requests attach at once."""
+    loop = asyncio.new_event_loop()
+    try:
+        worker = Worker(loop, parse_config(CONFIG, "<test>"), {})
+        backend = worker.settings["web"].pool.backends[0]
+        for _ in range(2):
+            upstream = UpstreamConnection(backend, 30.0, 30.0)
+            upstream.transport = FakeTransport()
+            upstream._deadline = None  # no timers without a running loop
+            backend.put_idle(upstream, 0.0)
+        yield worker
+    finally:
+        loop.close()
+
+
+def http1_exchange(worker: Worker, request: bytes) -> tuple[FakeTransport, UpstreamConnection]:
+    """A client connection with `request` in flight: its transport and the server connection."""
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(request)
+    assert conn.active is not None
+    upstream = conn.active._upstream
+    assert upstream is not None
+    return transport, upstream
+
+
+def test_http11_body_of_unknown_length_is_chunked_and_the_connection_stays(worker) -> None:
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(UNKNOWN_LENGTH)
+    upstream.connection_lost(None)  # the server's close ends the body
+    assert client.written == (
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    assert not client.closing
+
+
+def test_http10_body_of_unknown_length_runs_to_the_close(worker) -> None:
+    request = b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+    client, upstream = http1_exchange(worker, request)
+    upstream.data_received(UNKNOWN_LENGTH)
+    upstream.connection_lost(None)
+    assert client.written == b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\nhello"
+    assert client.closing  # the only end an HTTP/1.0 client can see
+
+
+def test_http10_keep_alive_is_said_when_the_length_is_known(worker) -> None:
+    request = b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+    client, upstream = http1_exchange(worker, request)
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert client.written == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+    )
+    assert not client.closing
+
+
+def test_a_small_response_leaves_in_one_write_head_and_body_together(worker) -> None:
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")  # the head alone
+    assert client.writes == []  # staged until the first body bytes
+    upstream.data_received(b"hello")
+    assert client.writes == [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"]
+
+
+def test_http2_body_of_unknown_length_is_data_frames_until_end_stream(worker) -> None:
+    h2client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    h2client.initiate_connection()
+    fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
+    h2client.send_headers(1, fields, end_stream=True)
+    transport = FakeTransport()
+    conn = H2ClientConnection(worker.settings["web"], worker.context)
+    conn.adopt(transport, "127.0.0.1", None, False, h2client.data_to_send())
+    exchange = conn.streams[1].exchange
+    assert exchange is not None
+    upstream = exchange._upstream
+    assert upstream is not None
+    transport.writes.clear()
+    upstream.data_received(UNKNOWN_LENGTH)
+    upstream.connection_lost(None)
+    conn._flush_now()  # what the loop would do at the end of this turn
+    events = h2client.receive_data(transport.written)
+    (response,) = [e for e in events if isinstance(e, ResponseReceived)]
+    assert response.headers == [(b":status", b"200"), (b"x-a", b"1")]  # no length, no close
+    assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == b"hello"
+    assert [e.stream_id for e in events if isinstance(e, StreamEnded)] == [1]
