@@ -72,7 +72,8 @@ def test_paired_ratios_are_taken_within_a_cycle_and_noise_is_called_out() -> Non
     assert bench.paired_ratios(result, 0, "portico", "nginx") == []  # nginx never measured
     result.canary_ms = [250.0, 251.0, 500.0]
     verdict = bench.paired_verdict(result)
-    assert verdict.startswith("noisy") and "canary" in verdict
+    assert verdict.startswith("noisy")
+    assert "canary" in verdict
     result.canary_ms = [250.0, 251.0, 252.0]
     assert bench.paired_verdict(result).startswith("quiet")
     table = bench.render_paired(result)

@@ -17,6 +17,7 @@ from typing import cast
 import httptools
 
 from portico.http.errors import client_error
+from portico.http.h2 import PREFACE
 from portico.http.headers import (
     CHUNKED_BODY,
     LENGTH_BODY,
@@ -26,7 +27,6 @@ from portico.http.headers import (
     split_request_headers,
 )
 from portico.http.local import http1_bytes
-from portico.listeners.h2 import PREFACE, H2ClientConnection
 from portico.listeners.tcp import is_trusted
 from portico.listeners.tls import peer_subject
 from portico.proxy import proxy_protocol
@@ -162,6 +162,9 @@ class ClientConnection(asyncio.Protocol):
         self._closed = True
         self._deadline.cancel()
         self.context.forget(self)
+        # the h2 library costs ~14 MiB a process: loaded only by workers with an HTTP/2 listener
+        from portico.listeners.h2 import H2ClientConnection
+
         h2 = H2ClientConnection(self.settings, self.context)
         # this object is done: nothing of it may keep the transport (and its TLS state) alive
         self.transport = self._framer.transport = None
