@@ -1105,7 +1105,7 @@ def render_paired(result: Paired) -> str:
                 cell(paired_ratios(result, i, "portico", "haproxy"), ".2f"),
                 cell(paired_ratios(result, i, "portico", "nginx"), ".2f"),
                 *(
-                    f"{statistics.median(per[t]):,.0f}" if per[t] else "-"
+                    f"{statistics.median(per[t]):,.0f}" if per.get(t) else "-"
                     for t in ("portico", "haproxy", "nginx")
                 ),
             ]
