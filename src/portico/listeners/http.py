@@ -11,7 +11,6 @@ connection's `portico.proxy.framing.Http1Framer`'s.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import cast
 
 import httptools
@@ -104,7 +103,9 @@ class ClientConnection(asyncio.Protocol):
         self._idle_grace = 0.0  # draining: how long an idle connection stays open
         # the request being answered, and those pipelined behind it
         self.active: Exchange | None = None
-        self._queue: deque[Exchange] = deque()
+        # a list, not a deque: reading pauses once one is queued, and an empty deque is 760 B
+        # per idle connection where a list is 56
+        self._queue: list[Exchange] = []
         # the active exchange, started only once the segment that carried it parsed cleanly:
         # a request whose bytes turn out malformed later in the same read never reaches a server
         self._unstarted: Exchange | None = None
@@ -431,7 +432,7 @@ class ClientConnection(asyncio.Protocol):
         # draining, a response that said keep-alive (its head left before the drain began)
         # tells the client it may send another request: the connection is idle, not done
         if self._queue:
-            nxt = self._queue.popleft()
+            nxt = self._queue.pop(0)
             if not self._queue:
                 self._unblock(BLOCK_QUEUED)
             self.active = nxt
