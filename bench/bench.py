@@ -181,12 +181,19 @@ def process_tree(root: int, table: dict[int, list[bytes]] | None = None) -> list
 
 def tree_cpu_seconds(root: int) -> float:
     """utime+stime (+ cutime+cstime, so reaped children still count) over root's process tree."""
+    user, kernel = tree_user_kernel_seconds(root)
+    return user + kernel
+
+
+def tree_user_kernel_seconds(root: int) -> tuple[float, float]:
+    """(utime + cutime, stime + cstime) over root's process tree: user and kernel CPU apart."""
     table = _proc_table()
-    ticks = 0
+    user = kernel = 0
     for pid in process_tree(root, table):
         f = table[pid]
-        ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return ticks / CLK_TCK
+        user += int(f[11]) + int(f[13])
+        kernel += int(f[12]) + int(f[14])
+    return user / CLK_TCK, kernel / CLK_TCK
 
 
 def pid_cpu_seconds(root: int) -> dict[int, float]:
@@ -218,6 +225,7 @@ class CpuSnapshot:
 
     at: float  # time.monotonic()
     server: float  # the target's process tree
+    server_user: float  # ... of which in user space (the rest: in the kernel)
     origins: float  # the origins' process tree (0 when the target is the origins)
     harness: float  # this process and its reaped children (wrk)
     machine: float  # user+nice+system over all cores, whoever ran
@@ -237,7 +245,8 @@ class CpuSnapshot:
         t = os.times()
         return cls(
             at=time.monotonic(),
-            server=tree_cpu_seconds(server),
+            server=sum(user_kernel := tree_user_kernel_seconds(server)),
+            server_user=user_kernel[0],
             origins=tree_cpu_seconds(origins) if origins is not None else 0.0,
             harness=t.user + t.system + t.children_user + t.children_system,
             machine=sum(total[0:3]) / CLK_TCK,
@@ -705,6 +714,7 @@ class Row:
     load_core_pct: float = 0.0  # how busy wrk + origins kept their core
     softirq_pct: float = 0.0  # kernel network work charged to no process, in % of one core
     other_pct: float = 0.0  # CPU used by processes this harness did not start, % of one core
+    user_s: float = 0.0  # of cpu_s, in user space (the rest in the kernel)
     mean_us: float = 0.0  # h2load's mean time per request (TLS rows; h2load has no percentiles)
     tls: str = ""  # TLS rows: the negotiated version, cipher and key exchange
     notes: list[str] = field(default_factory=list)
@@ -803,6 +813,7 @@ def measure(args: argparse.Namespace, server: Proc, origins: Proc, row: Row, por
 def account(row: Row, a: CpuSnapshot, b: CpuSnapshot, rss_kib: int) -> None:
     """Fill the row's CPU columns from two snapshots around its measured window, and log it."""
     row.cpu_s, row.wall_s, row.rss_kib = b.server - a.server, b.at - a.at, rss_kib
+    row.user_s = b.server_user - a.server_user
     if b.load_total > a.load_total:
         row.load_core_pct = 100.0 * (b.load_busy - a.load_busy) / (b.load_total - a.load_total)
     ours = (b.server - a.server) + (b.origins - a.origins) + (b.harness - a.harness)
@@ -915,6 +926,8 @@ class Paired:
     other_pct: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     split_notes: list[str] = field(default_factory=list)  # --workers N: Portico's spread
+    # (workload index, target) -> per run (user µs, kernel µs) of proxy CPU per request
+    user_kernel_us: dict[tuple[int, str], list[tuple[float, float]]] = field(default_factory=dict)
     cycles: int = 0
 
 
@@ -1034,6 +1047,13 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
                         log(result.errors[-1])
                         continue
                     result.per_cpu_s[(i, t.key, str(cycle))] = row.per_cpu_s
+                    if row.requests:
+                        result.user_kernel_us.setdefault((i, t.key), []).append(
+                            (
+                                1e6 * row.user_s / row.requests,
+                                1e6 * (row.cpu_s - row.user_s) / row.requests,
+                            )
+                        )
                     if t.key == "portico" and row.notes:
                         result.split_notes.append(f"{wl.label}: {row.notes[-1]}")
                     result.other_pct.append(row.other_pct)
@@ -1144,6 +1164,16 @@ def render_paired(result: Paired) -> str:
         "them minus without, per connection.",
         f"- verdict: {paired_verdict(result)}",
     ]
+    for i, wl in enumerate(result.workloads):
+        parts = []
+        for t in ("portico", "haproxy", "nginx"):
+            runs = result.user_kernel_us.get((i, t))
+            if runs:
+                user = statistics.median(u for u, _ in runs)
+                kernel = statistics.median(k for _, k in runs)
+                parts.append(f"{t} {user:.1f} user + {kernel:.1f} kernel")
+        if parts:
+            notes.append(f"- CPU µs per request, {wl.label} (medians): " + "; ".join(parts))
     notes += [f"- Portico {n}" for n in result.split_notes]
     notes += [f"- error: {e}" for e in result.errors]
     return "## Paired cycles\n\n" + table + "\n\n" + "\n".join(notes)
