@@ -190,13 +190,16 @@ class Persistence:
         server: str,
         sticky_server: str | None,
         stick_key: bytes | None,
+        stick_server: str | None = None,
     ) -> list[Header]:
         """The response's headers with what keeps the client on `server` (the one that
         answered): a new cookie when the request's (`sticky_server`) named another or none, the
         token in front of the application's cookie in prefix mode. Learns `stick_key` (or a
-        session cookie the server sets now) -> `server` without waiting."""
+        session cookie the server sets now) -> `server` without waiting, unless the stick
+        table already said `server` for it (`stick_server`: what the table held)."""
         if self.stick is not None:
-            self._learn(self.stick, headers, server, sticky_server, stick_key)
+            held = stick_server if self.cookie is not None else stick_server or sticky_server
+            self._learn(self.stick, headers, server, held, stick_key)
         cookie = self.cookie
         if cookie is not None:
             if cookie.prefix_mode:

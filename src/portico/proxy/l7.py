@@ -149,6 +149,7 @@ class Exchange:
         "_started",
         "_stick_key",
         "_stick_looked",
+        "_stick_server",
         "_sticky_server",
         "_timeouts",
         "_tried",
@@ -221,6 +222,7 @@ class Exchange:
         self._sticky_server: str | None = None  # the server a persistence cookie named
         self._stick_key: bytes | None = None  # the request's stick-table key
         self._stick_looked = False
+        self._stick_server: str | None = None  # the server the stick table held for the key
         self._response_edits: RouteActions | None = None
         self._timeouts: tuple[float, float, float] | None = None  # a route's, over the pool's
         self.route: Route | None = None
@@ -381,6 +383,8 @@ class Exchange:
                     tasks.spawn(self._stick_lookup(persistence, key))
                     return
             if persistence.cookie is not None:
+                # the cookie's server, never over the stick table's (a client without the
+                # cookie still has its session's server)
                 self._sticky_server = persistence.cookie_server(self.headers, pool.backends)
                 if self._upstream_head is None:
                     self.head.headers = persistence.request_headers(self.head.headers)
@@ -394,7 +398,7 @@ class Exchange:
                     client.client_ip,
                     self._tried,
                     now,
-                    self._sticky_server,
+                    self._sticky_server or self._stick_server,
                 )
             except PluginError:  # a user's policy raised (and was logged)
                 self._respond_error(500)
@@ -433,7 +437,7 @@ class Exchange:
     async def _stick_lookup(self, persistence: Persistence, key: bytes) -> None:
         """Ask the stick table (bounded by the store's timeout; a store that is down answers
         None and the policy picks), then go on choosing a server."""
-        self._sticky_server = await persistence.lookup(key)
+        self._stick_server = await persistence.lookup(key)
         if not self.finished:
             self.start()
 
@@ -748,7 +752,9 @@ class Exchange:
         persistence = self._pool.persistence
         name = self._backend_name
         if persistence is not None and name is not None:
-            out = persistence.response_headers(out, name, self._sticky_server, self._stick_key)
+            out = persistence.response_headers(
+                out, name, self._sticky_server, self._stick_key, self._stick_server
+            )
         return out
 
     def _replaced(self, answer: LocalResponse) -> None:
