@@ -19,10 +19,13 @@ import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from portico import channel, tasks
+from portico.cache.key import KeyRule
+from portico.cache.runtime import Cache, CacheRules, RouteCache
 from portico.config import plugins
 from portico.config.load import parse_config
 from portico.config.plugins import FilterUse
@@ -156,6 +159,54 @@ def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | No
     return tuple(chains)
 
 
+def route_caches(
+    listener: ListenerConfig, cache: Cache | None
+) -> tuple[RouteCache | None, ...] | None:
+    """The cache of each route of `listener`, by route index (the last entry is the default
+    route's, which has none); None when no route caches (the usual case)."""
+    if cache is None or not any(r.cache is not None and r.cache.enabled for r in listener.routes):
+        return None
+    out: list[RouteCache | None] = []
+    for i, route in enumerate(listener.routes):
+        rules = route.cache
+        if rules is None or not rules.enabled:
+            out.append(None)
+            continue
+        name = route.name if route.name is not None else f"routes[{i}]"
+        out.append(
+            cache.route(
+                f"{listener.name}/{name}",
+                CacheRules(
+                    key=KeyRule(
+                        frozenset(rules.ignore_query),
+                        tuple(h.lower().encode("ascii") for h in rules.key_headers),
+                    ),
+                    heuristic_fraction=rules.heuristic_fraction,
+                    heuristic_max=rules.heuristic_max,
+                    max_entry=rules.max_entry_size,
+                    collapse=rules.collapse,
+                    collapse_timeout=rules.collapse_timeout,
+                    max_waiters=rules.collapse_max_waiters,
+                    cache_status=rules.cache_status,
+                ),
+            )
+        )
+    out.append(None)  # the default route
+    return tuple(out)
+
+
+def make_cache(config: Config, loop: asyncio.AbstractEventLoop) -> Cache | None:
+    """The worker's cache: only when some route caches."""
+    if not any(
+        route.cache is not None and route.cache.enabled
+        for listener in config.listeners
+        for route in listener.routes
+    ):
+        return None
+    storage = config.cache
+    return Cache(storage.memory_size, storage.max_entry_size, time.time, loop)
+
+
 def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
     """One writer per distinct (path, format): listeners sharing a file share its writer."""
     writers: dict[tuple[str, str], AccessLogWriter] = {}
@@ -175,6 +226,7 @@ def listener_settings(
     logs: dict[tuple[str, str], AccessLogWriter] | None = None,
     store: StateStore | None = None,
     bound: Mapping[str, int] | None = None,
+    cache: Cache | None = None,
 ) -> dict[str, HttpListenerSettings]:
     """`bound`: the port each listener is bound to (those bound to port 0 in the config)."""
     out = {}
@@ -230,6 +282,7 @@ def listener_settings(
             ),
             response_hooks=response_hooks,
             route_filters=route_filters(listener, config),
+            route_caches=route_caches(listener, cache),
             http2=(
                 Http2Settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,
@@ -312,8 +365,9 @@ class Worker:
                     )
                 )
         bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+        self.cache = make_cache(config, loop)
         self.settings = listener_settings(
-            config, self.pools, loop, self.access_logs, self.store, bound
+            config, self.pools, loop, self.access_logs, self.store, bound, self.cache
         )
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []

@@ -53,7 +53,8 @@ UNDERSTOOD: Final = frozenset(
 )
 SAFE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 # Fields never stored (RFC 9111 §3.1): hop-by-hop, framing, and the proxy-specific ones a
-# cache MAY drop. Age is recomputed on every reuse; Cache-Status is per response.
+# cache MAY drop. Cache-Status is per response. Age is kept for the age calculation (§4.2.3)
+# and replaced on every reuse.
 _NOT_STORED: Final = HOP_BY_HOP | frozenset(
     {
         b"transfer-encoding",
@@ -61,7 +62,6 @@ _NOT_STORED: Final = HOP_BY_HOP | frozenset(
         b"proxy-authenticate",
         b"proxy-authentication-info",
         b"proxy-authorization",
-        b"age",
         b"cache-status",
     }
 )
@@ -156,7 +156,7 @@ def may_store(
 
 def stored_fields(headers: Sequence[Header]) -> tuple[Header, ...]:
     """The fields of a response kept in the cache (§3.1): without hop-by-hop ones, those its
-    Connection names, framing, Age, and those a qualified private=/no-cache= names (a shared
+    Connection names, framing, and those a qualified private=/no-cache= names (a shared
     cache MUST NOT store them, §5.2.2.7; §5.2.2.4 would allow them only after validation)."""
     drop = set(_NOT_STORED)
     drop.update(list_tokens(field_values(headers, b"connection")))

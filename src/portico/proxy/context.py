@@ -20,6 +20,7 @@ from portico.observe.stats import WorkerStats
 from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
+    from portico.cache.runtime import RouteCache
     from portico.filters.base import RequestFilter
     from portico.filters.plugin import ResponseHooks, RouteFilters
     from portico.observe.access_log import AccessLogWriter
@@ -69,6 +70,8 @@ class HttpListenerSettings:
     # plugin filters' other hooks; None (the usual case) costs a request one attribute check
     response_hooks: ResponseHooks | None = None  # the listener's, on every server response
     route_filters: RouteFilters | None = None  # by route index: request filters and hooks
+    # by route index (the last: the default route's, always None); None: no route caches
+    route_caches: tuple[RouteCache | None, ...] | None = None
     # answered before its body was all in: at most this much of the rest is read and thrown
     # away, for at most this long (NGINX's lingering_time), to keep the connection or close it
     # without a reset

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from portico import tasks
+from portico.cache.runtime import CacheExchange, Step
 from portico.http.errors import client_error, upstream_error
 from portico.http.headers import (
     CHUNKED_BODY,
@@ -35,7 +36,7 @@ from portico.http.headers import (
     forwarding_headers,
     serialize_head,
 )
-from portico.http.local import LocalResponse
+from portico.http.local import LocalResponse, local_response
 from portico.observe.access_log import access_record
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
@@ -117,6 +118,8 @@ class Exchange:
     __slots__ = (
         "_backend",
         "_backend_name",
+        "_cache",
+        "_cache_answer",
         "_client",
         "_connect_time",
         "_continued",
@@ -223,6 +226,9 @@ class Exchange:
         self._continued = False  # a 100 Continue went to the client
         self.status = 0
         self.finished = False
+        # the route's cache: this request's side of it (None: the route caches nothing)
+        self._cache: CacheExchange | None = None
+        self._cache_answer: LocalResponse | None = None  # sent when the 304 behind it ends
 
     @property
     def client(self) -> ClientSide:
@@ -281,7 +287,62 @@ class Exchange:
         self._go()
 
     def _go(self) -> None:
-        """Filters and routing are done: count the request against its pool, then send it."""
+        """Filters and routing are done: ask the route's cache, else count the request against
+        its pool and send it."""
+        caches = self._client.settings.route_caches
+        if caches is not None and self._cache is None and self.route is not None:
+            route_cache = caches[self.route.index]
+            if route_cache is not None:
+                self._cache = route_cache.exchange(
+                    self.method,
+                    self._client.settings.proto.decode("ascii"),
+                    self.head.host,
+                    self._original_target,
+                    self.target,
+                    self.headers,
+                )
+                if self._cache_step(self._cache.lookup()):
+                    return
+        self._forward()
+
+    def _cache_step(self, step: Step) -> bool:
+        """Act on the cache's lookup: True when the request is answered or waits."""
+        cache = self._cache
+        assert cache is not None
+        if step is Step.ANSWER:
+            assert cache.response is not None
+            self._respond_locally(self._cached_answer(cache.response))
+            return True
+        if step is Step.WAIT:
+            tasks.spawn(self._cache_wait(cache))
+            return True
+        conditional = cache.conditional(self.head.headers)
+        if conditional is not None:
+            self.head.headers = conditional
+        return False
+
+    async def _cache_wait(self, cache: CacheExchange) -> None:
+        """A request for the same key is at the origin: wait for it (bounded), look again."""
+        step = await cache.waited()
+        if self.finished:
+            cache.abort()
+            return
+        if not self._cache_step(step):
+            self._forward()
+
+    def _cached_answer(self, answer: LocalResponse) -> LocalResponse:
+        """A stored response with the route's and listener's response header edits."""
+        edits = self._response_edits
+        extra = self._client.settings.response_headers
+        if edits is None and not extra:
+            return answer
+        fields = list(answer.headers)
+        if edits is not None:
+            fields = apply_response_headers(fields, edits)
+        return local_response(answer.status, [*fields, *extra], answer.body)
+
+    def _forward(self) -> None:
+        """Count the request against its pool, then send it."""
         budget = self._pool.budget
         if budget is not None:
             budget.record_request(self._client.loop.time())
@@ -615,6 +676,20 @@ class Exchange:
             self._continued = True
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
+        cache = self._cache
+        if cache is not None:
+            kind = head.kind
+            length = head.length if kind is LENGTH_BODY else 0 if kind is NO_BODY else None
+            head.headers, replacement = cache.on_response(status, head.headers, length)
+            if replacement is not None:
+                self.status = status
+                if kind is NO_BODY:  # a 304 refreshed the stored response: sent at its end
+                    self._cache_answer = self._cached_answer(replacement)
+                    return
+                self._drop_upstream()  # an error the stored response stands in for
+                self._release_backend(failed=status >= 500)
+                self._respond_locally(self._cached_answer(replacement))
+                return
         try:
             out = self._response_headers(status, head)
         except PluginError:
@@ -687,6 +762,9 @@ class Exchange:
         self._respond_error(500)
 
     def on_response_body(self, data: bytes | memoryview) -> None:
+        cache = self._cache
+        if cache is not None and cache.storing:
+            cache.feed(data)
         self._out.send_body(data)
         self._sent += len(data)
         self._response_started = True
@@ -699,8 +777,12 @@ class Exchange:
 
     def on_response_end(self) -> None:
         client = self._client
-        self._out.send_end()
-        self._response_started = True
+        cached = self._cache_answer
+        if cached is None:
+            self._out.send_end()
+            self._response_started = True
+            if self._cache is not None:
+                self._cache.end()
         upstream, self._upstream = self._upstream, None
         backend = self._backend
         self._release_backend(failed=None if self._observed else False)
@@ -720,6 +802,10 @@ class Exchange:
                 or not backend.put_idle(upstream, client.loop.time())
             ):
                 upstream.close()
+        if cached is not None:
+            self._cache_answer = None
+            self._respond_locally(cached)
+            return
         self.finished = True
         self._done(self.status)
         client.exchange_done(self, self.keep_alive)
@@ -798,6 +884,8 @@ class Exchange:
                 upstream.pause_reading()
 
     def client_gone(self) -> None:
+        if self._cache is not None:
+            self._cache.abort()
         if not self.finished:
             self._done(self.status if self._response_started else 499)  # NGINX's 499
         self.finished = True
@@ -835,6 +923,12 @@ class Exchange:
 
     def _respond_error(self, status: int) -> None:
         keep = self._may_keep()
+        cache = self._cache
+        if cache is not None:
+            stale = cache.on_failed()  # a stored response may stand in (RFC 5861 §4)
+            if stale is not None:
+                self._answer(self._cached_answer(stale), keep)
+                return
         self._answer(upstream_error(status), keep)
 
     def _may_keep(self) -> bool:
@@ -874,6 +968,8 @@ class Exchange:
         client.exchange_done(self, keep, linger)
 
     def _abort(self) -> None:
+        if self._cache is not None:
+            self._cache.abort()  # never store a truncated body
         if not self.finished:
             self._done(self.status or 502)  # the response was cut: logged with what was sent
         self.finished = True

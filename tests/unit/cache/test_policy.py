@@ -103,7 +103,7 @@ def test_vary_star_never_stored() -> None:
 
 
 def test_stored_fields() -> None:
-    """§3.1: hop-by-hop, Connection-named, framing and Age not stored; private="f" fields of a
+    """§3.1: hop-by-hop, Connection-named and framing fields not stored (Age is, for §4.2.3); private="f" fields of a
     shared cache neither (§5.2.2.7)."""
     fields = [
         (b"Connection", b"x-hop"),
@@ -115,7 +115,7 @@ def test_stored_fields() -> None:
         (b"Set-Cookie", b"a=b"),
         (b"ETag", b'"e"'),
     ]
-    assert [n for n, _ in stored_fields(fields)] == [b"Cache-Control", b"ETag"]
+    assert [n for n, _ in stored_fields(fields)] == [b"Age", b"Cache-Control", b"ETag"]
 
 
 # -- §4.2.1 freshness lifetime --------------------------------------------------------------

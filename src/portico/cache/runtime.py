@@ -1,0 +1,469 @@
+"""The cache as an exchange meets it: look a request up, forward it, store the answer.
+
+Owns `Cache` (one worker's memory tier, its counters and the requests in flight per key),
+`RouteCache` (a route's rules over that tier) and `CacheExchange`, the cache's side of one
+request: `lookup` answers from the store, says to wait for a collapsed request in flight, or
+lets the request go to the origin (as it is, or made conditional to validate a stored
+response); `on_response` decides on the origin's head (store it, refresh a stored response
+with a 304, serve a stored one when the origin failed); `feed`/`end`/`abort` tee the body
+into the store as it streams to the client, committing only a complete body. The decisions
+are `portico.cache.policy`'s; this module keeps time (`clock`), state and counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from portico.cache.directives import (
+    CacheControl,
+    field_values,
+    first_value,
+    list_tokens,
+    parse_cache_control,
+)
+from portico.cache.key import KeyRule, effective_uri
+from portico.cache.policy import (
+    SAFE_METHODS,
+    Reuse,
+    StoredHead,
+    current_age,
+    freshness_lifetime,
+    invalidated_uris,
+    may_serve_stale_on_error,
+    may_store,
+    reuse,
+    stored_fields,
+    updated_by_304,
+    validation_headers,
+    varies_match,
+)
+from portico.cache.serve import answer
+from portico.cache.status import cache_status
+from portico.cache.store import Entry, MemoryStore
+from portico.http.headers import Header
+from portico.http.local import LocalResponse, local_response
+
+__all__ = ["Cache", "CacheCounters", "CacheExchange", "CacheRules", "RouteCache"]
+
+_ONLY_IF_CACHED: Final = local_response(
+    504,
+    [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-store")],
+    b"504 Gateway Timeout: not in cache (only-if-cached)\n",
+)
+# Status codes on which a stale response may stand in for the origin's answer (RFC 5861 §4:
+# "an error", read as the server errors a gateway sees).
+_ERRORS: Final = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRules:
+    """A route's cache settings (config `routes[].cache`)."""
+
+    key: KeyRule = field(default_factory=KeyRule)
+    heuristic_fraction: float = 0.1  # RFC 9111 §4.2.2's "typical" 10%
+    heuristic_max: float = 86400.0
+    max_entry: int = 8 * 1024 * 1024
+    collapse: bool = True
+    collapse_timeout: float = 5.0
+    max_waiters: int = 1024
+    cache_status: bool = True
+
+
+@dataclass(slots=True)
+class CacheCounters:
+    """One route's cache counters in one worker."""
+
+    hits: int = 0
+    misses: int = 0
+    stale: int = 0  # stale responses served (max-stale, stale-while-revalidate, stale-if-error)
+    revalidations: int = 0  # conditional requests sent to validate a stored response
+    stored: int = 0  # responses stored
+
+
+class _Flight:
+    """A request gone to the origin for one key; others for that key wait for its end."""
+
+    __slots__ = ("done", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.waiters = 0
+
+
+class Cache:
+    """One worker's cache: the memory tier, counters per route, the requests in flight."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        max_entry: int,
+        clock: Callable[[], float],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.store = MemoryStore(max_bytes, max_entry)
+        self.clock = clock
+        self._loop = loop
+        self.counters: dict[str, CacheCounters] = {}
+        self.flights: dict[bytes, _Flight] = {}
+        self.refreshing: set[bytes] = set()  # keys with a background refresh under way
+        # how a stale-while-revalidate refresh is sent (set by the proxy: it owns the pools)
+        self.refresher: Callable[[CacheExchange], None] | None = None
+
+    def route(self, name: str, rules: CacheRules) -> RouteCache:
+        counters = self.counters.setdefault(name, CacheCounters())
+        return RouteCache(self, name, rules, counters)
+
+    def flight(self, key: bytes) -> _Flight:
+        loop = self._loop or asyncio.get_running_loop()
+        made = self.flights[key] = _Flight(loop)
+        return made
+
+    def land(self, key: bytes, flight: _Flight | None) -> None:
+        """The request in flight for `key` ended (stored or not): its waiters look again."""
+        if flight is not None and self.flights.get(key) is flight:
+            del self.flights[key]
+        if flight is not None and not flight.done.done():
+            flight.done.set_result(None)
+
+    def purge_uri(self, uri: bytes) -> int:
+        return self.store.remove_uri(uri)
+
+    def purge_tag(self, tag: bytes) -> int:
+        return self.store.remove_tag(tag)
+
+
+@dataclass(slots=True)
+class RouteCache:
+    """A route's view of the worker's cache."""
+
+    cache: Cache
+    name: str
+    rules: CacheRules
+    counters: CacheCounters = field(default_factory=CacheCounters)
+
+    def exchange(
+        self,
+        method: bytes,
+        scheme: str,
+        host: bytes | None,
+        key_target: bytes,
+        target: bytes,
+        headers: list[Header],
+    ) -> CacheExchange:
+        """The cache's side of a request for `key_target` (as the client sent it) that goes to
+        the origin as `target` (after the route's rewrites)."""
+        uri = self.rules.key.uri(effective_uri(scheme, host, key_target))
+        return CacheExchange(self, method, uri, target, headers)
+
+
+class Step(Enum):
+    """What `CacheExchange.lookup` tells the exchange to do."""
+
+    ANSWER = 1  # send `response`
+    FORWARD = 2  # go to the origin (made conditional by `CacheExchange.conditional`)
+    WAIT = 3  # await `wait` (a collapsed request in flight), then call lookup again
+
+
+def _tags(headers: Sequence[Header]) -> frozenset[bytes]:
+    """The origin's purge tags: Cache-Tag (comma-separated) and Surrogate-Key (spaces)."""
+    tags: set[bytes] = set()
+    for value in field_values(headers, b"cache-tag"):
+        tags.update(t.strip() for t in value.split(b",") if t.strip())
+    for value in field_values(headers, b"surrogate-key"):
+        tags.update(value.split())
+    return frozenset(tags)
+
+
+class CacheExchange:
+    """The cache's side of one request (see the module docstring)."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_collapsed",
+        "_flight",
+        "_fwd",
+        "_length",
+        "_request_cc",
+        "_request_time",
+        "_route",
+        "_status",
+        "_stored_head",
+        "_validating",
+        "background",
+        "headers",
+        "key",
+        "method",
+        "response",
+        "target",
+        "uri",
+        "wait",
+    )
+
+    def __init__(
+        self, route: RouteCache, method: bytes, uri: bytes, target: bytes, headers: list[Header]
+    ) -> None:
+        self._route = route
+        self.method = method
+        self.target = target  # as sent to the origin
+        self.headers = headers
+        self.uri = uri  # the effective request URI, less the ignored query parameters
+        self.key = route.rules.key.key(uri, headers)
+        self._request_cc: CacheControl = parse_cache_control(
+            field_values(headers, b"cache-control")
+        )
+        self.response: LocalResponse | None = None
+        self.wait: asyncio.Future[None] | None = None
+        self.background = False  # a stale-while-revalidate refresh: no client waits on it
+        self._validating: Entry | None = None
+        self._flight: _Flight | None = None
+        self._collapsed = False  # waited once already: never waits twice
+        self._fwd = "uri-miss"
+        self._request_time = 0.0
+        self._stored_head: StoredHead | None = None  # the head being stored (a tee is open)
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._length: int | None = None
+        self._status = 0
+
+    # -- the request ------------------------------------------------------------------------
+
+    def lookup(self) -> Step:
+        """Answer from the store, wait for the same key's request in flight, or forward."""
+        route = self._route
+        cache = route.cache
+        now = cache.clock()
+        self._request_time = now
+        method = self.method
+        if method not in (b"GET", b"HEAD"):
+            return Step.FORWARD  # unsafe ones invalidate on their answer (on_response)
+        request_cc = self._request_cc
+        entry = self._find()
+        if entry is not None:
+            rules = route.rules
+            head = entry.head
+            lifetime = freshness_lifetime(head, rules.heuristic_fraction, rules.heuristic_max)
+            pragma = first_value(self.headers, b"pragma")
+            pragma_no_cache = pragma is not None and b"no-cache" in list_tokens([pragma])
+            decision = reuse(head, request_cc, now, lifetime, pragma_no_cache)
+            if decision is Reuse.FRESH:
+                route.counters.hits += 1
+                self.response = self._serve(entry, now, lifetime, None)
+                return Step.ANSWER
+            if decision is Reuse.STALE_OK or decision is Reuse.STALE_REVALIDATE:
+                route.counters.hits += 1
+                route.counters.stale += 1
+                self.response = self._serve(entry, now, lifetime, "stale")
+                if decision is Reuse.STALE_REVALIDATE:
+                    self._refresh_in_background(entry)
+                return Step.ANSWER
+            if request_cc.only_if_cached:
+                self.response = _ONLY_IF_CACHED
+                return Step.ANSWER
+            self._fwd = "request" if request_cc.no_cache else "stale"
+            if head.field(b"etag") is not None or head.field(b"last-modified") is not None:
+                self._validating = entry
+        elif request_cc.only_if_cached:
+            self.response = _ONLY_IF_CACHED  # RFC 9111 §5.2.1.7
+            return Step.ANSWER
+        return self._go(entry is None)
+
+    def _go(self, miss: bool) -> Step:
+        """Forward, or wait behind the request already in flight for this key."""
+        route = self._route
+        cache = route.cache
+        rules = route.rules
+        if rules.collapse and not self._collapsed and not self.background:
+            flight = cache.flights.get(self.key)
+            if flight is None:
+                self._flight = cache.flight(self.key)
+            elif flight.waiters < rules.max_waiters:
+                flight.waiters += 1
+                self._collapsed = True
+                self.wait = flight.done
+                return Step.WAIT
+        if miss:
+            route.counters.misses += 1
+        if self._validating is not None:
+            route.counters.revalidations += 1
+        return Step.FORWARD
+
+    async def waited(self) -> Step:
+        """Wait (bounded) for the request in flight, then look again."""
+        wait = self.wait
+        assert wait is not None
+        self.wait = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(wait), self._route.rules.collapse_timeout)
+        self._validating = None
+        return self.lookup()
+
+    def conditional(self, headers: list[Header]) -> list[Header] | None:
+        """The request fields `headers` made conditional on the stored response being
+        validated (RFC 9111 §4.3.1); None when the request goes as it is."""
+        entry = self._validating
+        return None if entry is None else validation_headers(headers, entry.head)
+
+    def _find(self) -> Entry | None:
+        """The stored variant this request selects (RFC 9111 §4.1), or None."""
+        variants = self._route.cache.store.variants(self.key)
+        for entry in variants:
+            if varies_match(entry.head, self.headers):
+                return entry
+        if variants:
+            self._fwd = "vary-miss"
+        return None
+
+    def _serve(
+        self, entry: Entry, now: float, lifetime: float, detail: str | None
+    ) -> LocalResponse:
+        age = current_age(entry.head, now)
+        member = None
+        if self._route.rules.cache_status:
+            member = cache_status(hit=True, ttl=lifetime - age, key=self.uri, detail=detail)
+        return answer(entry.head, entry.body, self.method, self.headers, age, member)
+
+    def _refresh_in_background(self, entry: Entry) -> None:
+        """RFC 5861 §3: one refresh per key at a time, sent by the proxy's refresher."""
+        cache = self._route.cache
+        if cache.refresher is None or self.key in cache.refreshing:
+            return
+        refresh = CacheExchange(self._route, b"GET", self.uri, self.target, self.headers)
+        refresh.background = True
+        refresh._request_time = cache.clock()
+        head = entry.head
+        if head.field(b"etag") is not None or head.field(b"last-modified") is not None:
+            refresh._validating = entry
+        refresh._fwd = "stale"
+        cache.refreshing.add(self.key)
+        self._route.counters.revalidations += 1
+        cache.refresher(refresh)
+
+    # -- the response -----------------------------------------------------------------------
+
+    def on_response(
+        self, status: int, headers: list[Header], length: int | None
+    ) -> tuple[list[Header], LocalResponse | None]:
+        """The origin's head: the fields to send on, and an answer that replaces the origin's
+        (a stored response refreshed by a 304, or one standing in for an error). Opens the tee
+        when the response will be stored (`feed`, `end`)."""
+        route = self._route
+        cache = route.cache
+        now = cache.clock()
+        method = self.method
+        if method not in SAFE_METHODS:
+            # RFC 9111 §4.4
+            for uri in invalidated_uris(method, status, self.uri, headers):
+                cache.store.remove_uri(route.rules.key.uri(uri))
+            return headers, None
+        entry = self._validating
+        rules = route.rules
+        if entry is not None and status == 304:
+            head = updated_by_304(entry.head, headers, self._request_time, now)
+            self._land()
+            if head is None:  # another representation: the stored one cannot be used
+                cache.store.remove(entry)
+                return self._with_status(headers, status, False), None
+            cache.store.refreshed(entry, head)
+            if self.background:
+                return headers, None
+            lifetime = freshness_lifetime(head, rules.heuristic_fraction, rules.heuristic_max)
+            return headers, self._serve(entry, now, lifetime, None)
+        if entry is not None and status in _ERRORS:
+            lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
+            if not self.background and may_serve_stale_on_error(
+                entry.head, self._request_cc, now, lifetime
+            ):
+                self._land()
+                route.counters.stale += 1
+                return headers, self._serve(entry, now, lifetime, "stale-if-error")
+        authorized = first_value(self.headers, b"authorization") is not None
+        storable = (
+            method == b"GET"
+            and may_store(method, status, headers, self._request_cc, authorized)
+            and (length is None or length <= self._max_entry())
+            and first_value(self.headers, b"range") is None
+        )
+        if entry is not None and status != 304:
+            # §4.3.3: a full response replaces the stored one (stored again below if it may be)
+            cache.store.remove(entry)
+        if storable:
+            self._stored_head = StoredHead.make(
+                status, stored_fields(headers), self._request_time, now, self.headers
+            )
+            self._status = status
+            self._length = length
+        else:
+            self._land()
+        return self._with_status(headers, status, storable), None
+
+    def _with_status(self, headers: list[Header], status: int, stored: bool) -> list[Header]:
+        if not self._route.rules.cache_status or self.background:
+            return headers
+        fwd_status = status if self._validating is not None else None
+        member = cache_status(hit=False, fwd=self._fwd, fwd_status=fwd_status, stored=stored)
+        return [*headers, (b"Cache-Status", member)]
+
+    def _max_entry(self) -> int:
+        return min(self._route.rules.max_entry, self._route.cache.store.max_entry)
+
+    def on_failed(self) -> LocalResponse | None:
+        """No response came from the origin: a stale stored response may answer (RFC 5861
+        §4), else the proxy's error stands."""
+        entry = self._validating
+        self.abort()
+        if entry is None or self.background:
+            return None
+        rules = self._route.rules
+        now = self._route.cache.clock()
+        lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
+        if may_serve_stale_on_error(entry.head, self._request_cc, now, lifetime):
+            self._route.counters.stale += 1
+            return self._serve(entry, now, lifetime, "stale-if-error")
+        return None
+
+    # -- the body (a tee) -------------------------------------------------------------------
+
+    @property
+    def storing(self) -> bool:
+        return self._stored_head is not None
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if self._stored_head is None:
+            return
+        self._body_size += len(data)
+        if self._body_size > self._max_entry():
+            self.abort()  # too large to keep: the client still gets all of it
+            return
+        self._body.append(bytes(data))
+
+    def end(self) -> None:
+        """The whole body went through: store it (when its length is the one announced)."""
+        head = self._stored_head
+        if head is not None:
+            body = b"".join(self._body)
+            self._stored_head = None
+            self._body = []
+            if self._length is None or self._length == len(body):
+                entry = Entry(self.key, self.uri, head, body, _tags(head.headers))
+                if self._route.cache.store.put(entry):
+                    self._route.counters.stored += 1
+        self._land()
+
+    def abort(self) -> None:
+        """The response ended incomplete (or is not kept): nothing is stored."""
+        self._stored_head = None
+        self._body = []
+        self._land()
+
+    def _land(self) -> None:
+        cache = self._route.cache
+        if self.background:
+            cache.refreshing.discard(self.key)
+        flight, self._flight = self._flight, None
+        cache.land(self.key, flight)

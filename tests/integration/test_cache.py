@@ -1,0 +1,385 @@
+"""The HTTP cache end to end (RFC 9111 as a shared cache; RFC 5861; RFC 9211): the real
+`portico run` with a route's `cache:` in front of a scripted origin, over HTTP/1.1 and h2c.
+
+One Portico and one origin serve the whole module (starting Portico is most of a test's
+time); each test uses its own paths, and the origin's script answers by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeBackend, Portico, Reply, Seen, connect, pool_yaml, request
+from h2client import H2Client
+
+Script = Callable[[Seen], Reply]
+
+
+class Origin:
+    """A FakeBackend whose answers the tests script per path (the path without its query)."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.lock = threading.Lock()
+        self.backend = FakeBackend("origin", self._answer)
+
+    def _answer(self, seen: Seen) -> Reply:
+        script = self.scripts.get(seen.target.split("?", 1)[0])
+        if script is None:
+            return Reply(404, body=b"no script\n")
+        return script(seen)
+
+    def script(self, path: str, script: Script) -> str:
+        self.scripts[path] = script
+        return path
+
+    def seen(self, path: str) -> list[Seen]:
+        return [s for s in list(self.backend.seen) if s.target.split("?", 1)[0] == path]
+
+
+def _config(origin: FakeBackend) -> str:
+    return (
+        "workers: 1\n"
+        "cache: {memory_size: 8MiB, max_entry_size: 1MiB}\n"
+        "listeners:\n"
+        "  - name: web\n"
+        "    bind: 127.0.0.1:0\n"
+        "    default_pool: app\n"
+        "    http2: true\n"
+        "    routes:\n"
+        "      - name: keyed\n"
+        "        match: {path_prefix: /keyed/}\n"
+        "        pool: app\n"
+        "        cache: {ignore_query: [utm_source], key_headers: [X-Tenant]}\n"
+        "      - name: nocollapse\n"
+        "        match: {path_prefix: /nocollapse/}\n"
+        "        pool: app\n"
+        "        cache: {collapse: false}\n"
+        "      - name: cached\n"
+        "        match: {path_prefix: /}\n"
+        "        pool: app\n"
+        "        cache: {}\n"
+        "pools:\n"
+        "  app:\n"
+        "    retries: 0\n"
+        "    servers:\n" + pool_yaml([origin])
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, Portico]]:
+    origin = Origin()
+    proxy = Portico(_config(origin.backend), Path(tmp_path_factory.mktemp("cache")))
+    try:
+        yield origin, proxy
+    finally:
+        proxy.stop()
+        origin.backend.stop()
+
+
+def counted(body: bytes = b"", *headers: tuple[str, str], status: int = 200) -> Script:
+    """Answers numbered by how many requests the script has had: body + b"#n"."""
+    calls = [0]
+
+    def answer(seen: Seen) -> Reply:
+        calls[0] += 1
+        return Reply(status, list(headers), body + b"#%d" % calls[0])
+
+    return answer
+
+
+def get(proxy: Portico, path: str, **headers: str):  # type: ignore[no-untyped-def]
+    return request(proxy.port, "GET", path, headers=headers)
+
+
+def test_miss_then_hit_with_age_and_cache_status(setup) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9111 §4 (reuse), §5.1 (Age on every reuse); RFC 9211 (Cache-Status)."""
+    origin, proxy = setup
+    path = origin.script("/hit", counted(b"a", ("Cache-Control", "max-age=100"), ("Age", "30")))
+    first = get(proxy, path)
+    assert first.status == 200
+    assert first.body == b"a#1"
+    assert "fwd=uri-miss" in (first.header("Cache-Status") or "")
+    assert "stored" in (first.header("Cache-Status") or "")
+    second = get(proxy, path)
+    assert second.body == b"a#1"
+    assert int(second.header("Age") or "0") >= 30
+    status = second.header("Cache-Status") or ""
+    assert status.startswith("portico; hit") and "ttl=" in status
+    assert second.header("Content-Length") == "3"
+    assert len(origin.seen(path)) == 1
+
+
+def test_hit_over_http2(setup) -> None:  # type: ignore[no-untyped-def]
+    """The same reuse for an HTTP/2 client (stored by an HTTP/1.1 one, then by itself)."""
+    origin, proxy = setup
+    path = origin.script("/h2", counted(b"h", ("Cache-Control", "max-age=100")))
+    assert get(proxy, path).body == b"h#1"
+    with H2Client(connect(proxy.port)) as client:
+        response = client.get(path)
+        assert response.status == 200
+        assert bytes(response.body) == b"h#1"
+        assert (response.header("cache-status") or "").startswith("portico; hit")
+        assert response.header("age") is not None
+        other = origin.script("/h2-first", counted(b"g", ("Cache-Control", "max-age=100")))
+        assert bytes(client.get(other).body) == b"g#1"
+        assert "fwd=uri-miss" in (client.get(other + "x").header("cache-status") or "")
+    with H2Client(connect(proxy.port)) as client:
+        assert bytes(client.get(other).body) == b"g#1"
+    assert len(origin.seen(other)) == 1
+
+
+def test_not_stored_when_forbidden(setup) -> None:  # type: ignore[no-untyped-def]
+    """§3: no-store, private, Authorization without public; §5.2.1.5 request no-store."""
+    origin, proxy = setup
+    cases = {
+        "/nostore": [("Cache-Control", "no-store, max-age=100")],
+        "/private": [("Cache-Control", "private, max-age=100")],
+    }
+    for path, headers in cases.items():
+        origin.script(path, counted(b"x", *headers))
+        get(proxy, path)
+        assert get(proxy, path).body == b"x#2", path
+    path = origin.script("/auth", counted(b"x", ("Cache-Control", "max-age=100")))
+    get(proxy, path, Authorization="Bearer t")
+    assert get(proxy, path).body == b"x#2"
+    path = origin.script("/auth-public", counted(b"x", ("Cache-Control", "public, max-age=100")))
+    get(proxy, path, Authorization="Bearer t")
+    assert get(proxy, path).body == b"x#1"
+    path = origin.script("/req-nostore", counted(b"x", ("Cache-Control", "max-age=100")))
+    get(proxy, path, **{"Cache-Control": "no-store"})
+    assert get(proxy, path).body == b"x#2"
+
+
+def test_vary(setup) -> None:  # type: ignore[no-untyped-def]
+    """§4.1: a stored response is reused only for the same selecting header values
+    (normalised: whitespace between list members does not matter); Vary: * never."""
+    origin, proxy = setup
+
+    def by_language(seen: Seen) -> Reply:
+        lang = seen.header("Accept-Language") or "none"
+        headers = [("Cache-Control", "max-age=100"), ("Vary", "Accept-Language")]
+        return Reply(200, headers, f"{lang}#{len(origin.seen('/vary'))}".encode())
+
+    path = origin.script("/vary", by_language)
+    assert get(proxy, path, **{"Accept-Language": "en, fr"}).body == b"en, fr#1"
+    assert get(proxy, path, **{"Accept-Language": "en,fr"}).body == b"en, fr#1"
+    de = get(proxy, path, **{"Accept-Language": "de"})
+    assert de.body == b"de#2"
+    assert "fwd=vary-miss" in (de.header("Cache-Status") or "")
+    assert get(proxy, path).body == b"none#3"
+    assert get(proxy, path, **{"Accept-Language": "de"}).body == b"de#2"
+    star = origin.script(
+        "/vary-star", counted(b"s", ("Cache-Control", "max-age=100"), ("Vary", "*"))
+    )
+    get(proxy, star)
+    assert get(proxy, star).body == b"s#2"
+
+
+def test_revalidation_with_304_updates_the_stored_headers(setup) -> None:  # type: ignore[no-untyped-def]
+    """§4.3.1 (conditional request with the stored validators), §4.3.3/§4.3.4 and §3.2 (a 304
+    refreshes the stored headers, the stored body is served)."""
+    origin, proxy = setup
+    calls = [0]
+
+    def validating(seen: Seen) -> Reply:
+        calls[0] += 1
+        if seen.header("If-None-Match") == '"v1"':
+            return Reply(
+                304, [("ETag", '"v1"'), ("X-Round", str(calls[0])), ("Cache-Control", "max-age=0")]
+            )
+        return Reply(
+            200, [("ETag", '"v1"'), ("X-Round", "1"), ("Cache-Control", "max-age=0")], b"body"
+        )
+
+    path = origin.script("/validate", validating)
+    assert get(proxy, path).body == b"body"
+    second = get(proxy, path)
+    assert second.status == 200
+    assert second.body == b"body"
+    assert second.header("X-Round") == "2"
+    assert "hit" in (second.header("Cache-Status") or "")
+    seen = origin.seen(path)
+    assert len(seen) == 2
+    assert seen[1].header("If-None-Match") == '"v1"'
+    # the client's own precondition is answered from the refreshed entry
+    third = get(proxy, path, **{"If-None-Match": '"v1"'})
+    assert third.status == 304
+    assert third.header("X-Round") is None or third.header("ETag") == '"v1"'
+
+
+def test_only_if_cached(setup) -> None:  # type: ignore[no-untyped-def]
+    """§5.2.1.7: nothing stored (or only a stale one) -> 504, and no origin request."""
+    origin, proxy = setup
+    path = origin.script("/oic", counted(b"o", ("Cache-Control", "max-age=100")))
+    assert get(proxy, path, **{"Cache-Control": "only-if-cached"}).status == 504
+    assert not origin.seen(path)
+    get(proxy, path)
+    hit = get(proxy, path, **{"Cache-Control": "only-if-cached"})
+    assert hit.status == 200
+    assert hit.body == b"o#1"
+
+
+def test_stale_if_error(setup) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5861 §4: a stale response stands in for a 5xx within the window; without the
+    directive the error goes through (RFC 9111 §4.2.4)."""
+    origin, proxy = setup
+    state = {"fail": False}
+
+    def flaky(seen: Seen) -> Reply:
+        if state["fail"]:
+            return Reply(503, [], b"down")
+        headers = [
+            ("Cache-Control", "max-age=1, stale-if-error=600"),
+            ("Age", "5"),
+            ("ETag", '"s"'),
+        ]
+        return Reply(200, headers, b"good")
+
+    path = origin.script("/sie", flaky)
+    assert get(proxy, path).body == b"good"
+    state["fail"] = True
+    stale = get(proxy, path)
+    assert stale.status == 200
+    assert stale.body == b"good"
+    assert "stale-if-error" in (stale.header("Cache-Status") or "")
+
+    def no_window(seen: Seen) -> Reply:
+        if len(origin.seen("/sie-none")) > 1:
+            return Reply(503, [], b"down")
+        return Reply(200, [("Cache-Control", "max-age=1"), ("Age", "5"), ("ETag", '"s"')], b"good")
+
+    path = origin.script("/sie-none", no_window)
+    get(proxy, path)
+    assert get(proxy, path).status == 503
+
+
+def test_fresh_hit_survives_a_dead_origin(setup) -> None:  # type: ignore[no-untyped-def]
+    """A failing origin never turns a fresh hit into an error (no origin request at all)."""
+    origin, proxy = setup
+    state = {"fail": False}
+
+    def dies(seen: Seen) -> Reply:
+        if state["fail"]:
+            return Reply(action="close")
+        return Reply(200, [("Cache-Control", "max-age=100")], b"alive")
+
+    path = origin.script("/dead", dies)
+    get(proxy, path)
+    state["fail"] = True
+    assert get(proxy, path).body == b"alive"
+
+
+def test_invalidation_by_unsafe_methods(setup) -> None:  # type: ignore[no-untyped-def]
+    """§4.4: a non-error answer to an unsafe method invalidates the target URI and the
+    same-origin Location / Content-Location; an error answer does not."""
+    origin, proxy = setup
+    target = origin.script("/inv", counted(b"t", ("Cache-Control", "max-age=100")))
+    other = origin.script("/inv-other", counted(b"o", ("Cache-Control", "max-age=100")))
+    for path in (target, other):
+        get(proxy, path)
+        assert get(proxy, path).body.endswith(b"#1")
+
+    def post(seen: Seen) -> Reply:
+        if seen.method == "GET":
+            return Reply(
+                200, [("Cache-Control", "max-age=100")], b"t#%d" % len(origin.seen("/inv"))
+            )
+        return Reply(201, [("Location", "/inv-other")], b"made")
+
+    origin.scripts[target] = post
+    assert request(proxy.port, "POST", target, body=b"x").status == 201
+    assert get(proxy, target).body == b"t#3"  # the first GET, the POST, this GET
+    assert get(proxy, other).body == b"o#2"
+    origin.scripts[target] = lambda seen: Reply(500, [("Location", "/inv-other")], b"no")
+    assert request(proxy.port, "DELETE", target).status == 500
+    assert get(proxy, other).body == b"o#2"  # an error answer invalidates nothing
+
+
+def test_head_from_a_stored_get(setup) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9110 §9.3.2: a HEAD is answered from the stored GET, with its fields."""
+    origin, proxy = setup
+    path = origin.script("/head", counted(b"abcdef", ("Cache-Control", "max-age=100")))
+    get(proxy, path)
+    with connect(proxy.port) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+    head = data.decode("latin-1").lower()
+    assert head.startswith("http/1.1 200")
+    assert "content-length: 8" in head
+    assert "cache-status: portico; hit" in head
+    assert data.endswith(b"\r\n\r\n")
+    assert len(origin.seen(path)) == 1
+
+
+def test_range_from_a_stored_full_response(setup) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9110 §14: a single range of a stored 200 -> 206 with Content-Range; unsatisfiable
+    -> 416; If-Range with another validator -> the whole response."""
+    origin, proxy = setup
+    path = origin.script(
+        "/range",
+        lambda s: Reply(200, [("Cache-Control", "max-age=100"), ("ETag", '"r"')], b"0123456789"),
+    )
+    get(proxy, path)
+    part = get(proxy, path, Range="bytes=2-4")
+    assert part.status == 206
+    assert part.body == b"234"
+    assert part.header("Content-Range") == "bytes 2-4/10"
+    assert get(proxy, path, Range="bytes=-3").body == b"789"
+    assert get(proxy, path, Range="bytes=20-").status == 416
+    whole = get(proxy, path, Range="bytes=2-4", **{"If-Range": '"other"'})
+    assert whole.status == 200
+    assert whole.body == b"0123456789"
+    assert len(origin.seen(path)) == 1
+
+
+def test_cache_key_rules(setup) -> None:  # type: ignore[no-untyped-def]
+    """A route's key: ignored query parameters share an entry, key headers split them."""
+    origin, proxy = setup
+    path = origin.script("/keyed/a", counted(b"k", ("Cache-Control", "max-age=100")))
+    assert get(proxy, path + "?utm_source=x&id=1").body == b"k#1"
+    assert get(proxy, path + "?id=1&utm_source=y").body == b"k#1"
+    assert get(proxy, path + "?id=2&utm_source=y").body == b"k#2"
+    assert get(proxy, path + "?id=1", **{"X-Tenant": "b"}).body == b"k#3"
+    assert get(proxy, path + "?id=1", **{"X-Tenant": "b"}).body == b"k#3"
+    assert get(proxy, path + "?id=1").body == b"k#1"
+
+
+def _burst(port: int, path: str, count: int) -> list[bytes]:
+    async def one() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def run() -> list[bytes]:
+        return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 30)
+
+    return asyncio.run(run())
+
+
+def test_collapsed_forwarding(setup) -> None:  # type: ignore[no-untyped-def]
+    """200 concurrent requests for one cold key: exactly one origin request; every client gets
+    the body. A route with `collapse: false` sends them all."""
+    origin, proxy = setup
+
+    def slow(seen: Seen) -> Reply:
+        return Reply(200, [("Cache-Control", "max-age=100")], b"one", delay=0.3)
+
+    path = origin.script("/collapse", slow)
+    answers = _burst(proxy.port, path, 200)
+    assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"one") for a in answers)
+    assert len(origin.seen(path)) == 1
+    path = origin.script("/nocollapse/x", slow)
+    _burst(proxy.port, path, 5)
+    assert len(origin.seen(path)) == 5
