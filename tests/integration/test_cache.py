@@ -110,7 +110,8 @@ def test_miss_then_hit_with_age_and_cache_status(setup) -> None:  # type: ignore
     assert second.body == b"a#1"
     assert int(second.header("Age") or "0") >= 30
     status = second.header("Cache-Status") or ""
-    assert status.startswith("portico; hit") and "ttl=" in status
+    assert status.startswith("portico; hit")
+    assert "ttl=" in status
     assert second.header("Content-Length") == "3"
     assert len(origin.seen(path)) == 1
 

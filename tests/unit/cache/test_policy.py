@@ -103,8 +103,8 @@ def test_vary_star_never_stored() -> None:
 
 
 def test_stored_fields() -> None:
-    """§3.1: hop-by-hop, Connection-named and framing fields not stored (Age is, for §4.2.3); private="f" fields of a
-    shared cache neither (§5.2.2.7)."""
+    """§3.1: hop-by-hop, Connection-named and framing fields not stored (Age is: §4.2.3);
+    private="f" fields of a shared cache neither (§5.2.2.7)."""
     fields = [
         (b"Connection", b"x-hop"),
         (b"X-Hop", b"1"),
