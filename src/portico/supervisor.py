@@ -509,6 +509,11 @@ class SupervisorAdmin:
         health = {(h.pool, h.server): (h.state.up, h.last_detail) for h in s.checker.servers}
         return pool_views(s.config.pools, s.stats.merged(), health=health, states=s.server_states)
 
+    def purge_cache(self, url: str | None, tag: str | None) -> int:
+        s = self.supervisor
+        s.broadcast(channel.encode("purge", url=url, tag=tag), keep=False)
+        return len(s.workers)
+
     def _change_servers(self, pool: str, servers: tuple[ServerConfig, ...]) -> None:
         s = self.supervisor
         pools = dict(s.config.pools)

@@ -175,7 +175,7 @@ def route_caches(
         name = route.name if route.name is not None else f"routes[{i}]"
         out.append(
             cache.route(
-                f"{listener.name}/{name}",
+                (listener.name, name),
                 CacheRules(
                     key=KeyRule(
                         frozenset(rules.ignore_query),
@@ -408,6 +408,12 @@ class Worker:
             pool = self.pools.get(message["pool"])
             if pool is not None:
                 pool.remove_backend(message["server"], self.loop.time())
+        elif message["type"] == "purge" and self.cache is not None:
+            url, tag = message.get("url"), message.get("tag")
+            if url:
+                self.cache.purge_uri(str(url).encode("latin-1"))
+            if tag:
+                self.cache.purge_tag(str(tag).encode("latin-1"))
 
     def store_counters(self, counters: dict[str, list[list[Any]]]) -> None:
         """The state store's failures and the shared rate limits' fallbacks, for /metrics."""
@@ -417,6 +423,22 @@ class Worker:
             for request_filter in settings.filters:
                 if isinstance(request_filter, SharedRateLimitFilter):
                     counters["ratelimit_fallbacks"].append([name, request_filter.fallbacks])
+        cache = self.cache
+        if cache is not None:
+            for (listener, route), count in cache.counters.items():
+                counters["cache_hits"].append([listener, route, count.hits])
+                counters["cache_misses"].append([listener, route, count.misses])
+                counters["cache_stale"].append([listener, route, count.stale])
+                counters["cache_revalidations"].append([listener, route, count.revalidations])
+                counters["cache_stored"].append([listener, route, count.stored])
+            counters["cache_evictions"].append(["memory", cache.store.evictions])
+
+    def cache_gauges(self, gauges: dict[str, list[list[Any]]]) -> None:
+        """The HTTP cache's size now, for /metrics."""
+        cache = self.cache
+        if cache is not None:
+            gauges["cache_bytes"].append(["memory", cache.store.bytes])
+            gauges["cache_entries"].append(["memory", len(cache.store)])
 
     async def start(self) -> None:
         for name, sock in self.sockets.items():
@@ -533,6 +555,7 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     def report() -> None:
         snapshot = worker.stats.snapshot(worker.pools)
         worker.store_counters(snapshot["counters"])
+        worker.cache_gauges(snapshot["gauges"])
         with contextlib.suppress(ConnectionError, RuntimeError):  # the supervisor is gone
             writer.write(channel.encode("stats", pid=os.getpid(), stats=snapshot))
 

@@ -8,13 +8,17 @@ time); each test uses its own paths, and the origin's script answers by path.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from fakes import FakeBackend, Portico, Reply, Seen, connect, pool_yaml, request
+from prometheus_client.parser import text_string_to_metric_families
+
+from fakes import FakeBackend, Portico, Reply, Seen, connect, eventually, pool_yaml, request
 from h2client import H2Client
 
 Script = Callable[[Seen], Reply]
@@ -204,7 +208,9 @@ def test_revalidation_with_304_updates_the_stored_headers(setup) -> None:  # typ
     assert second.status == 200
     assert second.body == b"body"
     assert second.header("X-Round") == "2"
-    assert "hit" in (second.header("Cache-Status") or "")
+    assert second.header("Cache-Status") == (
+        'portico; fwd=stale; fwd-status=304; ttl=0; key="http://test.local/validate"'
+    )
     seen = origin.seen(path)
     assert len(seen) == 2
     assert seen[1].header("If-None-Match") == '"v1"'
@@ -384,3 +390,109 @@ def test_collapsed_forwarding(setup) -> None:  # type: ignore[no-untyped-def]
     path = origin.script("/nocollapse/x", slow)
     _burst(proxy.port, path, 5)
     assert len(origin.seen(path)) == 5
+
+
+TOKEN = "cache-admin-token"
+
+
+def _admin(proxy: Portico, method: str, path: str, body: object = None):  # type: ignore[no-untyped-def]
+    found = re.search(r"admin http://[\d.]+:(\d+)", proxy.ready_line)
+    assert found, proxy.ready_line
+    data = json.dumps(body).encode() if body is not None else b""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    return request(int(found.group(1)), method, path, headers=headers, body=data)
+
+
+def _metrics(proxy: Portico) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = _admin(proxy, "GET", "/metrics").body.decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _metric(proxy: Portico, name: str, **labels: str) -> float:
+    return _metrics(proxy).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_purge_on_every_worker_and_metrics(backends, portico) -> None:  # type: ignore[no-untyped-def]
+    """Purge by URL and by tag through the admin API reaches every worker (the cache's entry
+    count, summed over both workers, drops to 0); the cache's counters and gauges are in
+    /metrics."""
+    state = {"n": 0}
+
+    def answer(seen: Seen) -> Reply:
+        state["n"] += 1
+        path = seen.target.split("?", 1)[0]
+        if path.startswith("/big"):
+            return Reply(200, [("Cache-Control", "max-age=100")], b"b" * 30_000)
+        if path == "/stale":
+            headers = [("Cache-Control", "max-age=1"), ("Age", "5"), ("ETag", '"e"')]
+            if seen.header("If-None-Match") == '"e"':
+                return Reply(304, headers)
+            return Reply(200, headers, b"s")
+        tags = [("Cache-Tag", "red, blue"), ("Surrogate-Key", "green")] if "tagged" in path else []
+        return Reply(200, [("Cache-Control", "max-age=100"), *tags], b"x%d" % state["n"])
+
+    origin = backends("origin", answer)
+    proxy = portico(
+        "workers: 2\n"
+        f"admin:\n  bind: 127.0.0.1:0\n  token: {TOKEN}\n"
+        "cache: {memory_size: 64KiB, max_entry_size: 40KiB}\n"
+        "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    default_pool: app\n"
+        "    routes:\n      - name: all\n        match: {path_prefix: /}\n        pool: app\n"
+        "        cache: {}\n"
+        "pools:\n  app:\n    servers:\n" + pool_yaml([origin])
+    )
+    entries = ("portico_cache_entries", (("tier", "memory"),))
+
+    def fill(path: str) -> None:
+        # new connections until both workers hold `path` (each stores it on its first miss)
+        def both() -> bool:
+            get(proxy, path)
+            return sum(1 for s in origin.seen if s.target == path) >= 2
+
+        eventually(both, f"both workers to store {path}", timeout=20)
+
+    fill("/page")
+    fill("/tagged")
+    eventually(lambda: _metrics(proxy).get(entries) == 4, "4 entries in /metrics")
+    purged = _admin(proxy, "POST", "/api/cache/purge", {"url": "http://test.local/page"})
+    assert purged.status == 202
+    assert json.loads(purged.body)["workers"] == 2
+    eventually(lambda: _metrics(proxy).get(entries) == 2, "the URL purged from both workers")
+    assert _admin(proxy, "POST", "/api/cache/purge", {"tag": "green"}).status == 202
+    eventually(lambda: _metrics(proxy).get(entries) == 0, "the tag purged from both workers")
+    assert _admin(proxy, "POST", "/api/cache/purge", {}).status == 422
+    assert _admin(proxy, "POST", "/api/cache/purge", {"url": "/relative"}).status == 422
+
+    # counters: misses and hits, stale (revalidated with a 304), evictions, bytes
+    for path in ("/big1", "/big2", "/big3"):
+        fill(path)
+    for _ in range(4):
+        get(proxy, "/big3")  # both workers hold it: hits
+    for _ in range(3):  # one of the two workers gets two of them: a revalidation (304)
+        get(proxy, "/stale")
+    route = {"listener": "web", "route": "all"}
+
+    def counted() -> bool:
+        m = _metrics(proxy)
+
+        def value(name: str, **labels: str) -> float:
+            return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+        return (
+            value("portico_cache_misses_total", **route) >= 10
+            and value("portico_cache_hits_total", **route) >= 4
+            and value("portico_cache_revalidations_total", **route) >= 1
+            and value("portico_cache_stored_total", **route) >= 10
+            and value("portico_cache_evictions_total", tier="memory") >= 2
+            and 30_000 < value("portico_cache_bytes", tier="memory") <= 2 * 64 * 1024
+        )
+
+    try:
+        eventually(counted, "the cache counters in /metrics")
+    except AssertionError:
+        print({k: v for k, v in _metrics(proxy).items() if "cache" in k[0]})
+        raise

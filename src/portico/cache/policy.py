@@ -65,10 +65,6 @@ _NOT_STORED: Final = HOP_BY_HOP | frozenset(
         b"cache-status",
     }
 )
-# Fields a 304 never changes in the stored response (§3.2): what the stored body depends on.
-_NOT_UPDATED: Final = _NOT_STORED | frozenset(
-    {b"content-encoding", b"content-range", b"content-type", b"etag"}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +310,8 @@ def updated_by_304(
     head: StoredHead, headers: Sequence[Header], request_time: float, response_time: float
 ) -> StoredHead | None:
     """`head` refreshed by a 304 that validated it (RFC 9111 §4.3.4, §3.2): each field of the
-    304 replaces the stored lines of that name, except those never stored and those the stored
-    body depends on; the times become the 304's. None when the 304 names another
+    304 replaces the stored lines of that name, except those never stored and Content-Length;
+    the times become the 304's. None when the 304 names another
     representation (a strong ETag that differs, §4.3.4), which must then not be updated."""
     new_etag = first_value(headers, b"etag")
     old_etag = head.field(b"etag")
@@ -323,7 +319,9 @@ def updated_by_304(
         weak = new_etag.startswith(b"W/") or old_etag.startswith(b"W/")
         if not weak and new_etag != old_etag:
             return None
-    incoming = [h for h in stored_fields(headers) if h[0].lower() not in _NOT_UPDATED]
+    # §3.2: every field but those never stored (§3.1) and Content-Length; this cache changes
+    # no body (no decoding, no ranges stored), so no other stored field depends on it
+    incoming = list(stored_fields(headers))
     names = {h[0].lower() for h in incoming}
     kept = [h for h in head.headers if h[0].lower() not in names]
     fields = tuple(kept + incoming)

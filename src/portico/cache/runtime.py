@@ -108,14 +108,17 @@ class Cache:
         self.store = MemoryStore(max_bytes, max_entry)
         self.clock = clock
         self._loop = loop
-        self.counters: dict[str, CacheCounters] = {}
+        self.counters: dict[tuple[str, str], CacheCounters] = {}  # by (listener, route)
+        self.key_rules: set[KeyRule] = set()  # the routes' (a purge by URL applies each)
         self.flights: dict[bytes, _Flight] = {}
         self.refreshing: set[bytes] = set()  # keys with a background refresh under way
         # how a stale-while-revalidate refresh is sent (set by the proxy: it owns the pools)
         self.refresher: Callable[[CacheExchange], None] | None = None
 
-    def route(self, name: str, rules: CacheRules) -> RouteCache:
+    def route(self, name: tuple[str, str], rules: CacheRules) -> RouteCache:
+        """The cache of route `name` (listener, route)."""
         counters = self.counters.setdefault(name, CacheCounters())
+        self.key_rules.add(rules.key)
         return RouteCache(self, name, rules, counters)
 
     def flight(self, key: bytes) -> _Flight:
@@ -131,7 +134,8 @@ class Cache:
             flight.done.set_result(None)
 
     def purge_uri(self, uri: bytes) -> int:
-        return self.store.remove_uri(uri)
+        """Drop what is stored for `uri` (absolute), under every route's key rules."""
+        return sum(self.store.remove_uri(rule.uri(uri)) for rule in self.key_rules)
 
     def purge_tag(self, tag: bytes) -> int:
         return self.store.remove_tag(tag)
@@ -142,7 +146,7 @@ class RouteCache:
     """A route's view of the worker's cache."""
 
     cache: Cache
-    name: str
+    name: tuple[str, str]
     rules: CacheRules
     counters: CacheCounters = field(default_factory=CacheCounters)
 
@@ -320,12 +324,28 @@ class CacheExchange:
         return None
 
     def _serve(
-        self, entry: Entry, now: float, lifetime: float, detail: str | None
+        self,
+        entry: Entry,
+        now: float,
+        lifetime: float,
+        detail: str | None,
+        *,
+        forwarded: bool = False,
+        fwd_status: int | None = None,
     ) -> LocalResponse:
+        """The stored `entry` as the answer; `forwarded` when the origin was asked first (a
+        304 validated it, or it stands in for an error): RFC 9211 then says fwd, not hit."""
         age = current_age(entry.head, now)
         member = None
         if self._route.rules.cache_status:
-            member = cache_status(hit=True, ttl=lifetime - age, key=self.uri, detail=detail)
+            member = cache_status(
+                hit=not forwarded,
+                fwd=self._fwd if forwarded else None,
+                fwd_status=fwd_status,
+                ttl=lifetime - age,
+                key=self.uri,
+                detail=detail,
+            )
         return answer(entry.head, entry.body, self.method, self.headers, age, member)
 
     def _refresh_in_background(self, entry: Entry) -> None:
@@ -373,7 +393,7 @@ class CacheExchange:
             if self.background:
                 return headers, None
             lifetime = freshness_lifetime(head, rules.heuristic_fraction, rules.heuristic_max)
-            return headers, self._serve(entry, now, lifetime, None)
+            return headers, self._serve(entry, now, lifetime, None, forwarded=True, fwd_status=304)
         if entry is not None and status in _ERRORS:
             lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
             if not self.background and may_serve_stale_on_error(
@@ -381,7 +401,9 @@ class CacheExchange:
             ):
                 self._land()
                 route.counters.stale += 1
-                return headers, self._serve(entry, now, lifetime, "stale-if-error")
+                return headers, self._serve(
+                    entry, now, lifetime, "stale-if-error", forwarded=True, fwd_status=status
+                )
         authorized = first_value(self.headers, b"authorization") is not None
         storable = (
             method == b"GET"
@@ -424,7 +446,7 @@ class CacheExchange:
         lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
         if may_serve_stale_on_error(entry.head, self._request_cc, now, lifetime):
             self._route.counters.stale += 1
-            return self._serve(entry, now, lifetime, "stale-if-error")
+            return self._serve(entry, now, lifetime, "stale-if-error", forwarded=True)
         return None
 
     # -- the body (a tee) -------------------------------------------------------------------
