@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from fakes import FakeBackend, Portico, Reply, Seen, connect, eventually, pool_yaml, request
