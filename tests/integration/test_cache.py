@@ -495,3 +495,31 @@ def test_purge_on_every_worker_and_metrics(backends, portico) -> None:  # type: 
     except AssertionError:
         print({k: v for k, v in _metrics(proxy).items() if "cache" in k[0]})
         raise
+
+
+def test_stale_while_revalidate(setup) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5861 §3: within the window the stale response is served at once and one
+    conditional request refreshes it in the background; a 304 keeps the body, a 200 replaces
+    it."""
+    origin, proxy = setup
+    version = {"body": b"old"}
+
+    def answer(seen: Seen) -> Reply:
+        headers = [
+            ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
+            ("Age", "5"),
+            ("ETag", '"%s"' % version["body"].decode()),
+        ]
+        if seen.header("If-None-Match") == headers[2][1]:
+            return Reply(304, headers)
+        return Reply(200, headers, version["body"])
+
+    path = origin.script("/swr", answer)
+    assert get(proxy, path).body == b"old"
+    stale = get(proxy, path)
+    assert stale.body == b"old"
+    assert "detail=stale" in (stale.header("Cache-Status") or "")
+    eventually(lambda: len(origin.seen(path)) == 2, "the background revalidation")
+    assert origin.seen(path)[1].header("If-None-Match") == '"old"'
+    version["body"] = b"new"
+    eventually(lambda: get(proxy, path).body == b"new", "the refreshed body")

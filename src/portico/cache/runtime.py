@@ -112,8 +112,6 @@ class Cache:
         self.key_rules: set[KeyRule] = set()  # the routes' (a purge by URL applies each)
         self.flights: dict[bytes, _Flight] = {}
         self.refreshing: set[bytes] = set()  # keys with a background refresh under way
-        # how a stale-while-revalidate refresh is sent (set by the proxy: it owns the pools)
-        self.refresher: Callable[[CacheExchange], None] | None = None
 
     def route(self, name: tuple[str, str], rules: CacheRules) -> RouteCache:
         """The cache of route `name` (listener, route)."""
@@ -204,6 +202,7 @@ class CacheExchange:
         "key",
         "method",
         "response",
+        "spawn_refresh",
         "target",
         "uri",
         "wait",
@@ -224,6 +223,8 @@ class CacheExchange:
         self.response: LocalResponse | None = None
         self.wait: asyncio.Future[None] | None = None
         self.background = False  # a stale-while-revalidate refresh: no client waits on it
+        # how such a refresh is sent (set by the proxy, which owns the pools); None: never
+        self.spawn_refresh: Callable[[CacheExchange], None] | None = None
         self._validating: Entry | None = None
         self._flight: _Flight | None = None
         self._collapsed = False  # waited once already: never waits twice
@@ -351,7 +352,7 @@ class CacheExchange:
     def _refresh_in_background(self, entry: Entry) -> None:
         """RFC 5861 §3: one refresh per key at a time, sent by the proxy's refresher."""
         cache = self._route.cache
-        if cache.refresher is None or self.key in cache.refreshing:
+        if self.spawn_refresh is None or self.key in cache.refreshing:
             return
         refresh = CacheExchange(self._route, b"GET", self.uri, self.target, self.headers)
         refresh.background = True
@@ -362,7 +363,7 @@ class CacheExchange:
         refresh._fwd = "stale"
         cache.refreshing.add(self.key)
         self._route.counters.revalidations += 1
-        cache.refresher(refresh)
+        self.spawn_refresh(refresh)
 
     # -- the response -----------------------------------------------------------------------
 

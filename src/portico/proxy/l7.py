@@ -43,6 +43,7 @@ from portico.observe.stats import NO_ROUTE
 from portico.pipeline import Outcome, ResponseEdit, TransformChain, TransformFailed
 from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
+from portico.proxy.cache_refresh import refresh as refresh_stale
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
 from portico.proxy.local_body import stream_local
@@ -312,6 +313,7 @@ class Exchange:
                     self.target,
                     self.headers,
                 )
+                self._cache.spawn_refresh = self._spawn_refresh
                 if self._cache_step(self._cache.lookup()):
                     return
         self._forward()
@@ -331,6 +333,10 @@ class Exchange:
         if conditional is not None:
             self.head.headers = conditional
         return False
+
+    def _spawn_refresh(self, refresh: CacheExchange) -> None:
+        """A stale-while-revalidate refresh, sent to this request's pool in the background."""
+        tasks.spawn(refresh_stale(refresh, self._pool, self.head.host, self._client.loop))
 
     async def _cache_wait(self, cache: CacheExchange) -> None:
         """A request for the same key is at the origin: wait for it (bounded), look again."""
