@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from portico import channel, tasks
+from portico.cache.disk import DiskStore
 from portico.cache.key import KeyRule
 from portico.cache.runtime import Cache, CacheRules, RouteCache
 from portico.config import plugins
@@ -214,7 +215,10 @@ def make_cache(config: Config, loop: asyncio.AbstractEventLoop) -> Cache | None:
     ):
         return None
     storage = config.cache
-    return Cache(storage.memory_size, storage.max_entry_size, time.time, loop)
+    disk = None
+    if storage.disk_path is not None:
+        disk = DiskStore(storage.disk_path, storage.disk_size, storage.disk_max_entry_size)
+    return Cache(storage.memory_size, storage.max_entry_size, time.time, loop, disk)
 
 
 def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
@@ -443,6 +447,8 @@ class Worker:
                 counters["cache_revalidations"].append([listener, route, count.revalidations])
                 counters["cache_stored"].append([listener, route, count.stored])
             counters["cache_evictions"].append(["memory", cache.store.evictions])
+            if cache.disk is not None:
+                counters["cache_evictions"].append(["disk", cache.disk.evictions])
 
     def cache_gauges(self, gauges: dict[str, list[list[Any]]]) -> None:
         """The HTTP cache's size now, for /metrics."""
@@ -450,6 +456,9 @@ class Worker:
         if cache is not None:
             gauges["cache_bytes"].append(["memory", cache.store.bytes])
             gauges["cache_entries"].append(["memory", len(cache.store)])
+            if cache.disk is not None:
+                # the directory is shared: each worker's view of it, the largest one counts
+                gauges["cache_disk_bytes"].append(["disk", cache.disk.bytes])
 
     async def start(self) -> None:
         for name, sock in self.sockets.items():

@@ -508,7 +508,7 @@ def test_stale_while_revalidate(setup) -> None:  # type: ignore[no-untyped-def]
         headers = [
             ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
             ("Age", "5"),
-            ("ETag", '"%s"' % version["body"].decode()),
+            ("ETag", f'"{version["body"].decode()}"'),
         ]
         if seen.header("If-None-Match") == headers[2][1]:
             return Reply(304, headers)

@@ -26,6 +26,7 @@ from portico.cache.directives import (
     list_tokens,
     parse_cache_control,
 )
+from portico.cache.disk import DiskEntry, DiskStore, DiskWriter
 from portico.cache.key import KeyRule, effective_uri
 from portico.cache.policy import (
     SAFE_METHODS,
@@ -95,8 +96,12 @@ class _Flight:
         self.waiters = 0
 
 
+Found = Entry | DiskEntry  # a stored response, in memory or on disk
+
+
 class Cache:
-    """One worker's cache: the memory tier, counters per route, the requests in flight."""
+    """One worker's cache: the memory tier (and the disk tier, shared with the other workers),
+    counters per route, the requests in flight."""
 
     def __init__(
         self,
@@ -104,8 +109,10 @@ class Cache:
         max_entry: int,
         clock: Callable[[], float],
         loop: asyncio.AbstractEventLoop | None = None,
+        disk: DiskStore | None = None,
     ) -> None:
         self.store = MemoryStore(max_bytes, max_entry)
+        self.disk = disk
         self.clock = clock
         self._loop = loop
         self.counters: dict[tuple[str, str], CacheCounters] = {}  # by (listener, route)
@@ -133,10 +140,35 @@ class Cache:
 
     def purge_uri(self, uri: bytes) -> int:
         """Drop what is stored for `uri` (absolute), under every route's key rules."""
-        return sum(self.store.remove_uri(rule.uri(uri)) for rule in self.key_rules)
+        return sum(self.remove_uri(rule.uri(uri)) for rule in self.key_rules)
+
+    def remove_uri(self, uri: bytes) -> int:
+        """Drop every key of `uri` in both tiers."""
+        removed = self.store.remove_uri(uri)
+        if self.disk is not None:
+            removed += self.disk.remove_uri(uri)
+        return removed
+
+    def remove(self, entry: Found) -> None:
+        """Drop one stored response (it can no longer be used), from both tiers."""
+        if isinstance(entry, Entry):
+            self.store.remove(entry)
+        if self.disk is not None:
+            self.disk.remove(entry.uri, entry.key)
+
+    def refreshed(self, entry: Found, head: StoredHead) -> None:
+        """A 304 updated `entry` (in memory; on disk, the file is written anew)."""
+        if isinstance(entry, Entry):
+            self.store.refreshed(entry, head)
+        elif self.disk is not None:
+            self.disk.refresh(entry, head)
+            entry.head = head
 
     def purge_tag(self, tag: bytes) -> int:
-        return self.store.remove_tag(tag)
+        removed = self.store.remove_tag(tag)
+        if self.disk is not None:
+            removed += self.disk.remove_tag(tag)
+        return removed
 
 
 @dataclass(slots=True)
@@ -188,6 +220,7 @@ class CacheExchange:
         "_body",
         "_body_size",
         "_collapsed",
+        "_disk_writer",
         "_flight",
         "_fwd",
         "_length",
@@ -225,14 +258,15 @@ class CacheExchange:
         self.background = False  # a stale-while-revalidate refresh: no client waits on it
         # how such a refresh is sent (set by the proxy, which owns the pools); None: never
         self.spawn_refresh: Callable[[CacheExchange], None] | None = None
-        self._validating: Entry | None = None
+        self._validating: Found | None = None
         self._flight: _Flight | None = None
         self._collapsed = False  # waited once already: never waits twice
         self._fwd = "uri-miss"
         self._request_time = 0.0
         self._stored_head: StoredHead | None = None  # the head being stored (a tee is open)
-        self._body: list[bytes] = []
+        self._body: list[bytes] | None = None  # None: not kept in memory
         self._body_size = 0
+        self._disk_writer: DiskWriter | None = None
         self._length: int | None = None
         self._status = 0
 
@@ -256,17 +290,20 @@ class CacheExchange:
             pragma = first_value(self.headers, b"pragma")
             pragma_no_cache = pragma is not None and b"no-cache" in list_tokens([pragma])
             decision = reuse(head, request_cc, now, lifetime, pragma_no_cache)
-            if decision is Reuse.FRESH:
-                route.counters.hits += 1
-                self.response = self._serve(entry, now, lifetime, None)
-                return Step.ANSWER
-            if decision is Reuse.STALE_OK or decision is Reuse.STALE_REVALIDATE:
-                route.counters.hits += 1
-                route.counters.stale += 1
-                self.response = self._serve(entry, now, lifetime, "stale")
-                if decision is Reuse.STALE_REVALIDATE:
-                    self._refresh_in_background(entry)
-                return Step.ANSWER
+            try:
+                if decision is Reuse.FRESH:
+                    self.response = self._serve(entry, now, lifetime, None)
+                    route.counters.hits += 1
+                    return Step.ANSWER
+                if decision is Reuse.STALE_OK or decision is Reuse.STALE_REVALIDATE:
+                    self.response = self._serve(entry, now, lifetime, "stale")
+                    route.counters.hits += 1
+                    route.counters.stale += 1
+                    if decision is Reuse.STALE_REVALIDATE:
+                        self._refresh_in_background(entry)
+                    return Step.ANSWER
+            except OSError:  # its file went away (evicted, purged) since it was found
+                return self._go(True)
             if request_cc.only_if_cached:
                 self.response = _ONLY_IF_CACHED
                 return Step.ANSWER
@@ -314,19 +351,39 @@ class CacheExchange:
         entry = self._validating
         return None if entry is None else validation_headers(headers, entry.head)
 
-    def _find(self) -> Entry | None:
-        """The stored variant this request selects (RFC 9111 §4.1), or None."""
-        variants = self._route.cache.store.variants(self.key)
+    def _find(self) -> Found | None:
+        """The stored variant this request selects (RFC 9111 §4.1), or None: in memory, else
+        on disk (brought into memory when it fits there)."""
+        cache = self._route.cache
+        variants = cache.store.variants(self.key)
         for entry in variants:
             if varies_match(entry.head, self.headers):
                 return entry
         if variants:
             self._fwd = "vary-miss"
-        return None
+        disk = cache.disk
+        if disk is None:
+            return None
+        found = disk.lookup(self.uri, self.key)
+        if found is None:
+            return None
+        if not varies_match(found.head, self.headers):
+            self._fwd = "vary-miss"
+            return None
+        if cache.store.fits(found.body.length):
+            try:
+                body = found.body.read()
+            except OSError:
+                return None
+            if len(body) == found.body.length:
+                entry = Entry(found.key, found.uri, found.head, body, found.tags)
+                if cache.store.put(entry):
+                    return entry
+        return found
 
     def _serve(
         self,
-        entry: Entry,
+        entry: Found,
         now: float,
         lifetime: float,
         detail: str | None,
@@ -349,7 +406,7 @@ class CacheExchange:
             )
         return answer(entry.head, entry.body, self.method, self.headers, age, member)
 
-    def _refresh_in_background(self, entry: Entry) -> None:
+    def _refresh_in_background(self, entry: Found) -> None:
         """RFC 5861 §3: one refresh per key at a time, sent by the proxy's refresher."""
         cache = self._route.cache
         if self.spawn_refresh is None or self.key in cache.refreshing:
@@ -380,7 +437,7 @@ class CacheExchange:
         if method not in SAFE_METHODS:
             # RFC 9111 §4.4
             for uri in invalidated_uris(method, status, self.uri, headers):
-                cache.store.remove_uri(route.rules.key.uri(uri))
+                cache.remove_uri(route.rules.key.uri(uri))
             return headers, None
         entry = self._validating
         rules = route.rules
@@ -388,23 +445,29 @@ class CacheExchange:
             head = updated_by_304(entry.head, headers, self._request_time, now)
             self._land()
             if head is None:  # another representation: the stored one cannot be used
-                cache.store.remove(entry)
+                cache.remove(entry)
                 return self._with_status(headers, status, False), None
-            cache.store.refreshed(entry, head)
+            cache.refreshed(entry, head)
             if self.background:
                 return headers, None
             lifetime = freshness_lifetime(head, rules.heuristic_fraction, rules.heuristic_max)
-            return headers, self._serve(entry, now, lifetime, None, forwarded=True, fwd_status=304)
+            try:
+                served = self._serve(entry, now, lifetime, None, forwarded=True, fwd_status=304)
+            except OSError:  # its file went away meanwhile: the 304 is all there is
+                return self._with_status(headers, status, False), None
+            return headers, served
         if entry is not None and status in _ERRORS:
             lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
             if not self.background and may_serve_stale_on_error(
                 entry.head, self._request_cc, now, lifetime
             ):
-                self._land()
-                route.counters.stale += 1
-                return headers, self._serve(
-                    entry, now, lifetime, "stale-if-error", forwarded=True, fwd_status=status
-                )
+                with contextlib.suppress(OSError):  # else: its file went away, the error stands
+                    served = self._serve(
+                        entry, now, lifetime, "stale-if-error", forwarded=True, fwd_status=status
+                    )
+                    self._land()
+                    route.counters.stale += 1
+                    return headers, served
         authorized = first_value(self.headers, b"authorization") is not None
         storable = (
             method == b"GET"
@@ -414,13 +477,17 @@ class CacheExchange:
         )
         if entry is not None and status != 304:
             # §4.3.3: a full response replaces the stored one (stored again below if it may be)
-            cache.store.remove(entry)
+            cache.remove(entry)
         if storable:
             self._stored_head = StoredHead.make(
                 status, stored_fields(headers), self._request_time, now, self.headers
             )
             self._status = status
             self._length = length
+            self._body = [] if length is None or cache.store.fits(length) else None
+            disk = cache.disk
+            if disk is not None and (length is None or length <= disk.max_entry):
+                self._disk_writer = disk.writer()
         else:
             self._land()
         return self._with_status(headers, status, storable), None
@@ -433,7 +500,14 @@ class CacheExchange:
         return [*headers, (b"Cache-Status", member)]
 
     def _max_entry(self) -> int:
-        return min(self._route.rules.max_entry, self._route.cache.store.max_entry)
+        """The largest body stored: the route's limit, within the tiers' own."""
+        cache = self._route.cache
+        tier = (
+            cache.store.max_entry
+            if cache.disk is None
+            else max(cache.store.max_entry, cache.disk.max_entry)
+        )
+        return min(self._route.rules.max_entry, tier)
 
     def on_failed(self) -> LocalResponse | None:
         """No response came from the origin: a stale stored response may answer (RFC 5861
@@ -446,8 +520,12 @@ class CacheExchange:
         now = self._route.cache.clock()
         lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
         if may_serve_stale_on_error(entry.head, self._request_cc, now, lifetime):
+            try:
+                served = self._serve(entry, now, lifetime, "stale-if-error", forwarded=True)
+            except OSError:
+                return None
             self._route.counters.stale += 1
-            return self._serve(entry, now, lifetime, "stale-if-error", forwarded=True)
+            return served
         return None
 
     # -- the body (a tee) -------------------------------------------------------------------
@@ -463,25 +541,49 @@ class CacheExchange:
         if self._body_size > self._max_entry():
             self.abort()  # too large to keep: the client still gets all of it
             return
-        self._body.append(bytes(data))
+        body = self._body
+        if body is not None:
+            if self._route.cache.store.fits(self._body_size):
+                body.append(bytes(data))
+            else:
+                self._body = None  # on disk only, if at all
+        writer = self._disk_writer
+        if writer is not None and not writer.write(data):
+            self._disk_writer = None
+        if self._body is None and self._disk_writer is None:
+            self.abort()
 
     def end(self) -> None:
         """The whole body went through: store it (when its length is the one announced)."""
         head = self._stored_head
+        writer, self._disk_writer = self._disk_writer, None
         if head is not None:
-            body = b"".join(self._body)
             self._stored_head = None
-            self._body = []
-            if self._length is None or self._length == len(body):
-                entry = Entry(self.key, self.uri, head, body, _tags(head.headers))
-                if self._route.cache.store.put(entry):
-                    self._route.counters.stored += 1
+            body, self._body = self._body, None
+            whole = self._length is None or self._length == self._body_size
+            stored = False
+            tags = _tags(head.headers)
+            if whole and body is not None:
+                entry = Entry(self.key, self.uri, head, b"".join(body), tags)
+                stored = self._route.cache.store.put(entry)
+            if writer is not None:
+                if whole:
+                    stored = writer.commit(self.key, self.uri, head, tags) or stored
+                else:
+                    writer.abort()
+            if stored:
+                self._route.counters.stored += 1
+        elif writer is not None:
+            writer.abort()
         self._land()
 
     def abort(self) -> None:
         """The response ended incomplete (or is not kept): nothing is stored."""
         self._stored_head = None
-        self._body = []
+        self._body = None
+        writer, self._disk_writer = self._disk_writer, None
+        if writer is not None:
+            writer.abort()
         self._land()
 
     def _land(self) -> None:

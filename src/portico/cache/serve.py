@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from portico.cache.directives import etag_matches, field_values, first_value, http_date
+from portico.cache.disk import DiskBody
 from portico.cache.policy import StoredHead
 from portico.http.headers import Header
 from portico.http.local import LocalResponse, local_response
@@ -87,7 +88,7 @@ def _if_range_holds(value: bytes, head: StoredHead) -> bool:
 
 def answer(
     head: StoredHead,
-    body: bytes,
+    body: bytes | DiskBody,
     method: bytes,
     request_headers: Sequence[Header],
     age: float,
@@ -96,7 +97,8 @@ def answer(
 ) -> LocalResponse:
     """The response to send for a stored `head`/`body` whose current age is `age`: a 304 when
     the client's preconditions hold, a 206/416 for a usable Range on a stored 200, else the
-    stored response; with Age, `extra` fields and this cache's Cache-Status member."""
+    stored response; with Age, `extra` fields and this cache's Cache-Status member. A body on
+    disk is streamed from its file (OSError when the file went away)."""
     added: list[Header] = [(b"Age", b"%d" % int(age)), *extra]
     if status_member is not None:
         added.append((b"Cache-Status", status_member))
@@ -109,16 +111,24 @@ def answer(
         wanted = first_value(request_headers, b"range")
         if_range = first_value(request_headers, b"if-range")
         if wanted is not None and (if_range is None or _if_range_holds(if_range, head)):
-            span = byte_range(wanted, len(body))
+            size = len(body) if isinstance(body, bytes) else body.length
+            span = byte_range(wanted, size)
             if span is False:
                 no_type = [h for h in fields if h[0].lower() != b"content-type"]
                 return local_response(
-                    416, [*no_type, (b"Content-Range", b"bytes */%d" % len(body)), *added]
+                    416, [*no_type, (b"Content-Range", b"bytes */%d" % size), *added]
                 )
             if isinstance(span, tuple):
                 first, last = span
-                rng = (b"Content-Range", b"bytes %d-%d/%d" % (first, last, len(body)))
-                return local_response(206, [*fields, rng, *added], body[first : last + 1])
+                rng = (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size))
+                part = (
+                    body[first : last + 1]
+                    if isinstance(body, bytes)
+                    else body.open(first, last + 1 - first)
+                )
+                return local_response(206, [*fields, rng, *added], part)
     if status in (204, 304):
         return local_response(status, [*fields, *added])
-    return local_response(status, [*fields, *added], body)
+    return local_response(
+        status, [*fields, *added], body if isinstance(body, bytes) else body.open()
+    )

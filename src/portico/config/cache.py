@@ -85,7 +85,11 @@ class RouteCacheConfig(_Model):
 
 
 class CacheStorageConfig(_Model):
-    """Where the routes' caches keep responses: one memory tier per worker."""
+    """Where the routes' caches keep responses: one memory tier per worker, and optionally a
+    disk tier (a directory) shared by the workers of this instance, kept across restarts."""
 
     memory_size: Annotated[Size, AfterValidator(_check_positive)] = 64 * 1024 * 1024
     max_entry_size: Annotated[Size, AfterValidator(_check_positive)] = 8 * 1024 * 1024
+    disk_path: Annotated[str, Field(min_length=1)] | None = None  # None: no disk tier
+    disk_size: Annotated[Size, AfterValidator(_check_positive)] = 1024 * 1024 * 1024
+    disk_max_entry_size: Annotated[Size, AfterValidator(_check_positive)] = 256 * 1024 * 1024

@@ -109,6 +109,10 @@ METRICS: Final[dict[str, tuple[str, str]]] = {
     ),
     "cache_bytes": ("portico_cache_bytes", "Bytes the HTTP cache holds now (every worker)."),
     "cache_entries": ("portico_cache_entries", "Responses the HTTP cache holds now."),
+    "cache_disk_bytes": (
+        "portico_cache_disk_bytes",
+        "Bytes in the HTTP cache's disk tier (shared by the workers), as a worker last saw it.",
+    ),
     "request_duration": (
         "portico_request_duration_seconds",
         "Seconds from a request's head to its last response byte.",

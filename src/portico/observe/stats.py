@@ -141,6 +141,7 @@ GAUGES: Final[Mapping[str, GaugeSpec]] = {
     # each worker has its own memory tier: the bytes of all of them
     "cache_bytes": GaugeSpec(("tier",), "sum"),
     "cache_entries": GaugeSpec(("tier",), "sum"),
+    "cache_disk_bytes": GaugeSpec(("tier",), "max"),
 }
 HISTOGRAMS: Final[Mapping[str, HistogramSpec]] = {
     "request_duration": HistogramSpec(("listener", "pool"), DURATION_BUCKETS),

@@ -48,6 +48,7 @@ EXPECTED = {
     "portico_cache_evictions": ("counter", {"tier"}),
     "portico_cache_bytes": ("gauge", {"tier"}),
     "portico_cache_entries": ("gauge", {"tier"}),
+    "portico_cache_disk_bytes": ("gauge", {"tier"}),
 }
 
 
