@@ -8,8 +8,12 @@ time); each test uses its own paths, and the origin's script answers by path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import os
 import re
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -523,3 +527,87 @@ def test_stale_while_revalidate(setup) -> None:  # type: ignore[no-untyped-def]
     assert origin.seen(path)[1].header("If-None-Match") == '"old"'
     version["body"] = b"new"
     eventually(lambda: get(proxy, path).body == b"new", "the refreshed body")
+
+
+def _disk_config(origin: FakeBackend, disk: Path) -> str:
+    return (
+        "workers: 1\n"
+        "cache: {memory_size: 1MiB, max_entry_size: 64KiB,"
+        f" disk_path: {disk}, disk_size: 64MiB}}\n"
+        "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    default_pool: app\n"
+        "    routes:\n      - name: all\n        match: {path_prefix: /}\n        pool: app\n"
+        "        cache: {}\n"
+        "pools:\n  app:\n    retries: 0\n    servers:\n" + pool_yaml([origin])
+    )
+
+
+BIG = 3 * 1024 * 1024
+
+
+def _big_body(path: str) -> bytes:
+    seed = hashlib.sha256(path.encode()).digest()
+    return (seed * (BIG // len(seed) + 1))[:BIG]
+
+
+def test_disk_tier_survives_a_restart_and_a_killed_worker(backends, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The disk tier: an entry stored before a restart is served after it (no origin request);
+    a worker SIGKILLed while large responses stream into the cache leaves no half entry: after
+    the restart every response served is complete."""
+    release = threading.Event()
+
+    def answer(seen: Seen) -> Reply:
+        path = seen.target
+        if path.startswith("/big"):
+            body = _big_body(path)
+            pieces = [body[i : i + 256 * 1024] for i in range(0, len(body), 256 * 1024)]
+            return Reply(200, [("Cache-Control", "max-age=600")], pieces, hold_last=release)
+        return Reply(200, [("Cache-Control", "max-age=600")], b"small " + path.encode())
+
+    origin = backends("origin", answer)
+    disk = tmp_path / "disk"
+    config = _disk_config(origin, disk)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Portico(config, tmp_path / "a")
+    try:
+        assert get(first, "/small").body == b"small /small"
+        assert (get(first, "/small").header("Cache-Status") or "").startswith("portico; hit")
+        # large responses in flight (their last piece held back), then the worker is killed
+        results: list[bytes] = []
+
+        def fetch(path: str) -> None:
+            with contextlib.suppress(OSError, EOFError):
+                results.append(get(first, path).body)
+
+        threads = [threading.Thread(target=fetch, args=(f"/big{i}",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        eventually(
+            lambda: origin.body_bytes_sent >= 3 * (BIG - 256 * 1024),
+            "the large bodies to be mostly sent",
+        )
+        eventually(lambda: len(list((disk / "tmp").iterdir())) == 3, "three entries being stored")
+        for pid in first.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        release.set()
+        for thread in threads:
+            thread.join(10)
+        assert all(len(body) < BIG for body in results)  # cut, never presented as whole
+    finally:
+        first.stop()
+    second = Portico(config, tmp_path / "b")
+    try:
+        before = len(origin.seen)
+        small = get(second, "/small")
+        assert small.body == b"small /small"
+        assert (small.header("Cache-Status") or "").startswith("portico; hit")
+        assert len(origin.seen) == before  # from the disk, stored before the restart
+        assert not list((disk / "tmp").iterdir())  # the killed worker's files were removed
+        for i in range(3):
+            path = f"/big{i}"
+            for _ in range(2):  # a miss (stored now), then a hit from the disk
+                response = get(second, path)
+                assert response.body == _big_body(path)
+            assert (response.header("Cache-Status") or "").startswith("portico; hit")
+    finally:
+        second.stop()
