@@ -21,7 +21,17 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fakes import FakeBackend, Portico, Reply, Seen, connect, eventually, pool_yaml, request
+from fakes import (
+    FakeBackend,
+    Portico,
+    Reply,
+    Response,
+    Seen,
+    connect,
+    eventually,
+    pool_yaml,
+    request,
+)
 from h2client import H2Client
 
 Script = Callable[[Seen], Reply]
@@ -100,13 +110,47 @@ def counted(body: bytes = b"", *headers: tuple[str, str], status: int = 200) -> 
     return answer
 
 
-def get(proxy: Portico, path: str, **headers: str):  # type: ignore[no-untyped-def]
-    return request(proxy.port, "GET", path, headers=headers)
+class Site:
+    """The module's origin and Portico as one protocol's client sees them: HTTP/1.1, or
+    HTTP/2 (h2c); paths are made distinct per protocol (`script` gives the one to use)."""
+
+    def __init__(self, origin: Origin, proxy: Portico, proto: str) -> None:
+        self.origin = origin
+        self.proxy = proxy
+        self.proto = proto
+        self.port = proxy.port
+        self.scripts = origin.scripts
+
+    def script(self, path: str, script: Script) -> str:
+        return self.origin.script(path if self.proto == "http/1.1" else path + "-h2", script)
+
+    def seen(self, path: str) -> list[Seen]:
+        return self.origin.seen(path)
+
+    def send(self, method: str, path: str, body: bytes = b"", **headers: str) -> Response:
+        if self.proto == "http/1.1":
+            return request(self.port, method, path, headers=headers, body=body)
+        with H2Client(connect(self.port)) as client:
+            stream = client.request(method, path, list(headers.items()), body or None)
+            got = client.response(stream)
+            fields = [(k.decode(), v.decode("latin-1")) for k, v in got.headers if k[:1] != b":"]
+            return Response(got.status, fields, bytes(got.body), "2")
 
 
-def test_miss_then_hit_with_age_and_cache_status(setup) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["http/1.1", "h2"])
+def site(setup: tuple[Origin, Portico], request: pytest.FixtureRequest) -> Site:
+    return Site(setup[0], setup[1], request.param)
+
+
+def get(where: Site | Portico, path: str, **headers: str) -> Response:
+    if isinstance(where, Site):
+        return where.send("GET", path, **headers)
+    return request(where.port, "GET", path, headers=headers)
+
+
+def test_miss_then_hit_with_age_and_cache_status(site) -> None:  # type: ignore[no-untyped-def]
     """RFC 9111 §4 (reuse), §5.1 (Age on every reuse); RFC 9211 (Cache-Status)."""
-    origin, proxy = setup
+    origin = proxy = site
     path = origin.script("/hit", counted(b"a", ("Cache-Control", "max-age=100"), ("Age", "30")))
     first = get(proxy, path)
     assert first.status == 200
@@ -124,7 +168,7 @@ def test_miss_then_hit_with_age_and_cache_status(setup) -> None:  # type: ignore
 
 
 def test_hit_over_http2(setup) -> None:  # type: ignore[no-untyped-def]
-    """The same reuse for an HTTP/2 client (stored by an HTTP/1.1 one, then by itself)."""
+    """A response stored for an HTTP/1.1 client is reused for an HTTP/2 one, and back."""
     origin, proxy = setup
     path = origin.script("/h2", counted(b"h", ("Cache-Control", "max-age=100")))
     assert get(proxy, path).body == b"h#1"
@@ -142,15 +186,15 @@ def test_hit_over_http2(setup) -> None:  # type: ignore[no-untyped-def]
     assert len(origin.seen(other)) == 1
 
 
-def test_not_stored_when_forbidden(setup) -> None:  # type: ignore[no-untyped-def]
+def test_not_stored_when_forbidden(site) -> None:  # type: ignore[no-untyped-def]
     """§3: no-store, private, Authorization without public; §5.2.1.5 request no-store."""
-    origin, proxy = setup
+    origin = proxy = site
     cases = {
         "/nostore": [("Cache-Control", "no-store, max-age=100")],
         "/private": [("Cache-Control", "private, max-age=100")],
     }
-    for path, headers in cases.items():
-        origin.script(path, counted(b"x", *headers))
+    for name, headers in cases.items():
+        path = origin.script(name, counted(b"x", *headers))
         get(proxy, path)
         assert get(proxy, path).body == b"x#2", path
     path = origin.script("/auth", counted(b"x", ("Cache-Control", "max-age=100")))
@@ -164,15 +208,15 @@ def test_not_stored_when_forbidden(setup) -> None:  # type: ignore[no-untyped-de
     assert get(proxy, path).body == b"x#2"
 
 
-def test_vary(setup) -> None:  # type: ignore[no-untyped-def]
+def test_vary(site) -> None:  # type: ignore[no-untyped-def]
     """§4.1: a stored response is reused only for the same selecting header values
     (normalised: whitespace between list members does not matter); Vary: * never."""
-    origin, proxy = setup
+    origin = proxy = site
 
     def by_language(seen: Seen) -> Reply:
         lang = seen.header("Accept-Language") or "none"
         headers = [("Cache-Control", "max-age=100"), ("Vary", "Accept-Language")]
-        return Reply(200, headers, f"{lang}#{len(origin.seen('/vary'))}".encode())
+        return Reply(200, headers, f"{lang}#{len(origin.seen(path))}".encode())
 
     path = origin.script("/vary", by_language)
     assert get(proxy, path, **{"Accept-Language": "en, fr"}).body == b"en, fr#1"
@@ -189,10 +233,10 @@ def test_vary(setup) -> None:  # type: ignore[no-untyped-def]
     assert get(proxy, star).body == b"s#2"
 
 
-def test_revalidation_with_304_updates_the_stored_headers(setup) -> None:  # type: ignore[no-untyped-def]
+def test_revalidation_with_304_updates_the_stored_headers(site) -> None:  # type: ignore[no-untyped-def]
     """§4.3.1 (conditional request with the stored validators), §4.3.3/§4.3.4 and §3.2 (a 304
     refreshes the stored headers, the stored body is served)."""
-    origin, proxy = setup
+    origin = proxy = site
     calls = [0]
 
     def validating(seen: Seen) -> Reply:
@@ -212,7 +256,7 @@ def test_revalidation_with_304_updates_the_stored_headers(setup) -> None:  # typ
     assert second.body == b"body"
     assert second.header("X-Round") == "2"
     assert second.header("Cache-Status") == (
-        'portico; fwd=stale; fwd-status=304; ttl=0; key="http://test.local/validate"'
+        f'portico; fwd=stale; fwd-status=304; ttl=0; key="http://test.local{path}"'
     )
     seen = origin.seen(path)
     assert len(seen) == 2
@@ -223,9 +267,9 @@ def test_revalidation_with_304_updates_the_stored_headers(setup) -> None:  # typ
     assert third.header("X-Round") is None or third.header("ETag") == '"v1"'
 
 
-def test_only_if_cached(setup) -> None:  # type: ignore[no-untyped-def]
+def test_only_if_cached(site) -> None:  # type: ignore[no-untyped-def]
     """§5.2.1.7: nothing stored (or only a stale one) -> 504, and no origin request."""
-    origin, proxy = setup
+    origin = proxy = site
     path = origin.script("/oic", counted(b"o", ("Cache-Control", "max-age=100")))
     assert get(proxy, path, **{"Cache-Control": "only-if-cached"}).status == 504
     assert not origin.seen(path)
@@ -235,10 +279,10 @@ def test_only_if_cached(setup) -> None:  # type: ignore[no-untyped-def]
     assert hit.body == b"o#1"
 
 
-def test_stale_if_error(setup) -> None:  # type: ignore[no-untyped-def]
+def test_stale_if_error(site) -> None:  # type: ignore[no-untyped-def]
     """RFC 5861 §4: a stale response stands in for a 5xx within the window; without the
     directive the error goes through (RFC 9111 §4.2.4)."""
-    origin, proxy = setup
+    origin = proxy = site
     state = {"fail": False}
 
     def flaky(seen: Seen) -> Reply:
@@ -260,7 +304,7 @@ def test_stale_if_error(setup) -> None:  # type: ignore[no-untyped-def]
     assert "stale-if-error" in (stale.header("Cache-Status") or "")
 
     def no_window(seen: Seen) -> Reply:
-        if len(origin.seen("/sie-none")) > 1:
+        if len(origin.seen(path)) > 1:
             return Reply(503, [], b"down")
         return Reply(200, [("Cache-Control", "max-age=1"), ("Age", "5"), ("ETag", '"s"')], b"good")
 
@@ -269,9 +313,9 @@ def test_stale_if_error(setup) -> None:  # type: ignore[no-untyped-def]
     assert get(proxy, path).status == 503
 
 
-def test_fresh_hit_survives_a_dead_origin(setup) -> None:  # type: ignore[no-untyped-def]
+def test_fresh_hit_survives_a_dead_origin(site) -> None:  # type: ignore[no-untyped-def]
     """A failing origin never turns a fresh hit into an error (no origin request at all)."""
-    origin, proxy = setup
+    origin = proxy = site
     state = {"fail": False}
 
     def dies(seen: Seen) -> Reply:
@@ -285,10 +329,10 @@ def test_fresh_hit_survives_a_dead_origin(setup) -> None:  # type: ignore[no-unt
     assert get(proxy, path).body == b"alive"
 
 
-def test_invalidation_by_unsafe_methods(setup) -> None:  # type: ignore[no-untyped-def]
+def test_invalidation_by_unsafe_methods(site) -> None:  # type: ignore[no-untyped-def]
     """§4.4: a non-error answer to an unsafe method invalidates the target URI and the
     same-origin Location / Content-Location; an error answer does not."""
-    origin, proxy = setup
+    origin = proxy = site
     target = origin.script("/inv", counted(b"t", ("Cache-Control", "max-age=100")))
     other = origin.script("/inv-other", counted(b"o", ("Cache-Control", "max-age=100")))
     for path in (target, other):
@@ -298,41 +342,48 @@ def test_invalidation_by_unsafe_methods(setup) -> None:  # type: ignore[no-untyp
     def post(seen: Seen) -> Reply:
         if seen.method == "GET":
             return Reply(
-                200, [("Cache-Control", "max-age=100")], b"t#%d" % len(origin.seen("/inv"))
+                200, [("Cache-Control", "max-age=100")], b"t#%d" % len(origin.seen(target))
             )
-        return Reply(201, [("Location", "/inv-other")], b"made")
+        return Reply(201, [("Location", other)], b"made")
 
     origin.scripts[target] = post
-    assert request(proxy.port, "POST", target, body=b"x").status == 201
+    assert site.send("POST", target, b"x").status == 201
     assert get(proxy, target).body == b"t#3"  # the first GET, the POST, this GET
     assert get(proxy, other).body == b"o#2"
-    origin.scripts[target] = lambda seen: Reply(500, [("Location", "/inv-other")], b"no")
-    assert request(proxy.port, "DELETE", target).status == 500
+    origin.scripts[target] = lambda seen: Reply(500, [("Location", other)], b"no")
+    assert site.send("DELETE", target).status == 500
     assert get(proxy, other).body == b"o#2"  # an error answer invalidates nothing
 
 
-def test_head_from_a_stored_get(setup) -> None:  # type: ignore[no-untyped-def]
+def test_head_from_a_stored_get(site) -> None:  # type: ignore[no-untyped-def]
     """RFC 9110 §9.3.2: a HEAD is answered from the stored GET, with its fields."""
-    origin, proxy = setup
+    origin = proxy = site
     path = origin.script("/head", counted(b"abcdef", ("Cache-Control", "max-age=100")))
     get(proxy, path)
-    with connect(proxy.port) as sock:
-        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(4096)
-    head = data.decode("latin-1").lower()
-    assert head.startswith("http/1.1 200")
-    assert "content-length: 8" in head
-    assert "cache-status: portico; hit" in head
-    assert data.endswith(b"\r\n\r\n")
+    if site.proto == "h2":
+        head = site.send("HEAD", path)
+        assert head.status == 200
+        assert head.header("content-length") == "8"
+        assert (head.header("cache-status") or "").startswith("portico; hit")
+        assert head.body == b""
+    else:
+        with connect(site.port) as sock:
+            sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(4096)
+        text = data.decode("latin-1").lower()
+        assert text.startswith("http/1.1 200")
+        assert "content-length: 8" in text
+        assert "cache-status: portico; hit" in text
+        assert data.endswith(b"\r\n\r\n")
     assert len(origin.seen(path)) == 1
 
 
-def test_range_from_a_stored_full_response(setup) -> None:  # type: ignore[no-untyped-def]
+def test_range_from_a_stored_full_response(site) -> None:  # type: ignore[no-untyped-def]
     """RFC 9110 §14: a single range of a stored 200 -> 206 with Content-Range; unsatisfiable
     -> 416; If-Range with another validator -> the whole response."""
-    origin, proxy = setup
+    origin = proxy = site
     path = origin.script(
         "/range",
         lambda s: Reply(200, [("Cache-Control", "max-age=100"), ("ETag", '"r"')], b"0123456789"),
@@ -350,9 +401,9 @@ def test_range_from_a_stored_full_response(setup) -> None:  # type: ignore[no-un
     assert len(origin.seen(path)) == 1
 
 
-def test_cache_key_rules(setup) -> None:  # type: ignore[no-untyped-def]
+def test_cache_key_rules(site) -> None:  # type: ignore[no-untyped-def]
     """A route's key: ignored query parameters share an entry, key headers split them."""
-    origin, proxy = setup
+    origin = proxy = site
     path = origin.script("/keyed/a", counted(b"k", ("Cache-Control", "max-age=100")))
     assert get(proxy, path + "?utm_source=x&id=1").body == b"k#1"
     assert get(proxy, path + "?id=1&utm_source=y").body == b"k#1"
@@ -378,21 +429,38 @@ def _burst(port: int, path: str, count: int) -> list[bytes]:
     return asyncio.run(run())
 
 
-def test_collapsed_forwarding(setup) -> None:  # type: ignore[no-untyped-def]
+def _burst_h2(port: int, path: str, count: int) -> list[tuple[int, bytes]]:
+    clients = [H2Client(connect(port)) for _ in range(2)]
+    try:
+        streams = [(c, c.request("GET", path)) for c in clients for _ in range(count // 2)]
+        return [(got.status, bytes(got.body)) for got in (c.response(s) for c, s in streams)]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_collapsed_forwarding(site) -> None:  # type: ignore[no-untyped-def]
     """200 concurrent requests for one cold key: exactly one origin request; every client gets
     the body. A route with `collapse: false` sends them all."""
-    origin, proxy = setup
+    origin = site
 
     def slow(seen: Seen) -> Reply:
         return Reply(200, [("Cache-Control", "max-age=100")], b"one", delay=0.3)
 
     path = origin.script("/collapse", slow)
-    answers = _burst(proxy.port, path, 200)
-    assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"one") for a in answers)
+    if site.proto == "h2":  # two connections of 100 streams each (the stream limit)
+        assert _burst_h2(site.port, path, 200) == [(200, b"one")] * 200
+    else:
+        answers = _burst(site.port, path, 200)
+        assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"one") for a in answers)
     assert len(origin.seen(path)) == 1
     path = origin.script("/nocollapse/x", slow)
-    _burst(proxy.port, path, 5)
-    assert len(origin.seen(path)) == 5
+    if site.proto == "h2":
+        _burst_h2(site.port, path, 6)
+        assert len(origin.seen(path)) == 6
+    else:
+        _burst(site.port, path, 5)
+        assert len(origin.seen(path)) == 5
 
 
 TOKEN = "cache-admin-token"
@@ -501,11 +569,11 @@ def test_purge_on_every_worker_and_metrics(backends, portico) -> None:  # type: 
         raise
 
 
-def test_stale_while_revalidate(setup) -> None:  # type: ignore[no-untyped-def]
+def test_stale_while_revalidate(site) -> None:  # type: ignore[no-untyped-def]
     """RFC 5861 §3: within the window the stale response is served at once and one
     conditional request refreshes it in the background; a 304 keeps the body, a 200 replaces
     it."""
-    origin, proxy = setup
+    origin = proxy = site
     version = {"body": b"old"}
 
     def answer(seen: Seen) -> Reply:
