@@ -473,7 +473,8 @@ class CacheExchange:
             method == b"GET"
             and may_store(method, status, headers, self._request_cc, authorized)
             and (length is None or length <= self._max_entry())
-            and first_value(self.headers, b"range") is None
+            # a Range request's 206 is not kept (only whole responses are); its 200 may be
+            and (status == 200 or first_value(self.headers, b"range") is None)
         )
         if entry is not None and status != 304:
             # §4.3.3: a full response replaces the stored one (stored again below if it may be)
