@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from dataclasses import field as _derived
 from enum import Enum
 from typing import Final
 
@@ -79,6 +80,29 @@ class StoredHead:
     cc: CacheControl
     vary: tuple[bytes, ...] = ()  # the selecting field names, lower-case (§4.1)
     selected: tuple[bytes | None, ...] = ()  # the request's normalised values for them
+    # read from the fields once, not on every reuse (derived: not compared)
+    initial_age: float = _derived(
+        default=0.0, init=False, compare=False
+    )  # §4.2.3 corrected_initial_age
+    served: tuple[Header, ...] = _derived(
+        default=(), init=False, compare=False
+    )  # the fields but Age
+    etag: bytes | None = _derived(default=None, init=False, compare=False)
+    last_modified: bytes | None = _derived(default=None, init=False, compare=False)
+    # the last freshness_lifetime computed, with its heuristic settings: [fraction, max, value]
+    lifetime_memo: list[float] = _derived(default_factory=list, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        headers = self.headers
+        date = http_date(first_value(headers, b"date"))
+        apparent_age = max(0.0, self.response_time - date) if date is not None else 0.0
+        response_delay = self.response_time - self.request_time
+        corrected_age_value = age_value(headers) + response_delay
+        setattr_ = object.__setattr__  # a frozen dataclass: derived fields are set once here
+        setattr_(self, "initial_age", max(apparent_age, corrected_age_value))
+        setattr_(self, "served", tuple(h for h in headers if h[0].lower() != b"age"))
+        setattr_(self, "etag", first_value(headers, b"etag"))
+        setattr_(self, "last_modified", first_value(headers, b"last-modified"))
 
     @classmethod
     def make(
@@ -168,6 +192,15 @@ def freshness_lifetime(head: StoredHead, heuristic_fraction: float, heuristic_ma
     expired, §5.3), then a heuristic (§4.2.2): `heuristic_fraction` of the time since
     Last-Modified, at most `heuristic_max`, only for a heuristically cacheable status or a public
     response. An unreadable directive counts as stale (§4.2.1)."""
+    memo = head.lifetime_memo
+    if memo and memo[0] == heuristic_fraction and memo[1] == heuristic_max:
+        return memo[2]
+    value = _lifetime(head, heuristic_fraction, heuristic_max)
+    memo[:] = (heuristic_fraction, heuristic_max, value)
+    return value
+
+
+def _lifetime(head: StoredHead, heuristic_fraction: float, heuristic_max: float) -> float:
     cc = head.cc
     if cc.invalid:
         return 0.0
@@ -193,14 +226,10 @@ def freshness_lifetime(head: StoredHead, heuristic_fraction: float, heuristic_ma
 
 
 def current_age(head: StoredHead, now: float) -> float:
-    """The age of `head` at `now` (RFC 9111 §4.2.3)."""
-    date = http_date(head.field(b"date"))
-    apparent_age = max(0.0, head.response_time - date) if date is not None else 0.0
-    response_delay = head.response_time - head.request_time
-    corrected_age_value = age_value(head.headers) + response_delay
-    corrected_initial_age = max(apparent_age, corrected_age_value)
-    resident_time = now - head.response_time
-    return corrected_initial_age + resident_time
+    """The age of `head` at `now` (RFC 9111 §4.2.3): corrected_initial_age (the larger of the
+    apparent age, response_time - Date, and Age + response_delay; computed once, when the head
+    was stored) plus the resident time."""
+    return head.initial_age + (now - head.response_time)
 
 
 class Reuse(Enum):

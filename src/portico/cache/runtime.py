@@ -22,7 +22,6 @@ from typing import Final
 from portico.cache.directives import (
     CacheControl,
     field_values,
-    first_value,
     list_tokens,
     parse_cache_control,
 )
@@ -43,7 +42,7 @@ from portico.cache.policy import (
     validation_headers,
     varies_match,
 )
-from portico.cache.serve import answer
+from portico.cache.serve import answer, request_fields
 from portico.cache.status import cache_status
 from portico.cache.store import Entry, MemoryStore
 from portico.http.headers import Header
@@ -56,6 +55,8 @@ _ONLY_IF_CACHED: Final = local_response(
     [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Cache-Control", b"no-store")],
     b"504 Gateway Timeout: not in cache (only-if-cached)\n",
 )
+# Request fields that make an answer this request's own (not shared by plain hits).
+_PER_REQUEST: Final = frozenset({b"range", b"if-none-match", b"if-modified-since"})
 # Status codes on which a stale response may stand in for the origin's answer (RFC 5861 §4:
 # "an error", read as the server errors a gateway sees).
 _ERRORS: Final = frozenset({500, 502, 503, 504})
@@ -221,6 +222,7 @@ class CacheExchange:
         "_body_size",
         "_collapsed",
         "_disk_writer",
+        "_fields",
         "_flight",
         "_fwd",
         "_length",
@@ -248,11 +250,10 @@ class CacheExchange:
         self.method = method
         self.target = target  # as sent to the origin
         self.headers = headers
+        self._fields = fields = request_fields(headers)  # the ones the cache reads
         self.uri = uri  # the effective request URI, less the ignored query parameters
         self.key = route.rules.key.key(uri, headers)
-        self._request_cc: CacheControl = parse_cache_control(
-            field_values(headers, b"cache-control")
-        )
+        self._request_cc: CacheControl = parse_cache_control(fields.get(b"cache-control", ()))
         self.response: LocalResponse | None = None
         self.wait: asyncio.Future[None] | None = None
         self.background = False  # a stale-while-revalidate refresh: no client waits on it
@@ -287,8 +288,8 @@ class CacheExchange:
             rules = route.rules
             head = entry.head
             lifetime = freshness_lifetime(head, rules.heuristic_fraction, rules.heuristic_max)
-            pragma = first_value(self.headers, b"pragma")
-            pragma_no_cache = pragma is not None and b"no-cache" in list_tokens([pragma])
+            pragma = self._fields.get(b"pragma")
+            pragma_no_cache = pragma is not None and b"no-cache" in list_tokens(pragma)
             decision = reuse(head, request_cc, now, lifetime, pragma_no_cache)
             try:
                 if decision is Reuse.FRESH:
@@ -394,6 +395,16 @@ class CacheExchange:
         """The stored `entry` as the answer; `forwarded` when the origin was asked first (a
         304 validated it, or it stands in for an error): RFC 9211 then says fwd, not hit."""
         age = current_age(entry.head, now)
+        plain = (
+            not forwarded and isinstance(entry, Entry) and not (self._fields.keys() & _PER_REQUEST)
+        )
+        if plain:
+            # the same answer for every plain hit within one second of age: built (and
+            # serialised by the edge) once per second, not once per request
+            assert isinstance(entry, Entry)
+            memo = entry.memo
+            if memo is not None and memo[0] == int(age) and memo[1] == detail:
+                return memo[2]
         member = None
         if self._route.rules.cache_status:
             member = cache_status(
@@ -404,7 +415,11 @@ class CacheExchange:
                 key=self.uri,
                 detail=detail,
             )
-        return answer(entry.head, entry.body, self.method, self.headers, age, member)
+        served = answer(entry.head, entry.body, self.method, self._fields, age, member)
+        if plain:
+            assert isinstance(entry, Entry)
+            entry.memo = (int(age), detail, served)
+        return served
 
     def _refresh_in_background(self, entry: Found) -> None:
         """RFC 5861 §3: one refresh per key at a time, sent by the proxy's refresher."""
@@ -468,13 +483,13 @@ class CacheExchange:
                     self._land()
                     route.counters.stale += 1
                     return headers, served
-        authorized = first_value(self.headers, b"authorization") is not None
+        authorized = b"authorization" in self._fields
         storable = (
             method == b"GET"
             and may_store(method, status, headers, self._request_cc, authorized)
             and (length is None or length <= self._max_entry())
             # a Range request's 206 is not kept (only whole responses are); its 200 may be
-            and (status == 200 or first_value(self.headers, b"range") is None)
+            and (status == 200 or b"range" not in self._fields)
         )
         if entry is not None and status != 304:
             # §4.3.3: a full response replaces the stored one (stored again below if it may be)

@@ -5,21 +5,36 @@ Cache-Status member, RFC 9211), how a client's own preconditions are answered fr
 (RFC 9111 §4.3.2 with RFC 9110 §13.1.2/§13.1.3: If-None-Match, If-Modified-Since), and a
 single byte range out of a stored whole response (RFC 9110 §14: Range, If-Range, 206, 416).
 A HEAD gets a GET's answer: the edge leaves the body out.
+
+Hot path: a hit is built from the stored fields as they are (validated when they came from
+the server, connection fields removed when stored), with no per-field check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from typing import Final
 
-from portico.cache.directives import etag_matches, field_values, first_value, http_date
+from portico.cache.directives import etag_matches, http_date
 from portico.cache.disk import DiskBody
 from portico.cache.policy import StoredHead
 from portico.http.headers import Header
-from portico.http.local import LocalResponse, local_response
+from portico.http.local import BodySource, LocalResponse, reason_phrase
 
-__all__ = ["answer", "byte_range"]
+__all__ = ["REQUEST_FIELDS", "answer", "byte_range", "request_fields"]
 
+# The request fields the cache reads, by lower-case name.
+REQUEST_FIELDS: Final = frozenset(
+    {
+        b"cache-control",
+        b"pragma",
+        b"authorization",
+        b"range",
+        b"if-range",
+        b"if-none-match",
+        b"if-modified-since",
+    }
+)
 # What a 304 made from a stored 200 keeps (RFC 9110 §15.4.5): the fields a 200 would have
 # sent that describe validators and caching, not the content.
 _304_FIELDS: Final = frozenset(
@@ -27,20 +42,39 @@ _304_FIELDS: Final = frozenset(
 )
 
 
-def not_modified(head: StoredHead, request_headers: Sequence[Header]) -> bool:
+def request_fields(headers: Iterable[Header]) -> dict[bytes, list[bytes]]:
+    """The values of the fields the cache reads (`REQUEST_FIELDS`), in one pass."""
+    out: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        low = name.lower()
+        if low in REQUEST_FIELDS:
+            found = out.get(low)
+            if found is None:
+                out[low] = [value]
+            else:
+                found.append(value)
+    return out
+
+
+def _first(fields: Mapping[bytes, list[bytes]], name: bytes) -> bytes | None:
+    values = fields.get(name)
+    return values[0] if values else None
+
+
+def not_modified(head: StoredHead, fields: Mapping[bytes, list[bytes]]) -> bool:
     """Whether the client's preconditions say its copy is current (RFC 9110 §13.2.2 steps 3-4:
     If-None-Match by weak comparison; else If-Modified-Since against Last-Modified). Only a 200
     stored response is compared."""
     if head.status != 200:
         return False
-    conditions = field_values(request_headers, b"if-none-match")
+    conditions = fields.get(b"if-none-match")
     if conditions:
-        etag = head.field(b"etag")
+        etag = head.etag
         return any(etag_matches(c, etag) for c in conditions)
-    since = http_date(first_value(request_headers, b"if-modified-since"))
+    since = http_date(_first(fields, b"if-modified-since"))
     if since is None:
         return False
-    modified = http_date(head.field(b"last-modified"))
+    modified = http_date(head.last_modified)
     return modified is not None and modified <= since
 
 
@@ -79,56 +113,65 @@ def _if_range_holds(value: bytes, head: StoredHead) -> bool:
     equal to the stored Last-Modified."""
     value = value.strip()
     if value.startswith(b'"'):
-        etag = head.field(b"etag")
+        etag = head.etag
         return etag is not None and not etag.startswith(b"W/") and etag == value
     stamp = http_date(value)
-    modified = http_date(head.field(b"last-modified"))
+    modified = http_date(head.last_modified)
     return stamp is not None and modified is not None and stamp == modified
+
+
+def _response(
+    status: int, fields: tuple[Header, ...], body: bytes | BodySource, length: int | None
+) -> LocalResponse:
+    """The value, with Content-Length (none for 204/304)."""
+    if length is not None:
+        fields = (*fields, (b"Content-Length", b"%d" % length))
+    if isinstance(body, bytes):
+        return LocalResponse(status, fields, body, reason_phrase(status))
+    return LocalResponse(status, fields, b"", reason_phrase(status), body)
 
 
 def answer(
     head: StoredHead,
     body: bytes | DiskBody,
     method: bytes,
-    request_headers: Sequence[Header],
+    fields: Mapping[bytes, list[bytes]],
     age: float,
     status_member: bytes | None,
-    extra: Sequence[Header] = (),
 ) -> LocalResponse:
-    """The response to send for a stored `head`/`body` whose current age is `age`: a 304 when
-    the client's preconditions hold, a 206/416 for a usable Range on a stored 200, else the
-    stored response; with Age, `extra` fields and this cache's Cache-Status member. A body on
-    disk is streamed from its file (OSError when the file went away)."""
-    added: list[Header] = [(b"Age", b"%d" % int(age)), *extra]
+    """The response to send for a stored `head`/`body` whose current age is `age`, to a
+    request whose cache-related fields are `fields` (`request_fields`): a 304 when the
+    client's preconditions hold, a 206/416 for a usable Range on a stored 200, else the stored
+    response; with Age and this cache's Cache-Status member. A body on disk is streamed from
+    its file (OSError when the file went away)."""
+    added: tuple[Header, ...] = ((b"Age", b"%d" % age),)
     if status_member is not None:
-        added.append((b"Cache-Status", status_member))
-    fields = tuple(h for h in head.headers if h[0].lower() != b"age")  # ours replaces it
-    if not_modified(head, request_headers):
-        kept = [h for h in fields if h[0].lower() in _304_FIELDS]
-        return local_response(304, [*kept, *added])
+        added = (*added, (b"Cache-Status", status_member))
+    served = head.served
+    if (b"if-none-match" in fields or b"if-modified-since" in fields) and not_modified(
+        head, fields
+    ):
+        kept = tuple(h for h in served if h[0].lower() in _304_FIELDS)
+        return _response(304, kept + added, b"", None)
     status = head.status
-    if status == 200 and method == b"GET":
-        wanted = first_value(request_headers, b"range")
-        if_range = first_value(request_headers, b"if-range")
-        if wanted is not None and (if_range is None or _if_range_holds(if_range, head)):
-            size = len(body) if isinstance(body, bytes) else body.length
+    size = len(body) if isinstance(body, bytes) else body.length
+    if status == 200 and method == b"GET" and b"range" in fields:
+        wanted = fields[b"range"][0]
+        if_range = _first(fields, b"if-range")
+        if if_range is None or _if_range_holds(if_range, head):
             span = byte_range(wanted, size)
             if span is False:
-                no_type = [h for h in fields if h[0].lower() != b"content-type"]
-                return local_response(
-                    416, [*no_type, (b"Content-Range", b"bytes */%d" % size), *added]
-                )
+                no_type = tuple(h for h in served if h[0].lower() != b"content-type")
+                rng = (b"Content-Range", b"bytes */%d" % size)
+                return _response(416, (*no_type, rng, *added), b"", 0)
             if isinstance(span, tuple):
                 first, last = span
                 rng = (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size))
+                count = last + 1 - first
                 part = (
-                    body[first : last + 1]
-                    if isinstance(body, bytes)
-                    else body.open(first, last + 1 - first)
+                    body[first : last + 1] if isinstance(body, bytes) else body.open(first, count)
                 )
-                return local_response(206, [*fields, rng, *added], part)
-    if status in (204, 304):
-        return local_response(status, [*fields, *added])
-    return local_response(
-        status, [*fields, *added], body if isinstance(body, bytes) else body.open()
-    )
+                return _response(206, (*served, rng, *added), part, count)
+    if status == 204 or status == 304:
+        return _response(status, served + added, b"", None)
+    return _response(status, served + added, body if isinstance(body, bytes) else body.open(), size)

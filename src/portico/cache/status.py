@@ -6,6 +6,7 @@ the caches before it (the origin's side), as §2 asks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -16,9 +17,14 @@ __all__ = ["CACHE_NAME", "cache_status"]
 CACHE_NAME: Final = b"portico"
 
 
+_PLAIN: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # nothing to escape or drop
+
+
 def _sf_string(value: bytes) -> bytes:
     """A Structured Field string (RFC 8941 §3.3.3): printable ASCII, quotes and backslashes
     escaped; other bytes dropped."""
+    if _PLAIN.fullmatch(value):
+        return b'"' + value + b'"'
     out = bytearray(b'"')
     for byte in value:
         if byte in (0x22, 0x5C):

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from portico.cache.policy import StoredHead
+from portico.http.local import LocalResponse
 
 __all__ = ["Entry", "MemoryStore"]
 
@@ -28,6 +29,8 @@ class Entry:
     body: bytes
     tags: frozenset[bytes] = frozenset()
     size: int = field(default=0)
+    # the answer last built for plain hits: (age in whole seconds, Cache-Status detail, it)
+    memo: tuple[int, str | None, LocalResponse] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.size = self.measure()
@@ -100,6 +103,7 @@ class MemoryStore:
         """`entry`'s head was updated by a 304 (§4.3.4)."""
         self.bytes -= entry.size
         entry.head = head
+        entry.memo = None
         entry.size = entry.measure()
         self.bytes += entry.size
 
