@@ -444,6 +444,13 @@ class Supervisor:
                 worker.ready.set()
             elif message["type"] == "draining":
                 worker.draining.set()
+            elif message["type"] == "invalidate":
+                # a worker's cache invalidated a URI (an unsafe request): the others drop it
+                relay = channel.encode("invalidate", uri=str(message.get("uri", "")))
+                for other in self.workers.values():
+                    if other is not worker:
+                        with contextlib.suppress(ConnectionError, RuntimeError):
+                            other.writer.write(relay)
             elif message["type"] == "stats":
                 try:
                     self.stats.update(worker.process.pid, message["stats"])

@@ -433,6 +433,8 @@ class Worker:
             pool = self.pools.get(message["pool"])
             if pool is not None:
                 pool.remove_backend(message["server"], self.loop.time())
+        elif message["type"] == "invalidate" and self.cache is not None:
+            self.cache.store.remove_uri(str(message["uri"]).encode("latin-1"))
         elif message["type"] == "purge" and self.cache is not None:
             url, tag = message.get("url"), message.get("tag")
             if url:
@@ -568,6 +570,14 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     writer.write(channel.encode("ready", pid=os.getpid()))
     await writer.drain()
+    if worker.cache is not None:
+
+        def invalidated(uri: bytes) -> None:
+            # the other workers' memory tiers hold their own copies (RFC 9111 §4.4)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                writer.write(channel.encode("invalidate", uri=uri.decode("latin-1")))
+
+        worker.cache.on_invalidate = invalidated
 
     async def listen() -> None:
         nonlocal idle_grace

@@ -489,8 +489,8 @@ def _metric(proxy: Portico, name: str, **labels: str) -> float:
 
 def test_purge_on_every_worker_and_metrics(backends, portico) -> None:  # type: ignore[no-untyped-def]
     """Purge by URL and by tag through the admin API reaches every worker (the cache's entry
-    count, summed over both workers, drops to 0); the cache's counters and gauges are in
-    /metrics."""
+    count, summed over both workers, drops to 0), and so does an unsafe request's
+    invalidation; the cache's counters and gauges are in /metrics."""
     state = {"n": 0}
 
     def answer(seen: Seen) -> Reply:
@@ -535,6 +535,11 @@ def test_purge_on_every_worker_and_metrics(backends, portico) -> None:  # type: 
     eventually(lambda: _metrics(proxy).get(entries) == 2, "the URL purged from both workers")
     assert _admin(proxy, "POST", "/api/cache/purge", {"tag": "green"}).status == 202
     eventually(lambda: _metrics(proxy).get(entries) == 0, "the tag purged from both workers")
+    # an unsafe request through one worker invalidates the other's copy too (RFC 9111 §4.4)
+    fill("/written")
+    eventually(lambda: _metrics(proxy).get(entries) == 2, "/written in both workers")
+    assert request(proxy.port, "POST", "/written", body=b"x").status == 200
+    eventually(lambda: _metrics(proxy).get(entries) == 0, "/written invalidated in both")
     assert _admin(proxy, "POST", "/api/cache/purge", {}).status == 422
     assert _admin(proxy, "POST", "/api/cache/purge", {"url": "/relative"}).status == 422
 

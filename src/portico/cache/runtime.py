@@ -120,6 +120,8 @@ class Cache:
         self.key_rules: set[KeyRule] = set()  # the routes' (a purge by URL applies each)
         self.flights: dict[bytes, _Flight] = {}
         self.refreshing: set[bytes] = set()  # keys with a background refresh under way
+        # told each URI an unsafe request invalidated here (the worker tells the others)
+        self.on_invalidate: Callable[[bytes], None] | None = None
 
     def route(self, name: tuple[str, str], rules: CacheRules) -> RouteCache:
         """The cache of route `name` (listener, route)."""
@@ -452,7 +454,10 @@ class CacheExchange:
         if method not in SAFE_METHODS:
             # RFC 9111 §4.4
             for uri in invalidated_uris(method, status, self.uri, headers):
-                cache.remove_uri(route.rules.key.uri(uri))
+                filtered = route.rules.key.uri(uri)
+                cache.remove_uri(filtered)
+                if cache.on_invalidate is not None:
+                    cache.on_invalidate(filtered)
             return headers, None
         entry = self._validating
         rules = route.rules
