@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from enum import Enum
 from typing import Final
 
 from portico.cache.directives import (
     CacheControl,
     field_values,
+    first_value,
     list_tokens,
     parse_cache_control,
 )
@@ -496,12 +498,17 @@ class CacheExchange:
             # a Range request's 206 is not kept (only whole responses are); its 200 may be
             and (status == 200 or b"range" not in self._fields)
         )
-        if entry is not None and status != 304:
-            # §4.3.3: a full response replaces the stored one (stored again below if it may be)
+        if entry is not None and status != 304 and method == b"GET":
+            # §4.3.3: a full response replaces the stored one (stored again below if it may be);
+            # a HEAD's answer leaves the stored GET as it is (§4.3.5 freshening is not done)
             cache.remove(entry)
         if storable:
+            fields = stored_fields(headers)
+            if first_value(fields, b"date") is None:
+                # RFC 9110 §6.6.1: a cache records when a response without Date came
+                fields = (*fields, (b"Date", formatdate(now, usegmt=True).encode("ascii")))
             self._stored_head = StoredHead.make(
-                status, stored_fields(headers), self._request_time, now, self.headers
+                status, fields, self._request_time, now, self.headers
             )
             self._status = status
             self._length = length

@@ -119,3 +119,27 @@ def test_collapsed_requests_wait_for_the_first() -> None:
         return list(await asyncio.gather(*pending))
 
     assert asyncio.run(run()) == [Step.ANSWER, Step.ANSWER]
+
+
+def test_a_stored_response_without_date_gets_one() -> None:
+    """RFC 9110 §6.6.1: a cache adds Date to a response it stores without one."""
+    r = route()
+    store(r)
+    ex = exchange(r)
+    assert ex.lookup() is Step.ANSWER
+    assert ex.response is not None
+    assert any(name == b"Date" for name, _ in ex.response.headers)
+
+
+def test_a_head_answer_leaves_the_stored_get() -> None:
+    """A HEAD that validates a stale GET and gets a 200 does not drop the stored GET (whose
+    body a HEAD response cannot replace)."""
+    clock = [1000.0]
+    r = route(clock=clock)
+    store(r)
+    clock[0] += 120
+    head = exchange(r, b"HEAD")
+    assert head.lookup() is Step.FORWARD
+    head.on_response(200, list(FRESH), 0)
+    head.end()
+    assert r.cache.store.variants(head.key)
