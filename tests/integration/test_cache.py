@@ -682,5 +682,8 @@ def test_disk_tier_survives_a_restart_and_a_killed_worker(backends, tmp_path) ->
                 response = get(second, path)
                 assert response.body == _big_body(path)
             assert (response.header("Cache-Status") or "").startswith("portico; hit")
+        part = get(second, "/big1", Range="bytes=1000000-1000099")  # streamed from the file
+        assert part.status == 206
+        assert part.body == _big_body("/big1")[1_000_000:1_000_100]
     finally:
         second.stop()
