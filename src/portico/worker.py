@@ -218,7 +218,14 @@ def make_cache(config: Config, loop: asyncio.AbstractEventLoop) -> Cache | None:
     storage = config.cache
     disk = None
     if storage.disk_path is not None:
-        disk = DiskStore(storage.disk_path, storage.disk_size, storage.disk_max_entry_size)
+        try:
+            disk = DiskStore(storage.disk_path, storage.disk_size, storage.disk_max_entry_size)
+        except OSError as exc:  # serve from memory rather than not at all
+            log.error(
+                "cache: the disk tier at %s cannot be used (%s): memory only",
+                storage.disk_path,
+                exc,
+            )
     return Cache(storage.memory_size, storage.max_entry_size, time.time, loop, disk)
 
 

@@ -122,6 +122,7 @@ class Cache:
         self.key_rules: set[KeyRule] = set()  # the routes' (a purge by URL applies each)
         self.flights: dict[bytes, _Flight] = {}
         self.refreshing: set[bytes] = set()  # keys with a background refresh under way
+        self.pending = 0  # body bytes being teed into memory now, all requests together
         # told each URI an unsafe request invalidated here (the worker tells the others)
         self.on_invalidate: Callable[[bytes], None] | None = None
 
@@ -229,6 +230,7 @@ class CacheExchange:
         "_fields",
         "_flight",
         "_fwd",
+        "_held",
         "_length",
         "_request_cc",
         "_request_time",
@@ -271,6 +273,7 @@ class CacheExchange:
         self._stored_head: StoredHead | None = None  # the head being stored (a tee is open)
         self._body: list[bytes] | None = None  # None: not kept in memory
         self._body_size = 0
+        self._held = 0  # bytes of it held in memory (counted in the cache's `pending`)
         self._disk_writer: DiskWriter | None = None
         self._length: int | None = None
         self._status = 0
@@ -571,10 +574,15 @@ class CacheExchange:
             return
         body = self._body
         if body is not None:
-            if self._route.cache.store.fits(self._body_size):
+            cache = self._route.cache
+            size = len(data)
+            # bodies being teed into memory are bounded all together by the tier's size
+            if cache.store.fits(self._body_size) and cache.pending + size <= cache.store.max_bytes:
                 body.append(bytes(data))
+                cache.pending += size
+                self._held += size
             else:
-                self._body = None  # on disk only, if at all
+                self._drop_held()  # on disk only, if at all
         writer = self._disk_writer
         if writer is not None and not writer.write(data):
             self._disk_writer = None
@@ -587,7 +595,8 @@ class CacheExchange:
         writer, self._disk_writer = self._disk_writer, None
         if head is not None:
             self._stored_head = None
-            body, self._body = self._body, None
+            body = self._body
+            self._drop_held()
             whole = self._length is None or self._length == self._body_size
             stored = False
             tags = _tags(head.headers)
@@ -605,10 +614,16 @@ class CacheExchange:
             writer.abort()
         self._land()
 
+    def _drop_held(self) -> None:
+        """The body teed into memory is let go (stored, dropped, or too much at once)."""
+        self._body = None
+        self._route.cache.pending -= self._held
+        self._held = 0
+
     def abort(self) -> None:
         """The response ended incomplete (or is not kept): nothing is stored."""
         self._stored_head = None
-        self._body = None
+        self._drop_held()
         writer, self._disk_writer = self._disk_writer, None
         if writer is not None:
             writer.abort()

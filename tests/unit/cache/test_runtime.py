@@ -143,3 +143,24 @@ def test_a_head_answer_leaves_the_stored_get() -> None:
     head.on_response(200, list(FRESH), 0)
     head.end()
     assert r.cache.store.variants(head.key)
+
+
+def test_bodies_teed_at_once_are_bounded_together() -> None:
+    """Memory held by responses being stored is bounded by the tier's size, all together: a
+    body that would pass it is not kept (it still reaches its client)."""
+    cache = Cache(3000, 2500, lambda: 1000.0)
+    r = cache.route(("web", "r"), CacheRules(collapse=False))
+    first = r.exchange(b"GET", "http", b"h", b"/a", b"/a", [])
+    second = r.exchange(b"GET", "http", b"h", b"/b", b"/b", [])
+    for ex in (first, second):
+        ex.lookup()
+        ex.on_response(200, list(FRESH), 2000)
+    first.feed(b"x" * 2000)
+    second.feed(b"y" * 2000)  # 4000 at once: over 3000
+    assert cache.pending == 2000
+    assert not second.storing
+    first.end()
+    second.end()
+    assert cache.pending == 0
+    assert r.exchange(b"GET", "http", b"h", b"/a", b"/a", []).lookup() is Step.ANSWER
+    assert r.exchange(b"GET", "http", b"h", b"/b", b"/b", []).lookup() is Step.FORWARD
