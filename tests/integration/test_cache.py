@@ -608,6 +608,7 @@ def _disk_config(origin: FakeBackend, disk: Path) -> str:
         "cache: {memory_size: 1MiB, max_entry_size: 64KiB,"
         f" disk_path: {disk}, disk_size: 64MiB}}\n"
         "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n    default_pool: app\n"
+        "    http2: true\n"
         "    routes:\n      - name: all\n        match: {path_prefix: /}\n        pool: app\n"
         "        cache: {}\n"
         "pools:\n  app:\n    retries: 0\n    servers:\n" + pool_yaml([origin])
@@ -685,5 +686,9 @@ def test_disk_tier_survives_a_restart_and_a_killed_worker(backends, tmp_path) ->
         part = get(second, "/big1", Range="bytes=1000000-1000099")  # streamed from the file
         assert part.status == 206
         assert part.body == _big_body("/big1")[1_000_000:1_000_100]
+        with H2Client(connect(second.port)) as client:  # and over HTTP/2
+            got = client.get("/big2")
+            assert (got.header("cache-status") or "").startswith("portico; hit")
+            assert bytes(got.body) == _big_body("/big2")
     finally:
         second.stop()
