@@ -363,6 +363,23 @@ def updated_by_304(
     )
 
 
+def freshens(head: StoredHead, size: int, headers: Sequence[Header]) -> bool:
+    """Whether a HEAD response's `headers` may freshen the stored GET `head` whose body has
+    `size` bytes (RFC 9111 §4.3.5): a validator, and its validators and Content-Length, where
+    both have them, are the stored ones."""
+    for name in (b"etag", b"last-modified"):
+        new = first_value(headers, name)
+        old = head.field(name)
+        if new is not None and old is not None and new != old:
+            return False
+    length = first_value(headers, b"content-length")
+    if length is not None and length.strip() != b"%d" % size:
+        return False
+    return first_value(headers, b"etag") is not None or (
+        first_value(headers, b"last-modified") is not None
+    )
+
+
 def _origin(uri: bytes) -> bytes:
     scheme, _, rest = uri.partition(b"://")
     return scheme.lower() + b"://" + rest.split(b"/", 1)[0].lower()

@@ -34,6 +34,7 @@ from portico.cache.policy import (
     Reuse,
     StoredHead,
     current_age,
+    freshens,
     freshness_lifetime,
     invalidated_uris,
     may_serve_stale_on_error,
@@ -501,9 +502,19 @@ class CacheExchange:
             # a Range request's 206 is not kept (only whole responses are); its 200 may be
             and (status == 200 or b"range" not in self._fields)
         )
-        if entry is not None and status != 304 and method == b"GET":
-            # §4.3.3: a full response replaces the stored one (stored again below if it may be);
-            # a HEAD's answer leaves the stored GET as it is (§4.3.5 freshening is not done)
+        if entry is not None and status == 200 and method == b"HEAD":
+            # §4.3.5: a HEAD's 200 freshens the stored GET when it describes the same
+            # representation, else that one is no longer to be used
+            body = entry.body
+            size = len(body) if isinstance(body, bytes) else body.length
+            if freshens(entry.head, size, headers):
+                refreshed = updated_by_304(entry.head, headers, self._request_time, now)
+                if refreshed is not None:
+                    cache.refreshed(entry, refreshed)
+            else:
+                cache.remove(entry)
+        elif entry is not None and status != 304 and method == b"GET":
+            # §4.3.3: a full response replaces the stored one (stored again below if it may be)
             cache.remove(entry)
         if storable:
             fields = stored_fields(headers)

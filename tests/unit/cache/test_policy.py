@@ -9,6 +9,7 @@ from portico.cache.policy import (
     Reuse,
     StoredHead,
     current_age,
+    freshens,
     freshness_lifetime,
     invalidated_uris,
     may_serve_stale_on_error,
@@ -299,6 +300,17 @@ def test_304_with_another_strong_etag_updates_nothing() -> None:
     h = head(("ETag", '"v1"'))
     assert updated_by_304(h, [(b"ETag", b'"v2"')], T0, T0) is None
     assert updated_by_304(h, [(b"ETag", b'W/"v1"')], T0, T0) is not None
+
+
+def test_head_freshening() -> None:
+    """§4.3.5: a HEAD response freshens a stored GET only with the same validators and
+    length, and only when it has a validator."""
+    h = head(("ETag", '"v1"'), ("Last-Modified", DATE0.decode()))
+    assert freshens(h, 5, [(b"ETag", b'"v1"')])
+    assert freshens(h, 5, [(b"ETag", b'"v1"'), (b"Content-Length", b"5")])
+    assert not freshens(h, 5, [(b"ETag", b'"v1"'), (b"Content-Length", b"6")])
+    assert not freshens(h, 5, [(b"ETag", b'"v2"')])
+    assert not freshens(h, 5, [(b"Cache-Control", b"max-age=5")])
 
 
 # -- §4.4 invalidation -----------------------------------------------------------------------

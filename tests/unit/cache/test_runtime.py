@@ -131,18 +131,27 @@ def test_a_stored_response_without_date_gets_one() -> None:
     assert any(name == b"Date" for name, _ in ex.response.headers)
 
 
-def test_a_head_answer_leaves_the_stored_get() -> None:
-    """A HEAD that validates a stale GET and gets a 200 does not drop the stored GET (whose
-    body a HEAD response cannot replace)."""
+def test_a_head_answer_freshens_or_retires_the_stored_get() -> None:
+    """RFC 9111 §4.3.5: a HEAD's 200 with the stored validators freshens the stored GET (its
+    body kept); with another validator the stored GET is no longer used."""
     clock = [1000.0]
     r = route(clock=clock)
     store(r)
-    clock[0] += 120
+    clock[0] += 120  # stale
     head = exchange(r, b"HEAD")
     assert head.lookup() is Step.FORWARD
-    head.on_response(200, list(FRESH), 0)
+    head.on_response(200, [(b"ETag", b'"a"'), (b"Cache-Control", b"max-age=600")], 0)
     head.end()
-    assert r.cache.store.variants(head.key)
+    again = exchange(r)
+    assert again.lookup() is Step.ANSWER  # fresh for 600 s more
+    assert again.response is not None
+    assert again.response.body == b"body"
+    clock[0] += 1000
+    head = exchange(r, b"HEAD")
+    assert head.lookup() is Step.FORWARD
+    head.on_response(200, [(b"ETag", b'"b"'), (b"Cache-Control", b"max-age=600")], 0)
+    head.end()
+    assert exchange(r).lookup() is Step.FORWARD
 
 
 def test_bodies_teed_at_once_are_bounded_together() -> None:
