@@ -611,6 +611,7 @@ def _disk_config(origin: FakeBackend, disk: Path) -> str:
         "    http2: true\n"
         "    routes:\n      - name: all\n        match: {path_prefix: /}\n        pool: app\n"
         "        cache: {}\n"
+        "        response_headers: {set: {X-Served-By: portico}}\n"
         "pools:\n  app:\n    retries: 0\n    servers:\n" + pool_yaml([origin])
     )
 
@@ -682,6 +683,7 @@ def test_disk_tier_survives_a_restart_and_a_killed_worker(backends, tmp_path) ->
             for _ in range(2):  # a miss (stored now), then a hit from the disk
                 response = get(second, path)
                 assert response.body == _big_body(path)
+                assert response.header("X-Served-By") == "portico"  # the route's edits
             assert (response.header("Cache-Status") or "").startswith("portico; hit")
         part = get(second, "/big1", Range="bytes=1000000-1000099")  # streamed from the file
         assert part.status == 206

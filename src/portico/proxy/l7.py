@@ -359,7 +359,9 @@ class Exchange:
         fields = list(answer.headers)
         if edits is not None:
             fields = apply_response_headers(fields, edits)
-        return local_response(answer.status, [*fields, *extra], answer.body)
+        source = answer.source  # a body streamed from the disk tier
+        body: bytes | BodySource = answer.body if source is None else source
+        return local_response(answer.status, [*fields, *extra], body)
 
     def _forward(self) -> None:
         """Count the request against its pool, then send it."""
