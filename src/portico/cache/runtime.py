@@ -93,11 +93,12 @@ class CacheCounters:
 class _Flight:
     """A request gone to the origin for one key; others for that key wait for its end."""
 
-    __slots__ = ("done", "waiters")
+    __slots__ = ("done", "started", "waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, started: float) -> None:
         self.done: asyncio.Future[None] = loop.create_future()
         self.waiters = 0
+        self.started = started  # the cache's clock
 
 
 Found = Entry | DiskEntry  # a stored response, in memory or on disk
@@ -134,8 +135,12 @@ class Cache:
         return RouteCache(self, name, rules, counters)
 
     def flight(self, key: bytes) -> _Flight:
+        """A request for `key` goes to the origin; the others wait for it (see `land`)."""
         loop = self._loop or asyncio.get_running_loop()
-        made = self.flights[key] = _Flight(loop)
+        old = self.flights.get(key)
+        if old is not None and not old.done.done():
+            old.done.set_result(None)  # overdue: its waiters look again now
+        made = self.flights[key] = _Flight(loop, self.clock())
         return made
 
     def land(self, key: bytes, flight: _Flight | None) -> None:
@@ -331,7 +336,9 @@ class CacheExchange:
         rules = route.rules
         if rules.collapse and not self._collapsed and not self.background:
             flight = cache.flights.get(self.key)
-            if flight is None:
+            if flight is None or cache.clock() - flight.started > rules.collapse_timeout:
+                # none in flight, or one overdue (its waiters gave up on it already): this one
+                # goes, and the next ones wait for it
                 self._flight = cache.flight(self.key)
             elif flight.waiters < rules.max_waiters:
                 flight.waiters += 1
@@ -517,6 +524,8 @@ class CacheExchange:
             # §4.3.3: a full response replaces the stored one (stored again below if it may be)
             cache.remove(entry)
         if storable:
+            self._drop_held()  # a response before this one (another server's) is forgotten
+            self._body_size = 0
             fields = stored_fields(headers)
             if first_value(fields, b"date") is None:
                 # RFC 9110 §6.6.1: a cache records when a response without Date came

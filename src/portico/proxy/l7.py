@@ -305,7 +305,12 @@ class Exchange:
         """Filters and routing are done: ask the route's cache, else count the request against
         its pool and send it."""
         caches = self._client.settings.route_caches
-        if caches is not None and self._cache is None and self.route is not None:
+        if (
+            caches is not None
+            and self._cache is None
+            and self.route is not None
+            and self.head.upgrade is None  # a WebSocket handshake is never cached
+        ):
             route_cache = caches[self.route.index]
             if route_cache is not None:
                 self._cache = route_cache.exchange(
@@ -689,6 +694,8 @@ class Exchange:
         if self._response_started:
             self._abort()
             return
+        if self._cache is not None:
+            self._cache.abort()
         self._drop_upstream()
         self._release_backend(failed=None)
         self._answer(client_error(status), False, linger=True)

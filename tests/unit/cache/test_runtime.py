@@ -173,3 +173,24 @@ def test_bodies_teed_at_once_are_bounded_together() -> None:
     assert cache.pending == 0
     assert r.exchange(b"GET", "http", b"h", b"/a", b"/a", []).lookup() is Step.ANSWER
     assert r.exchange(b"GET", "http", b"h", b"/b", b"/b", []).lookup() is Step.FORWARD
+
+
+def test_an_overdue_request_in_flight_is_not_waited_for() -> None:
+    """A request in flight longer than the collapse timeout (it never landed: its client
+    left in a way nobody saw) no longer holds the others: the next one goes itself."""
+
+    async def run() -> list[Step]:
+        clock = [1000.0]
+        r = route(CacheRules(collapse=True, collapse_timeout=5), clock=clock)
+        stuck = exchange(r)
+        assert stuck.lookup() is Step.FORWARD
+        waiting = exchange(r)
+        assert waiting.lookup() is Step.WAIT
+        clock[0] += 6
+        fresh = exchange(r)
+        first = fresh.lookup()  # goes, and releases the one waiting on the stuck flight
+        assert waiting.wait is not None
+        await asyncio.wait_for(waiting.wait, 1)
+        return [first, exchange(r).lookup()]
+
+    assert asyncio.run(run()) == [Step.FORWARD, Step.WAIT]
