@@ -259,9 +259,9 @@ def _opaque(tag: bytes) -> bytes:
 def etag_matches(condition: bytes, etag: bytes | None) -> bool:
     """Whether an If-None-Match value matches `etag` by weak comparison (RFC 9110 §13.1.2,
     §8.8.3.2): `*` matches any current representation."""
-    if etag is None:
-        return False
     if condition.strip() == b"*":
         return True
+    if etag is None:
+        return False
     want = _opaque(etag)
     return any(_opaque(part) == want for part in condition.split(b","))

@@ -126,3 +126,4 @@ def test_etag_weak_comparison() -> None:
     assert etag_matches(b"*", b'"x"')
     assert not etag_matches(b'"a"', b'"b"')
     assert not etag_matches(b'"a"', None)
+    assert etag_matches(b"*", None)  # any current representation, with or without a tag
