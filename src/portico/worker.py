@@ -200,6 +200,7 @@ def route_caches(
                     collapse_timeout=rules.collapse_timeout,
                     max_waiters=rules.collapse_max_waiters,
                     cache_status=rules.cache_status,
+                    stale_if_unreachable=rules.stale_if_unreachable,
                 ),
             )
         )

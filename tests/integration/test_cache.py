@@ -313,6 +313,34 @@ def test_stale_if_error(site) -> None:  # type: ignore[no-untyped-def]
     assert get(proxy, path).status == 503
 
 
+def test_stale_while_the_origin_is_unreachable(site) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9111 §4.2.4: when the origin cannot be reached (here: it drops the connection), a
+    stale response stands in (`stale_if_unreachable`, 1 day by default), unless it said
+    must-revalidate; an error status from a reachable origin is passed on."""
+    origin = proxy = site
+    state = {"down": False}
+
+    def flaky(cache_control: str):  # type: ignore[no-untyped-def]
+        def answer(seen: Seen) -> Reply:
+            if state["down"]:
+                return Reply(action="close")
+            return Reply(200, [("Cache-Control", cache_control), ("Age", "5")], b"kept")
+
+        return answer
+
+    plain = origin.script("/unreachable", flaky("max-age=1"))
+    strict = origin.script("/unreachable-strict", flaky("max-age=1, must-revalidate"))
+    for path in (plain, strict):
+        assert get(proxy, path).body == b"kept"
+    state["down"] = True
+    stale = get(proxy, plain)
+    assert stale.status == 200
+    assert stale.body == b"kept"
+    assert "fwd=stale" in (stale.header("Cache-Status") or "")
+    assert "detail=origin-unreachable" in (stale.header("Cache-Status") or "")
+    assert get(proxy, strict).status == 502
+
+
 def test_fresh_hit_survives_a_dead_origin(site) -> None:  # type: ignore[no-untyped-def]
     """A failing origin never turns a fresh hit into an error (no origin request at all)."""
     origin = proxy = site

@@ -298,11 +298,17 @@ def reuse(
 
 
 def may_serve_stale_on_error(
-    head: StoredHead, request_cc: CacheControl, now: float, lifetime: float
+    head: StoredHead,
+    request_cc: CacheControl,
+    now: float,
+    lifetime: float,
+    disconnected: float = 0.0,
 ) -> bool:
     """Whether a stale `head` may answer when validating it failed (an error status or no
     answer): stale-if-error from the response or the request covers its staleness (RFC 5861
-    §4), and no directive forbids serving it stale (RFC 9111 §4.2.4)."""
+    §4), or the origin cannot be reached and the staleness is within `disconnected` seconds
+    (RFC 9111 §4.2.4: a disconnected cache may serve stale; not when the client asked for a
+    validated or young response); and no directive forbids serving it stale (§4.2.4)."""
     cc = head.cc
     if cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None or cc.no_cache:
         return False
@@ -310,7 +316,10 @@ def may_serve_stale_on_error(
     for window in (request_cc.stale_if_error, cc.stale_if_error):
         if window is not None and window != INVALID and staleness <= window:
             return True
-    return False
+    client_wants_fresh = (
+        request_cc.no_cache or request_cc.max_age is not None or request_cc.min_fresh is not None
+    )
+    return disconnected > 0 and staleness <= disconnected and not client_wants_fresh
 
 
 # Conditional fields of the client's: replaced by the cache's own when it validates (§4.3.1).

@@ -77,6 +77,7 @@ class CacheRules:
     collapse_timeout: float = 5.0
     max_waiters: int = 1024
     cache_status: bool = True
+    stale_if_unreachable: float = 0.0  # seconds of staleness served while the origin is down
 
 
 @dataclass(slots=True)
@@ -241,6 +242,7 @@ class CacheExchange:
         "_request_cc",
         "_request_time",
         "_route",
+        "_stale",
         "_status",
         "_stored_head",
         "_validating",
@@ -271,7 +273,8 @@ class CacheExchange:
         self.background = False  # a stale-while-revalidate refresh: no client waits on it
         # how such a refresh is sent (set by the proxy, which owns the pools); None: never
         self.spawn_refresh: Callable[[CacheExchange], None] | None = None
-        self._validating: Found | None = None
+        self._validating: Found | None = None  # the stored response being validated
+        self._stale: Found | None = None  # the stored response the origin is asked about
         self._flight: _Flight | None = None
         self._collapsed = False  # waited once already: never waits twice
         self._fwd = "uri-miss"
@@ -322,7 +325,8 @@ class CacheExchange:
                 self.response = _ONLY_IF_CACHED
                 return Step.ANSWER
             self._fwd = "request" if request_cc.no_cache else "stale"
-            if head.field(b"etag") is not None or head.field(b"last-modified") is not None:
+            self._stale = entry
+            if head.etag is not None or head.last_modified is not None:
                 self._validating = entry
         elif request_cc.only_if_cached:
             self.response = _ONLY_IF_CACHED  # RFC 9111 §5.2.1.7
@@ -359,6 +363,7 @@ class CacheExchange:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(wait), self._route.rules.collapse_timeout)
         self._validating = None
+        self._stale = None
         return self.lookup()
 
     def conditional(self, headers: list[Header]) -> list[Header] | None:
@@ -489,7 +494,9 @@ class CacheExchange:
             except OSError:  # its file went away meanwhile: the 304 is all there is
                 return self._with_status(headers, status, False), None
             return headers, served
-        if entry is not None and status in _ERRORS:
+        stale = self._stale
+        if stale is not None and status in _ERRORS:
+            entry = stale
             lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
             if not self.background and may_serve_stale_on_error(
                 entry.head, self._request_cc, now, lifetime
@@ -560,19 +567,23 @@ class CacheExchange:
         )
         return min(self._route.rules.max_entry, tier)
 
-    def on_failed(self) -> LocalResponse | None:
-        """No response came from the origin: a stale stored response may answer (RFC 5861
-        §4), else the proxy's error stands."""
-        entry = self._validating
+    def on_failed(self, unreachable: bool = True) -> LocalResponse | None:
+        """No response came from the origin (`unreachable`: it could not be reached, or its
+        connection broke or timed out): a stale stored response may answer (RFC 5861 §4's
+        stale-if-error; and, when unreachable, within the route's `stale_if_unreachable` as
+        RFC 9111 §4.2.4 lets a disconnected cache), else the proxy's error stands."""
+        entry = self._stale
         self.abort()
         if entry is None or self.background:
             return None
         rules = self._route.rules
         now = self._route.cache.clock()
         lifetime = freshness_lifetime(entry.head, rules.heuristic_fraction, rules.heuristic_max)
-        if may_serve_stale_on_error(entry.head, self._request_cc, now, lifetime):
+        window = rules.stale_if_unreachable if unreachable else 0.0
+        if may_serve_stale_on_error(entry.head, self._request_cc, now, lifetime, window):
             try:
-                served = self._serve(entry, now, lifetime, "stale-if-error", forwarded=True)
+                detail = "origin-unreachable" if unreachable else "stale-if-error"
+                served = self._serve(entry, now, lifetime, detail, forwarded=True)
             except OSError:
                 return None
             self._route.counters.stale += 1

@@ -12,7 +12,7 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from portico.config.units import Duration, Size, show
+from portico.config.units import Duration, DurationOrZero, Size, show
 
 __all__ = ["CacheStorageConfig", "RouteCacheConfig"]
 
@@ -82,6 +82,9 @@ class RouteCacheConfig(_Model):
     collapse_timeout: Duration = 5.0  # the longest a request waits for that one
     collapse_max_waiters: Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)] = 1024
     cache_status: bool = True  # send the Cache-Status response field (RFC 9211)
+    # the origin out of reach (no answer: refused, broken, timed out; no server fit): a stored
+    # response this stale may stand in when nothing forbids it (RFC 9111 §4.2.4); 0: never
+    stale_if_unreachable: DurationOrZero = 86400.0
 
 
 class CacheStorageConfig(_Model):

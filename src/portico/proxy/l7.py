@@ -1225,7 +1225,9 @@ class Exchange:
         keep = self._may_keep()
         cache = self._cache
         if cache is not None:
-            stale = cache.on_failed()  # a stored response may stand in (RFC 5861 §4)
+            # a stored response may stand in: stale-if-error, or an origin out of reach
+            # (502-504: unreachable, broken, no server fit, too slow; 500 is Portico's own)
+            stale = cache.on_failed(status != 500)
             if stale is not None:
                 self._respond_locally(self._cached_answer(stale))
                 return

@@ -237,6 +237,23 @@ def test_stale_if_error() -> None:
     assert may_serve_stale_on_error(plain, req("stale-if-error=60"), T0 + 25, lifetime(plain))  # type: ignore[arg-type]
 
 
+def test_stale_when_the_origin_is_unreachable() -> None:
+    """RFC 9111 §4.2.4: a disconnected cache may serve stale within its own window, never
+    against must-revalidate, proxy-revalidate, s-maxage or no-cache, nor when the client asks
+    for validation (no-cache, max-age, min-fresh)."""
+    plain = head(("Cache-Control", "max-age=10"))
+    life = lifetime(plain)
+    assert may_serve_stale_on_error(plain, EMPTY, T0 + 100, life, 3600)
+    assert not may_serve_stale_on_error(plain, EMPTY, T0 + 100, life, 0)  # off
+    assert not may_serve_stale_on_error(plain, EMPTY, T0 + 5000, life, 3600)  # too stale
+    for directive in ("must-revalidate", "proxy-revalidate", "s-maxage=10", "no-cache"):
+        h = head(("Cache-Control", f"max-age=10, {directive}"))
+        assert not may_serve_stale_on_error(h, EMPTY, T0 + 100, lifetime(h), 3600), directive
+    for asked in ("no-cache", "max-age=0", "min-fresh=1"):
+        client = req(asked)
+        assert not may_serve_stale_on_error(plain, client, T0 + 100, life, 3600), asked  # type: ignore[arg-type]
+
+
 def test_vary_matching_normalises() -> None:
     """§4.1: selecting fields compared after combining lines and dropping list whitespace;
     absent matches only absent."""
