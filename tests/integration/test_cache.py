@@ -375,7 +375,9 @@ def test_invalidation_by_unsafe_methods(site) -> None:  # type: ignore[no-untype
         return Reply(201, [("Location", other)], b"made")
 
     origin.scripts[target] = post
-    assert site.send("POST", target, b"x").status == 201
+    posted = site.send("POST", target, b"x")
+    assert posted.status == 201
+    assert posted.header("Cache-Status") == "portico; fwd=method"
     assert get(proxy, target).body == b"t#3"  # the first GET, the POST, this GET
     assert get(proxy, other).body == b"o#2"
     origin.scripts[target] = lambda seen: Reply(500, [("Location", other)], b"no")
@@ -481,6 +483,8 @@ def test_collapsed_forwarding(site) -> None:  # type: ignore[no-untyped-def]
     else:
         answers = _burst(site.port, path, 200)
         assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"one") for a in answers)
+        # RFC 9211: those that waited say so
+        assert any(b"; collapsed" in a for a in answers)
     assert len(origin.seen(path)) == 1
     path = origin.script("/nocollapse/x", slow)
     if site.proto == "h2":

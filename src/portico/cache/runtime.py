@@ -297,6 +297,7 @@ class CacheExchange:
         self._request_time = now
         method = self.method
         if method not in (b"GET", b"HEAD"):
+            self._fwd = "method"  # RFC 9211 §2.2: the method's semantics require forwarding
             return Step.FORWARD  # unsafe ones invalidate on their answer (on_response)
         request_cc = self._request_cc
         entry = self._find()
@@ -416,7 +417,10 @@ class CacheExchange:
         304 validated it, or it stands in for an error): RFC 9211 then says fwd, not hit."""
         age = current_age(entry.head, now)
         plain = (
-            not forwarded and isinstance(entry, Entry) and not (self._fields.keys() & _PER_REQUEST)
+            not forwarded
+            and not self._collapsed
+            and isinstance(entry, Entry)
+            and not (self._fields.keys() & _PER_REQUEST)
         )
         if plain:
             # the same answer for every plain hit within one second of age: built (and
@@ -431,6 +435,7 @@ class CacheExchange:
                 hit=not forwarded,
                 fwd=self._fwd if forwarded else None,
                 fwd_status=fwd_status,
+                collapsed=self._collapsed and not forwarded,
                 ttl=lifetime - age,
                 key=self.uri,
                 detail=detail,
@@ -476,7 +481,7 @@ class CacheExchange:
                 cache.remove_uri(filtered)
                 if cache.on_invalidate is not None:
                     cache.on_invalidate(filtered)
-            return headers, None
+            return self._with_status(headers, status, False), None
         entry = self._validating
         rules = route.rules
         if entry is not None and status == 304:

@@ -41,13 +41,15 @@ def cache_status(
     fwd: str | None = None,
     fwd_status: int | None = None,
     stored: bool = False,
+    collapsed: bool = False,
     ttl: float | None = None,
     key: bytes | None = None,
     detail: str | None = None,
 ) -> bytes:
     """This cache's member (§2): `hit`, or `fwd=` the reason it went to the origin (`uri-miss`,
-    `vary-miss`, `miss`, `stale`, `request`, `bypass`), `fwd-status`, `stored`, `ttl` (seconds
-    of freshness left, negative when stale), `key` and `detail`."""
+    `vary-miss`, `miss`, `stale`, `request`, `method`, `bypass`), `fwd-status`, `stored`,
+    `collapsed` (served from another request's answer), `ttl` (seconds of freshness left,
+    negative when stale), `key` and `detail`."""
     parts = [CACHE_NAME]
     if hit:
         parts.append(b"hit")
@@ -57,6 +59,8 @@ def cache_status(
         parts.append(b"fwd-status=%d" % fwd_status)
     if stored:
         parts.append(b"stored")
+    if collapsed:
+        parts.append(b"collapsed")
     if ttl is not None:
         parts.append(b"ttl=%d" % int(ttl))
     if key is not None:
