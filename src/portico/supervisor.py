@@ -444,6 +444,13 @@ class Supervisor:
                 worker.ready.set()
             elif message["type"] == "draining":
                 worker.draining.set()
+            elif message["type"] == "invalidate":
+                # a worker's cache invalidated a URI (an unsafe request): the others drop it
+                relay = channel.encode("invalidate", uri=str(message.get("uri", "")))
+                for other in self.workers.values():
+                    if other is not worker:
+                        with contextlib.suppress(ConnectionError, RuntimeError):
+                            other.writer.write(relay)
             elif message["type"] == "stats":
                 try:
                     self.stats.update(worker.process.pid, message["stats"])
@@ -508,6 +515,11 @@ class SupervisorAdmin:
         s = self.supervisor
         health = {(h.pool, h.server): (h.state.up, h.last_detail) for h in s.checker.servers}
         return pool_views(s.config.pools, s.stats.merged(), health=health, states=s.server_states)
+
+    def purge_cache(self, url: str | None, tag: str | None) -> int:
+        s = self.supervisor
+        s.broadcast(channel.encode("purge", url=url, tag=tag), keep=False)
+        return len(s.workers)
 
     def _change_servers(self, pool: str, servers: tuple[ServerConfig, ...]) -> None:
         s = self.supervisor

@@ -19,10 +19,14 @@ import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from portico import channel, tasks
+from portico.cache.disk import DiskStore
+from portico.cache.key import KeyRule
+from portico.cache.runtime import Cache, CacheRules, RouteCache
 from portico.config import plugins
 from portico.config.load import parse_config
 from portico.config.plugins import FilterUse
@@ -169,6 +173,65 @@ def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | No
     return tuple(chains)
 
 
+def route_caches(
+    listener: ListenerConfig, cache: Cache | None
+) -> tuple[RouteCache | None, ...] | None:
+    """The cache of each route of `listener`, by route index (the last entry is the default
+    route's, which has none); None when no route caches (the usual case)."""
+    if cache is None or not any(r.cache is not None and r.cache.enabled for r in listener.routes):
+        return None
+    out: list[RouteCache | None] = []
+    for i, route in enumerate(listener.routes):
+        rules = route.cache
+        if rules is None or not rules.enabled:
+            out.append(None)
+            continue
+        name = route.name if route.name is not None else f"routes[{i}]"
+        out.append(
+            cache.route(
+                (listener.name, name),
+                CacheRules(
+                    key=KeyRule(
+                        frozenset(rules.ignore_query),
+                        tuple(h.lower().encode("ascii") for h in rules.key_headers),
+                    ),
+                    heuristic_fraction=rules.heuristic_fraction,
+                    heuristic_max=rules.heuristic_max,
+                    max_entry=rules.max_entry_size,
+                    collapse=rules.collapse,
+                    collapse_timeout=rules.collapse_timeout,
+                    max_waiters=rules.collapse_max_waiters,
+                    cache_status=rules.cache_status,
+                    stale_if_unreachable=rules.stale_if_unreachable,
+                ),
+            )
+        )
+    out.append(None)  # the default route
+    return tuple(out)
+
+
+def make_cache(config: Config, loop: asyncio.AbstractEventLoop) -> Cache | None:
+    """The worker's cache: only when some route caches."""
+    if not any(
+        route.cache is not None and route.cache.enabled
+        for listener in config.listeners
+        for route in listener.routes
+    ):
+        return None
+    storage = config.cache
+    disk = None
+    if storage.disk_path is not None:
+        try:
+            disk = DiskStore(storage.disk_path, storage.disk_size, storage.disk_max_entry_size)
+        except OSError as exc:  # serve from memory rather than not at all
+            log.error(
+                "cache: the disk tier at %s cannot be used (%s): memory only",
+                storage.disk_path,
+                exc,
+            )
+    return Cache(storage.memory_size, storage.max_entry_size, time.time, loop, disk)
+
+
 def done_stages(
     listener: ListenerConfig, logs: dict[tuple[str, str], AccessLogWriter] | None
 ) -> tuple[DoneStage, ...]:
@@ -197,6 +260,7 @@ def listener_settings(
     logs: dict[tuple[str, str], AccessLogWriter] | None = None,
     store: StateStore | None = None,
     bound: Mapping[str, int] | None = None,
+    cache: Cache | None = None,
 ) -> dict[str, HttpListenerSettings]:
     """`bound`: the port each listener is bound to (those bound to port 0 in the config)."""
     out = {}
@@ -252,6 +316,7 @@ def listener_settings(
             ),
             response_hooks=response_hooks,
             route_filters=route_filters(listener, config),
+            route_caches=route_caches(listener, cache),
             done_stages=(*done_stages(listener, logs), *plugin_done),
             http2=(
                 Http2Settings(
@@ -342,8 +407,9 @@ class Worker:
                     )
                 )
         bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+        self.cache = make_cache(config, loop)
         self.settings = listener_settings(
-            config, self.pools, loop, self.access_logs, self.store, bound
+            config, self.pools, loop, self.access_logs, self.store, bound, self.cache
         )
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []
@@ -384,6 +450,14 @@ class Worker:
             pool = self.pools.get(message["pool"])
             if pool is not None:
                 pool.remove_backend(message["server"], self.loop.time())
+        elif message["type"] == "invalidate" and self.cache is not None:
+            self.cache.store.remove_uri(str(message["uri"]).encode("latin-1"))
+        elif message["type"] == "purge" and self.cache is not None:
+            url, tag = message.get("url"), message.get("tag")
+            if url:
+                self.cache.purge_uri(str(url).encode("latin-1"))
+            if tag:
+                self.cache.purge_tag(str(tag).encode("latin-1"))
 
     def store_counters(self, counters: dict[str, list[list[Any]]]) -> None:
         """The state store's failures and the shared rate limits' fallbacks, for /metrics."""
@@ -393,6 +467,27 @@ class Worker:
             for request_filter in settings.filters:
                 if isinstance(request_filter, SharedRateLimitFilter):
                     counters["ratelimit_fallbacks"].append([name, request_filter.fallbacks])
+        cache = self.cache
+        if cache is not None:
+            for (listener, route), count in cache.counters.items():
+                counters["cache_hits"].append([listener, route, count.hits])
+                counters["cache_misses"].append([listener, route, count.misses])
+                counters["cache_stale"].append([listener, route, count.stale])
+                counters["cache_revalidations"].append([listener, route, count.revalidations])
+                counters["cache_stored"].append([listener, route, count.stored])
+            counters["cache_evictions"].append(["memory", cache.store.evictions])
+            if cache.disk is not None:
+                counters["cache_evictions"].append(["disk", cache.disk.evictions])
+
+    def cache_gauges(self, gauges: dict[str, list[list[Any]]]) -> None:
+        """The HTTP cache's size now, for /metrics."""
+        cache = self.cache
+        if cache is not None:
+            gauges["cache_bytes"].append(["memory", cache.store.bytes])
+            gauges["cache_entries"].append(["memory", len(cache.store)])
+            if cache.disk is not None:
+                # the directory is shared: each worker's view of it, the largest one counts
+                gauges["cache_disk_bytes"].append(["disk", cache.disk.bytes])
 
     async def start(self) -> None:
         for name, sock in self.sockets.items():
@@ -492,6 +587,14 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     writer.write(channel.encode("ready", pid=os.getpid()))
     await writer.drain()
+    if worker.cache is not None:
+
+        def invalidated(uri: bytes) -> None:
+            # the other workers' memory tiers hold their own copies (RFC 9111 §4.4)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                writer.write(channel.encode("invalidate", uri=uri.decode("latin-1")))
+
+        worker.cache.on_invalidate = invalidated
 
     async def listen() -> None:
         nonlocal idle_grace
@@ -509,6 +612,7 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     def report() -> None:
         snapshot = worker.stats.snapshot(worker.pools)
         worker.store_counters(snapshot["counters"])
+        worker.cache_gauges(snapshot["gauges"])
         with contextlib.suppress(ConnectionError, RuntimeError):  # the supervisor is gone
             writer.write(channel.encode("stats", pid=os.getpid(), stats=snapshot))
 

@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import simple_config
-from fakes import FakeBackend, Portico, request
+from fakes import FakeBackend, Portico, Reply, request
 
 MakeBackend = Callable[..., FakeBackend]
 MakePortico = Callable[[str], Portico]
@@ -264,3 +264,22 @@ def test_the_dashboard_works_without_a_token(
     expect(row_c.get_by_role("button", name="Maint")).to_have_attribute("aria-pressed", "true")
     assert server_state(proxy, "c", token=None) == "maint"
     expect(page.locator("#status")).to_contain_text("live")
+
+
+def test_the_dashboard_shows_the_cache_hit_ratio_per_route(
+    backends: MakeBackend, portico: MakePortico, page: Page
+) -> None:
+    origin = backends("a", lambda seen: Reply(200, [("Cache-Control", "max-age=600")], b"x"))
+    top = "admin:\n  bind: 127.0.0.1:0\n"
+    routes = (
+        "    routes:\n      - name: cached\n        match: {path_prefix: /}\n"
+        "        pool: app\n        cache: {}\n"
+    )
+    proxy = portico(simple_config([origin], top=top, extra_listener=routes))
+    for _ in range(4):  # a miss, then three hits
+        assert request(proxy.port, target="/page").status == 200
+    page.goto(f"http://127.0.0.1:{admin_port(proxy)}/")
+    row = page.locator('tr[data-route="web/cached"]')
+    expect(row.locator("td").nth(1)).to_have_text("75.0%")
+    expect(row.locator("td").nth(2)).to_have_text("3")
+    expect(page.locator("#cache-size")).to_contain_text("responses stored: 1")

@@ -31,6 +31,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
@@ -157,6 +158,14 @@ class Removed(TypedDict):
     removed: str
 
 
+class Purged(TypedDict):
+    """What `POST /api/cache/purge` answers: what every worker was told to drop."""
+
+    url: str | None
+    tag: str | None
+    workers: int
+
+
 class ErrorBody(TypedDict):
     """Every error the API answers."""
 
@@ -185,6 +194,11 @@ class SupervisorView(Protocol):
     def add_server(self, pool: str, server: ServerConfig) -> None: ...
 
     def remove_server(self, pool: str, server: str) -> None: ...
+
+    def purge_cache(self, url: str | None, tag: str | None) -> int:
+        """Tell every worker to drop `url` and/or `tag` from its HTTP cache; the number of
+        workers told."""
+        ...
 
     def reload(self) -> Awaitable[ReloadResult]:
         """Reload the config file as SIGHUP does; the result once the new workers serve."""
@@ -316,6 +330,29 @@ class WeightChange(_Body):
         AfterValidator(_check_weight),
         WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 256}),
     ]
+
+
+def _check_purge_url(value: str | None) -> str | None:
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an absolute http(s) URL, not {_show(value)}")
+    return value
+
+
+class CachePurge(_Body):
+    """``{"url": "http://example.com/a"}`` or ``{"tag": "product-42"}``: what to drop from
+    the HTTP cache of every worker (a URL: every variant of it; a tag: every response whose
+    Cache-Tag or Surrogate-Key named it)."""
+
+    url: Annotated[str | None, AfterValidator(_check_purge_url)] = None
+    tag: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+
+    @model_validator(mode="after")
+    def _something(self) -> CachePurge:
+        if self.url is None and self.tag is None:
+            raise ValueError('give "url", "tag" or both')
+        return self
 
 
 class StateChange(_Body):
@@ -506,6 +543,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("POST", "/api/pools/{pool}/servers", "post_server"),
     Endpoint("DELETE", "/api/pools/{pool}/servers/{server}", "delete_server"),
     Endpoint("POST", "/api/reload", "post_reload"),
+    Endpoint("POST", "/api/cache/purge", "post_purge"),
     Endpoint("POST", "/api/explain", "post_explain"),
     Endpoint("GET", "/metrics", "get_metrics", public=True),
     Endpoint("GET", "/openapi.json", "get_openapi"),
@@ -596,6 +634,7 @@ class AdminApi:
             "post_server": self.post_server,
             "delete_server": self.delete_server,
             "post_reload": self.post_reload,
+            "post_purge": self.post_purge,
             "post_explain": self.post_explain,
             "get_metrics": self.get_metrics,
             "get_openapi": self.get_openapi,
@@ -759,6 +798,17 @@ class AdminApi:
         removed: Removed = {"pool": pool, "removed": server}
         return _json(200, removed)
 
+    async def post_purge(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        example = '{"url": "http://example.com/page"} or {"tag": "product-42"}'
+        purge = _parse(CachePurge, _json_object(request, example))
+        workers = self.view.purge_cache(purge.url, purge.tag)
+        what = " and ".join(
+            f"{name} {value!r}" for name, value in (("url", purge.url), ("tag", purge.tag)) if value
+        )
+        _log_change(request, f"purged {what} from the cache of {workers} workers")
+        purged: Purged = {"url": purge.url, "tag": purge.tag, "workers": workers}
+        return _json(202, purged)
+
     async def post_reload(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         _log_change(request, "asked for a reload")
         result = await self.view.reload()
@@ -918,6 +968,8 @@ SCHEMAS: Final[dict[str, tuple[Any, JsonSchemaMode]]] = {
     "Health": (HealthView, "serialization"),
     "ReloadResult": (ReloadResult, "serialization"),
     "Removed": (Removed, "serialization"),
+    "Purged": (Purged, "serialization"),
+    "CachePurge": (CachePurge, "validation"),
     "Error": (ErrorBody, "serialization"),
     "NewServer": (ServerConfig, "validation"),  # the config file's own server model
     "WeightChange": (WeightChange, "validation"),
@@ -1096,6 +1148,22 @@ OPENAPI: Final[dict[str, Any]] = {
                     "400": _error("The body is not a JSON object"),
                     **_AUTH_ERRORS,
                     "422": _error("A field is invalid, or the request cannot be explained"),
+                },
+            }
+        },
+        "/api/cache/purge": {
+            "post": {
+                "operationId": "purgeCache",
+                "summary": "Drop a URL or a tag from the HTTP cache of every worker",
+                "description": "Every worker drops what it stores for the URL (every variant, "
+                "under each route's key rules) and every response its origin tagged with the "
+                "tag (Cache-Tag or Surrogate-Key). Answers once the workers have been told.",
+                "requestBody": _json_body("CachePurge", {"url": "http://example.com/page"}),
+                "responses": {
+                    "202": _ok("The workers were told", _ref("Purged")),
+                    "400": _error("The body is not a JSON object"),
+                    **_AUTH_ERRORS,
+                    "422": _error("Neither url nor tag, or a URL that is not absolute"),
                 },
             }
         },

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core.core_schema import CoreSchema
 
+from portico.config.cache import RouteCacheConfig
 from portico.config.plugins import FilterUse
 from portico.config.units import Duration, Name
 from portico.config.units import show as _show_plain
@@ -513,6 +514,7 @@ class RouteConfig(_Model):
     respond: RespondConfig | None = None
     timeouts: RouteTimeouts | None = None  # only with pool
     filters: Annotated[tuple[FilterUse, ...], _EMPTY_LIST] = ()  # plugins (only with pool)
+    cache: RouteCacheConfig | None = None  # HTTP cache (only with pool)
 
     @model_validator(mode="after")
     def _one_outcome(self) -> Self:
@@ -537,6 +539,8 @@ class RouteConfig(_Model):
                     raise ValueError(f'"{key}" does nothing on a route with "{answered}"')
             if self.filters:
                 raise ValueError(f'"filters" do nothing on a route with "{answered}"')
+            if self.cache is not None:
+                raise ValueError(f'"cache" does nothing on a route with "{answered}"')
         edits = self.response_headers
         if self.redirect is not None and edits is not None and "location" in edits.names():
             raise ValueError('"response_headers" cannot change the Location of a redirect')

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from portico.config.cache import CacheStorageConfig
 from portico.config.plugins import FilterUse, builtin_names, check_reference
 from portico.config.routes import HeaderName, Routes
 from portico.config.tls import TlsConfig
@@ -747,6 +748,8 @@ class Config(_Model):
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     admin: Annotated[AdminConfig, _EMPTY_SECTION] | None = None  # no admin listener unless set
     plugins: Annotated[PluginsConfig, _EMPTY_SECTION] = Field(default_factory=PluginsConfig)
+    # the HTTP cache's storage (the routes' `cache:` say what is cached)
+    cache: Annotated[CacheStorageConfig, _EMPTY_SECTION] = Field(default_factory=CacheStorageConfig)
 
     @model_validator(mode="after")
     def _check_references(self, info: ValidationInfo) -> Self:

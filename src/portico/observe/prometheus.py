@@ -86,6 +86,33 @@ METRICS: Final[dict[str, tuple[str, str]]] = {
         "Workers that have ejected a server now (passive health checking is per worker).",
     ),
     "backend_weight": ("portico_backend_weight", "A server's balancing weight."),
+    "cache_hits": (
+        "portico_cache_hits",
+        "Requests answered from the HTTP cache (fresh, or stale where allowed), by route.",
+    ),
+    "cache_misses": (
+        "portico_cache_misses",
+        "Cacheable requests (GET, HEAD) with nothing stored for them, by route.",
+    ),
+    "cache_stale": (
+        "portico_cache_stale",
+        "Stale responses served: max-stale, stale-while-revalidate, stale-if-error.",
+    ),
+    "cache_revalidations": (
+        "portico_cache_revalidations",
+        "Conditional requests sent to validate a stored response (in the background too).",
+    ),
+    "cache_stored": ("portico_cache_stored", "Responses stored in the HTTP cache."),
+    "cache_evictions": (
+        "portico_cache_evictions",
+        "Stored responses dropped to keep the cache within its size.",
+    ),
+    "cache_bytes": ("portico_cache_bytes", "Bytes the HTTP cache holds now (every worker)."),
+    "cache_entries": ("portico_cache_entries", "Responses the HTTP cache holds now."),
+    "cache_disk_bytes": (
+        "portico_cache_disk_bytes",
+        "Bytes in the HTTP cache's disk tier (shared by the workers), as a worker last saw it.",
+    ),
     "request_duration": (
         "portico_request_duration_seconds",
         "Seconds from a request's head to its last response byte.",

@@ -120,6 +120,13 @@ COUNTERS: Final[Mapping[str, Labels]] = {
     # filled in by the worker from its state store and shared rate limits
     "store_errors": ("store",),
     "ratelimit_fallbacks": ("listener",),
+    # filled in by the worker from its HTTP cache (a route's key is "listener/route")
+    "cache_hits": ("listener", "route"),
+    "cache_misses": ("listener", "route"),
+    "cache_stale": ("listener", "route"),
+    "cache_revalidations": ("listener", "route"),
+    "cache_stored": ("listener", "route"),
+    "cache_evictions": ("tier",),
 }
 # Gauges: what is true now, from the living workers only.
 GAUGES: Final[Mapping[str, GaugeSpec]] = {
@@ -131,6 +138,10 @@ GAUGES: Final[Mapping[str, GaugeSpec]] = {
     # passive ejection is each worker's own verdict: the number of workers ejecting the server
     "backend_ejected": GaugeSpec(("pool", "backend"), "sum"),
     "backend_weight": GaugeSpec(("pool", "backend"), "max"),
+    # each worker has its own memory tier: the bytes of all of them
+    "cache_bytes": GaugeSpec(("tier",), "sum"),
+    "cache_entries": GaugeSpec(("tier",), "sum"),
+    "cache_disk_bytes": GaugeSpec(("tier",), "max"),
 }
 HISTOGRAMS: Final[Mapping[str, HistogramSpec]] = {
     "request_duration": HistogramSpec(("listener", "pool"), DURATION_BUCKETS),

@@ -20,6 +20,7 @@ from portico.observe.stats import WorkerStats
 from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
+    from portico.cache.runtime import RouteCache
     from portico.filters.base import RequestFilter
     from portico.filters.plugin import ResponseHooks, RouteFilters
     from portico.observe.access_log import AccessLogWriter
@@ -70,6 +71,8 @@ class HttpListenerSettings:
     # plugin filters' other hooks; None (the usual case) costs a request one attribute check
     response_hooks: ResponseHooks | None = None  # the listener's, on every server response
     route_filters: RouteFilters | None = None  # by route index: request filters and hooks
+    # by route index (the last: the default route's, always None); None: no route caches
+    route_caches: tuple[RouteCache | None, ...] | None = None
     # the response-head phase's stages after users' hooks (every response head, Portico's own
     # answers too) and the done phase's; empty (the usual case) costs a tuple check
     response_stages: tuple[ResponseStage, ...] = ()

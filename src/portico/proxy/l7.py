@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from portico import tasks
+from portico.cache.runtime import CacheExchange, Step
 from portico.http.errors import client_error, upstream_error
 from portico.http.headers import (
     CHUNKED_BODY,
@@ -35,12 +36,13 @@ from portico.http.headers import (
     forwarding_headers,
     serialize_head,
 )
-from portico.http.local import BodySource, LocalResponse, reason_phrase
+from portico.http.local import BodySource, LocalResponse, local_response, reason_phrase
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
 from portico.pipeline import Outcome, ResponseEdit, TransformChain, TransformFailed
 from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
+from portico.proxy.cache_refresh import refresh as refresh_stale
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
 from portico.proxy.local_body import stream_local
@@ -119,6 +121,8 @@ class Exchange:
     __slots__ = (
         "_backend",
         "_backend_name",
+        "_cache",
+        "_cache_answer",
         "_client",
         "_connect_time",
         "_continued",
@@ -237,6 +241,9 @@ class Exchange:
         self._flush_due = False  # the transforms' flush runs once this loop turn is over
         self.status = 0
         self.finished = False
+        # the route's cache: this request's side of it (None: the route caches nothing)
+        self._cache: CacheExchange | None = None
+        self._cache_answer: LocalResponse | None = None  # sent when the 304 behind it ends
 
     @property
     def client(self) -> ClientSide:
@@ -295,7 +302,74 @@ class Exchange:
         self._go()
 
     def _go(self) -> None:
-        """Filters and routing are done: count the request against its pool, then send it."""
+        """Filters and routing are done: ask the route's cache, else count the request against
+        its pool and send it."""
+        caches = self._client.settings.route_caches
+        if (
+            caches is not None
+            and self._cache is None
+            and self.route is not None
+            and self.head.upgrade is None  # a WebSocket handshake is never cached
+        ):
+            route_cache = caches[self.route.index]
+            if route_cache is not None:
+                self._cache = route_cache.exchange(
+                    self.method,
+                    self._client.settings.proto.decode("ascii"),
+                    self.head.host,
+                    self._original_target,
+                    self.target,
+                    self.headers,
+                )
+                self._cache.spawn_refresh = self._spawn_refresh
+                if self._cache_step(self._cache.lookup()):
+                    return
+        self._forward()
+
+    def _cache_step(self, step: Step) -> bool:
+        """Act on the cache's lookup: True when the request is answered or waits."""
+        cache = self._cache
+        assert cache is not None
+        if step is Step.ANSWER:
+            assert cache.response is not None
+            self._respond_locally(self._cached_answer(cache.response))
+            return True
+        if step is Step.WAIT:
+            tasks.spawn(self._cache_wait(cache))
+            return True
+        conditional = cache.conditional(self.head.headers)
+        if conditional is not None:
+            self.head.headers = conditional
+        return False
+
+    def _spawn_refresh(self, refresh: CacheExchange) -> None:
+        """A stale-while-revalidate refresh, sent to this request's pool in the background."""
+        tasks.spawn(refresh_stale(refresh, self._pool, self.head.host, self._client.loop))
+
+    async def _cache_wait(self, cache: CacheExchange) -> None:
+        """A request for the same key is at the origin: wait for it (bounded), look again."""
+        step = await cache.waited()
+        if self.finished:
+            cache.abort()
+            return
+        if not self._cache_step(step):
+            self._forward()
+
+    def _cached_answer(self, answer: LocalResponse) -> LocalResponse:
+        """A stored response with the route's and listener's response header edits."""
+        edits = self._response_edits
+        extra = self._client.settings.response_headers
+        if edits is None and not extra:
+            return answer
+        fields = list(answer.headers)
+        if edits is not None:
+            fields = apply_response_headers(fields, edits)
+        source = answer.source  # a body streamed from the disk tier
+        body: bytes | BodySource = answer.body if source is None else source
+        return local_response(answer.status, [*fields, *extra], body)
+
+    def _forward(self) -> None:
+        """Count the request against its pool, then send it."""
         budget = self._pool.budget
         if budget is not None:
             budget.record_request(self._client.loop.time())
@@ -620,6 +694,8 @@ class Exchange:
         if self._response_started:
             self._abort()
             return
+        if self._cache is not None:
+            self._cache.abort()
         self._drop_upstream()
         self._release_backend(failed=None)
         self._answer(client_error(status), False, linger=True)
@@ -631,6 +707,20 @@ class Exchange:
             self._continued = True
 
     def on_response_head(self, status: int, head: ResponseHead) -> None:
+        cache = self._cache
+        if cache is not None:
+            kind = head.kind
+            length = head.length if kind is LENGTH_BODY else 0 if kind is NO_BODY else None
+            head.headers, replacement = cache.on_response(status, head.headers, length)
+            if replacement is not None:
+                self.status = status
+                if kind is NO_BODY:  # a 304 refreshed the stored response: sent at its end
+                    self._cache_answer = self._cached_answer(replacement)
+                    return
+                self._drop_upstream()  # an error the stored response stands in for
+                self._release_backend(failed=status >= 500)
+                self._respond_locally(self._cached_answer(replacement))
+                return
         try:
             out = self._response_headers(status, head)
         except PluginError:
@@ -780,6 +870,9 @@ class Exchange:
         self._respond_error(500)
 
     def on_response_body(self, data: bytes | memoryview) -> None:
+        cache = self._cache
+        if cache is not None and cache.storing:
+            cache.feed(data)
         pipe = self._pipe
         if pipe is not None:
             self._transformed_body(pipe, data)
@@ -861,10 +954,14 @@ class Exchange:
 
     def on_response_end(self) -> None:
         client = self._client
-        if self._pipe is not None and not self._end_pipe():
-            return
-        self._out.send_end()
-        self._response_started = True
+        cached = self._cache_answer
+        if cached is None:
+            if self._pipe is not None and not self._end_pipe():
+                return
+            self._out.send_end()
+            self._response_started = True
+            if self._cache is not None:
+                self._cache.end()
         upstream, self._upstream = self._upstream, None
         backend = self._backend
         self._release_backend(failed=None if self._observed else False)
@@ -884,6 +981,10 @@ class Exchange:
                 or not backend.put_idle(upstream, client.loop.time())
             ):
                 upstream.close()
+        if cached is not None:
+            self._cache_answer = None
+            self._respond_locally(cached)
+            return
         self.finished = True
         self._done(self.status)
         client.exchange_done(self, self.keep_alive)
@@ -983,6 +1084,8 @@ class Exchange:
             await waiter
 
     def client_gone(self) -> None:
+        if self._cache is not None:
+            self._cache.abort()
         if self._pipe is not None:
             self._pipe.abort()
             self._pipe = None
@@ -1125,6 +1228,14 @@ class Exchange:
 
     def _respond_error(self, status: int) -> None:
         keep = self._may_keep()
+        cache = self._cache
+        if cache is not None:
+            # a stored response may stand in: stale-if-error, or an origin out of reach
+            # (502-504: unreachable, broken, no server fit, too slow; 500 is Portico's own)
+            stale = cache.on_failed(status != 500)
+            if stale is not None:
+                self._respond_locally(self._cached_answer(stale))
+                return
         self._answer(upstream_error(status), keep)
 
     def _may_keep(self) -> bool:
@@ -1169,6 +1280,8 @@ class Exchange:
         client.exchange_done(self, keep, linger)
 
     def _abort(self) -> None:
+        if self._cache is not None:
+            self._cache.abort()  # never store a truncated body
         if self._pipe is not None:
             self._pipe.abort()
             self._pipe = None

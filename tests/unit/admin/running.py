@@ -109,6 +109,10 @@ class FakeSupervisor:
         servers = tuple(s for s in config.servers if s.name != server)
         self.pool_configs[pool] = config.model_copy(update={"servers": servers})
 
+    def purge_cache(self, url: str | None, tag: str | None) -> int:
+        self.calls.append(("purge_cache", url, tag))
+        return 2
+
     async def reload(self) -> ReloadResult:
         self.calls.append(("reload",))
         await asyncio.sleep(0)

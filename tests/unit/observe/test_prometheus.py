@@ -39,6 +39,16 @@ EXPECTED = {
     "portico_backend_requests": ("counter", {"pool", "backend"}),
     "portico_backend_failures": ("counter", {"pool", "backend"}),
     "portico_backend_weight": ("gauge", {"pool", "backend"}),
+    # the HTTP cache's (issue #14)
+    "portico_cache_hits": ("counter", {"listener", "route"}),
+    "portico_cache_misses": ("counter", {"listener", "route"}),
+    "portico_cache_stale": ("counter", {"listener", "route"}),
+    "portico_cache_revalidations": ("counter", {"listener", "route"}),
+    "portico_cache_stored": ("counter", {"listener", "route"}),
+    "portico_cache_evictions": ("counter", {"tier"}),
+    "portico_cache_bytes": ("gauge", {"tier"}),
+    "portico_cache_entries": ("gauge", {"tier"}),
+    "portico_cache_disk_bytes": ("gauge", {"tier"}),
 }
 
 

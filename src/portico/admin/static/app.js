@@ -582,6 +582,60 @@
     place(body, rows);
   }
 
+  /** The HTTP cache per route (listener/route), from the cache counters since the start:
+   * hit ratio = hits / (hits + misses); hidden while no route caches. */
+  function renderCache(metrics) {
+    const routes = new Map();
+    const names = {
+      hits: "portico_cache_hits_total",
+      misses: "portico_cache_misses_total",
+      stale: "portico_cache_stale_total",
+      revalidations: "portico_cache_revalidations_total",
+      stored: "portico_cache_stored_total",
+    };
+    for (const [field, metric] of Object.entries(names)) {
+      for (const s of metrics.get(metric) || []) {
+        const key = `${s.labels.listener}/${s.labels.route}`;
+        if (!routes.has(key)) routes.set(key, {});
+        routes.get(key)[field] = (routes.get(key)[field] || 0) + s.value;
+      }
+    }
+    $("#cache-card").hidden = routes.size === 0;
+    const body = $("#cache-routes");
+    const rows = [...routes.entries()].map(([key, c]) => {
+      let row = body.querySelector(`tr[data-route="${CSS.escape(key)}"]`);
+      if (!row) {
+        row = document.createElement("tr");
+        row.dataset.route = key;
+        row.innerHTML =
+          '<td class="mono"></td><td class="num"></td><td class="num"></td><td class="num"></td>' +
+          '<td class="num"></td><td class="num"></td><td class="num"></td>';
+      }
+      const hits = c.hits || 0;
+      const looked = hits + (c.misses || 0);
+      const cells = row.children;
+      setText(cells[0], key);
+      setText(cells[1], looked ? `${((100 * hits) / looked).toFixed(1)}%` : "–");
+      setText(cells[2], formatCount(hits));
+      setText(cells[3], formatCount(c.misses || 0));
+      setText(cells[4], formatCount(c.stale || 0));
+      setText(cells[5], formatCount(c.revalidations || 0));
+      setText(cells[6], formatCount(c.stored || 0));
+      return row;
+    });
+    place(body, rows);
+    const bytes = sum(metrics.get("portico_cache_bytes"));
+    const entries = sum(metrics.get("portico_cache_entries"));
+    setText($("#cache-size"), `responses stored: ${formatCount(entries)} · memory: ${formatSize(bytes)}`);
+  }
+
+  function formatSize(bytes) {
+    if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(1)} GiB`;
+    if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+    if (bytes >= 1 << 10) return `${(bytes / (1 << 10)).toFixed(1)} KiB`;
+    return `${bytes} B`;
+  }
+
   // -- the poll loop --------------------------------------------------------------------------
 
   let refreshing = null;
@@ -629,6 +683,7 @@
     renderTotals(now, before, seconds, pools);
     if (pools) renderPools(pools, now, before, seconds, showStates);
     if (listeners) renderListeners(listeners, now, before, seconds);
+    renderCache(metrics);
     if (failure) setStatus("offline", `admin API: ${failure.message}`);
     else if (!page.needsToken) {
       const time = new Date().toLocaleTimeString("en-GB", { hour12: false });
