@@ -21,18 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portico import channel, control, tasks
+from portico import channel, control, notify, privileges, tasks
 from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
-from portico.admin.api import ListenerView, PoolView, ServerState, listener_views, pool_views
+from portico.admin.api import (
+    Check,
+    ListenerView,
+    PoolView,
+    Readiness,
+    ServerState,
+    listener_views,
+    pool_views,
+    readiness,
+)
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.health.checker import HealthChecker
 from portico.observe.prometheus import PrometheusExporter
 from portico.observe.stats import StatsAggregator
+from portico.state.redis_store import RedisStore
 
 log = logging.getLogger("portico")
 
 RESTART_BACKOFF_MAX = 5.0
+STORE_CHECK_INTERVAL = 1.0  # how often /readyz's state store check pings Redis
 CHANNEL_LIMIT = 16 * 1024 * 1024  # longest channel line: a stats snapshot of a large config
 _SCHEMES = {"http": "http", "https": "https", "tcp": "tcp"}
 
@@ -153,6 +164,11 @@ class Supervisor:
         # changes made through the admin API since the last (re)load: replayed to new workers
         self.overrides: list[bytes] = []
         self.server_states: dict[tuple[str, str], ServerState] = {}
+        # systemd (Type=notify): READY, RELOADING, STOPPING, watchdog pings; no-ops without it
+        self.notifier = notify.Notifier()
+        # the state store as /readyz sees it: None until first checked
+        self.store_check: Check | None = None
+        self._store: RedisStore | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -173,6 +189,8 @@ class Supervisor:
         for listener in self.config.listeners:
             self.sockets[listener.name] = bind(listener)
         await self._start_admin()
+        self._drop_privileges()  # every socket is bound: nothing after this needs root
+        self._watch_store()
         count = self.config.worker_count()
         for slot in range(count):
             await self._spawn(slot)
@@ -187,6 +205,8 @@ class Supervisor:
             await self.admin.close()
         self.checker.stop()
         await self._stop_workers()
+        if self._store is not None:
+            await self._store.close()
         for sock in self.sockets.values():
             sock.close()
         log.info("stopped")
@@ -204,6 +224,10 @@ class Supervisor:
         self._ready = True
         self._ready_event.set()
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
+        self.notifier.ready(f"{count} worker(s), listening on {listening}")
+        interval = notify.watchdog_interval()
+        if interval:
+            tasks.spawn(self._watchdog(interval))
         if self._reload_pending:
             self._reload_pending = False
             log.info("running the reload asked for while starting")
@@ -228,11 +252,71 @@ class Supervisor:
         done = waits[0]
         return done.done() and not done.cancelled() and not self.stopping
 
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 while this event loop turns: a supervisor stuck in a blocking call
+        misses its pings, and systemd restarts it (WatchdogSec=)."""
+        while not self.stopping:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _drop_privileges(self) -> None:
+        """Switch to the config's `user:`/`group:` once the sockets are bound."""
+        try:
+            identity = privileges.resolve(self.config.user, self.config.group)
+            if identity is not None and privileges.drop(identity):
+                log.info(
+                    "running as user %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid
+                )
+        except privileges.PrivilegeError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _watch_store(self) -> None:
+        """With `state.redis`, ping it every second for /readyz (an instance that cannot reach
+        the shared state would split rate limits and stick tables from the fleet's)."""
+        url = self.config.state.redis
+        if url is None:
+            return
+        self._store = RedisStore(url, max(self.config.state.timeout, 0.5))
+        tasks.spawn(self._ping_store(self._store))
+
+    async def _ping_store(self, store: RedisStore) -> None:
+        while not self.stopping and store is self._store:
+            ok = await store.ping()
+            detail = "answers PING" if ok else f"{store.url_for_logs} does not answer"
+            self.store_check = {"ok": ok, "detail": detail}
+            await asyncio.sleep(STORE_CHECK_INTERVAL)
+
+    def readiness(self) -> Readiness:
+        """What /readyz and `portico health --ready` report: listening, workers up, config
+        loaded, and the state store reachable when the config has one."""
+        expected = self.config.worker_count()
+        up = sum(
+            1
+            for worker in self.workers.values()
+            if worker.ready.is_set() and worker.process.returncode is None
+        )
+        listening = self._ready and all(sock.fileno() != -1 for sock in self.sockets.values())
+        store: Check | None = None
+        if self.config.state.redis is not None:
+            store = self.store_check or {"ok": False, "detail": "not checked yet"}
+        return readiness(
+            started=self._ready,
+            stopping=self.stopping,
+            listening=listening,
+            listeners=len(self.sockets),
+            workers_up=up,
+            workers_expected=expected,
+            config=f"{self.path}, generation {self.generation}",
+            store=store,
+        )
+
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """A request on the control socket (`portico.control`)."""
         running = self.path
         if request["type"] == "hello":
             return {"type": "hello", "pid": os.getpid(), "config": running}
+        if request["type"] == "health":
+            return {"type": "health", **self.readiness()}
         if request["type"] != "reload":
             return {"type": "error", "detail": f"unknown request {request['type']!r}"}
         refused = {"type": "reloaded", "ok": False, "config": running}
@@ -304,66 +388,75 @@ class Supervisor:
                 self.reload_detail = "Portico is stopping"
                 return False
             log.info("reloading %s", self.filename)
+            self.notifier.reloading()
             try:
-                text = _read(self.filename)  # a small local file: the control plane may block
-                config = parse_config(text, self.filename)
-            except ConfigError as exc:
-                log.error("reload refused, the running config stays:\n%s", exc)
-                self.reload_detail = str(exc)
-                return False
-            except OSError as exc:
-                log.error("reload refused, cannot read %s: %s", self.filename, exc.strerror)
-                self.reload_detail = f"cannot read {self.filename}: {exc.strerror}"
-                return False
-            try:
-                sockets = self._sockets_for(config)
-            except StartupError as exc:
-                log.error("reload refused, the running config stays: %s", exc)
-                self.reload_detail = str(exc)
-                return False
-            old_workers = list(self.workers.values())
-            old_sockets = self.sockets
-            self.config, self.config_text, self.sockets = config, text, sockets
-            self.generation += 1
-            self.overrides = []  # the file is the truth again
-            self.server_states = {}
-            self.checker.stop()
-            self.checker = HealthChecker(config, self._health_changed)
-            self.workers = {}
-            for slot in range(config.worker_count()):
-                await self._spawn(slot)  # none once stopping: the sockets are closing
-            self.checker.start()
-            ready = await self._unless_stopping([w.ready for w in self.workers.values()])
-            if ready:
-                for worker in old_workers:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        worker.writer.write(channel.encode("stop", reload=True))
-                # when reload() returns, every new connection reaches a new worker
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(10.0):
-                        await self._unless_stopping([w.draining for w in old_workers])
-            kept = {id(sock) for sock in sockets.values()}
-            for sock in old_sockets.values():
-                if id(sock) not in kept:
-                    sock.close()  # a listener the new config dropped
-            if not ready:
-                # shutdown began: it stops every worker, the old ones and those started here
-                log.warning("reload interrupted: Portico is stopping")
-                self.reload_detail = "interrupted: Portico is stopping"
-                return False
-            if config.pid_file != self.pid_file:  # it moved: no stale one left behind
-                _remove_pid(self.pid_file)
-                self.pid_file = config.pid_file
-                _write_pid(self.pid_file)
-            log.info(
-                "reloaded %s: generation %d, %d worker(s); the old ones drain",
-                self.filename,
-                self.generation,
-                len(self.workers),
-            )
-            print(f"portico: reloaded, generation {self.generation}", flush=True)
-            self.reload_detail = f"reloaded {self.filename}"
-            return True
+                return await self._reload()
+            finally:
+                if not self.stopping:
+                    self.notifier.ready(f"generation {self.generation}")
+
+    async def _reload(self) -> bool:
+        """The reload itself, under the reload lock."""
+        try:
+            text = _read(self.filename)  # a small local file: the control plane may block
+            config = parse_config(text, self.filename)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays:\n%s", exc)
+            self.reload_detail = str(exc)
+            return False
+        except OSError as exc:
+            log.error("reload refused, cannot read %s: %s", self.filename, exc.strerror)
+            self.reload_detail = f"cannot read {self.filename}: {exc.strerror}"
+            return False
+        try:
+            sockets = self._sockets_for(config)
+        except StartupError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            self.reload_detail = str(exc)
+            return False
+        old_workers = list(self.workers.values())
+        old_sockets = self.sockets
+        self.config, self.config_text, self.sockets = config, text, sockets
+        self.generation += 1
+        self.overrides = []  # the file is the truth again
+        self.server_states = {}
+        self.checker.stop()
+        self.checker = HealthChecker(config, self._health_changed)
+        self.workers = {}
+        for slot in range(config.worker_count()):
+            await self._spawn(slot)  # none once stopping: the sockets are closing
+        self.checker.start()
+        ready = await self._unless_stopping([w.ready for w in self.workers.values()])
+        if ready:
+            for worker in old_workers:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    worker.writer.write(channel.encode("stop", reload=True))
+            # when reload() returns, every new connection reaches a new worker
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10.0):
+                    await self._unless_stopping([w.draining for w in old_workers])
+        kept = {id(sock) for sock in sockets.values()}
+        for sock in old_sockets.values():
+            if id(sock) not in kept:
+                sock.close()  # a listener the new config dropped
+        if not ready:
+            # shutdown began: it stops every worker, the old ones and those started here
+            log.warning("reload interrupted: Portico is stopping")
+            self.reload_detail = "interrupted: Portico is stopping"
+            return False
+        if config.pid_file != self.pid_file:  # it moved: no stale one left behind
+            _remove_pid(self.pid_file)
+            self.pid_file = config.pid_file
+            _write_pid(self.pid_file)
+        log.info(
+            "reloaded %s: generation %d, %d worker(s); the old ones drain",
+            self.filename,
+            self.generation,
+            len(self.workers),
+        )
+        print(f"portico: reloaded, generation {self.generation}", flush=True)
+        self.reload_detail = f"reloaded {self.filename}"
+        return True
 
     def _sockets_for(self, config: Config) -> dict[str, socket.socket]:
         """Listening sockets for `config`: the running ones where the address is the same (so
@@ -391,6 +484,7 @@ class Supervisor:
     def request_stop(self) -> None:
         if not self.stopping:
             log.info("stopping: draining workers (grace %.1fs)", self.config.shutdown_grace)
+            self.notifier.stopping()
         self.stopping = True
         self._stopped.set()
 
@@ -563,6 +657,9 @@ class SupervisorAdmin:
 
     def running_config(self) -> Config:
         return self.supervisor.config
+
+    def readiness(self) -> Readiness:
+        return self.supervisor.readiness()
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -52,6 +52,7 @@ __all__ = [
     "AdminRequest",
     "AdminResponse",
     "BadRequest",
+    "Check",
     "Conflict",
     "Endpoint",
     "ErrorBody",
@@ -59,6 +60,7 @@ __all__ = [
     "ListenerView",
     "NotFound",
     "PoolView",
+    "Readiness",
     "ReloadResult",
     "Removed",
     "ServerState",
@@ -70,6 +72,7 @@ __all__ = [
     "error_response",
     "listener_views",
     "pool_views",
+    "readiness",
 ]
 
 log = logging.getLogger("portico.admin")
@@ -164,6 +167,56 @@ class ErrorBody(TypedDict):
     detail: Annotated[str, Field(description="Which value, and what to do")]
 
 
+class Check(TypedDict):
+    ok: bool
+    detail: str
+
+
+class Readiness(TypedDict):
+    """What `GET /readyz` answers (200 when `ready`, else 503)."""
+
+    ready: bool
+    checks: dict[str, Check]  # listening, workers, config, and state_store when required
+
+
+def readiness(
+    *,
+    started: bool,
+    stopping: bool,
+    listening: bool,
+    listeners: int,
+    workers_up: int,
+    workers_expected: int,
+    config: str,
+    store: Check | None,
+) -> Readiness:
+    """Ready means: past start-up and not stopping, every listener open, every worker up,
+    a config loaded, and the state store answering when the config has one (`store` None:
+    not required). Each check says why in words, for logs and `portico health`."""
+    checks: dict[str, Check] = {
+        "listening": {
+            "ok": listening and not stopping,
+            "detail": (
+                "stopping: draining"
+                if stopping
+                else f"{listeners} listener(s) open"
+                if listening
+                else "starting"
+                if not started
+                else "a listener is closed"
+            ),
+        },
+        "workers": {
+            "ok": workers_up >= workers_expected and not stopping,
+            "detail": f"{workers_up}/{workers_expected} ready",
+        },
+        "config": {"ok": started, "detail": config if started else "starting"},
+    }
+    if store is not None:
+        checks["state_store"] = store
+    return {"ready": all(check["ok"] for check in checks.values()), "checks": checks}
+
+
 class SupervisorView(Protocol):
     """What the admin API needs from the supervisor, and nothing more.
 
@@ -196,6 +249,10 @@ class SupervisorView(Protocol):
 
     def running_config(self) -> Config:
         """The config the workers run now, with the API's changes (weights, servers) in it."""
+        ...
+
+    def readiness(self) -> Readiness:
+        """Whether this instance should get traffic (`readiness`); cheap, never waits."""
         ...
 
 
@@ -491,6 +548,7 @@ class Endpoint:
     template: str
     action: str  # the AdminApi method that answers
     public: bool = False  # answered without the token (scrapers, the dashboard's files)
+    probe: bool = False  # a health probe: public, and answered whatever the Host header says
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -508,10 +566,15 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("POST", "/api/reload", "post_reload"),
     Endpoint("POST", "/api/explain", "post_explain"),
     Endpoint("GET", "/metrics", "get_metrics", public=True),
+    Endpoint("GET", "/healthz", "get_healthz", public=True, probe=True),
+    Endpoint("GET", "/readyz", "get_readyz", public=True, probe=True),
     Endpoint("GET", "/openapi.json", "get_openapi"),
     Endpoint("GET", "/", "get_index", public=True),
     Endpoint("GET", "/static/{path}", "get_static", public=True),  # {path} may hold "/"
 )
+
+
+_PROBES: Final = {e.template: e.action for e in ENDPOINTS if e.probe}
 
 
 def _match(endpoint: Endpoint, segments: list[str]) -> dict[str, str] | None:
@@ -598,6 +661,8 @@ class AdminApi:
             "post_reload": self.post_reload,
             "post_explain": self.post_explain,
             "get_metrics": self.get_metrics,
+            "get_healthz": self.get_healthz,
+            "get_readyz": self.get_readyz,
             "get_openapi": self.get_openapi,
             "get_index": self.get_index,
             "get_static": self.get_static,
@@ -625,6 +690,10 @@ class AdminApi:
 
     async def _dispatch(self, request: AdminRequest) -> AdminResponse:
         method = "GET" if request.method == "HEAD" else request.method
+        if method == "GET" and request.path in _PROBES:
+            # load balancers and keepalived probe by address or by name: no Host check, no
+            # token, and nothing else looked at (cheap, and reveals nothing but up or not)
+            return await self._actions[_PROBES[request.path]](request, {})
         if self._token is None:
             host = request.headers.get("host")
             if host is not None and not _is_local_name(host):
@@ -692,6 +761,15 @@ class AdminApi:
     async def get_metrics(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         body, content_type = self.view.metrics(request.headers.get("accept", ""))
         return AdminResponse(200, body, content_type, (("Cache-Control", "no-store"),))
+
+    async def get_healthz(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        """Alive: the supervisor's event loop answers (for restarts and VRRP tracking)."""
+        return _json(200, {"status": "ok"})
+
+    async def get_readyz(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        """Ready for traffic: 200, or 503 with the failing checks (for balancers in front)."""
+        result = self.view.readiness()
+        return _json(200 if result["ready"] else 503, result)
 
     async def get_openapi(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         return AdminResponse(200, self._openapi, "application/json")
@@ -917,6 +995,7 @@ SCHEMAS: Final[dict[str, tuple[Any, JsonSchemaMode]]] = {
     "Server": (ServerView, "serialization"),
     "Health": (HealthView, "serialization"),
     "ReloadResult": (ReloadResult, "serialization"),
+    "Readiness": (Readiness, "serialization"),
     "Removed": (Removed, "serialization"),
     "Error": (ErrorBody, "serialization"),
     "NewServer": (ServerConfig, "validation"),  # the config file's own server model
@@ -1140,6 +1219,39 @@ OPENAPI: Final[dict[str, Any]] = {
                             "application/openmetrics-text": {"schema": {"type": "string"}},
                         },
                     }
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "getHealthz",
+                "summary": "Alive (no token needed, any Host)",
+                "description": "200 while the supervisor answers: for keepalived's track "
+                "script and restart decisions.",
+                "security": [],
+                "responses": {
+                    "200": _ok(
+                        "Alive",
+                        {
+                            "type": "object",
+                            "properties": {"status": {"const": "ok"}},
+                            "required": ["status"],
+                        },
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "getReadyz",
+                "summary": "Ready for traffic (no token needed, any Host)",
+                "description": "200 when every listener is open, every worker is up, a config "
+                "is loaded and (with state.redis) Redis answers; 503 otherwise, and while "
+                "starting or draining.",
+                "security": [],
+                "responses": {
+                    "200": _ok("Ready", _ref("Readiness")),
+                    "503": _ok("Not ready: the failing checks say why", _ref("Readiness")),
                 },
             }
         },

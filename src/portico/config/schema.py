@@ -732,6 +732,15 @@ class AdminConfig(_Model):
         return self
 
 
+def _check_account(value: str) -> str:
+    if not value or not all(c.isalnum() or c in "_.-" for c in value) or value.startswith("-"):
+        raise ValueError(f"{show(value)} is not a user or group name (or number)")
+    return value
+
+
+_Account = Annotated[str, AfterValidator(_check_account)]
+
+
 class Config(_Model):
     """A whole config file. Valid means every field is valid and every reference resolves."""
 
@@ -742,6 +751,8 @@ class Config(_Model):
     ] = "auto"
     shutdown_grace: DurationOrZero = 30.0  # in-flight requests may finish within this on stop
     pid_file: str | None = None  # written by `portico run`, read by `portico reload`
+    user: _Account | None = None  # started as root: switch to this user once bound
+    group: _Account | None = None  # ... and this group (default: the user's primary group)
     state: Annotated[StateConfig, _EMPTY_SECTION] = Field(default_factory=StateConfig)
     listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
