@@ -407,9 +407,11 @@ class Portico:
         tmp_path: Path,
         prefix: Sequence[str] = (),
         before_ready: Callable[[subprocess.Popen[bytes]], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """`prefix`: a command that runs Portico (e.g. `isolated_resolver`'s); `before_ready`
-        is called with the process as soon as it started (e.g. to signal it while it starts)."""
+        is called with the process as soon as it started (e.g. to signal it while it starts);
+        `env`: variables added to its environment."""
         path = tmp_path / "portico.yaml"
         path.write_text(config)
         self.path = path
@@ -417,7 +419,7 @@ class Portico:
             [*prefix, sys.executable, "-m", "portico", "run", str(path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.stderr_lines: list[str] = []
         self.stderr_times: list[float] = []  # when each line arrived (time.monotonic())

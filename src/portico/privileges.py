@@ -1,14 +1,14 @@
 """Dropping root after binding: the config's `user:` and `group:`.
 
-Owns the lookup of a user and group by name or number (`resolve`) and the switch itself
-(`drop`): supplementary groups first, then the group, then the user, and a check that root
-cannot be regained. Called by the supervisor once every listening socket (ports below 1024
-among them) and the admin socket are bound, before any worker starts, so the workers and
-everything that parses a request never run as root.
+Owns the lookup of a user and group by name or number (`resolve`, in the supervisor, which
+refuses to start on an unknown one) and the switch itself (`drop`, in each worker once it
+listens on the sockets the supervisor bound, before it reports ready): supplementary groups
+first, then the group, then the user, and a check that root cannot be regained. So every
+process that reads a client's bytes runs unprivileged, while the supervisor keeps its own
+user to bind new ports below 1024 on a reload (NGINX's master and workers do the same).
 
-Never binds anything itself; never keeps a capability (a reload that needs a new port below
-1024 is refused: run under systemd with `AmbientCapabilities=CAP_NET_BIND_SERVICE` instead
-of starting as root to bind low ports on reloads too).
+Never binds anything itself; never keeps a capability. To run with no root at all, start
+Portico as its own user with systemd's `AmbientCapabilities=CAP_NET_BIND_SERVICE`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ class Identity(NamedTuple):
     user: str
     uid: int
     gid: int
+
+    def __str__(self) -> str:
+        return f"{self.user}:{self.uid}:{self.gid}"
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        """The form `str` gives (``name:uid:gid``), as the supervisor passes it to workers."""
+        user, uid, gid = text.rsplit(":", 2)
+        return cls(user, int(uid), int(gid))
 
 
 def _lookup_user(user: str) -> pwd.struct_passwd:
@@ -69,7 +78,7 @@ def drop(identity: Identity) -> bool:
             "start it as root (it binds, then switches), or remove user/group"
         )
     try:
-        os.setgroups([identity.gid])
+        os.setgroups([identity.gid])  # only the one group: root's supplementary ones go
         os.setgid(identity.gid)
         os.setuid(identity.uid)
     except OSError as exc:

@@ -151,6 +151,7 @@ class Supervisor:
         self._ready = False
         self._ready_event = asyncio.Event()
         self.pid_file: str | None = None  # the pid file written (removed on exit)
+        self.identity: privileges.Identity | None = None  # workers run as this user
         self._reload_pending = False  # a SIGHUP before the ready line: run once ready
         # every worker process not yet reaped, of any generation: all are stopped on shutdown
         self.all_workers: set[WorkerProcess] = set()
@@ -189,7 +190,7 @@ class Supervisor:
         for listener in self.config.listeners:
             self.sockets[listener.name] = bind(listener)
         await self._start_admin()
-        self._drop_privileges()  # every socket is bound: nothing after this needs root
+        self.identity = self._identity(self.config)  # before any worker starts
         self._watch_store()
         count = self.config.worker_count()
         for slot in range(count):
@@ -259,16 +260,20 @@ class Supervisor:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    def _drop_privileges(self) -> None:
-        """Switch to the config's `user:`/`group:` once the sockets are bound."""
+    @staticmethod
+    def _identity(config: Config) -> privileges.Identity | None:
+        """The user workers switch to (`user:`/`group:`), as NGINX's and HAProxy's do: the
+        supervisor keeps its own, so a reload can still bind a new port below 1024."""
         try:
-            identity = privileges.resolve(self.config.user, self.config.group)
-            if identity is not None and privileges.drop(identity):
-                log.info(
-                    "running as user %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid
-                )
+            identity = privileges.resolve(config.user, config.group)
         except privileges.PrivilegeError as exc:
             raise StartupError(str(exc)) from None
+        if identity is not None and os.geteuid() not in (0, identity.uid):
+            raise StartupError(
+                f"user {identity.user!r} is set, but Portico runs as uid {os.geteuid()}, not "
+                "root: start it as root (workers switch once listening), or remove user/group"
+            )
+        return identity
 
     def _watch_store(self) -> None:
         """With `state.redis`, ping it every second for /readyz (an instance that cannot reach
@@ -409,6 +414,7 @@ class Supervisor:
             self.reload_detail = f"cannot read {self.filename}: {exc.strerror}"
             return False
         try:
+            identity = self._identity(config)
             sockets = self._sockets_for(config)
         except StartupError as exc:
             log.error("reload refused, the running config stays: %s", exc)
@@ -417,6 +423,7 @@ class Supervisor:
         old_workers = list(self.workers.values())
         old_sockets = self.sockets
         self.config, self.config_text, self.sockets = config, text, sockets
+        self.identity = identity
         self.generation += 1
         self.overrides = []  # the file is the truth again
         self.server_states = {}
@@ -499,6 +506,9 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child.set_inheritable(True)
         args = [sys.executable, "-m", "portico.worker", "--channel", str(child.fileno())]
+        if self.identity is not None:
+            identity = self.identity
+            args += ["--user", f"{identity.user}:{identity.uid}:{identity.gid}"]
         fds = [child.fileno()]
         for name, sock in self.sockets.items():
             args += ["--listen", f"{name}={sock.fileno()}"]
