@@ -255,8 +255,11 @@ class _BackendProtocol(asyncio.Protocol):
 class FakeBackend:
     """A real HTTP server on a free loopback port, in a thread; see the module docstring."""
 
-    def __init__(self, name: str, handler: Handler | None = None, port: int = 0) -> None:
+    def __init__(
+        self, name: str, handler: Handler | None = None, port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
         self.name = name
+        self.host = host  # another loopback address (127.0.0.2) gives a second server a port
         self.handler: Handler = handler or (lambda seen: Reply(body=name.encode()))
         self.seen: list[Seen] = []  # complete requests
         self.heads: list[Seen] = []  # every request head, even if its body never completed
@@ -298,13 +301,13 @@ class FakeBackend:
     async def _start(self) -> int:
         # SO_REUSEADDR (asyncio's default on POSIX): a port left in TIME_WAIT can be bound again
         self._server = await self.loop.create_server(
-            lambda: _BackendProtocol(self), "127.0.0.1", self._bind_port, reuse_address=True
+            lambda: _BackendProtocol(self), self.host, self._bind_port, reuse_address=True
         )
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def _flow_changed(self, *, blocked: bool) -> None:
         with self._flow:

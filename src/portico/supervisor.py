@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,16 @@ from portico.admin.api import (
 )
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
+from portico.config.units import parse_address
+from portico.discovery import Discovery
+from portico.discovery.plan import Changes
 from portico.health.checker import HealthChecker
-from portico.observe.prometheus import PrometheusExporter
+from portico.observe.prometheus import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    PrometheusExporter,
+)
 from portico.observe.stats import StatsAggregator
 from portico.state.redis_store import RedisStore
 
@@ -44,6 +53,7 @@ log = logging.getLogger("portico")
 
 RESTART_BACKOFF_MAX = 5.0
 STORE_CHECK_INTERVAL = 1.0  # how often /readyz's state store check pings Redis
+DRAIN_CHECK_INTERVAL = 0.5  # how often servers DNS dropped are checked for requests in flight
 CHANNEL_LIMIT = 16 * 1024 * 1024  # longest channel line: a stats snapshot of a large config
 _SCHEMES = {"http": "http", "https": "https", "tcp": "tcp"}
 
@@ -160,7 +170,7 @@ class Supervisor:
         self.reload_detail = ""
         # what the workers report, summed; served as /metrics
         self.stats = StatsAggregator()
-        self.exporter = PrometheusExporter(self.stats)
+        self.exporter = PrometheusExporter(self.stats, self._own_metrics)
         self.admin: AdminServer | None = None
         # changes made through the admin API since the last (re)load: replayed to new workers
         self.overrides: list[bytes] = []
@@ -170,6 +180,11 @@ class Supervisor:
         # the state store as /readyz sees it: None until first checked
         self.store_check: Check | None = None
         self._store: RedisStore | None = None
+        # servers found in DNS (`discover`), and those of them draining until they are removed
+        self.view = SupervisorAdmin(self)
+        self.discovery = Discovery(config, self)
+        self.dynamic: set[tuple[str, str]] = set()  # (pool, server) added by discovery
+        self.draining: dict[tuple[str, str], float] = {}  # -> deadline (time.monotonic())
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -192,10 +207,13 @@ class Supervisor:
         await self._start_admin()
         self.identity = self._identity(self.config)  # before any worker starts
         self._watch_store()
+        await self.discovery.first()  # workers start with the servers DNS names
         count = self.config.worker_count()
         for slot in range(count):
             await self._spawn(slot)
         self.checker.start()
+        self.discovery.start()
+        tasks.spawn(self._drain_removed())
         if await self._unless_stopping([w.ready for w in self.workers.values()]):
             self._say_ready(count)
         await self._stopped.wait()
@@ -205,6 +223,7 @@ class Supervisor:
         if self.admin is not None:
             await self.admin.close()
         self.checker.stop()
+        self.discovery.stop()
         await self._stop_workers()
         if self._store is not None:
             await self._store.close()
@@ -290,6 +309,93 @@ class Supervisor:
             detail = "answers PING" if ok else f"{store.url_for_logs} does not answer"
             self.store_check = {"ok": ok, "detail": detail}
             await asyncio.sleep(STORE_CHECK_INTERVAL)
+
+    # -- servers found in DNS ------------------------------------------------------------------
+
+    def discovered(self, pool: str, change: Changes, *, initial: bool) -> None:
+        """What a DNS lookup changed in `pool` (`Discovery`'s sink): new servers are added
+        (slow start, except those Portico starts with), removed ones drain first, weights
+        follow the SRV records."""
+        if pool not in self.config.pools:
+            return
+        names = {server.name for server in self.config.pools[pool].servers}
+        for found in change.added:
+            key = (pool, found.name)
+            if key in self.draining:  # back before it was gone: take traffic again
+                del self.draining[key]
+                self.view.set_state(pool, found.name, "ready")
+                self.view.set_weight(pool, found.name, found.weight)
+                continue
+            if found.name in names:
+                if key not in self.dynamic:
+                    log.info("pool %s: %s is in the config already", pool, found.name)
+                continue
+            server = ServerConfig(
+                address=parse_address(found.name), weight=found.weight, name=found.name
+            )
+            self.dynamic.add(key)
+            self.view.add_server(pool, server, slow_start=not initial)
+        for found in change.reweighted:
+            if (pool, found.name) in self.dynamic:
+                self.view.set_weight(pool, found.name, found.weight)
+        for name in change.removed:
+            key = (pool, name)
+            if key in self.dynamic and key not in self.draining:
+                self.view.set_state(pool, name, "drain")
+                self.draining[key] = time.monotonic() + self.config.resolver.drain_timeout
+
+    async def _drain_removed(self) -> None:
+        """Take out servers DNS no longer names once nothing is in flight on them (as the
+        workers' next stats say) or their drain time is over."""
+        while not self.stopping:
+            await asyncio.sleep(DRAIN_CHECK_INTERVAL)
+            now = time.monotonic()
+            merged = self.stats.merged()
+            for key, deadline in list(self.draining.items()):
+                pool, name = key
+                busy = merged.value("backend_in_flight", pool, name) or 0
+                # the drain must have reached the workers' stats first (sent every second)
+                started = deadline - self.config.resolver.drain_timeout
+                if now - started < 1.5 or (busy and now < deadline):
+                    continue
+                del self.draining[key]
+                self.dynamic.discard(key)
+                if pool in self.config.pools and any(
+                    s.name == name for s in self.config.pools[pool].servers
+                ):
+                    self.view.remove_server(pool, name)
+                    log.info("pool %s: %s removed (no longer in DNS, drained)", pool, name)
+
+    def _own_metrics(self) -> Iterator[Metric]:
+        """The supervisor's own series for /metrics: DNS discovery's lookups and failures."""
+        discovery = self.discovery
+        labels = ["pool", "entry"]
+        lookups = CounterMetricFamily(
+            "portico_discovery_lookups", "DNS lookups of discovery entries.", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "portico_discovery_failures",
+            "DNS lookups that failed or named no server (the last good set was kept).",
+            labels=labels,
+        )
+        servers = GaugeMetricFamily(
+            "portico_discovery_servers", "Servers the last good answer named.", labels=labels
+        )
+        for key in sorted(discovery.entries):
+            lookups.add_metric(list(key), discovery.lookups[key])
+            failures.add_metric(list(key), discovery.failures[key])
+            servers.add_metric(list(key), len(discovery.known.get(key, ())))
+        yield from (lookups, failures, servers)
+
+    def _restart_discovery(self, config: Config) -> None:
+        """A reload: discovery for the new config, keeping the last good set of every entry
+        still there, added to the new workers at once (no slow start: they are not new)."""
+        self.discovery.stop()
+        self.discovery = Discovery(config, self, known=self.discovery.known)
+        self.dynamic = set()
+        self.draining = {}
+        for (pool, _), found in self.discovery.carried().items():
+            self.discovered(pool, Changes(added=found), initial=True)
 
     def readiness(self) -> Readiness:
         """What /readyz and `portico health --ready` report: listening, workers up, config
@@ -430,9 +536,11 @@ class Supervisor:
         self.checker.stop()
         self.checker = HealthChecker(config, self._health_changed)
         self.workers = {}
+        self._restart_discovery(config)  # before the new workers start: they get its servers
         for slot in range(config.worker_count()):
             await self._spawn(slot)  # none once stopping: the sockets are closing
         self.checker.start()
+        self.discovery.start()
         ready = await self._unless_stopping([w.ready for w in self.workers.values()])
         if ready:
             for worker in old_workers:
@@ -637,7 +745,8 @@ class SupervisorAdmin:
             states[pool, server] = state
         self.supervisor.broadcast(channel.encode("server", pool=pool, server=server, state=state))
 
-    def add_server(self, pool: str, server: ServerConfig) -> None:
+    def add_server(self, pool: str, server: ServerConfig, *, slow_start: bool = True) -> None:
+        """Add `server`; with `slow_start`, it ramps up over the pool's slow_start."""
         self._change_servers(pool, (*self.supervisor.config.pools[pool].servers, server))
         message = channel.encode(
             "add_server",
@@ -646,6 +755,7 @@ class SupervisorAdmin:
             host=server.address.host,
             port=server.address.port,
             weight=server.weight,
+            slow_start=slow_start,
         )
         self.supervisor.broadcast(message)
 

@@ -349,6 +349,8 @@ class Worker:
                     max_idle=self.config.pools[message["pool"]].keepalive.max_idle,
                     clock=self.loop.time,
                 )
+                if message.get("slow_start") and pool.slow_start:
+                    backend.up_since = self.loop.time()  # new: ramps up as one back from down
                 pool.add_backend(backend, self.loop.time())
         elif message["type"] == "remove_server":
             pool = self.pools.get(message["pool"])

@@ -475,6 +475,37 @@ class ServerConfig(_Model):
         return {**data, "name": str(address)}
 
 
+def _check_srv_name(value: str) -> str:
+    labels = value.rstrip(".").split(".")
+    if len(labels) < 3 or not labels[0].startswith("_") or not labels[1].startswith("_"):
+        raise ValueError(f"{show(value)} is not an SRV name: write _service._proto.name")
+    if not all(label and len(label) < 64 for label in labels):
+        raise ValueError(f"{show(value)} has an empty or too long label")
+    return value
+
+
+class DiscoveryConfig(_Model):
+    """Servers found in DNS (given in `servers:` as `dns:` or `srv:`), re-resolved as their
+    records' TTLs say (bounded by `resolver.min_ttl`/`max_ttl`)."""
+
+    dns: Address | None = None  # name:port: every A and AAAA record of the name, on this port
+    srv: Annotated[str, AfterValidator(_check_srv_name)] | None = None  # _http._tcp.name
+    weight: _Weight = 1  # for `dns` entries (SRV records carry their own)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.dns is None) == (self.srv is None):
+            raise ValueError("give dns: NAME:PORT or srv: _service._proto.NAME (one of them)")
+        if self.srv is not None and "weight" in self.model_fields_set:
+            raise ValueError("srv: the records give each server's weight: remove weight")
+        return self
+
+    @property
+    def key(self) -> str:
+        """What the entry is called in logs, metrics and the admin API."""
+        return f"dns {self.dns}" if self.dns is not None else f"srv {self.srv}"
+
+
 class PoolTimeouts(_Model):
     """How long Portico waits on a pool's servers, in seconds."""
 
@@ -650,7 +681,11 @@ class PoolConfig(_Model):
     # a policy's options, given as `policy: {use: NAME, with: {...}}`
     policy_with: Annotated[dict[str, Any], _EMPTY_SECTION] = Field(default_factory=dict)
     hash_key: Annotated[str, AfterValidator(_check_hash_key)] = "client_ip"
-    servers: tuple[ServerConfig, ...] = Field(min_length=1)
+    # servers found in DNS: written in `servers:` as {dns: NAME:PORT} or {srv: _x._tcp.NAME}
+    # (or here, as `discover:`); they come and go as the records change. Before `servers`,
+    # whose check reads it.
+    discover: tuple[DiscoveryConfig, ...] = ()
+    servers: tuple[ServerConfig, ...]  # at least one, unless `discover` has an entry
     timeouts: Annotated[PoolTimeouts, _EMPTY_SECTION] = Field(default_factory=PoolTimeouts)
     keepalive: Annotated[PoolKeepalive, _EMPTY_SECTION] = Field(default_factory=PoolKeepalive)
     # Other servers tried after a connect failure, or after an idempotent request failed
@@ -682,6 +717,33 @@ class PoolConfig(_Model):
         if "use" not in spec:
             raise ValueError('policy: missing required key "use"')
         return {**data, "policy": spec["use"], "policy_with": spec.get("with") or {}}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _discovery_entries(cls, data: Any) -> Any:
+        """`servers:` entries with `dns:` or `srv:` are DNS discovery entries: moved to
+        `discover`, after those given there."""
+        if not isinstance(data, dict) or not isinstance(data.get("servers"), list | tuple):
+            return data
+        servers = data["servers"]
+        found = [s for s in servers if isinstance(s, dict) and ("dns" in s or "srv" in s)]
+        if not found:
+            return data
+        static = [s for s in servers if not (isinstance(s, dict) and ("dns" in s or "srv" in s))]
+        discover = data.get("discover") or []
+        if not isinstance(discover, list | tuple):
+            return data  # the field reports it
+        return {**data, "servers": static, "discover": [*discover, *found]}
+
+    @field_validator("servers")
+    @classmethod
+    def _some_server(
+        cls, value: tuple[ServerConfig, ...], info: ValidationInfo
+    ) -> tuple[ServerConfig, ...]:
+        # (no `discover` in info.data: it was invalid, and is reported instead)
+        if not value and info.data.get("discover", True) == ():
+            raise ValueError("must have at least one entry")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,6 +778,23 @@ class PluginsConfig(_Model):
     def base_dir(self) -> str:
         """The directory of the config file: relative paths in plugin options start there."""
         return self._base_dir
+
+
+class ResolverConfig(_Model):
+    """How servers named in DNS (`dns:`, `srv:` in a pool) are looked up: asynchronously,
+    from these name servers, never with the blocking system call."""
+
+    nameservers: tuple[Address, ...] = ()  # IP:port; empty: those of /etc/resolv.conf
+    min_ttl: DurationOrZero = 1.0  # records are looked up again after their TTL, at least
+    max_ttl: Duration = 300.0  # ... and at most this long after the last lookup
+    timeout: Duration = 2.0  # one lookup (all tries together); a failure keeps the last set
+    drain_timeout: DurationOrZero = 30.0  # a removed server drains this long at most
+
+    @model_validator(mode="after")
+    def _ttl_bounds(self) -> Self:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError(f"min_ttl ({self.min_ttl:g}s) exceeds max_ttl ({self.max_ttl:g}s)")
+        return self
 
 
 class AdminConfig(_Model):
@@ -757,6 +836,7 @@ class Config(_Model):
     listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     admin: Annotated[AdminConfig, _EMPTY_SECTION] | None = None  # no admin listener unless set
+    resolver: Annotated[ResolverConfig, _EMPTY_SECTION] = Field(default_factory=ResolverConfig)
     plugins: Annotated[PluginsConfig, _EMPTY_SECTION] = Field(default_factory=PluginsConfig)
 
     @model_validator(mode="after")

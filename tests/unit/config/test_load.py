@@ -179,8 +179,8 @@ def test_unknown_key_suggests_the_close_one() -> None:
 def test_unknown_key_far_from_any_lists_the_valid_ones() -> None:
     assert problems(BASE + "colour: blue\n") == [
         'portico.yaml:9 colour: unknown key "colour" '
-        "(valid keys here: workers, shutdown_grace, pid_file, state, listeners, pools, admin, "
-        "plugins)"
+        "(valid keys here: workers, shutdown_grace, pid_file, user, group, state, listeners, "
+        "pools, admin, resolver, plugins)"
     ]
 
 
