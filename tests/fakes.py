@@ -411,11 +411,13 @@ class Portico:
         prefix: Sequence[str] = (),
         before_ready: Callable[[subprocess.Popen[bytes]], None] | None = None,
         env: dict[str, str] | None = None,
+        filename: str = "portico.yaml",
     ) -> None:
         """`prefix`: a command that runs Portico (e.g. `isolated_resolver`'s); `before_ready`
         is called with the process as soon as it started (e.g. to signal it while it starts);
-        `env`: variables added to its environment."""
-        path = tmp_path / "portico.yaml"
+        `env`: variables added to its environment; `filename`: the config file's name in
+        `tmp_path` (several instances in one test need one each)."""
+        path = tmp_path / filename
         path.write_text(config)
         self.path = path
         self.proc = subprocess.Popen(

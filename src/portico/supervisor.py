@@ -22,10 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from portico import channel, control, notify, privileges, tasks
 from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
 from portico.admin.api import (
     Check,
+    FleetDown,
+    FleetView,
     ListenerView,
     PoolView,
     Readiness,
@@ -39,6 +43,7 @@ from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.config.units import parse_address
 from portico.discovery import Discovery
 from portico.discovery.plan import Changes
+from portico.fleet import RESET, Change, Fleet, FleetUnavailable
 from portico.health.checker import HealthChecker
 from portico.observe.prometheus import (
     CounterMetricFamily,
@@ -53,6 +58,7 @@ log = logging.getLogger("portico")
 
 RESTART_BACKOFF_MAX = 5.0
 STORE_CHECK_INTERVAL = 1.0  # how often /readyz's state store check pings Redis
+FLEET_KINDS = ("weight", "state", "add_server", "remove_server")  # + reset
 DRAIN_CHECK_INTERVAL = 0.5  # how often servers DNS dropped are checked for requests in flight
 CHANNEL_LIMIT = 16 * 1024 * 1024  # longest channel line: a stats snapshot of a large config
 _SCHEMES = {"http": "http", "https": "https", "tcp": "tcp"}
@@ -184,6 +190,11 @@ class Supervisor:
         self.view = SupervisorAdmin(self)
         self.discovery = Discovery(config, self)
         self.dynamic: set[tuple[str, str]] = set()  # (pool, server) added by discovery
+        # the fleet (with state.redis): changes every instance applies, in the log's order;
+        # those applied since the last reset are applied again after a reload
+        self.fleet: Fleet | None = None
+        self.fleet_log: list[Change] = []
+        self.instance = config.state.instance or f"{socket.gethostname()}:{os.getpid()}"
         self.draining: dict[tuple[str, str], float] = {}  # -> deadline (time.monotonic())
 
     async def run(self) -> int:
@@ -208,6 +219,7 @@ class Supervisor:
         self.identity = self._identity(self.config)  # before any worker starts
         self._watch_store()
         await self.discovery.first()  # workers start with the servers DNS names
+        await self._start_fleet()  # ... and the fleet's changes (after: they may drain those)
         count = self.config.worker_count()
         for slot in range(count):
             await self._spawn(slot)
@@ -224,6 +236,8 @@ class Supervisor:
             await self.admin.close()
         self.checker.stop()
         self.discovery.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self._stop_workers()
         if self._store is not None:
             await self._store.close()
@@ -397,6 +411,83 @@ class Supervisor:
         for (pool, _), found in self.discovery.carried().items():
             self.discovered(pool, Changes(added=found), initial=True)
 
+    # -- the fleet --------------------------------------------------------------------------------
+
+    async def _start_fleet(self) -> None:
+        url = self.config.state.redis
+        if url is None:
+            return
+        fleet = Fleet(url, self.instance, self._fleet_info, timeout=1.0)
+        for kind in FLEET_KINDS:
+            fleet.register(kind, self._fleet_apply)
+        fleet.register(RESET, self._fleet_reset)
+        self.fleet = fleet
+        await fleet.start()
+
+    def _fleet_info(self) -> dict[str, Any]:
+        """What this instance's heartbeat says (GET /api/fleet lists them)."""
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "admin": self.admin.address if self.admin is not None else None,
+            "generation": self.generation,
+            "ready": self.readiness()["ready"],
+            "workers": len(self.workers),
+            "changes": len(self.fleet_log),
+        }
+
+    def _fleet_apply(self, change: Change, *, record: bool = True) -> None:
+        """Apply one change of the fleet's log here, if this instance has its pool and
+        server (an instance with another config skips what does not concern it)."""
+        kind, pool, server = change.get("kind"), change.get("pool"), change.get("server")
+        pools = self.config.pools
+        if not isinstance(pool, str) or pool not in pools:
+            log.info("fleet: %s for pool %r: no such pool here, skipped", kind, pool)
+            return
+        names = {s.name for s in pools[pool].servers}
+        if kind == "add_server":
+            new = ServerConfig.model_validate(change["new"])
+            if new.name not in names:
+                self.view.add_server(pool, new)
+        elif server not in names:
+            log.info("fleet: %s for %s/%s: no such server here, skipped", kind, pool, server)
+            return
+        elif kind == "weight":
+            self.view.set_weight(pool, server, int(change["weight"]))
+        elif kind == "state":
+            self.view.set_state(pool, server, change["state"])
+        elif kind == "remove_server" and len(pools[pool].servers) > 1:
+            self.view.remove_server(pool, server)
+        if record:
+            self.fleet_log.append(change)
+
+    def _fleet_reset(self, change: Change) -> None:
+        """Asked through any instance: forget the fleet's changes and go back to the file."""
+        log.info("fleet: reset by %s: reloading the file", change.get("by", {}).get("instance"))
+        self.fleet_log = []
+        tasks.spawn(self.reload())
+
+    async def fleet_change(self, change: Change, by: dict[str, str]) -> None:
+        if self.fleet is None:
+            raise AdminError(
+                "fleet-wide changes go through Redis: set state.redis", error="no fleet"
+            )
+        try:
+            await self.fleet.publish(change, by)
+        except FleetUnavailable as exc:
+            raise FleetDown(str(exc)) from None
+
+    async def fleet_view(self) -> FleetView:
+        if self.fleet is None:
+            raise AdminError("the fleet needs state.redis", error="no fleet")
+        try:
+            async with asyncio.timeout(2.0):
+                instances = await self.fleet.instances()
+                changes = await self.fleet.history(50)
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise FleetDown(f"Redis does not answer: {exc}") from None
+        return {"instance": self.instance, "instances": instances, "changes": changes}
+
     def readiness(self) -> Readiness:
         """What /readyz and `portico health --ready` report: listening, workers up, config
         loaded, and the state store reachable when the config has one."""
@@ -537,6 +628,8 @@ class Supervisor:
         self.checker = HealthChecker(config, self._health_changed)
         self.workers = {}
         self._restart_discovery(config)  # before the new workers start: they get its servers
+        for change in self.fleet_log:  # a reload does not undo what the fleet decided
+            self._fleet_apply(change, record=False)
         for slot in range(config.worker_count()):
             await self._spawn(slot)  # none once stopping: the sockets are closing
         self.checker.start()
@@ -780,6 +873,15 @@ class SupervisorAdmin:
 
     def readiness(self) -> Readiness:
         return self.supervisor.readiness()
+
+    async def fleet_change(self, change: Change, by: dict[str, str]) -> None:
+        await self.supervisor.fleet_change(change, by)
+
+    async def fleet(self) -> FleetView:
+        return await self.supervisor.fleet_view()
+
+    async def fleet_reset(self, by: dict[str, str]) -> None:
+        await self.supervisor.fleet_change({"kind": RESET}, by)
 
 
 def _same_file(a: str, b: str) -> bool:

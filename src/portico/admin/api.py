@@ -56,6 +56,8 @@ __all__ = [
     "Conflict",
     "Endpoint",
     "ErrorBody",
+    "FleetDown",
+    "FleetView",
     "HealthView",
     "ListenerView",
     "NotFound",
@@ -217,6 +219,14 @@ def readiness(
     return {"ready": all(check["ok"] for check in checks.values()), "checks": checks}
 
 
+class FleetView(TypedDict):
+    """What `GET /api/fleet` answers."""
+
+    instance: str  # this instance's name
+    instances: list[dict[str, Any]]  # the live ones (heartbeats), this one included
+    changes: list[dict[str, Any]]  # the latest fleet-wide changes, newest first, with `by`
+
+
 class SupervisorView(Protocol):
     """What the admin API needs from the supervisor, and nothing more.
 
@@ -253,6 +263,17 @@ class SupervisorView(Protocol):
 
     def readiness(self) -> Readiness:
         """Whether this instance should get traffic (`readiness`); cheap, never waits."""
+        ...
+
+    def fleet_change(self, change: dict[str, Any], by: dict[str, str]) -> Awaitable[None]:
+        """Publish a change for every instance (this one included) and return once it
+        applies here; AdminError if there is no fleet (no state.redis) or Redis is down."""
+        ...
+
+    def fleet(self) -> Awaitable[FleetView]: ...
+
+    def fleet_reset(self, by: dict[str, str]) -> Awaitable[None]:
+        """Every instance forgets the fleet's changes and reloads its file."""
         ...
 
 
@@ -314,6 +335,11 @@ class Unprocessable(AdminError):
     error = "invalid request"
 
 
+class FleetDown(AdminError):
+    status = 503
+    error = "fleet unavailable"
+
+
 # ---------------------------------------------------------------------------------------------
 # Requests and answers, as plain values (server.py parses and writes the bytes)
 
@@ -325,6 +351,7 @@ class AdminRequest:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
     client: str = "unknown"  # "address:port", for the log
+    query: str = ""  # as sent, percent-encoded, without the "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +392,7 @@ def _check_weight(value: int) -> int:
 
 
 class WeightChange(_Body):
-    """``{"weight": 5}``: a server's new balancing weight."""
+    """``{"weight": 5}``: a server's new balancing weight (`"fleet": true`: every instance's)."""
 
     weight: Annotated[
         int,
@@ -373,12 +400,14 @@ class WeightChange(_Body):
         AfterValidator(_check_weight),
         WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 256}),
     ]
+    fleet: bool = False  # every instance (through state.redis), not only this one
 
 
 class StateChange(_Body):
     """``{"state": "drain"}``: take a server out of rotation gently, or bring it back."""
 
     state: ServerState
+    fleet: bool = False  # every instance (through state.redis), not only this one
 
 
 def _show(value: object) -> str:
@@ -564,6 +593,8 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("POST", "/api/pools/{pool}/servers", "post_server"),
     Endpoint("DELETE", "/api/pools/{pool}/servers/{server}", "delete_server"),
     Endpoint("POST", "/api/reload", "post_reload"),
+    Endpoint("GET", "/api/fleet", "get_fleet"),
+    Endpoint("POST", "/api/fleet/reset", "post_fleet_reset"),
     Endpoint("POST", "/api/explain", "post_explain"),
     Endpoint("GET", "/metrics", "get_metrics", public=True),
     Endpoint("GET", "/healthz", "get_healthz", public=True, probe=True),
@@ -659,6 +690,8 @@ class AdminApi:
             "post_server": self.post_server,
             "delete_server": self.delete_server,
             "post_reload": self.post_reload,
+            "get_fleet": self.get_fleet,
+            "post_fleet_reset": self.post_fleet_reset,
             "post_explain": self.post_explain,
             "get_metrics": self.get_metrics,
             "get_healthz": self.get_healthz,
@@ -792,17 +825,31 @@ class AdminApi:
     async def put_weight(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         pool, server = params["pool"], params["server"]
         self._server(pool, server)
-        weight = _parse(WeightChange, _json_object(request, '{"weight": 5}')).weight
-        self.view.set_weight(pool, server, weight)
-        _log_change(request, f"set the weight of server {server!r} of pool {pool!r} to {weight}")
+        body = _parse(WeightChange, _json_object(request, '{"weight": 5}'))
+        weight = body.weight
+        what = f"set the weight of server {server!r} of pool {pool!r} to {weight}"
+        if _fleet_wide(request, body.fleet):
+            change = {"kind": "weight", "pool": pool, "server": server, "weight": weight}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.set_weight(pool, server, weight)
+        _log_change(request, what)
         return _json(200, self._server(pool, server))
 
     async def put_state(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         pool, server = params["pool"], params["server"]
         self._server(pool, server)
-        state = _parse(StateChange, _json_object(request, '{"state": "drain"}')).state
-        self.view.set_state(pool, server, state)
-        _log_change(request, f"set server {server!r} of pool {pool!r} to {state}")
+        body = _parse(StateChange, _json_object(request, '{"state": "drain"}'))
+        state = body.state
+        what = f"set server {server!r} of pool {pool!r} to {state}"
+        if _fleet_wide(request, body.fleet):
+            change = {"kind": "state", "pool": pool, "server": server, "state": state}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.set_state(pool, server, state)
+        _log_change(request, what)
         return _json(200, self._server(pool, server))
 
     async def post_server(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
@@ -816,12 +863,17 @@ class AdminApi:
                 "name, or change that server's weight or state instead",
                 error="server exists",
             )
-        self.view.add_server(pool, server)
-        _log_change(
-            request,
+        what = (
             f"added server {server.name!r} ({server.address}, weight {server.weight}) "
-            f"to pool {pool!r}",
+            f"to pool {pool!r}"
         )
+        if _fleet_wide(request, False):
+            change = {"kind": "add_server", "pool": pool, "new": server.model_dump(mode="json")}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.add_server(pool, server)
+        _log_change(request, what)
         return _json(201, self._server(pool, server.name))
 
     async def delete_server(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
@@ -832,8 +884,14 @@ class AdminApi:
                 f'"{server}" is the only server of pool "{pool}": add another one first',
                 error="last server",
             )
-        self.view.remove_server(pool, server)
-        _log_change(request, f"removed server {server!r} from pool {pool!r}")
+        what = f"removed server {server!r} from pool {pool!r}"
+        if _fleet_wide(request, False):
+            change = {"kind": "remove_server", "pool": pool, "server": server}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.remove_server(pool, server)
+        _log_change(request, what)
         removed: Removed = {"pool": pool, "removed": server}
         return _json(200, removed)
 
@@ -845,6 +903,28 @@ class AdminApi:
             return _json(422, {"error": "reload refused", **result})
         _log_change(request, f"reloaded the config: generation {result['generation']}")
         return _json(200, result)
+
+    async def get_fleet(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        """The live instances and the latest fleet-wide changes, with who made them."""
+        return _json(200, await self.view.fleet())
+
+    async def post_fleet_reset(
+        self, request: AdminRequest, params: dict[str, str]
+    ) -> AdminResponse:
+        """Every instance forgets the fleet's changes and reloads its file."""
+        await self.view.fleet_reset(self._by(request))
+        _log_change(request, "reset the fleet's changes (every instance reloads its file)")
+        return _json(200, {"reset": True})
+
+    def _by(self, request: AdminRequest) -> dict[str, str]:
+        """Who makes a change, as the fleet's log records it: the client's address, and the
+        operator named in X-Portico-User (as the token holder says: the token is what was
+        checked), else whether the admin token was given."""
+        claimed = request.headers.get("x-portico-user", "").strip()
+        if claimed and (len(claimed) > 64 or not claimed.isprintable()):
+            raise BadRequest("X-Portico-User is at most 64 printable characters")
+        user = claimed or ("admin token" if self._token is not None else "anonymous")
+        return {"client": request.client, "user": user}
 
     async def post_explain(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         """`portico explain` with this instance's live server state; changes nothing."""
@@ -957,6 +1037,18 @@ def _check_origin(request: AdminRequest) -> None:
         )
 
 
+def _fleet_wide(request: AdminRequest, asked: bool) -> bool:
+    """A change for every instance: `"fleet": true` in the body, or `?fleet=true` (or
+    `?fleet`, `=1`, `=yes`) in the query."""
+    if asked:
+        return True
+    for part in request.query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "fleet":
+            return value.lower() in ("", "1", "true", "yes")
+    return False
+
+
 def _log_change(request: AdminRequest, what: str) -> None:
     log.info("admin: %s %s", request.client, what)
 
@@ -996,6 +1088,7 @@ SCHEMAS: Final[dict[str, tuple[Any, JsonSchemaMode]]] = {
     "Health": (HealthView, "serialization"),
     "ReloadResult": (ReloadResult, "serialization"),
     "Readiness": (Readiness, "serialization"),
+    "Fleet": (FleetView, "serialization"),
     "Removed": (Removed, "serialization"),
     "Error": (ErrorBody, "serialization"),
     "NewServer": (ServerConfig, "validation"),  # the config file's own server model
@@ -1157,6 +1250,37 @@ OPENAPI: Final[dict[str, Any]] = {
                     "422": _error("The state is invalid"),
                 },
             },
+        },
+        "/api/fleet": {
+            "get": {
+                "operationId": "getFleet",
+                "summary": "The live instances of the fleet and its latest changes",
+                "description": "With state.redis: every instance sharing that Redis, from "
+                "their heartbeats (gone after 3 s without one), and the latest fleet-wide "
+                'changes (made with ?fleet=true or "fleet": true), newest first, each with '
+                "who made it (instance, client address, user) and when.",
+                "responses": {
+                    "200": _ok("The fleet", _ref("Fleet")),
+                    **_AUTH_ERRORS,
+                    "400": _error("No state.redis: no fleet"),
+                    "503": _error("Redis does not answer"),
+                },
+            }
+        },
+        "/api/fleet/reset": {
+            "post": {
+                "operationId": "resetFleet",
+                "summary": "Forget every fleet-wide change: each instance reloads its file",
+                "responses": {
+                    "200": _ok(
+                        "Published; every instance reloads",
+                        {"type": "object", "properties": {"reset": {"const": True}}},
+                    ),
+                    **_AUTH_ERRORS,
+                    "400": _error("No state.redis: no fleet"),
+                    "503": _error("Redis does not answer"),
+                },
+            }
         },
         "/api/explain": {
             "post": {

@@ -142,7 +142,10 @@ class _Requests:
         url = httptools.parse_url(self._url) if self._url else None
         method = self.parser.get_method().decode("ascii", "replace")
         path = url.path.decode("latin-1") if url is not None and url.path else ""
-        request = AdminRequest(method, path, self._headers, b"".join(self._body), self.client)
+        query = url.query.decode("latin-1") if url is not None and url.query else ""
+        request = AdminRequest(
+            method, path, self._headers, b"".join(self._body), self.client, query
+        )
         self.ready.append((request, self._keep_alive))
 
     def _grow_head(self, size: int) -> None:

@@ -757,6 +757,9 @@ class StateConfig(_Model):
     timeout: Duration = 0.1  # no request waits longer than this on the store
     rate_limit_fallback: Literal["local", "open", "closed"] = "local"  # Redis unreachable:
     # local = this worker's own limiter, open = allow, closed = refuse (429)
+    # this instance's name in the fleet (changes made with `fleet`, /api/fleet); default:
+    # host name and pid
+    instance: Name | None = None
 
     @field_validator("redis")
     @classmethod
