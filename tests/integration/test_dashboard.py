@@ -25,6 +25,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import simple_config
 from fakes import FakeBackend, Portico, request
+from redis_server import RedisServer, redis_server_binary
 
 MakeBackend = Callable[..., FakeBackend]
 MakePortico = Callable[[str], Portico]
@@ -264,3 +265,29 @@ def test_the_dashboard_works_without_a_token(
     expect(row_c.get_by_role("button", name="Maint")).to_have_attribute("aria-pressed", "true")
     assert server_state(proxy, "c", token=None) == "maint"
     expect(page.locator("#status")).to_contain_text("live")
+
+
+def test_the_dashboard_lists_the_live_instances_of_a_fleet(
+    backends: MakeBackend, portico: MakePortico, page: Page, tmp_path: Path
+) -> None:
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed: scripts/test installs it when run as root")
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis", binary)
+    redis.start()
+    try:
+        servers = [backends("a")]
+        configs = [
+            simple_config(servers, top=f"{ADMIN}state: {{redis: '{redis.url}', instance: {n}}}\n")
+            for n in ("edge-1", "edge-2")
+        ]
+        first = portico(configs[0], filename="one.yaml")
+        portico(configs[1], filename="two.yaml")
+        page.goto(f"http://127.0.0.1:{admin_port(first)}/#token={TOKEN}")
+        expect(page.locator("#fleet-card")).to_be_visible()
+        expect(page.locator("#fleet tr")).to_have_count(2)
+        expect(page.locator("#fleet tr.self th")).to_have_text("edge-1")
+        expect(page.locator("#fleet")).to_contain_text("edge-2")
+    finally:
+        redis.stop()
