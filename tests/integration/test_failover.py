@@ -13,6 +13,7 @@ nothing from the one now serving (nopreempt): no failed request then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -121,10 +122,8 @@ def _teardown(lab: Lab) -> None:
         ns = lab.ns(role)
         # what is left of this test's processes in its own namespaces (keepalived's children)
         for pid in ip("netns", "pids", ns, check=False).stdout.split():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         ip("netns", "del", ns, check=False)
 
 
