@@ -50,7 +50,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     for warning in unresolved_servers(config):  # warnings only: DNS may differ where it runs
         print(f"{filename} {warning}", file=sys.stderr)
-    pools = ", ".join(f"{name} ({len(p.servers)} servers)" for name, p in config.pools.items())
+    pools = ", ".join(
+        f"{name} ({len(p.servers)} servers{f', {len(p.discover)} from DNS' if p.discover else ''})"
+        for name, p in config.pools.items()
+    )
     print(f"{filename}: OK: {len(config.listeners)} listener(s); pools: {pools}")
     return 0
 

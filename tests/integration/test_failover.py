@@ -194,7 +194,9 @@ def portico_config(role: str) -> str:
         "workers: 1\n"
         "shutdown_grace: 2s\n"
         "admin: {bind: 127.0.0.1:9090}\n"
-        f"state: {{redis: 'redis://{SUBNET}.20:6379/0', instance: {role}}}\n"
+        # a generous bound on each Redis call: on a busy 2-core machine 100 ms is sometimes
+        # missed, and a missed call falls back to the policy (a session could move)
+        f"state: {{redis: 'redis://{SUBNET}.20:6379/0', instance: {role}, timeout: 1s}}\n"
         "listeners:\n"
         "  - {name: web, bind: ':8080', default_pool: app}\n"
         "  - name: api\n"
