@@ -893,6 +893,10 @@ def json_schema() -> dict[str, Any]:
     It accepts what the models accept, text forms included (``2s``, ``64KiB``); rules across
     fields and files (references, certificates) are `portico check`'s."""
     schema = Config.model_json_schema(mode="validation")
+    # a pool's `servers:` also takes DNS entries ({dns: ...} or {srv: ...}), which validation
+    # moves to `discover` (PoolConfig._discovery_entries): say so to editors
+    servers = schema["$defs"]["PoolConfig"]["properties"]["servers"]
+    servers["items"] = {"anyOf": [servers["items"], {"$ref": "#/$defs/DiscoveryConfig"}]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **schema,
