@@ -40,7 +40,7 @@ def pool_servers(proxy: Portico) -> dict[str, dict[str, object]]:
 
 def config(nameserver: str, servers: str, policy: str = "round_robin") -> str:
     return (
-        "workers: 2\n"
+        "workers: 1\n"
         "shutdown_grace: 5s\n"
         "admin: {bind: 127.0.0.1:0}\n"
         f"resolver: {{nameservers: ['{nameserver}'], min_ttl: 0s, max_ttl: 10s, timeout: 500ms,"
@@ -69,7 +69,7 @@ def test_traffic_follows_a_records_within_the_ttl_and_no_request_fails(
     dnsmasq.start(hosts=["127.0.0.2 app.internal"])
     proxy = portico(config(dnsmasq.nameserver, f"      - dns: app.internal:{old.port}\n"))
     assert set(pool_servers(proxy)) == {old.address}  # resolved before the first worker started
-    load = Load(proxy.port)
+    load = Load(proxy.port, limit=60_000)  # bounded; a fast machine runs ~1000/s
     try:
         eventually(lambda: load.ok >= 20, "requests flowing")
         dnsmasq.hosts(["127.0.0.3 app.internal"])
@@ -78,17 +78,14 @@ def test_traffic_follows_a_records_within_the_ttl_and_no_request_fails(
         # the old server drained and was removed; nothing goes there any more
         eventually(lambda: set(pool_servers(proxy)) == {new.address}, "the old one removed")
         before = len(old.seen)
-        eventually(lambda: load.ok >= moved + 50, "more requests")
+        eventually(lambda: load.ok >= moved + 30, "more requests")
         assert len(old.seen) == before
 
         # DNS down: the last good set stays, and the failures are counted
         dnsmasq.stop()
         eventually(lambda: metric(proxy, "portico_discovery_failures_total") >= 2, "failed lookups")
         served = load.ok
-        eventually(
-            lambda: load.ok >= served + 50,
-            f"requests still served {load.ok} {load.failures[:3]} {proxy.stderr_lines[-8:]}",
-        )
+        eventually(lambda: load.ok >= served + 30, "requests still served")
         assert set(pool_servers(proxy)) == {new.address}
     finally:
         load.stop()
@@ -118,7 +115,7 @@ def test_srv_records_give_ports_weights_and_priorities(portico, backends, dnsmas
     assert answered.count("light") == 4
 
     # priority 10's targets stop resolving: the backup takes over, with no failed request
-    load = Load(proxy.port)
+    load = Load(proxy.port, limit=60_000)  # bounded; a fast machine runs ~1000/s
     try:
         eventually(lambda: load.ok >= 20, "requests flowing")
         dnsmasq.hosts(["127.0.0.1 s3.app.internal"])
@@ -138,7 +135,7 @@ def test_a_reload_keeps_discovered_servers_without_a_gap(
     dnsmasq.start(hosts=["127.0.0.2 app.internal"])
     proxy = portico(config(dnsmasq.nameserver, f"      - dns: app.internal:{app.port}\n"))
     dnsmasq.stop()  # the reload's new workers cannot look it up: they get the last good set
-    load = Load(proxy.port)
+    load = Load(proxy.port, limit=60_000)  # bounded; a fast machine runs ~1000/s
     try:
         eventually(lambda: load.ok >= 20, "requests flowing")
         proxy.proc.send_signal(1)  # SIGHUP
