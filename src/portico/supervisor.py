@@ -542,9 +542,10 @@ class Supervisor:
             return
         try:
             token = resolve_token(admin.token, admin.token_env)
+            users = {u.name: resolve_token(u.token, u.token_env) or "" for u in admin.users}
         except ValueError as exc:
             raise StartupError(str(exc)) from None
-        self.admin = AdminServer(SupervisorAdmin(self), token)
+        self.admin = AdminServer(SupervisorAdmin(self), token, users=users)
         try:
             await self.admin.start(admin.bind.host, admin.bind.port)
         except OSError as exc:

@@ -17,6 +17,7 @@ from fakes import Portico, eventually, pool_yaml, request
 from redis_server import RedisServer, redis_server_binary
 
 TOKEN = "fleet-test-token"
+ALICE = "alice-test-token"
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def servers(proxy: Portico) -> dict[str, dict[str, object]]:
 def start(portico, tmp_path: Path, name: str, redis: RedisServer, backends_yaml: str) -> Portico:  # type: ignore[no-untyped-def]
     config = (
         "workers: 1\n"
-        f"admin: {{bind: 127.0.0.1:0, token: {TOKEN}}}\n"
+        f"admin: {{bind: 127.0.0.1:0, token: {TOKEN}, users: [{{name: alice, token: {ALICE}}}]}}\n"
         f"state: {{redis: '{redis.url}', instance: {name}}}\n"
         "listeners:\n  - {name: web, bind: 127.0.0.1:0, default_pool: app}\n"
         "pools:\n  app:\n    servers:\n" + backends_yaml
@@ -79,7 +80,8 @@ def test_fleet_wide_changes_converge_replay_survive_reloads_and_reset(
         "PUT",
         f"/api/pools/app/servers/{target}/state",
         {"state": "drain", "fleet": True},
-        **{"X-Portico-User": "alice"},
+        Authorization=f"Bearer {ALICE}",
+        **{"X-Portico-User": "alice.smith@example.com"},
     )
     assert answer.status == 200, answer.body
     assert json.loads(answer.body)["state"] == "drain"  # applied here before the answer
@@ -116,13 +118,18 @@ def test_fleet_wide_changes_converge_replay_survive_reloads_and_reset(
     latest, earlier = fleet["changes"][0], fleet["changes"][1]
     assert latest["kind"] == "add_server"
     assert latest["by"]["instance"] == "two"
-    assert latest["by"]["user"] == "admin token"
+    assert latest["by"]["user"] == "admin"  # admin.token's name
     assert earlier == {
         **earlier,
         "kind": "state",
         "server": target,
         "state": "drain",
-        "by": {**earlier["by"], "instance": "one", "user": "alice"},
+        "by": {
+            **earlier["by"],
+            "instance": "one",
+            "user": "alice",
+            "on_behalf_of": "alice.smith@example.com",
+        },
     }
 
     # a stopped instance leaves the list

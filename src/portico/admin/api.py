@@ -18,7 +18,7 @@ import json
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Protocol, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
@@ -352,6 +352,7 @@ class AdminRequest:
     body: bytes = b""
     client: str = "unknown"  # "address:port", for the log
     query: str = ""  # as sent, percent-encoded, without the "?"
+    user: str = ""  # the token's name ("admin" for admin.token), once checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,10 +676,17 @@ class AdminApi:
     """
 
     def __init__(
-        self, view: SupervisorView, token: str | None, static_dir: Path | None = STATIC_DIR
+        self,
+        view: SupervisorView,
+        token: str | None,
+        static_dir: Path | None = STATIC_DIR,
+        users: Mapping[str, str] | None = None,
     ) -> None:
+        """`users`: named tokens (name -> token), accepted as `token` is (named "admin")."""
         self.view = view
-        self._token = token.encode("utf-8") if token else None
+        named = {**({"admin": token} if token else {}), **(users or {})}
+        self._tokens = [(name, secret.encode("utf-8")) for name, secret in named.items()]
+        self._token = b"" if self._tokens else None  # None: the API is open
         self._static = static_dir
         self._openapi = json.dumps(OPENAPI, indent=2).encode() + b"\n"
         self._actions: dict[str, Action] = {
@@ -700,6 +708,11 @@ class AdminApi:
             "get_index": self.get_index,
             "get_static": self.get_static,
         }
+
+    @property
+    def is_open(self) -> bool:
+        """No token configured: anyone who can connect may use the API."""
+        return self._token is None
 
     async def handle(self, request: AdminRequest) -> AdminResponse:
         """The answer to `request`; never raises. A refused change is logged as a warning."""
@@ -743,7 +756,9 @@ class AdminApi:
         chosen = next(((e, p) for e, p in matches if e.method == method), None)
         public = chosen is not None and chosen[0].public
         if not public:
-            self._check_token(request)
+            user = self._check_token(request)
+            if user:
+                request = replace(request, user=user)
         if chosen is None:
             if not matches:
                 raise NotFound(f"no endpoint at {request.path}; see /openapi.json")
@@ -760,10 +775,10 @@ class AdminApi:
             params = {name: _decode(value) for name, value in params.items()}
         return await self._actions[endpoint.action](request, params)
 
-    def _check_token(self, request: AdminRequest) -> None:
-        token = self._token
-        if token is None:
-            return
+    def _check_token(self, request: AdminRequest) -> str:
+        """The name of the token the request carries ("" when the API is open)."""
+        if self._token is None:
+            return ""
         challenge = (("WWW-Authenticate", 'Bearer realm="portico"'),)
         header = request.headers.get("authorization")
         if header is None:
@@ -776,9 +791,16 @@ class AdminApi:
                 'the Authorization header must be "Bearer <token>"', headers=challenge
             )
         # constant time: how much of a guess matched must not show in how long a refusal takes
-        # the header arrived as bytes read as latin-1: compare those bytes with the UTF-8 token
-        if not hmac.compare_digest(credentials.strip().encode("latin-1"), token):
+        # (every token is compared, whichever matched); the header arrived as bytes read as
+        # latin-1: compare those bytes with the UTF-8 tokens
+        given = credentials.strip().encode("latin-1")
+        found = ""
+        for name, secret in self._tokens:
+            if hmac.compare_digest(given, secret):
+                found = name
+        if not found:
             raise Forbidden("the token is not the admin token", error="wrong token")
+        return found
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -917,14 +939,16 @@ class AdminApi:
         return _json(200, {"reset": True})
 
     def _by(self, request: AdminRequest) -> dict[str, str]:
-        """Who makes a change, as the fleet's log records it: the client's address, and the
-        operator named in X-Portico-User (as the token holder says: the token is what was
-        checked), else whether the admin token was given."""
+        """Who makes a change, as the fleet's log records it: the client's address and the
+        name of the token used (admin.users, "admin" for admin.token, "anonymous" without
+        one); an X-Portico-User header adds the person the token holder says acts."""
+        by = {"client": request.client, "user": request.user or "anonymous"}
         claimed = request.headers.get("x-portico-user", "").strip()
-        if claimed and (len(claimed) > 64 or not claimed.isprintable()):
-            raise BadRequest("X-Portico-User is at most 64 printable characters")
-        user = claimed or ("admin token" if self._token is not None else "anonymous")
-        return {"client": request.client, "user": user}
+        if claimed:
+            if len(claimed) > 64 or not claimed.isprintable():
+                raise BadRequest("X-Portico-User is at most 64 printable characters")
+            by["on_behalf_of"] = claimed
+        return by
 
     async def post_explain(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         """`portico explain` with this instance's live server state; changes nothing."""

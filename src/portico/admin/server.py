@@ -218,9 +218,14 @@ class AdminServer:
     """
 
     def __init__(
-        self, view: SupervisorView, token: str | None, *, static_dir: Path | None = STATIC_DIR
+        self,
+        view: SupervisorView,
+        token: str | None,
+        *,
+        static_dir: Path | None = STATIC_DIR,
+        users: Mapping[str, str] | None = None,
     ) -> None:
-        self.api = AdminApi(view, token, static_dir)
+        self.api = AdminApi(view, token, static_dir, users)
         self.token = token
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
@@ -234,7 +239,7 @@ class AdminServer:
             self._server = await asyncio.start_server(self._serve, sock=sock)
         else:
             self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
-            if not self.token and not _is_loopback(host):
+            if self.api.is_open and not _is_loopback(host):
                 log.warning(
                     "admin API on %s without a token: anyone who can reach it can change "
                     "pools and reload; set admin.token or admin.token_env",

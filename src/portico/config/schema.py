@@ -800,12 +800,37 @@ class ResolverConfig(_Model):
         return self
 
 
+class AdminUser(_Model):
+    """A named admin token: what the user's changes are recorded under (the log, the fleet)."""
+
+    name: Name
+    token: str | None = None
+    token_env: str | None = None  # or: the environment variable that holds it
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError("give token or token_env (one of them)")
+        return self
+
+
 class AdminConfig(_Model):
     """The admin API, metrics and dashboard, served by the supervisor."""
 
     bind: BindAddress = Field(default_factory=lambda: parse_address("127.0.0.1:9090"))
     token: str | None = None  # required as "Authorization: Bearer <token>" when set
     token_env: str | None = None  # or: the environment variable that holds the token
+    users: tuple[AdminUser, ...] = ()  # named tokens, each accepted as the token is
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> Self:
+        names = [user.name for user in self.users]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"users: {name!r} is named twice")
+        if "admin" in names and (self.token is not None or self.token_env is not None):
+            raise ValueError('users: "admin" is the name of admin.token: choose another')
+        return self
 
     @model_validator(mode="after")
     def _one_token(self) -> Self:

@@ -1,8 +1,10 @@
-"""Which admin requests are meant for the whole fleet, and how stream ids order."""
+"""Which admin requests are meant for the whole fleet, who asked, and how stream ids order."""
 
 from __future__ import annotations
 
-from portico.admin.api import AdminRequest, _fleet_wide
+import pytest
+
+from portico.admin.api import AdminApi, AdminRequest, Forbidden, _fleet_wide
 from portico.fleet import _order
 
 
@@ -23,3 +25,21 @@ def test_stream_ids_order_by_time_then_sequence() -> None:
     assert _order("1733450000000-3") < _order("1733450000000-10")
     assert _order("1733450000000-10") < _order("1733450000001-0")
     assert _order("0-0") < _order("1-0")
+
+
+def test_named_tokens_say_who_asked_and_a_wrong_one_is_refused() -> None:
+    api = AdminApi(None, "root-token", None, {"alice": "alice-token"})  # type: ignore[arg-type]
+
+    def user(token: str) -> str:
+        return api._check_token(
+            AdminRequest("GET", "/api/pools", {"authorization": f"Bearer {token}"})
+        )
+
+    assert user("root-token") == "admin"
+    assert user("alice-token") == "alice"
+    with pytest.raises(Forbidden):
+        user("alice-tokem")
+    assert not api.is_open
+    assert AdminApi(None, None, None).is_open  # type: ignore[arg-type]
+    request = AdminRequest("PUT", "/x", {"x-portico-user": "Alice S."}, user="alice")
+    assert api._by(request) == {"client": "unknown", "user": "alice", "on_behalf_of": "Alice S."}
