@@ -1074,7 +1074,8 @@ def _fleet_wide(request: AdminRequest, asked: bool) -> bool:
 
 
 def _log_change(request: AdminRequest, what: str) -> None:
-    log.info("admin: %s %s", request.client, what)
+    who = f"{request.client} ({request.user})" if request.user else request.client
+    log.info("admin: %s %s", who, what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1166,7 +1167,8 @@ OPENAPI: Final[dict[str, Any]] = {
         "description": (
             "The live state of a Portico instance and changes to it, served by the supervisor "
             "on the admin listener (admin.bind, 127.0.0.1:9090 by default). When admin.token "
-            "(or the variable named by admin.token_env) is set, every endpoint except /metrics "
+            "(or the variable named by admin.token_env, or a named token of admin.users) is "
+            "set, every endpoint except /metrics, /healthz, /readyz "
             "and the dashboard's files needs `Authorization: Bearer <token>`. Without a token, "
             "requests must name the listener by IP address or localhost in Host. Changes made "
             "here apply to the running workers at once and are logged; they are not written to "
