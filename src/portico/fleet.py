@@ -40,7 +40,7 @@ HEARTBEAT_INTERVAL: Final = 1.0
 HEARTBEAT_TTL: Final = 3  # seconds without a heartbeat before an instance is gone
 READ_BLOCK_MS: Final = 500
 MAX_LOG: Final = 10_000  # the stream is trimmed to about this many changes
-RESET: Final = "reset"
+RESET: Final = "reset"  # the supervisor publishes {"kind": "reset"} for POST /api/fleet/reset
 
 
 class FleetUnavailable(Exception):

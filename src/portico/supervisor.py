@@ -20,9 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any
 
 from portico import channel, control, notify, privileges, tasks
 from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
@@ -43,7 +41,6 @@ from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.config.units import parse_address
 from portico.discovery import Discovery
 from portico.discovery.plan import Changes
-from portico.fleet import RESET, Change, Fleet, FleetUnavailable
 from portico.health.checker import HealthChecker
 from portico.observe.prometheus import (
     CounterMetricFamily,
@@ -52,7 +49,10 @@ from portico.observe.prometheus import (
     PrometheusExporter,
 )
 from portico.observe.stats import StatsAggregator
-from portico.state.redis_store import RedisStore
+
+if TYPE_CHECKING:  # redis-py (~20 MiB) is imported only when the config has state.redis
+    from portico.fleet import Change, Fleet
+    from portico.state.redis_store import RedisStore
 
 log = logging.getLogger("portico")
 
@@ -314,6 +314,8 @@ class Supervisor:
         url = self.config.state.redis
         if url is None:
             return
+        from portico.state.redis_store import RedisStore
+
         self._store = RedisStore(url, max(self.config.state.timeout, 0.5))
         tasks.spawn(self._ping_store(self._store))
 
@@ -417,6 +419,8 @@ class Supervisor:
         url = self.config.state.redis
         if url is None:
             return
+        from portico.fleet import RESET, Fleet
+
         fleet = Fleet(url, self.instance, self._fleet_info, timeout=1.0)
         for kind in FLEET_KINDS:
             fleet.register(kind, self._fleet_apply)
@@ -472,6 +476,8 @@ class Supervisor:
             raise AdminError(
                 "fleet-wide changes go through Redis: set state.redis", error="no fleet"
             )
+        from portico.fleet import FleetUnavailable
+
         try:
             await self.fleet.publish(change, by)
         except FleetUnavailable as exc:
@@ -480,6 +486,8 @@ class Supervisor:
     async def fleet_view(self) -> FleetView:
         if self.fleet is None:
             raise AdminError("the fleet needs state.redis", error="no fleet")
+        from redis.exceptions import RedisError
+
         try:
             async with asyncio.timeout(2.0):
                 instances = await self.fleet.instances()
@@ -882,7 +890,7 @@ class SupervisorAdmin:
         return await self.supervisor.fleet_view()
 
     async def fleet_reset(self, by: dict[str, str]) -> None:
-        await self.supervisor.fleet_change({"kind": RESET}, by)
+        await self.supervisor.fleet_change({"kind": "reset"}, by)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from portico import tasks
 from portico.config.schema import Config, DiscoveryConfig
-from portico.discovery.lookup import Lookup, LookupError_
-from portico.discovery.plan import Changes, Found, changes, next_lookup
+from portico.discovery.plan import Changes, Found, LookupFailed, changes, next_lookup
+
+if TYPE_CHECKING:
+    from portico.discovery.lookup import Lookup
 
 __all__ = ["Discovery", "Found", "Key", "Sink"]
 
@@ -50,7 +52,11 @@ class Discovery:
             for pool, pool_config in config.pools.items()
             for entry in pool_config.discover
         }
-        self.lookup = Lookup(config.resolver) if self.entries else None
+        self.lookup: Lookup | None = None
+        if self.entries:  # dnspython is imported only by configs that name servers in DNS
+            from portico.discovery.lookup import Lookup
+
+            self.lookup = Lookup(config.resolver)
         self.known: dict[Key, tuple[Found, ...]] = {
             key: found for key, found in (known or {}).items() if key in self.entries
         }
@@ -87,7 +93,7 @@ class Discovery:
         self.lookups[key] += 1
         try:
             found, ttl = await self.lookup.lookup(entry)
-        except LookupError_ as exc:
+        except LookupFailed as exc:
             self.failures[key] += 1
             had = len(self.known.get(key, ()))
             if self.last_error.get(key) != str(exc):  # one line per new cause

@@ -18,13 +18,15 @@ import dns.rdatatype
 import dns.resolver
 
 from portico.config.schema import DiscoveryConfig, ResolverConfig
-from portico.discovery.plan import Found, SrvRecord, address_servers, srv_servers
+from portico.discovery.plan import (
+    Found,
+    LookupFailed,
+    SrvRecord,
+    address_servers,
+    srv_servers,
+)
 
-__all__ = ["Lookup", "LookupError_"]
-
-
-class LookupError_(Exception):
-    """A lookup that gave no usable answer: failed, timed out, or named nothing."""
+__all__ = ["Lookup"]
 
 
 class Lookup:
@@ -44,7 +46,7 @@ class Lookup:
 
     async def _records(self, name: str, kind: str) -> tuple[list[object], float | None]:
         """The records of one type, and their TTL; none (and no TTL) when the name or the
-        type does not exist. Raises LookupError_ when no server answered."""
+        type does not exist. Raises LookupFailed when no server answered."""
         try:
             answer = await self.resolver.resolve(
                 name, kind, lifetime=self.timeout, search=False, raise_on_no_answer=False
@@ -52,9 +54,9 @@ class Lookup:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return [], None
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-            raise LookupError_(f"{kind} {name}: {exc}") from None
+            raise LookupFailed(f"{kind} {name}: {exc}") from None
         except dns.exception.DNSException as exc:
-            raise LookupError_(f"{kind} {name}: {exc}") from None
+            raise LookupFailed(f"{kind} {name}: {exc}") from None
         if answer.rrset is None:
             return [], None
         return list(answer.rrset), float(answer.rrset.ttl)
@@ -69,7 +71,7 @@ class Lookup:
         return hosts, min(ttls) if ttls else None
 
     async def lookup(self, entry: DiscoveryConfig) -> tuple[list[Found], float]:
-        """The servers `entry` names now and how long that holds. Raises LookupError_ when
+        """The servers `entry` names now and how long that holds. Raises LookupFailed when
         the answer cannot be had, or names no server (the caller keeps what it had)."""
         if entry.dns is not None:
             hosts, ttl = await self.addresses(entry.dns.host)
@@ -88,5 +90,5 @@ class Lookup:
             ttl = min(ttls) if ttls else None
             found = srv_servers(records, addresses)
         if not found:
-            raise LookupError_(f"{entry.key}: the answer names no server")
+            raise LookupFailed(f"{entry.key}: the answer names no server")
         return found, ttl if ttl is not None else 0.0

@@ -13,9 +13,21 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Changes", "Found", "SrvRecord", "changes", "next_lookup", "srv_servers"]
+__all__ = [
+    "Changes",
+    "Found",
+    "LookupFailed",
+    "SrvRecord",
+    "changes",
+    "next_lookup",
+    "srv_servers",
+]
 
 MAX_WEIGHT = 256  # a pool's weights are 1..256 (ServerConfig.weight)
+
+
+class LookupFailed(Exception):
+    """A lookup that gave no usable answer: failed, timed out, or named nothing."""
 
 
 @dataclass(frozen=True, slots=True)
