@@ -202,7 +202,7 @@ def portico_config(role: str) -> str:
         "  - name: api\n"
         "    bind: ':8081'\n"
         "    default_pool: app\n"
-        "    rate_limit: {rate: 5/m, burst: 5, key: 'header:X-Key'}\n"
+        "    rate_limit: {rate: 5/h, burst: 5, key: 'header:X-Key'}\n"
         "pools:\n"
         "  app:\n"
         "    servers:\n"
