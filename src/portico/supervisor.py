@@ -500,10 +500,13 @@ class Supervisor:
         """What /readyz and `portico health --ready` report: listening, workers up, config
         loaded, and the state store reachable when the config has one."""
         expected = self.config.worker_count()
+        # any generation: during a reload the old workers serve until the new ones are ready
         up = sum(
             1
-            for worker in self.workers.values()
-            if worker.ready.is_set() and worker.process.returncode is None
+            for worker in self.all_workers
+            if worker.ready.is_set()
+            and not worker.draining.is_set()
+            and worker.process.returncode is None
         )
         listening = self._ready and all(sock.fileno() != -1 for sock in self.sockets.values())
         store: Check | None = None

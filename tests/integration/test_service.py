@@ -93,6 +93,15 @@ def test_probes_answer_anyone_and_portico_health_says_ready_or_why_not(
 
     redis.start()
     eventually(lambda: health("--url", url, "--ready").returncode == 0, "ready again")
+    # ready all through a reload: the old workers serve until the new ones are
+    start = len(proxy.stderr_lines)
+    proxy.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20.0
+    while not proxy.wait_for_stderr("reloaded", timeout=0.0, start=start):
+        assert time.monotonic() < deadline, "no reload"
+        answer = request(port, "GET", "/readyz")
+        assert answer.status == 200, answer.body
+    assert request(port, "GET", "/readyz").status == 200
     proxy.stop()
     result = health("--url", url)
     assert result.returncode == 2, result
