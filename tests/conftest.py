@@ -22,8 +22,8 @@ def backends() -> Iterator[Callable[..., FakeBackend]]:
     """Make FakeBackends that are stopped at the end of the test."""
     made: list[FakeBackend] = []
 
-    def make(name: str, handler=None) -> FakeBackend:  # type: ignore[no-untyped-def]
-        backend = FakeBackend(name, handler)
+    def make(name: str, handler=None, **options) -> FakeBackend:  # type: ignore[no-untyped-def]
+        backend = FakeBackend(name, handler, **options)
         made.append(backend)
         return backend
 

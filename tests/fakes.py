@@ -255,8 +255,11 @@ class _BackendProtocol(asyncio.Protocol):
 class FakeBackend:
     """A real HTTP server on a free loopback port, in a thread; see the module docstring."""
 
-    def __init__(self, name: str, handler: Handler | None = None, port: int = 0) -> None:
+    def __init__(
+        self, name: str, handler: Handler | None = None, port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
         self.name = name
+        self.host = host  # another loopback address (127.0.0.2) gives a second server a port
         self.handler: Handler = handler or (lambda seen: Reply(body=name.encode()))
         self.seen: list[Seen] = []  # complete requests
         self.heads: list[Seen] = []  # every request head, even if its body never completed
@@ -298,13 +301,13 @@ class FakeBackend:
     async def _start(self) -> int:
         # SO_REUSEADDR (asyncio's default on POSIX): a port left in TIME_WAIT can be bound again
         self._server = await self.loop.create_server(
-            lambda: _BackendProtocol(self), "127.0.0.1", self._bind_port, reuse_address=True
+            lambda: _BackendProtocol(self), self.host, self._bind_port, reuse_address=True
         )
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def _flow_changed(self, *, blocked: bool) -> None:
         with self._flow:
@@ -407,17 +410,21 @@ class Portico:
         tmp_path: Path,
         prefix: Sequence[str] = (),
         before_ready: Callable[[subprocess.Popen[bytes]], None] | None = None,
+        env: dict[str, str] | None = None,
+        filename: str = "portico.yaml",
     ) -> None:
         """`prefix`: a command that runs Portico (e.g. `isolated_resolver`'s); `before_ready`
-        is called with the process as soon as it started (e.g. to signal it while it starts)."""
-        path = tmp_path / "portico.yaml"
+        is called with the process as soon as it started (e.g. to signal it while it starts);
+        `env`: variables added to its environment; `filename`: the config file's name in
+        `tmp_path` (several instances in one test need one each)."""
+        path = tmp_path / filename
         path.write_text(config)
         self.path = path
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "portico", "run", str(path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.stderr_lines: list[str] = []
         self.stderr_times: list[float] = []  # when each line arrived (time.monotonic())

@@ -1,4 +1,4 @@
-"""The `portico` command: run, check, reload, demo, explain, simulate."""
+"""The `portico` command: run, check, reload, health, demo, explain, simulate."""
 
 from __future__ import annotations
 
@@ -50,7 +50,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     for warning in unresolved_servers(config):  # warnings only: DNS may differ where it runs
         print(f"{filename} {warning}", file=sys.stderr)
-    pools = ", ".join(f"{name} ({len(p.servers)} servers)" for name, p in config.pools.items())
+    pools = ", ".join(
+        f"{name} ({len(p.servers)} servers{f', {len(p.discover)} from DNS' if p.discover else ''})"
+        for name, p in config.pools.items()
+    )
     print(f"{filename}: OK: {len(config.listeners)} listener(s); pools: {pools}")
     return 0
 
@@ -135,6 +138,84 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+HEALTH_OK, HEALTH_NOT_OK, HEALTH_NO_ANSWER, HEALTH_USAGE = 0, 1, 2, 3
+
+
+def _probe_url(url: str, ready: bool, timeout: float) -> tuple[int, str]:
+    """GET /healthz or /readyz at the admin listener `url`: (exit code, what to print)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "") or not parts.hostname:
+        return HEALTH_USAGE, f"--url must be http://host:port, not {url!r}"
+    path = "/readyz" if ready else "/healthz"
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        body = response.read(64 * 1024).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException) as exc:
+        return HEALTH_NO_ANSWER, f"no answer from {parts.netloc}{path}: {exc}"
+    finally:
+        conn.close()
+    if response.status == 200:
+        return HEALTH_OK, body
+    return HEALTH_NOT_OK, f"{response.status} {body}"
+
+
+def _probe_control(pid: int, ready: bool, timeout: float) -> tuple[int, str]:
+    """Ask the supervisor `pid` on its control socket (a config without an admin listener)."""
+    from portico import control
+
+    try:
+        reply = control.ask(pid, "health", timeout=timeout)
+    except control.NotRunning:
+        return HEALTH_NO_ANSWER, f"process {pid} is not a running Portico supervisor"
+    except PermissionError as exc:
+        return HEALTH_USAGE, f"cannot ask process {pid}: {exc} (run as its user)"
+    except TimeoutError:
+        return HEALTH_NO_ANSWER, f"process {pid} did not answer within {timeout:g}s"
+    reply.pop("type", None)
+    text = json.dumps(reply)
+    if not ready or reply.get("ready"):
+        return HEALTH_OK, text
+    return HEALTH_NOT_OK, text
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """For scripts (keepalived's vrrp_script, probes): 0 healthy (or ready, with --ready);
+    1 Portico answered that it is not; 2 no answer (not running, refused, timed out); 3 a
+    usage or config problem. --url is the light way (no config parsed)."""
+    if args.url:
+        code, text = _probe_url(args.url, args.ready, args.timeout)
+    elif args.config:
+        loaded = _load(args.config)
+        if isinstance(loaded, int):
+            return HEALTH_USAGE
+        config = loaded[0]
+        if config.admin is not None:
+            host, port = config.admin.bind.host, config.admin.bind.port
+            if host in ("0.0.0.0", ""):
+                host = "127.0.0.1"
+            elif host == "::":
+                host = "::1"
+            shown = f"[{host}]" if ":" in host else host
+            code, text = _probe_url(f"http://{shown}:{port}", args.ready, args.timeout)
+        elif config.pid_file:
+            pid = _read_pid_file(config.pid_file)
+            if pid is None:
+                return HEALTH_NO_ANSWER
+            code, text = _probe_control(pid, args.ready, args.timeout)
+        else:
+            code, text = HEALTH_USAGE, "the config has neither admin nor pid_file: give --url"
+    else:
+        code, text = HEALTH_USAGE, "give a config file or --url"
+    if not args.quiet or code:
+        print(f"portico: {text}", file=sys.stdout if code == HEALTH_OK else sys.stderr)
+    return code
+
+
 def _read_pid_file(path: str) -> int | None:
     try:
         return int(Path(path).read_text().strip())
@@ -195,10 +276,38 @@ def _refuse_stale_build() -> int:
     return 2
 
 
+def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    health = sub.add_parser(
+        "health",
+        help="is Portico alive (or --ready)? exit 0 yes, 1 no, 2 no answer, 3 usage",
+    )
+    health.add_argument("config", nargs="?", help="path to portico.yaml (finds admin.bind)")
+    health.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090")
+    health.add_argument(
+        "--ready", action="store_true", help="ready for traffic (/readyz), not only alive"
+    )
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    health.add_argument("-q", "--quiet", action="store_true", help="say nothing when healthy")
+    health.set_defaults(func=cmd_health)
+
+
+def _health_only(argv: list[str]) -> int:
+    """`portico health`, run every second or two by keepalived: parsed without importing the
+    other commands (explain's and simulate's parsers pull in most of Portico)."""
+    parser = argparse.ArgumentParser(prog="portico")
+    _add_health(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     refused = _refuse_stale_build()  # first: the commands below import compiled modules
     if refused:
         return refused
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["health"]:
+        return _health_only(given)
     parser = argparse.ArgumentParser(
         prog="portico", description="A load balancer and reverse proxy in Python."
     )
@@ -216,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     reload.add_argument("config", help="path to portico.yaml")
     reload.add_argument("--pid", type=int, help="the supervisor's pid (default: pid_file)")
     reload.set_defaults(func=cmd_reload)
+    _add_health(sub)
     demo = sub.add_parser("demo", help="three demo backends behind Portico")
     demo.add_argument("--port", type=int, default=8080, help="Portico's port (default 8080)")
     demo.add_argument(

@@ -17,22 +17,49 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from portico import channel, control, tasks
+from portico import channel, control, notify, privileges, tasks
 from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
-from portico.admin.api import ListenerView, PoolView, ServerState, listener_views, pool_views
+from portico.admin.api import (
+    Check,
+    FleetDown,
+    FleetView,
+    ListenerView,
+    PoolView,
+    Readiness,
+    ServerState,
+    listener_views,
+    pool_views,
+    readiness,
+)
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
+from portico.config.units import parse_address
+from portico.discovery import Discovery
+from portico.discovery.plan import Changes
 from portico.health.checker import HealthChecker
-from portico.observe.prometheus import PrometheusExporter
+from portico.observe.prometheus import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    PrometheusExporter,
+)
 from portico.observe.stats import StatsAggregator
+
+if TYPE_CHECKING:  # redis-py (~20 MiB) is imported only when the config has state.redis
+    from portico.fleet import Change, Fleet
+    from portico.state.redis_store import RedisStore
 
 log = logging.getLogger("portico")
 
 RESTART_BACKOFF_MAX = 5.0
+STORE_CHECK_INTERVAL = 1.0  # how often /readyz's state store check pings Redis
+FLEET_KINDS = ("weight", "state", "add_server", "remove_server")  # + reset
+DRAIN_CHECK_INTERVAL = 0.5  # how often servers DNS dropped are checked for requests in flight
 CHANNEL_LIMIT = 16 * 1024 * 1024  # longest channel line: a stats snapshot of a large config
 _SCHEMES = {"http": "http", "https": "https", "tcp": "tcp"}
 
@@ -140,6 +167,7 @@ class Supervisor:
         self._ready = False
         self._ready_event = asyncio.Event()
         self.pid_file: str | None = None  # the pid file written (removed on exit)
+        self.identity: privileges.Identity | None = None  # workers run as this user
         self._reload_pending = False  # a SIGHUP before the ready line: run once ready
         # every worker process not yet reaped, of any generation: all are stopped on shutdown
         self.all_workers: set[WorkerProcess] = set()
@@ -148,11 +176,26 @@ class Supervisor:
         self.reload_detail = ""
         # what the workers report, summed; served as /metrics
         self.stats = StatsAggregator()
-        self.exporter = PrometheusExporter(self.stats)
+        self.exporter = PrometheusExporter(self.stats, self._own_metrics)
         self.admin: AdminServer | None = None
         # changes made through the admin API since the last (re)load: replayed to new workers
         self.overrides: list[bytes] = []
         self.server_states: dict[tuple[str, str], ServerState] = {}
+        # systemd (Type=notify): READY, RELOADING, STOPPING, watchdog pings; no-ops without it
+        self.notifier = notify.Notifier()
+        # the state store as /readyz sees it: None until first checked
+        self.store_check: Check | None = None
+        self._store: RedisStore | None = None
+        # servers found in DNS (`discover`), and those of them draining until they are removed
+        self.view = SupervisorAdmin(self)
+        self.discovery = Discovery(config, self)
+        self.dynamic: set[tuple[str, str]] = set()  # (pool, server) added by discovery
+        # the fleet (with state.redis): changes every instance applies, in the log's order;
+        # those applied since the last reset are applied again after a reload
+        self.fleet: Fleet | None = None
+        self.fleet_log: list[Change] = []
+        self.instance = config.state.instance or f"{socket.gethostname()}:{os.getpid()}"
+        self.draining: dict[tuple[str, str], float] = {}  # -> deadline (time.monotonic())
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -173,10 +216,16 @@ class Supervisor:
         for listener in self.config.listeners:
             self.sockets[listener.name] = bind(listener)
         await self._start_admin()
+        self.identity = self._identity(self.config)  # before any worker starts
+        self._watch_store()
+        await self.discovery.first()  # workers start with the servers DNS names
+        await self._start_fleet()  # ... and the fleet's changes (after: they may drain those)
         count = self.config.worker_count()
         for slot in range(count):
             await self._spawn(slot)
         self.checker.start()
+        self.discovery.start()
+        tasks.spawn(self._drain_removed())
         if await self._unless_stopping([w.ready for w in self.workers.values()]):
             self._say_ready(count)
         await self._stopped.wait()
@@ -186,7 +235,12 @@ class Supervisor:
         if self.admin is not None:
             await self.admin.close()
         self.checker.stop()
+        self.discovery.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self._stop_workers()
+        if self._store is not None:
+            await self._store.close()
         for sock in self.sockets.values():
             sock.close()
         log.info("stopped")
@@ -204,6 +258,10 @@ class Supervisor:
         self._ready = True
         self._ready_event.set()
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
+        self.notifier.ready(f"{count} worker(s), listening on {listening}")
+        interval = notify.watchdog_interval()
+        if interval:
+            tasks.spawn(self._watchdog(interval))
         if self._reload_pending:
             self._reload_pending = False
             log.info("running the reload asked for while starting")
@@ -228,11 +286,250 @@ class Supervisor:
         done = waits[0]
         return done.done() and not done.cancelled() and not self.stopping
 
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 while this event loop turns: a supervisor stuck in a blocking call
+        misses its pings, and systemd restarts it (WatchdogSec=)."""
+        while not self.stopping:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    @staticmethod
+    def _identity(config: Config) -> privileges.Identity | None:
+        """The user workers switch to (`user:`/`group:`), as NGINX's and HAProxy's do: the
+        supervisor keeps its own, so a reload can still bind a new port below 1024."""
+        try:
+            identity = privileges.resolve(config.user, config.group)
+        except privileges.PrivilegeError as exc:
+            raise StartupError(str(exc)) from None
+        if identity is not None and os.geteuid() not in (0, identity.uid):
+            raise StartupError(
+                f"user {identity.user!r} is set, but Portico runs as uid {os.geteuid()}, not "
+                "root: start it as root (workers switch once listening), or remove user/group"
+            )
+        return identity
+
+    def _watch_store(self) -> None:
+        """With `state.redis`, ping it every second for /readyz (an instance that cannot reach
+        the shared state would split rate limits and stick tables from the fleet's)."""
+        url = self.config.state.redis
+        if url is None:
+            return
+        from portico.state.redis_store import RedisStore
+
+        self._store = RedisStore(url, max(self.config.state.timeout, 0.5))
+        tasks.spawn(self._ping_store(self._store))
+
+    async def _ping_store(self, store: RedisStore) -> None:
+        while not self.stopping and store is self._store:
+            ok = await store.ping()
+            detail = "answers PING" if ok else f"{store.url_for_logs} does not answer"
+            self.store_check = {"ok": ok, "detail": detail}
+            await asyncio.sleep(STORE_CHECK_INTERVAL)
+
+    # -- servers found in DNS ------------------------------------------------------------------
+
+    def discovered(self, pool: str, change: Changes, *, initial: bool) -> None:
+        """What a DNS lookup changed in `pool` (`Discovery`'s sink): new servers are added
+        (slow start, except those Portico starts with), removed ones drain first, weights
+        follow the SRV records."""
+        if pool not in self.config.pools:
+            return
+        names = {server.name for server in self.config.pools[pool].servers}
+        for found in change.added:
+            key = (pool, found.name)
+            if key in self.draining:  # back before it was gone: take traffic again
+                del self.draining[key]
+                self.view.set_state(pool, found.name, "ready")
+                self.view.set_weight(pool, found.name, found.weight)
+                continue
+            if found.name in names:
+                if key not in self.dynamic:
+                    log.info("pool %s: %s is in the config already", pool, found.name)
+                continue
+            server = ServerConfig(
+                address=parse_address(found.name), weight=found.weight, name=found.name
+            )
+            self.dynamic.add(key)
+            self.view.add_server(pool, server, slow_start=not initial)
+        for found in change.reweighted:
+            if (pool, found.name) in self.dynamic:
+                self.view.set_weight(pool, found.name, found.weight)
+        for name in change.removed:
+            key = (pool, name)
+            if key in self.dynamic and key not in self.draining:
+                self.view.set_state(pool, name, "drain")
+                self.draining[key] = time.monotonic() + self.config.resolver.drain_timeout
+
+    async def _drain_removed(self) -> None:
+        """Take out servers DNS no longer names once nothing is in flight on them (as the
+        workers' next stats say) or their drain time is over."""
+        while not self.stopping:
+            await asyncio.sleep(DRAIN_CHECK_INTERVAL)
+            now = time.monotonic()
+            merged = self.stats.merged()
+            for key, deadline in list(self.draining.items()):
+                pool, name = key
+                busy = merged.value("backend_in_flight", pool, name) or 0
+                # the drain must have reached the workers' stats first (sent every second)
+                started = deadline - self.config.resolver.drain_timeout
+                if now - started < 1.5 or (busy and now < deadline):
+                    continue
+                del self.draining[key]
+                self.dynamic.discard(key)
+                if pool in self.config.pools and any(
+                    s.name == name for s in self.config.pools[pool].servers
+                ):
+                    self.view.remove_server(pool, name)
+                    log.info("pool %s: %s removed (no longer in DNS, drained)", pool, name)
+
+    def _own_metrics(self) -> Iterator[Metric]:
+        """The supervisor's own series for /metrics: DNS discovery's lookups and failures."""
+        discovery = self.discovery
+        labels = ["pool", "entry"]
+        lookups = CounterMetricFamily(
+            "portico_discovery_lookups", "DNS lookups of discovery entries.", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "portico_discovery_failures",
+            "DNS lookups that failed or named no server (the last good set was kept).",
+            labels=labels,
+        )
+        servers = GaugeMetricFamily(
+            "portico_discovery_servers", "Servers the last good answer named.", labels=labels
+        )
+        for key in sorted(discovery.entries):
+            lookups.add_metric(list(key), discovery.lookups[key])
+            failures.add_metric(list(key), discovery.failures[key])
+            servers.add_metric(list(key), len(discovery.known.get(key, ())))
+        yield from (lookups, failures, servers)
+
+    def _restart_discovery(self, config: Config) -> None:
+        """A reload: discovery for the new config, keeping the last good set of every entry
+        still there, added to the new workers at once (no slow start: they are not new)."""
+        self.discovery.stop()
+        self.discovery = Discovery(config, self, known=self.discovery.known)
+        self.dynamic = set()
+        self.draining = {}
+        for (pool, _), found in self.discovery.carried().items():
+            self.discovered(pool, Changes(added=found), initial=True)
+
+    # -- the fleet --------------------------------------------------------------------------------
+
+    async def _start_fleet(self) -> None:
+        url = self.config.state.redis
+        if url is None:
+            return
+        from portico.fleet import RESET, Fleet
+
+        fleet = Fleet(url, self.instance, self._fleet_info, timeout=1.0)
+        for kind in FLEET_KINDS:
+            fleet.register(kind, self._fleet_apply)
+        fleet.register(RESET, self._fleet_reset)
+        self.fleet = fleet
+        await fleet.start()
+
+    def _fleet_info(self) -> dict[str, Any]:
+        """What this instance's heartbeat says (GET /api/fleet lists them)."""
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "admin": self.admin.address if self.admin is not None else None,
+            "generation": self.generation,
+            "ready": self.readiness()["ready"],
+            "workers": len(self.workers),
+            "changes": len(self.fleet_log),
+        }
+
+    def _fleet_apply(self, change: Change, *, record: bool = True) -> None:
+        """Apply one change of the fleet's log here, if this instance has its pool and
+        server (an instance with another config skips what does not concern it)."""
+        kind, pool, server = change.get("kind"), change.get("pool"), change.get("server")
+        pools = self.config.pools
+        if not isinstance(pool, str) or pool not in pools:
+            log.info("fleet: %s for pool %r: no such pool here, skipped", kind, pool)
+            return
+        names = {s.name for s in pools[pool].servers}
+        if kind == "add_server":
+            new = ServerConfig.model_validate(change["new"])
+            if new.name not in names:
+                self.view.add_server(pool, new)
+        elif server not in names:
+            log.info("fleet: %s for %s/%s: no such server here, skipped", kind, pool, server)
+            return
+        elif kind == "weight":
+            self.view.set_weight(pool, server, int(change["weight"]))
+        elif kind == "state":
+            self.view.set_state(pool, server, change["state"])
+        elif kind == "remove_server" and len(pools[pool].servers) > 1:
+            self.view.remove_server(pool, server)
+        if record:
+            self.fleet_log.append(change)
+
+    def _fleet_reset(self, change: Change) -> None:
+        """Asked through any instance: forget the fleet's changes and go back to the file."""
+        log.info("fleet: reset by %s: reloading the file", change.get("by", {}).get("instance"))
+        self.fleet_log = []
+        tasks.spawn(self.reload())
+
+    async def fleet_change(self, change: Change, by: dict[str, str]) -> None:
+        if self.fleet is None:
+            raise AdminError(
+                "fleet-wide changes go through Redis: set state.redis", error="no fleet"
+            )
+        from portico.fleet import FleetUnavailable
+
+        try:
+            await self.fleet.publish(change, by)
+        except FleetUnavailable as exc:
+            raise FleetDown(str(exc)) from None
+
+    async def fleet_view(self) -> FleetView:
+        if self.fleet is None:
+            raise AdminError("the fleet needs state.redis", error="no fleet")
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(2.0):
+                instances = await self.fleet.instances()
+                changes = await self.fleet.history(50)
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise FleetDown(f"Redis does not answer: {exc}") from None
+        return {"instance": self.instance, "instances": instances, "changes": changes}
+
+    def readiness(self) -> Readiness:
+        """What /readyz and `portico health --ready` report: listening, workers up, config
+        loaded, and the state store reachable when the config has one."""
+        expected = self.config.worker_count()
+        # any generation: during a reload the old workers serve until the new ones are ready
+        up = sum(
+            1
+            for worker in self.all_workers
+            if worker.ready.is_set()
+            and not worker.draining.is_set()
+            and worker.process.returncode is None
+        )
+        listening = self._ready and all(sock.fileno() != -1 for sock in self.sockets.values())
+        store: Check | None = None
+        if self.config.state.redis is not None:
+            store = self.store_check or {"ok": False, "detail": "not checked yet"}
+        return readiness(
+            started=self._ready,
+            stopping=self.stopping,
+            listening=listening,
+            listeners=len(self.sockets),
+            workers_up=up,
+            workers_expected=expected,
+            config=f"{self.path}, generation {self.generation}",
+            store=store,
+        )
+
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """A request on the control socket (`portico.control`)."""
         running = self.path
         if request["type"] == "hello":
             return {"type": "hello", "pid": os.getpid(), "config": running}
+        if request["type"] == "health":
+            return {"type": "health", **self.readiness()}
         if request["type"] != "reload":
             return {"type": "error", "detail": f"unknown request {request['type']!r}"}
         refused = {"type": "reloaded", "ok": False, "config": running}
@@ -256,9 +553,10 @@ class Supervisor:
             return
         try:
             token = resolve_token(admin.token, admin.token_env)
+            users = {u.name: resolve_token(u.token, u.token_env) or "" for u in admin.users}
         except ValueError as exc:
             raise StartupError(str(exc)) from None
-        self.admin = AdminServer(SupervisorAdmin(self), token)
+        self.admin = AdminServer(SupervisorAdmin(self), token, users=users)
         try:
             await self.admin.start(admin.bind.host, admin.bind.port)
         except OSError as exc:
@@ -304,66 +602,81 @@ class Supervisor:
                 self.reload_detail = "Portico is stopping"
                 return False
             log.info("reloading %s", self.filename)
+            self.notifier.reloading()
             try:
-                text = _read(self.filename)  # a small local file: the control plane may block
-                config = parse_config(text, self.filename)
-            except ConfigError as exc:
-                log.error("reload refused, the running config stays:\n%s", exc)
-                self.reload_detail = str(exc)
-                return False
-            except OSError as exc:
-                log.error("reload refused, cannot read %s: %s", self.filename, exc.strerror)
-                self.reload_detail = f"cannot read {self.filename}: {exc.strerror}"
-                return False
-            try:
-                sockets = self._sockets_for(config)
-            except StartupError as exc:
-                log.error("reload refused, the running config stays: %s", exc)
-                self.reload_detail = str(exc)
-                return False
-            old_workers = list(self.workers.values())
-            old_sockets = self.sockets
-            self.config, self.config_text, self.sockets = config, text, sockets
-            self.generation += 1
-            self.overrides = []  # the file is the truth again
-            self.server_states = {}
-            self.checker.stop()
-            self.checker = HealthChecker(config, self._health_changed)
-            self.workers = {}
-            for slot in range(config.worker_count()):
-                await self._spawn(slot)  # none once stopping: the sockets are closing
-            self.checker.start()
-            ready = await self._unless_stopping([w.ready for w in self.workers.values()])
-            if ready:
-                for worker in old_workers:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        worker.writer.write(channel.encode("stop", reload=True))
-                # when reload() returns, every new connection reaches a new worker
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(10.0):
-                        await self._unless_stopping([w.draining for w in old_workers])
-            kept = {id(sock) for sock in sockets.values()}
-            for sock in old_sockets.values():
-                if id(sock) not in kept:
-                    sock.close()  # a listener the new config dropped
-            if not ready:
-                # shutdown began: it stops every worker, the old ones and those started here
-                log.warning("reload interrupted: Portico is stopping")
-                self.reload_detail = "interrupted: Portico is stopping"
-                return False
-            if config.pid_file != self.pid_file:  # it moved: no stale one left behind
-                _remove_pid(self.pid_file)
-                self.pid_file = config.pid_file
-                _write_pid(self.pid_file)
-            log.info(
-                "reloaded %s: generation %d, %d worker(s); the old ones drain",
-                self.filename,
-                self.generation,
-                len(self.workers),
-            )
-            print(f"portico: reloaded, generation {self.generation}", flush=True)
-            self.reload_detail = f"reloaded {self.filename}"
-            return True
+                return await self._reload()
+            finally:
+                if not self.stopping:
+                    self.notifier.ready(f"generation {self.generation}")
+
+    async def _reload(self) -> bool:
+        """The reload itself, under the reload lock."""
+        try:
+            text = _read(self.filename)  # a small local file: the control plane may block
+            config = parse_config(text, self.filename)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays:\n%s", exc)
+            self.reload_detail = str(exc)
+            return False
+        except OSError as exc:
+            log.error("reload refused, cannot read %s: %s", self.filename, exc.strerror)
+            self.reload_detail = f"cannot read {self.filename}: {exc.strerror}"
+            return False
+        try:
+            identity = self._identity(config)
+            sockets = self._sockets_for(config)
+        except StartupError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            self.reload_detail = str(exc)
+            return False
+        old_workers = list(self.workers.values())
+        old_sockets = self.sockets
+        self.config, self.config_text, self.sockets = config, text, sockets
+        self.identity = identity
+        self.generation += 1
+        self.overrides = []  # the file is the truth again
+        self.server_states = {}
+        self.checker.stop()
+        self.checker = HealthChecker(config, self._health_changed)
+        self.workers = {}
+        self._restart_discovery(config)  # before the new workers start: they get its servers
+        for change in self.fleet_log:  # a reload does not undo what the fleet decided
+            self._fleet_apply(change, record=False)
+        for slot in range(config.worker_count()):
+            await self._spawn(slot)  # none once stopping: the sockets are closing
+        self.checker.start()
+        self.discovery.start()
+        ready = await self._unless_stopping([w.ready for w in self.workers.values()])
+        if ready:
+            for worker in old_workers:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    worker.writer.write(channel.encode("stop", reload=True))
+            # when reload() returns, every new connection reaches a new worker
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10.0):
+                    await self._unless_stopping([w.draining for w in old_workers])
+        kept = {id(sock) for sock in sockets.values()}
+        for sock in old_sockets.values():
+            if id(sock) not in kept:
+                sock.close()  # a listener the new config dropped
+        if not ready:
+            # shutdown began: it stops every worker, the old ones and those started here
+            log.warning("reload interrupted: Portico is stopping")
+            self.reload_detail = "interrupted: Portico is stopping"
+            return False
+        if config.pid_file != self.pid_file:  # it moved: no stale one left behind
+            _remove_pid(self.pid_file)
+            self.pid_file = config.pid_file
+            _write_pid(self.pid_file)
+        log.info(
+            "reloaded %s: generation %d, %d worker(s); the old ones drain",
+            self.filename,
+            self.generation,
+            len(self.workers),
+        )
+        print(f"portico: reloaded, generation {self.generation}", flush=True)
+        self.reload_detail = f"reloaded {self.filename}"
+        return True
 
     def _sockets_for(self, config: Config) -> dict[str, socket.socket]:
         """Listening sockets for `config`: the running ones where the address is the same (so
@@ -391,6 +704,7 @@ class Supervisor:
     def request_stop(self) -> None:
         if not self.stopping:
             log.info("stopping: draining workers (grace %.1fs)", self.config.shutdown_grace)
+            self.notifier.stopping()
         self.stopping = True
         self._stopped.set()
 
@@ -405,6 +719,9 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child.set_inheritable(True)
         args = [sys.executable, "-m", "portico.worker", "--channel", str(child.fileno())]
+        if self.identity is not None:
+            identity = self.identity
+            args += ["--user", f"{identity.user}:{identity.uid}:{identity.gid}"]
         fds = [child.fileno()]
         for name, sock in self.sockets.items():
             args += ["--listen", f"{name}={sock.fileno()}"]
@@ -545,7 +862,8 @@ class SupervisorAdmin:
             states[pool, server] = state
         self.supervisor.broadcast(channel.encode("server", pool=pool, server=server, state=state))
 
-    def add_server(self, pool: str, server: ServerConfig) -> None:
+    def add_server(self, pool: str, server: ServerConfig, *, slow_start: bool = True) -> None:
+        """Add `server`; with `slow_start`, it ramps up over the pool's slow_start."""
         self._change_servers(pool, (*self.supervisor.config.pools[pool].servers, server))
         message = channel.encode(
             "add_server",
@@ -554,6 +872,7 @@ class SupervisorAdmin:
             host=server.address.host,
             port=server.address.port,
             weight=server.weight,
+            slow_start=slow_start,
         )
         self.supervisor.broadcast(message)
 
@@ -575,6 +894,18 @@ class SupervisorAdmin:
 
     def running_config(self) -> Config:
         return self.supervisor.config
+
+    def readiness(self) -> Readiness:
+        return self.supervisor.readiness()
+
+    async def fleet_change(self, change: Change, by: dict[str, str]) -> None:
+        await self.supervisor.fleet_change(change, by)
+
+    async def fleet(self) -> FleetView:
+        return await self.supervisor.fleet_view()
+
+    async def fleet_reset(self, by: dict[str, str]) -> None:
+        await self.supervisor.fleet_change({"kind": "reset"}, by)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from portico import channel, tasks
+from portico import channel, privileges, tasks
 from portico.cache.disk import DiskStore
 from portico.cache.key import KeyRule
 from portico.cache.runtime import Cache, CacheRules, RouteCache
@@ -445,6 +445,8 @@ class Worker:
                     max_idle=self.config.pools[message["pool"]].keepalive.max_idle,
                     clock=self.loop.time,
                 )
+                if message.get("slow_start") and pool.slow_start:
+                    backend.up_since = self.loop.time()  # new: ramps up as one back from down
                 pool.add_backend(backend, self.loop.time())
         elif message["type"] == "remove_server":
             pool = self.pools.get(message["pool"])
@@ -489,7 +491,24 @@ class Worker:
                 # the directory is shared: each worker's view of it, the largest one counts
                 gauges["cache_disk_bytes"].append(["disk", cache.disk.bytes])
 
-    async def start(self) -> None:
+    async def start(self, before_serving: Callable[[], None] | None = None) -> None:
+        """Serve every listener. `before_serving` runs once what needs the supervisor's
+        privileges is done (TLS certificates and keys read) and before the first connection
+        is accepted: the worker switches user there."""
+        terminators: dict[str, TlsTerminator | None] = {}
+        for name in self.sockets:
+            listener = self._listeners[name]
+            tls = listener.tls
+            if name in self.tcp_settings or tls is None:
+                terminators[name] = None
+                continue
+            http2 = listener.http2 is not None and listener.http2.enabled
+            only = http2 and listener.http2 is not None and listener.http2.only
+            built = build_server_context(tls, http2=http2, http2_only=only)
+            terminators[name] = built
+            self.terminators.append(built)
+        if before_serving is not None:
+            before_serving()
         for name, sock in self.sockets.items():
             listener = self._listeners[name]
             # create_server calls listen() again on the inherited socket: without the configured
@@ -505,14 +524,7 @@ class Worker:
                 self.servers.append(server)
                 continue
             settings = self.settings[name]
-            tls = listener.tls
-            http2 = listener.http2 is not None and listener.http2.enabled
-            only = http2 and listener.http2 is not None and listener.http2.only
-            terminator = (
-                build_server_context(tls, http2=http2, http2_only=only) if tls is not None else None
-            )
-            if terminator is not None:
-                self.terminators.append(terminator)
+            terminator = terminators[name]
             server = await self.loop.create_server(
                 lambda settings=settings: ClientConnection(settings, self.context),
                 sock=sock,
@@ -561,7 +573,9 @@ class Worker:
             pool.close_idle(float("inf"))
 
 
-async def _run(channel_fd: int, fds: dict[str, int]) -> int:
+async def _run(
+    channel_fd: int, fds: dict[str, int], identity: privileges.Identity | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     # first of all: a SIGHUP or SIGUSR1 to the process group must not kill a starting worker
     stop = asyncio.Event()
@@ -579,7 +593,18 @@ async def _run(channel_fd: int, fds: dict[str, int]) -> int:
     config = parse_config(first["text"], first["filename"])
     sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}
     worker = Worker(loop, config, sockets)
-    await worker.start()
+
+    def switch_user() -> None:
+        # the sockets were bound by the supervisor (ports below 1024 too) and certificates
+        # are read: before the first client byte, this process stops being root
+        if identity is not None:
+            privileges.drop(identity)
+
+    try:
+        await worker.start(switch_user)
+    except privileges.PrivilegeError as exc:
+        log.error("%s", exc)
+        return 1
     # The request path allocates many short-lived containers but makes no reference cycles in
     # steady state: collect the youngest generation less often, and never scan what was built
     # at start-up (the Instagram recipe; measured ~3% of worker CPU on small responses).
@@ -646,7 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portico-worker")
     parser.add_argument("--channel", type=int, required=True)
     parser.add_argument("--listen", action="append", default=[], help="NAME=FD")
+    parser.add_argument("--user", help="NAME:UID:GID to switch to once listening")
     args = parser.parse_args(argv)
+    identity = privileges.Identity.parse(args.user) if args.user else None
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s"
     )
@@ -657,8 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ImportError):
         import uvloop
 
-        return int(uvloop.run(_run(args.channel, fds)))
-    return asyncio.run(_run(args.channel, fds))
+        return int(uvloop.run(_run(args.channel, fds, identity)))
+    return asyncio.run(_run(args.channel, fds, identity))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import simple_config
 from fakes import FakeBackend, Portico, Reply, request
+from redis_server import RedisServer, redis_server_binary
 
 MakeBackend = Callable[..., FakeBackend]
 MakePortico = Callable[[str], Portico]
@@ -283,3 +284,29 @@ def test_the_dashboard_shows_the_cache_hit_ratio_per_route(
     expect(row.locator("td").nth(1)).to_have_text("75.0%")
     expect(row.locator("td").nth(2)).to_have_text("3")
     expect(page.locator("#cache-size")).to_contain_text("responses stored: 1")
+
+
+def test_the_dashboard_lists_the_live_instances_of_a_fleet(
+    backends: MakeBackend, portico: MakePortico, page: Page, tmp_path: Path
+) -> None:
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed: scripts/test installs it when run as root")
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis", binary)
+    redis.start()
+    try:
+        servers = [backends("a")]
+        configs = [
+            simple_config(servers, top=f"{ADMIN}state: {{redis: '{redis.url}', instance: {n}}}\n")
+            for n in ("edge-1", "edge-2")
+        ]
+        first = portico(configs[0], filename="one.yaml")
+        portico(configs[1], filename="two.yaml")
+        page.goto(f"http://127.0.0.1:{admin_port(first)}/#token={TOKEN}")
+        expect(page.locator("#fleet-card")).to_be_visible()
+        expect(page.locator("#fleet tr")).to_have_count(2)
+        expect(page.locator("#fleet tr.self th")).to_have_text("edge-1")
+        expect(page.locator("#fleet")).to_contain_text("edge-2")
+    finally:
+        redis.stop()

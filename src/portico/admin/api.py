@@ -18,7 +18,7 @@ import json
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Protocol, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
@@ -53,13 +53,17 @@ __all__ = [
     "AdminRequest",
     "AdminResponse",
     "BadRequest",
+    "Check",
     "Conflict",
     "Endpoint",
     "ErrorBody",
+    "FleetDown",
+    "FleetView",
     "HealthView",
     "ListenerView",
     "NotFound",
     "PoolView",
+    "Readiness",
     "ReloadResult",
     "Removed",
     "ServerState",
@@ -71,6 +75,7 @@ __all__ = [
     "error_response",
     "listener_views",
     "pool_views",
+    "readiness",
 ]
 
 log = logging.getLogger("portico.admin")
@@ -173,6 +178,64 @@ class ErrorBody(TypedDict):
     detail: Annotated[str, Field(description="Which value, and what to do")]
 
 
+class Check(TypedDict):
+    ok: bool
+    detail: str
+
+
+class Readiness(TypedDict):
+    """What `GET /readyz` answers (200 when `ready`, else 503)."""
+
+    ready: bool
+    checks: dict[str, Check]  # listening, workers, config, and state_store when required
+
+
+def readiness(
+    *,
+    started: bool,
+    stopping: bool,
+    listening: bool,
+    listeners: int,
+    workers_up: int,
+    workers_expected: int,
+    config: str,
+    store: Check | None,
+) -> Readiness:
+    """Ready means: past start-up and not stopping, every listener open, every worker up,
+    a config loaded, and the state store answering when the config has one (`store` None:
+    not required). Each check says why in words, for logs and `portico health`."""
+    checks: dict[str, Check] = {
+        "listening": {
+            "ok": listening and not stopping,
+            "detail": (
+                "stopping: draining"
+                if stopping
+                else f"{listeners} listener(s) open"
+                if listening
+                else "starting"
+                if not started
+                else "a listener is closed"
+            ),
+        },
+        "workers": {
+            "ok": workers_up >= workers_expected and not stopping,
+            "detail": f"{workers_up}/{workers_expected} ready",
+        },
+        "config": {"ok": started, "detail": config if started else "starting"},
+    }
+    if store is not None:
+        checks["state_store"] = store
+    return {"ready": all(check["ok"] for check in checks.values()), "checks": checks}
+
+
+class FleetView(TypedDict):
+    """What `GET /api/fleet` answers."""
+
+    instance: str  # this instance's name
+    instances: list[dict[str, Any]]  # the live ones (heartbeats), this one included
+    changes: list[dict[str, Any]]  # the latest fleet-wide changes, newest first, with `by`
+
+
 class SupervisorView(Protocol):
     """What the admin API needs from the supervisor, and nothing more.
 
@@ -210,6 +273,21 @@ class SupervisorView(Protocol):
 
     def running_config(self) -> Config:
         """The config the workers run now, with the API's changes (weights, servers) in it."""
+        ...
+
+    def readiness(self) -> Readiness:
+        """Whether this instance should get traffic (`readiness`); cheap, never waits."""
+        ...
+
+    def fleet_change(self, change: dict[str, Any], by: dict[str, str]) -> Awaitable[None]:
+        """Publish a change for every instance (this one included) and return once it
+        applies here; AdminError if there is no fleet (no state.redis) or Redis is down."""
+        ...
+
+    def fleet(self) -> Awaitable[FleetView]: ...
+
+    def fleet_reset(self, by: dict[str, str]) -> Awaitable[None]:
+        """Every instance forgets the fleet's changes and reloads its file."""
         ...
 
 
@@ -271,6 +349,11 @@ class Unprocessable(AdminError):
     error = "invalid request"
 
 
+class FleetDown(AdminError):
+    status = 503
+    error = "fleet unavailable"
+
+
 # ---------------------------------------------------------------------------------------------
 # Requests and answers, as plain values (server.py parses and writes the bytes)
 
@@ -282,6 +365,8 @@ class AdminRequest:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
     client: str = "unknown"  # "address:port", for the log
+    query: str = ""  # as sent, percent-encoded, without the "?"
+    user: str = ""  # the token's name ("admin" for admin.token), once checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +407,7 @@ def _check_weight(value: int) -> int:
 
 
 class WeightChange(_Body):
-    """``{"weight": 5}``: a server's new balancing weight."""
+    """``{"weight": 5}``: a server's new balancing weight (`"fleet": true`: every instance's)."""
 
     weight: Annotated[
         int,
@@ -330,6 +415,7 @@ class WeightChange(_Body):
         AfterValidator(_check_weight),
         WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 256}),
     ]
+    fleet: bool = False  # every instance (through state.redis), not only this one
 
 
 def _check_purge_url(value: str | None) -> str | None:
@@ -359,6 +445,7 @@ class StateChange(_Body):
     """``{"state": "drain"}``: take a server out of rotation gently, or bring it back."""
 
     state: ServerState
+    fleet: bool = False  # every instance (through state.redis), not only this one
 
 
 def _show(value: object) -> str:
@@ -528,6 +615,7 @@ class Endpoint:
     template: str
     action: str  # the AdminApi method that answers
     public: bool = False  # answered without the token (scrapers, the dashboard's files)
+    probe: bool = False  # a health probe: public, and answered whatever the Host header says
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -544,12 +632,19 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("DELETE", "/api/pools/{pool}/servers/{server}", "delete_server"),
     Endpoint("POST", "/api/reload", "post_reload"),
     Endpoint("POST", "/api/cache/purge", "post_purge"),
+    Endpoint("GET", "/api/fleet", "get_fleet"),
+    Endpoint("POST", "/api/fleet/reset", "post_fleet_reset"),
     Endpoint("POST", "/api/explain", "post_explain"),
     Endpoint("GET", "/metrics", "get_metrics", public=True),
+    Endpoint("GET", "/healthz", "get_healthz", public=True, probe=True),
+    Endpoint("GET", "/readyz", "get_readyz", public=True, probe=True),
     Endpoint("GET", "/openapi.json", "get_openapi"),
     Endpoint("GET", "/", "get_index", public=True),
     Endpoint("GET", "/static/{path}", "get_static", public=True),  # {path} may hold "/"
 )
+
+
+_PROBES: Final = {e.template: e.action for e in ENDPOINTS if e.probe}
 
 
 def _match(endpoint: Endpoint, segments: list[str]) -> dict[str, str] | None:
@@ -619,10 +714,17 @@ class AdminApi:
     """
 
     def __init__(
-        self, view: SupervisorView, token: str | None, static_dir: Path | None = STATIC_DIR
+        self,
+        view: SupervisorView,
+        token: str | None,
+        static_dir: Path | None = STATIC_DIR,
+        users: Mapping[str, str] | None = None,
     ) -> None:
+        """`users`: named tokens (name -> token), accepted as `token` is (named "admin")."""
         self.view = view
-        self._token = token.encode("utf-8") if token else None
+        named = {**({"admin": token} if token else {}), **(users or {})}
+        self._tokens = [(name, secret.encode("utf-8")) for name, secret in named.items()]
+        self._token = b"" if self._tokens else None  # None: the API is open
         self._static = static_dir
         self._openapi = json.dumps(OPENAPI, indent=2).encode() + b"\n"
         self._actions: dict[str, Action] = {
@@ -635,12 +737,21 @@ class AdminApi:
             "delete_server": self.delete_server,
             "post_reload": self.post_reload,
             "post_purge": self.post_purge,
+            "get_fleet": self.get_fleet,
+            "post_fleet_reset": self.post_fleet_reset,
             "post_explain": self.post_explain,
             "get_metrics": self.get_metrics,
+            "get_healthz": self.get_healthz,
+            "get_readyz": self.get_readyz,
             "get_openapi": self.get_openapi,
             "get_index": self.get_index,
             "get_static": self.get_static,
         }
+
+    @property
+    def is_open(self) -> bool:
+        """No token configured: anyone who can connect may use the API."""
+        return self._token is None
 
     async def handle(self, request: AdminRequest) -> AdminResponse:
         """The answer to `request`; never raises. A refused change is logged as a warning."""
@@ -664,6 +775,10 @@ class AdminApi:
 
     async def _dispatch(self, request: AdminRequest) -> AdminResponse:
         method = "GET" if request.method == "HEAD" else request.method
+        if method == "GET" and request.path in _PROBES:
+            # load balancers and keepalived probe by address or by name: no Host check, no
+            # token, and nothing else looked at (cheap, and reveals nothing but up or not)
+            return await self._actions[_PROBES[request.path]](request, {})
         if self._token is None:
             host = request.headers.get("host")
             if host is not None and not _is_local_name(host):
@@ -680,7 +795,9 @@ class AdminApi:
         chosen = next(((e, p) for e, p in matches if e.method == method), None)
         public = chosen is not None and chosen[0].public
         if not public:
-            self._check_token(request)
+            user = self._check_token(request)
+            if user:
+                request = replace(request, user=user)
         if chosen is None:
             if not matches:
                 raise NotFound(f"no endpoint at {request.path}; see /openapi.json")
@@ -697,10 +814,10 @@ class AdminApi:
             params = {name: _decode(value) for name, value in params.items()}
         return await self._actions[endpoint.action](request, params)
 
-    def _check_token(self, request: AdminRequest) -> None:
-        token = self._token
-        if token is None:
-            return
+    def _check_token(self, request: AdminRequest) -> str:
+        """The name of the token the request carries ("" when the API is open)."""
+        if self._token is None:
+            return ""
         challenge = (("WWW-Authenticate", 'Bearer realm="portico"'),)
         header = request.headers.get("authorization")
         if header is None:
@@ -713,9 +830,16 @@ class AdminApi:
                 'the Authorization header must be "Bearer <token>"', headers=challenge
             )
         # constant time: how much of a guess matched must not show in how long a refusal takes
-        # the header arrived as bytes read as latin-1: compare those bytes with the UTF-8 token
-        if not hmac.compare_digest(credentials.strip().encode("latin-1"), token):
+        # (every token is compared, whichever matched); the header arrived as bytes read as
+        # latin-1: compare those bytes with the UTF-8 tokens
+        given = credentials.strip().encode("latin-1")
+        found = ""
+        for name, secret in self._tokens:
+            if hmac.compare_digest(given, secret):
+                found = name
+        if not found:
             raise Forbidden("the token is not the admin token", error="wrong token")
+        return found
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -731,6 +855,15 @@ class AdminApi:
     async def get_metrics(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         body, content_type = self.view.metrics(request.headers.get("accept", ""))
         return AdminResponse(200, body, content_type, (("Cache-Control", "no-store"),))
+
+    async def get_healthz(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        """Alive: the supervisor's event loop answers (for restarts and VRRP tracking)."""
+        return _json(200, {"status": "ok"})
+
+    async def get_readyz(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        """Ready for traffic: 200, or 503 with the failing checks (for balancers in front)."""
+        result = self.view.readiness()
+        return _json(200 if result["ready"] else 503, result)
 
     async def get_openapi(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         return AdminResponse(200, self._openapi, "application/json")
@@ -753,17 +886,31 @@ class AdminApi:
     async def put_weight(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         pool, server = params["pool"], params["server"]
         self._server(pool, server)
-        weight = _parse(WeightChange, _json_object(request, '{"weight": 5}')).weight
-        self.view.set_weight(pool, server, weight)
-        _log_change(request, f"set the weight of server {server!r} of pool {pool!r} to {weight}")
+        body = _parse(WeightChange, _json_object(request, '{"weight": 5}'))
+        weight = body.weight
+        what = f"set the weight of server {server!r} of pool {pool!r} to {weight}"
+        if _fleet_wide(request, body.fleet):
+            change = {"kind": "weight", "pool": pool, "server": server, "weight": weight}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.set_weight(pool, server, weight)
+        _log_change(request, what)
         return _json(200, self._server(pool, server))
 
     async def put_state(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         pool, server = params["pool"], params["server"]
         self._server(pool, server)
-        state = _parse(StateChange, _json_object(request, '{"state": "drain"}')).state
-        self.view.set_state(pool, server, state)
-        _log_change(request, f"set server {server!r} of pool {pool!r} to {state}")
+        body = _parse(StateChange, _json_object(request, '{"state": "drain"}'))
+        state = body.state
+        what = f"set server {server!r} of pool {pool!r} to {state}"
+        if _fleet_wide(request, body.fleet):
+            change = {"kind": "state", "pool": pool, "server": server, "state": state}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.set_state(pool, server, state)
+        _log_change(request, what)
         return _json(200, self._server(pool, server))
 
     async def post_server(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
@@ -777,12 +924,17 @@ class AdminApi:
                 "name, or change that server's weight or state instead",
                 error="server exists",
             )
-        self.view.add_server(pool, server)
-        _log_change(
-            request,
+        what = (
             f"added server {server.name!r} ({server.address}, weight {server.weight}) "
-            f"to pool {pool!r}",
+            f"to pool {pool!r}"
         )
+        if _fleet_wide(request, False):
+            change = {"kind": "add_server", "pool": pool, "new": server.model_dump(mode="json")}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.add_server(pool, server)
+        _log_change(request, what)
         return _json(201, self._server(pool, server.name))
 
     async def delete_server(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
@@ -793,8 +945,14 @@ class AdminApi:
                 f'"{server}" is the only server of pool "{pool}": add another one first',
                 error="last server",
             )
-        self.view.remove_server(pool, server)
-        _log_change(request, f"removed server {server!r} from pool {pool!r}")
+        what = f"removed server {server!r} from pool {pool!r}"
+        if _fleet_wide(request, False):
+            change = {"kind": "remove_server", "pool": pool, "server": server}
+            await self.view.fleet_change(change, self._by(request))
+            what += ", fleet-wide"
+        else:
+            self.view.remove_server(pool, server)
+        _log_change(request, what)
         removed: Removed = {"pool": pool, "removed": server}
         return _json(200, removed)
 
@@ -817,6 +975,30 @@ class AdminApi:
             return _json(422, {"error": "reload refused", **result})
         _log_change(request, f"reloaded the config: generation {result['generation']}")
         return _json(200, result)
+
+    async def get_fleet(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        """The live instances and the latest fleet-wide changes, with who made them."""
+        return _json(200, await self.view.fleet())
+
+    async def post_fleet_reset(
+        self, request: AdminRequest, params: dict[str, str]
+    ) -> AdminResponse:
+        """Every instance forgets the fleet's changes and reloads its file."""
+        await self.view.fleet_reset(self._by(request))
+        _log_change(request, "reset the fleet's changes (every instance reloads its file)")
+        return _json(200, {"reset": True})
+
+    def _by(self, request: AdminRequest) -> dict[str, str]:
+        """Who makes a change, as the fleet's log records it: the client's address and the
+        name of the token used (admin.users, "admin" for admin.token, "anonymous" without
+        one); an X-Portico-User header adds the person the token holder says acts."""
+        by = {"client": request.client, "user": request.user or "anonymous"}
+        claimed = request.headers.get("x-portico-user", "").strip()
+        if claimed:
+            if len(claimed) > 64 or not claimed.isprintable():
+                raise BadRequest("X-Portico-User is at most 64 printable characters")
+            by["on_behalf_of"] = claimed
+        return by
 
     async def post_explain(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
         """`portico explain` with this instance's live server state; changes nothing."""
@@ -929,8 +1111,21 @@ def _check_origin(request: AdminRequest) -> None:
         )
 
 
+def _fleet_wide(request: AdminRequest, asked: bool) -> bool:
+    """A change for every instance: `"fleet": true` in the body, or `?fleet=true` (or
+    `?fleet`, `=1`, `=yes`) in the query."""
+    if asked:
+        return True
+    for part in request.query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "fleet":
+            return value.lower() in ("", "1", "true", "yes")
+    return False
+
+
 def _log_change(request: AdminRequest, what: str) -> None:
-    log.info("admin: %s %s", request.client, what)
+    who = f"{request.client} ({request.user})" if request.user else request.client
+    log.info("admin: %s %s", who, what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -967,6 +1162,8 @@ SCHEMAS: Final[dict[str, tuple[Any, JsonSchemaMode]]] = {
     "Server": (ServerView, "serialization"),
     "Health": (HealthView, "serialization"),
     "ReloadResult": (ReloadResult, "serialization"),
+    "Readiness": (Readiness, "serialization"),
+    "Fleet": (FleetView, "serialization"),
     "Removed": (Removed, "serialization"),
     "Purged": (Purged, "serialization"),
     "CachePurge": (CachePurge, "validation"),
@@ -1022,7 +1219,8 @@ OPENAPI: Final[dict[str, Any]] = {
         "description": (
             "The live state of a Portico instance and changes to it, served by the supervisor "
             "on the admin listener (admin.bind, 127.0.0.1:9090 by default). When admin.token "
-            "(or the variable named by admin.token_env) is set, every endpoint except /metrics "
+            "(or the variable named by admin.token_env, or a named token of admin.users) is "
+            "set, every endpoint except /metrics, /healthz, /readyz "
             "and the dashboard's files needs `Authorization: Bearer <token>`. Without a token, "
             "requests must name the listener by IP address or localhost in Host. Changes made "
             "here apply to the running workers at once and are logged; they are not written to "
@@ -1131,6 +1329,37 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
             },
         },
+        "/api/fleet": {
+            "get": {
+                "operationId": "getFleet",
+                "summary": "The live instances of the fleet and its latest changes",
+                "description": "With state.redis: every instance sharing that Redis, from "
+                "their heartbeats (gone after 3 s without one), and the latest fleet-wide "
+                'changes (made with ?fleet=true or "fleet": true), newest first, each with '
+                "who made it (instance, client address, user) and when.",
+                "responses": {
+                    "200": _ok("The fleet", _ref("Fleet")),
+                    **_AUTH_ERRORS,
+                    "400": _error("No state.redis: no fleet"),
+                    "503": _error("Redis does not answer"),
+                },
+            }
+        },
+        "/api/fleet/reset": {
+            "post": {
+                "operationId": "resetFleet",
+                "summary": "Forget every fleet-wide change: each instance reloads its file",
+                "responses": {
+                    "200": _ok(
+                        "Published; every instance reloads",
+                        {"type": "object", "properties": {"reset": {"const": True}}},
+                    ),
+                    **_AUTH_ERRORS,
+                    "400": _error("No state.redis: no fleet"),
+                    "503": _error("Redis does not answer"),
+                },
+            }
+        },
         "/api/explain": {
             "post": {
                 "operationId": "explain",
@@ -1208,6 +1437,39 @@ OPENAPI: Final[dict[str, Any]] = {
                             "application/openmetrics-text": {"schema": {"type": "string"}},
                         },
                     }
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "getHealthz",
+                "summary": "Alive (no token needed, any Host)",
+                "description": "200 while the supervisor answers: for keepalived's track "
+                "script and restart decisions.",
+                "security": [],
+                "responses": {
+                    "200": _ok(
+                        "Alive",
+                        {
+                            "type": "object",
+                            "properties": {"status": {"const": "ok"}},
+                            "required": ["status"],
+                        },
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "getReadyz",
+                "summary": "Ready for traffic (no token needed, any Host)",
+                "description": "200 when every listener is open, every worker is up, a config "
+                "is loaded and (with state.redis) Redis answers; 503 otherwise, and while "
+                "starting or draining.",
+                "security": [],
+                "responses": {
+                    "200": _ok("Ready", _ref("Readiness")),
+                    "503": _ok("Not ready: the failing checks say why", _ref("Readiness")),
                 },
             }
         },

@@ -142,7 +142,10 @@ class _Requests:
         url = httptools.parse_url(self._url) if self._url else None
         method = self.parser.get_method().decode("ascii", "replace")
         path = url.path.decode("latin-1") if url is not None and url.path else ""
-        request = AdminRequest(method, path, self._headers, b"".join(self._body), self.client)
+        query = url.query.decode("latin-1") if url is not None and url.query else ""
+        request = AdminRequest(
+            method, path, self._headers, b"".join(self._body), self.client, query
+        )
         self.ready.append((request, self._keep_alive))
 
     def _grow_head(self, size: int) -> None:
@@ -215,9 +218,14 @@ class AdminServer:
     """
 
     def __init__(
-        self, view: SupervisorView, token: str | None, *, static_dir: Path | None = STATIC_DIR
+        self,
+        view: SupervisorView,
+        token: str | None,
+        *,
+        static_dir: Path | None = STATIC_DIR,
+        users: Mapping[str, str] | None = None,
     ) -> None:
-        self.api = AdminApi(view, token, static_dir)
+        self.api = AdminApi(view, token, static_dir, users)
         self.token = token
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
@@ -231,7 +239,7 @@ class AdminServer:
             self._server = await asyncio.start_server(self._serve, sock=sock)
         else:
             self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
-            if not self.token and not _is_loopback(host):
+            if self.api.is_open and not _is_loopback(host):
                 log.warning(
                     "admin API on %s without a token: anyone who can reach it can change "
                     "pools and reload; set admin.token or admin.token_env",

@@ -81,6 +81,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(text, filename)
 
 
+def _discovery_loc(loc: Loc, data: object) -> Loc:
+    """Where a DNS entry's problem is in the file: `pools.P.discover[k]` names the k-th
+    `dns:`/`srv:` entry, which the file may give in `servers:` (PoolConfig moves them)."""
+    if len(loc) < 4 or loc[0] != "pools" or loc[2] != "discover" or not isinstance(loc[3], int):
+        return loc
+    pool = data.get("pools", {}).get(loc[1]) if isinstance(data, dict) else None
+    if not isinstance(pool, dict):
+        return loc
+    given = pool.get("discover")
+    k = loc[3] - (len(given) if isinstance(given, list) else 0)
+    if k < 0:
+        return loc  # in `discover:` itself
+    servers = pool.get("servers")
+    entries = [
+        i
+        for i, s in enumerate(servers if isinstance(servers, list) else [])
+        if isinstance(s, dict) and ("dns" in s or "srv" in s)
+    ]
+    if k >= len(entries):
+        return loc
+    return ("pools", loc[1], "servers", entries[k], *loc[4:])
+
+
 def parse_config(text: str, filename: str) -> Config:
     """Validate config `text`; `filename` is only used to label problems.
 
@@ -114,7 +137,12 @@ def parse_config(text: str, filename: str) -> Config:
     try:
         config = Config.model_validate(data, context={DEFER_REFERENCES: True})
     except ValidationError as exc:
-        found.extend(_explain(error) for error in _relevant(exc.errors(include_url=False)))
+        found.extend(
+            (_discovery_loc(loc, data), message)
+            for loc, message in (
+                _explain(error) for error in _relevant(exc.errors(include_url=False))
+            )
+        )
     if config is not None:
         found.extend((issue.loc, issue.message) for issue in check_references(config))
     if config is not None and not placed and not found:

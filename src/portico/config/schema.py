@@ -476,6 +476,37 @@ class ServerConfig(_Model):
         return {**data, "name": str(address)}
 
 
+def _check_srv_name(value: str) -> str:
+    labels = value.rstrip(".").split(".")
+    if len(labels) < 3 or not labels[0].startswith("_") or not labels[1].startswith("_"):
+        raise ValueError(f"{show(value)} is not an SRV name: write _service._proto.name")
+    if not all(label and len(label) < 64 for label in labels):
+        raise ValueError(f"{show(value)} has an empty or too long label")
+    return value
+
+
+class DiscoveryConfig(_Model):
+    """Servers found in DNS (given in `servers:` as `dns:` or `srv:`), re-resolved as their
+    records' TTLs say (bounded by `resolver.min_ttl`/`max_ttl`)."""
+
+    dns: Address | None = None  # name:port: every A and AAAA record of the name, on this port
+    srv: Annotated[str, AfterValidator(_check_srv_name)] | None = None  # _http._tcp.name
+    weight: _Weight = 1  # for `dns` entries (SRV records carry their own)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.dns is None) == (self.srv is None):
+            raise ValueError("give dns: NAME:PORT or srv: _service._proto.NAME (one of them)")
+        if self.srv is not None and "weight" in self.model_fields_set:
+            raise ValueError("srv: the records give each server's weight: remove weight")
+        return self
+
+    @property
+    def key(self) -> str:
+        """What the entry is called in logs, metrics and the admin API."""
+        return f"dns {self.dns}" if self.dns is not None else f"srv {self.srv}"
+
+
 class PoolTimeouts(_Model):
     """How long Portico waits on a pool's servers, in seconds."""
 
@@ -651,7 +682,11 @@ class PoolConfig(_Model):
     # a policy's options, given as `policy: {use: NAME, with: {...}}`
     policy_with: Annotated[dict[str, Any], _EMPTY_SECTION] = Field(default_factory=dict)
     hash_key: Annotated[str, AfterValidator(_check_hash_key)] = "client_ip"
-    servers: tuple[ServerConfig, ...] = Field(min_length=1)
+    # servers found in DNS: written in `servers:` as {dns: NAME:PORT} or {srv: _x._tcp.NAME}
+    # (or here, as `discover:`); they come and go as the records change. Before `servers`,
+    # whose check reads it.
+    discover: tuple[DiscoveryConfig, ...] = ()
+    servers: tuple[ServerConfig, ...]  # at least one, unless `discover` has an entry
     timeouts: Annotated[PoolTimeouts, _EMPTY_SECTION] = Field(default_factory=PoolTimeouts)
     keepalive: Annotated[PoolKeepalive, _EMPTY_SECTION] = Field(default_factory=PoolKeepalive)
     # Other servers tried after a connect failure, or after an idempotent request failed
@@ -684,6 +719,33 @@ class PoolConfig(_Model):
             raise ValueError('policy: missing required key "use"')
         return {**data, "policy": spec["use"], "policy_with": spec.get("with") or {}}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _discovery_entries(cls, data: Any) -> Any:
+        """`servers:` entries with `dns:` or `srv:` are DNS discovery entries: moved to
+        `discover`, after those given there."""
+        if not isinstance(data, dict) or not isinstance(data.get("servers"), list | tuple):
+            return data
+        servers = data["servers"]
+        found = [s for s in servers if isinstance(s, dict) and ("dns" in s or "srv" in s)]
+        if not found:
+            return data
+        static = [s for s in servers if not (isinstance(s, dict) and ("dns" in s or "srv" in s))]
+        discover = data.get("discover") or []
+        if not isinstance(discover, list | tuple):
+            return data  # the field reports it
+        return {**data, "servers": static, "discover": [*discover, *found]}
+
+    @field_validator("servers")
+    @classmethod
+    def _some_server(
+        cls, value: tuple[ServerConfig, ...], info: ValidationInfo
+    ) -> tuple[ServerConfig, ...]:
+        # (no `discover` in info.data: it was invalid, and is reported instead)
+        if not value and info.data.get("discover", True) == ():
+            raise ValueError("must have at least one entry")
+        return value
+
 
 # ---------------------------------------------------------------------------------------------
 # The whole file
@@ -696,6 +758,9 @@ class StateConfig(_Model):
     timeout: Duration = 0.1  # no request waits longer than this on the store
     rate_limit_fallback: Literal["local", "open", "closed"] = "local"  # Redis unreachable:
     # local = this worker's own limiter, open = allow, closed = refuse (429)
+    # this instance's name in the fleet (changes made with `fleet`, /api/fleet); default:
+    # host name and pid
+    instance: Name | None = None
 
     @field_validator("redis")
     @classmethod
@@ -719,18 +784,69 @@ class PluginsConfig(_Model):
         return self._base_dir
 
 
+class ResolverConfig(_Model):
+    """How servers named in DNS (`dns:`, `srv:` in a pool) are looked up: asynchronously,
+    from these name servers, never with the blocking system call."""
+
+    nameservers: tuple[Address, ...] = ()  # IP:port; empty: those of /etc/resolv.conf
+    min_ttl: DurationOrZero = 1.0  # records are looked up again after their TTL, at least
+    max_ttl: Duration = 300.0  # ... and at most this long after the last lookup
+    timeout: Duration = 2.0  # one lookup (all tries together); a failure keeps the last set
+    drain_timeout: DurationOrZero = 30.0  # a removed server drains this long at most
+
+    @model_validator(mode="after")
+    def _ttl_bounds(self) -> Self:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError(f"min_ttl ({self.min_ttl:g}s) exceeds max_ttl ({self.max_ttl:g}s)")
+        return self
+
+
+class AdminUser(_Model):
+    """A named admin token: what the user's changes are recorded under (the log, the fleet)."""
+
+    name: Name
+    token: str | None = None
+    token_env: str | None = None  # or: the environment variable that holds it
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError("give token or token_env (one of them)")
+        return self
+
+
 class AdminConfig(_Model):
     """The admin API, metrics and dashboard, served by the supervisor."""
 
     bind: BindAddress = Field(default_factory=lambda: parse_address("127.0.0.1:9090"))
     token: str | None = None  # required as "Authorization: Bearer <token>" when set
     token_env: str | None = None  # or: the environment variable that holds the token
+    users: tuple[AdminUser, ...] = ()  # named tokens, each accepted as the token is
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> Self:
+        names = [user.name for user in self.users]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"users: {name!r} is named twice")
+        if "admin" in names and (self.token is not None or self.token_env is not None):
+            raise ValueError('users: "admin" is the name of admin.token: choose another')
+        return self
 
     @model_validator(mode="after")
     def _one_token(self) -> Self:
         if self.token is not None and self.token_env is not None:
             raise ValueError("give token or token_env, not both")
         return self
+
+
+def _check_account(value: str) -> str:
+    if not value or not all(c.isalnum() or c in "_.-" for c in value) or value.startswith("-"):
+        raise ValueError(f"{show(value)} is not a user or group name (or number)")
+    return value
+
+
+_Account = Annotated[str, AfterValidator(_check_account)]
 
 
 class Config(_Model):
@@ -743,10 +859,13 @@ class Config(_Model):
     ] = "auto"
     shutdown_grace: DurationOrZero = 30.0  # in-flight requests may finish within this on stop
     pid_file: str | None = None  # written by `portico run`, read by `portico reload`
+    user: _Account | None = None  # started as root: switch to this user once bound
+    group: _Account | None = None  # ... and this group (default: the user's primary group)
     state: Annotated[StateConfig, _EMPTY_SECTION] = Field(default_factory=StateConfig)
     listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     admin: Annotated[AdminConfig, _EMPTY_SECTION] | None = None  # no admin listener unless set
+    resolver: Annotated[ResolverConfig, _EMPTY_SECTION] = Field(default_factory=ResolverConfig)
     plugins: Annotated[PluginsConfig, _EMPTY_SECTION] = Field(default_factory=PluginsConfig)
     # the HTTP cache's storage (the routes' `cache:` say what is cached)
     cache: Annotated[CacheStorageConfig, _EMPTY_SECTION] = Field(default_factory=CacheStorageConfig)
@@ -802,6 +921,10 @@ def json_schema() -> dict[str, Any]:
     It accepts what the models accept, text forms included (``2s``, ``64KiB``); rules across
     fields and files (references, certificates) are `portico check`'s."""
     schema = Config.model_json_schema(mode="validation")
+    # a pool's `servers:` also takes DNS entries ({dns: ...} or {srv: ...}), which validation
+    # moves to `discover` (PoolConfig._discovery_entries): say so to editors
+    servers = schema["$defs"]["PoolConfig"]["properties"]["servers"]
+    servers["items"] = {"anyOf": [servers["items"], {"$ref": "#/$defs/DiscoveryConfig"}]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **schema,

@@ -87,9 +87,10 @@ async def serve(ports: list[int], host: str = "127.0.0.1") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portico-demo-backends")
     parser.add_argument("ports", nargs="+", type=int)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.ports))
+        asyncio.run(serve(args.ports, args.host))
     return 0
 
 

@@ -10,7 +10,7 @@ collector of the supervisor's own process (the workers do the work; their pids c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from prometheus_client.exposition import choose_encoder
@@ -24,7 +24,14 @@ from prometheus_client.registry import CollectorRegistry
 
 from portico.observe.stats import COUNTERS, GAUGES, HISTOGRAMS, MergedStats, StatsAggregator
 
-__all__ = ["METRICS", "PorticoCollector", "PrometheusExporter"]
+__all__ = [
+    "METRICS",
+    "CounterMetricFamily",
+    "GaugeMetricFamily",
+    "Metric",
+    "PorticoCollector",
+    "PrometheusExporter",
+]
 
 # stats name -> (Prometheus name, help). Counters get `_total` from prometheus-client.
 METRICS: Final[dict[str, tuple[str, str]]] = {
@@ -170,12 +177,27 @@ def _histograms(merged: MergedStats) -> Iterator[Metric]:
         yield family
 
 
+class _Own:
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families()
+
+
 class PrometheusExporter:
     """The supervisor's registry: Portico's metrics and nothing else."""
 
-    def __init__(self, aggregator: StatsAggregator) -> None:
+    def __init__(
+        self,
+        aggregator: StatsAggregator,
+        own: Callable[[], Iterable[Metric]] | None = None,
+    ) -> None:
+        """`own`: the supervisor's own series (not the workers'), read at each scrape."""
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PorticoCollector(aggregator))
+        if own is not None:
+            self.registry.register(_Own(own))
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """One scrape: the body and its Content-Type, in the format `accept` (the scraper's

@@ -179,8 +179,8 @@ def test_unknown_key_suggests_the_close_one() -> None:
 def test_unknown_key_far_from_any_lists_the_valid_ones() -> None:
     assert problems(BASE + "colour: blue\n") == [
         'portico.yaml:9 colour: unknown key "colour" '
-        "(valid keys here: workers, shutdown_grace, pid_file, state, listeners, pools, admin, "
-        "plugins, cache)"
+        "(valid keys here: workers, shutdown_grace, pid_file, user, group, state, listeners, "
+        "pools, admin, resolver, plugins, cache)"
     ]
 
 
@@ -445,3 +445,21 @@ def test_load_config_reports_non_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"workers: 2\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"latin1\.yaml:2: the file is not UTF-8 text"):
         load_config(path)
+
+
+def test_a_dns_entry_in_servers_is_reported_where_the_file_has_it() -> None:
+    text = """\
+listeners:
+  - {name: web, bind: 127.0.0.1:8080, default_pool: app}
+pools:
+  app:
+    servers:
+      - address: 127.0.0.1:9001
+      - dns: app.internal
+      - {srv: _http._tcp.app.internal, weight: 2}
+"""
+    assert problems(text) == [
+        'portico.yaml:7 pools.app.servers[1].dns: "app.internal" has no port: write host:port',
+        "portico.yaml:8 pools.app.servers[2]: srv: the records give each server's weight: "
+        "remove weight",
+    ]

@@ -29,6 +29,7 @@
     sparks: new Map(), // pool name -> recent req/s values
     lastMutation: 0, // performance.now() when a state change was last answered
     workers: 0,
+    fleet: undefined, // false once the API said there is no fleet (no state.redis)
   };
 
   class ApiError extends Error {
@@ -684,11 +685,48 @@
     if (pools) renderPools(pools, now, before, seconds, showStates);
     if (listeners) renderListeners(listeners, now, before, seconds);
     renderCache(metrics);
+    if (!page.needsToken && page.fleet !== false) await refreshFleet();
     if (failure) setStatus("offline", `admin API: ${failure.message}`);
     else if (!page.needsToken) {
       const time = new Date().toLocaleTimeString("en-GB", { hour12: false });
       setStatus("live", `live · ${time}`);
     }
+  }
+
+  // -- the fleet (instances sharing state.redis) -------------------------------------------------
+
+  async function refreshFleet() {
+    let fleet;
+    try {
+      fleet = await api("GET", "/api/fleet");
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 400) page.fleet = false; // no state.redis
+      $("#fleet-card").hidden = true;
+      return;
+    }
+    page.fleet = true;
+    $("#fleet-card").hidden = false;
+    $("#fleet-self").textContent = `this one: ${fleet.instance}`;
+    const rows = fleet.instances.map((instance) => {
+      const row = document.createElement("tr");
+      const cells = [
+        instance.instance,
+        instance.host || "",
+        instance.admin || "",
+        instance.ready ? "ready" : "not ready",
+        String(instance.generation ?? ""),
+        String(instance.changes ?? ""),
+      ];
+      cells.forEach((text, i) => {
+        const cell = document.createElement(i === 0 ? "th" : "td");
+        cell.textContent = text;
+        if (i >= 4) cell.className = "num";
+        row.append(cell);
+      });
+      if (instance.instance === fleet.instance) row.className = "self";
+      return row;
+    });
+    $("#fleet").replaceChildren(...rows);
   }
 
   function loop() {
