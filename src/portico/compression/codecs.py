@@ -1,0 +1,147 @@
+"""Streaming compressors: gzip (zlib), br (brotli) and zstd (zstandard) as body transforms.
+
+Owns `Compressor`, a `BodyTransform` (feed / flush / end / abort, see the pipeline) that
+compresses a response body as it passes, and the per-coding library settings that bound its
+memory: the window of each coding is capped (gzip 32 KiB, br and zstd 512 KiB) so a response
+costs well under a megabyte of compressor state whatever its length, and nothing is ever held
+but what the library itself holds between two flushes. Never decides whether to compress
+(`portico.compression.policy` does). No hand-written codec: the libraries do the work.
+
+One call compresses what it is given, in the caller's thread: the edges hand it at most one
+read of the server (or of a file) at a time, so a step is as long as that read takes to
+compress (bench/compress_steps.py measures it per coding and level).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Final, Protocol
+
+import brotli
+import zstandard
+
+__all__ = ["BROTLI_WINDOW_BITS", "ZSTD_WINDOW_LOG", "CodingBytes", "Compressor"]
+
+BROTLI_WINDOW_BITS: Final = 19  # 512 KiB window (the library's default is 4 MiB)
+ZSTD_WINDOW_LOG: Final = 19  # 512 KiB window (level 3's own is 1 MiB; 19 is up to 8 MiB)
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS  # the gzip wrapper, 32 KiB window
+
+
+class CodingBytes(Protocol):
+    """Where a compressor adds the bytes it took (`before`) and gave (`after`): one per
+    coding and worker (`portico.observe.stats.WorkerStats.coding_bytes`)."""
+
+    before: int
+    after: int
+
+
+class _Engine(Protocol):
+    def compress(self, data: bytes | memoryview) -> bytes: ...
+    def flush(self) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class _Gzip:
+    __slots__ = ("_z",)
+
+    def __init__(self, level: int) -> None:
+        self._z = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS, 8)
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._z.compress(data)
+
+    def flush(self) -> bytes:
+        return self._z.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        return self._z.flush(zlib.Z_FINISH)
+
+
+class _Brotli:
+    __slots__ = ("_b",)
+
+    def __init__(self, level: int) -> None:
+        self._b = brotli.Compressor(mode=brotli.MODE_TEXT, quality=level, lgwin=BROTLI_WINDOW_BITS)
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._b.process(data)  # type: ignore[no-any-return]
+
+    def flush(self) -> bytes:
+        return self._b.flush()  # type: ignore[no-any-return]
+
+    def finish(self) -> bytes:
+        return self._b.finish()  # type: ignore[no-any-return]
+
+
+class _Zstd:
+    __slots__ = ("_z",)
+
+    def __init__(self, level: int) -> None:
+        params = zstandard.ZstdCompressionParameters.from_level(level, window_log=ZSTD_WINDOW_LOG)
+        self._z = zstandard.ZstdCompressor(compression_params=params).compressobj()
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._z.compress(data)
+
+    def flush(self) -> bytes:
+        return self._z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+    def finish(self) -> bytes:
+        return self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+
+
+_ENGINES: Final[dict[str, type[_Gzip] | type[_Brotli] | type[_Zstd]]] = {
+    "gzip": _Gzip,
+    "br": _Brotli,
+    "zstd": _Zstd,
+}
+
+
+class Compressor:
+    """Compresses one response body with `coding` at `level`, as a `BodyTransform`.
+
+    `streaming`: every `feed` is flushed at once (server-sent events must not wait behind a
+    compressor's buffer), at some cost in ratio. `counter` gets the bytes before and after.
+    """
+
+    __slots__ = ("_counter", "_engine", "_streaming", "coding")
+
+    def __init__(
+        self,
+        coding: str,
+        level: int,
+        *,
+        streaming: bool = False,
+        counter: CodingBytes | None = None,
+    ) -> None:
+        self.coding = coding
+        self._engine: _Engine | None = _ENGINES[coding](level)
+        self._streaming = streaming
+        self._counter = counter
+
+    def _count(self, before: int, out: bytes) -> bytes:
+        counter = self._counter
+        if counter is not None:
+            counter.before += before
+            counter.after += len(out)
+        return out
+
+    def feed(self, data: bytes | memoryview) -> bytes:
+        engine = self._engine
+        if engine is None or not data:
+            return b""
+        out = engine.compress(data)  # each library copies what it keeps of `data`
+        if self._streaming:
+            out += engine.flush()
+        return self._count(len(data), out)
+
+    def flush(self) -> bytes:
+        engine = self._engine
+        return b"" if engine is None else self._count(0, engine.flush())
+
+    def end(self) -> bytes:
+        engine, self._engine = self._engine, None
+        return b"" if engine is None else self._count(0, engine.finish())
+
+    def abort(self) -> None:
+        self._engine = None  # its state is freed with it; nothing more is sent

@@ -1,0 +1,299 @@
+"""A route's `static:` action: the answer to a GET or HEAD from a directory of files.
+
+Owns `StaticSite` (one route's settings, ready) and its `answer`: the file a request names
+(`portico.static.paths`), index files, the redirect of a directory named without its final
+slash, autoindex, the content type, validators and conditional requests, ranges, precompressed
+siblings, Cache-Control, and when the route's pool gets the request instead (`try_files:
+fallback`). An answer is a `StaticReply` value whose body is bytes or a streaming file body
+(`portico.static.files`); the protocol edges send it. Never touches a socket.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import quote
+
+from portico.compression.negotiate import CODINGS, accepted_codings, choose_coding
+from portico.compression.policy import DEFAULT_TYPES, TypeSet, merge_vary
+from portico.http.headers import Header
+from portico.static.conditional import (
+    UNSATISFIABLE,
+    WHOLE,
+    byte_ranges,
+    http_date,
+    make_etag,
+    preconditions,
+)
+from portico.static.files import FileBody, MultipartBody
+from portico.static.paths import (
+    Missing,
+    Opened,
+    Refused,
+    open_under,
+    request_segments,
+)
+
+__all__ = ["SIBLING_SUFFIXES", "StaticReply", "StaticSite", "content_type"]
+
+SIBLING_SUFFIXES: Final = {"zstd": ".zst", "br": ".br", "gzip": ".gz"}
+
+# Python's own table, not the host's /etc/mime.types: the same answer on every machine
+_TYPES: Final = mimetypes.MimeTypes()
+for _type, _ext in (
+    ("text/javascript", ".js"),  # RFC 9239
+    ("text/javascript", ".mjs"),
+    ("application/wasm", ".wasm"),
+    ("image/svg+xml", ".svg"),
+    ("application/manifest+json", ".webmanifest"),
+    ("text/markdown", ".md"),
+    ("image/webp", ".webp"),
+    ("image/avif", ".avif"),
+    ("font/woff2", ".woff2"),
+    ("font/woff", ".woff"),
+):
+    _TYPES.add_type(_type, _ext)
+_CHARSET_TYPES: Final = frozenset(
+    {"application/json", "application/manifest+json", "application/xml", "image/svg+xml"}
+)
+
+
+def content_type(name: str) -> bytes:
+    """The Content-Type of a file named `name`, with `charset=utf-8` for text;
+    application/octet-stream when the extension says nothing."""
+    guessed, _ = _TYPES.guess_type(name, strict=False)
+    if guessed is None:
+        return b"application/octet-stream"
+    if guessed.startswith("text/") or guessed in _CHARSET_TYPES:
+        return (guessed + "; charset=utf-8").encode("ascii")
+    return guessed.encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticReply:
+    """A static answer: a status, end-to-end headers (Content-Length included when there is
+    a body), and the body: bytes, or a file body the edge streams (and must close)."""
+
+    status: int
+    headers: list[Header]
+    body: bytes | FileBody | MultipartBody = b""
+
+
+def _plain(status: int, text: bytes, extra: Sequence[Header] = ()) -> StaticReply:
+    body = text + b"\n"
+    return StaticReply(
+        status,
+        [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            *extra,
+            (b"Content-Length", b"%d" % len(body)),
+        ],
+        body,
+    )
+
+
+_NOT_FOUND: Final = (404, b"404 Not Found")
+_FORBIDDEN: Final = (403, b"403 Forbidden")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticSite:
+    """One route's `static:` settings, ready to answer."""
+
+    root: str  # absolute and resolved
+    index: tuple[str, ...] = ("index.html",)
+    fallback: bool = False  # try_files: a missing file goes to the route's pool
+    follow_symlinks: bool = False
+    autoindex: bool = False
+    cache_control: bytes | None = None
+    precompressed: tuple[str, ...] = CODINGS  # sibling codings looked for, in preference order
+    types: TypeSet = field(default_factory=lambda: TypeSet.of(DEFAULT_TYPES))
+
+    def answer(self, method: bytes, target: bytes, headers: Sequence[Header]) -> StaticReply | None:
+        """The answer to this request, or None when it goes to the route's pool instead
+        (`fallback`: a missing file, or a method other than GET and HEAD)."""
+        if method != b"GET" and method != b"HEAD":
+            if self.fallback:
+                return None
+            return _plain(405, b"405 Method Not Allowed", [(b"Allow", b"GET, HEAD")])
+        try:
+            segments = request_segments(target)
+            opened = open_under(self.root, segments, self.follow_symlinks)
+        except Missing:
+            return None if self.fallback else _plain(*_NOT_FOUND)
+        except Refused as refused:
+            return _plain(*(_FORBIDDEN if refused.status == 403 else _NOT_FOUND))
+        if opened.is_dir:
+            return self._directory(method, target, headers, opened)
+        return self._file(method, headers, opened, segments[-1] if segments else "")
+
+    def _directory(
+        self, method: bytes, target: bytes, headers: Sequence[Header], opened: Opened
+    ) -> StaticReply | None:
+        path, mark, query = target.partition(b"?")
+        if not path.endswith(b"/"):
+            os.close(opened.fd)
+            # relative links in the page resolve against the directory only with the slash
+            location = path + b"/" + (mark + query if mark else b"")
+            return _plain(301, b"301 Moved Permanently", [(b"Location", location)])
+        for name in self.index:
+            try:
+                found = open_under(self.root, (*opened.segments, name), self.follow_symlinks)
+            except Refused:
+                continue
+            if found.is_file:
+                os.close(opened.fd)
+                return self._file(method, headers, found, name)
+            os.close(found.fd)
+        if self.autoindex:
+            try:
+                return self._listing(method, path, opened)
+            finally:
+                os.close(opened.fd)
+        os.close(opened.fd)
+        return None if self.fallback else _plain(*_FORBIDDEN)
+
+    def _listing(self, method: bytes, path: bytes, opened: Opened) -> StaticReply:
+        """An HTML page naming the directory's entries (hidden ones left out), every name
+        HTML-escaped and every link percent-encoded."""
+        entries: list[tuple[str, bool]] = []
+        with os.scandir(opened.fd) as scan:
+            for entry in scan:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_dir = stat.S_ISDIR(entry.stat(follow_symlinks=self.follow_symlinks).st_mode)
+                except OSError:
+                    continue
+                entries.append((entry.name, is_dir))
+        entries.sort()
+        title = html.escape(path.decode("utf-8", "replace"))
+        lines = [
+            "<!DOCTYPE html>",
+            f"<html><head><meta charset=utf-8><title>Index of {title}</title></head>",
+            f"<body><h1>Index of {title}</h1><ul>",
+        ]
+        if opened.segments:
+            lines.append('<li><a href="../">../</a></li>')
+        for name, is_dir in entries:
+            slash = "/" if is_dir else ""
+            href = html.escape(quote(name, safe="") + slash, quote=True)
+            lines.append(f'<li><a href="{href}">{html.escape(name)}{slash}</a></li>')
+        lines.append("</ul></body></html>\n")
+        body = "\n".join(lines).encode("utf-8")
+        fields: list[Header] = [(b"Content-Type", b"text/html; charset=utf-8")]
+        if self.cache_control is not None:
+            fields.append((b"Cache-Control", b"no-cache"))
+        fields.append((b"Content-Length", b"%d" % len(body)))
+        return StaticReply(200, fields, b"" if method == b"HEAD" else body)
+
+    def _sibling(
+        self, opened: Opened, name: str, headers: Iterable[Header]
+    ) -> tuple[str, Opened] | None:
+        """The precompressed sibling (`name.br`, ...) this client gets, opened, if any."""
+        accepted = accepted_codings(v for n, v in headers if n.lower() == b"accept-encoding")
+        if not accepted:
+            return None
+        found: dict[str, Opened] = {}
+        try:
+            for coding in self.precompressed:
+                if choose_coding(accepted, (coding,)) is None:
+                    continue
+                segments = (*opened.segments[:-1], name + SIBLING_SUFFIXES[coding])
+                try:
+                    sibling = open_under(self.root, segments, self.follow_symlinks)
+                except Refused:
+                    continue
+                if sibling.is_file:
+                    found[coding] = sibling
+                else:
+                    os.close(sibling.fd)
+            chosen = choose_coding(accepted, tuple(found))
+            return None if chosen is None else (chosen, found.pop(chosen))
+        finally:
+            for other in found.values():
+                os.close(other.fd)
+
+    def _file(
+        self, method: bytes, headers: Sequence[Header], opened: Opened, name: str
+    ) -> StaticReply:
+        fields: list[Header] = []
+        ctype = content_type(name)
+        served = opened
+        compressible = self.precompressed and ctype.decode("ascii") in self.types
+        if compressible and opened.segments:
+            sibling = self._sibling(opened, opened.segments[-1], headers)
+            if sibling is not None:
+                coding, served = sibling
+                os.close(opened.fd)
+                fields.append((b"Content-Encoding", coding.encode("ascii")))
+        fd = served.fd
+        try:
+            info = served.stat
+            size = info.st_size
+            mtime = int(info.st_mtime)
+            etag = make_etag(size, info.st_mtime_ns)
+            fields += [
+                (b"Last-Modified", http_date(mtime)),
+                (b"ETag", etag),
+                (b"Accept-Ranges", b"bytes"),
+            ]
+            if self.cache_control is not None:
+                fields.append((b"Cache-Control", self.cache_control))
+            if compressible:
+                fields = merge_vary(fields)
+            verdict = preconditions(method, headers, etag, mtime)
+            if verdict == 304:
+                return StaticReply(304, fields)
+            if verdict == 412:
+                return _plain(412, b"412 Precondition Failed")
+            ranges = byte_ranges(method, headers, size, etag, mtime)
+            if ranges is UNSATISFIABLE:
+                return _plain(
+                    416, b"416 Range Not Satisfiable", [(b"Content-Range", b"bytes */%d" % size)]
+                )
+            if method == b"HEAD":
+                fields = [(b"Content-Type", ctype), *fields, (b"Content-Length", b"%d" % size)]
+                return StaticReply(200, fields)
+            if ranges is WHOLE:
+                fields = [(b"Content-Type", ctype), *fields, (b"Content-Length", b"%d" % size)]
+                reply = StaticReply(200, fields, FileBody(fd, 0, size))
+            elif len(ranges) == 1:
+                first, last = ranges[0]
+                fields = [
+                    (b"Content-Type", ctype),
+                    *fields,
+                    (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)),
+                    (b"Content-Length", b"%d" % (last - first + 1)),
+                ]
+                reply = StaticReply(206, fields, FileBody(fd, first, last - first + 1))
+            else:
+                boundary = secrets.token_hex(12).encode("ascii")
+                parts = [
+                    (
+                        b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n"
+                        % (boundary, ctype, first, last, size),
+                        first,
+                        last,
+                    )
+                    for first, last in ranges
+                ]
+                body = MultipartBody(fd, parts, b"\r\n--%s--\r\n" % boundary)
+                assert body.length is not None
+                fields = [
+                    (b"Content-Type", b"multipart/byteranges; boundary=" + boundary),
+                    *fields,
+                    (b"Content-Length", b"%d" % body.length),
+                ]
+                reply = StaticReply(206, fields, body)
+            fd = -1  # the body owns it now
+            return reply
+        finally:
+            if fd >= 0:
+                os.close(fd)
