@@ -42,7 +42,10 @@ class FileBody:
         return data
 
     def file_range(self) -> tuple[int, int, int] | None:
-        return (self._fd, self.offset, self.count) if self._fd >= 0 else None
+        """What is left to send: (fd, position, count); None once closed."""
+        if self._fd < 0:
+            return None
+        return (self._fd, self._pos, self._remaining)
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1

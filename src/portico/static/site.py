@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from portico.compression.negotiate import CODINGS, accepted_codings, choose_coding
 from portico.compression.policy import DEFAULT_TYPES, TypeSet, merge_vary
+from portico.config.content import CompressionConfig, StaticConfig
 from portico.http.headers import Header
 from portico.static.conditional import (
     UNSATISFIABLE,
@@ -40,7 +41,7 @@ from portico.static.paths import (
     request_segments,
 )
 
-__all__ = ["SIBLING_SUFFIXES", "StaticReply", "StaticSite", "content_type"]
+__all__ = ["SIBLING_SUFFIXES", "StaticReply", "StaticSite", "content_type", "static_site"]
 
 SIBLING_SUFFIXES: Final = {"zstd": ".zst", "br": ".br", "gzip": ".gz"}
 
@@ -297,3 +298,21 @@ class StaticSite:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+def static_site(config: StaticConfig, compression: CompressionConfig | None = None) -> StaticSite:
+    """A route's `static:` section, ready; precompressed siblings are looked for in the
+    order of the route's (or listener's) `compression.algorithms`, else zstd, br, gzip."""
+    cache = config.cache_control
+    order = tuple(compression.algorithms) if compression is not None else CODINGS
+    types = TypeSet.of(compression.types) if compression is not None else TypeSet.of(DEFAULT_TYPES)
+    return StaticSite(
+        root=config.root,
+        index=tuple(config.index),
+        fallback=config.try_files == "fallback",
+        follow_symlinks=config.follow_symlinks,
+        autoindex=config.autoindex,
+        cache_control=cache.header().encode("ascii") if cache is not None else None,
+        precompressed=order if config.precompressed else (),
+        types=types,
+    )
