@@ -588,3 +588,62 @@ def test_compression_metrics(site: Site) -> None:
 
     before, after = eventually(gzip_counts, "the gzip byte counters")
     assert 0 < after < before / 2
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("client", ["http11", "h2c", "tls"])
+def test_a_huge_file_to_a_slow_client_keeps_the_worker_small(site: Site, client: str) -> None:
+    """1 GiB (sparse) to a client reading slowly: the worker never holds more than a few
+    pieces of it, whatever the protocol (sendfile, or the bounded read loop)."""
+    huge = site.root / "huge.bin"
+    if not huge.exists():
+        with open(huge, "wb") as f:
+            f.truncate(1024 * MiB)
+    (worker,) = site.proxy.worker_pids()
+    get(site.port, "/files/page.txt")
+    before = rss_kib(worker)
+    peak = before
+    if client == "http11":
+        sock: socket.socket = connect(site.port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /files/huge.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        read = sock.recv
+    else:
+        if client == "tls":
+            context = ssl.create_default_context()
+            site.ca.configure_trust(context)
+            context.set_alpn_protocols(["h2"])
+            h2 = H2Client(
+                tls_client_socket(site.tls_port, context, SITE), scheme="https", authority=SITE
+            )
+        else:
+            h2 = H2Client(connect(site.port))
+        stream = h2.request("GET", "/files/huge.bin")
+        sock = h2.sock
+
+        def read(n: int) -> bytes:
+            h2.read_once()
+            body = h2.streams[stream].body
+            taken = bytes(body)
+            body.clear()
+            h2.conn.acknowledge_received_data(len(taken), stream)
+            h2.flush()
+            return taken
+
+    received = 0
+    deadline = time.monotonic() + 2.0
+    with sock:
+        while time.monotonic() < deadline:
+            received += len(read(65536))
+            peak = max(peak, rss_kib(worker))
+            time.sleep(0.01)  # a slow reader: the point of the test, not synchronisation
+    assert received > 1 * MiB, "the file did not flow at all"
+    assert received < 900 * MiB
+    assert peak - before < 16 * 1024, f"RSS rose {(peak - before) // 1024} MiB"
