@@ -29,6 +29,7 @@ from portico.config.plugins import FilterUse
 from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
 from portico.filters.plugin import (
+    DoneHook,
     PluginFilter,
     ResponseHook,
     ResponseHooks,
@@ -120,13 +121,16 @@ def debug_header(config: Config, listener: ListenerConfig) -> DebugHeader | None
 
 def plugin_filters(
     uses: Sequence[FilterUse], where: str, config: Config
-) -> tuple[tuple[RequestFilter, ...], ResponseHooks | None]:
+) -> tuple[tuple[RequestFilter, ...], ResponseHooks | None, tuple[DoneHook, ...]]:
     """Users' filters named in one `filters:` list (`where`: "listener web", for logs): their
-    request hooks in order, and their response hooks in reverse order (the first filter
-    named sees the request first and the response last). Only overridden hooks are kept."""
+    request hooks in order, their response hooks in reverse order (the first filter named
+    sees the request first and the response last), and their done hooks in reverse order
+    too. Only overridden hooks are kept."""
     settings = config.plugins
     request: list[RequestFilter] = []
     response: list[tuple[ResponseHook, Guard]] = []
+    local: list[bool] = []
+    done: list[DoneHook] = []
     for use in uses:
         cls, options = plugins.build(
             "filters", use.use, use.options, config.pools, settings.path, settings.base_dir
@@ -137,7 +141,11 @@ def plugin_filters(
             request.append(PluginFilter(plugin, guard, settings.timeout))
         if overrides(plugin, "on_response"):
             response.append((plugin.on_response, guard))
-    return tuple(request), ResponseHooks(response[::-1]) if response else None
+            local.append(bool(plugin.local_answers))
+        if overrides(plugin, "on_done"):
+            done.append(DoneHook(plugin, guard))
+    hooks = ResponseHooks(response[::-1], local[::-1]) if response else None
+    return tuple(request), hooks, tuple(done[::-1])
 
 
 def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | None:
@@ -148,10 +156,12 @@ def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | No
     chains: list[RouteChain | None] = []
     for i, route in enumerate(listener.routes):
         name = route.name if route.name is not None else f"routes[{i}]"
-        request, response = plugin_filters(
+        request, response, done = plugin_filters(
             route.filters, f"route {name} of listener {listener.name}", config
         )
-        chains.append(RouteChain(request, response) if request or response else None)
+        chains.append(
+            RouteChain(request, response, done_stages=done) if request or response or done else None
+        )
     chains.append(None)  # the default route
     return tuple(chains)
 
@@ -182,7 +192,7 @@ def listener_settings(
         if listener.protocol == "tcp":
             continue
         limits, timeouts = listener.limits, listener.timeouts
-        plugin_request, response_hooks = plugin_filters(
+        plugin_request, response_hooks, plugin_done = plugin_filters(
             listener.filters, f"listener {listener.name}", config
         )
         out[listener.name] = HttpListenerSettings(
@@ -230,6 +240,7 @@ def listener_settings(
             ),
             response_hooks=response_hooks,
             route_filters=route_filters(listener, config),
+            done_stages=plugin_done,
             http2=(
                 Http2Settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,

@@ -3,7 +3,8 @@
 Owns the adapters between a plugin's hooks and what the proxy runs: `PluginFilter` (an
 `on_request` hook as a `RequestFilter`: its `Response` turned into a `LocalResponse`, a
 failure into a 500), `ResponseHooks` (the `on_response` hooks of a listener or route, run on
-each server response head) and `RouteChain` (one route's filters). Each hook runs behind its
+each server response head), `DoneHook` (an `on_done` hook as a done-phase stage) and
+`RouteChain` (one route's filters and stages). Each hook runs behind its
 plugin's `Guard`: timed, its exceptions contained. Only hooks a plugin overrides are ever
 called, so a filter with only `on_request` costs nothing on responses, and a listener without
 plugin filters pays nothing at all (its settings hold no adapters).
@@ -20,12 +21,13 @@ from typing import cast
 
 from portico.filters.base import FilterRequest, RequestFilter
 from portico.http.errors import upstream_error
-from portico.http.headers import Header
 from portico.http.local import LocalResponse
+from portico.pipeline import DoneStage, ExchangeView, Outcome, ResponseEdit, ResponseStage
 from portico.plugins import Filter, Request, Response, ResponseHeaders
 from portico.plugins.guard import Guard
 
 __all__ = [
+    "DoneHook",
     "PluginFilter",
     "ResponseHook",
     "ResponseHooks",
@@ -38,6 +40,7 @@ _FAILED = upstream_error(500)
 
 RequestHook = Callable[[Request], Response | Awaitable[Response | None] | None]
 ResponseHook = Callable[[Request, ResponseHeaders], None]
+DoneCallback = Callable[[Request, Outcome], None]
 
 
 class _NoRequest:
@@ -114,19 +117,27 @@ class PluginFilter:
 
 
 class ResponseHooks:
-    """The `on_response` hooks of one listener or route, in the order they run."""
+    """The `on_response` hooks of one listener or route, in the order they run; `local`:
+    some want Portico's own answers too (`Filter.local_answers`)."""
 
-    __slots__ = ("_hooks",)
+    __slots__ = ("_hooks", "_local", "local")
 
-    def __init__(self, hooks: Sequence[tuple[ResponseHook, Guard]]) -> None:
+    def __init__(
+        self, hooks: Sequence[tuple[ResponseHook, Guard]], local: Sequence[bool] = ()
+    ) -> None:
         self._hooks = tuple(hooks)
+        self._local = tuple(local) or (False,) * len(self._hooks)
+        self.local = any(self._local)
 
-    def run(self, exchange: FilterRequest, status: int, fields: list[Header]) -> list[Header]:
-        """The response's end-to-end fields after every hook; raises PluginError (logged)
+    def run(self, exchange: FilterRequest, edit: ResponseEdit) -> None:
+        """Every hook on `edit`, until one replaces the response; raises PluginError (logged)
         when one raised: the exchange then answers 500 instead of the server's response."""
         request = Request(exchange)
-        response = ResponseHeaders(status, fields)
-        for hook, guard in self._hooks:
+        response = ResponseHeaders.of(edit)
+        local = edit.local
+        for (hook, guard), wants_local in zip(self._hooks, self._local, strict=True):
+            if local and not wants_local:
+                continue
             started = perf_counter()
             try:
                 hook(request, response)
@@ -134,16 +145,40 @@ class ResponseHooks:
                 guard.timed(started)
                 raise guard.failed(exc, "on_response") from exc
             guard.timed(started)
-        return response.fields
+            if edit.replacement is not None:
+                return
+
+
+class DoneHook:
+    """A plugin's `on_done` as a done-phase stage: timed; what it raises is logged (the
+    request is over: nothing fails)."""
+
+    __slots__ = ("_hook", "guard")
+
+    def __init__(self, plugin: Filter, guard: Guard) -> None:
+        self._hook: DoneCallback = plugin.on_done
+        self.guard = guard
+
+    def on_done(self, exchange: ExchangeView, outcome: Outcome) -> None:
+        started = perf_counter()
+        try:
+            self._hook(Request(cast(FilterRequest, exchange)), outcome)
+        except Exception as exc:
+            self.guard.timed(started)
+            self.guard.failed(exc, "on_done", "logged only: the request was over")
+            return
+        self.guard.timed(started)
 
 
 @dataclass(frozen=True, slots=True)
 class RouteChain:
-    """One route's plugin filters: request filters run after the listener's (and after
-    routing); response hooks run before the listener's."""
+    """One route's filters and stages: request filters run after the listener's (and after
+    routing); response hooks and stages, and done stages, before the listener's."""
 
     request: tuple[RequestFilter, ...] = ()
-    response: ResponseHooks | None = None
+    response: ResponseHooks | None = None  # users' on_response hooks (servers' responses)
+    response_stages: tuple[ResponseStage, ...] = ()  # every response head, local ones too
+    done_stages: tuple[DoneStage, ...] = ()
 
 
 RouteFilters = tuple[RouteChain | None, ...]

@@ -10,8 +10,9 @@ Three kinds, each a base class with hooks that do nothing (override what you nee
 
 - `Policy` chooses a server of a pool for each request (`pick`);
 - `Filter` sees each request (`on_request`: let it go on, edit it, send it to another pool,
-  or answer it locally with a `Response`) and each response head from a server
-  (`on_response`: edit its headers);
+  or answer it locally with a `Response`), each response head from a server (`on_response`:
+  edit its status and headers, attach a streaming `BodyTransform` to its body, or answer
+  with a `Response` instead) and each request's end (`on_done`: its `Outcome`);
 - `Probe` checks one server for the control plane's active health checks (`check`).
 
 Each may declare `Options`, a pydantic model for what the config passes under `with:`;
@@ -32,13 +33,15 @@ import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Protocol, cast
 
 from pydantic import AfterValidator, BaseModel, ValidationInfo
 
 from portico.balancing.base import C, Candidate, Policy
 from portico.http.headers import Header, RequestHead
-from portico.http.local import LocalResponse, local_response
+from portico.http.local import BodySource, LocalResponse, local_response
+from portico.pipeline import BodyTransform, ExchangeView, Outcome, ResponseEdit
+from portico.pipeline.sources import ChunksBody, FileBody
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -47,10 +50,15 @@ __all__ = [
     "API_VERSION",
     "CONFIG_DIR",
     "POOLS",
+    "BodySource",
+    "BodyTransform",
     "C",
     "Candidate",
+    "ChunksBody",
     "ConfigPath",
+    "FileBody",
     "Filter",
+    "Outcome",
     "Policy",
     "PoolName",
     "Probe",
@@ -135,11 +143,12 @@ def _without(headers: Iterable[Header], name: bytes) -> list[Header]:
 @dataclass(frozen=True, slots=True)
 class Response:
     """An answer a filter makes itself, instead of the server's: `status` (200-599),
-    `body` (str is sent as UTF-8, text/plain unless `headers` name a Content-Type) and
-    `headers` as (name, value) pairs. Content-Length and connection handling are Portico's."""
+    `body` (str is sent as UTF-8, text/plain unless `headers` name a Content-Type; or a
+    `BodySource` such as `FileBody`, streamed as the client takes it) and `headers` as
+    (name, value) pairs. Content-Length and connection handling are Portico's."""
 
     status: int
-    body: bytes | str = b""
+    body: bytes | str | BodySource = b""
     headers: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
@@ -147,13 +156,14 @@ class Response:
             raise ValueError(f"a response status must be from 200 to 599, not {self.status}")
         for name, value in self.headers:
             _field(name, value)
-        if self.body and self.status in (204, 304):
+        streamed = not isinstance(self.body, (bytes, str))
+        if (streamed or self.body) and self.status in (204, 304):
             raise ValueError(f"a {self.status} response has no body")
 
     def to_local(self) -> LocalResponse:
         """The response as one of Portico's own answers (`portico.http.local`), which the
         client's protocol frames when it is sent (an answer to HEAD without its body)."""
-        body = self.body.encode() if isinstance(self.body, str) else self.body
+        body: bytes | BodySource = self.body.encode() if isinstance(self.body, str) else self.body
         fields = [_field(name, value) for name, value in self.headers]
         if isinstance(self.body, str) and not any(n.lower() == b"content-type" for n, _ in fields):
             fields.append((b"Content-Type", b"text/plain; charset=utf-8"))
@@ -284,32 +294,82 @@ class Request:
 
 
 class ResponseHeaders:
-    """The head of a server's response, as a filter's `on_response` sees it: the status, and
-    the headers the client will get (framing excluded), which it may edit."""
+    """The head of a server's response, as a filter's `on_response` sees it: the status and
+    the headers the client will get (framing excluded), which it may change; the body's
+    length when known; and two ways to change the body: `transform` (streamed through a
+    `BodyTransform`) or `replace` (another answer entirely). Valid during the hook call."""
 
-    __slots__ = ("fields", "status")
+    __slots__ = ("_edit",)
 
     def __init__(self, status: int, fields: list[Header]) -> None:
-        self.status = status
-        self.fields = fields  # (bytes, bytes) pairs, as Portico sends them
+        self._edit = ResponseEdit(status, b"", fields, None, cast("ExchangeView", None))
+
+    @classmethod
+    def of(cls, edit: ResponseEdit) -> ResponseHeaders:
+        """The view of `edit` a hook is given (Portico's)."""
+        view = cls.__new__(cls)
+        view._edit = edit
+        return view
+
+    @property
+    def status(self) -> int:
+        return self._edit.status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        """A new status (200-599; the reason phrase follows). The body stays the server's:
+        to send another, use `replace`."""
+        if not isinstance(value, int) or not 200 <= value <= 599:
+            raise ValueError(f"a response status must be from 200 to 599, not {value!r}")
+        self._edit.status = value
+
+    @property
+    def fields(self) -> list[Header]:
+        """The headers as (bytes, bytes) pairs, as Portico sends them."""
+        return self._edit.headers
+
+    @property
+    def length(self) -> int | None:
+        """The body's length in bytes when the server said it (None: unknown, or none)."""
+        return self._edit.length
+
+    @property
+    def local(self) -> bool:
+        """True for Portico's own answers (seen by filters with `local_answers`)."""
+        return self._edit.local
+
+    @property
+    def has_body(self) -> bool:
+        """False for an answer to HEAD and for a 204 or 304: a transform sees nothing."""
+        return self._edit.has_body
 
     def header(self, name: str) -> str | None:
-        low = name.lower().encode("latin-1")
-        for field, value in self.fields:
-            if field.lower() == low:
-                return value.decode("latin-1")
-        return None
+        value = self._edit.header(name.encode("latin-1"))
+        return value.decode("latin-1") if value is not None else None
 
     def set_header(self, name: str, value: str) -> None:
         field = _field(name, value)
-        self.fields = [*_without(self.fields, field[0].lower()), field]
+        self._edit.set_header(*field)
 
     def add_header(self, name: str, value: str) -> None:
         """One more field, keeping those of the same name (Set-Cookie)."""
-        self.fields = [*self.fields, _field(name, value)]
+        self._edit.headers.append(_field(name, value))
 
     def remove_header(self, name: str) -> None:
-        self.fields = _without(self.fields, name.lower().encode("latin-1"))
+        self._edit.remove_header(name.encode("latin-1"))
+
+    def transform(self, transform: BodyTransform) -> None:
+        """Stream the body through `transform` (after any attached before). Content-Length is
+        then dropped: HTTP/1.1 clients get the body chunked, HTTP/2 ones as DATA frames.
+        Ignored without a body (`has_body`)."""
+        self._edit.transform(transform)
+
+    def replace(self, response: Response) -> None:
+        """Answer with `response` instead of the server's (whose body is not read); later
+        filters' `on_response` hooks do not run."""
+        if not isinstance(response, Response):
+            raise TypeError(f"replace takes a Response, not {type(response).__name__}")
+        self._edit.replace(response.to_local())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,19 +378,29 @@ class ResponseHeaders:
 
 class Filter:
     """A hook on each request of the listener or route whose `filters:` name it. Override
-    `on_request`, `on_response` or both; one that is not overridden costs nothing.
+    `on_request`, `on_response`, `on_done` or any of them; one that is not overridden costs
+    nothing.
 
     `on_request` may be ``async def`` when it must wait on I/O; it is then bounded by
-    `plugins.timeout`. `on_response` is always a plain function."""
+    `plugins.timeout`. `on_response` and `on_done` are always plain functions."""
 
     Options: ClassVar[type[BaseModel] | None] = None
+    local_answers: ClassVar[bool] = False
+    """True: `on_response` also sees Portico's own answers (another filter's `Response`, a
+    route's redirect or fixed page; not its error pages), e.g. to compress them."""
 
     def on_request(self, request: Request) -> Response | Awaitable[Response | None] | None:
         """None to let the request go on (maybe edited); a `Response` to answer it here."""
         return None
 
     def on_response(self, request: Request, response: ResponseHeaders) -> None:
-        """A server's response head, before the client gets it: edit its headers."""
+        """A server's response head, before the client gets it: change its status or
+        headers, attach a body transform, or replace it."""
+        return None
+
+    def on_done(self, request: Request, outcome: Outcome) -> None:
+        """The request has ended (answered, cut or abandoned): how (`Outcome`). For logs,
+        metrics, learning; nothing can be changed any more."""
         return None
 
 

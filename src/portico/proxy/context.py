@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
     from portico.filters.plugin import ResponseHooks, RouteFilters
     from portico.observe.access_log import AccessLogWriter
+    from portico.pipeline import DoneStage, ResponseStage
     from portico.proxy.debug_header import DebugHeader
     from portico.routing import Router
 
@@ -69,6 +70,10 @@ class HttpListenerSettings:
     # plugin filters' other hooks; None (the usual case) costs a request one attribute check
     response_hooks: ResponseHooks | None = None  # the listener's, on every server response
     route_filters: RouteFilters | None = None  # by route index: request filters and hooks
+    # the response-head phase's stages after users' hooks (every response head, Portico's own
+    # answers too) and the done phase's; empty (the usual case) costs a tuple check
+    response_stages: tuple[ResponseStage, ...] = ()
+    done_stages: tuple[DoneStage, ...] = ()
     # answered before its body was all in: at most this much of the rest is read and thrown
     # away, for at most this long (NGINX's lingering_time), to keep the connection or close it
     # without a reset

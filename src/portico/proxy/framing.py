@@ -85,6 +85,15 @@ class ResponseFramer:
         """The server's 101: the connection leaves HTTP (a WebSocket) after it."""
         raise NotImplementedError
 
+    def raw_transport(self) -> asyncio.Transport | None:
+        """The plain TCP transport a body of the staged head's length may be written to
+        directly (sendfile), or None: TLS, HTTP/2, or a re-framed (chunked) body."""
+        raise NotImplementedError
+
+    def sent_raw(self, size: int) -> None:
+        """`size` body bytes went out directly on `raw_transport` (for the counters)."""
+        raise NotImplementedError
+
 
 class Http1Framer(ResponseFramer):
     """HTTP/1.x framing on one client connection, for the request it answers now (the
@@ -195,7 +204,8 @@ class Http1Framer(ResponseFramer):
     def send_local(self, response: LocalResponse, keep: bool, head_only: bool) -> int:
         self._head = None
         self._chunked = False
-        data = http1_bytes(response, not keep, head_only)
+        # an HTTP/1.0 client keeps the connection only when told (RFC 9112 §9.3)
+        data = http1_bytes(response, not keep, head_only, keep and not self.http11)
         self._write(data)
         return len(data) if head_only else len(data) - len(response.body)
 
@@ -204,6 +214,15 @@ class Http1Framer(ResponseFramer):
         if upgrade is not None:
             extra.append((b"Upgrade", upgrade))
         self._write(serialize_head(b"HTTP/1.1 101 %s" % reason, headers + extra))
+
+    def raw_transport(self) -> asyncio.Transport | None:
+        transport = self.transport
+        if self._chunked or transport is None or transport.get_extra_info("ssl_object"):
+            return None
+        return transport
+
+    def sent_raw(self, size: int) -> None:
+        self._bytes.sent += size
 
 
 class StreamSide(Protocol):
@@ -292,3 +311,9 @@ class H2Framer(ResponseFramer):
 
     def send_switching(self, reason: bytes, headers: list[Header], upgrade: bytes | None) -> None:
         raise RuntimeError("an HTTP/2 stream is never upgraded")  # Upgrade is refused first
+
+    def raw_transport(self) -> asyncio.Transport | None:
+        return None  # frames, never raw bytes
+
+    def sent_raw(self, size: int) -> None:
+        pass

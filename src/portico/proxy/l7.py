@@ -35,14 +35,16 @@ from portico.http.headers import (
     forwarding_headers,
     serialize_head,
 )
-from portico.http.local import LocalResponse
+from portico.http.local import BodySource, LocalResponse, reason_phrase
 from portico.observe.access_log import access_record
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
+from portico.pipeline import Outcome, ResponseEdit, TransformChain, TransformFailed
 from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
+from portico.proxy.local_body import stream_local
 from portico.routing import Route, Router
 from portico.routing.actions import (
     RouteActions,
@@ -58,6 +60,7 @@ from portico.upstreams.pool import FULL, Pool
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
+    from portico.filters.plugin import RouteChain
     from portico.persistence.session import Persistence
     from portico.proxy.context import HttpListenerSettings, ProxyContext
     from portico.upstreams.backend import BackendState
@@ -121,13 +124,16 @@ class Exchange:
         "_connect_time",
         "_continued",
         "_dequeued",
+        "_error",
         "_fell_back",
+        "_flush_due",
         "_head_len",
         "_observed",
         "_original_target",
         "_out",
         "_pending",
         "_pending_size",
+        "_pipe",
         "_pool",
         "_pool_chosen",
         "_queue_timer",
@@ -148,6 +154,7 @@ class Exchange:
         "_tried",
         "_upstream",
         "_upstream_head",
+        "_waiter",
         "finished",
         "head",
         "headers",
@@ -221,6 +228,10 @@ class Exchange:
         # the response side
         self._response_started = False  # a byte of it went to the client
         self._continued = False  # a 100 Continue went to the client
+        self._pipe: TransformChain | None = None  # the body transforms of the response
+        self._waiter: asyncio.Future[None] | None = None  # a local body waits for writability
+        self._error: str | None = None  # why the response was cut (the done phase's)
+        self._flush_due = False  # the transforms' flush runs once this loop turn is over
         self.status = 0
         self.finished = False
 
@@ -620,6 +631,12 @@ class Exchange:
         except PluginError:
             self._response_refused()
             return
+        if self.finished:
+            return  # a stage replaced the response (answered already)
+        reason = head.reason
+        if self.status != status:  # a stage changed it
+            status = self.status
+            reason = reason_phrase(status)
         kind = head.kind
         coding = None
         if kind is LENGTH_BODY:
@@ -632,16 +649,57 @@ class Exchange:
             length = BODY_UNKNOWN
             if kind is CHUNKED_BODY:
                 coding = head.te
+        if self._pipe is not None:
+            if length == BODY_NONE or (coding is not None and coding.lower() != b"chunked"):
+                self._pipe.abort()  # no body to transform (or one transfer-coded beyond us)
+                self._pipe = None
+            else:
+                length = BODY_UNKNOWN  # transformed: re-framed, whatever its length was
+                coding = None
+                out = [h for h in out if h[0].lower() != b"content-length"]
         keep = self._may_keep()
         framer = self._out
-        self._head_len = framer.send_response_head(status, head.reason, out, length, coding, keep)
+        self._head_len = framer.send_response_head(status, reason, out, length, coding, keep)
         if not framer.keep:
             self.keep_alive = False
 
+    def _route_chain(self) -> RouteChain | None:
+        """The chosen route's own filters and stages, or None (no route, or none there)."""
+        route_filters = self._client.settings.route_filters
+        if route_filters is None or self.route is None:
+            return None
+        return route_filters[self.route.index]
+
+    def _response_stages(self, edit: ResponseEdit, chain: RouteChain | None, server: bool) -> None:
+        """The response-head phase's stages on `edit`: the route's, then the listener's (users'
+        `on_response` hooks first in each: on a server's response, or on a local one for those
+        that asked). Stops at a `replace`.
+        Raises PluginError when a user's hook raised (logged)."""
+        settings = self._client.settings
+        if chain is not None:
+            route_hooks = chain.response
+            if route_hooks is not None and (server or route_hooks.local):
+                route_hooks.run(self, edit)
+            for stage in chain.response_stages:
+                if edit.replacement is not None:
+                    return
+                stage.on_response_head(self, edit)
+        if edit.replacement is not None:
+            return
+        hooks = settings.response_hooks
+        if hooks is not None and (server or hooks.local):
+            hooks.run(self, edit)
+        for stage in settings.response_stages:
+            if edit.replacement is not None:
+                return
+            stage.on_response_head(self, edit)
+
     def _response_headers(self, status: int, head: ResponseHead) -> list[Header]:
         """What every response gets whatever the client speaks: observations of the server,
-        the route's and listener's header edits, persistence cookies. Returns the end-to-end
-        fields to send; framing is the caller's."""
+        the route's and listener's header edits, the response-head stages (which may change
+        the status, attach body transforms or replace the answer: then `finished` is set),
+        persistence cookies. Returns the end-to-end fields to send; framing is the
+        caller's."""
         client = self._client
         backend = self._backend
         if client.settings.access_log is not None:
@@ -660,14 +718,28 @@ class Exchange:
         settings = client.settings
         if settings.response_headers:
             out = [*out, *settings.response_headers]
-        route_filters = settings.route_filters
-        if route_filters is not None and self.route is not None:
-            chain = route_filters[self.route.index]
-            if chain is not None and chain.response is not None:
-                out = chain.response.run(self, status, out)  # PluginError: see on_response_head
-        hooks = settings.response_hooks
-        if hooks is not None:
-            out = hooks.run(self, status, out)
+        chain = self._route_chain()
+        if chain is not None or settings.response_hooks is not None or settings.response_stages:
+            kind = head.kind
+            edit = ResponseEdit(
+                status,
+                head.reason,
+                out,
+                head.length if kind is LENGTH_BODY else None,
+                self,
+                has_body=kind is not NO_BODY and self.method != b"HEAD",
+            )
+            self._response_stages(edit, chain, True)  # PluginError: see on_response_head
+            replacement = edit.replacement
+            if replacement is not None:
+                for transform in edit.transforms:
+                    transform.abort()
+                self._replaced(replacement)
+                return out
+            if edit.transforms:
+                self._pipe = TransformChain(edit.transforms)
+            self.status = status = edit.status
+            out = edit.headers
         debug = settings.debug_header
         if debug is not None and debug.trusts(client.client_ip):
             attempt = len(self._tried) + 1
@@ -679,6 +751,16 @@ class Exchange:
             out = persistence.response_headers(out, name, self._sticky_server, self._stick_key)
         return out
 
+    def _replaced(self, answer: LocalResponse) -> None:
+        """A response-head stage answers instead of the server: its body is not read (the
+        server connection is closed), and `answer` goes out as it is."""
+        self._drop_upstream()
+        self._release_backend(failed=None)
+        keep = self._may_keep()
+        if not keep:
+            self.keep_alive = False
+        self._answer(answer, keep)
+
     def _response_refused(self) -> None:
         """A plugin's response hook raised (logged): nothing of the server's response has
         reached the client, which gets a 500 instead; the server connection is dropped."""
@@ -687,18 +769,88 @@ class Exchange:
         self._respond_error(500)
 
     def on_response_body(self, data: bytes | memoryview) -> None:
+        pipe = self._pipe
+        if pipe is not None:
+            self._transformed_body(pipe, data)
+            return
         self._out.send_body(data)
         self._sent += len(data)
         self._response_started = True
 
+    def _transformed_body(self, pipe: TransformChain, data: bytes | memoryview) -> None:
+        """A body piece through the response's transforms. Held-back bytes are flushed once
+        the server's read that brought them is done (a streaming response is not stalled)."""
+        try:
+            out = pipe.feed(data)
+        except TransformFailed as exc:
+            self._transform_failed(exc)
+            return
+        if out:
+            self._out.send_body(out)
+            self._sent += len(out)
+            self._response_started = True
+        if not self._flush_due:
+            self._flush_due = True
+            self._client.loop.call_soon(self._flush_body)
+
+    def _flush_body(self) -> None:
+        self._flush_due = False
+        pipe = self._pipe
+        if pipe is None or self.finished:
+            return
+        try:
+            out = pipe.flush()
+        except TransformFailed as exc:
+            self._transform_failed(exc)
+            return
+        if out:
+            self._out.send_body(out)
+            self._sent += len(out)
+            self._response_started = True
+
+    def _end_pipe(self) -> bool:
+        """The body is complete: the transforms' last bytes go out. False when one raised
+        (the exchange has failed the request)."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return True
+        try:
+            out = pipe.end()
+        except TransformFailed as exc:
+            self._transform_failed(exc)
+            return False
+        if out:
+            self._out.send_body(out)
+            self._sent += len(out)
+        self._response_started = True
+        return True
+
+    def _transform_failed(self, exc: TransformFailed) -> None:
+        """A body transform raised (logged): a 500 while nothing reached the client, else
+        the response is cut (never presented as complete)."""
+        self._pipe = None
+        self._error = str(exc)
+        if self._response_started:
+            self._release_backend(failed=None)
+            self._abort()
+            return
+        self._out.cancel_response_head()
+        self._drop_upstream()
+        self._release_backend(failed=None)
+        self._respond_error(500)
+
     def on_response_trailers(self, fields: list[Header]) -> None:
         """A chunked response ended with trailer fields: the client gets them where its
         protocol has room (HTTP/1.1 chunked framing, an HTTP/2 HEADERS frame)."""
+        if self._pipe is not None and not self._end_pipe():
+            return
         self._out.send_trailers(fields)
         self._response_started = True
 
     def on_response_end(self) -> None:
         client = self._client
+        if self._pipe is not None and not self._end_pipe():
+            return
         self._out.send_end()
         self._response_started = True
         upstream, self._upstream = self._upstream, None
@@ -730,10 +882,15 @@ class Exchange:
         stale = self._reused and not got_bytes and not timed_out and not self._stale_retried
         self._release_backend(failed=None if stale else True)
         if self._response_started:
+            self._error = reason
             self._abort()  # never present a truncated body as complete
             return
         self._out.cancel_response_head()  # a retry stages the next server's
+        if self._pipe is not None:
+            self._pipe.abort()  # the next server's response gets its own
+            self._pipe = None
         if got_bytes or not self._replayable:
+            self._error = reason
             self._respond_error(504 if timed_out else 502)
             return
         if self._reused and not timed_out and not self._stale_retried and self.method in IDEMPOTENT:
@@ -796,11 +953,32 @@ class Exchange:
                 upstream.resume_reading()
             else:
                 upstream.pause_reading()
+        elif writable:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_writable(self) -> None:
+        """Until the client takes more (a local body streamed with back-pressure), or is
+        gone (then `finished` is set)."""
+        client = self._client
+        while client.write_paused and not self.finished:
+            waiter = self._waiter = client.loop.create_future()
+            await waiter
 
     def client_gone(self) -> None:
+        if self._pipe is not None:
+            self._pipe.abort()
+            self._pipe = None
         if not self.finished:
-            self._done(self.status if self._response_started else 499)  # NGINX's 499
+            if self._error is None:
+                self._error = "client gone"
+            self._done(self.status if self._response_started else 499, False)  # NGINX's 499
         self.finished = True
+        self._wake()
         self._drop_upstream()
         self._release_backend(failed=None)
         if self._queue_timer is not None:
@@ -826,12 +1004,106 @@ class Exchange:
         self._respond_error(status)
 
     def _respond_locally(self, answer: LocalResponse) -> None:
-        """A filter or a route answered (429, a redirect, a fixed page): the connection stays
-        usable if the request was read whole, or the rest of its body can be discarded."""
+        """A filter or a route answered (429, a redirect, a fixed page, a file): the
+        connection stays usable if the request was read whole, or the rest of its body can be
+        discarded. The response-head stages run on it (users' `on_response` hooks do not:
+        they see servers' responses)."""
         keep = self._may_keep()
         if not keep:
             self.keep_alive = False
+        settings = self._client.settings
+        chain = self._route_chain()
+        hooks = settings.response_hooks
+        if (
+            settings.response_stages
+            or (hooks is not None and hooks.local)
+            or (chain is not None and (chain.response_stages or _local_hooks(chain)))
+        ):
+            self._staged_local(answer, keep, chain)
+            return
         self._answer(answer, keep)
+
+    def _staged_local(self, answer: LocalResponse, keep: bool, chain: RouteChain | None) -> None:
+        """A local answer through the response-head stages (a cache or compression may act
+        on it); streamed when a transform was attached or the body is a source."""
+        status = answer.status
+        source = answer.source
+        length = source.length if source is not None else len(answer.body)
+        edit = ResponseEdit(
+            status,
+            answer.reason,
+            list(answer.headers),
+            length,
+            self,
+            has_body=status != 204 and status != 304 and self.method != b"HEAD",
+            local=True,
+        )
+        try:
+            self._response_stages(edit, chain, False)
+        except PluginError:
+            if source is not None:
+                source.close()
+            self._respond_error(500)
+            return
+        replacement = edit.replacement
+        if replacement is not None:
+            for transform in edit.transforms:
+                transform.abort()
+            if source is not None:
+                source.close()
+            self._answer(replacement, keep)
+            return
+        if edit.transforms:
+            self._pipe = TransformChain(edit.transforms)
+        elif source is None and edit.status == status and edit.headers == list(answer.headers):
+            self._answer(answer, keep)  # untouched
+            return
+        reason = answer.reason if edit.status == status else reason_phrase(edit.status)
+        self._stream(edit.status, reason, edit.headers, answer.body, source, keep)
+
+    def _stream(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[Header],
+        body: bytes,
+        source: BodySource | None,
+        keep: bool,
+    ) -> None:
+        """Send a local answer piece by piece (a source, or a body through transforms)."""
+        self.status = status
+        self._response_started = False
+        pipe = self._pipe
+        out = self._out
+        timeout = self._client.settings.send_timeout
+        tasks.spawn(
+            stream_local(self, out, pipe, status, reason, headers, body, source, keep, timeout)
+        )
+
+    def local_sent(self, head_len: int, sent: int, keep: bool) -> None:
+        """`stream_local` wrote the whole answer (`sent` body bytes)."""
+        self._head_len = head_len
+        self._sent = sent
+        if self.finished:
+            return
+        self.finished = True
+        self._done(self.status)
+        self._client.exchange_done(self, keep and self._out.keep)
+
+    def local_failed(self, head_len: int, sent: int, error: str) -> None:
+        """`stream_local` failed (a source or transform raised): a 500 while nothing was
+        sent, else the response is cut."""
+        self._head_len = head_len
+        self._sent = sent
+        self._pipe = None
+        self._error = error
+        if self.finished:
+            return
+        if sent or self._response_started:
+            self._abort()
+            return
+        self._out.cancel_response_head()
+        self._respond_error(500)
 
     def _respond_error(self, status: int) -> None:
         keep = self._may_keep()
@@ -862,8 +1134,13 @@ class Exchange:
 
     def _answer(self, answer: LocalResponse, keep: bool, linger: bool = False) -> None:
         """Portico answers itself (an error, a filter's or a route's answer): the whole
-        response in one piece, framed by the client's framer."""
+        response in one piece, framed by the client's framer (a streamed body piece by
+        piece)."""
         client = self._client
+        source = answer.source
+        if source is not None:
+            self._stream(answer.status, answer.reason, list(answer.headers), b"", source, keep)
+            return
         head_only = self.method == b"HEAD"
         # head and body as the access log counts them (the body is left out for HEAD)
         self._head_len = self._out.send_local(answer, keep, head_only)
@@ -874,8 +1151,11 @@ class Exchange:
         client.exchange_done(self, keep, linger)
 
     def _abort(self) -> None:
+        if self._pipe is not None:
+            self._pipe.abort()
+            self._pipe = None
         if not self.finished:
-            self._done(self.status or 502)  # the response was cut: logged with what was sent
+            self._done(self.status or 502, False)  # cut: logged with what was sent
         self.finished = True
         self._drop_upstream()
         self._client.abort()
@@ -885,10 +1165,16 @@ class Exchange:
         if upstream is not None:
             upstream.abort()
 
-    def _done(self, status: int) -> None:
-        """The request has ended (answered, refused, cut or abandoned): count it, log it."""
+    def _done(self, status: int, complete: bool = True) -> None:
+        """The request has ended (answered, refused, cut or abandoned): count it, log it, run
+        the done phase's stages."""
         client = self._client
         route = self.route
+        settings = client.settings
+        if settings.done_stages or (
+            settings.route_filters is not None and route is not None and self._route_done()
+        ):
+            self._done_stages(status, complete)
         client.context.stats.request_done(
             client.settings.name,
             route.name if route is not None else NO_ROUTE,
@@ -900,6 +1186,33 @@ class Exchange:
         )
         if client.settings.access_log is not None:
             self._log(status)
+
+    def _route_done(self) -> bool:
+        chain = self._route_chain()
+        return chain is not None and bool(chain.done_stages)
+
+    def _done_stages(self, status: int, complete: bool) -> None:
+        """The done phase: the outcome to every done stage, the route's then the listener's."""
+        client = self._client
+        settings = client.settings
+        route = self.route
+        outcome = Outcome(
+            status=status,
+            complete=complete,
+            bytes_sent=self._sent,
+            server=self._backend_name,
+            pool=self._pool.name,
+            duration_s=time.monotonic() - self._started,
+            error=self._error,
+            listener=settings.name,
+            route=route.name if route is not None else None,
+        )
+        chain = self._route_chain()
+        if chain is not None:
+            for stage in chain.done_stages:
+                stage.on_done(self, outcome)
+        for stage in settings.done_stages:
+            stage.on_done(self, outcome)
 
     def _log(self, status: int) -> None:
         """One access log line for this request (only on listeners that keep a log)."""
@@ -945,6 +1258,11 @@ class Exchange:
                 pool.observe(backend, False, self._client.loop.time())
             if pool.queue:
                 pool.released()
+
+
+def _local_hooks(chain: RouteChain) -> bool:
+    hooks = chain.response
+    return hooks is not None and hooks.local
 
 
 class _TunnelOwner:
