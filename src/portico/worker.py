@@ -26,6 +26,7 @@ from portico import channel, tasks
 from portico.config import plugins
 from portico.config.load import parse_config
 from portico.config.plugins import FilterUse
+from portico.compression.stage import CompressionStage, compression_settings
 from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
 from portico.filters.plugin import (
@@ -62,6 +63,7 @@ from portico.plugins.guard import Guard
 from portico.proxy.context import ProxyContext
 from portico.proxy.debug_header import DebugHeader
 from portico.routing import Router
+from portico.static.site import StaticSite, static_site
 from portico.state.memory import MemoryStore
 from portico.state.redis_store import RedisStore
 from portico.state.store import StateStore
@@ -166,6 +168,35 @@ def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | No
     return tuple(chains)
 
 
+def static_sites(listener: ListenerConfig) -> tuple[StaticSite | None, ...] | None:
+    """Each route's `static:` site, by route index; None when no route serves files."""
+    if not any(route.static is not None for route in listener.routes):
+        return None
+    return tuple(
+        static_site(route.static, route.compression or listener.compression)
+        if route.static is not None
+        else None
+        for route in listener.routes
+    )
+
+
+def compression_stage(
+    listener: ListenerConfig, stats: WorkerStats | None
+) -> tuple[CompressionStage, ...]:
+    """The listener's compression stage, or () when neither it nor a route compresses."""
+    own = listener.compression
+    by_route = [route.compression for route in listener.routes]
+    if own is None and not any(section is not None for section in by_route):
+        return ()
+    return (
+        CompressionStage(
+            compression_settings(own) if own is not None else None,
+            [compression_settings(c) if c is not None else None for c in by_route],
+            stats.coding_bytes if stats is not None else None,
+        ),
+    )
+
+
 def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
     """One writer per distinct (path, format): listeners sharing a file share its writer."""
     writers: dict[tuple[str, str], AccessLogWriter] = {}
@@ -185,8 +216,10 @@ def listener_settings(
     logs: dict[tuple[str, str], AccessLogWriter] | None = None,
     store: StateStore | None = None,
     bound: Mapping[str, int] | None = None,
+    stats: WorkerStats | None = None,
 ) -> dict[str, HttpListenerSettings]:
-    """`bound`: the port each listener is bound to (those bound to port 0 in the config)."""
+    """`bound`: the port each listener is bound to (those bound to port 0 in the config);
+    `stats`: where compressors count their bytes."""
     out = {}
     for listener in config.listeners:
         if listener.protocol == "tcp":
@@ -240,7 +273,9 @@ def listener_settings(
             ),
             response_hooks=response_hooks,
             route_filters=route_filters(listener, config),
+            response_stages=compression_stage(listener, stats),
             done_stages=plugin_done,
+            static_sites=static_sites(listener),
             http2=(
                 Http2Settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,
@@ -324,7 +359,7 @@ class Worker:
                 )
         bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
         self.settings = listener_settings(
-            config, self.pools, loop, self.access_logs, self.store, bound
+            config, self.pools, loop, self.access_logs, self.store, bound, self.stats
         )
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []

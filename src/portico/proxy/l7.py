@@ -336,7 +336,7 @@ class Exchange:
 
     def _route(self, router: Router) -> Pool | None:
         """Match the request to a route and apply its request actions; None when the route
-        answered itself (a redirect or a fixed response)."""
+        answered itself (a redirect, a fixed response, a static file)."""
         client = self._client
         head = self.head
         route = self.route = router.match(self.method, self.target, head.host, self.headers)
@@ -354,6 +354,15 @@ class Exchange:
             if actions.request_headers is not None:
                 head.headers = apply_request_headers(head.headers, actions)
             self._response_edits = actions if actions.response_headers is not None else None
+        sites = client.settings.static_sites
+        if sites is not None:
+            site = sites[route.index] if route.index >= 0 else None
+            if site is not None:
+                answer = site.local_answer(self.method, self.target, self.headers)
+                if answer is not None:
+                    self._respond_locally(answer)
+                    return None
+                # try_files: fallback, and no such file: the route's pool answers
         assert route.pool is not None
         pool = client.context.pools[route.pool]
         timeouts = route.timeouts

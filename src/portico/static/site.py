@@ -24,6 +24,7 @@ from portico.compression.negotiate import CODINGS, accepted_codings, choose_codi
 from portico.compression.policy import DEFAULT_TYPES, TypeSet, merge_vary
 from portico.config.content import CompressionConfig, StaticConfig
 from portico.http.headers import Header
+from portico.http.local import LocalResponse, local_response
 from portico.static.conditional import (
     UNSATISFIABLE,
     WHOLE,
@@ -133,6 +134,16 @@ class StaticSite:
         if opened.is_dir:
             return self._directory(method, target, headers, opened)
         return self._file(method, headers, opened, segments[-1] if segments else "")
+
+    def local_answer(
+        self, method: bytes, target: bytes, headers: Sequence[Header]
+    ) -> LocalResponse | None:
+        """`answer` as the proxy sends it: a `LocalResponse` whose file body is streamed
+        (and closed) by the edge; None when the route's pool gets the request."""
+        reply = self.answer(method, target, headers)
+        if reply is None:
+            return None
+        return local_response(reply.status, reply.headers, reply.body)
 
     def _directory(
         self, method: bytes, target: bytes, headers: Sequence[Header], opened: Opened
