@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from portico import channel, tasks
+from portico.compression.stage import CompressionStage, compression_settings
 from portico.config import plugins
 from portico.config.load import parse_config
 from portico.config.plugins import FilterUse
-from portico.compression.stage import CompressionStage, compression_settings
 from portico.config.schema import Config, ListenerConfig
 from portico.filters.base import RequestFilter
 from portico.filters.plugin import (
@@ -63,10 +63,10 @@ from portico.plugins.guard import Guard
 from portico.proxy.context import ProxyContext
 from portico.proxy.debug_header import DebugHeader
 from portico.routing import Router
-from portico.static.site import StaticSite, static_site
 from portico.state.memory import MemoryStore
 from portico.state.redis_store import RedisStore
 from portico.state.store import StateStore
+from portico.static.site import StaticSite, static_site
 from portico.upstreams.backend import BackendState
 from portico.upstreams.pool import Pool
 

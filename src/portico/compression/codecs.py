@@ -101,10 +101,16 @@ class Compressor:
     """Compresses one response body with `coding` at `level`, as a `BodyTransform`.
 
     `streaming`: every `feed` is flushed at once (server-sent events must not wait behind a
-    compressor's buffer), at some cost in ratio. `counter` gets the bytes before and after.
+    compressor's buffer), at some cost in ratio. `counter` gets the bytes before and after:
+    added up here, and published to it by `flush`, `end` and `abort`, which the pipeline
+    calls on the event loop's thread (`feed` may run in a worker thread, see `threaded`).
     """
 
-    __slots__ = ("_counter", "_engine", "_streaming", "coding")
+    __slots__ = ("_after", "_before", "_counter", "_engine", "_streaming", "coding")
+
+    # the pipeline may call `feed` in a worker thread (never two calls at once): the
+    # libraries release the GIL while they compress, so the event loop runs meanwhile
+    threaded = True
 
     def __init__(
         self,
@@ -118,13 +124,15 @@ class Compressor:
         self._engine: _Engine | None = _ENGINES[coding](level)
         self._streaming = streaming
         self._counter = counter
+        self._before = 0  # bytes taken and given since they were last published
+        self._after = 0
 
-    def _count(self, before: int, out: bytes) -> bytes:
+    def _publish(self) -> None:
         counter = self._counter
-        if counter is not None:
-            counter.before += before
-            counter.after += len(out)
-        return out
+        if counter is not None and (self._before or self._after):
+            counter.before += self._before
+            counter.after += self._after
+            self._before = self._after = 0
 
     def feed(self, data: bytes | memoryview) -> bytes:
         engine = self._engine
@@ -133,15 +141,24 @@ class Compressor:
         out = engine.compress(data)  # each library copies what it keeps of `data`
         if self._streaming:
             out += engine.flush()
-        return self._count(len(data), out)
+        self._before += len(data)
+        self._after += len(out)
+        return out
 
     def flush(self) -> bytes:
         engine = self._engine
-        return b"" if engine is None else self._count(0, engine.flush())
+        out = b"" if engine is None else engine.flush()
+        self._after += len(out)
+        self._publish()
+        return out
 
     def end(self) -> bytes:
         engine, self._engine = self._engine, None
-        return b"" if engine is None else self._count(0, engine.finish())
+        out = b"" if engine is None else engine.finish()
+        self._after += len(out)
+        self._publish()
+        return out
 
     def abort(self) -> None:
         self._engine = None  # its state is freed with it; nothing more is sent
+        self._publish()

@@ -64,6 +64,10 @@ class BodyTransform(Protocol):
     def end(self) -> bytes: ...
     def abort(self) -> None: ...
 
+    # Optional: a class attribute `threaded = True` says `feed` may be called in a worker
+    # thread (one call at a time, in order): large pieces are then compressed off the event
+    # loop. Only for transforms whose work releases the GIL and keeps no thread-bound state.
+
 
 class ExchangeView(Protocol):
     """What stages may read of the exchange they run for (`portico.proxy.l7.Exchange`
@@ -220,11 +224,17 @@ class TransformChain:
     one's input. Raises `TransformFailed` when one raises (after logging it, at most once a
     minute per transform class, and aborting the others)."""
 
-    __slots__ = ("_done", "_transforms")
+    __slots__ = ("_done", "_transforms", "threaded")
 
     def __init__(self, transforms: Iterable[BodyTransform]) -> None:
         self._transforms: Sequence[BodyTransform] = tuple(transforms)
         self._done = False
+        # every transform may run in a worker thread (one call at a time, never two at once):
+        # the exchange then hands large pieces to a thread instead of holding the event loop
+        # (compressors: zlib, brotli and zstandard release the GIL while they work)
+        self.threaded = bool(self._transforms) and all(
+            getattr(t, "threaded", False) for t in self._transforms
+        )
 
     def feed(self, data: bytes | memoryview) -> bytes | memoryview:
         current = data

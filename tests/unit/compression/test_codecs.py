@@ -103,3 +103,37 @@ def test_an_empty_body_is_a_valid_stream() -> None:
         compressor = Compressor(coding, 3)
         assert compressor.feed(b"") == b""
         assert decode(coding, compressor.end()) == b""
+
+
+def test_a_chain_of_compressors_may_run_in_worker_threads() -> None:
+    from portico.pipeline import TransformChain
+
+    class Plain:
+        def feed(self, data: bytes | memoryview) -> bytes | memoryview:
+            return data
+
+        def flush(self) -> bytes:
+            return b""
+
+        def end(self) -> bytes:
+            return b""
+
+        def abort(self) -> None:
+            pass
+
+    assert TransformChain([Compressor("gzip", 5)]).threaded
+    assert not TransformChain([Compressor("gzip", 5), Plain()]).threaded
+    assert not TransformChain([]).threaded
+
+
+def test_bytes_are_published_on_the_loop_side_only() -> None:
+    counter = Counter()
+    compressor = Compressor("zstd", 3, counter=counter)
+    compressor.feed(b"x" * 10_000)  # may run in a worker thread: counts nothing shared
+    assert (counter.before, counter.after) == (0, 0)
+    flushed = compressor.flush()
+    assert counter.before == 10_000
+    assert counter.after == len(flushed)
+    compressor.end()
+    compressor.abort()
+    assert counter.before == 10_000
