@@ -310,7 +310,10 @@ class WorkerStats:
     def for_config(cls, config: Config) -> WorkerStats:
         stats = cls((listener.name for listener in config.listeners), config.pools)
         for listener in config.listeners:
-            for section in (listener.compression, *(r.compression for r in listener.routes)):
+            sections = [listener.compression]
+            for route in listener.routes:
+                sections.append(route.compression)
+            for section in sections:
                 if section is not None:
                     for coding in section.algorithms:
                         stats.coding_bytes(coding)
