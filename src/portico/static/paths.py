@@ -11,15 +11,17 @@ Owns `request_segments` (a request target's path as checked, percent-decoded seg
 - a segment starting with `.` (`.git`, `.env`, `.htpasswd`) is hidden (`Hidden`), except
   `.well-known` (RFC 8615);
 - symlinks are followed only inside the root (`Forbidden` for one that leads out), unless
-  `follow_symlinks`; the check is made on the resolved path, then the file is opened one
-  component at a time from the root's descriptor with O_NOFOLLOW, so a symlink swapped in
-  between the check and the open is refused too, not followed.
+  `follow_symlinks`. The path is opened one component at a time from the root's descriptor
+  with O_NOFOLLOW; only when that meets a symlink is the path resolved, checked to stay in
+  the root, and opened the same way along the resolved path, so a symlink swapped in between
+  the check and the open is refused too, not followed.
 
 Opening touches the file system but never a socket; it never reads file contents.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -151,6 +153,10 @@ def open_under(root: str, segments: tuple[str, ...], follow_symlinks: bool = Fal
         except OSError:
             raise Missing("no such file") from None
         return _opened(fd, segments)
+    fast = _walk(root, segments)
+    if fast is not None:
+        return _opened(fast, segments)
+    # a symlink on the way (or a race): resolve it, and serve it only if it stays inside
     try:
         real = os.path.realpath(path, strict=True)
     except OSError:
@@ -178,6 +184,36 @@ def open_under(root: str, segments: tuple[str, ...], follow_symlinks: bool = Fal
         os.close(fd)
         raise Forbidden("the path changed while it was opened") from None
     return _opened(fd, inner)
+
+
+def _walk(root: str, segments: tuple[str, ...]) -> int | None:
+    """The usual case, in one open per segment: `segments` opened from the root's descriptor
+    without following any symlink. None when a component may be a symlink (ELOOP, or ENOTDIR
+    on the way: the caller resolves the path and checks where it leads); `Missing` when a
+    component does not exist."""
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError:
+        raise Missing("the root is missing") from None
+    try:
+        for i, part in enumerate(segments):
+            last = i == len(segments) - 1
+            flags = (_OPEN_FLAGS if last else _DIR_FLAGS) | os.O_NOFOLLOW
+            try:
+                next_fd = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                os.close(fd)
+                fd = -1
+                if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and not last):
+                    return None  # a symlink (or a file where a directory should be)
+                raise Missing("no such file") from None
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd
 
 
 def _opened(fd: int, segments: tuple[str, ...]) -> Opened:

@@ -275,7 +275,7 @@ class StaticSite:
                 return StaticReply(200, fields)
             if ranges is WHOLE:
                 fields = [(b"Content-Type", ctype), *fields, (b"Content-Length", b"%d" % size)]
-                reply = StaticReply(200, fields, FileBody(fd, 0, size))
+                reply = StaticReply(200, fields, _body(fd, 0, size))
             elif len(ranges) == 1:
                 first, last = ranges[0]
                 fields = [
@@ -284,7 +284,7 @@ class StaticSite:
                     (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)),
                     (b"Content-Length", b"%d" % (last - first + 1)),
                 ]
-                reply = StaticReply(206, fields, FileBody(fd, first, last - first + 1))
+                reply = StaticReply(206, fields, _body(fd, first, last - first + 1))
             else:
                 boundary = secrets.token_hex(12).encode("ascii")
                 parts = [
@@ -304,11 +304,25 @@ class StaticSite:
                     (b"Content-Length", b"%d" % body.length),
                 ]
                 reply = StaticReply(206, fields, body)
-            fd = -1  # the body owns it now
+            if not isinstance(reply.body, bytes):
+                fd = -1  # the body owns it now (else it was read whole: closed below)
             return reply
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+SMALL_FILE: Final = 32 * 1024  # read whole into the answer: one write, no streaming
+
+
+def _body(fd: int, offset: int, count: int) -> bytes | FileBody:
+    """`count` bytes of `fd` from `offset`: read now when small (answered in one write, like
+    any local answer), else a `FileBody` that the edge streams or sendfiles."""
+    if count <= SMALL_FILE:
+        data = os.pread(fd, count, offset)
+        if len(data) == count:
+            return data
+    return FileBody(fd, offset, count)
 
 
 def static_site(config: StaticConfig, compression: CompressionConfig | None = None) -> StaticSite:

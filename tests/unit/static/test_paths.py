@@ -74,6 +74,7 @@ def site(tmp_path: Path) -> tuple[str, Path]:
     os.symlink(tmp_path / "secret.txt", root / "out.txt")
     os.symlink(tmp_path, root / "outdir")
     os.symlink(root / "sub" / "page.txt", root / "in.txt")
+    os.symlink(root / "sub", root / "in-sub")
     os.symlink(root / ".git" / "config", root / "gitlink")
     os.mkfifo(root / "fifo")
     return os.path.realpath(root), tmp_path
@@ -112,6 +113,9 @@ def test_symlinks_inside_the_root_are_followed(site: tuple[str, Path]) -> None:
     opened = open_under(site[0], ("in.txt",))
     assert opened.segments == ("sub", "page.txt")
     assert read(opened.fd) == b"page"
+    through_dir = open_under(site[0], ("in-sub", "page.txt"))
+    assert through_dir.segments == ("sub", "page.txt")
+    assert read(through_dir.fd) == b"page"
 
 
 @pytest.mark.parametrize("segments", [("out.txt",), ("outdir", "secret.txt"), ("outdir",)])
@@ -152,4 +156,4 @@ def test_a_symlink_swapped_in_after_the_check_is_not_followed(
 
     monkeypatch.setattr(os.path, "realpath", swap_then_resolve)
     with pytest.raises(Forbidden):
-        open_under(root, ("sub", "page.txt"))
+        open_under(root, ("in-sub", "page.txt"))  # a symlink on the way: resolved, then walked

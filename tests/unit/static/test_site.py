@@ -15,7 +15,7 @@ from portico.http.headers import Header
 from portico.static.files import FileBody, MultipartBody
 from portico.static.site import StaticReply, StaticSite, content_type
 
-TEXT = b"hello static world\n" * 100
+TEXT = b"hello static world\n" * 2000  # above SMALL_FILE: a streamed body
 
 
 def fds() -> int:
@@ -93,6 +93,13 @@ def test_a_file_with_its_headers(root: Path) -> None:
     assert header(reply, b"Vary") == b"Accept-Encoding"  # text: a sibling may exist
     assert header(reply, b"Cache-Control") is None
     assert isinstance(reply.body, FileBody)
+
+
+def test_a_small_file_is_read_whole_and_closed_at_once(root: Path) -> None:
+    reply, body = get(site(root), b"/index.html")
+    assert reply.body == body == b"<h1>home</h1>"
+    one, body = get(site(root), b"/a.txt", (b"Range", b"bytes=0-4"))
+    assert one.body == body == b"hello"
 
 
 def test_sendfile_range_of_a_whole_file(root: Path) -> None:
