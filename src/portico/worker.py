@@ -54,10 +54,11 @@ from portico.listeners.tcp import (
 )
 from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
-from portico.observe.access_log import AccessLogWriter
+from portico.observe.access_log import AccessLogStage, AccessLogWriter
 from portico.observe.stats import WorkerStats
 from portico.persistence.session import StickBinding
 from portico.persistence.stick import StickTable
+from portico.pipeline import DoneStage
 from portico.plugins import Filter
 from portico.plugins.guard import Guard
 from portico.proxy.context import ProxyContext
@@ -197,6 +198,15 @@ def compression_stage(
     )
 
 
+def done_stages(
+    listener: ListenerConfig, logs: dict[tuple[str, str], AccessLogWriter] | None
+) -> tuple[DoneStage, ...]:
+    """The built-in stages of a listener's done phase: its access log, if it keeps one."""
+    log = listener.access_log
+    writer = (logs or {}).get((log.path, log.format)) if log is not None else None
+    return (AccessLogStage(writer),) if writer is not None else ()
+
+
 def access_logs(config: Config) -> dict[tuple[str, str], AccessLogWriter]:
     """One writer per distinct (path, format): listeners sharing a file share its writer."""
     writers: dict[tuple[str, str], AccessLogWriter] = {}
@@ -274,7 +284,7 @@ def listener_settings(
             response_hooks=response_hooks,
             route_filters=route_filters(listener, config),
             response_stages=compression_stage(listener, stats),
-            done_stages=plugin_done,
+            done_stages=(*done_stages(listener, logs), *plugin_done),
             static_sites=static_sites(listener),
             http2=(
                 Http2Settings(

@@ -537,6 +537,27 @@ def test_http_1_0_keep_alive_is_honoured_for_a_length_delimited_response(backend
     assert b.seen[0].header("Connection") is None
 
 
+def test_http_1_0_keep_alive_is_announced_on_portico_s_own_answers(backends, portico) -> None:
+    # an HTTP/1.0 client keeps a connection only when the answer says keep-alive (RFC 9112
+    # §9.3): a route's fixed answer on a kept connection must say so, as a server's does
+    b = backends("b", echo_target)
+    config = (
+        "workers: 1\nlisteners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+        "    default_pool: app\n    routes:\n      - match: {path_prefix: /down/}\n"
+        "        respond: {status: 503, body: 'back soon'}\n"
+        "pools:\n  app:\n    servers:\n" + pool_yaml([b])
+    )
+    proxy = portico(config)
+    with open_client(proxy.port) as sock:
+        reader = ResponseReader(sock)
+        for target in ("/down/a", "/down/b", "/up"):
+            head = f"GET {target} HTTP/1.0\r\nHost: app.example\r\nConnection: keep-alive\r\n"
+            sock.sendall(head.encode() + b"\r\n")
+            response = reader.read()
+            assert response.status == (200 if target == "/up" else 503)
+            assert (response.header("Connection") or "").lower() == "keep-alive"
+
+
 def test_chunked_backend_response_reaches_an_http_1_0_client_de_chunked_and_close_delimited(
     backends, portico
 ) -> None:

@@ -3,7 +3,7 @@ that shares the secret, and is moved (with a new cookie) when that server is gon
 
 from __future__ import annotations
 
-from fakes import FakeBackend, Portico, pool_yaml, request
+from fakes import FakeBackend, Portico, Reply, Seen, eventually, pool_yaml, request
 
 SECRET = "0123456789abcdef-shared-secret"
 
@@ -128,3 +128,33 @@ def test_prefix_mode_tags_the_application_session_cookie(backends, portico) -> N
         assert again.header("X-Backend") == server
     sticky_backend = next(b for b in pool if b.name == server)
     assert sticky_backend.seen[-1].header("Cookie") == f"JSESSIONID={server}-s1"  # token off
+
+
+def test_a_stick_table_entry_holds_for_a_client_without_the_persistence_cookie(
+    backends, portico
+) -> None:
+    """Cookie persistence and a stick table on one pool: a request with the application's
+    session but without Portico's cookie (a client that dropped it, another app on the domain)
+    goes where the stick table says; the cookie lookup finding nothing must not erase that."""
+
+    def sessions(name: str):  # type: ignore[no-untyped-def]
+        def handler(seen: Seen) -> Reply:
+            if "JSESSIONID" not in (seen.header("Cookie") or ""):
+                return Reply(body=name.encode(), headers=[("Set-Cookie", f"JSESSIONID=s-{name}")])
+            return Reply(body=name.encode())
+
+        return handler
+
+    pool = [backends(f"b{i}", sessions(f"b{i}")) for i in range(3)]
+    proxy = portico(_config(pool, "    stick: {key: 'cookie:JSESSIONID', ttl: 10m}\n"))
+    first = request(proxy.port)
+    server = first.header("X-Backend")
+    session = f"JSESSIONID=s-{server}"
+
+    def learnt() -> bool:  # learnt after answering: the next request must find it
+        return request(proxy.port, headers={"Cookie": session}).header("X-Backend") == server
+
+    eventually(learnt, "the stick table to learn the session")
+    for _ in range(12):  # round robin over 3 would leave it 2 times in 3
+        again = request(proxy.port, headers={"Cookie": session})
+        assert again.header("X-Backend") == server

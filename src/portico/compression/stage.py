@@ -70,6 +70,8 @@ class CompressionStage:
 
     __slots__ = ("_by_route", "_counter", "_listener")
 
+    name = "compression"
+
     def __init__(
         self,
         listener: CompressionSettings | None,

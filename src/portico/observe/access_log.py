@@ -1,8 +1,9 @@
 """The access log: one line per request, formatted on the loop, written by a background thread.
 
 Owns the access record (what is logged about one request), the two line formats (`combined`,
-NGINX's; `json`, one object per line), the escaping that keeps a client from forging lines, and
-`AccessLogWriter`, which gets lines from the event loop to a file or stdout. The formatters are
+NGINX's; `json`, one object per line), the escaping that keeps a client from forging lines,
+`AccessLogWriter`, which gets lines from the event loop to a file or stdout, and
+`AccessLogStage`, the log as a stage of the request pipeline's done phase. The formatters are
 *pure*: plain values in, bytes out, no clock, no I/O. The writer never blocks the event loop: the
 loop only appends to a list; a flush hands one joined buffer to a single writer thread, and when
 that thread falls behind (a stalled disk, a full pipe) lines are dropped and counted rather than
@@ -45,6 +46,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
+
+from portico.pipeline import ExchangeView, Outcome
 
 __all__ = [
     "FORMATS",
@@ -99,6 +102,41 @@ class AccessRecord:
     duration: float  # head received -> last response byte written
     upstream_connect: float | None  # None: a pooled connection was reused, or none was made
     upstream_response: float | None  # request sent -> response head received; None: no head
+
+
+class AccessLogStage:
+    """The access log as a done-phase stage: one record per request, from its `Outcome`."""
+
+    __slots__ = ("writer",)
+
+    name = "access_log"
+
+    def __init__(self, writer: AccessLogWriter) -> None:
+        self.writer = writer
+
+    def on_done(self, exchange: ExchangeView, outcome: Outcome) -> None:
+        self.writer.log(
+            access_record(
+                duration=outcome.duration_s,
+                headers=exchange.headers,
+                client_ip=outcome.client_ip,
+                method=exchange.method,
+                target=outcome.target,
+                version=exchange.version,
+                status=outcome.status,
+                head_bytes=outcome.head_bytes,
+                body_bytes=outcome.bytes_sent,
+                received=outcome.received,
+                host=exchange.head.host,
+                request_id=outcome.request_id,
+                listener=outcome.listener,
+                route=outcome.route,
+                pool=outcome.pool,
+                backend=outcome.server,
+                upstream_connect=outcome.connect_s,
+                upstream_response=outcome.response_s,
+            )
+        )
 
 
 def access_record(

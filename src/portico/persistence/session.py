@@ -3,9 +3,10 @@ cookie or stick-table key names, and what the response must carry so the client 
 
 Owns `Sticky` (a pool's persistence cookie: insert mode, or HAProxy's prefix mode on the
 application's own cookie), `StickBinding` (a pool's stick table and how a request's key is
-found) and `Persistence`, the small object the exchange calls at two points: before a server
-is chosen (`stick_key`, `lookup`, `cookie_server`, `request_headers`) and on the response head
-(`response_headers`, which also learns stick-table entries in the background). Never picks a
+found) and `Persistence`, the small object the exchange calls at three points: before a server
+is chosen (`stick_key`, `lookup`, `cookie_server`, `request_headers`), on the response head
+(`response_headers`: the cookie; `to_learn`: what the stick table should learn) and in the
+done phase, once the response went out whole (`learn`, in the background). Never picks a
 server itself and never fails a request: the pool's `select` honours what is found while that
 server is fit.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from portico import tasks
 from portico.config.schema import StickyConfig
@@ -33,7 +35,7 @@ from portico.persistence.cookie import (
 )
 from portico.persistence.stick import Named, StickTable
 
-__all__ = ["Persistence", "StickBinding", "Sticky"]
+__all__ = ["Learning", "Persistence", "StickBinding", "Sticky"]
 
 
 class Sticky:
@@ -190,13 +192,19 @@ class Persistence:
         server: str,
         sticky_server: str | None,
         stick_key: bytes | None,
+        stick_server: str | None = None,
+        *,
+        learn: bool = True,
     ) -> list[Header]:
         """The response's headers with what keeps the client on `server` (the one that
         answered): a new cookie when the request's (`sticky_server`) named another or none, the
-        token in front of the application's cookie in prefix mode. Learns `stick_key` (or a
-        session cookie the server sets now) -> `server` without waiting."""
-        if self.stick is not None:
-            self._learn(self.stick, headers, server, sticky_server, stick_key)
+        token in front of the application's cookie in prefix mode. With `learn`, learns what
+        `to_learn` finds at once (the exchange learns in its done phase instead)."""
+        if learn and self.stick is not None:
+            held = stick_server if self.cookie is not None else stick_server or sticky_server
+            pending = self.to_learn(headers, server, held, stick_key)
+            if pending is not None:
+                self.learn(pending)
         cookie = self.cookie
         if cookie is not None:
             if cookie.prefix_mode:
@@ -206,14 +214,22 @@ class Persistence:
                 return [*headers, cookie.set_cookie(server)]
         return headers
 
-    @staticmethod
-    def _learn(
-        stick: StickBinding,
+    # -- the done phase ---------------------------------------------------------------------
+
+    def to_learn(
+        self,
         headers: list[Header],
         server: str,
-        sticky_server: str | None,
+        stick_server: str | None,
         stick_key: bytes | None,
-    ) -> None:
+    ) -> Learning | None:
+        """What the stick table should learn from a response of `server` (its head's
+        `headers`): `stick_key` -> `server` when the table did not already say so
+        (`stick_server`: what it held), or the session a server's Set-Cookie starts; None:
+        nothing (no table, no key, or nothing new)."""
+        stick = self.stick
+        if stick is None:
+            return None
         key = stick_key
         if stick.cookie is not None:
             for name, value in headers:
@@ -222,8 +238,27 @@ class Persistence:
                     if learnt:
                         key = learnt
         if not key:
-            return
+            return None
         if key != stick_key:  # a session the server starts now
-            tasks.spawn(stick.table.learn(key, server))
-        elif sticky_server != server:  # unknown so far, or its server is gone
-            tasks.spawn(stick.table.learn(key, server, replacing=sticky_server))
+            return Learning(key, server, None)
+        if stick_server != server:  # unknown so far, or its server is gone
+            return Learning(key, server, stick_server)
+        return None
+
+    def learn(self, pending: Learning) -> None:
+        """Write `pending` to the stick table in the background (bounded by the store's
+        timeout; a store that is down loses it: the policy picks next time)."""
+        stick = self.stick
+        if stick is None:
+            return
+        tasks.spawn(stick.table.learn(pending.key, pending.server, replacing=pending.replacing))
+
+
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """A stick-table entry to write once the response is complete: `key` -> `server`,
+    unless the table holds another server than `replacing` (compare-and-set)."""
+
+    key: bytes
+    server: str
+    replacing: str | None

@@ -78,6 +78,8 @@ class ExchangeView(Protocol):
     @property
     def method(self) -> bytes: ...
     @property
+    def version(self) -> str: ...
+    @property
     def target(self) -> bytes: ...
     @property
     def head(self) -> RequestHead: ...
@@ -176,7 +178,11 @@ class Outcome:
     before the end); `bytes_sent`: response body bytes written to the client (after
     transforms); `server`: the server that answered (None for Portico's own answers and
     failures before one was chosen); `duration_s` since the request head was in; `error`:
-    why it ended incomplete (the server closed, a timeout, a transform raised), else None.
+    why it ended incomplete (the server closed, a timeout, a transform raised), or why
+    Portico answered with an error (the last server's failure), else None. The rest is what
+    the access log reports: `target` as the client sent it (before rewrites), the response
+    head's bytes, the request body bytes received, the server's connect and response times
+    (seconds, None without a server), the request id (None unless the listener logs).
     """
 
     status: int
@@ -188,6 +194,13 @@ class Outcome:
     error: str | None = None
     listener: str = ""
     route: str | None = None
+    client_ip: str = ""
+    target: bytes = b""
+    head_bytes: int = 0
+    received: int = 0
+    connect_s: float | None = None
+    response_s: float | None = None
+    request_id: bytes | None = None
 
 
 class DoneStage(Protocol):

@@ -36,7 +36,6 @@ from portico.http.headers import (
     serialize_head,
 )
 from portico.http.local import BodySource, LocalResponse, reason_phrase
-from portico.observe.access_log import access_record
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
 from portico.pipeline import Outcome, ResponseEdit, TransformChain, TransformFailed
@@ -61,7 +60,7 @@ from portico.upstreams.pool import FULL, Pool
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
     from portico.filters.plugin import RouteChain
-    from portico.persistence.session import Persistence
+    from portico.persistence.session import Learning, Persistence
     from portico.proxy.context import HttpListenerSettings, ProxyContext
     from portico.upstreams.backend import BackendState
 
@@ -128,6 +127,7 @@ class Exchange:
         "_fell_back",
         "_flush_due",
         "_head_len",
+        "_learning",
         "_observed",
         "_offload_end",
         "_offloaded",
@@ -151,6 +151,7 @@ class Exchange:
         "_started",
         "_stick_key",
         "_stick_looked",
+        "_stick_server",
         "_sticky_server",
         "_timeouts",
         "_tried",
@@ -223,6 +224,8 @@ class Exchange:
         self._sticky_server: str | None = None  # the server a persistence cookie named
         self._stick_key: bytes | None = None  # the request's stick-table key
         self._stick_looked = False
+        self._stick_server: str | None = None  # the server the stick table held for the key
+        self._learning: Learning | None = None  # for the stick table, once the response is out
         self._response_edits: RouteActions | None = None
         self._timeouts: tuple[float, float, float] | None = None  # a route's, over the pool's
         self.route: Route | None = None
@@ -396,6 +399,8 @@ class Exchange:
                     tasks.spawn(self._stick_lookup(persistence, key))
                     return
             if persistence.cookie is not None:
+                # the cookie's server, never over the stick table's (a client without the
+                # cookie still has its session's server)
                 self._sticky_server = persistence.cookie_server(self.headers, pool.backends)
                 if self._upstream_head is None:
                     self.head.headers = persistence.request_headers(self.head.headers)
@@ -409,7 +414,7 @@ class Exchange:
                     client.client_ip,
                     self._tried,
                     now,
-                    self._sticky_server,
+                    self._sticky_server or self._stick_server,
                 )
             except PluginError:  # a user's policy raised (and was logged)
                 self._respond_error(500)
@@ -448,7 +453,7 @@ class Exchange:
     async def _stick_lookup(self, persistence: Persistence, key: bytes) -> None:
         """Ask the stick table (bounded by the store's timeout; a store that is down answers
         None and the policy picks), then go on choosing a server."""
-        self._sticky_server = await persistence.lookup(key)
+        self._stick_server = await persistence.lookup(key)
         if not self.finished:
             self.start()
 
@@ -763,7 +768,13 @@ class Exchange:
         persistence = self._pool.persistence
         name = self._backend_name
         if persistence is not None and name is not None:
-            out = persistence.response_headers(out, name, self._sticky_server, self._stick_key)
+            if persistence.stick is not None:
+                self._learning = persistence.to_learn(
+                    out, name, self._stick_server, self._stick_key
+                )
+            out = persistence.response_headers(
+                out, name, self._sticky_server, self._stick_key, self._stick_server, learn=False
+            )
         return out
 
     def _replaced(self, answer: LocalResponse) -> None:
@@ -902,6 +913,7 @@ class Exchange:
         """A body transform raised (logged): a 500 while nothing reached the client, else
         the response is cut (never presented as complete)."""
         self._pipe = None
+        self._learning = None  # the server's response did not go out
         self._error = str(exc)
         if self._response_started:
             self._release_backend(failed=None)
@@ -957,6 +969,7 @@ class Exchange:
 
     def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None:
         self._upstream = None
+        self._learning = None
         backend = self._backend
         stale = self._reused and not got_bytes and not timed_out and not self._stale_retried
         self._release_backend(failed=None if stale else True)
@@ -1246,11 +1259,18 @@ class Exchange:
             upstream.abort()
 
     def _done(self, status: int, complete: bool = True) -> None:
-        """The request has ended (answered, refused, cut or abandoned): count it, log it, run
-        the done phase's stages."""
+        """The request has ended (answered, refused, cut or abandoned): run the done phase's
+        stages (the access log, users' `on_done`), count it."""
         client = self._client
         route = self.route
         settings = client.settings
+        learning = self._learning
+        if learning is not None:
+            # the stick table's stage: a session sticks once a response went out whole
+            self._learning = None
+            persistence = self._pool.persistence
+            if complete and persistence is not None:
+                persistence.learn(learning)
         if settings.done_stages or (
             settings.route_filters is not None and route is not None and self._route_done()
         ):
@@ -1264,8 +1284,6 @@ class Exchange:
             time.monotonic() - self._started,
             self._connect_time,
         )
-        if client.settings.access_log is not None:
-            self._log(status)
 
     def _route_done(self) -> bool:
         chain = self._route_chain()
@@ -1286,6 +1304,13 @@ class Exchange:
             error=self._error,
             listener=settings.name,
             route=route.name if route is not None else None,
+            client_ip=client.client_ip,
+            target=self._original_target,
+            head_bytes=self._head_len,
+            received=self.received,
+            connect_s=self._connect_time,
+            response_s=self._response_time,
+            request_id=self._request_id,
         )
         chain = self._route_chain()
         if chain is not None:
@@ -1293,36 +1318,6 @@ class Exchange:
                 stage.on_done(self, outcome)
         for stage in settings.done_stages:
             stage.on_done(self, outcome)
-
-    def _log(self, status: int) -> None:
-        """One access log line for this request (only on listeners that keep a log)."""
-        client = self._client
-        writer = client.settings.access_log
-        if writer is None:
-            return
-        route = self.route
-        writer.log(
-            access_record(
-                duration=time.monotonic() - self._started,
-                headers=self.headers,
-                client_ip=client.client_ip,
-                method=self.method,
-                target=self._original_target,
-                version=self.version,
-                status=status,
-                head_bytes=self._head_len,
-                body_bytes=self._sent,
-                received=self.received,
-                host=self.head.host,
-                request_id=self._request_id,
-                listener=client.settings.name,
-                route=route.name if route is not None else None,
-                pool=self._pool.name,
-                backend=self._backend_name,
-                upstream_connect=self._connect_time,
-                upstream_response=self._response_time,
-            )
-        )
 
     def _release_backend(self, *, failed: bool | None) -> None:
         """The request is done with its backend; `failed` feeds outlier detection (None: the
