@@ -11,6 +11,7 @@ numbers.
 from __future__ import annotations
 
 import itertools
+import functools
 from collections.abc import Iterable
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Final
@@ -35,9 +36,11 @@ def make_etag(size: int, mtime_ns: int) -> bytes:
     return b'"%x-%x"' % (mtime_ns // 1000, size)
 
 
-def http_date(seconds: float) -> bytes:
-    """An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`)."""
-    return formatdate(int(seconds), usegmt=True).encode("ascii")
+@functools.lru_cache(maxsize=1024)
+def http_date(seconds: int) -> bytes:
+    """An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) of whole seconds (files' times:
+    remembered, a site has few distinct ones)."""
+    return formatdate(seconds, usegmt=True).encode("ascii")
 
 
 def _parse_date(value: bytes) -> int | None:

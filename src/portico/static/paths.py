@@ -146,8 +146,8 @@ def open_under(root: str, segments: tuple[str, ...], follow_symlinks: bool = Fal
     """Open `segments` (from `request_segments`) below the directory `root` (an absolute,
     resolved path). Raises `NotFound`, `Hidden` or `Forbidden`; any other OSError is
     `NotFound` (a name too long, a component that is a file, permissions)."""
-    path = os.path.join(root, *segments)
     if follow_symlinks:
+        path = os.path.join(root, *segments)
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except OSError:
@@ -158,7 +158,7 @@ def open_under(root: str, segments: tuple[str, ...], follow_symlinks: bool = Fal
         return _opened(fast, segments)
     # a symlink on the way (or a race): resolve it, and serve it only if it stays inside
     try:
-        real = os.path.realpath(path, strict=True)
+        real = os.path.realpath(os.path.join(root, *segments), strict=True)
     except OSError:
         raise Missing("no such file") from None
     relative = _inside(real, root)

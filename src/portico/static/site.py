@@ -10,6 +10,7 @@ fallback`). An answer is a `StaticReply` value whose body is bytes or a streamin
 
 from __future__ import annotations
 
+import functools
 import html
 import mimetypes
 import os
@@ -69,7 +70,12 @@ _CHARSET_TYPES: Final = frozenset(
 def content_type(name: str) -> bytes:
     """The Content-Type of a file named `name`, with `charset=utf-8` for text;
     application/octet-stream when the extension says nothing."""
-    guessed, _ = _TYPES.guess_type(name, strict=False)
+    return _type_of_extension(os.path.splitext(name)[1].lower())
+
+
+@functools.lru_cache(maxsize=256)
+def _type_of_extension(extension: str) -> bytes:
+    guessed, _ = _TYPES.guess_type("x" + extension, strict=False)
     if guessed is None:
         return b"application/octet-stream"
     if guessed.startswith("text/") or guessed in _CHARSET_TYPES:
@@ -238,7 +244,7 @@ class StaticSite:
         fields: list[Header] = []
         ctype = content_type(name)
         served = opened
-        compressible = self.precompressed and ctype.decode("ascii") in self.types
+        compressible = bool(self.precompressed) and _listed(self.types, ctype)
         if compressible and opened.segments:
             sibling = self._sibling(opened, opened.segments[-1], headers)
             if sibling is not None:
@@ -310,6 +316,11 @@ class StaticSite:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+@functools.lru_cache(maxsize=256)
+def _listed(types: TypeSet, ctype: bytes) -> bool:
+    return ctype.decode("ascii") in types
 
 
 SMALL_FILE: Final = 32 * 1024  # read whole into the answer: one write, no streaming
