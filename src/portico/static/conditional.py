@@ -10,8 +10,8 @@ numbers.
 
 from __future__ import annotations
 
-import itertools
 import functools
+import itertools
 from collections.abc import Iterable
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Final
