@@ -85,6 +85,13 @@ def origin(release: threading.Event) -> Callable[[Seen], Reply]:
             return Reply(
                 headers=[("Content-Type", "application/json")], body=pieces, framing="chunked"
             )
+        if path == "/trailers":  # large chunks (compressed in a worker thread), then trailers
+            body = json_body(600_000)
+            pieces = [body[i : i + 100_000] for i in range(0, len(body), 100_000)]
+            fields = [("Content-Type", "application/json"), ("Trailer", "X-Checksum")]
+            return Reply(
+                headers=fields, body=pieces, framing="chunked", trailers=[("X-Checksum", "42")]
+            )
         if path == "/png":
             return Reply(headers=[("Content-Type", "image/png")], body=PNG)
         if path == "/encoded":
@@ -357,6 +364,18 @@ def test_http2_responses_are_compressed(site: Site, coding: str) -> None:
     assert response.header("content-encoding") == coding
     assert response.header("content-length") is None
     assert decode(coding, bytes(response.body)) == json_body(200_000)
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_large_pieces_compressed_off_the_loop_keep_their_order_and_trailers(
+    site: Site, coding: str
+) -> None:
+    response = h2_get(site, "/trailers", {"accept-encoding": coding, "te": "trailers"})
+    assert response.header("content-encoding") == coding
+    assert decode(coding, bytes(response.body)) == json_body(600_000)
+    assert (b"x-checksum", b"42") in response.trailers
+    plain = get(site.port, "/trailers", {"Accept-Encoding": coding})
+    assert decode(coding, plain.body) == json_body(600_000)
 
 
 def test_http2_over_tls(site: Site) -> None:

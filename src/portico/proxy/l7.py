@@ -130,6 +130,7 @@ class Exchange:
         "_learning",
         "_observed",
         "_offload_end",
+        "_offload_trailers",
         "_offloaded",
         "_original_target",
         "_out",
@@ -240,7 +241,8 @@ class Exchange:
         # body pieces waiting behind a piece being transformed in a worker thread (None: no
         # thread at work); the server's end (or trailers) that came meanwhile, kept for after
         self._offloaded: list[bytes] | None = None
-        self._offload_end: list[Header] | bool | None = False
+        self._offload_trailers: list[Header] | None = None
+        self._offload_end = False
         self.status = 0
         self.finished = False
 
@@ -866,12 +868,14 @@ class Exchange:
                 self._transform_failed(failed)
                 return
             self._transformed(out)
+        trailers, self._offload_trailers = self._offload_trailers, None
         end, self._offload_end = self._offload_end, False
-        if end is True:
+        if trailers is not None:
+            self.on_response_trailers(trailers)
+            if self.finished:
+                return  # a transform failed at the end
+        if end:
             self.on_response_end()
-            return
-        if isinstance(end, list):
-            self.on_response_trailers(end)
             return
         upstream = self._upstream
         if upstream is not None and not self._client.write_paused:
@@ -928,7 +932,7 @@ class Exchange:
         """A chunked response ended with trailer fields: the client gets them where its
         protocol has room (HTTP/1.1 chunked framing, an HTTP/2 HEADERS frame)."""
         if self._offloaded is not None:
-            self._offload_end = fields  # after the piece in the worker thread
+            self._offload_trailers = fields  # after the piece in the worker thread
             return
         if self._pipe is not None and not self._end_pipe():
             return
