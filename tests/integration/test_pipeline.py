@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from fakes import FakeBackend, Reply, ResponseReader, connect, eventually, pool_yaml, request
+from fakes import FakeBackend, Reply, ResponseReader, Seen, connect, eventually, pool_yaml, request
 from h2client import H2Client, H2Response
 
 MiB = 1 << 20
@@ -351,6 +351,18 @@ def test_done_phase_outcome_complete_or_cut_when_the_server_dies(
     assert cut["error"]
 
 
+def worker_memory(proxy) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(VmRSS, VmHWM) of the only worker process, in bytes."""
+    (pid,) = proxy.worker_pids()
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
 def test_a_slow_client_pauses_the_server_under_a_transform(
     backends, portico, tmp_path: Path
 ) -> None:
@@ -358,16 +370,19 @@ def test_a_slow_client_pauses_the_server_under_a_transform(
     block = b"z" * MiB
     app = backends("app", lambda seen: Reply(body=(block for _ in range(64)), length=total))
     proxy = start(portico, tmp_path, app)
+    rss_before, _ = worker_memory(proxy)
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     with sock:
         sock.sendall(b"GET /upper/big HTTP/1.1\r\nHost: t\r\n\r\n")
-        sock.recv(1)
+        sock.recv(1)  # the response started; now the client reads nothing for a while
         assert app.wait_stalled(quiet=0.5, timeout=15), "the server never had to stop writing"
         assert app.body_bytes_sent < 32 * MiB  # paused well before the end
-        received = 1
+        _, peak_stalled = worker_memory(proxy)
+        assert peak_stalled - rss_before < 32 * MiB  # the transformed body is not held
         deadline = time.monotonic() + 60
         tail = b""
+        received = 1
         while time.monotonic() < deadline:
             data = sock.recv(1 << 20)
             if not data:
@@ -377,3 +392,30 @@ def test_a_slow_client_pauses_the_server_under_a_transform(
             if tail.endswith(b"|END\r\n0\r\n\r\n"):
                 break
     assert tail.endswith(b"|END\r\n0\r\n\r\n")
+    assert received > total  # every byte (uppercased), the chunk framing and the marker
+    _, peak = worker_memory(proxy)
+    assert peak - rss_before < 32 * MiB
+
+
+def test_an_h2_stream_not_read_pauses_its_server_under_a_transform(
+    backends, portico, tmp_path: Path
+) -> None:
+    block = b"q" * MiB
+
+    def answer(seen: Seen) -> Reply:
+        if seen.target == "/upper/small":
+            return Reply(body=b"small")
+        return Reply(body=(block for _ in range(64)), length=64 * MiB)
+
+    app = backends("app", answer)
+    proxy = start(portico, tmp_path, app)
+    with connect(proxy.port) as sock:
+        client = H2Client(sock, initial_window=16 * 1024)
+        held = client.request("GET", "/upper/big")
+        client.hold.add(held)  # never gives this stream its window back
+        # the connection goes on: another stream is answered while this one is held
+        assert bytes(client.response(client.request("GET", "/upper/small")).body) == b"SMALL|END"
+        assert app.wait_stalled(quiet=0.5, timeout=15), "the server never had to stop writing"
+        assert app.body_bytes_sent < 32 * MiB
+        assert len(client.streams[held].body) <= 16 * 1024
+        assert bytes(client.streams[held].body[:4]) == b"QQQQ"

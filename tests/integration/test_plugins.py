@@ -117,6 +117,35 @@ def test_response_filter_adds_headers_on_its_listener_and_route(backends, portic
     assert tagged.header("X-Route") == "tagged"
 
 
+def test_body_filter_rewrites_html_as_it_streams_over_http1_and_http2(backends, portico) -> None:
+    page = b"<a href='http://intranet.example/x'>" * 5000  # many matches across pieces
+
+    def answer(seen: Seen) -> Reply:
+        kind = "text/plain" if seen.target == "/plain" else "text/html; charset=utf-8"
+        return Reply(headers=[("Content-Type", kind)], body=page)
+
+    app = backends("app", answer)
+    listener = (
+        "    http2: true\n"
+        "    filters:\n"
+        "      - use: rewrite:ReplaceText\n"
+        "        with: {old: 'http://intranet.example', new: 'https://www.example.com'}\n"
+    )
+    proxy = portico(config(listener, {"app": [app]}))
+    expected = page.replace(b"http://intranet.example", b"https://www.example.com")
+    html = request(proxy.port, target="/page")
+    assert html.body == expected
+    assert html.header("Content-Length") is None  # the length changed: sent chunked
+    assert html.header("Transfer-Encoding") == "chunked"
+    plain = request(proxy.port, target="/plain")
+    assert plain.body == page  # not a type it rewrites: untouched, with its length
+    assert plain.header("Content-Length") == str(len(page))
+    with connect(proxy.port) as sock:
+        client = H2Client(sock)
+        streamed = client.response(client.request("GET", "/page"))
+    assert bytes(streamed.body) == expected
+
+
 def test_json_probe_takes_a_server_out_when_its_health_field_changes(backends, portico) -> None:
     state = {"status": "ok"}
 

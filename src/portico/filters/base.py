@@ -24,6 +24,7 @@ class RequestFilter(Protocol):
     """Runs when a request head is complete, before a backend is chosen. An `asynchronous`
     filter (one that asks a shared store) is awaited through `check` instead."""
 
+    name: str  # the stage's name ("rate_limit", "redirect_https", a plugin's "mod:Class ...")
     asynchronous: bool
 
     def on_request(self, exchange: FilterRequest) -> LocalResponse | None:

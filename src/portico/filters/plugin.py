@@ -63,11 +63,12 @@ class PluginFilter:
     called inline and timed; an ``async def`` one is awaited (the exchange spawns it) within
     `timeout`. A `Response` is answered; an exception or a timeout answers 500."""
 
-    __slots__ = ("_hook", "_view", "asynchronous", "budget", "guard", "timeout")
+    __slots__ = ("_hook", "_view", "asynchronous", "budget", "guard", "name", "timeout")
 
     def __init__(self, plugin: Filter, guard: Guard, timeout: float) -> None:
         self._hook: RequestHook = plugin.on_request
         self.guard = guard
+        self.name = guard.name
         self.budget = guard.budget
         self._view = Request(_NO_REQUEST)
         self.timeout = timeout
@@ -153,11 +154,12 @@ class DoneHook:
     """A plugin's `on_done` as a done-phase stage: timed; what it raises is logged (the
     request is over: nothing fails)."""
 
-    __slots__ = ("_hook", "guard")
+    __slots__ = ("_hook", "guard", "name")
 
     def __init__(self, plugin: Filter, guard: Guard) -> None:
         self._hook: DoneCallback = plugin.on_done
         self.guard = guard
+        self.name = guard.name
 
     def on_done(self, exchange: ExchangeView, outcome: Outcome) -> None:
         started = perf_counter()

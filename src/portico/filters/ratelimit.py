@@ -81,6 +81,7 @@ _TOO_MANY_FIELDS = (
 
 
 class RateLimitFilter:
+    name = "rate_limit"  # the request phase's stage name
     asynchronous = False  # SharedRateLimitFilter (through a store) is awaited
 
     """Per-client rate limit of one listener (per worker, in memory). A request over the

@@ -23,6 +23,7 @@ class RedirectToHttps:
     """Answers 308 with `Location: https://<host>[:<port>]<target>` (308 keeps the method and
     body). `port`: the https port, None for the default (443, left out of the URL)."""
 
+    name = "redirect_https"  # the request phase's stage name
     asynchronous = False
 
     def __init__(self, port: int | None = None) -> None:

@@ -167,6 +167,8 @@ class ResponseEdit:
 class ResponseStage(Protocol):
     """Runs on each response head of the listener or route it is configured on."""
 
+    name: str  # for logs and docs: "compression", "cache_store", ...
+
     def on_response_head(self, exchange: ExchangeView, edit: ResponseEdit) -> None: ...
 
 
@@ -206,6 +208,8 @@ class Outcome:
 class DoneStage(Protocol):
     """Runs once per exchange when it has ended (answered, cut or abandoned). Must not
     raise; it cannot change anything any more."""
+
+    name: str  # "access_log", a plugin's "mod:Class (listener web)", ...
 
     def on_done(self, exchange: ExchangeView, outcome: Outcome) -> None: ...
 
