@@ -172,6 +172,10 @@ def config(root: Path, backend: FakeBackend, cert: Path, key: Path) -> str:
       - match: {{path_prefix: /links/}}
         strip_prefix: /links
         static: {{root: {root}, follow_symlinks: true}}
+      - match: {{path_prefix: /gzip-9/}}
+        strip_prefix: /gzip-9
+        pool: app
+        compression: {{algorithms: [gzip], levels: {{gzip: 9}}}}
       - match: {{path_prefix: /gzip-only/}}
         strip_prefix: /gzip-only
         pool: app
@@ -366,16 +370,22 @@ def test_http2_responses_are_compressed(site: Site, coding: str) -> None:
     assert decode(coding, bytes(response.body)) == json_body(200_000)
 
 
-@pytest.mark.parametrize("coding", CODINGS)
+@pytest.mark.parametrize(
+    ("prefix", "coding"),
+    [("/gzip-9", "gzip"), ("", "br"), ("", "zstd")],  # gzip 9: 100 KB pieces go to a thread
+)
 def test_large_pieces_compressed_off_the_loop_keep_their_order_and_trailers(
-    site: Site, coding: str
+    site: Site, prefix: str, coding: str
 ) -> None:
-    response = h2_get(site, "/trailers", {"accept-encoding": coding, "te": "trailers"})
+    target = prefix + "/trailers"
+    response = h2_get(site, target, {"accept-encoding": coding, "te": "trailers"})
     assert response.header("content-encoding") == coding
     assert decode(coding, bytes(response.body)) == json_body(600_000)
     assert (b"x-checksum", b"42") in response.trailers
-    plain = get(site.port, "/trailers", {"Accept-Encoding": coding})
+    plain = get(site.port, target, {"Accept-Encoding": coding})
     assert decode(coding, plain.body) == json_body(600_000)
+    static = get(site.port, "/gzip-9/json/300000", {"Accept-Encoding": "gzip"})
+    assert decode("gzip", static.body) == json_body(300_000)
 
 
 def test_http2_over_tls(site: Site) -> None:

@@ -97,6 +97,27 @@ _ENGINES: Final[dict[str, type[_Gzip] | type[_Brotli] | type[_Zstd]]] = {
 }
 
 
+# Throughput of one step, kB of JSON-like text per ms of one core, by coding and level
+# (bench/compress_steps.py on this project's 2-core machine, rounded down): what a step of
+# a given size holds the event loop for.
+_KB_PER_MS: Final = {
+    "gzip": {1: 140, 2: 130, 3: 120, 4: 100, 5: 85, 6: 60, 7: 40, 8: 20, 9: 15},
+    "br": {0: 400, 1: 380, 2: 250, 3: 180, 4: 120, 5: 70, 6: 45},
+    "zstd": {1: 580, 2: 400, 3: 300, 4: 150, 5: 150, 6: 150, 7: 60, 8: 60, 9: 60},
+}
+STEP_BUDGET_MS: Final = 1.5  # a step the event loop may spend compressing inline
+_MIN_OFFLOAD: Final = 16 * 1024
+_MAX_OFFLOAD: Final = 256 * 1024
+
+
+def offload_size(coding: str, level: int) -> int:
+    """The piece size from which compressing with `coding` at `level` takes more than
+    STEP_BUDGET_MS: larger pieces go to a worker thread, smaller ones are not worth the
+    hand-over (it costs about a fifth of a 100 KiB gzip-5 step)."""
+    rate = _KB_PER_MS[coding].get(level, 30)
+    return max(_MIN_OFFLOAD, min(_MAX_OFFLOAD, int(rate * 1000 * STEP_BUDGET_MS)))
+
+
 class Compressor:
     """Compresses one response body with `coding` at `level`, as a `BodyTransform`.
 
@@ -106,7 +127,7 @@ class Compressor:
     calls on the event loop's thread (`feed` may run in a worker thread, see `threaded`).
     """
 
-    __slots__ = ("_after", "_before", "_counter", "_engine", "_streaming", "coding")
+    __slots__ = ("_after", "_before", "_counter", "_engine", "_streaming", "coding", "offload_min")
 
     # the pipeline may call `feed` in a worker thread (never two calls at once): the
     # libraries release the GIL while they compress, so the event loop runs meanwhile
@@ -121,6 +142,7 @@ class Compressor:
         counter: CodingBytes | None = None,
     ) -> None:
         self.coding = coding
+        self.offload_min = offload_size(coding, level)  # see `threaded`
         self._engine: _Engine | None = _ENGINES[coding](level)
         self._streaming = streaming
         self._counter = counter

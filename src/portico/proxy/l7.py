@@ -43,7 +43,7 @@ from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
-from portico.proxy.local_body import OFFLOAD_MIN, stream_local, transform_executor
+from portico.proxy.local_body import stream_local, transform_executor
 from portico.routing import Route, Router
 from portico.routing.actions import (
     RouteActions,
@@ -814,7 +814,7 @@ class Exchange:
         if waiting is not None:
             waiting.append(bytes(data))  # behind the piece in the thread, in order
             return
-        if pipe.threaded and len(data) >= OFFLOAD_MIN:
+        if pipe.threaded and len(data) >= pipe.offload_min:
             self._offload(pipe, [bytes(data)])
             return
         try:
@@ -859,7 +859,7 @@ class Exchange:
             raise exc
         self._transformed(future.result())
         if waiting:
-            if pipe.threaded and sum(len(piece) for piece in waiting) >= OFFLOAD_MIN:
+            if pipe.threaded and sum(len(piece) for piece in waiting) >= pipe.offload_min:
                 self._offload(pipe, waiting)
                 return
             try:

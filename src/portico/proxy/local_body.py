@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from portico.http.local import BodySource
 
 __all__ = [
-    "OFFLOAD_MIN",
     "PIECE",
     "LocalSink",
     "send_file",
@@ -38,9 +37,6 @@ log = logging.getLogger("portico.proxy")
 
 PIECE: Final = 64 * 1024  # bytes read from a source at a time
 SENDFILE_PIECE: Final = 1 << 20  # bytes one sendfile(2) call may send
-# a piece at least this large goes through threaded transforms (compression) in a worker
-# thread; a smaller one is not worth the hand-over
-OFFLOAD_MIN: Final = 32 * 1024
 # the worker threads that transform large pieces: as many as CPUs (more would only queue for
 # the same cores, and contend with the event loop's thread for the GIL between steps)
 _workers: list[ThreadPoolExecutor] = []
@@ -130,7 +126,7 @@ async def stream_local(
                             break
                         if pipe is None:
                             out = data
-                        elif pipe.threaded and len(data) >= OFFLOAD_MIN:
+                        elif pipe.threaded and len(data) >= pipe.offload_min:
                             # compressed in a worker thread: the loop serves others meanwhile
                             loop = asyncio.get_running_loop()
                             out = await loop.run_in_executor(transform_executor(), pipe.feed, data)
