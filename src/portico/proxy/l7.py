@@ -1177,6 +1177,11 @@ class Exchange:
             stream_local(self, out, pipe, status, reason, headers, body, source, keep, timeout)
         )
 
+    def local_started(self) -> None:
+        """`stream_local` wrote the first body bytes: from now on a failure cuts the response
+        (and a client leaving is logged with the status, not 499)."""
+        self._response_started = True
+
     def local_sent(self, head_len: int, sent: int, keep: bool) -> None:
         """`stream_local` wrote the whole answer (`sent` body bytes)."""
         self._head_len = head_len
@@ -1196,7 +1201,7 @@ class Exchange:
         self._error = error
         if self.finished:
             return
-        if sent or self._response_started:
+        if self._response_started:
             self._abort()
             return
         self._out.cancel_response_head()

@@ -62,6 +62,7 @@ class LocalSink(Protocol):
     def finished(self) -> bool: ...
 
     async def wait_writable(self) -> None: ...
+    def local_started(self) -> None: ...
     def local_sent(self, head_len: int, sent: int, keep: bool) -> None: ...
     def local_failed(self, head_len: int, sent: int, error: str) -> None: ...
 
@@ -105,11 +106,13 @@ async def stream_local(
                 if out:
                     framer.send_body(out)
                     sent += len(out)
+                    exchange.local_started()
             else:
                 span = source.file_range() if pipe is None else None
                 transport = framer.raw_transport() if span is not None else None
                 if span is not None and transport is not None:
                     framer.send_body(b"")  # the staged head, alone
+                    exchange.local_started()
                     sent += await send_file(
                         transport, span[0], span[1], span[2], exchange, send_timeout
                     )
@@ -136,11 +139,15 @@ async def stream_local(
                             out = pipe.feed(data)
                         if out:
                             framer.send_body(out)
+                            if not sent:
+                                exchange.local_started()
                             sent += len(out)
             if pipe is not None:
                 tail = pipe.end()
                 if tail:
                     framer.send_body(tail)
+                    if not sent:
+                        exchange.local_started()
                     sent += len(tail)
         if exchange.finished:
             return

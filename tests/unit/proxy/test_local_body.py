@@ -53,10 +53,14 @@ class Exchange:
         self.method = method
         self.finished = False
         self.waits = 0
+        self.started = False
         self.result: tuple[object, ...] | None = None
 
     async def wait_writable(self) -> None:
         self.waits += 1
+
+    def local_started(self) -> None:
+        self.started = True
 
     def local_sent(self, head_len: int, sent: int, keep: bool) -> None:
         self.result = ("sent", head_len, sent, keep)
