@@ -513,7 +513,9 @@ def test_index_redirect_and_autoindex(site: Site) -> None:
     assert get(site.port, "/files/docs/").body == b"<h1>docs</h1>\n"
     moved = get(site.port, "/files/docs?x=1")
     assert moved.status == 301
-    assert moved.header("Location") == "/docs/?x=1"  # the path as the static root sees it
+    assert moved.header("Location") == "./docs/?x=1"  # relative: /files/docs/ for the client
+    followed = curl("-L", f"http://127.0.0.1:{site.port}/files/docs")
+    assert followed.stdout == b"<h1>docs</h1>\n"
     assert get(site.port, "/files/empty/").status == 403
     listing = get(site.port, "/auto/list/")
     assert listing.status == 200

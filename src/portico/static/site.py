@@ -157,8 +157,11 @@ class StaticSite:
         path, mark, query = target.partition(b"?")
         if not path.endswith(b"/"):
             os.close(opened.fd)
-            # relative links in the page resolve against the directory only with the slash
-            location = path + b"/" + (mark + query if mark else b"")
+            # relative links in the page resolve against the directory only with the slash.
+            # A relative Location ("./docs/"): the client's path may have a prefix the route
+            # stripped, which `target` no longer shows
+            last = path.rsplit(b"/", 1)[1]
+            location = b"./" + last + b"/" + (mark + query if mark else b"")
             return _plain(301, b"301 Moved Permanently", [(b"Location", location)])
         for name in self.index:
             try:

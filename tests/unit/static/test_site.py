@@ -130,7 +130,7 @@ def test_index_and_directory_redirect(root: Path) -> None:
     assert body == b"<h1>docs</h1>"
     reply, _ = get(site(root), b"/docs?x=1")
     assert reply.status == 301
-    assert header(reply, b"Location") == b"/docs/?x=1"
+    assert header(reply, b"Location") == b"./docs/?x=1"
     reply, _ = get(site(root, index=("missing.html", "index.html")), b"/docs/")
     assert reply.status == 200
 
