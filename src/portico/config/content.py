@@ -2,8 +2,8 @@
 action. *pure*
 
 Owns the frozen pydantic models, their defaults and per-field rules: which codings and levels
-exist (levels capped where one compression step of a 64 KiB read stays within a few
-milliseconds, see bench/compress_steps.py), which media types may be listed (never images,
+exist (levels capped where compressing costs 10 to 300 times the CPU per byte of the
+defaults, see bench/compress_steps.py), which media types may be listed (never images,
 video or audio), a static root that is an absolute directory, index names that are plain file
 names, Cache-Control's max_age in seconds up to years. Reads the file system only to check that
 the root is a directory. It must not import `schema.py` or `routes.py`, which import it.
@@ -51,8 +51,9 @@ DEFAULT_TYPES: Final = (
     "image/svg+xml",
     "application/wasm",
 )
-# Allowed levels: each library's range, capped where one 64 KiB step takes more than ~5 ms on
-# this project's 2-core machine (br 7+ and zstd 13+ reach 20-300 ms per step).
+# Allowed levels: each library's range, capped where a 64 KiB step takes more than ~5 ms on
+# this project's 2-core machine (br 7+ and zstd 13+ reach 20-300 ms): on the fly, such levels
+# would spend a core per few MB/s (the worker thread keeps the loop free, not the CPU).
 LEVEL_RANGES: Final = {"gzip": (1, 9), "br": (0, 6), "zstd": (1, 12)}
 
 
