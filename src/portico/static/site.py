@@ -16,6 +16,7 @@ import mimetypes
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -86,11 +87,82 @@ def _type_of_extension(extension: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class StaticReply:
     """A static answer: a status, end-to-end headers (Content-Length included when there is
-    a body), and the body: bytes, or a file body the edge streams (and must close)."""
+    a body), and the body: bytes, or a file body the edge streams (and must close).
+    `served`: the path and identity (device, inode, size, mtime) of a small file read whole
+    into a 200, for `SmallFiles`."""
 
     status: int
     headers: list[Header]
     body: bytes | FileBody | MultipartBody = b""
+    served: tuple[str, tuple[int, int, int, int]] | None = None
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class SmallFiles:
+    """Answers of small files (read whole, up to SMALL_FILE), remembered by request target
+    and Accept-Encoding for `TTL` seconds, and only while a stat(2) of the file finds it
+    unchanged (same inode, size and modification time): a file replaced or edited is read
+    again at once; an index or sibling file added is noticed within `TTL`. Bounded: at most
+    `MAX_BYTES` of bodies. Requests with conditions or ranges never use it."""
+
+    TTL: Final = 2.0
+    MAX_BYTES: Final = 4 * 1024 * 1024
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self) -> None:
+        # key -> (path, identity, the answer, when it was made)
+        self._entries: dict[
+            tuple[bytes, bytes], tuple[str, tuple[int, int, int, int], LocalResponse, float]
+        ] = {}
+        self._size = 0
+
+    def get(self, key: tuple[bytes, bytes]) -> LocalResponse | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        path, identity, answer, made = entry
+        try:
+            fresh = time.monotonic() - made < self.TTL and _identity(os.stat(path)) == identity
+        except OSError:
+            fresh = False
+        if not fresh:
+            self._drop(key)
+            return None
+        return answer
+
+    def put(
+        self,
+        key: tuple[bytes, bytes],
+        served: tuple[str, tuple[int, int, int, int]],
+        answer: LocalResponse,
+    ) -> None:
+        self._drop(key)
+        self._entries[key] = (served[0], served[1], answer, time.monotonic())
+        self._size += len(answer.body)
+        while self._size > self.MAX_BYTES and self._entries:
+            self._drop(next(iter(self._entries)))  # the oldest first
+
+    def _drop(self, key: tuple[bytes, bytes]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._size -= len(entry[2].body)
+
+
+def _plain_request(headers: Sequence[Header]) -> bytes | None:
+    """The Accept-Encoding of a request without conditions or ranges (b"" without one);
+    None when it has an If-* or Range field (answered fresh every time)."""
+    accept = b""
+    for name, value in headers:
+        low = name.lower()
+        if low.startswith(b"if-") or low == b"range":
+            return None
+        if low == b"accept-encoding":
+            accept = accept + b"," + value if accept else value
+    return accept
 
 
 def _plain(status: int, text: bytes, extra: Sequence[Header] = ()) -> StaticReply:
@@ -122,6 +194,7 @@ class StaticSite:
     cache_control: bytes | None = None
     precompressed: tuple[str, ...] = CODINGS  # sibling codings looked for, in preference order
     types: TypeSet = field(default_factory=lambda: TypeSet.of(DEFAULT_TYPES))
+    small: SmallFiles = field(default_factory=SmallFiles, compare=False, repr=False)
 
     def answer(self, method: bytes, target: bytes, headers: Sequence[Header]) -> StaticReply | None:
         """The answer to this request, or None when it goes to the route's pool instead
@@ -146,10 +219,18 @@ class StaticSite:
     ) -> LocalResponse | None:
         """`answer` as the proxy sends it: a `LocalResponse` whose file body is streamed
         (and closed) by the edge; None when the route's pool gets the request."""
+        accept = _plain_request(headers) if method == b"GET" or method == b"HEAD" else None
+        if accept is not None:
+            remembered = self.small.get((target, accept))
+            if remembered is not None:
+                return remembered
         reply = self.answer(method, target, headers)
         if reply is None:
             return None
-        return local_response(reply.status, reply.headers, reply.body)
+        answer = local_response(reply.status, reply.headers, reply.body)
+        if accept is not None and reply.served is not None:
+            self.small.put((target, accept), reply.served, answer)
+        return answer
 
     def _directory(
         self, method: bytes, target: bytes, headers: Sequence[Header], opened: Opened
@@ -255,6 +336,7 @@ class StaticSite:
                 os.close(opened.fd)
                 fields.append((b"Content-Encoding", coding.encode("ascii")))
         fd = served.fd
+        served_segments = served.segments
         try:
             info = served.stat
             size = info.st_size
@@ -284,7 +366,11 @@ class StaticSite:
                 return StaticReply(200, fields)
             if ranges is WHOLE:
                 fields = [(b"Content-Type", ctype), *fields, (b"Content-Length", b"%d" % size)]
-                reply = StaticReply(200, fields, _body(fd, 0, size))
+                body = _body(fd, 0, size)
+                identity = None
+                if isinstance(body, bytes):
+                    identity = (os.path.join(self.root, *served_segments), _identity(info))
+                reply = StaticReply(200, fields, body, identity)
             elif len(ranges) == 1:
                 first, last = ranges[0]
                 fields = [
@@ -305,14 +391,14 @@ class StaticSite:
                     )
                     for first, last in ranges
                 ]
-                body = MultipartBody(fd, parts, b"\r\n--%s--\r\n" % boundary)
-                assert body.length is not None
+                multipart = MultipartBody(fd, parts, b"\r\n--%s--\r\n" % boundary)
+                assert multipart.length is not None
                 fields = [
                     (b"Content-Type", b"multipart/byteranges; boundary=" + boundary),
                     *fields,
-                    (b"Content-Length", b"%d" % body.length),
+                    (b"Content-Length", b"%d" % multipart.length),
                 ]
-                reply = StaticReply(206, fields, body)
+                reply = StaticReply(206, fields, multipart)
             if not isinstance(reply.body, bytes):
                 fd = -1  # the body owns it now (else it was read whole: closed below)
             return reply

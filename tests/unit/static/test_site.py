@@ -313,3 +313,33 @@ def test_a_file_truncated_in_place_fails_rather_than_ending_short(root: Path) ->
 )
 def test_content_types(name: str, ctype: bytes) -> None:
     assert content_type(name) == ctype
+
+
+def test_small_answers_are_remembered_while_the_file_is_unchanged(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = site(root)
+    first = s.local_answer(b"GET", b"/index.html", [])
+    assert first is not None
+    assert s.local_answer(b"GET", b"/index.html", []) is first
+    assert s.local_answer(b"HEAD", b"/index.html", []) is first  # the edge leaves the body out
+    # conditions and ranges are answered afresh; another Accept-Encoding is another answer
+    etag = dict(first.headers)[b"ETag"]
+    assert s.local_answer(b"GET", b"/index.html", [(b"If-None-Match", etag)]).status == 304  # type: ignore[union-attr]
+    assert s.local_answer(b"GET", b"/index.html", [(b"Range", b"bytes=0-1")]).status == 206  # type: ignore[union-attr]
+    assert s.local_answer(b"GET", b"/index.html", [(b"Accept-Encoding", b"br")]) is not first
+    # replaced: read again at once
+    (root / "index.new").write_bytes(b"<h1>new home</h1>")
+    os.replace(root / "index.new", root / "index.html")
+    again = s.local_answer(b"GET", b"/index.html", [])
+    assert again is not None
+    assert again.body == b"<h1>new home</h1>"
+    # and never kept longer than the TTL (a sibling or an index file added is noticed)
+    now = [1000.0]
+    monkeypatch.setattr("portico.static.site.time.monotonic", lambda: now[0])
+    kept = s.local_answer(b"GET", b"/a.txt", [(b"Range", b"bytes=0-0")])  # not kept: a range
+    assert kept is not None
+    fresh = s.local_answer(b"GET", b"/docs/", [])
+    assert s.local_answer(b"GET", b"/docs/", []) is fresh
+    now[0] += 3.0
+    assert s.local_answer(b"GET", b"/docs/", []) is not fresh
