@@ -59,6 +59,22 @@ LOAD_CORE = 1 if (os.cpu_count() or 1) >= 2 else 0
 
 ORIGIN_PORTS = (9001, 9002, 9003)
 PATHS = {"small": ("/small", 5), "16k": ("/16k", 16 * 1024), "1m": ("/1m", 1024 * 1024)}
+DEFAULT_PATHS = tuple(PATHS)
+# --content (#13): files served by the proxy itself (/s/, NGINX with sendfile), and a 100 KiB
+# JSON body from the origins compressed on the fly (/j/<coding>/: gzip level 5 on both, br 4
+# and zstd 3 on Portico only: NGINX has no on-the-fly br or zstd here). HAProxy serves no
+# files and is not configured to compress: these rows are Portico's and NGINX's.
+CONTENT_PATHS = {
+    "static-1k": ("/s/1k", 1024),
+    "static-1m": ("/s/1m", 1024 * 1024),
+    "json-gzip": ("/j/gzip/100k.json", 0),  # 0: the compressed size is each proxy's own
+    "json-br": ("/j/br/100k.json", 0),
+    "json-zstd": ("/j/zstd/100k.json", 0),
+}
+PATHS.update(CONTENT_PATHS)
+ENCODED = {"json-gzip": "gzip", "json-br": "br", "json-zstd": "zstd"}  # Accept-Encoding sent
+CONTENT_TARGETS = ("origin", "portico", "nginx")  # origin: the static rows only
+JSON_SIZE = 100 * 1024
 TARGETS = ("origin", "portico", "haproxy", "nginx")
 
 START_TIMEOUT = 10.0  # seconds for a target's port to accept connections
@@ -405,15 +421,26 @@ def check_affinity(proc: Proc, core: int) -> None:
                 log(f"warning: {proc.name} pid {pid} runs on cores {sorted(cpus)}, not {want}")
 
 
-def check_response(port: int, path: str, size: int) -> None:
-    """One GET through the target: 200 and the expected body length, or an error."""
+def check_response(port: int, path: str, size: int, coding: str | None = None) -> None:
+    """One GET through the target: 200 and the expected body length, or an error. With
+    `coding`: asked for with Accept-Encoding, and the body must come back in it."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CHECK_TIMEOUT)
+    headers = {"Host": "localhost"}
+    if coding is not None:
+        headers["Accept-Encoding"] = coding
     try:
-        conn.request("GET", path, headers={"Host": "localhost"})
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
     finally:
         conn.close()
+    if coding is not None:
+        got = resp.getheader("Content-Encoding")
+        if resp.status != 200 or got != coding:
+            raise RuntimeError(
+                f"GET {path} gave {resp.status}, Content-Encoding {got} (no {coding})"
+            )
+        return
     if resp.status != 200 or len(body) != size:
         raise RuntimeError(
             f"GET {path} gave {resp.status} with {len(body)} bytes (expected 200 with {size})"
@@ -528,13 +555,35 @@ def install_missing() -> None:
 # --------------------------------------------------------------------------- RUNDIR
 
 
-def portico_routes(count: int) -> str:
+PORTICO_CONTENT_ROUTES = """\
+      - match: {{path_prefix: /s/}}
+        strip_prefix: /s
+        static: {{root: {rundir}/www}}
+      - match: {{path_prefix: /j/gzip/}}
+        strip_prefix: /j/gzip
+        pool: app
+        compression: {{algorithms: [gzip], levels: {{gzip: 5}}}}
+      - match: {{path_prefix: /j/br/}}
+        strip_prefix: /j/br
+        pool: app
+        compression: {{algorithms: [br], levels: {{br: 4}}}}
+      - match: {{path_prefix: /j/zstd/}}
+        strip_prefix: /j/zstd
+        pool: app
+        compression: {{algorithms: [zstd], levels: {{zstd: 3}}}}
+"""
+
+
+def portico_routes(count: int, content: bool = False) -> str:
     """`count` routing rules that the benchmark's requests do NOT match (so each request is
     checked against all of them, then goes to the default pool): host and path rules, as a
-    site with many virtual hosts and sections would have."""
-    if count <= 0:
+    site with many virtual hosts and sections would have. `content`: first the static and
+    compression routes of the --content rows."""
+    if count <= 0 and not content:
         return ""
     rules = ["    routes:\n"]
+    if content:
+        rules.append(PORTICO_CONTENT_ROUTES.format(rundir=RUNDIR))
     for i in range(count):
         if i % 2:
             rules.append(f"      - match: {{host: site{i}.example.com}}\n        pool: app\n")
@@ -543,7 +592,24 @@ def portico_routes(count: int) -> str:
     return "".join(rules)
 
 
-def prepare_rundir(portico_l4: bool, routes: int = 0, workers: int = 1) -> None:
+def json_body(size: int) -> bytes:
+    """API-like JSON records, `size` bytes (what --content's proxies compress)."""
+    out = bytearray(b"[")
+    i = 0
+    while len(out) < size - 1:
+        out += b'{"id": %d, "name": "item-%d", "price": %d.%02d, "tags": ["a", "b"]},' % (
+            i * 7919 % 100003,
+            i,
+            i % 997,
+            i % 100,
+        )
+        i += 1
+    return bytes(out[: size - 1]) + b"]"
+
+
+def prepare_rundir(
+    portico_l4: bool, routes: int = 0, workers: int = 1, content: bool = False
+) -> None:
     missing = [name for name in CONFIG_FILES if not (CONFIGS / name).is_file()]
     if missing:
         raise SystemExit(f"bench configs missing from {CONFIGS}: {', '.join(missing)}")
@@ -557,9 +623,10 @@ def prepare_rundir(portico_l4: bool, routes: int = 0, workers: int = 1) -> None:
     for sub in ("www", "tmp", "logs", "run"):
         (RUNDIR / sub).mkdir(parents=True)
     pattern = bytes(range(32, 127))
-    for name, (_, size) in PATHS.items():
-        if name != "small":
-            (RUNDIR / "www" / name).write_bytes((pattern * (size // len(pattern) + 1))[:size])
+    files = {"16k": 16 * 1024, "1m": 1024 * 1024, "1k": 1024}
+    for name, size in files.items():
+        (RUNDIR / "www" / name).write_bytes((pattern * (size // len(pattern) + 1))[:size])
+    (RUNDIR / "www" / "100k.json").write_bytes(json_body(JSON_SIZE))
     rundir = str(RUNDIR)
     have_cert = make_cert()
     for conf in CONFIG_FILES:
@@ -573,7 +640,8 @@ def prepare_rundir(portico_l4: bool, routes: int = 0, workers: int = 1) -> None:
         (RUNDIR / conf).write_text(text)
     (RUNDIR / "portico.yaml").write_text(
         PORTICO_YAML.format(
-            l4_listener=PORTICO_L4_LISTENER if portico_l4 else "", routes=portico_routes(routes)
+            l4_listener=PORTICO_L4_LISTENER if portico_l4 else "",
+            routes=portico_routes(routes, content),
         ).replace("workers: 1\n", f"workers: {workers}\n", 1)
     )
     if have_cert:
@@ -728,7 +796,10 @@ class Row:
         return self.requests / self.cpu_s if self.cpu_s else 0.0
 
 
-def wrk_argv(args: argparse.Namespace, url: str, seconds: int) -> list[str]:
+def wrk_argv(
+    args: argparse.Namespace, url: str, seconds: int, coding: str | None = None
+) -> list[str]:
+    header = ["-H", f"Accept-Encoding: {coding}"] if coding is not None else []
     return [
         "taskset",
         "-c",
@@ -738,6 +809,7 @@ def wrk_argv(args: argparse.Namespace, url: str, seconds: int) -> list[str]:
         f"-c{args.connections}",
         f"-d{seconds}s",
         "--latency",
+        *header,
         url,
     ]
 
@@ -796,11 +868,12 @@ def parse_wrk(text: str, row: Row) -> None:
 
 def measure(args: argparse.Namespace, server: Proc, origins: Proc, row: Row, port: int) -> None:
     path, size = PATHS[row.path]
-    check_response(port, path, size)
+    coding = ENCODED.get(row.path)
+    check_response(port, path, size, coding)
     url = f"http://127.0.0.1:{port}{path}"
     if args.warmup:
-        run_wrk(wrk_argv(args, url, args.warmup), args.warmup)
-    argv = wrk_argv(args, url, args.duration)
+        run_wrk(wrk_argv(args, url, args.warmup, coding), args.warmup)
+    argv = wrk_argv(args, url, args.duration, coding)
     others = origins.pid if origins is not server else None
     with RssSampler(server.pid) as rss:
         a = CpuSnapshot.take(server.pid, others)
@@ -844,6 +917,19 @@ def start_listening(start: Callable[[], Proc], ports: list[int]) -> Proc:
     return server
 
 
+def content_skip(target: str, layer: str, name: str) -> str:
+    """Why a --content row is not measured for this target, or "" (measure it)."""
+    if name not in CONTENT_PATHS:
+        return ""
+    if layer != "L7" or target not in CONTENT_TARGETS:
+        return "n/a (no static files or compression configured here)"
+    if target == "origin" and name in ENCODED:
+        return "n/a (the origins send identity: the proxies compress)"
+    if target == "nginx" and name in ("json-br", "json-zstd"):
+        return "n/a (NGINX here has no on-the-fly br or zstd)"
+    return ""
+
+
 def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[Row]:
     layers: list[tuple[str, int | None]] = [("L7", target.l7_port)]
     if args.l4 and target.key != "origin":
@@ -868,6 +954,11 @@ def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[
                 continue
             for name in args.paths:
                 row = Row(target.key, target.label, layer, name)
+                skip = content_skip(target.key, layer, name)
+                if skip:
+                    row.error = skip
+                    rows.append(row)
+                    continue
                 try:
                     measure(args, server, origins, row, port)
                 except (RuntimeError, OSError, http.client.HTTPException, ValueError) as exc:
@@ -2005,8 +2096,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--paths",
-        default=",".join(PATHS),
-        help=f"comma-separated subset of {','.join(PATHS)} (default: all)",
+        default=",".join(DEFAULT_PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)} (default: {','.join(DEFAULT_PATHS)})",
+    )
+    p.add_argument(
+        "--content",
+        action="store_true",
+        help="measure static files and on-the-fly compression instead (#13): "
+        + ",".join(CONTENT_PATHS)
+        + "; Portico and NGINX",
     )
     p.add_argument(
         "--l4",
@@ -2096,6 +2194,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.duration < 1 or args.duration > 600 or args.warmup < 0 or args.warmup > 60:
         p.error("--duration must be 1..600 s and --warmup 0..60 s")
     args.targets = _subset(p, "--targets", args.targets, TARGETS)
+    if args.content:
+        args.paths = ",".join(CONTENT_PATHS)
     args.paths = _subset(p, "--paths", args.paths, tuple(PATHS))
     if not 1 <= args.workers <= (os.cpu_count() or 1):
         p.error(f"--workers must be 1..{os.cpu_count()}")
@@ -2162,7 +2262,8 @@ def main(argv: list[str]) -> int:
             return 2
     global PROXY_CPUS
     PROXY_CPUS = set(range(args.workers))
-    prepare_rundir(args.l4, args.portico_routes, args.workers)
+    content = any(p in CONTENT_PATHS for p in args.paths)
+    prepare_rundir(args.l4, args.portico_routes, args.workers, content)
     busy = [p for p in ORIGIN_PORTS if port_open(p)]
     if busy:
         log(f"origin ports {busy} are in use by a process this harness did not start")

@@ -27,6 +27,7 @@ from portico import channel, privileges, tasks
 from portico.cache.disk import DiskStore
 from portico.cache.key import KeyRule
 from portico.cache.runtime import Cache, CacheRules, RouteCache
+from portico.compression.stage import CompressionStage, compression_settings
 from portico.config import plugins
 from portico.config.load import parse_config
 from portico.config.plugins import FilterUse
@@ -69,6 +70,7 @@ from portico.proxy.debug_header import DebugHeader
 from portico.routing import Router
 from portico.state.memory import MemoryStore
 from portico.state.store import StateStore
+from portico.static.site import StaticSite, static_site
 from portico.upstreams.backend import BackendState
 from portico.upstreams.pool import Pool
 
@@ -232,6 +234,35 @@ def make_cache(config: Config, loop: asyncio.AbstractEventLoop) -> Cache | None:
     return Cache(storage.memory_size, storage.max_entry_size, time.time, loop, disk)
 
 
+def static_sites(listener: ListenerConfig) -> tuple[StaticSite | None, ...] | None:
+    """Each route's `static:` site, by route index; None when no route serves files."""
+    if not any(route.static is not None for route in listener.routes):
+        return None
+    return tuple(
+        static_site(route.static, route.compression or listener.compression)
+        if route.static is not None
+        else None
+        for route in listener.routes
+    )
+
+
+def compression_stage(
+    listener: ListenerConfig, stats: WorkerStats | None
+) -> tuple[CompressionStage, ...]:
+    """The listener's compression stage, or () when neither it nor a route compresses."""
+    own = listener.compression
+    by_route = [route.compression for route in listener.routes]
+    if own is None and not any(section is not None for section in by_route):
+        return ()
+    return (
+        CompressionStage(
+            compression_settings(own) if own is not None else None,
+            [compression_settings(c) if c is not None else None for c in by_route],
+            stats.coding_bytes if stats is not None else None,
+        ),
+    )
+
+
 def done_stages(
     listener: ListenerConfig, logs: dict[tuple[str, str], AccessLogWriter] | None
 ) -> tuple[DoneStage, ...]:
@@ -261,8 +292,10 @@ def listener_settings(
     store: StateStore | None = None,
     bound: Mapping[str, int] | None = None,
     cache: Cache | None = None,
+    stats: WorkerStats | None = None,
 ) -> dict[str, HttpListenerSettings]:
-    """`bound`: the port each listener is bound to (those bound to port 0 in the config)."""
+    """`bound`: the port each listener is bound to (those bound to port 0 in the config);
+    `stats`: where compressors count their bytes."""
     out = {}
     for listener in config.listeners:
         if listener.protocol == "tcp":
@@ -317,7 +350,9 @@ def listener_settings(
             response_hooks=response_hooks,
             route_filters=route_filters(listener, config),
             route_caches=route_caches(listener, cache),
+            response_stages=compression_stage(listener, stats),
             done_stages=(*done_stages(listener, logs), *plugin_done),
+            static_sites=static_sites(listener),
             http2=(
                 Http2Settings(
                     max_concurrent_streams=listener.http2.max_concurrent_streams,
@@ -409,7 +444,7 @@ class Worker:
         bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
         self.cache = make_cache(config, loop)
         self.settings = listener_settings(
-            config, self.pools, loop, self.access_logs, self.store, bound, self.cache
+            config, self.pools, loop, self.access_logs, self.store, bound, self.cache, self.stats
         )
         self.tcp_settings = tcp_listener_settings(config, self.pools)
         self.servers: list[asyncio.Server] = []

@@ -30,6 +30,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core.core_schema import CoreSchema
 
 from portico.config.cache import RouteCacheConfig
+from portico.config.content import CompressionConfig, StaticConfig, compression_shorthand
 from portico.config.plugins import FilterUse
 from portico.config.units import Duration, Name
 from portico.config.units import show as _show_plain
@@ -515,25 +516,42 @@ class RouteConfig(_Model):
     timeouts: RouteTimeouts | None = None  # only with pool
     filters: Annotated[tuple[FilterUse, ...], _EMPTY_LIST] = ()  # plugins (only with pool)
     cache: RouteCacheConfig | None = None  # HTTP cache (only with pool)
+    static: StaticConfig | None = None  # answer from files (with pool: try_files fallback)
+    compression: Annotated[  # over the listener's; off unless set (here or there)
+        CompressionConfig | None,
+        BeforeValidator(
+            compression_shorthand, json_schema_input_type=bool | CompressionConfig | None
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _one_outcome(self) -> Self:
-        given = [key for key in ("pool", "redirect", "respond") if getattr(self, key) is not None]
+        static = self.static
+        if static is not None:
+            self._check_static(static)
+        outcomes = ("pool", "redirect", "respond", "static")
+        given = [key for key in outcomes if getattr(self, key) is not None]
+        if static is not None and self.pool is not None:
+            given.remove("pool")  # the fallback's pool, checked above
         if not given:
             raise ValueError(
                 'a route needs one of "pool" (forward), "redirect" or "respond" (answer here)'
+                ', or "static" (files)'
             )
         if len(given) > 1:
             raise ValueError(
                 f"{' and '.join(show(key) for key in given)} exclude each other: a route "
                 "forwards to a pool, redirects, or responds"
+                + (", or serves files" if static is not None else "")
             )
-        answered = "redirect" if self.redirect is not None else "respond"
+        answered = given[0]
         if self.pool is None:
             # Nothing is forwarded, so these would silently do nothing.
             useless = ["request_headers", "timeouts"]
             if self.respond is not None:
                 useless.append("strip_prefix")
+            if self.static is not None:
+                useless.append("response_headers")
             for key in useless:
                 if getattr(self, key) is not None:
                     raise ValueError(f'"{key}" does nothing on a route with "{answered}"')
@@ -546,6 +564,15 @@ class RouteConfig(_Model):
             raise ValueError('"response_headers" cannot change the Location of a redirect')
         self._check_prefixes()
         return self
+
+    def _check_static(self, static: StaticConfig) -> None:
+        if static.try_files == "fallback" and self.pool is None:
+            raise ValueError('static "try_files: fallback" needs "pool": the pool it falls back to')
+        if static.try_files is None and self.pool is not None:
+            raise ValueError(
+                '"pool" beside "static" is used only with "try_files: fallback" '
+                "(missing files go to the pool): add it, or remove the pool"
+            )
 
     def _check_prefixes(self) -> None:
         if self.replace_prefix is not None and self.strip_prefix is None:

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from portico.config.cache import CacheStorageConfig
+from portico.config.content import CompressionConfig, compression_shorthand
 from portico.config.plugins import FilterUse, builtin_names, check_reference
 from portico.config.routes import HeaderName, Routes
 from portico.config.tls import TlsConfig
@@ -431,6 +432,12 @@ class ListenerConfig(_Model):
         DebugHeaderConfig | None,
         BeforeValidator(
             _debug_header_shorthand, json_schema_input_type=str | DebugHeaderConfig | None
+        ),
+    ] = None
+    compression: Annotated[  # off unless set; a route's own replaces it for that route
+        CompressionConfig | None,
+        BeforeValidator(
+            compression_shorthand, json_schema_input_type=bool | CompressionConfig | None
         ),
     ] = None
     # tcp listeners only
@@ -1086,6 +1093,12 @@ def check_references(config: Config) -> list[ReferenceIssue]:
             )
         if listener.routes and listener.protocol == "tcp":
             issues.append(ReferenceIssue(("listeners", i, "routes"), "routes need protocol: http"))
+        if listener.compression is not None and listener.protocol == "tcp":
+            issues.append(
+                ReferenceIssue(
+                    ("listeners", i, "compression"), "compression needs protocol: http or https"
+                )
+            )
         if listener.filters and listener.protocol == "tcp":
             issues.append(
                 ReferenceIssue(("listeners", i, "filters"), "filters need protocol: http or https")

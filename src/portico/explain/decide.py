@@ -42,6 +42,7 @@ from portico.proxy.debug_header import short_form
 from portico.routing import Route, Router, apply_request_headers, redirect_response, rewrite_path
 from portico.routing.actions import fixed_response
 from portico.routing.matchers import RequestView, WantedHeaders, host_name
+from portico.static.site import static_site
 from portico.upstreams.backend import BackendState
 from portico.upstreams.pool import FULL, Pool
 
@@ -149,6 +150,20 @@ def explain(
             base["response_headers"] = [f"remove {_text(n)}" for n in sorted(edits.remove)] + [
                 f"add {_text(k)}: {_text(v)}" for k, v in edits.append
             ]
+    static = chosen.routes[route.index].static if route.index >= 0 else None
+    if static is not None:
+        # the production site, on this machine's files: what it would answer, if anything
+        route_config = chosen.routes[route.index]
+        site = static_site(static, route_config.compression or chosen.compression)
+        reply = site.answer(request.method, target, list(request.headers))
+        if reply is not None:
+            close = getattr(reply.body, "close", None)
+            if close is not None:
+                close()
+            base["answer"] = f"{reply.status} from the static files under {static.root}"
+            base["short"] = short_form(chosen.name, route.name, None, None, 0, 0, None, 1)
+            return Explanation(**base)
+        notes.append(f"no file for it under {static.root}: try_files falls back to the pool")
     base["upstream_target"] = _text(target)
     if route.timeouts is not None:
         set_ = {k: v for k, v in route.timeouts.model_dump().items() if v is not None}

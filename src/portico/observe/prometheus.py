@@ -58,6 +58,14 @@ METRICS: Final[dict[str, tuple[str, str]]] = {
         "HTTP/2 connections closed for abuse (rapid reset, control-frame floods).",
     ),
     "retries": ("portico_retries", "Requests tried again on another server."),
+    "compression_in_bytes": (
+        "portico_compression_in_bytes",
+        "Response body bytes compressed on the fly, before compression, by coding.",
+    ),
+    "compression_out_bytes": (
+        "portico_compression_out_bytes",
+        "The same bodies' bytes after compression, by coding (out / in: the ratio).",
+    ),
     "store_errors": (
         "portico_store_errors",
         "State store calls that failed, timed out or were skipped while it was down.",

@@ -54,6 +54,7 @@ __all__ = [
     "OVERFLOW",
     "BackendLike",
     "ByteCounter",
+    "CodingCounter",
     "GaugeSpec",
     "Histogram",
     "HistogramData",
@@ -127,6 +128,9 @@ COUNTERS: Final[Mapping[str, Labels]] = {
     "cache_revalidations": ("listener", "route"),
     "cache_stored": ("listener", "route"),
     "cache_evictions": ("tier",),
+    # response bodies compressed on the fly: bytes in, and bytes out, per coding
+    "compression_in_bytes": ("coding",),
+    "compression_out_bytes": ("coding",),
 }
 # Gauges: what is true now, from the living workers only.
 GAUGES: Final[Mapping[str, GaugeSpec]] = {
@@ -222,6 +226,17 @@ class ByteCounter:
         self.sent = 0
 
 
+class CodingCounter:
+    """Bytes a coding compressed in one worker: taken (`before`) and given (`after`). The
+    compressors add to it as they go (see `portico.compression.codecs.CodingBytes`)."""
+
+    __slots__ = ("after", "before")
+
+    def __init__(self) -> None:
+        self.before = 0
+        self.after = 0
+
+
 class _Listener:
     """One listener's counters in one worker."""
 
@@ -294,6 +309,7 @@ class WorkerStats:
         self._overflow_requests = [0] * len(CODE_CLASSES)
         self._overflow_duration = Histogram(DURATION_BUCKETS)
         self._sources: dict[tuple[str, str, str], _Monotonic] = {}
+        self._codings: dict[str, CodingCounter] = {}
         # made up front, so that their series exist (at 0) from the first snapshot on: a
         # counter that appears only with its first increment hides that increment from rate()
         for name in listeners:
@@ -303,7 +319,23 @@ class WorkerStats:
 
     @classmethod
     def for_config(cls, config: Config) -> WorkerStats:
-        return cls((listener.name for listener in config.listeners), config.pools)
+        stats = cls((listener.name for listener in config.listeners), config.pools)
+        for listener in config.listeners:
+            sections = [listener.compression]
+            for route in listener.routes:
+                sections.append(route.compression)
+            for section in sections:
+                if section is not None:
+                    for coding in section.algorithms:
+                        stats.coding_bytes(coding)
+        return stats
+
+    def coding_bytes(self, coding: str) -> CodingCounter:
+        """The counter compressors of `coding` (a config name: zstd, br, gzip) add to."""
+        counter = self._codings.get(coding)
+        if counter is None:
+            counter = self._codings[coding] = CodingCounter()
+        return counter
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -462,6 +494,9 @@ class WorkerStats:
         for name, counters_of in self._pools.items():
             counters["retries"].append([name, counters_of.retries])
             histograms["upstream_connect"].append([name, *counters_of.connect.row()])
+        for coding, bytes_of in self._codings.items():
+            counters["compression_in_bytes"].append([coding, bytes_of.before])
+            counters["compression_out_bytes"].append([coding, bytes_of.after])
         for name, live in (pools or {}).items():
             self._pool_state(name, live, counters, gauges)
         return {"counters": counters, "gauges": gauges, "histograms": histograms}

@@ -45,6 +45,7 @@ __all__ = [
 
 log = logging.getLogger("portico.pipeline")
 
+DEFAULT_OFFLOAD_MIN: Final = 32 * 1024  # see TransformChain.offload_min
 LOG_INTERVAL: Final = 60.0  # seconds between two log lines about one failing transform class
 
 
@@ -63,6 +64,11 @@ class BodyTransform(Protocol):
     def flush(self) -> bytes: ...
     def end(self) -> bytes: ...
     def abort(self) -> None: ...
+
+    # Optional: a class attribute `threaded = True` says `feed` may be called in a worker
+    # thread (one call at a time, in order): pieces of `offload_min` bytes or more (an
+    # attribute, default 32 KiB) are then transformed off the event loop. Only for transforms
+    # whose work releases the GIL and keeps no thread-bound state.
 
 
 class ExchangeView(Protocol):
@@ -237,11 +243,22 @@ class TransformChain:
     one's input. Raises `TransformFailed` when one raises (after logging it, at most once a
     minute per transform class, and aborting the others)."""
 
-    __slots__ = ("_done", "_transforms")
+    __slots__ = ("_done", "_transforms", "offload_min", "threaded")
 
     def __init__(self, transforms: Iterable[BodyTransform]) -> None:
         self._transforms: Sequence[BodyTransform] = tuple(transforms)
         self._done = False
+        # every transform may run in a worker thread (one call at a time, never two at once):
+        # the exchange then hands large pieces to a thread instead of holding the event loop
+        # (compressors: zlib, brotli and zstandard release the GIL while they work)
+        self.threaded = bool(self._transforms) and all(
+            getattr(t, "threaded", False) for t in self._transforms
+        )
+        # the piece size from which that is worth it (a transform's `offload_min`, else 32 KiB)
+        self.offload_min: int = max(
+            (getattr(t, "offload_min", DEFAULT_OFFLOAD_MIN) for t in self._transforms),
+            default=DEFAULT_OFFLOAD_MIN,
+        )
 
     def feed(self, data: bytes | memoryview) -> bytes | memoryview:
         current = data

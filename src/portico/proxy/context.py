@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from portico.pipeline import DoneStage, ResponseStage
     from portico.proxy.debug_header import DebugHeader
     from portico.routing import Router
+    from portico.static.site import StaticSite
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -77,6 +78,8 @@ class HttpListenerSettings:
     # answers too) and the done phase's; empty (the usual case) costs a tuple check
     response_stages: tuple[ResponseStage, ...] = ()
     done_stages: tuple[DoneStage, ...] = ()
+    # by route index: the route's `static:` site, if any; None when no route has one
+    static_sites: tuple[StaticSite | None, ...] | None = None
     # answered before its body was all in: at most this much of the rest is read and thrown
     # away, for at most this long (NGINX's lingering_time), to keep the connection or close it
     # without a reset

@@ -45,7 +45,7 @@ from portico.proxy import proxy_protocol
 from portico.proxy.cache_refresh import refresh as refresh_stale
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
-from portico.proxy.local_body import stream_local
+from portico.proxy.local_body import stream_local, transform_executor
 from portico.routing import Route, Router
 from portico.routing.actions import (
     RouteActions,
@@ -133,6 +133,9 @@ class Exchange:
         "_head_len",
         "_learning",
         "_observed",
+        "_offload_end",
+        "_offload_trailers",
+        "_offloaded",
         "_original_target",
         "_out",
         "_pending",
@@ -239,6 +242,11 @@ class Exchange:
         self._waiter: asyncio.Future[None] | None = None  # a local body waits for writability
         self._error: str | None = None  # why the response was cut (the done phase's)
         self._flush_due = False  # the transforms' flush runs once this loop turn is over
+        # body pieces waiting behind a piece being transformed in a worker thread (None: no
+        # thread at work); the server's end (or trailers) that came meanwhile, kept for after
+        self._offloaded: list[bytes] | None = None
+        self._offload_trailers: list[Header] | None = None
+        self._offload_end = False
         self.status = 0
         self.finished = False
         # the route's cache: this request's side of it (None: the route caches nothing)
@@ -413,7 +421,7 @@ class Exchange:
 
     def _route(self, router: Router) -> Pool | None:
         """Match the request to a route and apply its request actions; None when the route
-        answered itself (a redirect or a fixed response)."""
+        answered itself (a redirect, a fixed response, a static file)."""
         client = self._client
         head = self.head
         route = self.route = router.match(self.method, self.target, head.host, self.headers)
@@ -431,6 +439,15 @@ class Exchange:
             if actions.request_headers is not None:
                 head.headers = apply_request_headers(head.headers, actions)
             self._response_edits = actions if actions.response_headers is not None else None
+        sites = client.settings.static_sites
+        if sites is not None:
+            site = sites[route.index] if route.index >= 0 else None
+            if site is not None:
+                answer = site.local_answer(self.method, self.target, self.headers)
+                if answer is not None:
+                    self._respond_locally(answer)
+                    return None
+                # try_files: fallback, and no such file: the route's pool answers
         assert route.pool is not None
         pool = client.context.pools[route.pool]
         timeouts = route.timeouts
@@ -883,12 +900,24 @@ class Exchange:
 
     def _transformed_body(self, pipe: TransformChain, data: bytes | memoryview) -> None:
         """A body piece through the response's transforms. Held-back bytes are flushed once
-        the server's read that brought them is done (a streaming response is not stalled)."""
+        the server's read that brought them is done (a streaming response is not stalled).
+        A large piece through threaded transforms (compression) goes to a worker thread,
+        the server's reading paused meanwhile: one read's compression never holds the loop."""
+        waiting = self._offloaded
+        if waiting is not None:
+            waiting.append(bytes(data))  # behind the piece in the thread, in order
+            return
+        if pipe.threaded and len(data) >= pipe.offload_min:
+            self._offload(pipe, [bytes(data)])
+            return
         try:
             out = pipe.feed(data)
         except TransformFailed as exc:
             self._transform_failed(exc)
             return
+        self._transformed(out)
+
+    def _transformed(self, out: bytes | memoryview) -> None:
         if out:
             self._out.send_body(out)
             self._sent += len(out)
@@ -897,11 +926,59 @@ class Exchange:
             self._flush_due = True
             self._client.loop.call_soon(self._flush_body)
 
+    def _offload(self, pipe: TransformChain, pieces: list[bytes]) -> None:
+        """Feed `pieces` to `pipe` in a worker thread; the server's reading waits (the pieces
+        that arrive from what was already read queue up: at most one read)."""
+        self._offloaded = []
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.pause_reading()
+        loop = self._client.loop
+        future = loop.run_in_executor(transform_executor(), _feed_all, pipe, pieces)
+        future.add_done_callback(self._offload_done)
+
+    def _offload_done(self, future: asyncio.Future[bytes]) -> None:
+        """The worker thread is done with its pieces: send what came out, then go on with what
+        queued up meanwhile, the server's end, or reading the server again."""
+        waiting, self._offloaded = self._offloaded, None
+        pipe = self._pipe
+        if future.cancelled() or self.finished or pipe is None:
+            return  # the exchange ended meanwhile (client gone, server failed)
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, TransformFailed):
+                self._transform_failed(exc)
+                return
+            raise exc
+        self._transformed(future.result())
+        if waiting:
+            if pipe.threaded and sum(len(piece) for piece in waiting) >= pipe.offload_min:
+                self._offload(pipe, waiting)
+                return
+            try:
+                out = _feed_all(pipe, waiting)
+            except TransformFailed as failed:
+                self._transform_failed(failed)
+                return
+            self._transformed(out)
+        trailers, self._offload_trailers = self._offload_trailers, None
+        end, self._offload_end = self._offload_end, False
+        if trailers is not None:
+            self.on_response_trailers(trailers)
+            if self.finished:
+                return  # a transform failed at the end
+        if end:
+            self.on_response_end()
+            return
+        upstream = self._upstream
+        if upstream is not None and not self._client.write_paused:
+            upstream.resume_reading()
+
     def _flush_body(self) -> None:
         self._flush_due = False
         pipe = self._pipe
-        if pipe is None or self.finished:
-            return
+        if pipe is None or self.finished or self._offloaded is not None:
+            return  # a thread is at work on the transforms: its end schedules the flush
         try:
             out = pipe.flush()
         except TransformFailed as exc:
@@ -947,6 +1024,9 @@ class Exchange:
     def on_response_trailers(self, fields: list[Header]) -> None:
         """A chunked response ended with trailer fields: the client gets them where its
         protocol has room (HTTP/1.1 chunked framing, an HTTP/2 HEADERS frame)."""
+        if self._offloaded is not None:
+            self._offload_trailers = fields  # after the piece in the worker thread
+            return
         if self._pipe is not None and not self._end_pipe():
             return
         self._out.send_trailers(fields)
@@ -956,6 +1036,9 @@ class Exchange:
         client = self._client
         cached = self._cache_answer
         if cached is None:
+            if self._offloaded is not None:
+                self._offload_end = True  # after the piece in the worker thread
+                return
             if self._pipe is not None and not self._end_pipe():
                 return
             self._out.send_end()
@@ -1064,7 +1147,8 @@ class Exchange:
         upstream = self._upstream
         if upstream is not None:
             if writable:
-                upstream.resume_reading()
+                if self._offloaded is None:  # else the worker thread's end resumes it
+                    upstream.resume_reading()
             else:
                 upstream.pause_reading()
         elif writable:
@@ -1376,6 +1460,12 @@ class Exchange:
 def _local_hooks(chain: RouteChain) -> bool:
     hooks = chain.response
     return hooks is not None and hooks.local
+
+
+def _feed_all(pipe: TransformChain, pieces: list[bytes]) -> bytes:
+    """`pieces` through `pipe`, joined (run in a worker thread for large pieces)."""
+    out = [bytes(pipe.feed(piece)) for piece in pieces]
+    return b"".join(out)
 
 
 class _TunnelOwner:

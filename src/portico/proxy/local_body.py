@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, Protocol
 
 from portico.pipeline import TransformChain, TransformFailed
@@ -24,12 +25,32 @@ if TYPE_CHECKING:
     from portico.http.headers import Header
     from portico.http.local import BodySource
 
-__all__ = ["PIECE", "LocalSink", "send_file", "stream_local"]
+__all__ = [
+    "PIECE",
+    "LocalSink",
+    "send_file",
+    "stream_local",
+    "transform_executor",
+]
 
 log = logging.getLogger("portico.proxy")
 
 PIECE: Final = 64 * 1024  # bytes read from a source at a time
 SENDFILE_PIECE: Final = 1 << 20  # bytes one sendfile(2) call may send
+# the worker threads that transform large pieces: as many as CPUs (more would only queue for
+# the same cores, and contend with the event loop's thread for the GIL between steps)
+_workers: list[ThreadPoolExecutor] = []
+
+
+def transform_executor() -> ThreadPoolExecutor:
+    """This process's pool of threads for large transform steps (made on first use)."""
+    if not _workers:
+        _workers.append(
+            ThreadPoolExecutor(
+                max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="transform"
+            )
+        )
+    return _workers[0]
 
 
 class LocalSink(Protocol):
@@ -106,7 +127,16 @@ async def stream_local(
                             return
                         if not data:
                             break
-                        out = pipe.feed(data) if pipe is not None else data
+                        if pipe is None:
+                            out = data
+                        elif pipe.threaded and len(data) >= pipe.offload_min:
+                            # compressed in a worker thread: the loop serves others meanwhile
+                            loop = asyncio.get_running_loop()
+                            out = await loop.run_in_executor(transform_executor(), pipe.feed, data)
+                            if exchange.finished:
+                                return
+                        else:
+                            out = pipe.feed(data)
                         if out:
                             framer.send_body(out)
                             if not sent:

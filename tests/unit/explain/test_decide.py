@@ -305,3 +305,39 @@ def test_the_text_form_shows_each_step(shop: Config) -> None:
     assert "MATCH [2] cart" in text
     assert '=> pool "shop", server "s1"' in text
     assert "debug header: listener=web; route=cart; pool=shop" in text
+
+
+def test_a_static_route_answers_from_its_files_or_falls_back(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = tmp_path_factory.mktemp("www")
+    (root / "app.js").write_text("1")
+    config = parse_config(
+        f"""
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    default_pool: app
+    routes:
+      - name: files
+        match: {{path: /s/}}
+        strip_prefix: /s
+        static: {{root: {root}}}
+      - name: spa
+        static: {{root: {root}, try_files: fallback}}
+        pool: app
+pools:
+  app:
+    servers: [{{address: 10.0.0.1:80, name: a}}]
+""",
+        "t.yaml",
+    )
+    found = explain(config, parse_request("GET http://a.example.com/s/app.js"))
+    assert found.answer == f"200 from the static files under {root}"
+    assert found.pools == []
+    missing = explain(config, parse_request("GET http://a.example.com/s/nope.js"))
+    assert missing.answer == f"404 from the static files under {root}"
+    fallback = explain(config, parse_request("GET http://a.example.com/app/route"))
+    assert fallback.answer is None
+    assert fallback.pool == "app"
+    assert any("try_files falls back" in note for note in fallback.notes)

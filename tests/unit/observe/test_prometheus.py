@@ -49,6 +49,8 @@ EXPECTED = {
     "portico_cache_bytes": ("gauge", {"tier"}),
     "portico_cache_entries": ("gauge", {"tier"}),
     "portico_cache_disk_bytes": ("gauge", {"tier"}),
+    "portico_compression_in_bytes": ("counter", {"coding"}),
+    "portico_compression_out_bytes": ("counter", {"coding"}),
 }
 
 
@@ -65,6 +67,9 @@ def worker_snapshot(requests: int, durations: list[float]) -> object:
             0.0007,
         )
         stats.client_bytes("web").sent += 500
+    gzip = stats.coding_bytes("gzip")
+    gzip.before += 1000
+    gzip.after += 250
     stats.retry("app")
     stats.ratelimited("web")
     stats.connection_opened("web")
@@ -99,6 +104,16 @@ def value(found: list[Sample], name: str, **labels: str) -> float:
     matching = [s.value for s in found if s.name == name and s.labels == labels]
     assert len(matching) == 1, (name, labels, found)
     return matching[0]
+
+
+def test_compressed_bytes_per_coding_are_summed_over_workers(
+    exporter: PrometheusExporter,
+) -> None:
+    found = samples(exporter.render()[0].decode())
+    name = "portico_compression_in_bytes_total"
+    assert value(found["portico_compression_in_bytes"], name, coding="gzip") == 3000
+    name = "portico_compression_out_bytes_total"
+    assert value(found["portico_compression_out_bytes"], name, coding="gzip") == 750
 
 
 def test_every_metric_family_is_exposed_with_its_type_and_labels(

@@ -107,7 +107,8 @@ def test_null_routes_is_no_routes() -> None:
         (
             {"match": {"path": "/a/"}},
             (),
-            'a route needs one of "pool" (forward), "redirect" or "respond" (answer here)',
+            'a route needs one of "pool" (forward), "redirect" or "respond" (answer here), '
+            'or "static" (files)',
         ),
         (
             {"match": {"host": []}, "pool": "a"},
