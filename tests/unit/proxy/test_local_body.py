@@ -18,7 +18,10 @@ from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.local_body import send_file, stream_local
 
 
-class Framer(ResponseFramer):
+class Framer:
+    """What stream_local calls on a `ResponseFramer` (a compiled class in the compiled build:
+    not subclassed here), recorded."""
+
     def __init__(self) -> None:
         self.keep = True
         self.calls: list[tuple[object, ...]] = []
@@ -107,7 +110,7 @@ def run(exchange: Exchange, framer: Framer, **kwargs: object) -> None:
     asyncio.run(
         stream_local(
             exchange,
-            framer,
+            cast(ResponseFramer, framer),
             defaults["pipe"],  # type: ignore[arg-type]
             defaults["status"],  # type: ignore[arg-type]
             defaults["reason"],  # type: ignore[arg-type]
