@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core.core_schema import CoreSchema
 
+from portico.config.access import AccessConfig
 from portico.config.plugins import FilterUse
 from portico.config.units import Duration, Name
 from portico.config.units import show as _show_plain
@@ -513,6 +514,7 @@ class RouteConfig(_Model):
     respond: RespondConfig | None = None
     timeouts: RouteTimeouts | None = None  # only with pool
     filters: Annotated[tuple[FilterUse, ...], _EMPTY_LIST] = ()  # plugins (only with pool)
+    access: AccessConfig | None = None  # IP allow/deny for this route: denied -> 403
 
     @model_validator(mode="after")
     def _one_outcome(self) -> Self:
