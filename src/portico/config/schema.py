@@ -779,7 +779,6 @@ class AdminConfig(_Model):
         return self
 
 
-
 class Config(_Model):
     """A whole config file. Valid means every field is valid and every reference resolves."""
 

@@ -13,6 +13,7 @@ anything: the protocol objects it creates do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -196,8 +197,6 @@ class Acceptor:
 def _reset(conn: socket.socket) -> None:
     """Close with a reset (SO_LINGER 0): no FIN handshake, no TIME_WAIT kept for a refused
     peer, and nothing it sent is read."""
-    try:
+    with contextlib.suppress(OSError):
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
     conn.close()

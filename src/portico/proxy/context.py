@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +21,7 @@ from portico.observe.stats import WorkerStats
 from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
-    from portico.filters.base import RequestFilter
+    from portico.filters.base import FilterRequest, RequestFilter
     from portico.filters.plugin import ResponseHooks, RouteFilters
     from portico.observe.access_log import AccessLogWriter
     from portico.proxy.debug_header import DebugHeader
@@ -74,6 +75,8 @@ class HttpListenerSettings:
     # without a reset
     max_discard_size: int = 16 * 1024 * 1024
     linger_timeout: float = 30.0
+    # told the status of every request that ends (abuse bans count responses); () costs nothing
+    done_hooks: tuple[Callable[[FilterRequest, int], None], ...] = ()
 
 
 class Connection(Protocol):

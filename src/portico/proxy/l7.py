@@ -898,6 +898,10 @@ class Exchange:
             time.monotonic() - self._started,
             self._connect_time,
         )
+        hooks = client.settings.done_hooks
+        if hooks:
+            for hook in hooks:
+                hook(self, status)
         if client.settings.access_log is not None:
             self._log(status)
 

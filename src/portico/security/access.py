@@ -234,7 +234,7 @@ class RuntimeEntry:
         expires = data.get("expires")
         return cls(
             network,
-            action,  # type: ignore[arg-type]
+            action,
             str(data.get("scope") or "*"),
             float(expires) if isinstance(expires, int | float) else None,
             str(data.get("reason") or ""),
