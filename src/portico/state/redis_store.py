@@ -260,6 +260,50 @@ class RedisStore:
             allowed == 1, float(new_tat), float(retry_after), int(remaining), float(reset_after)
         )
 
+    # -- shared tables (run-time access entries, bans) -------------------------------------------
+
+    async def shared_put(self, table: str, field: str, value: str) -> None:
+        """Set `field` of the shared hash `table` and bump its version, in one transaction."""
+        key, version = self._shared(table)
+
+        async def put() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, field, value)
+                pipe.incr(version)
+                await pipe.execute()
+
+        await self._call("shared_put", put)
+
+    async def shared_delete(self, table: str, field: str) -> bool:
+        """Delete `field` of `table` (bumping its version); False when it was not there."""
+        key, version = self._shared(table)
+
+        async def delete() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(key, field)
+                pipe.incr(version)
+                result: list[Any] = await pipe.execute()
+                return result
+
+        replies = await self._call("shared_delete", delete)
+        return bool(replies[0])
+
+    async def shared_version(self, table: str) -> int:
+        """The version of `table`: it changes whenever an instance changes the table."""
+        _, version = self._shared(table)
+        value = await self._call("shared_version", lambda: self._redis.get(version))
+        return int(value or 0)
+
+    async def shared_read(self, table: str) -> dict[str, str]:
+        """Every field of `table`."""
+        key, _ = self._shared(table)
+        raw = await self._call("shared_read", lambda: self._redis.hgetall(key))
+        return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+
+    def _shared(self, table: str) -> tuple[bytes, bytes]:
+        key = self._prefix + b"shared:" + check_table(table).encode()
+        return key, key + b":version"
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def ping(self) -> bool:
