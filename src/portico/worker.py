@@ -336,6 +336,7 @@ class ListenerGuards:
         runtime: RuntimeEntries,
         bans: BanTable,
         announce: Callable[[Ban], None],
+        store: StateStore | None = None,
     ) -> None:
         self.name = listener.name
         configured = access_list(listener.access) if listener.access is not None else None
@@ -358,7 +359,9 @@ class ListenerGuards:
         self.ban_filter: BanFilter | None = None
         hooks: list[Callable[[Any, int], None]] = []
         if listener.bans:
-            self.ban_filter = BanFilter(listener.name, listener.bans, bans, self.address, announce)
+            self.ban_filter = BanFilter(
+                listener.name, listener.bans, bans, self.address, announce, store=store
+            )
             filters.append(self.ban_filter)
             if any(rule.status is not None for rule in listener.bans):
                 hooks.append(self.ban_filter.on_done)
@@ -436,7 +439,9 @@ class Worker:
         self.bans = BanTable()
         self.tell_supervisor: Callable[[bytes], None] | None = None  # set once connected
         self.guards = {
-            listener.name: ListenerGuards(listener, self.runtime_access, self.bans, self._banned)
+            listener.name: ListenerGuards(
+                listener, self.runtime_access, self.bans, self._banned, self.store
+            )
             for listener in config.listeners
         }
         self.settings = listener_settings(

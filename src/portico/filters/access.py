@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
+from portico import tasks
 from portico.http.keys import key_function
 from portico.http.local import LocalResponse, local_response
 from portico.security.access import (
@@ -27,6 +28,7 @@ from portico.security.access import (
     x_forwarded_for,
 )
 from portico.security.bans import Ban, BanTable
+from portico.state.store import StateStore, StoreUnavailable
 
 if TYPE_CHECKING:
     from portico.config.access import BanRule
@@ -147,9 +149,10 @@ class BanFilter:
     whose count passes a rule's `count` within its window is banned for `duration`: in `bans`
     (this worker, at once) and through `announce` (the supervisor tells the others).
 
-    Counting is per worker (`WindowCounter`): with N workers a client spread over all of them
-    may get up to N times the count before a ban, as with per-worker rate limits; the ban
-    itself holds in every worker and, with `state.redis`, every instance."""
+    Counting is in the shared store with `state.redis` (every worker and instance adds to one
+    count per key); without it, per worker (`WindowCounter`): a client spread over N workers
+    may then get up to N times the count before a ban, as with per-worker rate limits. The
+    ban itself always holds in every worker (and, with Redis, every instance)."""
 
     asynchronous = False
 
@@ -161,8 +164,10 @@ class BanFilter:
         address: ClientAddress,
         announce: Callable[[Ban], None],
         clock: Callable[[], float] = time.time,
+        store: StateStore | None = None,
     ) -> None:
         self.listener = listener
+        self.store = store  # shared counts (Redis); None: this worker's
         self.bans = bans
         self.address = address
         self.announce = announce
@@ -210,8 +215,26 @@ class BanFilter:
                 self._count(rule, rule.key_of(exchange.headers, exchange.target, ip), now)
 
     def _count(self, rule: _Rule, key: bytes, now: float) -> None:
-        if rule.counter.hit(key, now) != rule.config.count + 1:
-            return  # under the count, or already banned by this worker for this window
+        if self.store is not None:
+            tasks.spawn(self._count_shared(rule, key))
+            return
+        self._counted(rule, key, rule.counter.hit(key, now))
+
+    async def _count_shared(self, rule: _Rule, key: bytes) -> None:
+        """Count in the shared store (every worker and instance adds to one count); the
+        store unavailable, this worker's own counter."""
+        assert self.store is not None
+        namespace = b"ban:%s:%s:" % (self.listener.encode(), rule.name.encode())
+        try:
+            count = await self.store.count(namespace + key, rule.config.window)
+        except StoreUnavailable:
+            count = rule.counter.hit(key, self.clock())
+        self._counted(rule, key, count)
+
+    def _counted(self, rule: _Rule, key: bytes, count: int) -> None:
+        if count != rule.config.count + 1:
+            return  # under the count, or already banned for this window
+        now = self.clock()
         ban = Ban(self.listener, key.decode("latin-1"), now + rule.config.duration, rule.name)
         if self.bans.add(ban):
             self.banned[rule.name] += 1

@@ -137,6 +137,15 @@ return {0, f(start), f(new_tat - now - window), remaining(lead), f(lead)}
 """
 
 
+# A fixed-window counter: the first hit of a window sets its expiry, so the key lives one
+# window; INCR and PEXPIRE in one script are atomic for every instance.
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
 class RedisStore:
     """A `StateStore` in Redis: atomic, shared by every worker and instance using `url`.
 
@@ -186,6 +195,7 @@ class RedisStore:
         self._read_sticky = self._redis.register_script(_READ_STICKY)
         self._write_sticky = self._redis.register_script(_WRITE_STICKY)
         self._gcra = self._redis.register_script(_GCRA)
+        self._count = self._redis.register_script(_COUNT)
         self._limits: dict[tuple[float, int], Gcra] = {}  # validated (rate, burst) pairs
         # health state
         self._down_until = 0.0  # fail fast until then (on `clock`)
@@ -259,6 +269,14 @@ class RedisStore:
         return Decision(
             allowed == 1, float(new_tat), float(retry_after), int(remaining), float(reset_after)
         )
+
+    # -- counters --------------------------------------------------------------------------------
+
+    async def count(self, key: bytes, window: float) -> int:
+        keys = (self._prefix + b"cnt:" + key,)
+        args = (ttl_ms(window),)
+        reply = await self._call("count", lambda: self._count(keys=keys, args=args))
+        return int(reply)
 
     # -- shared tables (run-time access entries, bans) -------------------------------------------
 
