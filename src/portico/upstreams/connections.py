@@ -26,6 +26,14 @@ from portico.http.headers import (
 from portico.timers import Deadline
 
 MAX_RESPONSE_HEAD = 64 * 1024
+# Bytes read from a server at a time. With the client's write buffer high-water mark (the
+# acceptor sets 32 KiB), this bounds what a slow reader makes Portico hold: a read happens only
+# while the client's buffer is under the mark, so at most mark + READ_SIZE = 64 KiB beyond the
+# kernel's socket buffers (the loop's own reads are 256 KiB, which a slow client then held
+# whole). One buffer serves every connection of the worker: the loop calls `get_buffer`, reads
+# into it and calls `buffer_updated` in one step, and the bytes are copied out at once.
+READ_SIZE = 32 * 1024
+_READ_BUFFER = memoryview(bytearray(READ_SIZE))
 
 
 class UpstreamFailure(Exception):
@@ -56,7 +64,7 @@ class ResponseSink(Protocol):
 _IDLE, _HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(6)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """A keep-alive connection to one backend, carrying one request at a time."""
 
     def __init__(
@@ -131,6 +139,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self.sink is not None:
             self.sink.on_upstream_writable(True)
             self._arm_read()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_BUFFER[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         state = self._state
@@ -252,10 +266,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _read_head(self, buffer: bytes) -> None:
         while True:
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD + 4)
             if end < 0:
                 if len(buffer) > MAX_RESPONSE_HEAD:
-                    self._fail("response head too large")
+                    self._fail("response head too large")  # answered 502
                 else:
                     self._buffer = buffer
                 return
