@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import Any
 from portico import channel, control, tasks
 from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
 from portico.admin.api import ListenerView, PoolView, ServerState, listener_views, pool_views
+from portico.admin.server import admin_tls_context
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.health.checker import HealthChecker
@@ -333,7 +335,8 @@ class Supervisor:
             for listener in self.config.listeners
         )
         if self.admin is not None:
-            listening += f"; admin http://{self.admin.address}"
+            scheme = "https" if self.admin.tls else "http"
+            listening += f"; admin {scheme}://{self.admin.address}"
         self.pid_file = self.config.pid_file
         _write_pid(self.pid_file)
         self._ready = True
@@ -395,7 +398,11 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.admin = AdminServer(SupervisorAdmin(self), token)
         try:
-            await self.admin.start(admin.bind.host, admin.bind.port)
+            tls = admin_tls_context(admin.tls) if admin.tls is not None else None
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"admin.tls: {exc}") from None
+        try:
+            await self.admin.start(admin.bind.host, admin.bind.port, tls=tls)
         except OSError as exc:
             self.admin = None
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror

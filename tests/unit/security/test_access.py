@@ -67,7 +67,7 @@ def test_file_entries_with_comments() -> None:
         "198.51.100.0/24",
         "2001:db8::/48",
     ]
-    with pytest.raises(EntryError, match="list.txt:2: 'nope'"):
+    with pytest.raises(EntryError, match=r"list\.txt:2: 'nope'"):
         parse_lines("10.0.0.1\nnope\n", "list.txt")
 
 
