@@ -32,7 +32,8 @@ def entries(count: int, rng: random.Random) -> tuple[list[Network], list[Network
         elif roll < 0.9:
             network = ipaddress.IPv4Network((rng.getrandbits(32), rng.randint(8, 30)), strict=False)
         else:
-            network = ipaddress.IPv6Network((rng.getrandbits(128), rng.randint(16, 64)), strict=False)
+            bits = (rng.getrandbits(128), rng.randint(16, 64))
+            network = ipaddress.IPv6Network(bits, strict=False)
         (allow if i % 100 == 0 or i % 2 else deny).append(network)
     return allow, deny
 
