@@ -539,6 +539,12 @@ class RouteConfig(_Model):
                     raise ValueError(f'"{key}" does nothing on a route with "{answered}"')
             if self.filters:
                 raise ValueError(f'"filters" do nothing on a route with "{answered}"')
+            if self.access is not None:
+                # the route answers itself before its filters run (found by the request fuzzer)
+                raise ValueError(
+                    f'"access" works on routes with "pool" only: a route with "{answered}" '
+                    "answers first; put the access list on a pool route or the listener"
+                )
         edits = self.response_headers
         if self.redirect is not None and edits is not None and "location" in edits.names():
             raise ValueError('"response_headers" cannot change the Location of a redirect')
