@@ -66,7 +66,8 @@ def test_proxy_headers_round_trip(
     result = proxy_protocol.parse(header + rest)
     assert result.state is ParseState.COMPLETE
     assert result.length == len(header)
-    assert result.source is not None and result.destination is not None
+    assert result.source is not None
+    assert result.destination is not None
     assert ipaddress.ip_address(result.source[0]) == ipaddress.ip_address(ips[0])
     assert ipaddress.ip_address(result.destination[0]) == ipaddress.ip_address(ips[1])
     assert (result.source[1], result.destination[1]) == (sport, dport)
@@ -273,10 +274,12 @@ yaml_values = st.recursive(
 @example("a: &x [*x]")
 @example("\x00")
 def test_config_text_is_a_config_or_a_config_error(text: str) -> None:
+    problem = ""
     try:
         parse_config(text, "fuzz.yaml")
     except ConfigError as exc:
-        assert str(exc)  # says what is wrong
+        problem = str(exc)
+        assert problem  # says what is wrong
 
 
 @given(
@@ -296,7 +299,9 @@ def test_config_structures_are_a_config_or_a_config_error(data: dict[str, object
     except yaml.YAMLError:
         assume(False)
         return
+    problem = "fuzz.yaml"
     try:
         parse_config(text, "fuzz.yaml")
     except ConfigError as exc:
-        assert "fuzz.yaml" in str(exc)
+        problem = str(exc)
+    assert "fuzz.yaml" in problem

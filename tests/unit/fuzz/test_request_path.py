@@ -14,6 +14,7 @@ CI runs `EXAMPLES` examples per test (a few seconds). A longer session:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -141,7 +142,7 @@ def feed(worker: Worker, chunks: list[bytes]) -> list[int]:
 
 def cut(data: bytes, points: list[int]) -> list[bytes]:
     marks = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
-    return [data[a:b] for a, b in zip(marks, marks[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(marks) if b > a]
 
 
 methods = st.sampled_from(
