@@ -95,12 +95,16 @@ class Acceptor:
         self._resume()
 
     def close(self) -> None:
-        """Stop accepting (drain); the socket stays open: the supervisor owns it."""
+        """Stop accepting (drain) and close this worker's copy of the listening socket, as
+        the loop's own server does: the socket itself lives on in the supervisor and in the
+        other workers (a reload's new ones), and once all have closed theirs, new connections
+        are refused at once rather than left in a queue nobody serves."""
         self.closed = True
         self._pause()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        self.sock.close()
 
     # -- the loop --------------------------------------------------------------------------------
 
