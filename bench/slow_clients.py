@@ -5,7 +5,7 @@ Three phases per target, each measuring normal clients with `wrk -t1 -c10 --late
 trickled one byte every 2 s, never finished), and beside 1,000 slow readers (a 10 MiB
 response read at about 1 KiB/s). Reported: the normal clients' p50/p99 and requests/s, how
 many attackers the target had cut off by the end of the phase, and the target's RSS rise
-(all its processes). The origin is a small asyncio server in its own process.
+(all its processes). The origin is NGINX on its own.
 
 NGINX runs with its defaults except `worker_processes 1` and `worker_connections 4096` (its
 default of 512 cannot even hold 1,000 connections: that would measure the refusal, not the
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import re
 import shutil
@@ -42,30 +41,39 @@ PROXY_PORT = 9202
 # -- the origin ---------------------------------------------------------------------------------
 
 
-def origin_main(port: int) -> None:
-    chunk = b"x" * 65536
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                if head.startswith(b"GET /big"):
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
-                    for _ in range(BIG // len(chunk)):
-                        writer.write(chunk)
-                        await writer.drain()
-                else:
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            writer.close()
-
-    async def serve() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(serve())
+def start_origin(workdir: Path) -> subprocess.Popen[bytes]:
+    """NGINX serving a 5-byte answer and a 10 MiB file (an origin in Python was itself the
+    bottleneck once 1,000 slow readers filled the kernel's buffers)."""
+    (workdir / "www").mkdir()
+    (workdir / "www" / "big").write_bytes(b"x" * BIG)
+    (workdir / "tmp").mkdir()
+    conf = workdir / "origin.conf"
+    conf.write_text(
+        "worker_processes 1;\n"
+        f"pid {workdir}/origin.pid;\n"
+        f"error_log {workdir}/origin-error.log;\n"
+        "events { worker_connections 8192; }\n"
+        "http {\n"
+        f"  access_log off; client_body_temp_path {workdir}/tmp;\n"
+        f"  server {{ listen 127.0.0.1:{ORIGIN_PORT} backlog=4096; root {workdir}/www;\n"
+        "    location = /big { }\n"
+        '    location / { return 200 "hello"; } }\n'
+        "}\n"
+    )
+    return subprocess.Popen(
+        [
+            shutil.which("nginx") or "/usr/sbin/nginx",
+            "-c",
+            str(conf),
+            "-p",
+            str(workdir),
+            "-g",
+            "daemon off;",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 # -- targets --------------------------------------------------------------------------------------
@@ -181,9 +189,10 @@ class Attack:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), 1.0)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            self.cut_off += 1
+            if not self.stop.is_set():
+                self.cut_off += 1
         finally:
-            writer.close()
+            writer.transport.abort()
 
     async def run(self, duration: float) -> None:
         tasks = []
@@ -192,7 +201,9 @@ class Attack:
             await asyncio.sleep(0.002)  # 500 new connections a second
         await asyncio.sleep(duration)
         self.stop.set()
-        await asyncio.wait(tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def wrk(duration: float) -> dict[str, float]:
@@ -249,8 +260,8 @@ def main() -> None:
     parser.add_argument("--targets", default="portico,nginx")
     parser.add_argument("--duration", type=float, default=12.0)
     args = parser.parse_args()
-    origin = multiprocessing.Process(target=origin_main, args=(ORIGIN_PORT,), daemon=True)
-    origin.start()
+    origin_dir = Path(tempfile.mkdtemp(prefix="portico-origin-"))
+    origin = start_origin(origin_dir)
     wait_port(ORIGIN_PORT)
     rows = []
     try:
@@ -260,6 +271,7 @@ def main() -> None:
                 proc = start_portico(workdir) if target == "portico" else start_nginx(workdir)
                 try:
                     wait_port(PROXY_PORT)
+                    wrk(2.0)  # warm-up: connections, first-request allocations
                     for kind, label in (
                         (None, "alone"),
                         ("slowloris", "slowloris"),
@@ -276,7 +288,9 @@ def main() -> None:
                     except subprocess.TimeoutExpired:
                         os.killpg(proc.pid, signal.SIGKILL)
     finally:
-        origin.terminate()
+        os.killpg(origin.pid, signal.SIGTERM)
+        origin.wait(10)
+        shutil.rmtree(origin_dir, ignore_errors=True)
     print()
     print(
         "| target | beside | p50 ms | p99 ms | requests/s | attackers open / cut off "
