@@ -46,6 +46,8 @@ def start_origin(workdir: Path) -> subprocess.Popen[bytes]:
     bottleneck once 1,000 slow readers filled the kernel's buffers)."""
     (workdir / "www").mkdir()
     (workdir / "www" / "big").write_bytes(b"x" * BIG)
+    for path in (workdir, workdir / "www", workdir / "www" / "big"):
+        path.chmod(0o755)  # NGINX's workers run as nobody
     (workdir / "tmp").mkdir()
     conf = workdir / "origin.conf"
     conf.write_text(
@@ -114,6 +116,8 @@ def start_nginx(workdir: Path) -> subprocess.Popen[bytes]:
         "}\n"
     )
     (workdir / "tmp").mkdir(exist_ok=True)
+    for path in (workdir, workdir / "tmp"):
+        path.chmod(0o777)  # NGINX's workers run as nobody and buffer big responses in tmp/
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     return subprocess.Popen(
         [nginx, "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
@@ -131,6 +135,19 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"nothing listens on {port}")
         time.sleep(0.1)
+
+
+def check(port: int) -> None:
+    """Both paths answer 200 with the whole body through `port`."""
+    for path, size in (("/", 5), ("/big", BIG)):
+        with socket.create_connection(("127.0.0.1", port), 5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200") or len(body) != size:
+            raise RuntimeError(f"{path} through :{port}: {head[:40]!r}, {len(body)} bytes")
 
 
 def rss_kib(root: int) -> int:
@@ -229,6 +246,8 @@ def wrk(duration: float) -> dict[str, float]:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     figures["rps"] = float(rps.group(1)) if rps else 0.0
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        print("wrk:", errors.group(0), flush=True)
     figures["errors"] = 1.0 if errors else 0.0
     return figures
 
@@ -271,6 +290,7 @@ def main() -> None:
                 proc = start_portico(workdir) if target == "portico" else start_nginx(workdir)
                 try:
                     wait_port(PROXY_PORT)
+                    check(PROXY_PORT)
                     wrk(2.0)  # warm-up: connections, first-request allocations
                     for kind, label in (
                         (None, "alone"),

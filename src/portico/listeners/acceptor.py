@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Final
 
 from portico import tasks
+from portico.upstreams.connections import CLIENT_HIGH_WATER
 
 log = logging.getLogger("portico.accept")
 
 ACCEPT_BATCH: Final = 64  # connections accepted per wake-up before others get the loop
 RETRY_AFTER_EXHAUSTED: Final = 0.1  # EMFILE and friends: try again after this long
 FULL_POLL: Final = 0.02  # at max_conns: how often to look whether a slot freed
-CLIENT_HIGH_WATER: Final = 32 * 1024  # a client's write buffer past this pauses the server
 LOG_INTERVAL: Final = 1.0  # at most one log line per cause per this many seconds
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # the peer gave up between the queue and accept(2): nothing to do but take the next one
@@ -183,8 +183,8 @@ class Acceptor:
             else:
                 transport, _ = await self.loop.connect_accepted_socket(self.factory, conn)
             if not transport.is_closing():
-                # a slow reader makes Portico hold at most this plus one server read
-                # (upstreams.connections.READ_SIZE) beyond the socket buffers
+                # a slow reader makes Portico hold at most twice this beyond the socket
+                # buffers (upstreams.connections.client_read_size)
                 transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError):
             conn.close()  # a failed handshake or a peer gone: as the loop's own server does

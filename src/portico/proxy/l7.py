@@ -53,7 +53,7 @@ from portico.routing.actions import (
     rewrite_path,
 )
 from portico.upstreams.backend import report_connect_failure, report_connected
-from portico.upstreams.connections import UpstreamConnection
+from portico.upstreams.connections import UpstreamConnection, client_read_size
 from portico.upstreams.pool import FULL, Pool
 
 if TYPE_CHECKING:
@@ -780,6 +780,9 @@ class Exchange:
             relay.bytes.sent += len(rest)
             transport.write(rest)  # what the server sent right after its 101
         relay.begin(client.early, False)
+
+    def read_size(self) -> int:
+        return client_read_size(self._client.transport)
 
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:
