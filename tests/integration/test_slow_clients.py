@@ -75,10 +75,11 @@ def test_slow_readers_hold_at_most_64_kib_each(backends, portico) -> None:
         f"worker RSS rise with {SLOW_READERS} slow readers: {held} KiB, "
         f"{per_reader:.0f} KiB each; {sent} KiB sent by the server"
     )
-    # The bound is 64 KiB of response bytes each beyond the socket buffers (a 32 KiB write
-    # buffer mark plus one 32 KiB server read); here the kernel's loopback buffers take most of
-    # it (measured: under 10 KiB each). With the loop's own 256 KiB reads and the default
-    # 64 KiB mark this measured 66 KiB each, and a 1 KiB/s reader held ~300 KiB (the issue).
+    # The bound is 64 KiB of response bytes each beyond the socket buffers (a server read is
+    # 64 KiB less what the client's write buffer holds); here the kernel's loopback buffers
+    # take most of it (measured: under 10 KiB each). With the loop's own 256 KiB reads and
+    # the default 64 KiB mark this measured 66 KiB each, and a 1 KiB/s reader held ~300 KiB
+    # (the issue).
     assert per_reader <= 48, f"{per_reader:.0f} KiB per slow reader"
 
 
