@@ -38,6 +38,8 @@ COMPILED = [
     "src/portico/listeners/http.py",
     "src/portico/proxy/l7.py",
     "src/portico/proxy/framing.py",  # ResponseFramer's subclasses: native calls from l7
+    "src/portico/proxy/l4.py",  # the TCP relay's per-read callbacks
+    "src/portico/health/budget.py",  # RetryBudget.record_request: once per request
 ]
 GROUP = "portico"  # the shared runtime library is portico__mypyc, not a hash of the module list
 MANIFEST = Path("portico", "_compiled.json")

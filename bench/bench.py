@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import struct
 import subprocess
 import sys
@@ -53,6 +54,7 @@ PORTICO_BIN = REPO / ".venv" / "bin" / "portico"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 PROXY_CORE = 0
+PROXY_CPUS = {PROXY_CORE}  # --workers N: the proxies may use cores 0..N-1 (main sets it)
 LOAD_CORE = 1 if (os.cpu_count() or 1) >= 2 else 0
 
 ORIGIN_PORTS = (9001, 9002, 9003)
@@ -179,12 +181,28 @@ def process_tree(root: int, table: dict[int, list[bytes]] | None = None) -> list
 
 def tree_cpu_seconds(root: int) -> float:
     """utime+stime (+ cutime+cstime, so reaped children still count) over root's process tree."""
+    user, kernel = tree_user_kernel_seconds(root)
+    return user + kernel
+
+
+def tree_user_kernel_seconds(root: int) -> tuple[float, float]:
+    """(utime + cutime, stime + cstime) over root's process tree: user and kernel CPU apart."""
     table = _proc_table()
-    ticks = 0
+    user = kernel = 0
     for pid in process_tree(root, table):
         f = table[pid]
-        ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return ticks / CLK_TCK
+        user += int(f[11]) + int(f[13])
+        kernel += int(f[12]) + int(f[14])
+    return user / CLK_TCK, kernel / CLK_TCK
+
+
+def pid_cpu_seconds(root: int) -> dict[int, float]:
+    """utime+stime of each process of root's tree (not its reaped children)."""
+    table = _proc_table()
+    return {
+        pid: (int(table[pid][11]) + int(table[pid][12])) / CLK_TCK
+        for pid in process_tree(root, table)
+    }
 
 
 def tree_rss_kib(root: int) -> int:
@@ -207,6 +225,7 @@ class CpuSnapshot:
 
     at: float  # time.monotonic()
     server: float  # the target's process tree
+    server_user: float  # ... of which in user space (the rest: in the kernel)
     origins: float  # the origins' process tree (0 when the target is the origins)
     harness: float  # this process and its reaped children (wrk)
     machine: float  # user+nice+system over all cores, whoever ran
@@ -226,7 +245,8 @@ class CpuSnapshot:
         t = os.times()
         return cls(
             at=time.monotonic(),
-            server=tree_cpu_seconds(server),
+            server=sum(user_kernel := tree_user_kernel_seconds(server)),
+            server_user=user_kernel[0],
             origins=tree_cpu_seconds(origins) if origins is not None else 0.0,
             harness=t.user + t.system + t.children_user + t.children_system,
             machine=sum(total[0:3]) / CLK_TCK,
@@ -287,11 +307,17 @@ class Proc:
 STARTED: list[Proc] = []  # every long-running process this harness started, stopped in finally
 
 
+def _cpu_list(core: int) -> str:
+    cpus = PROXY_CPUS if core == PROXY_CORE else {core}
+    return ",".join(str(c) for c in sorted(cpus))
+
+
 def spawn(name: str, argv: list[str], core: int) -> Proc:
     logfile = RUNDIR / "logs" / f"{name}.out"
     with open(logfile, "ab") as out:
         popen = subprocess.Popen(
-            ["taskset", "-c", str(core), *argv],  # taskset execs: the pid is the program's own
+            # taskset execs: the pid is the program's own
+            ["taskset", "-c", _cpu_list(core), *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -300,7 +326,7 @@ def spawn(name: str, argv: list[str], core: int) -> Proc:
         )
     proc = Proc(name, popen, logfile)
     STARTED.append(proc)
-    log(f"started {name} (pid {proc.pid}, core {core}): {shlex.join(argv)}")
+    log(f"started {name} (pid {proc.pid}, cores {_cpu_list(core)}): {shlex.join(argv)}")
     return proc
 
 
@@ -371,11 +397,12 @@ def wait_for_port(proc: Proc, port: int, timeout: float = START_TIMEOUT) -> None
 
 
 def check_affinity(proc: Proc, core: int) -> None:
+    want = PROXY_CPUS if core == PROXY_CORE else {core}
     for pid in process_tree(proc.pid):
         with contextlib.suppress(OSError):
             cpus = os.sched_getaffinity(pid)
-            if cpus != {core}:
-                log(f"warning: {proc.name} pid {pid} runs on cores {sorted(cpus)}, not {core}")
+            if cpus != want:
+                log(f"warning: {proc.name} pid {pid} runs on cores {sorted(cpus)}, not {want}")
 
 
 def check_response(port: int, path: str, size: int) -> None:
@@ -516,7 +543,7 @@ def portico_routes(count: int) -> str:
     return "".join(rules)
 
 
-def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
+def prepare_rundir(portico_l4: bool, routes: int = 0, workers: int = 1) -> None:
     missing = [name for name in CONFIG_FILES if not (CONFIGS / name).is_file()]
     if missing:
         raise SystemExit(f"bench configs missing from {CONFIGS}: {', '.join(missing)}")
@@ -537,6 +564,9 @@ def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
     have_cert = make_cert()
     for conf in CONFIG_FILES:
         text = (CONFIGS / conf).read_text().replace("RUNDIR", rundir)
+        if workers != 1 and conf != "nginx-backends.conf":  # the proxies', not the origins'
+            text = re.sub(r"(?m)^(\s*nbthread) 1$", rf"\1 {workers}", text)
+            text = re.sub(r"(?m)^worker_processes 1;", f"worker_processes {workers};", text)
         if conf == "nginx-proxy.conf" and not have_cert:
             text = drop_server_block(text, f"listen 127.0.0.1:{NGINX_TLS_PORT}")
             log("openssl not found: the :8443 TLS server is left out of nginx-proxy.conf")
@@ -544,7 +574,7 @@ def prepare_rundir(portico_l4: bool, routes: int = 0) -> None:
     (RUNDIR / "portico.yaml").write_text(
         PORTICO_YAML.format(
             l4_listener=PORTICO_L4_LISTENER if portico_l4 else "", routes=portico_routes(routes)
-        )
+        ).replace("workers: 1\n", f"workers: {workers}\n", 1)
     )
     if have_cert:
         ports = {"rundir": rundir, "h1_port": PORTICO_TLS_PORT, "h2_port": PORTICO_H2_PORT}
@@ -684,6 +714,7 @@ class Row:
     load_core_pct: float = 0.0  # how busy wrk + origins kept their core
     softirq_pct: float = 0.0  # kernel network work charged to no process, in % of one core
     other_pct: float = 0.0  # CPU used by processes this harness did not start, % of one core
+    user_s: float = 0.0  # of cpu_s, in user space (the rest in the kernel)
     mean_us: float = 0.0  # h2load's mean time per request (TLS rows; h2load has no percentiles)
     tls: str = ""  # TLS rows: the negotiated version, cipher and key exchange
     notes: list[str] = field(default_factory=list)
@@ -782,6 +813,7 @@ def measure(args: argparse.Namespace, server: Proc, origins: Proc, row: Row, por
 def account(row: Row, a: CpuSnapshot, b: CpuSnapshot, rss_kib: int) -> None:
     """Fill the row's CPU columns from two snapshots around its measured window, and log it."""
     row.cpu_s, row.wall_s, row.rss_kib = b.server - a.server, b.at - a.at, rss_kib
+    row.user_s = b.server_user - a.server_user
     if b.load_total > a.load_total:
         row.load_core_pct = 100.0 * (b.load_busy - a.load_busy) / (b.load_total - a.load_total)
     ours = (b.server - a.server) + (b.origins - a.origins) + (b.harness - a.harness)
@@ -857,6 +889,294 @@ def run_target(args: argparse.Namespace, target: Target, origins: Proc) -> list[
         if server is not origins:
             stop(server)
     return rows
+
+
+# ------------------------------------------------------------------------- paired cycles (--cycles)
+
+CANARY_LOOPS = 3_000_000  # a fixed amount of pure-Python work: its CPU time shows the host's speed
+NOISY_CANARY_PCT = 10.0  # canary spread (max-min over median) past which the verdict is "noisy"
+NOISY_RATIO_PCT = 30.0  # a ratio's spread past which the verdict is "noisy"
+IDLE_CONNECTIONS = 1000  # idle keep-alive connections opened for the memory row
+
+
+@dataclass
+class Workload:
+    """One row of the paired table: a layer, a path and how the client connects."""
+
+    layer: str  # L7 | L4
+    path: str  # PATHS key
+    close: bool = False  # Connection: close (a new connection per request)
+
+    @property
+    def label(self) -> str:
+        mode = ", new connection per request" if self.close else ""
+        return f"{self.layer} {PATHS[self.path][0]}{mode}"
+
+
+@dataclass
+class Paired:
+    """Everything one --cycles run measured."""
+
+    workloads: list[Workload]
+    targets: list[str]  # Target.key, in measuring order of the even cycles
+    # (workload index, target, cycle) -> requests per proxy CPU-second
+    per_cpu_s: dict[tuple[int, str, str], float] = field(default_factory=dict)
+    canary_ms: list[float] = field(default_factory=list)
+    idle_kib: dict[str, list[float]] = field(default_factory=dict)  # target -> KiB per connection
+    other_pct: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    split_notes: list[str] = field(default_factory=list)  # --workers N: Portico's spread
+    # (workload index, target) -> per run (user µs, kernel µs) of proxy CPU per request
+    user_kernel_us: dict[tuple[int, str], list[tuple[float, float]]] = field(default_factory=dict)
+    cycles: int = 0
+
+
+def canary_ms() -> float:
+    """CPU milliseconds of CANARY_LOOPS on the proxy core, in a fresh interpreter: the same
+    work every time, so its spread is the host's drift (frequency, steal), not Portico's."""
+    code = (
+        "import time\nt=time.process_time()\nx=0\n"
+        f"for i in range({CANARY_LOOPS}): x+=i*i%7\n"
+        "print((time.process_time()-t)*1000)"
+    )
+    out = subprocess.run(
+        ["taskset", "-c", str(PROXY_CORE), sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return float(out.stdout.strip())
+
+
+def idle_connection_kib(server: Proc, port: int, count: int) -> float:
+    """KiB of the target's RSS per idle keep-alive connection: open `count` connections, make
+    one request on each (so each has served a request and sits idle, as a browser's does), and
+    compare the process tree's RSS with and without them."""
+    check_response(port, "/small", PATHS["small"][1])  # what the first request loads, loaded
+    base = tree_rss_kib(server.pid)
+    socks: list[socket.socket] = []
+    request = b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=CHECK_TIMEOUT)
+            s.sendall(request)
+            socks.append(s)
+        deadline = time.monotonic() + 30
+        for s in socks:  # each answer read, so the connection is idle on the server's side
+            got = b""
+            while not got.endswith(b"hello") and time.monotonic() < deadline:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("a target closed an idle connection")
+                got += chunk
+        loaded = tree_rss_kib(server.pid)
+    finally:
+        for s in socks:
+            s.close()
+    return max(0.0, (loaded - base) / count)
+
+
+def _measure_paired(
+    args: argparse.Namespace, target: Target, server: Proc, origins: Proc, wl: Workload
+) -> Row:
+    port = target.l7_port if wl.layer == "L7" else target.l4_port
+    assert port is not None
+    row = Row(target.key, target.label, wl.layer, wl.path)
+    path, size = PATHS[wl.path]
+    check_response(port, path, size)
+    url = f"http://127.0.0.1:{port}{path}"
+    extra = ["-H", "Connection: close"] if wl.close else []
+    if args.warmup:
+        run_wrk(wrk_argv(args, url, args.warmup)[:-1] + extra + [url], args.warmup)
+    argv = wrk_argv(args, url, args.duration)[:-1] + extra + [url]
+    with RssSampler(server.pid) as rss:
+        before = pid_cpu_seconds(server.pid)
+        a = CpuSnapshot.take(server.pid, origins.pid)
+        out = run_wrk(argv, args.duration)
+        b = CpuSnapshot.take(server.pid, origins.pid)
+        after = pid_cpu_seconds(server.pid)
+    parse_wrk(out, row)
+    account(row, a, b, rss.peak_kib)
+    used = sorted(after[p] - before[p] for p in after if p in before and p != server.pid)
+    if len(used) > 1 and sum(used) > 0:  # the workers' (children's) share of the work
+        row.notes.append(f"busiest worker {100 * used[-1] / sum(used):.0f}% of the workers' CPU")
+    return row
+
+
+def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -> Paired:
+    """Interleaved short cycles: every target measured on every workload back to back, the
+    order reversed on odd cycles (ABBA), so drift between cycles cancels in the ratios."""
+    proxies = [t for t in targets if t.key != "origin"]
+    workloads = [Workload("L7", p) for p in args.paths]
+    if "small" in args.paths:
+        workloads.append(Workload("L7", "small", close=True))
+    if args.l4:
+        workloads += [Workload("L4", p) for p in args.paths]
+    result = Paired(workloads, [t.key for t in proxies])
+    servers: dict[str, Proc] = {}
+    try:
+        for t in proxies:
+            ports = [t.l7_port] + ([t.l4_port] if args.l4 and t.l4_port else [])
+            try:
+                servers[t.key] = start_listening(t.start, ports)
+                check_affinity(servers[t.key], PROXY_CORE)
+            except Exception as exc:
+                result.errors.append(f"{t.label}: not available: {exc}")
+                log(result.errors[-1])
+        live = [t for t in proxies if t.key in servers]
+        for t in live:  # on fresh processes: after load, allocators keep what they grew
+            try:
+                kib = idle_connection_kib(servers[t.key], t.l7_port, IDLE_CONNECTIONS)
+            except (RuntimeError, OSError) as exc:
+                result.errors.append(f"{t.label} idle memory: {exc}")
+                continue
+            result.idle_kib.setdefault(t.key, []).append(kib)
+        for cycle in range(args.cycles):
+            result.canary_ms.append(canary_ms())
+            log(f"cycle {cycle + 1}/{args.cycles}: canary {result.canary_ms[-1]:.0f} ms")
+            order = live if cycle % 2 == 0 else live[::-1]
+            for i, wl in enumerate(result.workloads):
+                for t in order:
+                    if wl.layer == "L4" and t.l4_port is None:
+                        continue
+                    try:
+                        row = _measure_paired(args, t, servers[t.key], origins, wl)
+                    except (RuntimeError, OSError, http.client.HTTPException, ValueError) as exc:
+                        result.errors.append(f"cycle {cycle + 1} {t.label} {wl.label}: {exc}")
+                        log(result.errors[-1])
+                        continue
+                    result.per_cpu_s[(i, t.key, str(cycle))] = row.per_cpu_s
+                    if row.requests:
+                        result.user_kernel_us.setdefault((i, t.key), []).append(
+                            (
+                                1e6 * row.user_s / row.requests,
+                                1e6 * (row.cpu_s - row.user_s) / row.requests,
+                            )
+                        )
+                    if t.key == "portico" and row.notes:
+                        result.split_notes.append(f"{wl.label}: {row.notes[-1]}")
+                    result.other_pct.append(row.other_pct)
+                    if servers[t.key].popen.poll() is not None:
+                        raise RuntimeError(f"{t.label} exited: {servers[t.key].log_tail()}")
+            result.cycles = cycle + 1
+    finally:
+        for proc in servers.values():
+            stop(proc)
+    return result
+
+
+def _median_range(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def paired_ratios(result: Paired, i: int, target: str, anchor: str) -> list[float]:
+    """The same-cycle ratios target ÷ anchor of requests per proxy CPU-second on workload i."""
+    ratios = []
+    for c in range(result.cycles):
+        a = result.per_cpu_s.get((i, target, str(c)))
+        b = result.per_cpu_s.get((i, anchor, str(c)))
+        if a and b:
+            ratios.append(a / b)
+    return ratios
+
+
+def spread_pct(values: list[float]) -> float:
+    return 100.0 * (max(values) - min(values)) / statistics.median(values) if values else 0.0
+
+
+def paired_verdict(result: Paired) -> str:
+    """Whether the machine was quiet enough for the medians to mean something, and why not."""
+    reasons = []
+    if len(result.canary_ms) >= 2 and spread_pct(result.canary_ms) > NOISY_CANARY_PCT:
+        reasons.append(f"the canary's speed varied {spread_pct(result.canary_ms):.0f}%")
+    busy = [p for p in result.other_pct if p > NOISE_WARN_PCT]
+    if busy:
+        reasons.append(
+            f"other processes used over {NOISE_WARN_PCT:.0f}% of a core in {len(busy)} of "
+            f"{len(result.other_pct)} runs (max {max(busy):.0f}%)"
+        )
+    for i, wl in enumerate(result.workloads):
+        for anchor in ("haproxy", "nginx"):
+            ratios = paired_ratios(result, i, "portico", anchor)
+            if len(ratios) >= 2 and spread_pct(ratios) > NOISY_RATIO_PCT:
+                reasons.append(f"{wl.label} ÷ {anchor} spread {spread_pct(ratios):.0f}%")
+    if result.cycles < 3:
+        reasons.append(f"only {result.cycles} cycle(s): use --cycles 5 or more for figures")
+    return "noisy: " + "; ".join(reasons) if reasons else "quiet: the medians can be quoted"
+
+
+def render_paired(result: Paired) -> str:
+    def cell(values: list[float], fmt: str) -> str:
+        if not values:
+            return "-"
+        med, lo, hi = _median_range(values)
+        return f"{med:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
+
+    lines = []
+    for i, wl in enumerate(result.workloads):
+        per = {
+            t: [result.per_cpu_s[k] for k in result.per_cpu_s if k[0] == i and k[1] == t]
+            for t in result.targets
+        }
+        lines.append(
+            [
+                wl.label,
+                cell(paired_ratios(result, i, "portico", "haproxy"), ".2f"),
+                cell(paired_ratios(result, i, "portico", "nginx"), ".2f"),
+                *(
+                    f"{statistics.median(per[t]):,.0f}" if per.get(t) else "-"
+                    for t in ("portico", "haproxy", "nginx")
+                ),
+            ]
+        )
+    lines.append(
+        [
+            "memory per idle keep-alive connection (KiB)",
+            "",
+            "",
+            *(cell(result.idle_kib.get(t, []), ".2f") for t in ("portico", "haproxy", "nginx")),
+        ]
+    )
+    columns = (
+        "workload",
+        "Portico ÷ HAProxy per CPU-s, median (range)",
+        "Portico ÷ NGINX per CPU-s, median (range)",
+        "Portico req/CPU-s",
+        "HAProxy req/CPU-s",
+        "NGINX req/CPU-s",
+    )
+    table = markdown_table(columns, lines, 1)
+    canary = result.canary_ms
+    notes = [
+        f"- {result.cycles} cycles; in each, every target ran each workload back to back "
+        "(order reversed on odd cycles); a ratio is taken within one cycle, then the median "
+        "over cycles is shown with the range.",
+        f"- canary ({CANARY_LOOPS:,} loops of pure Python on the proxy core, CPU ms): "
+        + (
+            f"median {statistics.median(canary):.0f}, range {min(canary):.0f}-"
+            f"{max(canary):.0f} ({spread_pct(canary):.0f}% drift)"
+            if canary
+            else "not run"
+        ),
+        f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request, "
+        "opened on each freshly started target before the cycles; the process tree's RSS with "
+        "them minus without, per connection.",
+        f"- verdict: {paired_verdict(result)}",
+    ]
+    for i, wl in enumerate(result.workloads):
+        parts = []
+        for t in ("portico", "haproxy", "nginx"):
+            runs = result.user_kernel_us.get((i, t))
+            if runs:
+                user = statistics.median(u for u, _ in runs)
+                kernel = statistics.median(k for _, k in runs)
+                parts.append(f"{t} {user:.1f} user + {kernel:.1f} kernel")
+        if parts:
+            notes.append(f"- CPU µs per request, {wl.label} (medians): " + "; ".join(parts))
+    notes += [f"- Portico {n}" for n in result.split_notes]
+    notes += [f"- error: {e}" for e in result.errors]
+    return "## Paired cycles\n\n" + table + "\n\n" + "\n".join(notes)
 
 
 # --------------------------------------------------------------------------- TLS rows (--h2)
@@ -1754,6 +2074,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the portico command, run as CMD run RUNDIR/portico.yaml (default: the venv's)",
     )
     p.add_argument("--no-install", action="store_true", help="never run apt-get")
+    p.add_argument(
+        "--cycles",
+        type=int,
+        default=0,
+        help="paired mode: N interleaved cycles of short runs of every target back to back, "
+        "reported as median same-cycle ratios with their range, a canary and a verdict "
+        "(default 0: the one-pass table)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Portico workers, HAProxy threads and NGINX worker processes, on cores 0..N-1 "
+        "(default 1; with 2 on this 2-core host the load generator shares a core: compare "
+        "requests per proxy CPU-second)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.duration = 3
@@ -1761,6 +2097,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--duration must be 1..600 s and --warmup 0..60 s")
     args.targets = _subset(p, "--targets", args.targets, TARGETS)
     args.paths = _subset(p, "--paths", args.paths, tuple(PATHS))
+    if not 1 <= args.workers <= (os.cpu_count() or 1):
+        p.error(f"--workers must be 1..{os.cpu_count()}")
+    if not 0 <= args.cycles <= 50:
+        p.error("--cycles must be 0..50")
     if not 0 <= args.tls_soak <= 3600:
         p.error("--tls-soak must be 0..3600 s")
     if args.tls_soak and "portico" not in args.targets:
@@ -1820,7 +2160,9 @@ def main(argv: list[str]) -> int:
         if not have(tool):
             log(f"{tool} is required and not installed")
             return 2
-    prepare_rundir(args.l4, args.portico_routes)
+    global PROXY_CPUS
+    PROXY_CPUS = set(range(args.workers))
+    prepare_rundir(args.l4, args.portico_routes, args.workers)
     busy = [p for p in ORIGIN_PORTS if port_open(p)]
     if busy:
         log(f"origin ports {busy} are in use by a process this harness did not start")
@@ -1831,6 +2173,7 @@ def main(argv: list[str]) -> int:
     rows: list[Row] = []
     tls_rows: list[Row] = []
     soak: Soak | None = None
+    paired: Paired | None = None
     try:
         with cleanup_on_exit():
             origins = spawn(
@@ -1838,7 +2181,9 @@ def main(argv: list[str]) -> int:
             )
             for port in ORIGIN_PORTS:
                 wait_for_port(origins, port)
-            for target in targets:
+            if args.cycles:
+                paired = run_paired(args, targets, origins)
+            for target in [] if args.cycles else targets:
                 if origins.popen.poll() is not None:
                     raise RuntimeError(f"the origins exited: {origins.log_tail()}")
                 log(f"measuring {target.label} ({args.duration}s per path)")
@@ -1861,6 +2206,8 @@ def main(argv: list[str]) -> int:
         return 1
 
     sections = []
+    if paired is not None:
+        sections.append(render_paired(paired))
     if rows:
         sections.append(f"{render_table(rows, args.paths)}\n\n{footnotes(rows)}")
     if tls_targets:

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portico import channel, tasks
 from portico.config import plugins
@@ -75,10 +75,12 @@ from portico.security.access import (
 )
 from portico.security.bans import Ban, BanTable
 from portico.state.memory import MemoryStore
-from portico.state.redis_store import RedisStore
 from portico.state.store import StateStore
 from portico.upstreams.backend import BackendState
 from portico.upstreams.pool import Pool
+
+if TYPE_CHECKING:
+    from portico.state.redis_store import RedisStore
 
 log = logging.getLogger("portico.worker")
 
@@ -420,7 +422,14 @@ class Worker:
         self.access_logs = access_logs(config)
         state = config.state
         # one store per worker process, used on this loop only
-        self.store = RedisStore(state.redis, state.timeout) if state.redis else None
+        if any(lc.http2 is not None and lc.http2.enabled for lc in config.listeners):
+            # loaded here, not at a client's first HTTP/2 connection (the listener's import)
+            import portico.listeners.h2  # noqa: F401
+        self.store: RedisStore | None = None
+        if state.redis:  # redis-py costs ~20 MiB per process: imported only where it is used
+            from portico.state.redis_store import RedisStore
+
+            self.store = RedisStore(state.redis, state.timeout)
         memory = MemoryStore(loop.time)
         for name, pool in self.pools.items():
             stick = config.pools[name].stick

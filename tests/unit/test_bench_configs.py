@@ -58,3 +58,23 @@ def test_the_micro_benchmarks_still_drive_the_code_they_measure() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert said in result.stdout
+
+
+def test_paired_ratios_are_taken_within_a_cycle_and_noise_is_called_out() -> None:
+    bench = load_bench()
+    result = bench.Paired([bench.Workload("L7", "small")], ["portico", "haproxy", "nginx"])
+    result.cycles = 3
+    # the host slows down by half in the last cycle: both targets slow together, the ratio holds
+    for cycle, scale in enumerate((1.0, 1.0, 0.5)):
+        result.per_cpu_s[(0, "portico", str(cycle))] = 40_000 * scale
+        result.per_cpu_s[(0, "haproxy", str(cycle))] = 80_000 * scale
+    assert bench.paired_ratios(result, 0, "portico", "haproxy") == [0.5, 0.5, 0.5]
+    assert bench.paired_ratios(result, 0, "portico", "nginx") == []  # nginx never measured
+    result.canary_ms = [250.0, 251.0, 500.0]
+    verdict = bench.paired_verdict(result)
+    assert verdict.startswith("noisy")
+    assert "canary" in verdict
+    result.canary_ms = [250.0, 251.0, 252.0]
+    assert bench.paired_verdict(result).startswith("quiet")
+    table = bench.render_paired(result)
+    assert "0.50 (0.50-0.50)" in table

@@ -21,9 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -100,8 +97,6 @@ class CertificateInfo:
 
 
 _CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
-_DER = serialization.Encoding.DER
-_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 _KEY_BEGIN = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )?PRIVATE KEY-----")
 
 
@@ -133,6 +128,8 @@ def read_certificate(path: str) -> CertificateInfo:
     Returns what the leaf certificate says. Raises ValueError naming `path` and the reason: no
     such file, unreadable, not PEM, a private key where a certificate belongs, unparsable.
     """
+    from cryptography import x509  # cryptography costs ~6 MiB: loaded when TLS is configured
+
     data = _read(path)
     if _CERT_BEGIN not in data:
         if _KEY_BEGIN.search(data):
@@ -165,6 +162,8 @@ def read_certificate(path: str) -> CertificateInfo:
 
 
 def _key_type(key: object) -> KeyType:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
     if isinstance(key, rsa.RSAPublicKey):
         return "rsa"
     if isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
@@ -181,6 +180,8 @@ def check_private_key(path: str) -> None:
     restarts unattended has nobody to type the passphrase, and OpenSSL would prompt on the
     terminal and hang.
     """
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(path)
     if not _KEY_BEGIN.search(data):
         if _CERT_BEGIN in data:
@@ -255,14 +256,18 @@ def _pair_problem(cert: str, key: str, exc: ssl.SSLError) -> str:
 def _key_position(cert: str, key: str) -> int | None:
     """Which certificate of the chain file `cert` (1 = the first) has the public half of `key`;
     None if none has. A match further down means the chain is in the wrong order."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     try:
         chain = x509.load_pem_x509_certificates(_read(cert))
         private = serialization.load_pem_private_key(_read(key), password=None)
     except Exception:
         return 1  # unreadable now: let OpenSSL's reason speak
-    public = private.public_key().public_bytes(_DER, _SPKI)
+    public = private.public_key().public_bytes(der, spki)
     for position, certificate in enumerate(chain, start=1):
-        if certificate.public_key().public_bytes(_DER, _SPKI) == public:
+        if certificate.public_key().public_bytes(der, spki) == public:
             return position
     return None
 
@@ -272,6 +277,8 @@ def check_ca_bundle(path: str) -> int:
 
     Returns how many certificates it holds. Raises ValueError naming `path` and the reason.
     """
+    from cryptography import x509
+
     data = _read(path)
     if _CERT_BEGIN not in data:
         raise ValueError(

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from portico.http.headers import Header
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what an HTTP/2 client sends first (RFC 9113 3.4)
+
 # Per RFC 9113 §6.5.2 a header field costs its name and value plus 32 octets of overhead.
 FIELD_OVERHEAD = 32
 

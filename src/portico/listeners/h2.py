@@ -58,7 +58,6 @@ from portico.timers import Deadline
 
 log = logging.getLogger("portico.h2")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 STREAM_BUFFER = 128 * 1024  # response bytes queued per stream before its server is paused
 STREAM_RESUME = 32 * 1024  # ... and resumed below this
 OUTBOUND_TURN = 256 * 1024  # DATA bytes all streams may hand to h2 between two socket writes

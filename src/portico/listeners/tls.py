@@ -25,8 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from cryptography import x509
-
 from portico.config.tls import (
     CertificateInfo,
     TlsConfig,
@@ -281,6 +279,8 @@ def peer_subject(connection: ssl.SSLObject | ssl.SSLSocket | None) -> str | None
     der = connection.getpeercert(binary_form=True)
     if der is None:  # pragma: no cover - a verified certificate always has its DER form
         return None
+    from cryptography import x509  # only mTLS listeners need it
+
     subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
     return _printable(subject)
 
