@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portico import channel, control, tasks
 from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
@@ -35,8 +35,10 @@ from portico.observe.prometheus import PrometheusExporter
 from portico.observe.stats import StatsAggregator
 from portico.security.access import EntryError, RuntimeEntries, RuntimeEntry
 from portico.security.bans import Ban, BanTable
-from portico.state.redis_store import RedisStore
 from portico.state.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from portico.state.redis_store import RedisStore
 
 log = logging.getLogger("portico")
 
@@ -284,7 +286,11 @@ class Supervisor:
         self.server_states: dict[tuple[str, str], ServerState] = {}
         # run-time access entries and bans: kept across reloads
         state = config.state
-        redis = RedisStore(state.redis, state.timeout) if state.redis else None
+        redis: RedisStore | None = None
+        if state.redis:  # redis-py costs ~20 MiB per process: imported only where it is used
+            from portico.state.redis_store import RedisStore
+
+            redis = RedisStore(state.redis, state.timeout)
         self.security = SecurityTables(lambda m: self.broadcast(m, keep=False), redis)
 
     async def run(self) -> int:
