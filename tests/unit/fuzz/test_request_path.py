@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,10 +135,18 @@ def feed(worker: Worker, chunks: list[bytes]) -> list[int]:
     if not transport.closing:
         conn.eof_received()
     conn.connection_lost(None)
-    responses = Responses()
-    responses.parser.feed_data(bytes(transport.written))
-    assert set(responses.statuses) <= DOCUMENTED, responses.statuses
-    return responses.statuses
+    written = bytes(transport.written)
+    if b"HEAD" in b"".join(chunks):
+        # an answer to HEAD has a Content-Length and no body: a response parser that does not
+        # know the request misreads it; the status lines are enough (the bodies are fixed text)
+        statuses = [int(m) for m in re.findall(rb"(?:^|\r\n\r\n)HTTP/1\.1 (\d{3}) ", written)]
+        assert written[:9] in (b"", b"HTTP/1.1 ")
+    else:
+        responses = Responses()
+        responses.parser.feed_data(written)
+        statuses = responses.statuses
+    assert set(statuses) <= DOCUMENTED, statuses
+    return statuses
 
 
 def cut(data: bytes, points: list[int]) -> list[bytes]:
