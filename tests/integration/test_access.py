@@ -120,10 +120,16 @@ def test_listener_and_route_access_lists(backends, portico, tmp_path: Path) -> N
         "    default_pool: app\n"
         "    trusted_proxies: [127.0.0.1/32, 10.0.0.0/8]\n"
         "    access: {deny: [198.51.100.7]}\n"
+        "  - name: relay\n"
+        "    bind: 127.0.0.1:0\n"
+        "    protocol: tcp\n"
+        "    default_pool: app\n"
+        "    proxy_protocol: {trusted: [127.0.0.1/32]}\n"
+        "    access: {deny: [198.51.100.7]}\n"
         f"admin: {{bind: 127.0.0.1:0, token: {TOKEN}}}\n"
         "pools:\n  app:\n    servers:\n" + pool_yaml(pool)
     )
-    web, tls, behind = proxy.ports[0], proxy.ports[1], proxy.ports[2]
+    web, tls, behind, relay = proxy.ports[:4]
     assert status(web) == 200
     assert status(web, source="127.0.0.2") is None  # closed at accept
     assert status(web, source="127.0.0.3") is None  # from the file
@@ -162,6 +168,19 @@ def test_listener_and_route_access_lists(backends, portico, tmp_path: Path) -> N
     assert status(behind) == 200
     # an untrusted peer is judged by its own address, whatever it claims
     assert status(behind, source="127.0.0.2", headers={xff: "198.51.100.7"}) == 200
+
+    # a TCP listener behind a PROXY-protocol balancer: the client the header names is judged
+    for client, answered in (("203.0.113.1", True), ("198.51.100.7", False)):
+        with socket.create_connection(("127.0.0.1", relay), timeout=5) as sock:
+            sock.sendall(
+                f"PROXY TCP4 {client} 127.0.0.1 40000 80\r\n".encode()
+                + b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+            try:
+                got = sock.recv(12)
+            except ConnectionError:
+                got = b""
+        assert got.startswith(b"HTTP/1.1 200") is answered, (client, got)
 
     # the file is read again on reload
     blocked.write_text("127.0.0.6\n")
