@@ -3,8 +3,8 @@ server or an operator controls: PROXY v1/v2 headers, the TLS ClientHello peek, c
 signed persistence token, request and response header splitting, forwarding headers, and the
 config loader. Properties: only the documented outcome or error for any input; round trips
 where a serialiser exists; agreement with a reference (`ipaddress`, `http.cookies`) where one
-exists. Each test's example count is hypothesis' default (100); `PORTICO_FUZZ=1` (the
-"fuzz" profile in tests/conftest.py) runs many more, see docs/security.md."""
+exists. Each test's example count is hypothesis' default (100); `PORTICO_FUZZ_EXAMPLES=N`
+(tests/unit/fuzz/conftest.py) runs N each, see docs/security.md."""
 
 from __future__ import annotations
 
