@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ from portico.admin.api import (
     pool_views,
     readiness,
 )
+from portico.admin.server import admin_tls_context
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.config.units import parse_address
@@ -49,6 +52,12 @@ from portico.observe.prometheus import (
     PrometheusExporter,
 )
 from portico.observe.stats import StatsAggregator
+from portico.security.access import EntryError, RuntimeEntries, RuntimeEntry
+from portico.security.bans import Ban, BanTable
+from portico.state.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from portico.state.redis_store import RedisStore
 
 if TYPE_CHECKING:  # redis-py (~20 MiB) is imported only when the config has state.redis
     from portico.fleet import Change, Fleet
@@ -62,6 +71,7 @@ FLEET_KINDS = ("weight", "state", "add_server", "remove_server")  # + reset
 DRAIN_CHECK_INTERVAL = 0.5  # how often servers DNS dropped are checked for requests in flight
 CHANNEL_LIMIT = 16 * 1024 * 1024  # longest channel line: a stats snapshot of a large config
 _SCHEMES = {"http": "http", "https": "https", "tcp": "tcp"}
+SHARED_POLL = 1.0  # with state.redis: how often other instances' access changes are looked for
 
 
 class StartupError(Exception):
@@ -148,6 +158,126 @@ class WorkerProcess:
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class SecurityTables:
+    """Run-time access entries and bans of one instance: what the admin API and the workers'
+    ban rules add, told to every worker in full at each change (the tables are small) and to
+    every new worker at its start. Kept across reloads: they are not the file's. With
+    `state.redis`, every change is also written to Redis and other instances' changes are
+    read back every `SHARED_POLL` seconds, so one call bans an address on the whole fleet."""
+
+    ACCESS = "access"
+    BANS = "bans"
+
+    def __init__(self, tell: Callable[[bytes], None], redis: RedisStore | None) -> None:
+        self.tell = tell
+        self.redis = redis
+        self.access = RuntimeEntries()
+        self.bans = BanTable()
+        self._versions = {self.ACCESS: -1, self.BANS: -1}
+
+    def messages(self) -> list[bytes]:
+        """What a new worker is told."""
+        now = time.time()
+        return [
+            channel.encode("access", entries=[e.to_json() for e in self.access.live(now)]),
+            channel.encode("bans", bans=[b.to_json() for b in self.bans.live(now)]),
+        ]
+
+    def _push(self) -> None:
+        for message in self.messages():
+            self.tell(message)
+
+    def add_access(self, entry: RuntimeEntry) -> None:
+        self.access.add(entry)
+        self._push()
+        self._share(self.ACCESS, f"{entry.scope}|{entry.network}", json.dumps(entry.to_json()))
+
+    def remove_access(self, scope: str, network: str) -> bool:
+        removed = self.access.remove(scope, network)
+        if removed:
+            self._push()
+        if self.redis is not None:
+            tasks.spawn(self._unshare(self.ACCESS, f"{scope}|{network}"))
+        return removed
+
+    def add_ban(self, ban: Ban) -> None:
+        if self.bans.add(ban):
+            self._push()
+            self._share(self.BANS, f"{ban.listener}|{ban.key}", json.dumps(ban.to_json()))
+
+    def remove_ban(self, listener: str, key: str) -> bool:
+        removed = self.bans.remove(listener, key)
+        if removed:
+            self._push()
+        if self.redis is not None:
+            tasks.spawn(self._unshare(self.BANS, f"{listener}|{key}"))
+        return removed
+
+    def _share(self, table: str, field: str, value: str) -> None:
+        if self.redis is not None:
+            tasks.spawn(self._put(table, field, value))
+
+    async def _put(self, table: str, field: str, value: str) -> None:
+        assert self.redis is not None
+        try:
+            await self.redis.shared_put(table, field, value)
+        except StoreUnavailable as exc:
+            log.warning("%s change not shared with other instances: %s", table, exc)
+
+    async def _unshare(self, table: str, field: str) -> None:
+        assert self.redis is not None
+        try:
+            await self.redis.shared_delete(table, field)
+        except StoreUnavailable as exc:
+            log.warning("%s removal not shared with other instances: %s", table, exc)
+
+    async def poll(self) -> None:
+        """Follow the other instances' changes (with Redis), forever."""
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                await self.sync()
+            await asyncio.sleep(SHARED_POLL)
+
+    async def sync(self) -> None:
+        """Read the shared tables if they changed since last time; lapsed entries are deleted."""
+        redis = self.redis
+        assert redis is not None
+        now = time.time()
+        changed = False
+        for table in (self.ACCESS, self.BANS):
+            version = await redis.shared_version(table)
+            if version == self._versions[table]:
+                continue
+            fields = await redis.shared_read(table)
+            self._versions[table] = version
+            live: list[Any] = []
+            for name, text in fields.items():
+                try:
+                    data = json.loads(text)
+                    item = (
+                        RuntimeEntry.from_json(data)
+                        if table == self.ACCESS
+                        else Ban.from_json(data)
+                    )
+                except (ValueError, KeyError, TypeError, EntryError):
+                    log.warning("ignored a bad shared %s entry %r", table, name)
+                    continue
+                expired = (
+                    item.has_expired(now) if isinstance(item, RuntimeEntry) else item.expires <= now
+                )
+                if expired:
+                    tasks.spawn(self._unshare(table, name))
+                else:
+                    live.append(item)
+            if table == self.ACCESS:
+                self.access.replace(live)
+            else:
+                self.bans.replace(live)
+            changed = True
+        if changed:
+            self._push()
+
+
 class Supervisor:
     """Start, watch and stop the workers of one Portico instance."""
 
@@ -196,6 +326,14 @@ class Supervisor:
         self.fleet_log: list[Change] = []
         self.instance = config.state.instance or f"{socket.gethostname()}:{os.getpid()}"
         self.draining: dict[tuple[str, str], float] = {}  # -> deadline (time.monotonic())
+        # run-time access entries and bans: kept across reloads
+        state = config.state
+        redis: RedisStore | None = None
+        if state.redis:  # redis-py costs ~20 MiB per process: imported only where it is used
+            from portico.state.redis_store import RedisStore
+
+            redis = RedisStore(state.redis, state.timeout)
+        self.security = SecurityTables(lambda m: self.broadcast(m, keep=False), redis)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -226,6 +364,8 @@ class Supervisor:
         self.checker.start()
         self.discovery.start()
         tasks.spawn(self._drain_removed())
+        if self.security.redis is not None:
+            tasks.spawn(self.security.poll())
         if await self._unless_stopping([w.ready for w in self.workers.values()]):
             self._say_ready(count)
         await self._stopped.wait()
@@ -234,6 +374,8 @@ class Supervisor:
             pass
         if self.admin is not None:
             await self.admin.close()
+        if self.security.redis is not None:
+            await self.security.redis.close()
         self.checker.stop()
         self.discovery.stop()
         if self.fleet is not None:
@@ -252,7 +394,8 @@ class Supervisor:
             for listener in self.config.listeners
         )
         if self.admin is not None:
-            listening += f"; admin http://{self.admin.address}"
+            scheme = "https" if self.admin.tls else "http"
+            listening += f"; admin {scheme}://{self.admin.address}"
         self.pid_file = self.config.pid_file
         _write_pid(self.pid_file)
         self._ready = True
@@ -558,7 +701,11 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.admin = AdminServer(SupervisorAdmin(self), token, users=users)
         try:
-            await self.admin.start(admin.bind.host, admin.bind.port)
+            tls = admin_tls_context(admin.tls) if admin.tls is not None else None
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"admin.tls: {exc}") from None
+        try:
+            await self.admin.start(admin.bind.host, admin.bind.port, tls=tls)
         except OSError as exc:
             self.admin = None
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
@@ -734,6 +881,8 @@ class Supervisor:
             writer.write(channel.encode("health", pool=health.pool, server=health.server, up=False))
         for message in self.overrides:  # ... and the changes made through the admin API
             writer.write(message)
+        for message in self.security.messages():  # ... and the access entries and bans
+            writer.write(message)
         self.stats.started(process.pid)
         worker = WorkerProcess(slot, process, writer, reader, time.monotonic())
         self.workers[slot] = worker
@@ -768,6 +917,11 @@ class Supervisor:
                     if other is not worker:
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             other.writer.write(relay)
+            elif message["type"] == "ban":
+                try:
+                    self.security.add_ban(Ban.from_json(message["ban"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("worker pid %d: bad ban: %s", worker.process.pid, exc)
             elif message["type"] == "stats":
                 try:
                     self.stats.update(worker.process.pid, message["stats"])
@@ -906,6 +1060,21 @@ class SupervisorAdmin:
 
     async def fleet_reset(self, by: dict[str, str]) -> None:
         await self.supervisor.fleet_change({"kind": "reset"}, by)
+
+    def access_entries(self) -> list[RuntimeEntry]:
+        return self.supervisor.security.access.live(time.time())
+
+    def add_access(self, entry: RuntimeEntry) -> None:
+        self.supervisor.security.add_access(entry)
+
+    def remove_access(self, listener: str, network: str) -> bool:
+        return self.supervisor.security.remove_access(listener, network)
+
+    def bans(self) -> list[Ban]:
+        return self.supervisor.security.bans.live(time.time())
+
+    def remove_ban(self, listener: str, key: str) -> bool:
+        return self.supervisor.security.remove_ban(listener, key)
 
 
 def _same_file(a: str, b: str) -> bool:

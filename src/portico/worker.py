@@ -29,9 +29,11 @@ from portico.cache.key import KeyRule
 from portico.cache.runtime import Cache, CacheRules, RouteCache
 from portico.compression.stage import CompressionStage, compression_settings
 from portico.config import plugins
+from portico.config.access import AccessConfig
 from portico.config.load import parse_config
 from portico.config.plugins import FilterUse
 from portico.config.schema import Config, ListenerConfig
+from portico.filters.access import AccessFilter, BanFilter, ClientAddress
 from portico.filters.base import RequestFilter
 from portico.filters.plugin import (
     DoneHook,
@@ -44,6 +46,7 @@ from portico.filters.plugin import (
 )
 from portico.filters.ratelimit import RateLimitFilter, SharedRateLimitFilter
 from portico.filters.redirect import RedirectToHttps
+from portico.listeners.acceptor import Acceptor
 from portico.listeners.http import (
     DRAIN_IDLE_GRACE,
     ClientConnection,
@@ -68,6 +71,15 @@ from portico.plugins.guard import Guard
 from portico.proxy.context import ProxyContext
 from portico.proxy.debug_header import DebugHeader
 from portico.routing import Router
+from portico.security.access import (
+    AccessList,
+    AccessPolicy,
+    RuntimeEntries,
+    RuntimeEntry,
+    parse_network,
+    read_file,
+)
+from portico.security.bans import Ban, BanTable
 from portico.state.memory import MemoryStore
 from portico.state.store import StateStore
 from portico.static.site import StaticSite, static_site
@@ -157,17 +169,44 @@ def plugin_filters(
     return tuple(request), hooks, tuple(done[::-1])
 
 
+def access_list(access: AccessConfig) -> AccessList:
+    """An `access:` section as a lookup, its files read now (so a reload re-reads them)."""
+    allow = [parse_network(entry) for entry in access.allow]
+    deny = [parse_network(entry) for entry in access.deny]
+    for path in access.allow_files:
+        allow.extend(read_file(path))
+    for path in access.deny_files:
+        deny.extend(read_file(path))
+    return AccessList(allow, deny, access.default_action())
+
+
+def client_address(listener: ListenerConfig) -> ClientAddress:
+    """Who the client is on `listener`: the peer, or what its trusted proxies say."""
+    trusted = (
+        AccessList([parse_network(n) for n in listener.trusted_proxies])
+        if listener.trusted_proxies
+        else None
+    )
+    return ClientAddress(trusted, listener.trusted_header)
+
+
 def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | None:
-    """The plugin filters of each route of `listener`, by route index (the last entry is the
-    default route's, which has none); None when no route has any (the usual case)."""
-    if not any(route.filters for route in listener.routes):
+    """The filters of each route of `listener` (its access list, then its plugins), by route
+    index (the last entry is the default route's, which has none); None when no route has any
+    (the usual case)."""
+    if not any(route.filters or route.access for route in listener.routes):
         return None
+    address = client_address(listener)
     chains: list[RouteChain | None] = []
     for i, route in enumerate(listener.routes):
         name = route.name if route.name is not None else f"routes[{i}]"
         request, response, done = plugin_filters(
             route.filters, f"route {name} of listener {listener.name}", config
         )
+        if route.access is not None:
+            policy = AccessPolicy(f"{listener.name}/{name}", access_list(route.access), None)
+            guard = AccessFilter(policy, address, route.access.status, route.access.body)
+            request = (guard, *request)
         chains.append(
             RouteChain(request, response, done_stages=done) if request or response or done else None
         )
@@ -293,9 +332,11 @@ def listener_settings(
     bound: Mapping[str, int] | None = None,
     cache: Cache | None = None,
     stats: WorkerStats | None = None,
+    guards: Mapping[str, ListenerGuards] | None = None,
 ) -> dict[str, HttpListenerSettings]:
     """`bound`: the port each listener is bound to (those bound to port 0 in the config);
-    `stats`: where compressors count their bytes."""
+    `stats`: where compressors count their bytes; `guards`: each listener's access and ban
+    filters (the worker's: they share its tables)."""
     out = {}
     for listener in config.listeners:
         if listener.protocol == "tcp":
@@ -338,6 +379,7 @@ def listener_settings(
                 else None
             ),
             filters=(
+                *(guards[listener.name].filters if guards else ()),
                 *request_filters(
                     listener,
                     loop,
@@ -368,11 +410,16 @@ def listener_settings(
             if listener.routes
             else None,
             debug_header=debug_header(config, listener),
+            done_hooks=guards[listener.name].done_hooks if guards else (),
         )
     return out
 
 
-def tcp_listener_settings(config: Config, pools: dict[str, Pool]) -> dict[str, TcpListenerSettings]:
+def tcp_listener_settings(
+    config: Config,
+    pools: dict[str, Pool],
+    guards: Mapping[str, ListenerGuards] | None = None,
+) -> dict[str, TcpListenerSettings]:
     """The settings of each TCP (layer 4) listener."""
     send_proxy = {
         name: pool.proxy_protocol
@@ -396,8 +443,82 @@ def tcp_listener_settings(config: Config, pools: dict[str, Pool]) -> dict[str, T
             trusted=trusted_networks(accept.trusted) if accept is not None else None,
             send_proxy=send_proxy,
             max_conns_per_client=listener.max_conns_per_client,
+            allows=guards[listener.name].allows_client if guards else None,
         )
     return out
+
+
+class ListenerGuards:
+    """One listener's access list and abuse rules in one worker: the check at accept, the
+    request filters (clients behind trusted proxies, bans) and the hook counting responses."""
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        runtime: RuntimeEntries,
+        bans: BanTable,
+        announce: Callable[[Ban], None],
+        store: StateStore | None = None,
+    ) -> None:
+        self.name = listener.name
+        configured = access_list(listener.access) if listener.access is not None else None
+        self.policy = AccessPolicy(listener.name, configured, runtime)
+        self.address = client_address(listener)
+        self.bans = bans
+        self.ip_bans = any(rule.key == "client_ip" for rule in listener.bans)
+        proxied = listener.proxy_protocol is not None
+        self.proxy_trusted = (
+            trusted_networks(listener.proxy_protocol.trusted)
+            if listener.proxy_protocol is not None
+            else ()
+        )
+        filters: list[RequestFilter] = []
+        self.access_filter: AccessFilter | None = None
+        if proxied or listener.trusted_proxies:
+            # the real client is known only from the PROXY header or each request's headers
+            self.access_filter = AccessFilter(self.policy, self.address)
+            filters.append(self.access_filter)
+        self.ban_filter: BanFilter | None = None
+        hooks: list[Callable[[Any, int], None]] = []
+        if listener.bans:
+            self.ban_filter = BanFilter(
+                listener.name, listener.bans, bans, self.address, announce, store=store
+            )
+            filters.append(self.ban_filter)
+            if any(rule.status is not None for rule in listener.bans):
+                hooks.append(self.ban_filter.on_done)
+        self.filters: tuple[RequestFilter, ...] = tuple(filters)
+        self.done_hooks = tuple(hooks)
+        self.denied_later = 0  # tcp: refused once the PROXY header named the client
+
+    def allows_peer(self, ip: str) -> bool:
+        """The check at accept: a peer that speaks for its clients (a trusted proxy, a PROXY
+        header sender) is let in, and each client judged later."""
+        if self.proxy_trusted and is_trusted(ip, self.proxy_trusted):
+            return True
+        if self.address.is_trusted_peer(ip):
+            return True
+        return self.allows_client(ip)
+
+    def allows_client(self, ip: str) -> bool:
+        now = time.time()
+        if self.ip_bans and self.bans.is_banned(self.name, ip, now):
+            return False
+        return self.policy.allows(ip, now)
+
+    def counters(self, acceptor: Acceptor | None, counters: dict[str, list[list[Any]]]) -> None:
+        name = self.name
+        at_accept = acceptor.counters.denied if acceptor is not None else 0
+        counters["access_denied"].append([name, "accept", at_accept + self.denied_later])
+        later = self.access_filter.denied if self.access_filter is not None else 0
+        counters["access_denied"].append([name, "request", later])
+        if self.ban_filter is not None:
+            counters["banned_requests"].append([name, self.ban_filter.refused])
+            for rule, count in self.ban_filter.banned.items():
+                counters["bans"].append([name, rule, count])
+        if acceptor is not None:
+            counters["accept_exhausted"].append([name, acceptor.counters.exhausted])
+            counters["accept_paused"].append([name, acceptor.counters.paused_full])
 
 
 class Worker:
@@ -443,11 +564,29 @@ class Worker:
                 )
         bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
         self.cache = make_cache(config, loop)
+        # who may connect: run-time access entries and bans, as the supervisor sends them
+        self.runtime_access = RuntimeEntries()
+        self.bans = BanTable()
+        self.tell_supervisor: Callable[[bytes], None] | None = None  # set once connected
+        self.guards = {
+            listener.name: ListenerGuards(
+                listener, self.runtime_access, self.bans, self._banned, self.store
+            )
+            for listener in config.listeners
+        }
         self.settings = listener_settings(
-            config, self.pools, loop, self.access_logs, self.store, bound, self.cache, self.stats
+            config,
+            self.pools,
+            loop,
+            self.access_logs,
+            self.store,
+            bound,
+            self.cache,
+            self.stats,
+            self.guards,
         )
-        self.tcp_settings = tcp_listener_settings(config, self.pools)
-        self.servers: list[asyncio.Server] = []
+        self.tcp_settings = tcp_listener_settings(config, self.pools, self.guards)
+        self.servers: list[Acceptor] = []
         self.terminators: list[TlsTerminator] = []
         self._listeners = {listener.name: listener for listener in config.listeners}
 
@@ -483,6 +622,10 @@ class Worker:
                 if message.get("slow_start") and pool.slow_start:
                     backend.up_since = self.loop.time()  # new: ramps up as one back from down
                 pool.add_backend(backend, self.loop.time())
+        elif message["type"] == "access":
+            self.runtime_access.replace(RuntimeEntry.from_json(e) for e in message["entries"])
+        elif message["type"] == "bans":
+            self.bans.replace(Ban.from_json(b) for b in message["bans"])
         elif message["type"] == "remove_server":
             pool = self.pools.get(message["pool"])
             if pool is not None:
@@ -496,8 +639,23 @@ class Worker:
             if tag:
                 self.cache.purge_tag(str(tag).encode("latin-1"))
 
+    def _banned(self, ban: Ban) -> None:
+        """A ban rule was broken here: the supervisor spreads it to every worker."""
+        log.warning(
+            "listener %s: %s banned until %s by rule %s",
+            ban.listener,
+            ban.key,
+            time.strftime("%H:%M:%S", time.localtime(ban.expires)),
+            ban.rule,
+        )
+        if self.tell_supervisor is not None:
+            self.tell_supervisor(channel.encode("ban", ban=ban.to_json()))
+
     def store_counters(self, counters: dict[str, list[list[Any]]]) -> None:
         """The state store's failures and the shared rate limits' fallbacks, for /metrics."""
+        acceptors = {acceptor.name: acceptor for acceptor in self.servers}
+        for name, guards in self.guards.items():
+            guards.counters(acceptors.get(name), counters)
         if self.store is not None:
             counters["store_errors"].append(["redis", self.store.failures + self.store.skipped])
         for name, settings in self.settings.items():
@@ -548,31 +706,54 @@ class Worker:
             listener = self._listeners[name]
             # create_server calls listen() again on the inherited socket: without the configured
             # backlog it would reset the queue to asyncio's default of 100
-            backlog = listener.backlog
+            sock.listen(listener.backlog)
+            guards = self.guards[name]
             tcp = self.tcp_settings.get(name)
             if tcp is not None:
-                server = await self.loop.create_server(
+                self._accept(
+                    name,
+                    sock,
                     lambda tcp=tcp: TcpClientConnection(tcp, self.context),  # type: ignore[misc]
-                    sock=sock,
-                    backlog=backlog,
+                    guards,
+                    listener.max_conns,
                 )
-                self.servers.append(server)
                 continue
             settings = self.settings[name]
-            terminator = terminators[name]
-            server = await self.loop.create_server(
-                lambda settings=settings: ClientConnection(settings, self.context),
-                sock=sock,
-                ssl=terminator.context if terminator is not None else None,
-                ssl_handshake_timeout=(
-                    terminator.handshake_timeout if terminator is not None else None
-                ),
-                backlog=backlog,
+            self._accept(
+                name,
+                sock,
+                lambda settings=settings: ClientConnection(settings, self.context),  # type: ignore[misc]
+                guards,
+                listener.max_conns,
+                terminators[name],
             )
-            self.servers.append(server)
         tasks.spawn(self._sweep_idle())
         for writer in self.access_logs.values():
             writer.start(self.loop)
+
+    def _accept(
+        self,
+        name: str,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+        guards: ListenerGuards,
+        max_conns: int,
+        terminator: TlsTerminator | None = None,
+    ) -> None:
+        stats = self.stats
+        acceptor = Acceptor(
+            self.loop,
+            sock,
+            name,
+            factory,
+            allows=guards.allows_peer,
+            max_conns=max_conns,
+            active=lambda: stats.active_connections(name),
+            ssl_context=terminator.context if terminator is not None else None,
+            handshake_timeout=terminator.handshake_timeout if terminator is not None else None,
+        )
+        acceptor.start()
+        self.servers.append(acceptor)
 
     async def _sweep_idle(self) -> None:
         while True:
@@ -655,6 +836,12 @@ async def _run(
                 writer.write(channel.encode("invalidate", uri=uri.decode("latin-1")))
 
         worker.cache.on_invalidate = invalidated
+
+    def tell(message: bytes) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            writer.write(message)
+
+    worker.tell_supervisor = tell
 
     async def listen() -> None:
         nonlocal idle_grace

@@ -17,6 +17,8 @@ import ipaddress
 import json
 import logging
 import mimetypes
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,11 +38,14 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
+from portico.config.access import NetworkEntry
 from portico.config.schema import Config, ListenerConfig, PoolConfig, ServerConfig
-from portico.config.units import Name, ServerName
+from portico.config.units import Duration, Name, ServerName
 from portico.explain import ExplainRequest, Explanation, LiveState, ServerLive, explain
 from portico.explain import parse_request as parse_sample
 from portico.observe.stats import CODE_CLASSES, MergedStats
+from portico.security.access import RuntimeEntry
+from portico.security.bans import Ban
 
 __all__ = [
     "ENDPOINTS",
@@ -171,6 +176,27 @@ class Purged(TypedDict):
     workers: int
 
 
+class AccessEntryView(TypedDict):
+    """A run-time access-list entry (added here, or by an abuse ban on a client address)."""
+
+    network: Annotated[str, Field(description="An address (/32, /128) or network")]
+    action: Literal["allow", "deny"]
+    listener: Annotated[str, Field(description='A listener name, or "*" for every listener')]
+    expires: Annotated[float | None, Field(description="Unix time it lapses; null: never")]
+    expires_in: Annotated[float | None, Field(description="Seconds until it lapses")]
+    reason: str
+
+
+class BanView(TypedDict):
+    """A client key banned by a listener's abuse rule."""
+
+    listener: str
+    key: Annotated[str, Field(description="The client address, or the header or cookie value")]
+    rule: str
+    expires: float
+    expires_in: float
+
+
 class ErrorBody(TypedDict):
     """Every error the API answers."""
 
@@ -290,6 +316,26 @@ class SupervisorView(Protocol):
         """Every instance forgets the fleet's changes and reloads its file."""
         ...
 
+    def access_entries(self) -> list[RuntimeEntry]:
+        """The run-time access entries in force (lapsed ones left out)."""
+        ...
+
+    def add_access(self, entry: RuntimeEntry) -> None:
+        """Add or replace an entry, on every worker (and instance, with Redis)."""
+        ...
+
+    def remove_access(self, listener: str, network: str) -> bool:
+        """Remove an entry; False when there was none."""
+        ...
+
+    def bans(self) -> list[Ban]:
+        """The bans in force."""
+        ...
+
+    def remove_ban(self, listener: str, key: str) -> bool:
+        """Lift a ban; False when there was none."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------------
 # Errors: each names the problem (`error`) and what to do about it (`detail`)
@@ -352,6 +398,11 @@ class Unprocessable(AdminError):
 class FleetDown(AdminError):
     status = 503
     error = "fleet unavailable"
+
+
+class TooManyFailures(AdminError):
+    status = 429
+    error = "too many failed attempts"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +497,16 @@ class StateChange(_Body):
 
     state: ServerState
     fleet: bool = False  # every instance (through state.redis), not only this one
+
+
+class AccessChange(_Body):
+    """``{"address": "203.0.113.7", "action": "deny", "ttl": "10m"}``: an access-list entry
+    added at run time, for one listener or (`listener` left out) every listener."""
+
+    address: NetworkEntry
+    action: Literal["allow", "deny"] = "deny"
+    ttl: Duration | None = None  # null: until removed (or the instance restarts)
+    listener: Name | None = None  # null: every listener
 
 
 def _show(value: object) -> str:
@@ -635,6 +696,11 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("GET", "/api/fleet", "get_fleet"),
     Endpoint("POST", "/api/fleet/reset", "post_fleet_reset"),
     Endpoint("POST", "/api/explain", "post_explain"),
+    Endpoint("GET", "/api/access", "get_access"),
+    Endpoint("POST", "/api/access", "post_access"),
+    Endpoint("DELETE", "/api/access/{listener}/{network}", "delete_access"),
+    Endpoint("GET", "/api/bans", "get_bans"),
+    Endpoint("DELETE", "/api/bans/{listener}/{key}", "delete_ban"),
     Endpoint("GET", "/metrics", "get_metrics", public=True),
     Endpoint("GET", "/healthz", "get_healthz", public=True, probe=True),
     Endpoint("GET", "/readyz", "get_readyz", public=True, probe=True),
@@ -719,12 +785,14 @@ class AdminApi:
         token: str | None,
         static_dir: Path | None = STATIC_DIR,
         users: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`users`: named tokens (name -> token), accepted as `token` is (named "admin")."""
         self.view = view
         named = {**({"admin": token} if token else {}), **(users or {})}
         self._tokens = [(name, secret.encode("utf-8")) for name, secret in named.items()]
         self._token = b"" if self._tokens else None  # None: the API is open
+        self.failures = AuthFailures(clock)
         self._static = static_dir
         self._openapi = json.dumps(OPENAPI, indent=2).encode() + b"\n"
         self._actions: dict[str, Action] = {
@@ -740,6 +808,11 @@ class AdminApi:
             "get_fleet": self.get_fleet,
             "post_fleet_reset": self.post_fleet_reset,
             "post_explain": self.post_explain,
+            "get_access": self.get_access,
+            "post_access": self.post_access,
+            "delete_access": self.delete_access,
+            "get_bans": self.get_bans,
+            "delete_ban": self.delete_ban,
             "get_metrics": self.get_metrics,
             "get_healthz": self.get_healthz,
             "get_readyz": self.get_readyz,
@@ -758,7 +831,7 @@ class AdminApi:
         try:
             return await self._dispatch(request)
         except AdminError as exc:
-            if request.method in MUTATING or exc.status in (401, 403):
+            if request.method in MUTATING or exc.status in (401, 403, 429):
                 log.warning(
                     "admin: %s %s %s refused (%d %s): %s",
                     request.client,
@@ -815,9 +888,26 @@ class AdminApi:
         return await self._actions[endpoint.action](request, params)
 
     def _check_token(self, request: AdminRequest) -> str:
-        """The name of the token the request carries ("" when the API is open)."""
+        """The name of the token the request carries ("" when the API is open). An address
+        with `AuthFailures.LIMIT` failed attempts within `AuthFailures.WINDOW` gets 429 without
+        its guess being checked."""
         if self._token is None:
             return ""
+        host = request.client.rpartition(":")[0] or request.client
+        wait = self.failures.wait(host)
+        if wait > 0:
+            raise TooManyFailures(
+                f"{AuthFailures.LIMIT} failed attempts from {host} within "
+                f"{AuthFailures.WINDOW:g}s: try again in {wait:.0f}s",
+                headers=(("Retry-After", str(max(1, round(wait)))),),
+            )
+        try:
+            return self._compare_token(request)
+        except AdminError:
+            self.failures.failed(host)
+            raise
+
+    def _compare_token(self, request: AdminRequest) -> str:
         challenge = (("WWW-Authenticate", 'Bearer realm="portico"'),)
         header = request.headers.get("authorization")
         if header is None:
@@ -1017,7 +1107,61 @@ class AdminApi:
             raise Unprocessable(str(exc), error="cannot explain") from None
         return _json(200, result.model_dump(mode="json"))
 
+    async def get_access(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        return _json(200, [_access_view(e) for e in self.view.access_entries()])
+
+    async def post_access(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        example = '{"address": "203.0.113.7", "action": "deny", "ttl": "10m"}'
+        change = _parse(AccessChange, _json_object(request, example))
+        listener = change.listener or "*"
+        if listener != "*":
+            self._listener(listener)
+        expires = time.time() + change.ttl if change.ttl is not None else None
+        entry = RuntimeEntry(change.address, change.action, listener, expires, "admin")
+        self.view.add_access(entry)
+        lasting = f"for {change.ttl:g}s" if change.ttl is not None else "until removed"
+        where = "every listener" if listener == "*" else f"listener {listener!r}"
+        _log_change(request, f"{change.action} {change.address} on {where} {lasting}")
+        return _json(201, _access_view(entry))
+
+    async def delete_access(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        listener = params["listener"]
+        try:
+            network = str(parse_network_entry(params["network"]))
+        except ValueError as exc:
+            raise BadRequest(str(exc), error="bad address") from None
+        if not self.view.remove_access(listener, network):
+            raise NotFound(
+                f"no run-time entry {network} for {listener!r}; GET /api/access lists them",
+                error="no such entry",
+            )
+        _log_change(request, f"removed the access entry {network} of {listener!r}")
+        return _json(200, {"listener": listener, "removed": network})
+
+    async def get_bans(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        return _json(200, [_ban_view(b) for b in self.view.bans()])
+
+    async def delete_ban(self, request: AdminRequest, params: dict[str, str]) -> AdminResponse:
+        listener, key = params["listener"], params["key"]
+        if not self.view.remove_ban(listener, key):
+            raise NotFound(
+                f"{key!r} is not banned on {listener!r}; GET /api/bans lists the bans",
+                error="no such ban",
+            )
+        _log_change(request, f"lifted the ban of {key!r} on listener {listener!r}")
+        return _json(200, {"listener": listener, "removed": key})
+
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _listener(self, name: str) -> ListenerView:
+        listeners = self.view.listeners()
+        for listener in listeners:
+            if listener["name"] == name:
+                return listener
+        known = ", ".join(item["name"] for item in listeners)
+        raise NotFound(
+            f'no listener named "{name}" (listeners are: {known})', error="no such listener"
+        )
 
     def _pool(self, name: str) -> PoolView:
         pools = self.view.pools()
@@ -1066,6 +1210,69 @@ class AdminApi:
         ):
             content_type += "; charset=utf-8"
         return AdminResponse(200, body, content_type, (("Cache-Control", "no-cache"),))
+
+
+def parse_network_entry(text: str) -> str:
+    """An address or network from a path segment (``203.0.113.0%2F24`` decoded), canonical."""
+    from portico.config.access import check_network_entry
+
+    return check_network_entry(text)
+
+
+def _access_view(entry: RuntimeEntry) -> AccessEntryView:
+    expires = entry.expires
+    return {
+        "network": entry.network,
+        "action": entry.action,
+        "listener": entry.scope,
+        "expires": expires,
+        "expires_in": None if expires is None else round(max(0.0, expires - time.time()), 3),
+        "reason": entry.reason,
+    }
+
+
+def _ban_view(ban: Ban) -> BanView:
+    return {
+        "listener": ban.listener,
+        "key": ban.key,
+        "rule": ban.rule,
+        "expires": ban.expires,
+        "expires_in": round(max(0.0, ban.expires - time.time()), 3),
+    }
+
+
+class AuthFailures:
+    """Failed token attempts per client address: past `LIMIT` within `WINDOW` seconds, the
+    address is refused (429) without its guess being checked, until the oldest failure is
+    `WINDOW` old. Bounded: at most `MAX_CLIENTS` addresses are remembered."""
+
+    LIMIT: Final = 10
+    WINDOW: Final = 60.0
+    MAX_CLIENTS: Final = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def wait(self, client: str) -> float:
+        """Seconds `client` must wait before trying again (0: it may try now)."""
+        times = self._failures.get(client)
+        if times is None:
+            return 0.0
+        now = self.clock()
+        while times and now - times[0] >= self.WINDOW:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+            return 0.0
+        if len(times) < self.LIMIT:
+            return 0.0
+        return self.WINDOW - (now - times[0])
+
+    def failed(self, client: str) -> None:
+        if client not in self._failures and len(self._failures) >= self.MAX_CLIENTS:
+            self._failures.pop(next(iter(self._failures)))
+        self._failures.setdefault(client, deque(maxlen=self.LIMIT)).append(self.clock())
 
 
 def live_state(pools: Iterable[PoolView]) -> LiveState:
@@ -1153,6 +1360,10 @@ _AUTH_ERRORS = {
 }
 _POOL = {"$ref": "#/components/parameters/pool"}
 _SERVER = {"$ref": "#/components/parameters/server"}
+_LISTENER = {"$ref": "#/components/parameters/listener"}
+_LISTENER_OR_ALL = {"$ref": "#/components/parameters/listenerOrAll"}
+_NETWORK = {"$ref": "#/components/parameters/network"}
+_BAN_KEY = {"$ref": "#/components/parameters/banKey"}
 
 
 SCHEMAS: Final[dict[str, tuple[Any, JsonSchemaMode]]] = {
@@ -1173,6 +1384,9 @@ SCHEMAS: Final[dict[str, tuple[Any, JsonSchemaMode]]] = {
     "StateChange": (StateChange, "validation"),
     "ExplainRequest": (ExplainRequest, "validation"),
     "Explanation": (Explanation, "serialization"),
+    "AccessEntry": (AccessEntryView, "serialization"),
+    "AccessChange": (AccessChange, "validation"),
+    "Ban": (BanView, "serialization"),
 }
 """The OpenAPI document's schemas: generated from the types the API answers with and the
 models it validates request bodies with, so the document cannot drift from them."""
@@ -1360,6 +1574,70 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
             }
         },
+        "/api/access": {
+            "get": {
+                "operationId": "getAccess",
+                "summary": "The run-time access-list entries in force",
+                "description": "Entries added through this API (and bans of client addresses "
+                "are listed under /api/bans). The config's own lists are not shown.",
+                "responses": {
+                    "200": _ok("The entries", {"type": "array", "items": _ref("AccessEntry")}),
+                    **_AUTH_ERRORS,
+                },
+            },
+            "post": {
+                "operationId": "addAccess",
+                "summary": "Allow or deny an address or network at run time, with a TTL",
+                "description": "Applies at once on every worker (and, with state.redis, every "
+                "instance), before the config's lists: a deny closes new connections from it "
+                "at accept and refuses its requests behind trusted proxies. Lasts until its "
+                "ttl, its removal, or the instance's restart (a reload keeps it).",
+                "requestBody": _json_body(
+                    "AccessChange", {"address": "203.0.113.7", "action": "deny", "ttl": "10m"}
+                ),
+                "responses": {
+                    "201": _ok("The entry", _ref("AccessEntry")),
+                    "400": _error("The body is not a JSON object"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such listener"),
+                    "422": _error("A field is invalid"),
+                },
+            },
+        },
+        "/api/access/{listener}/{network}": {
+            "parameters": [_LISTENER_OR_ALL, _NETWORK],
+            "delete": {
+                "operationId": "removeAccess",
+                "summary": "Remove a run-time access entry",
+                "responses": {
+                    "200": _ok("Removed", {"type": "object"}),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such entry"),
+                },
+            },
+        },
+        "/api/bans": {
+            "get": {
+                "operationId": "getBans",
+                "summary": "Client keys banned by the listeners' abuse rules",
+                "responses": {
+                    "200": _ok("The bans", {"type": "array", "items": _ref("Ban")}),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/api/bans/{listener}/{key}": {
+            "parameters": [_LISTENER, _BAN_KEY],
+            "delete": {
+                "operationId": "liftBan",
+                "summary": "Lift a ban, on every worker and instance",
+                "responses": {
+                    "200": _ok("Lifted", {"type": "object"}),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such ban"),
+                },
+            },
+        },
         "/api/explain": {
             "post": {
                 "operationId": "explain",
@@ -1543,6 +1821,35 @@ OPENAPI: Final[dict[str, Any]] = {
                 "description": "A server's name (host:port when the config gives none), "
                 "percent-encoded",
                 "schema": TypeAdapter(ServerName).json_schema(),
+            },
+            "listener": {
+                "name": "listener",
+                "in": "path",
+                "required": True,
+                "description": "A listener's name, as in the config",
+                "schema": TypeAdapter(Name).json_schema(),
+            },
+            "listenerOrAll": {
+                "name": "listener",
+                "in": "path",
+                "required": True,
+                "description": 'A listener\'s name, or "*" for an entry of every listener',
+                "schema": {"type": "string"},
+            },
+            "network": {
+                "name": "network",
+                "in": "path",
+                "required": True,
+                "description": "The entry's address or network, percent-encoded (203.0.113.0%2F24)",
+                "schema": {"type": "string"},
+            },
+            "banKey": {
+                "name": "key",
+                "in": "path",
+                "required": True,
+                "description": "The banned key (a client address, header or cookie value), "
+                "percent-encoded",
+                "schema": {"type": "string"},
             },
         },
         "responses": {

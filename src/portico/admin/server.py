@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 from collections import deque
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -32,6 +33,7 @@ from portico.admin.api import (
     SupervisorView,
     error_response,
 )
+from portico.config.schema import AdminTls
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -210,6 +212,21 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 discarded += len(data)
 
 
+def admin_tls_context(tls: AdminTls) -> ssl.SSLContext:
+    """The admin listener's TLS: its certificate, TLS 1.2 or later, and with `client_auth`
+    the client certificates checked against `client_ca` (require: no certificate, no
+    connection; the token, when set, is still asked for)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    if tls.client_auth != "none":
+        context.load_verify_locations(cafile=tls.client_ca)
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if tls.client_auth == "require" else ssl.CERT_OPTIONAL
+        )
+    return context
+
+
 class AdminServer:
     """The admin API on its own socket, in the supervisor's event loop.
 
@@ -228,17 +245,27 @@ class AdminServer:
         self.api = AdminApi(view, token, static_dir, users)
         self.token = token
         self._server: asyncio.Server | None = None
+        self.tls = False
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
 
     async def start(
-        self, host: str = "127.0.0.1", port: int = 9090, *, sock: socket.socket | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9090,
+        *,
+        sock: socket.socket | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """Listen on `host`:`port` (port 0: any free port; see `address`), or on `sock`, a
-        bound socket. Raises OSError when the address cannot be bound."""
+        bound socket; with `tls`, HTTPS (`admin_tls_context`). Raises OSError when the address
+        cannot be bound."""
+        self.tls = tls is not None
         if sock is not None:
-            self._server = await asyncio.start_server(self._serve, sock=sock)
+            self._server = await asyncio.start_server(self._serve, sock=sock, ssl=tls)
         else:
-            self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._serve, host, port, reuse_address=True, ssl=tls
+            )
             if self.api.is_open and not _is_loopback(host):
                 log.warning(
                     "admin API on %s without a token: anyone who can reach it can change "

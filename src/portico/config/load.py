@@ -111,7 +111,12 @@ def parse_config(text: str, filename: str) -> Config:
     syntax (alone, as nothing after it can be trusted), duplicate keys, every field error,
     and, once the structure is valid, every broken cross-reference.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        # the reader checks the first characters at once: a NUL there is a ReaderError here
+        # (found by hypothesis, tests/unit/fuzz)
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, text, filename)]) from exc
     try:
         root = loader.get_single_node()
         if root is None or (isinstance(root, ScalarNode) and root.tag.endswith(":null")):

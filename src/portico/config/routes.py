@@ -31,6 +31,7 @@ from pydantic_core.core_schema import CoreSchema
 
 from portico.config.cache import RouteCacheConfig
 from portico.config.content import CompressionConfig, StaticConfig, compression_shorthand
+from portico.config.access import AccessConfig
 from portico.config.plugins import FilterUse
 from portico.config.units import Duration, Name
 from portico.config.units import show as _show_plain
@@ -523,6 +524,7 @@ class RouteConfig(_Model):
             compression_shorthand, json_schema_input_type=bool | CompressionConfig | None
         ),
     ] = None
+    access: AccessConfig | None = None  # IP allow/deny for this route: denied -> 403
 
     @model_validator(mode="after")
     def _one_outcome(self) -> Self:
@@ -559,6 +561,12 @@ class RouteConfig(_Model):
                 raise ValueError(f'"filters" do nothing on a route with "{answered}"')
             if self.cache is not None:
                 raise ValueError(f'"cache" does nothing on a route with "{answered}"')
+            if self.access is not None:
+                # the route answers itself before its filters run (found by the request fuzzer)
+                raise ValueError(
+                    f'"access" works on routes with "pool" only: a route with "{answered}" '
+                    "answers first; put the access list on a pool route or the listener"
+                )
         edits = self.response_headers
         if self.redirect is not None and edits is not None and "location" in edits.names():
             raise ValueError('"response_headers" cannot change the Location of a redirect')

@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from portico.config.cache import CacheStorageConfig
 from portico.config.content import CompressionConfig, compression_shorthand
+from portico.config.access import AccessConfig, BanRule
 from portico.config.plugins import FilterUse, builtin_names, check_reference
 from portico.config.routes import HeaderName, Routes
 from portico.config.tls import TlsConfig
@@ -423,7 +424,13 @@ class ListenerConfig(_Model):
     rate_limit: RateLimitConfig | None = None
     filters: Annotated[tuple[FilterUse, ...], _EMPTY_LIST] = ()  # plugins, on every request
     max_conns_per_client: _MaxConns = 0  # open connections per client address (0 = no limit)
+    max_conns: _MaxConns = 0  # open connections per worker; past it accepting pauses (0 = none)
     proxy_protocol: ProxyProtocolAccept | None = None  # accept PROXY headers from these peers
+    access: AccessConfig | None = None  # IP allow/deny: a denied peer is closed at accept
+    # peers whose X-Forwarded-For (or Forwarded) names the client, for `access` and `bans`
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_check_network)], ...] = ()
+    trusted_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    bans: Annotated[tuple[BanRule, ...], _EMPTY_LIST] = ()  # abuse rules (fail2ban)
     http2: Annotated[  # off unless set
         Http2Config | None,
         BeforeValidator(_http2_shorthand, json_schema_input_type=bool | Http2Config | None),
@@ -822,6 +829,36 @@ class AdminUser(_Model):
         return self
 
 
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminTls(_Model):
+    """TLS on the admin listener: its certificate, and client certificates (mTLS) checked
+    against `client_ca` when `client_auth` is optional or require."""
+
+    cert: str
+    key: str
+    client_auth: Literal["none", "optional", "require"] = "none"
+    client_ca: str | None = None
+
+    @model_validator(mode="after")
+    def _ca_with_auth(self) -> Self:
+        if self.client_auth != "none" and self.client_ca is None:
+            raise ValueError(f"client_auth: {self.client_auth} needs client_ca (a CA bundle)")
+        for path in (self.cert, self.key, self.client_ca):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{path}: no such file")
+        return self
+
+
 class AdminConfig(_Model):
     """The admin API, metrics and dashboard, served by the supervisor."""
 
@@ -840,10 +877,21 @@ class AdminConfig(_Model):
             raise ValueError('users: "admin" is the name of admin.token: choose another')
         return self
 
+    tls: AdminTls | None = None  # https on the admin listener, optionally with client certs
+
     @model_validator(mode="after")
     def _one_token(self) -> Self:
         if self.token is not None and self.token_env is not None:
             raise ValueError("give token or token_env, not both")
+        verified = self.tls is not None and self.tls.client_auth == "require"
+        if self.token is None and self.token_env is None and not self.users and not verified:
+            host = self.bind.host
+            if not _is_loopback_host(host):
+                raise ValueError(
+                    f"the admin listener binds {host or 'every address'}, which is not "
+                    "loopback, without a token: anyone who can reach it could change pools and "
+                    "reload; set token (or token_env), or tls with client_auth: require"
+                )
         return self
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, cast
 
@@ -42,6 +42,8 @@ class TcpListenerSettings:
     trusted: tuple[Network, ...] | None = None  # PROXY headers accepted from these; None: off
     send_proxy: Mapping[str, str] = field(default_factory=dict)  # pool name -> "v1" | "v2"
     max_conns_per_client: int = 0  # 0 = no limit
+    # the access check of the client a PROXY header names (the peer was checked at accept)
+    allows: Callable[[str], bool] | None = None
 
 
 def is_trusted(ip: str, networks: tuple[Network, ...]) -> bool:
@@ -186,6 +188,10 @@ class TcpClientConnection(asyncio.Protocol):
             self._want_proxy = False
             if result.source is not None and result.destination is not None:
                 self.source, self.destination = result.source, result.destination
+                allows = self.settings.allows
+                if allows is not None and not allows(self.source[0]):
+                    self.abort()  # the listener's access list refuses the real client
+                    return
         if self._check_spoof:
             verdict = proxy_protocol.is_header(bytes(self._buffer))
             if verdict is None and not self._eof:

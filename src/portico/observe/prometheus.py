@@ -74,6 +74,25 @@ METRICS: Final[dict[str, tuple[str, str]]] = {
         "portico_ratelimit_fallbacks",
         "Shared rate-limit decisions taken by the fallback while the store was unreachable.",
     ),
+    "access_denied": (
+        "portico_access_denied",
+        "Clients refused by an IP access list: at accept (closed before any byte is read), "
+        "or per request (route lists, clients behind trusted proxies).",
+    ),
+    "bans": ("portico_bans", "Client keys banned by an abuse rule (bans)."),
+    "banned_requests": (
+        "portico_banned_requests",
+        "Requests refused because their client key is banned.",
+    ),
+    "accept_exhausted": (
+        "portico_accept_exhausted",
+        "accept(2) failures for want of file descriptors or memory (EMFILE, ENFILE, ...): "
+        "accepting paused briefly each time.",
+    ),
+    "accept_paused": (
+        "portico_accept_paused",
+        "Times accepting paused because the listener reached max_conns in a worker.",
+    ),
     "backend_requests": (
         "portico_backend_requests",
         "Requests sent to a server, each attempt counted (retries too).",

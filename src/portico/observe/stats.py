@@ -131,6 +131,12 @@ COUNTERS: Final[Mapping[str, Labels]] = {
     # response bodies compressed on the fly: bytes in, and bytes out, per coding
     "compression_in_bytes": ("coding",),
     "compression_out_bytes": ("coding",),
+    # filled in by the worker from its acceptors and access / ban filters
+    "access_denied": ("listener", "where"),
+    "bans": ("listener", "rule"),
+    "banned_requests": ("listener",),
+    "accept_exhausted": ("listener",),
+    "accept_paused": ("listener",),
 }
 # Gauges: what is true now, from the living workers only.
 GAUGES: Final[Mapping[str, GaugeSpec]] = {
@@ -390,6 +396,11 @@ class WorkerStats:
         if entry is None:
             entry = self._listener(listener)
         entry.ratelimited += 1
+
+    def active_connections(self, listener: str) -> int:
+        """Client connections of `listener` open now in this worker (for `max_conns`)."""
+        entry = self._listeners.get(listener)
+        return entry.active if entry is not None else 0
 
     def h2_abuse(self, listener: str) -> None:
         """An HTTP/2 connection was closed for abuse (rapid reset, a control-frame flood)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,7 +22,7 @@ from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
     from portico.cache.runtime import RouteCache
-    from portico.filters.base import RequestFilter
+    from portico.filters.base import FilterRequest, RequestFilter
     from portico.filters.plugin import ResponseHooks, RouteFilters
     from portico.observe.access_log import AccessLogWriter
     from portico.pipeline import DoneStage, ResponseStage
@@ -85,6 +86,8 @@ class HttpListenerSettings:
     # without a reset
     max_discard_size: int = 16 * 1024 * 1024
     linger_timeout: float = 30.0
+    # told the status of every request that ends (abuse bans count responses); () costs nothing
+    done_hooks: tuple[Callable[[FilterRequest, int], None], ...] = ()
 
 
 class Connection(Protocol):

@@ -56,7 +56,7 @@ from portico.routing.actions import (
     rewrite_path,
 )
 from portico.upstreams.backend import report_connect_failure, report_connected
-from portico.upstreams.connections import UpstreamConnection
+from portico.upstreams.connections import UpstreamConnection, client_read_size
 from portico.upstreams.pool import FULL, Pool
 
 if TYPE_CHECKING:
@@ -1135,6 +1135,9 @@ class Exchange:
             transport.write(rest)  # what the server sent right after its 101
         relay.begin(client.early, False)
 
+    def read_size(self) -> int:
+        return client_read_size(self._client.transport)
+
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:
             self._client.unblock_reading(BLOCK_UPSTREAM)
@@ -1406,6 +1409,10 @@ class Exchange:
             time.monotonic() - self._started,
             self._connect_time,
         )
+        hooks = client.settings.done_hooks
+        if hooks:
+            for hook in hooks:
+                hook(self, status)
 
     def _route_done(self) -> bool:
         chain = self._route_chain()

@@ -48,6 +48,7 @@ class MemoryStore:
         # state: table -> key -> (server, expires at on `clock`)
         self._tables: dict[str, OrderedDict[bytes, tuple[str, float]]] = {}
         self._limiters: dict[tuple[float, int], RateLimiter] = {}
+        self._counts: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # key -> (window, n)
         # counters, for metrics
         self.evicted = 0  # live entries dropped because a table was full
 
@@ -116,7 +117,19 @@ class MemoryStore:
         now = now_ms / 1000 if now_ms is not None else self.clock()
         return limiter.check(key, now, cost)
 
+    async def count(self, key: bytes, window: float) -> int:
+        slot = int(self.clock() // window)
+        counts = self._counts
+        current = counts.get(key)
+        value = current[1] + 1 if current is not None and current[0] == slot else 1
+        counts[key] = (slot, value)
+        counts.move_to_end(key)
+        if len(counts) > self.max_rate_keys:
+            counts.popitem(last=False)
+        return value
+
     async def close(self) -> None:
+        self._counts.clear()
         self._tables.clear()
         self._limiters.clear()
 

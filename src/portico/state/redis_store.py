@@ -137,6 +137,15 @@ return {0, f(start), f(new_tat - now - window), remaining(lead), f(lead)}
 """
 
 
+# A fixed-window counter: the first hit of a window sets its expiry, so the key lives one
+# window; INCR and PEXPIRE in one script are atomic for every instance.
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
 class RedisStore:
     """A `StateStore` in Redis: atomic, shared by every worker and instance using `url`.
 
@@ -186,6 +195,7 @@ class RedisStore:
         self._read_sticky = self._redis.register_script(_READ_STICKY)
         self._write_sticky = self._redis.register_script(_WRITE_STICKY)
         self._gcra = self._redis.register_script(_GCRA)
+        self._count = self._redis.register_script(_COUNT)
         self._limits: dict[tuple[float, int], Gcra] = {}  # validated (rate, burst) pairs
         # health state
         self._down_until = 0.0  # fail fast until then (on `clock`)
@@ -259,6 +269,58 @@ class RedisStore:
         return Decision(
             allowed == 1, float(new_tat), float(retry_after), int(remaining), float(reset_after)
         )
+
+    # -- counters --------------------------------------------------------------------------------
+
+    async def count(self, key: bytes, window: float) -> int:
+        keys = (self._prefix + b"cnt:" + key,)
+        args = (ttl_ms(window),)
+        reply = await self._call("count", lambda: self._count(keys=keys, args=args))
+        return int(reply)
+
+    # -- shared tables (run-time access entries, bans) -------------------------------------------
+
+    async def shared_put(self, table: str, field: str, value: str) -> None:
+        """Set `field` of the shared hash `table` and bump its version, in one transaction."""
+        key, version = self._shared(table)
+
+        async def put() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, field, value)
+                pipe.incr(version)
+                await pipe.execute()
+
+        await self._call("shared_put", put)
+
+    async def shared_delete(self, table: str, field: str) -> bool:
+        """Delete `field` of `table` (bumping its version); False when it was not there."""
+        key, version = self._shared(table)
+
+        async def delete() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(key, field)
+                pipe.incr(version)
+                result: list[Any] = await pipe.execute()
+                return result
+
+        replies = await self._call("shared_delete", delete)
+        return bool(replies[0])
+
+    async def shared_version(self, table: str) -> int:
+        """The version of `table`: it changes whenever an instance changes the table."""
+        _, version = self._shared(table)
+        value = await self._call("shared_version", lambda: self._redis.get(version))
+        return int(value or 0)
+
+    async def shared_read(self, table: str) -> dict[str, str]:
+        """Every field of `table`."""
+        key, _ = self._shared(table)
+        raw = await self._call("shared_read", lambda: self._redis.hgetall(key))
+        return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+
+    def _shared(self, table: str) -> tuple[bytes, bytes]:
+        key = self._prefix + b"shared:" + check_table(table).encode()
+        return key, key + b":version"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

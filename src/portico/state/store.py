@@ -97,6 +97,12 @@ class StateStore(Protocol):
         """
         ...
 
+    async def count(self, key: bytes, window: float) -> int:
+        """Count one hit of `key` in the current fixed window of `window` seconds, and return
+        the window's count so far (1 for the first hit), atomically: abuse-ban rules count
+        here, so that every worker and instance sharing the store adds to one count."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
         ...

@@ -26,6 +26,30 @@ from portico.http.headers import (
 from portico.timers import Deadline
 
 MAX_RESPONSE_HEAD = 64 * 1024
+# How much a server connection reads at a time: what bounds the bytes a slow client makes
+# Portico hold beyond the kernel's buffers. A body read happens only while the client's write
+# buffer is under its high-water mark (CLIENT_HIGH_WATER, set by the acceptor), and is no larger
+# than MAX_READ less what that buffer holds (`client_read_size`), so the buffer never holds
+# more than MAX_READ = 64 KiB, whatever the kernel took. The loop's own reads are 256 KiB,
+# which a paused slow reader then held whole (~300 KiB each); the price of the bound is more,
+# smaller reads on big downloads (bench/README.md). Heads are read READ_SIZE at a time. One
+# buffer serves every connection of the worker: the loop calls `get_buffer`, reads into it and
+# calls `buffer_updated` in one step, and the bytes are copied out at once.
+CLIENT_HIGH_WATER = 32 * 1024
+READ_SIZE = 32 * 1024
+MAX_READ = 2 * CLIENT_HIGH_WATER
+MIN_READ = 4 * 1024
+_READ_BUFFER = memoryview(bytearray(MAX_READ))
+_HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
+
+
+def client_read_size(transport: asyncio.BaseTransport | None) -> int:
+    """How many body bytes a server connection may read now for a client on `transport`:
+    MAX_READ less what the client's write buffer holds, at least MIN_READ."""
+    if transport is None:
+        return READ_SIZE
+    buffered = cast(asyncio.WriteTransport, transport).get_write_buffer_size()
+    return max(MIN_READ, MAX_READ - buffered)
 
 
 class UpstreamFailure(Exception):
@@ -51,12 +75,16 @@ class ResponseSink(Protocol):
 
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None: ...
 
+    def read_size(self) -> int:
+        """How many body bytes to read from the server now (`client_read_size`)."""
+        ...
+
 
 # response states
 _IDLE, _HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(6)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """A keep-alive connection to one backend, carrying one request at a time."""
 
     def __init__(
@@ -131,6 +159,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self.sink is not None:
             self.sink.on_upstream_writable(True)
             self._arm_read()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        sink = self.sink
+        if sink is None or self._state == _HEAD:
+            return _HEAD_BUFFER
+        return _READ_BUFFER[: sink.read_size()]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_BUFFER[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         state = self._state
@@ -252,10 +289,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _read_head(self, buffer: bytes) -> None:
         while True:
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD + 4)
             if end < 0:
                 if len(buffer) > MAX_RESPONSE_HEAD:
-                    self._fail("response head too large")
+                    self._fail("response head too large")  # answered 502
                 else:
                     self._buffer = buffer
                 return

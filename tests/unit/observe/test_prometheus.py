@@ -33,6 +33,11 @@ EXPECTED = {
     "portico_ratelimit_fallbacks": ("counter", {"listener"}),
     "portico_ratelimited": ("counter", {"listener"}),
     "portico_h2_abuse": ("counter", {"listener"}),
+    "portico_access_denied": ("counter", {"listener", "where"}),
+    "portico_bans": ("counter", {"listener", "rule"}),
+    "portico_banned_requests": ("counter", {"listener"}),
+    "portico_accept_exhausted": ("counter", {"listener"}),
+    "portico_accept_paused": ("counter", {"listener"}),
     "portico_workers": ("gauge", set()),
     # and a few more
     "portico_connections": ("counter", {"listener"}),

@@ -10,7 +10,14 @@ import pytest
 
 from portico.http.headers import BodyKind, ResponseHead
 from portico.upstreams.backend import BackendState
-from portico.upstreams.connections import UpstreamConnection
+from portico.upstreams.connections import (
+    CLIENT_HIGH_WATER,
+    MAX_READ,
+    MIN_READ,
+    READ_SIZE,
+    UpstreamConnection,
+    client_read_size,
+)
 
 
 class Transport:
@@ -65,6 +72,9 @@ class Sink:
 
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         self.events.append(("upgraded", rest))
+
+    def read_size(self) -> int:
+        return READ_SIZE
 
 
 def exchange(
@@ -211,3 +221,22 @@ def test_a_connection_paused_for_a_slow_client_reads_again_once_pooled() -> None
     conn.send(second, b"GET", b"GET /next HTTP/1.1\r\n\r\n", True)
     conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert second.events[-1] == ("end",)
+
+
+class _Transport:
+    """What `client_read_size` asks of a client transport."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.buffered = buffered
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+def test_a_read_never_takes_the_clients_buffer_past_max_read() -> None:
+    assert client_read_size(_Transport()) == MAX_READ  # type: ignore[arg-type]
+    for buffered in (1, 8 * 1024, CLIENT_HIGH_WATER - 1):
+        size = client_read_size(_Transport(buffered))  # type: ignore[arg-type]
+        assert buffered + size == MAX_READ
+    assert client_read_size(_Transport(MAX_READ)) == MIN_READ  # type: ignore[arg-type]
+    assert client_read_size(None) == READ_SIZE

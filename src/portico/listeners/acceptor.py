@@ -1,0 +1,211 @@
+"""Accepting connections on one listening socket, with the checks that come before any byte.
+
+Owns the accept loop of a listener in one worker: the listener's IP access list (a denied peer
+is closed straight after accept(2): no TLS handshake, no byte read), `max_conns` (past it the
+worker stops accepting and the kernel's backlog holds the rest, as HAProxy's `maxconn`; it
+resumes as connections close), and running out of file descriptors or memory (EMFILE, ENFILE,
+ENOBUFS, ENOMEM): accepting pauses for a moment instead of spinning on a socket that stays
+readable, counted, and logged at most once a second. Accepted sockets go to the event loop's
+own transports (`connect_accepted_socket`, with TLS when the listener has it). Never parses
+anything: the protocol objects it creates do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Final
+
+from portico import tasks
+from portico.upstreams.connections import CLIENT_HIGH_WATER
+
+log = logging.getLogger("portico.accept")
+
+ACCEPT_BATCH: Final = 64  # connections accepted per wake-up before others get the loop
+RETRY_AFTER_EXHAUSTED: Final = 0.1  # EMFILE and friends: try again after this long
+FULL_POLL: Final = 0.02  # at max_conns: how often to look whether a slot freed
+LOG_INTERVAL: Final = 1.0  # at most one log line per cause per this many seconds
+_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# the peer gave up between the queue and accept(2): nothing to do but take the next one
+_GONE: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+
+
+class AcceptCounters:
+    """What an acceptor counts for /metrics (per listener and worker)."""
+
+    __slots__ = ("denied", "exhausted", "paused_full")
+
+    def __init__(self) -> None:
+        self.denied = 0  # closed at accept by the access list
+        self.exhausted = 0  # accept(2) failed for want of descriptors or memory
+        self.paused_full = 0  # times accepting paused at max_conns
+
+
+class Acceptor:
+    """Accepts on `sock` for one listener of this worker.
+
+    `allows(ip)`: the listener's access check on the peer address (None: everyone);
+    `active()`: the listener's open connections in this worker (for `max_conns`, 0 = no
+    limit); `factory`: the protocol of each connection; `ssl_context`: TLS, handshaken by the
+    loop's transport after the checks.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        name: str,
+        factory: Callable[[], asyncio.Protocol],
+        *,
+        allows: Callable[[str], bool] | None = None,
+        max_conns: int = 0,
+        active: Callable[[], int] = lambda: 0,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.name = name
+        self.factory = factory
+        self.allows = allows
+        self.max_conns = max_conns
+        self.active = active
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.clock = clock
+        self.counters = AcceptCounters()
+        # state
+        self.reading = False
+        self.closed = False
+        self.handshaking = 0  # accepted, not yet handed to a protocol (TLS handshakes)
+        self._retry: asyncio.TimerHandle | None = None
+        self._logged: dict[str, float] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self._resume()
+
+    def close(self) -> None:
+        """Stop accepting (drain) and close this worker's copy of the listening socket, as
+        the loop's own server does: the socket itself lives on in the supervisor and in the
+        other workers (a reload's new ones), and once all have closed theirs, new connections
+        are refused at once rather than left in a queue nobody serves."""
+        self.closed = True
+        self._pause()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self.sock.close()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self.closed or self.reading:
+            return
+        if self._is_full():
+            self._retry = self.loop.call_later(FULL_POLL, self._resume)
+            return
+        self.reading = True
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def _pause(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def _is_full(self) -> bool:
+        limit = self.max_conns
+        return limit > 0 and self.active() + self.handshaking >= limit
+
+    def _on_readable(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self._is_full():
+                self.counters.paused_full += 1
+                self._say("full", "max_conns (%d) reached: accepting paused", self.max_conns)
+                self._pause()
+                self._retry = self.loop.call_later(FULL_POLL, self._resume)
+                return
+            try:
+                conn, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _EXHAUSTED:
+                    self.counters.exhausted += 1
+                    self._say(
+                        "exhausted",
+                        "accept failed (%s): pausing accepting for %.1fs",
+                        exc.strerror or exc,
+                        RETRY_AFTER_EXHAUSTED,
+                    )
+                    self._pause()
+                    self._retry = self.loop.call_later(RETRY_AFTER_EXHAUSTED, self._resume)
+                    return
+                if exc.errno in _GONE:
+                    continue
+                self._say("error", "accept failed: %s", exc)
+                return
+            self._accepted(conn, address)
+
+    def _accepted(self, conn: socket.socket, address: object) -> None:
+        allows = self.allows
+        if allows is not None:
+            ip = address[0] if isinstance(address, tuple) else ""
+            if not allows(ip):
+                self.counters.denied += 1
+                _reset(conn)
+                return
+        conn.setblocking(False)
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.handshaking += 1
+        tasks.spawn(self._hand_over(conn))
+
+    async def _hand_over(self, conn: socket.socket) -> None:
+        try:
+            if self.ssl_context is not None:
+                transport, _ = await self.loop.connect_accepted_socket(
+                    self.factory,
+                    conn,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.handshake_timeout,
+                )
+            else:
+                transport, _ = await self.loop.connect_accepted_socket(self.factory, conn)
+            if not transport.is_closing():
+                # a slow reader makes Portico hold at most twice this beyond the socket
+                # buffers (upstreams.connections.client_read_size)
+                transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError):
+            conn.close()  # a failed handshake or a peer gone: as the loop's own server does
+        except Exception:
+            conn.close()
+            log.exception("listener %s: a connection could not be set up", self.name)
+        finally:
+            self.handshaking -= 1
+
+    def _say(self, cause: str, message: str, *args: object) -> None:
+        """Log `message` for this listener, at most once a second per cause."""
+        now = self.clock()
+        if now - self._logged.get(cause, -LOG_INTERVAL) < LOG_INTERVAL:
+            return
+        self._logged[cause] = now
+        log.warning("listener %s: " + message, self.name, *args)
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): no FIN handshake, no TIME_WAIT kept for a refused
+    peer, and nothing it sent is read."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
