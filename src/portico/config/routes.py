@@ -29,9 +29,9 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core.core_schema import CoreSchema
 
+from portico.config.access import AccessConfig
 from portico.config.cache import RouteCacheConfig
 from portico.config.content import CompressionConfig, StaticConfig, compression_shorthand
-from portico.config.access import AccessConfig
 from portico.config.plugins import FilterUse
 from portico.config.units import Duration, Name
 from portico.config.units import show as _show_plain

@@ -28,9 +28,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from portico.config.access import AccessConfig, BanRule
 from portico.config.cache import CacheStorageConfig
 from portico.config.content import CompressionConfig, compression_shorthand
-from portico.config.access import AccessConfig, BanRule
 from portico.config.plugins import FilterUse, builtin_names, check_reference
 from portico.config.routes import HeaderName, Routes
 from portico.config.tls import TlsConfig

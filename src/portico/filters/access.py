@@ -83,6 +83,7 @@ def _answer(status: int, body: str) -> LocalResponse:
 class AccessFilter:
     """Refuses requests whose client address the policy denies, with `status` and `body`."""
 
+    name = "access"  # the request phase's stage name
     asynchronous = False
 
     def __init__(
@@ -154,6 +155,7 @@ class BanFilter:
     may then get up to N times the count before a ban, as with per-worker rate limits. The
     ban itself always holds in every worker (and, with Redis, every instance)."""
 
+    name = "bans"  # the request phase's stage name
     asynchronous = False
 
     def __init__(

@@ -20,7 +20,7 @@ from portico.http.headers import (
     serialize_head,
     split_request_headers,
 )
-from portico.upstreams.connections import UpstreamConnection
+from portico.upstreams.connections import MAX_READ, UpstreamConnection
 
 if TYPE_CHECKING:
     from portico.cache.runtime import CacheExchange
@@ -63,6 +63,9 @@ class _Sink:
 
     def on_upstream_writable(self, writable: bool) -> None:
         pass
+
+    def read_size(self) -> int:
+        return MAX_READ  # no client to wait for: read as much as a server connection may
 
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         self.on_upstream_failed("upgrade", True, False)
