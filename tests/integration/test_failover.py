@@ -9,6 +9,11 @@ keepalived, then bring both back. Measured: the time until the VIP answers again
 requests that failed; checked: a session stays on its server (stick table in Redis) and a
 client's rate limit holds (counted in Redis) across the move, and the node coming back takes
 nothing from the one now serving (nopreempt): no failed request then.
+
+The death is noticed within milliseconds (`portico-alive.sh` waits on the process), the master
+sends a priority-0 advert and the backup (priority 254) takes the VIP 8 ms later: what fails
+is a request or two, those sent during the few milliseconds the VIP was moving. The bound
+allows for a kill that lands in the 0.1 s between two of the script's runs, on a busy machine.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ SUBNET = "198.18.0"
 VIP = f"{SUBNET}.100"
 ADDRESSES = {"cl": 10, "p1": 11, "p2": 12, "be": 20}
 FIGURES = os.environ.get("PORTICO_FAILOVER_FIGURES")  # a file to append the figures to
+# Measured 1-2 (one refused by the dying node, one timed out while the VIP moved); a kill
+# between two runs of the check is noticed up to 0.1 s later (~10 more refused at this pace)
+MAX_FAILED = 20
 
 
 def keepalived_binary() -> str | None:
@@ -154,6 +162,7 @@ def shipped_config(name: str, directory: Path, log: Path) -> str:
     # the installed command, as on a real node: keepalived runs a script by its real path, so
     # a venv's python (a symlink) would start outside its venv
     text = text.replace("/opt/portico/bin/portico", str(Path(sys.executable).parent / "portico"))
+    text = text.replace("/etc/keepalived/portico-alive.sh", str(DEPLOY / "portico-alive.sh"))
     return text.replace(
         "/etc/keepalived/portico-notify.sh /var/log/portico/vrrp.log",
         f"{DEPLOY / 'portico-notify.sh'} {log}",
@@ -165,6 +174,8 @@ def keepalived_config(lab: Lab, role: str) -> Path:
     log = lab.directory / f"vrrp-{role}.log"
     text = shipped_config("active-passive.conf", lab.directory, log)
     text = text.replace("192.0.2.100/24", f"{VIP}/24")
+    # this node's Portico (both nodes' processes are visible from either namespace)
+    text = text.replace("/etc/portico/portico.yaml", str(lab.directory / f"portico-{role}.yaml"))
     path = lab.directory / f"keepalived-{role}.conf"
     path.write_text(text)
     return path
@@ -322,7 +333,10 @@ def test_keepalived_moves_the_vip_when_the_active_portico_dies(lab: Lab) -> None
     if FIGURES:
         with open(FIGURES, "a") as out:
             out.write(figures + "\n")
-    assert failover < 3.0, figures
+    assert moved < 1.0, figures  # the check notices at once; keepalived moves the VIP
+    # a request whose SYN went out while the VIP moved waits out the client's 1 s timeout
+    assert failover < 2.0, figures
+    assert len(failed) <= MAX_FAILED, figures  # only those at the moment of the move
     assert failed_on_return == [], figures
     assert len(backends) == 1, figures  # the session stayed on its server (stick table)
     assert lab.has_vip(standby)
