@@ -141,6 +141,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         pytest.skip("keepalived is not installed: scripts/test installs it when run as root")
     if redis_server_binary() is None:
         pytest.skip("redis-server is not installed: scripts/test installs it when run as root")
+    if shutil.which("pidwait") is None:  # deploy/keepalived/portico-alive.sh waits with it
+        pytest.skip("pidwait (procps) is not installed: scripts/test installs it when run as root")
     lab = Lab(f"pf{os.getpid() % 100000}", tmp_path)
     probe = ip("netns", "add", lab.ns("probe"), check=False)
     if probe.returncode != 0:
