@@ -83,11 +83,12 @@ def held_per_slow_reader(backends, portico, readers: int, limits: str = "") -> t
 def test_slow_readers_hold_at_most_64_kib_each(backends, portico) -> None:
     per_reader, _ = held_per_slow_reader(backends, portico, SLOW_READERS)
     # The bound is 64 KiB of response bytes each beyond the socket buffers (a server read is
-    # 64 KiB less what the client's write buffer holds); here the kernel's loopback buffers
-    # take most of it (measured: under 10 KiB each). With the loop's own 256 KiB reads and
-    # the default 64 KiB mark this measured 66 KiB each, and a 1 KiB/s reader held ~300 KiB
-    # (the issue).
-    assert per_reader <= 48, f"{per_reader:.0f} KiB per slow reader"
+    # 64 KiB less what the client's write buffer holds), the issue's figure; the kernel's
+    # loopback buffers take part of it. Measured on a shared 2-core machine: 42 to 49 KiB each
+    # in all (connection objects included), pure and compiled, main's code and this one alike.
+    # With the loop's own 256 KiB reads and the default 64 KiB mark this measured 66 KiB each,
+    # and a 1 KiB/s reader held ~300 KiB (the issue).
+    assert per_reader <= 56, f"{per_reader:.0f} KiB per slow reader"
 
 
 def test_a_larger_response_buffer_is_honoured_and_bounds_what_a_slow_reader_holds(
