@@ -359,6 +359,7 @@ def test_the_dashboard_lists_bans_and_access_entries_and_lifts_them(
     expect(row.locator("td").nth(2)).to_have_text("guessing")
     expect(row.locator("td").nth(3)).to_have_text(re.compile(r"^(59m \d\ds|1h 00m)$"))
     expect(page.locator("#ban-counters")).to_contain_text(re.compile(r"^1 banned · "))
+    ARTIFACTS.mkdir(exist_ok=True)
 
     # a run-time access entry shows too, and goes with its button
     port = admin_port(proxy)
@@ -374,6 +375,7 @@ def test_the_dashboard_lists_bans_and_access_entries_and_lifts_them(
     entry = page.locator('#access tr[data-network="203.0.113.0/24"]')
     expect(entry.locator("td").nth(0)).to_have_text("every listener")
     expect(entry.locator("td").nth(2)).to_have_text("deny")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-bans.png"), full_page=True)
     entry.get_by_role("button", name="Remove").click()
     expect(page.locator("#toast")).to_contain_text("Removed 203.0.113.0/24")
     expect(page.locator("#access-card")).to_be_hidden()
