@@ -84,6 +84,7 @@ from portico.state.memory import MemoryStore
 from portico.state.store import StateStore
 from portico.static.site import StaticSite, static_site
 from portico.upstreams.backend import BackendState
+from portico.upstreams.connections import CLIENT_HIGH_WATER, reserve_read_buffer
 from portico.upstreams.pool import Pool
 
 if TYPE_CHECKING:
@@ -353,6 +354,7 @@ def listener_settings(
             max_headers=limits.max_headers,
             max_body_size=limits.max_body_size,
             max_discard_size=limits.max_discard_size,
+            response_buffer=limits.response_buffer,
             header_timeout=timeouts.header,
             keepalive_timeout=timeouts.keepalive,
             body_timeout=timeouts.body,
@@ -586,6 +588,8 @@ class Worker:
             self.guards,
         )
         self.tcp_settings = tcp_listener_settings(config, self.pools, self.guards)
+        # one shared server read buffer, as large as the largest `limits.response_buffer`
+        reserve_read_buffer(max((s.response_buffer for s in self.settings.values()), default=0))
         self.servers: list[Acceptor] = []
         self.terminators: list[TlsTerminator] = []
         self._listeners = {listener.name: listener for listener in config.listeners}
@@ -726,6 +730,7 @@ class Worker:
                 guards,
                 listener.max_conns,
                 terminators[name],
+                write_high=settings.response_buffer // 2,
             )
         tasks.spawn(self._sweep_idle())
         for writer in self.access_logs.values():
@@ -739,6 +744,7 @@ class Worker:
         guards: ListenerGuards,
         max_conns: int,
         terminator: TlsTerminator | None = None,
+        write_high: int = CLIENT_HIGH_WATER,
     ) -> None:
         stats = self.stats
         acceptor = Acceptor(
@@ -751,6 +757,7 @@ class Worker:
             active=lambda: stats.active_connections(name),
             ssl_context=terminator.context if terminator is not None else None,
             handshake_timeout=terminator.handshake_timeout if terminator is not None else None,
+            write_high=write_high,
         )
         acceptor.start()
         self.servers.append(acceptor)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import simple_config
-from fakes import FakeBackend, Portico, Reply, request
+from fakes import FakeBackend, Portico, Reply, ResponseReader, Seen, request
 from redis_server import RedisServer, redis_server_binary
 
 MakeBackend = Callable[..., FakeBackend]
@@ -310,3 +311,83 @@ def test_the_dashboard_lists_the_live_instances_of_a_fleet(
         expect(page.locator("#fleet")).to_contain_text("edge-2")
     finally:
         redis.stop()
+
+
+def served_from(port: int, source: str, target: str = "/") -> int | None:
+    """The status of one request from the loopback address `source`; None when the connection
+    was closed without an answer (a banned address is closed at accept)."""
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        try:
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            return ResponseReader(sock).read().status
+        except (OSError, AssertionError):
+            return None
+
+
+def test_the_dashboard_lists_bans_and_access_entries_and_lifts_them(
+    backends: MakeBackend, portico: MakePortico, page: Page
+) -> None:
+    def handler(seen: Seen) -> Reply:
+        return Reply(status=401 if seen.target == "/login" else 200, body=b"ok")
+
+    bans = (
+        "    bans: [{name: guessing, key: client_ip, status: 4xx, count: 2, window: 1m,"
+        " duration: 1h}]\n"
+    )
+    proxy = portico(simple_config([backends("a", handler)], top=ADMIN, extra_listener=bans))
+    page.goto(f"http://127.0.0.1:{admin_port(proxy)}/#token={TOKEN}")
+    expect(page.locator("tr.server")).to_have_count(1)
+    # nothing banned, nothing added: neither card shows
+    expect(page.locator("#bans-card")).to_be_hidden()
+    expect(page.locator("#access-card")).to_be_hidden()
+
+    # three 401s from 127.0.0.5 (more than count: 2) ban it: closed at accept from then on
+    client = "127.0.0.5"
+    assert [served_from(proxy.port, client, "/login") for _ in range(3)] == [401] * 3
+    deadline = time.monotonic() + WAIT
+    while served_from(proxy.port, client) is not None:
+        assert time.monotonic() < deadline, "the ban never took effect"
+        time.sleep(0.02)
+    assert served_from(proxy.port, "127.0.0.6") == 200  # another client is served
+
+    row = page.locator(f'#bans tr[data-ban="{client}"]')
+    expect(row).to_have_count(1)
+    expect(row.locator("td").nth(0)).to_have_text("web")
+    expect(row.locator("td").nth(2)).to_have_text("guessing")
+    expect(row.locator("td").nth(3)).to_have_text(re.compile(r"^(59m \d\ds|1h 00m)$"))
+    expect(page.locator("#ban-counters")).to_contain_text(re.compile(r"^1 banned · "))
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # a run-time access entry shows too, and goes with its button
+    port = admin_port(proxy)
+    headers = {"Host": "127.0.0.1", "Authorization": f"Bearer {TOKEN}"}
+    added = request(
+        port,
+        "POST",
+        "/api/access",
+        headers={**headers, "Content-Type": "application/json"},
+        body=json.dumps({"address": "203.0.113.0/24", "action": "deny", "ttl": "10m"}).encode(),
+    )
+    assert added.status == 201, added.body
+    entry = page.locator('#access tr[data-network="203.0.113.0/24"]')
+    expect(entry.locator("td").nth(0)).to_have_text("every listener")
+    expect(entry.locator("td").nth(2)).to_have_text("deny")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-bans.png"), full_page=True)
+    entry.get_by_role("button", name="Remove").click()
+    expect(page.locator("#toast")).to_contain_text("Removed 203.0.113.0/24")
+    expect(page.locator("#access-card")).to_be_hidden()
+    assert json.loads(request(port, "GET", "/api/access", headers=headers).body) == []
+
+    # lift the ban from the page: the row goes, the API agrees, and the client is served again
+    row.get_by_role("button", name="Lift").click()
+    expect(page.locator("#toast")).to_contain_text(f"Lifted the ban of {client} on web")
+    expect(row).to_have_count(0)
+    expect(page.locator("#bans-empty")).to_be_visible()  # the counters stay: the card too
+    assert json.loads(request(port, "GET", "/api/bans", headers=headers).body) == []
+    deadline = time.monotonic() + WAIT
+    while served_from(proxy.port, client) != 200:
+        assert time.monotonic() < deadline, "the lifted ban still refuses the client"
+        time.sleep(0.02)

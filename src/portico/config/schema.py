@@ -297,6 +297,10 @@ class ListenerLimits(_Model):
     # answered before its body was all in: this much of the rest is read and thrown away so
     # that the connection stays open; a longer rest closes it (after the answer)
     max_discard_size: Size = 16 * 1024 * 1024
+    # the most response bytes held for one client beyond the kernel's socket buffers (a slow
+    # reader): larger means fewer, bigger server reads on big downloads (less CPU), and more
+    # memory per slow reader (HAProxy's tune.bufsize, NGINX's proxy_buffers)
+    response_buffer: _ResponseBuffer = 64 * 1024
 
 
 class ListenerTimeouts(_Model):
@@ -368,6 +372,17 @@ def _window_size(value: int) -> int:
 
 
 _WindowSize = Annotated[Size, AfterValidator(_window_size)]
+
+
+def _response_buffer(value: int) -> int:
+    # the bounds of upstreams.connections (MIN_/MAX_RESPONSE_BUFFER): below 16 KiB a download
+    # is many tiny reads; above 4 MiB a thousand slow readers hold gigabytes
+    if not 16 * 1024 <= value <= 4 * 1024 * 1024:
+        raise ValueError(f"must be from 16KiB to 4MiB, not {value} bytes")
+    return value
+
+
+_ResponseBuffer = Annotated[Size, AfterValidator(_response_buffer)]
 
 
 class Http2Config(_Model):

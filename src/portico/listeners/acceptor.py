@@ -69,8 +69,10 @@ class Acceptor:
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        write_high: int = CLIENT_HIGH_WATER,
     ) -> None:
         self.loop = loop
+        self.write_high = write_high  # each connection's write buffer high-water mark
         self.sock = sock
         self.name = name
         self.factory = factory
@@ -183,9 +185,10 @@ class Acceptor:
             else:
                 transport, _ = await self.loop.connect_accepted_socket(self.factory, conn)
             if not transport.is_closing():
-                # a slow reader makes Portico hold at most twice this beyond the socket
-                # buffers (upstreams.connections.client_read_size)
-                transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
+                # a slow reader makes Portico hold at most twice this (the listener's
+                # `limits.response_buffer`) beyond the socket buffers
+                # (upstreams.connections.client_read_size)
+                transport.set_write_buffer_limits(high=self.write_high)
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError):
             conn.close()  # a failed handshake or a peer gone: as the loop's own server does
         except Exception:

@@ -20,7 +20,7 @@ from portico.http.headers import (
     serialize_head,
     split_request_headers,
 )
-from portico.upstreams.connections import MAX_READ, UpstreamConnection
+from portico.upstreams.connections import UpstreamConnection, read_buffer_size
 
 if TYPE_CHECKING:
     from portico.cache.runtime import CacheExchange
@@ -65,7 +65,7 @@ class _Sink:
         pass
 
     def read_size(self) -> int:
-        return MAX_READ  # no client to wait for: read as much as a server connection may
+        return read_buffer_size()  # no client to wait for: read as much as a server connection may
 
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         self.on_upstream_failed("upgrade", True, False)

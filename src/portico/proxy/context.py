@@ -86,6 +86,9 @@ class HttpListenerSettings:
     # without a reset
     max_discard_size: int = 16 * 1024 * 1024
     linger_timeout: float = 30.0
+    # `limits.response_buffer`: the most response bytes held for a client that does not read
+    # (upstreams.connections.client_read_size)
+    response_buffer: int = 64 * 1024
     # told the status of every request that ends (abuse bans count responses); () costs nothing
     done_hooks: tuple[Callable[[FilterRequest, int], None], ...] = ()
 

@@ -144,6 +144,7 @@ class Exchange:
         "_pool",
         "_pool_chosen",
         "_queue_timer",
+        "_read_limit",
         "_replayable",
         "_request_id",
         "_response_edits",
@@ -189,6 +190,7 @@ class Exchange:
     ) -> None:
         # the request, as parsed
         self._client = client
+        self._read_limit: int = client.settings.response_buffer  # read once, not per read
         self._out = out
         self.method = method
         self.target = target
@@ -1136,7 +1138,7 @@ class Exchange:
         relay.begin(client.early, False)
 
     def read_size(self) -> int:
-        return client_read_size(self._client.transport)
+        return client_read_size(self._client.transport, self._read_limit)
 
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:

@@ -28,28 +28,48 @@ from portico.timers import Deadline
 MAX_RESPONSE_HEAD = 64 * 1024
 # How much a server connection reads at a time: what bounds the bytes a slow client makes
 # Portico hold beyond the kernel's buffers. A body read happens only while the client's write
-# buffer is under its high-water mark (CLIENT_HIGH_WATER, set by the acceptor), and is no larger
-# than MAX_READ less what that buffer holds (`client_read_size`), so the buffer never holds
-# more than MAX_READ = 64 KiB, whatever the kernel took. The loop's own reads are 256 KiB,
-# which a paused slow reader then held whole (~300 KiB each); the price of the bound is more,
-# smaller reads on big downloads (bench/README.md). Heads are read READ_SIZE at a time. One
-# buffer serves every connection of the worker: the loop calls `get_buffer`, reads into it and
+# buffer is under its high-water mark (half the listener's `limits.response_buffer`, set by the
+# acceptor), and is no larger than that limit less what the buffer holds (`client_read_size`),
+# so the buffer never holds more than the limit (DEFAULT_RESPONSE_BUFFER = 64 KiB), whatever
+# the kernel took. The loop's own reads are 256 KiB, which a paused slow reader then held whole
+# (~300 KiB each); the price of the bound is more, smaller reads on big downloads
+# (bench/README.md), which a listener can trade back with a larger `response_buffer`. Heads
+# are read READ_SIZE at a time. One buffer serves every connection of the worker, sized for
+# the largest limit (`reserve_read_buffer`): the loop calls `get_buffer`, reads into it and
 # calls `buffer_updated` in one step, and the bytes are copied out at once.
-CLIENT_HIGH_WATER = 32 * 1024
+DEFAULT_RESPONSE_BUFFER = 64 * 1024
+MIN_RESPONSE_BUFFER = 16 * 1024
+MAX_RESPONSE_BUFFER = 4 * 1024 * 1024
+CLIENT_HIGH_WATER = DEFAULT_RESPONSE_BUFFER // 2
 READ_SIZE = 32 * 1024
-MAX_READ = 2 * CLIENT_HIGH_WATER
+MAX_READ = DEFAULT_RESPONSE_BUFFER
 MIN_READ = 4 * 1024
 _READ_BUFFER = memoryview(bytearray(MAX_READ))
 _HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
 
 
-def client_read_size(transport: asyncio.BaseTransport | None) -> int:
+def reserve_read_buffer(size: int) -> None:
+    """Make the worker's shared read buffer at least `size` bytes (the largest listener's
+    `response_buffer`); called once at start, so that a read never checks."""
+    global _READ_BUFFER, _HEAD_BUFFER
+    if size > len(_READ_BUFFER):
+        _READ_BUFFER = memoryview(bytearray(size))
+        _HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
+
+
+def read_buffer_size() -> int:
+    """How many bytes one server read can take at most (the shared buffer's size)."""
+    return len(_READ_BUFFER)
+
+
+def client_read_size(transport: asyncio.BaseTransport | None, limit: int = MAX_READ) -> int:
     """How many body bytes a server connection may read now for a client on `transport`:
-    MAX_READ less what the client's write buffer holds, at least MIN_READ."""
+    `limit` (the listener's `response_buffer`) less what the client's write buffer holds, at
+    least MIN_READ."""
     if transport is None:
         return READ_SIZE
     buffered = cast(asyncio.WriteTransport, transport).get_write_buffer_size()
-    return max(MIN_READ, MAX_READ - buffered)
+    return max(MIN_READ, limit - buffered)
 
 
 class UpstreamFailure(Exception):

@@ -463,3 +463,24 @@ pools:
         "portico.yaml:8 pools.app.servers[2]: srv: the records give each server's weight: "
         "remove weight",
     ]
+
+
+def test_response_buffer_is_a_size_between_16_kib_and_4_mib() -> None:
+    text = """\
+        listeners:
+          - {name: web, bind: ":80", default_pool: app, limits: {response_buffer: 256KiB}}
+          - {name: tiny, bind: ":81", default_pool: app, limits: {response_buffer: 8KiB}}
+          - {name: huge, bind: ":82", default_pool: app, limits: {response_buffer: 5MiB}}
+        pools:
+          app:
+            servers: [{address: "127.0.0.1:9001"}]
+    """
+    assert problems(text) == [
+        "portico.yaml:3 listeners[1].limits.response_buffer: "
+        "must be from 16KiB to 4MiB, not 8192 bytes",
+        "portico.yaml:4 listeners[2].limits.response_buffer: "
+        "must be from 16KiB to 4MiB, not 5242880 bytes",
+    ]
+    valid = dedent(text).replace("8KiB", "16KiB").replace("5MiB", "4MiB")
+    buffers = [item.limits.response_buffer for item in parse_config(valid, "x.yaml").listeners]
+    assert buffers == [256 * 1024, 16 * 1024, 4 * 1024 * 1024]

@@ -40,6 +40,7 @@ def test_defaults_match_the_reference_config() -> None:
     assert listener.limits.max_header_size == 32 * 1024
     assert listener.limits.max_headers == 100
     assert listener.limits.max_body_size == 0
+    assert listener.limits.response_buffer == 64 * 1024
     assert (listener.timeouts.header, listener.timeouts.keepalive) == (10.0, 75.0)
     assert (listener.timeouts.body, listener.timeouts.send) == (60.0, 60.0)
     assert listener.forwarded.x_forwarded is True

@@ -17,6 +17,8 @@ from portico.upstreams.connections import (
     READ_SIZE,
     UpstreamConnection,
     client_read_size,
+    read_buffer_size,
+    reserve_read_buffer,
 )
 
 
@@ -240,3 +242,32 @@ def test_a_read_never_takes_the_clients_buffer_past_max_read() -> None:
         assert buffered + size == MAX_READ
     assert client_read_size(_Transport(MAX_READ)) == MIN_READ  # type: ignore[arg-type]
     assert client_read_size(None) == READ_SIZE
+
+
+def test_a_read_never_takes_the_clients_buffer_past_the_listeners_limit() -> None:
+    limit = 1024 * 1024  # limits.response_buffer: 1MiB; the high-water mark is half of it
+    assert client_read_size(_Transport(), limit) == limit  # type: ignore[arg-type]
+    for buffered in (1, 64 * 1024, limit // 2 - 1):
+        assert buffered + client_read_size(_Transport(buffered), limit) == limit  # type: ignore[arg-type]
+    assert client_read_size(_Transport(limit), limit) == MIN_READ  # type: ignore[arg-type]
+
+
+def test_the_shared_read_buffer_grows_to_the_largest_limit_and_never_shrinks() -> None:
+    before = read_buffer_size()
+    assert before >= MAX_READ
+    reserve_read_buffer(16 * 1024)
+    assert read_buffer_size() == before
+    reserve_read_buffer(before + 4096)
+    assert read_buffer_size() == before + 4096
+    # a body read for a client with a large limit gets the room it asks for
+
+    class LargeLimit(Sink):
+        def read_size(self) -> int:
+            return before + 4096
+
+    backend = BackendState("a", "127.0.0.1", 9001, 1, max_idle=4, clock=lambda: 0.0)
+    conn = UpstreamConnection(backend, 30.0, 30.0)
+    conn.transport = Transport()  # type: ignore[assignment]
+    conn.send(LargeLimit(), b"GET", b"GET / HTTP/1.1\r\n\r\n", True)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+    assert len(conn.get_buffer(-1)) == before + 4096

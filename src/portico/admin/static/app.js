@@ -2,8 +2,9 @@
 //
 // Every second it reads /metrics (public: totals, latency histograms, workers) and, with the
 // admin token when one is needed, /api/pools and /api/listeners (servers, their state and
-// counters). Rates are computed here from successive counter readings over a short window;
-// the page keeps only the last minute of readings. The token is asked for once, or read from
+// counters), /api/bans and /api/access (bans and run-time access entries, each with a button
+// that lifts or removes it). Rates are computed here from successive counter readings over a
+// short window; the page keeps only the last minute of readings. The token is asked for once, or read from
 // the URL fragment (#token=...), and kept in sessionStorage: it is sent only as an
 // Authorization header, never in a URL.
 "use strict";
@@ -685,12 +686,133 @@
     if (pools) renderPools(pools, now, before, seconds, showStates);
     if (listeners) renderListeners(listeners, now, before, seconds);
     renderCache(metrics);
+    if (!page.needsToken) await refreshSecurity(metrics);
     if (!page.needsToken && page.fleet !== false) await refreshFleet();
     if (failure) setStatus("offline", `admin API: ${failure.message}`);
     else if (!page.needsToken) {
       const time = new Date().toLocaleTimeString("en-GB", { hour12: false });
       setStatus("live", `live · ${time}`);
     }
+  }
+
+  // -- bans and run-time access entries -------------------------------------------------------
+
+  /** "1h 02m", "4m 05s", "12s"; "never" for an entry without a TTL. */
+  function formatLeft(seconds) {
+    if (seconds === null || seconds === undefined) return "never";
+    const s = Math.max(0, Math.round(seconds));
+    if (s >= 3600) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+    if (s >= 60) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+    return `${s}s`;
+  }
+
+  /** A keyed row of `body` (made with `cells` empty cells and a remove button), reused across
+   * readings so that a click never lands on a row being replaced. */
+  function keyedRow(body, key, cells, label) {
+    let row = [...body.children].find((r) => r.dataset.key === key);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.key = key;
+      for (let i = 0; i < cells; i++) row.append(document.createElement("td"));
+      const cell = document.createElement("td");
+      cell.className = "state-col";
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "remove";
+      button.textContent = label;
+      cell.append(button);
+      row.append(cell);
+    }
+    return row;
+  }
+
+  /** The bans in force (hidden while there are none and none were ever counted), with the
+   * ban, banned-request and access-denied counters from /metrics. */
+  function renderBans(bans, metrics) {
+    const total = (name) => sum(metrics.get(`${name}_total`)) + sum(metrics.get(name));
+    const counted = {
+      bans: total("portico_bans"),
+      banned: total("portico_banned_requests"),
+      denied: total("portico_access_denied"),
+    };
+    const counters = $("#ban-counters");
+    setText(
+      counters,
+      `${formatCount(counted.bans)} banned · ${formatCount(counted.banned)} requests refused · ` +
+        `${formatCount(counted.denied)} denied by access lists`,
+    );
+    counters.title = "since the start: portico_bans_total, portico_banned_requests_total, portico_access_denied_total";
+    $("#bans-card").hidden = bans.length === 0 && counted.bans === 0 && counted.banned === 0;
+    $("#bans-empty").hidden = bans.length > 0;
+    const body = $("#bans");
+    const rows = bans.map((ban) => {
+      const row = keyedRow(body, ban.listener + KEY_SEP + ban.key, 4, "Lift");
+      row.dataset.listener = ban.listener;
+      row.dataset.ban = ban.key;
+      const cells = row.children;
+      setText(cells[0], ban.listener);
+      setText(cells[1], ban.key);
+      cells[1].className = "mono";
+      setText(cells[2], ban.rule);
+      setText(cells[3], formatLeft(ban.expires_in));
+      cells[3].className = "num";
+      cells[4].firstElementChild.title = `Lift the ban of ${ban.key} on ${ban.listener}`;
+      return row;
+    });
+    place(body, rows);
+  }
+
+  /** The access entries added at run time (the config's own lists are not shown); hidden
+   * while there are none. */
+  function renderAccess(entries) {
+    $("#access-card").hidden = entries.length === 0;
+    const body = $("#access");
+    const rows = entries.map((entry) => {
+      const row = keyedRow(body, entry.listener + KEY_SEP + entry.network, 5, "Remove");
+      row.dataset.listener = entry.listener;
+      row.dataset.network = entry.network;
+      const cells = row.children;
+      setText(cells[0], entry.listener === "*" ? "every listener" : entry.listener);
+      setText(cells[1], entry.network);
+      cells[1].className = "mono";
+      setText(cells[2], entry.action);
+      setText(cells[3], entry.reason);
+      setText(cells[4], formatLeft(entry.expires_in));
+      cells[4].className = "num";
+      cells[5].firstElementChild.title = `Remove ${entry.network} (${entry.action})`;
+      return row;
+    });
+    place(body, rows);
+  }
+
+  async function refreshSecurity(metrics) {
+    let bans;
+    let entries;
+    try {
+      [bans, entries] = await Promise.all([api("GET", "/api/bans"), api("GET", "/api/access")]);
+    } catch {
+      return; // an older Portico, or the API down: the rest of the page says so
+    }
+    renderBans(bans, metrics);
+    renderAccess(entries);
+  }
+
+  /** DELETE `path` from a row's button; the row goes at the next reading. */
+  async function removeFromRow(button, path, done) {
+    const used = token();
+    button.disabled = true;
+    try {
+      await api("DELETE", path);
+      toast(done, "ok");
+      button.closest("tr").remove();
+    } catch (error) {
+      if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+        askForToken(error, used);
+      }
+      toast(`Could not do it: ${error.message}`, "error");
+      button.disabled = false;
+    }
+    refresh();
   }
 
   // -- the fleet (instances sharing state.redis) -------------------------------------------------
@@ -774,6 +896,22 @@
       const button = event.target.closest(".segmented button");
       if (!button || button.disabled) return;
       changeState(button.closest("tr.server"), button.dataset.state);
+    });
+    $("#bans").addEventListener("click", (event) => {
+      const button = event.target.closest("button.remove");
+      if (!button || button.disabled) return;
+      const row = button.closest("tr");
+      const { listener, ban } = row.dataset;
+      const path = `/api/bans/${encodeURIComponent(listener)}/${encodeURIComponent(ban)}`;
+      removeFromRow(button, path, `Lifted the ban of ${ban} on ${listener}`);
+    });
+    $("#access").addEventListener("click", (event) => {
+      const button = event.target.closest("button.remove");
+      if (!button || button.disabled) return;
+      const row = button.closest("tr");
+      const { listener, network } = row.dataset;
+      const path = `/api/access/${encodeURIComponent(listener)}/${encodeURIComponent(network)}`;
+      removeFromRow(button, path, `Removed ${network} from ${listener === "*" ? "every listener" : listener}`);
     });
   }
 
