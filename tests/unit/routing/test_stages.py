@@ -125,5 +125,3 @@ def test_one_stage_per_route_with_actions_and_none_for_the_default_route() -> No
     assert stages[0] is None
     assert isinstance(stages[1], RouteActionStage)
     assert stages[-1] is None  # the default route (index -1)
-
-
