@@ -5,7 +5,7 @@ client request in, the request head out to a pooled server connection, a small r
 the response out. Prints microseconds per request (CPU time of this process), so a change to
 the hot path can be judged in seconds without the noise of a loaded machine.
 
-    .venv/bin/python bench/hotpath.py [--profile] [--requests N] [--plugin]
+    .venv/bin/python bench/hotpath.py [--profile] [--requests N] [--plugin] [--route | --rewrite]
 
 `--plugin` puts one do-nothing plugin filter (`Noop` below: an `on_request` that returns
 None) on the listener: the difference is what a plugin filter costs a request.
@@ -42,6 +42,13 @@ pools:
 PLUGIN = """    filters:
       - use: hotpath:Noop
 """
+# `--route`: one route (the request matches it) that only chooses a pool; `--rewrite`: the same
+# route with a path rewrite (/small to /small: the same target): its route_actions stage runs
+ROUTE = """    routes:
+      - match: {path: /small}
+        pool: app
+"""
+REWRITE = ROUTE + "        strip_prefix: /small\n        replace_prefix: /small\n"
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 12:00:00 GMT\r\n"
@@ -94,6 +101,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--plugin", action="store_true", help="one do-nothing plugin filter")
+    parser.add_argument("--route", action="store_true", help="one route without actions")
+    parser.add_argument("--rewrite", action="store_true", help="one route with a path rewrite")
     args = parser.parse_args()
     try:
         import uvloop
@@ -107,6 +116,9 @@ def main() -> None:
         here = Path(__file__).resolve().parent
         text = CONFIG.replace("    default_pool: app\n", "    default_pool: app\n" + PLUGIN)
         text = f"plugins:\n  path: ['{here}']\n" + text
+    if args.route or args.rewrite:
+        route = REWRITE if args.rewrite else ROUTE
+        text = text.replace("    default_pool: app\n", "    default_pool: app\n" + route)
     config = parse_config(text, "<hotpath>")
     worker = Worker(loop, config, {})
     settings = worker.settings["web"]

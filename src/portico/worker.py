@@ -71,6 +71,8 @@ from portico.plugins.guard import Guard
 from portico.proxy.context import ProxyContext
 from portico.proxy.debug_header import DebugHeader
 from portico.routing import Router
+from portico.routing.actions import RouteActions
+from portico.routing.stages import RouteActionStage
 from portico.security.access import (
     AccessList,
     AccessPolicy,
@@ -189,6 +191,21 @@ def client_address(listener: ListenerConfig) -> ClientAddress:
         else None
     )
     return ClientAddress(trusted, listener.trusted_header)
+
+
+def route_action_stages(listener: ListenerConfig) -> tuple[RouteActionStage | None, ...] | None:
+    """Each route's request actions (redirect, respond, rewrite, request header edits) as a
+    named stage, by route index (the last entry is the default route's, which has none); None
+    when no route has any, so such a listener pays one attribute check."""
+    scheme = b"https" if listener.protocol == "https" else b"http"
+    stages: list[RouteActionStage | None] = []
+    for route in listener.routes:
+        actions = RouteActions.from_config(route)
+        stages.append(None if actions is None else RouteActionStage(actions, scheme))
+    if not any(stages):
+        return None
+    stages.append(None)  # the default route
+    return tuple(stages)
 
 
 def route_filters(listener: ListenerConfig, config: Config) -> RouteFilters | None:
@@ -392,6 +409,7 @@ def listener_settings(
                 *plugin_request,
             ),
             response_hooks=response_hooks,
+            route_stages=route_action_stages(listener),
             route_filters=route_filters(listener, config),
             route_caches=route_caches(listener, cache),
             response_stages=compression_stage(listener, stats),

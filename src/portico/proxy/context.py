@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from portico.pipeline import DoneStage, ResponseStage
     from portico.proxy.debug_header import DebugHeader
     from portico.routing import Router
+    from portico.routing.stages import RouteActionStage
     from portico.static.site import StaticSite
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,6 +64,9 @@ class HttpListenerSettings:
     filters: tuple[RequestFilter, ...] = ()  # run in order on each request head
     tunnel_timeout: float = 3600.0  # an upgraded connection idle both ways this long ends
     router: Router | None = None  # None: every request goes to `pool`
+    # by route index (the last: the default route's, always None): the route's request actions
+    # as a stage; None when no route has any (the usual case: one attribute check)
+    route_stages: tuple[RouteActionStage | None, ...] | None = None
     response_headers: tuple[Header, ...] = ()  # added to every response (HSTS)
     client_subject: bool = False  # mTLS: pass the verified client certificate's subject
     access_log: AccessLogWriter | None = None

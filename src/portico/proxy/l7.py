@@ -47,14 +47,7 @@ from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
 from portico.proxy.local_body import stream_local, transform_executor
 from portico.routing import Route, Router
-from portico.routing.actions import (
-    RouteActions,
-    apply_request_headers,
-    apply_response_headers,
-    fixed_response,
-    redirect_response,
-    rewrite_path,
-)
+from portico.routing.actions import RouteActions, apply_response_headers
 from portico.upstreams.backend import report_connect_failure, report_connected
 from portico.upstreams.connections import UpstreamConnection, client_read_size
 from portico.upstreams.pool import FULL, Pool
@@ -427,20 +420,15 @@ class Exchange:
         client = self._client
         head = self.head
         route = self.route = router.match(self.method, self.target, head.host, self.headers)
-        actions = route.actions
-        if actions is not None:
-            if actions.respond is not None:
-                self._respond_locally(fixed_response(actions))
-                return None
-            if actions.redirect is not None:
-                scheme = client.settings.proto
-                self._respond_locally(redirect_response(actions, head.host, self.target, scheme))
-                return None
-            if actions.strip_prefix is not None:
-                self.target = rewrite_path(self.target, actions)
-            if actions.request_headers is not None:
-                head.headers = apply_request_headers(head.headers, actions)
-            self._response_edits = actions if actions.response_headers is not None else None
+        stages = client.settings.route_stages
+        if stages is not None:
+            stage = stages[route.index]
+            if stage is not None:  # the route's actions ("route_actions", a named stage)
+                answer = stage.on_request(self)
+                if answer is not None:
+                    self._respond_locally(answer)
+                    return None
+                self._response_edits = stage.response_actions
         sites = client.settings.static_sites
         if sites is not None:
             site = sites[route.index] if route.index >= 0 else None
