@@ -85,10 +85,10 @@ def test_slow_readers_hold_at_most_64_kib_each(backends, portico) -> None:
     # The bound is 64 KiB of response bytes each beyond the socket buffers (a server read is
     # 64 KiB less what the client's write buffer holds), the issue's figure; the kernel's
     # loopback buffers take part of it. Measured on a shared 2-core machine: 42 to 49 KiB each
-    # in all (connection objects included), pure and compiled, main's code and this one alike.
-    # With the loop's own 256 KiB reads and the default 64 KiB mark this measured 66 KiB each,
-    # and a 1 KiB/s reader held ~300 KiB (the issue).
-    assert per_reader <= 56, f"{per_reader:.0f} KiB per slow reader"
+    # in all (connection objects included), pure and compiled, and 58 KiB once in CI beside
+    # other jobs: RSS moves with what else the process allocates, so the assertion is the
+    # issue's bound itself. Before the bound a 1 KiB/s reader held ~300 KiB (the issue).
+    assert per_reader <= 64, f"{per_reader:.0f} KiB per slow reader"
 
 
 def test_a_larger_response_buffer_is_honoured_and_bounds_what_a_slow_reader_holds(
