@@ -45,8 +45,10 @@ UPSTREAM_ERRORS: dict[int, LocalResponse] = {
 
 
 def client_error(status: int) -> LocalResponse:
-    """The answer to a refused request (the connection is always closed after it)."""
-    return CLIENT_ERRORS[status]
+    """The answer to a refused request (the connection is always closed after it): a client
+    error, or 500 when Portico itself failed while setting the request up."""
+    answer = CLIENT_ERRORS.get(status)
+    return answer if answer is not None else UPSTREAM_ERRORS[status]
 
 
 def upstream_error(status: int) -> LocalResponse:

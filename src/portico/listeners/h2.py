@@ -127,14 +127,6 @@ class H2Stream:
 
     # -- what an exchange reads of its client ----------------------------------------------------
 
-    @property
-    def forwarding_memo(self) -> tuple[bytes | None, list[Header]] | None:
-        return self.conn.forwarding_memo
-
-    @forwarding_memo.setter
-    def forwarding_memo(self, value: tuple[bytes | None, list[Header]] | None) -> None:
-        self.conn.forwarding_memo = value
-
     # -- the response, from its framer (portico.proxy.framing.H2Framer) --------------------------
 
     def send_headers(self, fields: list[Header], *, end: bool) -> None:
@@ -342,7 +334,6 @@ class H2ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client_ip = "unknown"
         self.client_subject: str | None = None
-        self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
         self.write_paused = False
         self.streams: dict[int, H2Stream] = {}
         self.guard = FloodGuard(context.loop.time())

@@ -11,7 +11,7 @@ connection's `portico.proxy.framing.Http1Framer`'s.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -31,6 +31,7 @@ from portico.listeners.tls import peer_subject
 from portico.proxy import proxy_protocol
 from portico.proxy.context import Http2Settings, HttpListenerSettings, ProxyContext
 from portico.proxy.framing import Http1Framer
+from portico.proxy.internal import internal_errors
 from portico.proxy.l7 import BLOCK_DONE, BLOCK_PENDING, BLOCK_QUEUED, BLOCK_UPSTREAM, Exchange
 from portico.proxy.proxy_protocol import ParseState
 from portico.timers import Deadline
@@ -44,6 +45,11 @@ LINGER_BYTES = 1 << 20  # ... and how many
 DRAIN_FIRST_REQUEST = 1.0  # on shutdown, how long a new connection has to send its request
 DRAIN_IDLE_GRACE = 1.0  # on reload, how long an idle keep-alive connection stays open
 MAX_METHOD = 32  # longer than any method name llhttp knows
+# Shared empty lists, never appended to: an idle connection holds no list of its own (72 bytes
+# each). `_headers` gets a list of its own when a message begins (llhttp always reports that
+# before any header), `_queue` when a request is pipelined behind the active one.
+_NO_HEADERS: Final[list[Header]] = []
+_NO_QUEUE: Final[list[Exchange]] = []
 
 
 class _Nobody:
@@ -68,8 +74,6 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = "unknown"
         self.write_paused = False
         self.draining = False
-        # (Host, forwarding headers) of the last request: reused while the Host is the same
-        self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
@@ -87,7 +91,7 @@ class ClientConnection(asyncio.Protocol):
         self._preface = b""  # ... of which this much has arrived
         # the request being parsed
         self._url = b""
-        self._headers: list[Header] = []
+        self._headers = _NO_HEADERS
         self._head_size = 0
         self._in_head = False
         self._reading: Exchange | None = None
@@ -104,8 +108,8 @@ class ClientConnection(asyncio.Protocol):
         # the request being answered, and those pipelined behind it
         self.active: Exchange | None = None
         # a list, not a deque: reading pauses once one is queued, and an empty deque is 760 B
-        # per idle connection where a list is 56
-        self._queue: list[Exchange] = []
+        # per idle connection where a list is 56 (and the shared empty one, nothing)
+        self._queue = _NO_QUEUE
         # the active exchange, started only once the segment that carried it parsed cleanly:
         # a request whose bytes turn out malformed later in the same read never reaches a server
         self._unstarted: Exchange | None = None
@@ -188,7 +192,7 @@ class ClientConnection(asyncio.Protocol):
             active.client_gone()
         for queued in self._queue:
             queued.client_gone()
-        self._queue.clear()
+        self._queue = _NO_QUEUE
         self._reading = self._unstarted = None
         # the parser holds bound methods of this object: without this cycle, the connection
         # and its transport (for TLS, OpenSSL's buffers) are freed now, not at the next full
@@ -220,8 +224,12 @@ class ClientConnection(asyncio.Protocol):
             # new protocol (a tunnel, if the server agrees), or to nobody (then we close)
             self.early = data[exc.args[0] :]
             self._block(BLOCK_DONE)
-        except httptools.HttpParserCallbackError:
-            if self._discarding:
+        except httptools.HttpParserCallbackError as exc:
+            # httptools keeps what the callback raised as the context
+            cause = exc.__context__
+            if cause is not None and not isinstance(cause, _Refused):
+                self._failed(cause)  # not a refusal: a bug (building the Exchange, say)
+            elif self._discarding:
                 self.abort()  # more of an answered body than max_discard_size
             else:
                 self._refuse(self._refuse_status)
@@ -241,7 +249,7 @@ class ClientConnection(asyncio.Protocol):
         if unstarted is not None:
             self._unstarted = None
             if unstarted is self.active and not unstarted.finished:
-                unstarted.begin()
+                self._begin(unstarted)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -269,6 +277,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         # the state of the head being read was reset when the last one completed
         self._in_head = True
+        self._headers = []
         if self.active is None:
             self._deadline.set(self.settings.header_timeout)
 
@@ -340,7 +349,7 @@ class ClientConnection(asyncio.Protocol):
         # ready for the next head
         self._in_head = False
         self._url = b""
-        self._headers = []
+        self._headers = _NO_HEADERS
         self._head_size = 0
         self._head_bytes = 0
         active = self.active
@@ -353,7 +362,10 @@ class ClientConnection(asyncio.Protocol):
             self._framer.http11 = version == "1.1"
             self._unstarted = exchange
         else:
-            self._queue.append(exchange)
+            if self._queue is _NO_QUEUE:
+                self._queue = [exchange]
+            else:
+                self._queue.append(exchange)
             self._block(BLOCK_QUEUED)
 
     def on_body(self, body: bytes) -> None:
@@ -434,6 +446,7 @@ class ClientConnection(asyncio.Protocol):
         if self._queue:
             nxt = self._queue.pop(0)
             if not self._queue:
+                self._queue = _NO_QUEUE
                 self._unblock(BLOCK_QUEUED)
             self.active = nxt
             self._framer.http11 = nxt.version == "1.1"
@@ -441,7 +454,7 @@ class ClientConnection(asyncio.Protocol):
                 self._deadline.set(self.settings.send_timeout)
             else:
                 self._deadline.clear()
-            nxt.begin()
+            self._begin(nxt)
             return
         if self._refusal is not None:
             self._deadline.clear()
@@ -631,6 +644,32 @@ class ClientConnection(asyncio.Protocol):
             self.linger_close()
         else:
             self._refusal = status
+
+    def _begin(self, exchange: Exchange) -> None:
+        """Start `exchange` (its filters, routing, the way upstream). What it raises is a bug:
+        that request gets a 500 (logged) and the connection closes, since its state is not
+        to be trusted; the loop would otherwise just drop the connection without a word."""
+        try:
+            exchange.begin()
+        except Exception as exc:
+            internal_errors.report("setting up a request", exc)
+            if self.active is not exchange or self._closed:
+                return
+            if exchange.finished:
+                self.abort()  # answered, yet it raised: nothing more is to be trusted
+            else:
+                self._block(BLOCK_DONE)
+                exchange.refuse(500)  # never forwarded; a response under way is cut
+
+    def _failed(self, exc: BaseException) -> None:
+        """A parser callback raised something other than a refusal (a bug, e.g. while
+        building the request's Exchange): logged, and the request is answered 500 in order,
+        never forwarded, then the connection closes (what was being parsed is lost)."""
+        internal_errors.report("reading a request", exc)
+        if self._discarding:
+            self.abort()
+        else:
+            self._refuse(500)
 
     def _block(self, reason: int) -> None:
         if not self._blocked and self.transport is not None and not self._closed:

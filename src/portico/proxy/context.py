@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from portico.http.headers import Header
 from portico.observe.stats import WorkerStats
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from portico.static.site import StaticSite
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+FORWARDING_MEMOS: Final = 1024  # client addresses whose forwarding headers a worker keeps at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,10 @@ class ProxyContext:
         self.connections: set[Connection] = set()
         self.client_connections: dict[str, int] = {}  # open connections per client address
         self.all_closed = asyncio.Event()  # set while no client connection is open
+        # per client address: (the listener's settings, Host, the forwarding headers built
+        # for them) of its last request. Shared by that client's connections, not kept by
+        # each: an idle keep-alive connection would hold ~0.5 KiB for it (see `forwarding`)
+        self.forwarding_memos: dict[str, tuple[object, bytes | None, list[Header]]] = {}
 
     def admit(self, client_ip: str, limit: int) -> bool:
         """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it

@@ -43,6 +43,7 @@ from portico.pipeline import Outcome, ResponseEdit, TransformChain, TransformFai
 from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
 from portico.proxy.cache_refresh import refresh as refresh_stale
+from portico.proxy.context import FORWARDING_MEMOS
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 from portico.proxy.l4 import Relay
 from portico.proxy.local_body import stream_local, transform_executor
@@ -79,7 +80,6 @@ class ClientSide(Protocol):
     HTTP/1.x connection (`portico.listeners.http.ClientConnection`) or one HTTP/2 stream
     (`portico.listeners.h2.H2Stream`)."""
 
-    forwarding_memo: tuple[bytes | None, list[Header]] | None  # (Host, forwarding headers)
     write_paused: bool
 
     @property
@@ -617,13 +617,18 @@ class Exchange:
             if head.x_forwarded_for or head.forwarded:
                 added = self._forwarding(head)
             else:
-                # the usual case: the same block as the last request on this connection
-                memo = client.forwarding_memo
-                if memo is not None and memo[0] == head.host:
-                    added = memo[1]
+                # the usual case: the same block as this client's last request (the memo is
+                # per client address and worker, not per connection: idle memory)
+                memos = client.context.forwarding_memos
+                ip = client.client_ip
+                memo = memos.get(ip)
+                if memo is not None and memo[0] is settings and memo[1] == head.host:
+                    added = memo[2]
                 else:
                     added = self._forwarding(head)
-                    client.forwarding_memo = (head.host, added)
+                    if len(memos) >= FORWARDING_MEMOS:
+                        memos.clear()  # bounded; refilled by the clients still sending
+                    memos[ip] = (settings, head.host, added)
             out = out + added
         if head.host is None:
             # an HTTP/1.0 client may omit Host; the HTTP/1.1 request we send may not

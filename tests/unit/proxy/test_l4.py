@@ -40,7 +40,9 @@ class FakeLoop:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> FakeHandle:
+    def call_at(
+        self, when: float, callback: Callable[[], None], *, context: object = None
+    ) -> FakeHandle:
         handle = FakeHandle(when, callback)
         self.timers.append(handle)
         return handle
