@@ -68,6 +68,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = "unknown"
         self.write_paused = False
         self.draining = False
+        self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
         # (Host, forwarding headers) of the last request: reused while the Host is the same
         self.forwarding_memo: tuple[bytes | None, list[Header]] | None = None
         self._parser = httptools.HttpRequestParser(self)
