@@ -56,6 +56,9 @@ def held_per_slow_reader(backends, portico, readers: int, limits: str = "") -> t
     )
     [worker] = proxy.worker_pids()
     assert request(proxy.port, target="/small").status == 200  # warm: first-request allocations
+    # ... and one fast download: what big reads grow once per worker (the shared read buffer,
+    # the allocator's arenas) is not what each slow reader holds
+    assert len(request(proxy.port, target="/").body) == RESPONSE
     before = settled(lambda: rss_kib(worker))
     socks = []
     try:

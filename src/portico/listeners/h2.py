@@ -100,6 +100,7 @@ class H2Stream:
     # never true of a stream: connections drain, streams finish
     draining = False
     early = b""
+    direct_writes = False  # streams share the connection: reads keep the bounded rule
 
     def __init__(self, conn: H2ClientConnection, stream_id: int, method: bytes) -> None:
         self.conn = conn

@@ -74,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = "unknown"
         self.write_paused = False
         self.draining = False
+        self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
         self._parser = httptools.HttpRequestParser(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out

@@ -50,7 +50,12 @@ from portico.proxy.local_body import stream_local, transform_executor
 from portico.routing import Route, Router
 from portico.routing.actions import RouteActions, apply_response_headers
 from portico.upstreams.backend import report_connect_failure, report_connected
-from portico.upstreams.connections import UpstreamConnection, client_read_size
+from portico.upstreams.connections import (
+    SendRoom,
+    UpstreamConnection,
+    client_read_size,
+    send_room,
+)
 from portico.upstreams.pool import FULL, Pool
 
 if TYPE_CHECKING:
@@ -81,6 +86,9 @@ class ClientSide(Protocol):
     (`portico.listeners.h2.H2Stream`)."""
 
     write_paused: bool
+    # the client's own connection: body writes reach its socket directly (false for an HTTP/2
+    # stream, which shares one), so big reads may fill its kernel send queue (`SendRoom`)
+    direct_writes: bool
 
     @property
     def settings(self) -> HttpListenerSettings: ...
@@ -144,6 +152,8 @@ class Exchange:
         "_response_started",
         "_response_time",
         "_reused",
+        "_room",
+        "_room_looked",
         "_sent",
         "_sent_at",
         "_stale_retried",
@@ -184,6 +194,9 @@ class Exchange:
         # the request, as parsed
         self._client = client
         self._read_limit: int = client.settings.response_buffer  # read once, not per read
+        # the client socket's send queue (fd, SO_SNDBUF), looked up at the first body read
+        self._room: SendRoom | None = None
+        self._room_looked = not client.direct_writes
         self._out = out
         self.method = method
         self.target = target
@@ -1131,7 +1144,12 @@ class Exchange:
         relay.begin(client.early, False)
 
     def read_size(self) -> int:
-        return client_read_size(self._client.transport, self._read_limit)
+        if not self._room_looked:
+            self._room_looked = True
+            self._room = send_room(self._client.transport)
+        # through transforms, what is written is not what was read (it may grow): the bound
+        room = self._room if self._pipe is None else None
+        return client_read_size(self._client.transport, self._read_limit, room)
 
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
+import sys
 from typing import Protocol, cast
 
 import httptools
@@ -32,19 +35,25 @@ MAX_RESPONSE_HEAD = 64 * 1024
 # acceptor), and is no larger than that limit less what the buffer holds (`client_read_size`),
 # so the buffer never holds more than the limit (DEFAULT_RESPONSE_BUFFER = 64 KiB), whatever
 # the kernel took. The loop's own reads are 256 KiB, which a paused slow reader then held whole
-# (~300 KiB each); the price of the bound is more, smaller reads on big downloads
-# (bench/README.md), which a listener can trade back with a larger `response_buffer`. Heads
-# are read READ_SIZE at a time. One buffer serves every connection of the worker, sized for
-# the largest limit (`reserve_read_buffer`): the loop calls `get_buffer`, reads into it and
-# calls `buffer_updated` in one step, and the bytes are copied out at once.
+# (~300 KiB each). A fast reader need not pay for that bound with many small reads: when the
+# client's write buffer is empty and its socket's kernel send queue has room for more than the
+# limit (`SendRoom`: half of SO_SNDBUF less what the queue is charged, SO_MEMINFO), a read may
+# take that room, up to BIG_READ; what is read then goes straight into the kernel and nothing
+# stays in user space. A slow reader's send queue is full, so it gets the bounded rule.
+# Plain HTTP/1.x clients only: under TLS the socket sits below the SSL layer's own buffers, and
+# HTTP/2 streams share one connection, so both keep the bound. Heads are read READ_SIZE at a
+# time. One buffer serves every connection of the worker, sized for the largest read
+# (`reserve_read_buffer`): the loop calls `get_buffer`, reads into it and calls
+# `buffer_updated` in one step, and the bytes are copied out at once.
 DEFAULT_RESPONSE_BUFFER = 64 * 1024
 MIN_RESPONSE_BUFFER = 16 * 1024
 MAX_RESPONSE_BUFFER = 4 * 1024 * 1024
 CLIENT_HIGH_WATER = DEFAULT_RESPONSE_BUFFER // 2
 READ_SIZE = 32 * 1024
+BIG_READ = 256 * 1024
 MAX_READ = DEFAULT_RESPONSE_BUFFER
 MIN_READ = 4 * 1024
-_READ_BUFFER = memoryview(bytearray(MAX_READ))
+_READ_BUFFER = memoryview(bytearray(BIG_READ))
 _HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
 
 
@@ -62,13 +71,69 @@ def read_buffer_size() -> int:
     return len(_READ_BUFFER)
 
 
-def client_read_size(transport: asyncio.BaseTransport | None, limit: int = MAX_READ) -> int:
-    """How many body bytes a server connection may read now for a client on `transport`:
-    `limit` (the listener's `response_buffer`) less what the client's write buffer holds, at
-    least MIN_READ."""
+# SO_MEMINFO (Linux 4.6+, absent from the socket module): a socket's memory as the kernel
+# charges it, u32s; SNDBUF at index 3, WMEM_QUEUED (the send queue, bookkeeping included) at 5
+SO_MEMINFO = 55
+_MEMINFO = struct.Struct("=6I")
+_SEND_ROOM = sys.platform == "linux"
+
+
+class SendRoom:
+    """A plain client socket's kernel send queue: how much more it takes now, by the kernel's
+    own test (queued < SO_SNDBUF, both in the bytes it charges, bookkeeping included: on a
+    small-MSS connection that is 40% above the payload). One getsockopt per read that could be
+    big; the socket object is looked up once per exchange."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def free(self) -> int:
+        """Payload bytes the send queue takes now without blocking: half the room it charges
+        for (the kernel's own allowance: it doubles SO_SNDBUF for its bookkeeping); 0 if the
+        socket is gone (a reused fd number at worst sizes one read a closed client never gets)."""
+        try:
+            fields = _MEMINFO.unpack_from(self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
+        except (OSError, ValueError, struct.error):
+            return 0
+        sndbuf: int = fields[3]
+        queued: int = fields[5]
+        return (sndbuf - queued) // 2
+
+
+def send_room(transport: asyncio.BaseTransport | None) -> SendRoom | None:
+    """The `SendRoom` of a plain TCP client transport; None under TLS, off Linux, or when the
+    socket is not reachable (then reads keep the bounded rule)."""
+    if not _SEND_ROOM or transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return SendRoom(sock)
+
+
+def body_read_size(buffered: int, limit: int, free: int) -> int:
+    """The rule: `limit` (the listener's `response_buffer`) less the `buffered` bytes of the
+    client's write buffer, at least MIN_READ; but with nothing buffered and `free` bytes of
+    room in the client socket's kernel send queue, up to that room (at most BIG_READ) when it
+    is more than `limit`: all of it goes straight into the kernel."""
+    if buffered == 0 and free > limit:
+        big = free if free < BIG_READ else BIG_READ
+        return big if big > limit else limit
+    return max(MIN_READ, limit - buffered)
+
+
+def client_read_size(
+    transport: asyncio.BaseTransport | None, limit: int = MAX_READ, room: SendRoom | None = None
+) -> int:
+    """How many body bytes a server connection may read now for a client on `transport`
+    (`body_read_size`); the kernel is asked only when the write buffer is empty."""
     if transport is None:
         return READ_SIZE
     buffered = cast(asyncio.WriteTransport, transport).get_write_buffer_size()
+    if buffered == 0 and room is not None:
+        return body_read_size(0, limit, room.free())
     return max(MIN_READ, limit - buffered)
 
 

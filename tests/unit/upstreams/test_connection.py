@@ -4,6 +4,7 @@ a name repeats), and the body framing after them."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -11,14 +12,17 @@ import pytest
 from portico.http.headers import BodyKind, ResponseHead
 from portico.upstreams.backend import BackendState
 from portico.upstreams.connections import (
+    BIG_READ,
     CLIENT_HIGH_WATER,
     MAX_READ,
     MIN_READ,
     READ_SIZE,
     UpstreamConnection,
+    body_read_size,
     client_read_size,
     read_buffer_size,
     reserve_read_buffer,
+    send_room,
 )
 
 
@@ -252,9 +256,67 @@ def test_a_read_never_takes_the_clients_buffer_past_the_listeners_limit() -> Non
     assert client_read_size(_Transport(limit), limit) == MIN_READ  # type: ignore[arg-type]
 
 
+def test_a_fast_reader_gets_big_reads_only_when_the_kernel_takes_them_whole() -> None:
+    limit = MAX_READ
+    # nothing buffered, room in the send queue: read what the kernel takes, up to BIG_READ
+    assert body_read_size(0, limit, 200 * 1024) == 200 * 1024
+    assert body_read_size(0, limit, 4 * 1024 * 1024) == BIG_READ
+    # little room (a slow reader's queue is full) or none known: the bounded rule
+    for free in (-1, 0, 1024, limit):
+        assert body_read_size(0, limit, free) == limit
+    # anything in user space: the bounded rule, whatever the kernel says
+    for buffered in (1, 8 * 1024, CLIENT_HIGH_WATER - 1):
+        assert body_read_size(buffered, limit, 4 * 1024 * 1024) + buffered == limit
+    assert body_read_size(limit, limit, 4 * 1024 * 1024) == MIN_READ
+    # a listener limit above BIG_READ is never cut down by the room
+    assert body_read_size(0, 1024 * 1024, 4 * 1024 * 1024) == 1024 * 1024
+    assert body_read_size(0, 1024 * 1024, 512 * 1024) == 1024 * 1024
+
+
+class _RoomTransport(_Transport):
+    def __init__(self, sock: socket.socket | None, buffered: int = 0, tls: bool = False) -> None:
+        super().__init__(buffered)
+        self.extra: dict[str, Any] = {"socket": sock, "sslcontext": object() if tls else None}
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+
+def test_the_send_room_follows_the_kernels_send_queue() -> None:
+    """Over a real loopback pair: an empty queue gives room past the limit, a queue filled by
+    a peer that does not read gives none, and TLS or a missing socket opt out."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        with client, peer:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 512 * 1024)
+            room = send_room(_RoomTransport(peer))  # type: ignore[arg-type]
+            assert room is not None
+            assert room.free() > MAX_READ
+            assert client_read_size(_RoomTransport(peer), MAX_READ, room) > MAX_READ  # type: ignore[arg-type]
+            # something in user space: the bounded rule, the kernel not asked
+            buffered = _RoomTransport(peer, 1024)
+            assert client_read_size(buffered, MAX_READ, room) == MAX_READ - 1024  # type: ignore[arg-type]
+            # the client stops reading: fill its receive buffer and our send queue
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            peer.setblocking(False)
+            chunk = bytes(64 * 1024)
+            for _ in range(1000):  # bounded: the queues hold a few MiB at most
+                try:
+                    peer.send(chunk)
+                except BlockingIOError:
+                    break
+            else:
+                pytest.fail("the send queue never filled")
+            assert room.free() <= MAX_READ
+            assert client_read_size(_RoomTransport(peer), MAX_READ, room) == MAX_READ  # type: ignore[arg-type]
+            assert send_room(_RoomTransport(peer, tls=True)) is None  # type: ignore[arg-type]
+            assert send_room(_RoomTransport(None)) is None  # type: ignore[arg-type]
+
+
 def test_the_shared_read_buffer_grows_to_the_largest_limit_and_never_shrinks() -> None:
     before = read_buffer_size()
-    assert before >= MAX_READ
+    assert before >= BIG_READ
     reserve_read_buffer(16 * 1024)
     assert read_buffer_size() == before
     reserve_read_buffer(before + 4096)
