@@ -622,7 +622,10 @@ class ClientConnection(asyncio.Protocol):
         if not url.host or url.schema not in (b"http", b"https"):
             self._refuse_status = 400
             raise _Refused
-        authority = url.host if url.port is None else url.host + b":%d" % url.port
+        # httptools' stub says int, but the port is None when the target has none: read it
+        # untyped, or the compiled build converts None to int and raises
+        port: object = getattr(url, "port", None)
+        authority = url.host + b":%d" % port if isinstance(port, int) else url.host
         head.host = authority
         head.hosts = 1
         head.headers = [(b"Host", authority)] + [h for h in head.headers if h[0].lower() != b"host"]
