@@ -587,6 +587,23 @@ def test_absolute_form_target_is_forwarded_in_origin_form_with_its_authority_as_
     assert site.backend.heads[mark.heads].all("Host") == [authority.decode()]
 
 
+@pytest.mark.parametrize(
+    ("target", "forwarded"),
+    [(b"http://example.com/b", "/b"), (b"http://example.com", "/")],
+)
+def test_absolute_form_target_without_port_or_query(
+    site: Site, target: bytes, forwarded: str
+) -> None:
+    # the compiled build once read httptools' None port, path and query as int and bytes, and
+    # failed these (found by the request-path fuzzer)
+    mark = site.mark()
+    with connect(site.port) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\n\r\n")
+        assert ResponseReader(sock).read().status == 200
+    assert site.forwarded_since(mark) == [forwarded]
+    assert site.backend.heads[mark.heads].all("Host") == ["example.com"]
+
+
 # -- client timeouts (each its own proxy: short timeouts) -------------------------------------
 
 

@@ -623,15 +623,18 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_status = 400
             raise _Refused
         # httptools' stub says int, but the port is None when the target has none: read it
-        # untyped, or the compiled build converts None to int and raises
+        # untyped, or the compiled build converts None to int and raises (found by the fuzzer)
         port: object = getattr(url, "port", None)
         authority = url.host + b":%d" % port if isinstance(port, int) else url.host
         head.host = authority
         head.hosts = 1
         head.headers = [(b"Host", authority)] + [h for h in head.headers if h[0].lower() != b"host"]
-        path = url.path or b"/"
-        if url.query:
-            path += b"?" + url.query
+        # likewise the path and query: None when absent, whatever the stub says
+        given: object = getattr(url, "path", None)
+        query: object = getattr(url, "query", None)
+        path = given if isinstance(given, bytes) and given else b"/"
+        if isinstance(query, bytes) and query:
+            path += b"?" + query
         return path
 
     def _refuse(self, status: int) -> None:
