@@ -731,3 +731,48 @@ def demo_port(proc: subprocess.Popen[str], timeout: float = READY_TIMEOUT) -> in
                 if found:
                     return int(found.group(1))
     raise AssertionError(f"the demo did not say it was listening within {timeout} s")
+
+
+class ClientTransport(asyncio.Transport):
+    """A client's transport for unit tests that drive a protocol object directly: takes writes
+    and keeps their bytes, reports a loopback peer, knows which protocol it feeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.protocol: Any = None
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.write(part)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass

@@ -14,12 +14,12 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 
+from fakes import ClientTransport as FakeTransport
 from portico.config.load import parse_config
 from portico.listeners.h2 import H2ClientConnection, H2Stream
 from portico.listeners.http import ClientConnection
@@ -40,50 +40,6 @@ pools:
     servers:
       - address: 127.0.0.1:9
 """
-
-
-class FakeTransport(asyncio.Transport):
-    """Takes writes and remembers them; knows which protocol it feeds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.protocol: Any = None
-        self.closing = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.write(part)
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 @pytest.fixture

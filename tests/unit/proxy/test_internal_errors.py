@@ -14,11 +14,11 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import httptools
 import pytest
 
+from fakes import ClientTransport as FakeTransport
 from portico.config.load import parse_config
 from portico.listeners.http import ClientConnection
 from portico.plugins.guard import LOG_INTERVAL
@@ -39,46 +39,6 @@ pools:
 """
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class FakeTransport(asyncio.Transport):
-    """Takes writes and remembers them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closing = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.write(part)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class BrokenParser(httptools.HttpRequestParser):
