@@ -214,7 +214,10 @@ class BanFilter:
             if rule.config.counts(status):
                 if not ip:
                     ip = self.address(exchange)
-                self._count(rule, rule.key_of(exchange.headers, exchange.target, ip), now)
+                key = rule.key_of(exchange.headers, exchange.target, ip)
+                if self.bans.is_banned(self.listener, key.decode("latin-1"), now):
+                    continue  # the ban's own answers count for nothing
+                self._count(rule, key, now)
 
     def _count(self, rule: _Rule, key: bytes, now: float) -> None:
         if self.store is not None:
@@ -237,7 +240,10 @@ class BanFilter:
         if count != rule.config.count + 1:
             return  # under the count, or already banned for this window
         now = self.clock()
-        ban = Ban(self.listener, key.decode("latin-1"), now + rule.config.duration, rule.name)
+        banned = key.decode("latin-1")
+        if self.bans.is_banned(self.listener, banned, now):
+            return  # banned meanwhile (another worker's ban, relayed): not a second ban
+        ban = Ban(self.listener, banned, now + rule.config.duration, rule.name)
         if self.bans.add(ban):
             self.banned[rule.name] += 1
             self.announce(ban)

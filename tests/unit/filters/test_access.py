@@ -99,6 +99,30 @@ def test_status_rule_bans_after_count_and_announces_once() -> None:
     assert bans.on_request(req(headers=user)) is None  # lapsed
 
 
+def test_a_ban_learnt_from_another_worker_is_not_banned_again_by_its_own_answers() -> None:
+    """Worker B learns worker A's ban by relay, then answers the banned key's requests with the
+    ban's 403, which the rule counts: those answers must not make B ban (and count) it again."""
+    clock, table, announced = Clock(), BanTable(), []
+    bans = BanFilter(
+        "web",
+        [rule(name="auth", status=[401, 403], key="header:X-User")],
+        table,
+        ClientAddress(None),
+        announced.append,
+        clock,
+    )
+    user = [(b"X-User", b"eve")]
+    table.add(Ban("web", "eve", clock.now + 60.0, "auth"))  # relayed from worker A
+    clock.now += 1.0
+    for _ in range(5):
+        refused = bans.on_request(req(headers=user))
+        assert refused is not None
+        assert refused.status == 403
+        bans.on_done(req(headers=user), 403)
+    assert announced == []
+    assert bans.banned == {"auth": 0}
+
+
 def test_request_rule_counts_requests_per_address() -> None:
     clock, table, announced = Clock(), BanTable(), []
     bans = BanFilter("web", [rule(answer=429)], table, ClientAddress(None), announced.append, clock)
