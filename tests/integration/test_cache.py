@@ -726,3 +726,43 @@ def test_disk_tier_survives_a_restart_and_a_killed_worker(backends, tmp_path) ->
             assert bytes(got.body) == _big_body("/big2")
     finally:
         second.stop()
+
+
+def test_disk_tier_keeps_every_vary_variant(backends, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A response that varies by Accept-Encoding, stored on disk for two codings, is served
+    after a restart (memory empty) to each client from its own variant: no origin request,
+    no client given the other's body."""
+
+    def answer(seen: Seen) -> Reply:
+        coding = seen.header("Accept-Encoding") or "identity"
+        return Reply(
+            200,
+            [("Cache-Control", "max-age=600"), ("Vary", "Accept-Encoding")],
+            f"body for {coding}".encode(),
+        )
+
+    origin = backends("origin", answer)
+    disk = tmp_path / "disk"
+    config = _disk_config(origin, disk)
+    codings = ("gzip", "br", "identity")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Portico(config, tmp_path / "a")
+    try:
+        for coding in codings:
+            assert (
+                get(first, "/v", **{"Accept-Encoding": coding}).body
+                == f"body for {coding}".encode()
+            )
+    finally:
+        first.stop()
+    assert len(origin.seen) == 3
+    second = Portico(config, tmp_path / "b")
+    try:
+        for coding in codings:
+            response = get(second, "/v", **{"Accept-Encoding": coding})
+            assert response.body == f"body for {coding}".encode()
+            assert (response.header("Cache-Status") or "").startswith("portico; hit")
+        assert len(origin.seen) == 3  # every variant from the disk
+    finally:
+        second.stop()

@@ -1,9 +1,12 @@
 """The disk tier: stored responses in files, shared by the workers of one instance, bounded in
 bytes, kept across restarts.
 
-Owns the file format and its rules. One file per stored response (per URI and key: the disk
-keeps the latest Vary variant of a key), named by hashes of the URI and the key so that a purge
-or invalidation by URI finds every key of it. A file is the body, then the head as JSON, then a
+Owns the file format and its rules. One file per stored response, named by hashes of the URI,
+the key and (when the response has Vary) the selecting request values, so that a purge or
+invalidation by URI finds every key and variant of it. Beside a key whose latest response had
+Vary, a small marker file names its selecting fields: a lookup reads it to know which request
+values pick the file (RFC 9111 §4.1: the most recent response's Vary decides); variants stored
+under other selecting fields are left to the LRU. A file is the body, then the head as JSON, then a
 fixed trailer (head length, body length, magic): it is written under `tmp/` as the body
 streams in and renamed into place only once complete (rename(2) is atomic), so a worker killed
 while storing leaves at most a temporary file, never a half entry; a file whose trailer does
@@ -24,11 +27,13 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from portico.cache.policy import StoredHead
+from portico.cache.policy import StoredHead, selecting_value
+from portico.http.headers import Header
 from portico.pipeline.sources import FileBody
 
 __all__ = ["DiskBody", "DiskEntry", "DiskStore", "DiskWriter"]
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 _MAGIC: Final = b"PCE1"
 _TRAILER: Final = struct.Struct("<QQ4s")  # head length, body length, magic
 _SUFFIX: Final = ".pce"
+_VARY_SUFFIX: Final = ".pcv"  # a key's selecting field names (not an entry: not counted)
 
 
 def _digest(value: bytes) -> str:
@@ -50,6 +56,14 @@ def _text(value: bytes) -> str:
 
 def _bytes(value: str) -> bytes:
     return value.encode("latin-1")
+
+
+def _selection(vary: tuple[bytes, ...], selected: tuple[bytes | None, ...]) -> bytes:
+    """One Vary selection as bytes: each field name with its value, or marked absent."""
+    return b"\n".join(
+        name + (b"\x00" if value is None else b":" + value)
+        for name, value in zip(vary, selected, strict=True)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +165,9 @@ class DiskWriter:
             file.write(meta)
             file.write(_TRAILER.pack(len(meta), self.size, _MAGIC))
             file.close()
-            final = self._store.path_of(uri, key)
+            final = self._store.path_of(uri, key, head.vary, head.selected)
             os.replace(self._tmp, final)
+            self._store.mark_vary(uri, key, head.vary)
         except OSError as exc:
             log.warning("cache: storing %s failed: %s", self._tmp, exc)
             with contextlib.suppress(OSError):
@@ -188,8 +203,47 @@ class DiskStore:
 
     # -- files ------------------------------------------------------------------------------
 
-    def path_of(self, uri: bytes, key: bytes) -> str:
-        return str(self.root / f"{_digest(uri)}.{_digest(key)}{_SUFFIX}")
+    def path_of(
+        self,
+        uri: bytes,
+        key: bytes,
+        vary: tuple[bytes, ...] = (),
+        selected: tuple[bytes | None, ...] = (),
+    ) -> str:
+        """The file of (`uri`, `key`) and, with Vary, of the selection it answered."""
+        name = f"{_digest(uri)}.{_digest(key)}"
+        if vary:
+            name += "." + _digest(_selection(vary, selected))
+        return str(self.root / (name + _SUFFIX))
+
+    def _marker(self, uri: bytes, key: bytes) -> str:
+        return str(self.root / f"{_digest(uri)}.{_digest(key)}{_VARY_SUFFIX}")
+
+    def mark_vary(self, uri: bytes, key: bytes, vary: tuple[bytes, ...]) -> None:
+        """Record the selecting fields of `key`'s latest stored response (none: no marker)."""
+        marker = self._marker(uri, key)
+        if not vary:
+            with contextlib.suppress(OSError):
+                os.unlink(marker)
+            return
+        self._serial += 1
+        tmp = str(self.tmp / f"{os.getpid()}-{self._serial}.vary")
+        try:
+            with open(tmp, "wb") as file:
+                file.write(b",".join(vary))
+            os.replace(tmp, marker)
+        except OSError as exc:
+            log.warning("cache: writing %s failed: %s", marker, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _vary_of(self, uri: bytes, key: bytes) -> tuple[bytes, ...]:
+        try:
+            with open(self._marker(uri, key), "rb") as file:
+                raw = file.read(4096)
+        except OSError:
+            return ()
+        return tuple(raw.split(b",")) if raw else ()
 
     def _clean_temporary(self) -> None:
         """Temporary files of workers that are gone (killed while storing) are removed."""
@@ -210,9 +264,14 @@ class DiskStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def lookup(self, uri: bytes, key: bytes) -> DiskEntry | None:
-        """The entry stored for (`uri`, `key`), or None (absent, or not whole: then removed)."""
-        path = self.path_of(uri, key)
+    def lookup(
+        self, uri: bytes, key: bytes, request_headers: Sequence[Header] = ()
+    ) -> DiskEntry | None:
+        """The entry stored for (`uri`, `key`) that `request_headers` select, or None (absent,
+        or not whole: then removed)."""
+        vary = self._vary_of(uri, key)
+        selected = tuple(selecting_value(request_headers, name) for name in vary)
+        path = self.path_of(uri, key, vary, selected)
         try:
             stored_key, stored_uri, head, tags, body_len = _read(path)
         except FileNotFoundError:
@@ -296,17 +355,23 @@ class DiskStore:
             self.bytes = max(0, self.bytes - size)
         return True
 
-    def remove(self, uri: bytes, key: bytes) -> None:
-        self._unlink(self.path_of(uri, key))
+    def remove(self, uri: bytes, key: bytes, head: StoredHead) -> None:
+        """The file of the variant `head` answered."""
+        self._unlink(self.path_of(uri, key, head.vary, head.selected))
 
     def remove_uri(self, uri: bytes) -> int:
-        """Every key stored for `uri`."""
+        """Every key and variant stored for `uri`."""
         prefix = _digest(uri) + "."
-        return sum(
-            self._unlink(entry.path)
-            for entry in os.scandir(self.root)
-            if entry.name.startswith(prefix) and entry.name.endswith(_SUFFIX)
-        )
+        removed = 0
+        for entry in os.scandir(self.root):
+            if not entry.name.startswith(prefix):
+                continue
+            if entry.name.endswith(_SUFFIX):
+                removed += self._unlink(entry.path)
+            elif entry.name.endswith(_VARY_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        return removed
 
     def remove_tag(self, tag: bytes) -> int:
         """Every entry tagged `tag` (reads each file's head: a purge is rare)."""

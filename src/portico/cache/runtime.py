@@ -167,7 +167,7 @@ class Cache:
         if isinstance(entry, Entry):
             self.store.remove(entry)
         if self.disk is not None:
-            self.disk.remove(entry.uri, entry.key)
+            self.disk.remove(entry.uri, entry.key, entry.head)
 
     def refreshed(self, entry: Found, head: StoredHead) -> None:
         """A 304 updated `entry` (in memory; on disk, the file is written anew)."""
@@ -386,7 +386,7 @@ class CacheExchange:
         disk = cache.disk
         if disk is None:
             return None
-        found = disk.lookup(self.uri, self.key)
+        found = disk.lookup(self.uri, self.key, self.headers)
         if found is None:
             return None
         if not varies_match(found.head, self.headers):
