@@ -26,43 +26,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portico import channel, control, notify, privileges, tasks
-from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
-from portico.admin.api import (
-    Check,
-    FleetDown,
-    FleetView,
-    ListenerView,
-    PoolView,
-    Readiness,
-    ServerState,
-    listener_views,
-    pool_views,
-    readiness,
-)
-from portico.admin.server import admin_tls_context
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.config.units import parse_address
 from portico.discovery import Discovery
 from portico.discovery.plan import Changes
 from portico.health.checker import HealthChecker
-from portico.observe.prometheus import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    Metric,
-    PrometheusExporter,
-)
+from portico.health.readiness import Check, Readiness, readiness
 from portico.observe.stats import StatsAggregator
 from portico.security.access import EntryError, RuntimeEntries, RuntimeEntry
 from portico.security.bans import Ban, BanTable
 from portico.state.store import StoreUnavailable
 
-if TYPE_CHECKING:
-    from portico.state.redis_store import RedisStore
-
 if TYPE_CHECKING:  # redis-py (~20 MiB) is imported only when the config has state.redis
     from portico.fleet import Change, Fleet
     from portico.state.redis_store import RedisStore
+
+if TYPE_CHECKING:  # the admin API and /metrics (~6 MiB): imported only with `admin:`
+    from portico.admin import AdminServer, ReloadResult
+    from portico.admin.api import FleetView, ListenerView, PoolView, ServerState
+    from portico.observe.prometheus import Metric, PrometheusExporter
 
 log = logging.getLogger("portico")
 
@@ -360,7 +343,7 @@ class Supervisor:
         self.reload_detail = ""
         # what the workers report, summed; served as /metrics
         self.stats = StatsAggregator()
-        self.exporter = PrometheusExporter(self.stats, self._own_metrics)
+        self._exporter: PrometheusExporter | None = None  # built at the first /metrics
         self.admin: AdminServer | None = None
         # changes made through the admin API since the last (re)load: replayed to new workers
         self.overrides: list[bytes] = []
@@ -578,8 +561,19 @@ class Supervisor:
                     self.view.remove_server(pool, name)
                     log.info("pool %s: %s removed (no longer in DNS, drained)", pool, name)
 
+    @property
+    def exporter(self) -> PrometheusExporter:
+        """/metrics, built when first asked for (prometheus-client is loaded only then)."""
+        if self._exporter is None:
+            from portico.observe.prometheus import PrometheusExporter
+
+            self._exporter = PrometheusExporter(self.stats, self._own_metrics)
+        return self._exporter
+
     def _own_metrics(self) -> Iterator[Metric]:
         """The supervisor's own series for /metrics: DNS discovery's lookups and failures."""
+        from portico.observe.prometheus import CounterMetricFamily, GaugeMetricFamily
+
         discovery = self.discovery
         labels = ["pool", "entry"]
         lookups = CounterMetricFamily(
@@ -668,6 +662,8 @@ class Supervisor:
         tasks.spawn(self.reload())
 
     async def fleet_change(self, change: Change, by: dict[str, str]) -> None:
+        from portico.admin.api import AdminError, FleetDown  # asked through the admin API
+
         if self.fleet is None:
             raise AdminError(
                 "fleet-wide changes go through Redis: set state.redis", error="no fleet"
@@ -680,6 +676,8 @@ class Supervisor:
             raise FleetDown(str(exc)) from None
 
     async def fleet_view(self) -> FleetView:
+        from portico.admin.api import AdminError, FleetDown  # asked through the admin API
+
         if self.fleet is None:
             raise AdminError("the fleet needs state.redis", error="no fleet")
         from redis.exceptions import RedisError
@@ -748,7 +746,10 @@ class Supervisor:
     async def _start_admin(self) -> None:
         admin = self.config.admin
         if admin is None:
-            return
+            return  # and the admin API, the explain engine, prometheus-client are never loaded
+        from portico.admin import AdminServer, resolve_token
+        from portico.admin.server import admin_tls_context
+
         try:
             token = resolve_token(admin.token, admin.token_env)
             users = {u.name: resolve_token(u.token, u.token_env) or "" for u in admin.users}
@@ -1044,11 +1045,15 @@ class SupervisorAdmin:
         self.supervisor = supervisor
 
     def listeners(self) -> list[ListenerView]:
+        from portico.admin.api import listener_views
+
         s = self.supervisor
         addresses = {name: _bound(socks[0]) for name, socks in s.sockets.items()}
         return listener_views(s.config.listeners, addresses, s.stats.merged())
 
     def pools(self) -> list[PoolView]:
+        from portico.admin.api import pool_views
+
         s = self.supervisor
         health = {(h.pool, h.server): (h.state.up, h.last_detail) for h in s.checker.servers}
         return pool_views(s.config.pools, s.stats.merged(), health=health, states=s.server_states)
@@ -1103,6 +1108,8 @@ class SupervisorAdmin:
         self.supervisor.broadcast(channel.encode("remove_server", pool=pool, server=server))
 
     async def reload(self) -> ReloadResult:
+        from portico.admin.api import AdminError
+
         s = self.supervisor
         if s.stopping:
             raise AdminError("Portico is stopping", error="stopping")
