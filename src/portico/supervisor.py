@@ -1,9 +1,9 @@
 """The control plane: owns the listening sockets and the worker processes.
 
 Binds every listener, one socket per worker slot (`bind`), starts `workers` processes that
-inherit them (each its slot's), hands each the
-validated config over its channel, restarts a worker that dies, and on SIGTERM/SIGINT asks every
-worker to drain and waits for them (bounded by the grace time). Answers `portico reload` on its
+inherit them (each its slot's), hands each the validated config over its channel, restarts a
+worker that dies, and on SIGTERM/SIGINT asks every worker to drain and waits for them (bounded
+by the grace time). Answers `portico reload` on its
 control socket (`portico.control`) and owns the pid file. Never touches a request.
 """
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # redis-py (~20 MiB) is imported only when the config has sta
     from portico.fleet import Change, Fleet
     from portico.state.redis_store import RedisStore
 
-if TYPE_CHECKING:  # the admin API and /metrics (~6 MiB): imported only with `admin:`
+if TYPE_CHECKING:  # the admin API and /metrics (~2 MiB RSS): imported only with `admin:`
     from portico.admin import AdminServer, ReloadResult
     from portico.admin.api import FleetView, ListenerView, PoolView, ServerState
     from portico.observe.prometheus import Metric, PrometheusExporter
