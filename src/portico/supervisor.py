@@ -3,8 +3,8 @@
 Binds every listener, one socket per worker slot (`bind`), starts `workers` processes that
 inherit them (each its slot's), hands each the validated config over its channel, restarts a
 worker that dies, and on SIGTERM/SIGINT asks every worker to drain and waits for them (bounded
-by the grace time). Answers `portico reload` on its
-control socket (`portico.control`) and owns the pid file. Never touches a request.
+by the grace time). Answers `portico reload` on its control socket (`portico.control`) and owns
+the pid file. Never touches a request.
 """
 
 from __future__ import annotations
