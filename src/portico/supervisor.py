@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portico import channel, control, memory, notify, privileges, tasks
+from portico import channel, control, notify, privileges, tasks
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.config.units import parse_address
@@ -436,7 +436,6 @@ class Supervisor:
         _write_pid(self.pid_file)
         self._ready = True
         self._ready_event.set()
-        memory.trim()
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
         self.notifier.ready(f"{count} worker(s), listening on {listening}")
         interval = notify.watchdog_interval()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from portico import channel, memory, privileges, tasks
+from portico import channel, privileges, tasks
 from portico.cache.disk import DiskStore
 from portico.cache.key import KeyRule
 from portico.cache.runtime import Cache, CacheRules, RouteCache
@@ -853,7 +853,6 @@ async def _run(
     # The request path allocates many short-lived containers but makes no reference cycles in
     # steady state: collect the youngest generation less often, and never scan what was built
     # at start-up (the Instagram recipe; measured ~3% of worker CPU on small responses).
-    memory.trim()  # before the freeze: what start-up left unreachable is collected first
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     writer.write(channel.encode("ready", pid=os.getpid()))
@@ -935,11 +934,13 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.listen:
         name, _, fd = item.rpartition("=")
         fds.setdefault(name, []).append(int(fd))
-    with contextlib.suppress(ImportError):
+    try:
         import uvloop
-
-        return int(uvloop.run(_run(args.channel, fds, identity)))
-    return asyncio.run(_run(args.channel, fds, identity))
+    except ImportError:
+        return asyncio.run(_run(args.channel, fds, identity))
+    # outside the try: an ImportError inside the worker (after it switched user, say) is an
+    # error to see, not a reason to run it a second time on a channel already closed
+    return int(uvloop.run(_run(args.channel, fds, identity)))
 
 
 if __name__ == "__main__":
