@@ -1,9 +1,10 @@
 """The control plane: owns the listening sockets and the worker processes.
 
-Binds every listener once, starts `workers` processes that inherit the sockets, hands each the
-validated config over its channel, restarts a worker that dies, and on SIGTERM/SIGINT asks every
-worker to drain and waits for them (bounded by the grace time). Answers `portico reload` on its
-control socket (`portico.control`) and owns the pid file. Never touches a request.
+Binds every listener, one socket per worker slot (`bind`), starts `workers` processes that
+inherit them (each its slot's), hands each the validated config over its channel, restarts a
+worker that dies, and on SIGTERM/SIGINT asks every worker to drain and waits for them (bounded
+by the grace time). Answers `portico reload` on its control socket (`portico.control`) and owns
+the pid file. Never touches a request.
 """
 
 from __future__ import annotations
@@ -25,43 +26,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portico import channel, control, notify, privileges, tasks
-from portico.admin import AdminError, AdminServer, ReloadResult, resolve_token
-from portico.admin.api import (
-    Check,
-    FleetDown,
-    FleetView,
-    ListenerView,
-    PoolView,
-    Readiness,
-    ServerState,
-    listener_views,
-    pool_views,
-    readiness,
-)
-from portico.admin.server import admin_tls_context
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.config.units import parse_address
 from portico.discovery import Discovery
 from portico.discovery.plan import Changes
 from portico.health.checker import HealthChecker
-from portico.observe.prometheus import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    Metric,
-    PrometheusExporter,
-)
+from portico.health.readiness import Check, Readiness, readiness
 from portico.observe.stats import StatsAggregator
 from portico.security.access import EntryError, RuntimeEntries, RuntimeEntry
 from portico.security.bans import Ban, BanTable
 from portico.state.store import StoreUnavailable
 
-if TYPE_CHECKING:
-    from portico.state.redis_store import RedisStore
-
 if TYPE_CHECKING:  # redis-py (~20 MiB) is imported only when the config has state.redis
     from portico.fleet import Change, Fleet
     from portico.state.redis_store import RedisStore
+
+if TYPE_CHECKING:  # the admin API and /metrics (~2 MiB RSS): imported only with `admin:`
+    from portico.admin import AdminServer, ReloadResult
+    from portico.admin.api import FleetView, ListenerView, PoolView, ServerState
+    from portico.observe.prometheus import Metric, PrometheusExporter
 
 log = logging.getLogger("portico")
 
@@ -78,12 +62,17 @@ class StartupError(Exception):
     """Portico cannot start (a port is taken, say): said once, plainly, and exit non-zero."""
 
 
-def bind(listener: ListenerConfig) -> socket.socket:
-    host, port = listener.bind.host, listener.bind.port
+REUSEPORT = hasattr(socket, "SO_REUSEPORT")  # Linux, the BSDs; without it one shared socket
+
+
+def _socket(listener: ListenerConfig, port: int, *, reuseport: bool) -> socket.socket:
+    host = listener.bind.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -91,10 +80,56 @@ def bind(listener: ListenerConfig) -> socket.socket:
         raise StartupError(
             f"cannot listen on {listener.bind} (listener {listener.name!r}): {reason}"
         ) from None
+    return sock
+
+
+def _listen(listener: ListenerConfig, sock: socket.socket) -> socket.socket:
     sock.listen(listener.backlog)
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
+
+
+def bind(listener: ListenerConfig, count: int = 1) -> list[socket.socket]:
+    """The listening sockets of `listener`, one per worker slot (`count`), all bound to one
+    address with SO_REUSEPORT so that the kernel spreads new connections over them by their
+    4-tuple's hash, instead of every worker waking on one shared queue. A first socket without
+    SO_REUSEPORT checks that nothing else listens there (otherwise another program running as
+    the same user could join the group and take a share of the connections unnoticed); its
+    port (port 0: the one the kernel chose) is the one every slot binds."""
+    probe = _socket(listener, listener.bind.port, reuseport=False)
+    if not REUSEPORT:
+        return [_listen(listener, probe)]  # every worker accepts on this one
+    port = probe.getsockname()[1]
+    probe.close()  # never connected: nothing lingers in TIME_WAIT
+    return add_slots(listener, [], count, port)
+
+
+def add_slots(
+    listener: ListenerConfig, sockets: list[socket.socket], count: int, port: int | None = None
+) -> list[socket.socket]:
+    """`sockets` and as many more (SO_REUSEPORT, same address) as make `count` slots."""
+    if not REUSEPORT:
+        return sockets
+    if port is None:
+        port = sockets[0].getsockname()[1]
+    made: list[socket.socket] = []
+    try:
+        while len(sockets) + len(made) < count:
+            made.append(_listen(listener, _socket(listener, port, reuseport=True)))
+    except StartupError:
+        for sock in made:
+            sock.close()
+        raise
+    return [*sockets, *made]
+
+
+def slot_sockets(sockets: list[socket.socket], slot: int, count: int) -> list[socket.socket]:
+    """The sockets worker `slot` of `count` accepts on: its own, and after a reload to fewer
+    workers those of the slots gone (slot k's go to k mod count), so no socket with a queue
+    is ever left without a worker; with one shared socket (no SO_REUSEPORT), that one."""
+    own = [sock for k, sock in enumerate(sockets) if k % count == slot]
+    return own or sockets[:1]
 
 
 def _read(path: str) -> str:
@@ -286,7 +321,9 @@ class Supervisor:
         self.config_text = config_text
         self.filename = filename
         self.path = os.path.abspath(filename)  # as `portico reload` names it from elsewhere
-        self.sockets: dict[str, socket.socket] = {}
+        # per listener, one listening socket per worker slot (`bind`), kept for the listener's
+        # life: a restarted or reloaded worker of a slot accepts on the same one
+        self.sockets: dict[str, list[socket.socket]] = {}
         self.workers: dict[int, WorkerProcess] = {}
         self.stopping = False
         self._stopped = asyncio.Event()
@@ -306,7 +343,7 @@ class Supervisor:
         self.reload_detail = ""
         # what the workers report, summed; served as /metrics
         self.stats = StatsAggregator()
-        self.exporter = PrometheusExporter(self.stats, self._own_metrics)
+        self._exporter: PrometheusExporter | None = None  # built at the first /metrics
         self.admin: AdminServer | None = None
         # changes made through the admin API since the last (re)load: replayed to new workers
         self.overrides: list[bytes] = []
@@ -351,14 +388,14 @@ class Supervisor:
             _remove_pid(self.pid_file)
 
     async def _run(self) -> int:
+        count = self.config.worker_count()
         for listener in self.config.listeners:
-            self.sockets[listener.name] = bind(listener)
+            self.sockets[listener.name] = bind(listener, count)
         await self._start_admin()
         self.identity = self._identity(self.config)  # before any worker starts
         self._watch_store()
         await self.discovery.first()  # workers start with the servers DNS names
         await self._start_fleet()  # ... and the fleet's changes (after: they may drain those)
-        count = self.config.worker_count()
         for slot in range(count):
             await self._spawn(slot)
         self.checker.start()
@@ -383,14 +420,13 @@ class Supervisor:
         await self._stop_workers()
         if self._store is not None:
             await self._store.close()
-        for sock in self.sockets.values():
-            sock.close()
+        self._close_sockets()
         log.info("stopped")
         return 0
 
     def _say_ready(self, count: int) -> None:
         listening = ", ".join(
-            f"{listener.name} {_SCHEMES[listener.protocol]}://{_bound(self.sockets[listener.name])}"
+            f"{listener.name} {_SCHEMES[listener.protocol]}://{_bound(self.sockets[listener.name][0])}"
             for listener in self.config.listeners
         )
         if self.admin is not None:
@@ -525,8 +561,19 @@ class Supervisor:
                     self.view.remove_server(pool, name)
                     log.info("pool %s: %s removed (no longer in DNS, drained)", pool, name)
 
+    @property
+    def exporter(self) -> PrometheusExporter:
+        """/metrics, built when first asked for (prometheus-client is loaded only then)."""
+        if self._exporter is None:
+            from portico.observe.prometheus import PrometheusExporter
+
+            self._exporter = PrometheusExporter(self.stats, self._own_metrics)
+        return self._exporter
+
     def _own_metrics(self) -> Iterator[Metric]:
         """The supervisor's own series for /metrics: DNS discovery's lookups and failures."""
+        from portico.observe.prometheus import CounterMetricFamily, GaugeMetricFamily
+
         discovery = self.discovery
         labels = ["pool", "entry"]
         lookups = CounterMetricFamily(
@@ -615,6 +662,8 @@ class Supervisor:
         tasks.spawn(self.reload())
 
     async def fleet_change(self, change: Change, by: dict[str, str]) -> None:
+        from portico.admin.api import AdminError, FleetDown  # asked through the admin API
+
         if self.fleet is None:
             raise AdminError(
                 "fleet-wide changes go through Redis: set state.redis", error="no fleet"
@@ -627,6 +676,8 @@ class Supervisor:
             raise FleetDown(str(exc)) from None
 
     async def fleet_view(self) -> FleetView:
+        from portico.admin.api import AdminError, FleetDown  # asked through the admin API
+
         if self.fleet is None:
             raise AdminError("the fleet needs state.redis", error="no fleet")
         from redis.exceptions import RedisError
@@ -651,7 +702,9 @@ class Supervisor:
             and not worker.draining.is_set()
             and worker.process.returncode is None
         )
-        listening = self._ready and all(sock.fileno() != -1 for sock in self.sockets.values())
+        listening = self._ready and all(
+            sock.fileno() != -1 for socks in self.sockets.values() for sock in socks
+        )
         store: Check | None = None
         if self.config.state.redis is not None:
             store = self.store_check or {"ok": False, "detail": "not checked yet"}
@@ -693,7 +746,10 @@ class Supervisor:
     async def _start_admin(self) -> None:
         admin = self.config.admin
         if admin is None:
-            return
+            return  # and the admin API, the explain engine, prometheus-client are never loaded
+        from portico.admin import AdminServer, resolve_token
+        from portico.admin.server import admin_tls_context
+
         try:
             token = resolve_token(admin.token, admin.token_env)
             users = {u.name: resolve_token(u.token, u.token_env) or "" for u in admin.users}
@@ -802,10 +858,11 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10.0):
                     await self._unless_stopping([w.draining for w in old_workers])
-        kept = {id(sock) for sock in sockets.values()}
-        for sock in old_sockets.values():
-            if id(sock) not in kept:
-                sock.close()  # a listener the new config dropped
+        kept = {id(sock) for socks in sockets.values() for sock in socks}
+        for socks in old_sockets.values():
+            for sock in socks:
+                if id(sock) not in kept:
+                    sock.close()  # a listener the new config dropped, or whose address changed
         if not ready:
             # shutdown began: it stops every worker, the old ones and those started here
             log.warning("reload interrupted: Portico is stopping")
@@ -825,28 +882,37 @@ class Supervisor:
         self.reload_detail = f"reloaded {self.filename}"
         return True
 
-    def _sockets_for(self, config: Config) -> dict[str, socket.socket]:
+    def _sockets_for(self, config: Config) -> dict[str, list[socket.socket]]:
         """Listening sockets for `config`: the running ones where the address is the same (so
-        no connection is refused during a reload), new ones for new addresses."""
+        no connection is refused, and none queued for a slot is lost, during a reload), more of
+        them if there are more workers now, new ones for new addresses."""
         running = {
             (listener.bind if listener.bind.port else listener.name): self.sockets[listener.name]
             for listener in self.config.listeners
         }
-        out: dict[str, socket.socket] = {}
+        count = config.worker_count()
+        out: dict[str, list[socket.socket]] = {}
         made: list[socket.socket] = []
         try:
             for listener in config.listeners:
                 key = listener.bind if listener.bind.port else listener.name
-                sock = running.get(key)
-                if sock is None:
-                    sock = bind(listener)
-                    made.append(sock)
-                out[listener.name] = sock
+                socks = running.get(key)
+                if socks is None:
+                    socks = bind(listener, count)
+                else:
+                    socks = add_slots(listener, socks, count)
+                made += [sock for sock in socks if sock not in running.get(key, ())]
+                out[listener.name] = socks
         except StartupError:
             for sock in made:
                 sock.close()
             raise
         return out
+
+    def _close_sockets(self) -> None:
+        for socks in self.sockets.values():
+            for sock in socks:
+                sock.close()
 
     def request_stop(self) -> None:
         if not self.stopping:
@@ -870,9 +936,11 @@ class Supervisor:
             identity = self.identity
             args += ["--user", f"{identity.user}:{identity.uid}:{identity.gid}"]
         fds = [child.fileno()]
-        for name, sock in self.sockets.items():
-            args += ["--listen", f"{name}={sock.fileno()}"]
-            fds.append(sock.fileno())
+        count = self.config.worker_count()
+        for name, socks in self.sockets.items():
+            for sock in slot_sockets(socks, slot, count):
+                args += ["--listen", f"{name}={sock.fileno()}"]
+                fds.append(sock.fileno())
         process = await asyncio.create_subprocess_exec(*args, pass_fds=fds)
         child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=CHANNEL_LIMIT)
@@ -957,8 +1025,7 @@ class Supervisor:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 worker.writer.write(channel.encode("stop"))
         # refuse new connections at once rather than queue them where no one will accept them
-        for sock in self.sockets.values():
-            sock.close()
+        self._close_sockets()
         limit = self.config.shutdown_grace + 5.0
         waits = [asyncio.create_task(w.process.wait()) for w in workers]  # noqa: TID251
         _, pending = await asyncio.wait(waits, timeout=limit)
@@ -978,11 +1045,15 @@ class SupervisorAdmin:
         self.supervisor = supervisor
 
     def listeners(self) -> list[ListenerView]:
+        from portico.admin.api import listener_views
+
         s = self.supervisor
-        addresses = {name: _bound(sock) for name, sock in s.sockets.items()}
+        addresses = {name: _bound(socks[0]) for name, socks in s.sockets.items()}
         return listener_views(s.config.listeners, addresses, s.stats.merged())
 
     def pools(self) -> list[PoolView]:
+        from portico.admin.api import pool_views
+
         s = self.supervisor
         health = {(h.pool, h.server): (h.state.up, h.last_detail) for h in s.checker.servers}
         return pool_views(s.config.pools, s.stats.merged(), health=health, states=s.server_states)
@@ -1037,6 +1108,8 @@ class SupervisorAdmin:
         self.supervisor.broadcast(channel.encode("remove_server", pool=pool, server=server))
 
     async def reload(self) -> ReloadResult:
+        from portico.admin.api import AdminError
+
         s = self.supervisor
         if s.stopping:
             raise AdminError("Portico is stopping", error="stopping")
@@ -1092,6 +1165,5 @@ def run(config: Config, config_text: str, filename: str) -> int:
         print(f"portico: {exc}", file=sys.stderr)
         return 1
     finally:
-        for sock in supervisor.sockets.values():
-            with contextlib.suppress(OSError):
-                sock.close()
+        with contextlib.suppress(OSError):
+            supervisor._close_sockets()

@@ -526,9 +526,9 @@ class ListenerGuards:
             return False
         return self.policy.allows(ip, now)
 
-    def counters(self, acceptor: Acceptor | None, counters: dict[str, list[list[Any]]]) -> None:
+    def counters(self, acceptors: list[Acceptor], counters: dict[str, list[list[Any]]]) -> None:
         name = self.name
-        at_accept = acceptor.counters.denied if acceptor is not None else 0
+        at_accept = sum(acceptor.counters.denied for acceptor in acceptors)
         counters["access_denied"].append([name, "accept", at_accept + self.denied_later])
         later = self.access_filter.denied if self.access_filter is not None else 0
         counters["access_denied"].append([name, "request", later])
@@ -536,9 +536,11 @@ class ListenerGuards:
             counters["banned_requests"].append([name, self.ban_filter.refused])
             for rule, count in self.ban_filter.banned.items():
                 counters["bans"].append([name, rule, count])
-        if acceptor is not None:
-            counters["accept_exhausted"].append([name, acceptor.counters.exhausted])
-            counters["accept_paused"].append([name, acceptor.counters.paused_full])
+        if acceptors:
+            exhausted = sum(acceptor.counters.exhausted for acceptor in acceptors)
+            paused = sum(acceptor.counters.paused_full for acceptor in acceptors)
+            counters["accept_exhausted"].append([name, exhausted])
+            counters["accept_paused"].append([name, paused])
 
 
 class Worker:
@@ -548,7 +550,7 @@ class Worker:
         self,
         loop: asyncio.AbstractEventLoop,
         config: Config,
-        sockets: dict[str, socket.socket],
+        sockets: dict[str, list[socket.socket]],
     ) -> None:
         self.loop = loop
         self.config = config
@@ -582,7 +584,7 @@ class Worker:
                         stick.learn_from_response,
                     )
                 )
-        bound = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+        bound = {name: socks[0].getsockname()[1] for name, socks in sockets.items()}
         self.cache = make_cache(config, loop)
         # who may connect: run-time access entries and bans, as the supervisor sends them
         self.runtime_access = RuntimeEntries()
@@ -675,9 +677,11 @@ class Worker:
 
     def store_counters(self, counters: dict[str, list[list[Any]]]) -> None:
         """The state store's failures and the shared rate limits' fallbacks, for /metrics."""
-        acceptors = {acceptor.name: acceptor for acceptor in self.servers}
+        acceptors: dict[str, list[Acceptor]] = {}
+        for acceptor in self.servers:  # one per socket: several after a reload to fewer workers
+            acceptors.setdefault(acceptor.name, []).append(acceptor)
         for name, guards in self.guards.items():
-            guards.counters(acceptors.get(name), counters)
+            guards.counters(acceptors.get(name, []), counters)
         if self.store is not None:
             counters["store_errors"].append(["redis", self.store.failures + self.store.skipped])
         for name, settings in self.settings.items():
@@ -724,7 +728,7 @@ class Worker:
             self.terminators.append(built)
         if before_serving is not None:
             before_serving()
-        for name, sock in self.sockets.items():
+        for name, sock in ((name, sock) for name, socks in self.sockets.items() for sock in socks):
             listener = self._listeners[name]
             # create_server calls listen() again on the inherited socket: without the configured
             # backlog it would reset the queue to asyncio's default of 100
@@ -815,7 +819,7 @@ class Worker:
 
 
 async def _run(
-    channel_fd: int, fds: dict[str, int], identity: privileges.Identity | None = None
+    channel_fd: int, fds: dict[str, list[int]], identity: privileges.Identity | None = None
 ) -> int:
     loop = asyncio.get_running_loop()
     # first of all: a SIGHUP or SIGUSR1 to the process group must not kill a starting worker
@@ -832,7 +836,7 @@ async def _run(
         log.error("no config from the supervisor")
         return 1
     config = parse_config(first["text"], first["filename"])
-    sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}
+    sockets = {name: [socket.socket(fileno=fd) for fd in group] for name, group in fds.items()}
     worker = Worker(loop, config, sockets)
 
     def switch_user() -> None:
@@ -917,22 +921,26 @@ async def _run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portico-worker")
     parser.add_argument("--channel", type=int, required=True)
-    parser.add_argument("--listen", action="append", default=[], help="NAME=FD")
+    parser.add_argument(
+        "--listen", action="append", default=[], help="NAME=FD (a listener may have several)"
+    )
     parser.add_argument("--user", help="NAME:UID:GID to switch to once listening")
     args = parser.parse_args(argv)
     identity = privileges.Identity.parse(args.user) if args.user else None
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s"
     )
-    fds = {}
+    fds: dict[str, list[int]] = {}
     for item in args.listen:
         name, _, fd = item.rpartition("=")
-        fds[name] = int(fd)
-    with contextlib.suppress(ImportError):
+        fds.setdefault(name, []).append(int(fd))
+    try:
         import uvloop
-
-        return int(uvloop.run(_run(args.channel, fds, identity)))
-    return asyncio.run(_run(args.channel, fds, identity))
+    except ImportError:
+        return asyncio.run(_run(args.channel, fds, identity))
+    # outside the try: an ImportError inside the worker (after it switched user, say) is an
+    # error to see, not a reason to run it a second time on a channel already closed
+    return int(uvloop.run(_run(args.channel, fds, identity)))
 
 
 if __name__ == "__main__":

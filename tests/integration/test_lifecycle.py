@@ -8,6 +8,8 @@ once, and nothing is left listening. A worker that dies is replaced.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -375,3 +377,91 @@ def test_a_sighup_while_starting_reloads_once_ready(backends, portico) -> None:
     assert request(proxy.port).status == 200
     assert proxy.stop() == 0
     assert _trouble(proxy) == []
+
+
+# -- one listening socket per worker (SO_REUSEPORT) ------------------------------------------------
+
+
+ESTABLISHED, LISTEN = "01", "0A"  # /proc/net/tcp's states
+
+
+def _sockets_on(pid: int, port: int, state: str) -> set[str]:
+    """The inodes of `pid`'s TCP sockets on local `port` (IPv4) in `state`."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    with open(f"/proc/{pid}/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, st, inode = fields[1], fields[3], fields[9]
+            if st == state and int(local.split(":")[1], 16) == port and inode in inodes:
+                found.add(inode)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_connections_spread_over_both_workers(backends, portico) -> None:
+    # each worker accepts on its own socket: the kernel spreads connections by their 4-tuple's
+    # hash (every connection has its own source port), not by which worker woke first
+    proxy = portico(simple_config([backends("b0")]).replace("workers: 1\n", "workers: 2\n"))
+    workers = proxy.worker_pids()
+    assert len(workers) == 2
+    listening = [_sockets_on(pid, proxy.port, LISTEN) for pid in workers]
+    assert all(listening), listening
+    assert not listening[0] & listening[1], listening  # not one queue both wake up for
+    conns = []
+    try:
+        for _ in range(200):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+            conns.append(conn)  # kept open: its worker still holds it below
+        counts = [len(_sockets_on(pid, proxy.port, ESTABLISHED)) for pid in workers]
+    finally:
+        for conn in conns:
+            conn.close()
+    assert sum(counts) == 200, counts
+    assert min(counts) >= 50, counts  # each ~100; below 50 of 200 by chance: ~1e-13
+
+
+def test_run_on_a_port_held_with_so_reuseport_exits_naming_the_address(tmp_path: Path) -> None:
+    # the workers' sockets share their port with SO_REUSEPORT: another program of this user
+    # listening there with it too must not be joined silently (it would take a share)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "portico.yaml").write_text(
+            VALID.format(port=port).replace("workers: 1", "workers: 2")
+        )
+        result = portico_command(tmp_path, "run", "portico.yaml")
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "in use" in result.stderr
+    assert "ready" not in result.stdout
+
+
+def test_reload_to_fewer_workers_leaves_no_socket_unserved(backends, portico) -> None:
+    # slot 2's socket stays open (it may hold queued connections): a remaining worker takes
+    # it over, so every new connection is answered, whichever socket the kernel picks
+    config = simple_config([backends("b0")])
+    proxy = portico(config.replace("workers: 1\n", "workers: 3\n"))
+    proxy.path.write_text(config.replace("workers: 1\n", "workers: 2\n"))
+    proxy.proc.send_signal(signal.SIGHUP)
+    assert "generation 1" in proxy.wait_stdout("portico: reloaded")
+    assert [request(proxy.port).status for _ in range(60)] == [200] * 60
+    assert len(proxy.worker_pids()) == 2
+    proxy.path.write_text(config.replace("workers: 1\n", "workers: 4\n"))  # and back up
+    proxy.proc.send_signal(signal.SIGHUP)
+    assert "generation 2" in proxy.wait_stdout("portico: reloaded")
+    assert [request(proxy.port).status for _ in range(60)] == [200] * 60
+    assert proxy.stop() == 0
+    assert not is_listening(proxy.port)

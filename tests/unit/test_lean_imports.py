@@ -28,3 +28,15 @@ def test_a_plain_http_worker_does_not_import_redis_h2_or_cryptography() -> None:
 
 def test_the_supervisor_does_not_import_them_either() -> None:
     assert loaded_after("import portico.supervisor") == set()
+
+
+def test_the_supervisor_loads_the_admin_api_only_for_an_admin_listener() -> None:
+    # the admin API's models, the explain engine and prometheus-client (~2 MiB of the
+    # supervisor's memory): loaded by `_start_admin` when the config has `admin:`
+    probe = (
+        "import sys, portico.supervisor\n"
+        "print(' '.join(m for m in ('prometheus_client', 'portico.admin', 'portico.explain')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []

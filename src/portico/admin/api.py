@@ -43,6 +43,7 @@ from portico.config.schema import Config, ListenerConfig, PoolConfig, ServerConf
 from portico.config.units import Duration, Name, ServerName
 from portico.explain import ExplainRequest, Explanation, LiveState, ServerLive, explain
 from portico.explain import parse_request as parse_sample
+from portico.health.readiness import Check, Readiness, readiness
 from portico.observe.stats import CODE_CLASSES, MergedStats
 from portico.security.access import RuntimeEntry
 from portico.security.bans import Ban
@@ -202,56 +203,6 @@ class ErrorBody(TypedDict):
 
     error: Annotated[str, Field(description="What went wrong, briefly")]
     detail: Annotated[str, Field(description="Which value, and what to do")]
-
-
-class Check(TypedDict):
-    ok: bool
-    detail: str
-
-
-class Readiness(TypedDict):
-    """What `GET /readyz` answers (200 when `ready`, else 503)."""
-
-    ready: bool
-    checks: dict[str, Check]  # listening, workers, config, and state_store when required
-
-
-def readiness(
-    *,
-    started: bool,
-    stopping: bool,
-    listening: bool,
-    listeners: int,
-    workers_up: int,
-    workers_expected: int,
-    config: str,
-    store: Check | None,
-) -> Readiness:
-    """Ready means: past start-up and not stopping, every listener open, every worker up,
-    a config loaded, and the state store answering when the config has one (`store` None:
-    not required). Each check says why in words, for logs and `portico health`."""
-    checks: dict[str, Check] = {
-        "listening": {
-            "ok": listening and not stopping,
-            "detail": (
-                "stopping: draining"
-                if stopping
-                else f"{listeners} listener(s) open"
-                if listening
-                else "starting"
-                if not started
-                else "a listener is closed"
-            ),
-        },
-        "workers": {
-            "ok": workers_up >= workers_expected and not stopping,
-            "detail": f"{workers_up}/{workers_expected} ready",
-        },
-        "config": {"ok": started, "detail": config if started else "starting"},
-    }
-    if store is not None:
-        checks["state_store"] = store
-    return {"ready": all(check["ok"] for check in checks.values()), "checks": checks}
 
 
 class FleetView(TypedDict):
