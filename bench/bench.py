@@ -1075,12 +1075,13 @@ def _measure_paired(
     assert port is not None
     row = Row(target.key, target.label, wl.layer, wl.path)
     path, size = PATHS[wl.path]
-    check_response(port, path, size)
+    coding = ENCODED.get(wl.path)  # --content's /j/ rows: compressed by the proxy
+    check_response(port, path, size, coding)
     url = f"http://127.0.0.1:{port}{path}"
     extra = ["-H", "Connection: close"] if wl.close else []
     if args.warmup:
-        run_wrk(wrk_argv(args, url, args.warmup)[:-1] + extra + [url], args.warmup)
-    argv = wrk_argv(args, url, args.duration)[:-1] + extra + [url]
+        run_wrk(wrk_argv(args, url, args.warmup, coding)[:-1] + extra + [url], args.warmup)
+    argv = wrk_argv(args, url, args.duration, coding)[:-1] + extra + [url]
     with RssSampler(server.pid) as rss:
         before = pid_cpu_seconds(server.pid)
         a = CpuSnapshot.take(server.pid, origins.pid)
@@ -1131,6 +1132,8 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
                 for t in order:
                     if wl.layer == "L4" and t.l4_port is None:
                         continue
+                    if content_skip(t.key, wl.layer, wl.path):
+                        continue  # e.g. NGINX has no on-the-fly br here
                     try:
                         row = _measure_paired(args, t, servers[t.key], origins, wl)
                     except (RuntimeError, OSError, http.client.HTTPException, ValueError) as exc:
@@ -2194,8 +2197,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.duration < 1 or args.duration > 600 or args.warmup < 0 or args.warmup > 60:
         p.error("--duration must be 1..600 s and --warmup 0..60 s")
     args.targets = _subset(p, "--targets", args.targets, TARGETS)
-    if args.content:
-        args.paths = ",".join(CONTENT_PATHS)
+    if args.content:  # the content rows; --paths, if given, narrows them
+        asked = args.paths if args.paths != ",".join(DEFAULT_PATHS) else ""
+        args.paths = asked or ",".join(CONTENT_PATHS)
     args.paths = _subset(p, "--paths", args.paths, tuple(PATHS))
     if not 1 <= args.workers <= (os.cpu_count() or 1):
         p.error(f"--workers must be 1..{os.cpu_count()}")

@@ -2,11 +2,14 @@
 
 Starts `portico run` (one worker) in front of a small origin that serves a 10 MiB JSON body,
 then measures the latency of small uncompressed requests (`/ping`, answered by a route) on
-one keep-alive connection: first alone, then while `--clients` clients download the 10 MiB
-body compressed (gzip level 5 unless --coding/--level say otherwise). Prints p50/p99/max of
-both and their ratio. Bounded: `--seconds` per phase. Loopback only.
+one keep-alive connection, in paired phases: "alone", and "loaded" while `--clients` clients
+download the 10 MiB body compressed (gzip level 5 unless --coding/--level say otherwise).
+The phases alternate in ABBA order over `--cycles` cycles (alone/loaded, then loaded/alone),
+so the machine's drift cancels out; each cycle gives one ratio, loaded p99 over alone p99,
+and the figure to quote is the median ratio with its range. Bounded: `--seconds` per phase
+(default 4 cycles x 2 phases x 5 s, ~50 s in all). Loopback only; no fixed port.
 
-    .venv/bin/python bench/compress_latency.py [--clients 8] [--coding gzip] [--seconds 5]
+    .venv/bin/python bench/compress_latency.py [--clients 8] [--coding gzip] [--cycles 4]
 """
 
 from __future__ import annotations
@@ -68,48 +71,70 @@ def serve_origin(body: bytes, port_queue: Any) -> None:
     asyncio.run(main())
 
 
-def read_response(sock: socket.socket, buffer: bytearray) -> int:
-    """Read one response (Content-Length or chunked) and return its body size on the wire."""
+def downloader(port: int, coding: str, go: Any, active: Any) -> None:
+    """One client in its own process (the measuring process must not share a GIL with it):
+    downloads while `go` is set. When it is cleared mid-download the client hangs up (Portico
+    drops that response's compression), so an "alone" phase starts without a compression
+    still running. `active`: how many clients are downloading."""
+    buffer = bytearray(1 << 20)
+    request = f"GET /big HTTP/1.1\r\nHost: b\r\nAccept-Encoding: {coding}\r\n\r\n".encode()
+    while True:
+        if not go.wait(60):
+            return  # the measurement is over (or stuck): never outlive it by much
+        try:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.settimeout(1.0)
+                with active.get_lock():
+                    active.value += 1
+                try:
+                    while go.is_set():
+                        sock.sendall(request)
+                        read_response(sock, buffer, go)
+                finally:
+                    with active.get_lock():
+                        active.value -= 1
+        except (ConnectionError, TimeoutError, OSError):
+            continue
+
+
+def read_response(sock: socket.socket, buffer: bytearray, go: Any = None) -> int:
+    """Read one response (Content-Length or chunked) and return its body size on the wire.
+    With `go`: give up (ConnectionError) as soon as it is cleared."""
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
+        chunk = _recv(sock, 65536, go)
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     match = re.search(rb"(?i)content-length: (\d+)", head)
     if match:
         need = int(match.group(1)) - len(rest)
         while need > 0:
-            n = sock.recv_into(buffer, min(need, len(buffer)))
-            if not n:
-                raise ConnectionError("closed")
-            need -= n
+            need -= len(_recv(sock, min(need, len(buffer)), go))
         return int(match.group(1))
     total = len(rest)
     tail = rest[-5:]
     while tail != b"0\r\n\r\n":
-        n = sock.recv_into(buffer)
-        if not n:
-            raise ConnectionError("closed")
-        total += n
-        tail = (tail + bytes(buffer[:n]))[-5:]
+        chunk = _recv(sock, len(buffer), go)
+        total += len(chunk)
+        tail = (tail + chunk[-5:])[-5:]
     return total
 
 
-def downloader(port: int, coding: str, stop: Any, done: Any) -> None:
-    """One client in its own process (the measuring process must not share a GIL with it)."""
-    buffer = bytearray(1 << 20)
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        request = f"GET /big HTTP/1.1\r\nHost: b\r\nAccept-Encoding: {coding}\r\n\r\n".encode()
-        while not stop.is_set():
-            sock.sendall(request)
-            read_response(sock, buffer)
-            with done.get_lock():
-                done.value += 1
+def _recv(sock: socket.socket, size: int, go: Any) -> bytes:
+    while True:
+        if go is not None and not go.is_set():
+            raise ConnectionError("stopped")
+        try:
+            chunk = sock.recv(size)
+        except TimeoutError:
+            continue  # only the downloaders have a timeout: to look at `go` again
+        if not chunk:
+            raise ConnectionError("closed")
+        return chunk
 
 
 def pings(port: int, seconds: float) -> list[float]:
+    """Latencies (ms) of `/ping` on one keep-alive connection for `seconds`, every ~2 ms."""
     buffer = bytearray(65536)
     out: list[float] = []
     deadline = time.monotonic() + seconds
@@ -124,33 +149,63 @@ def pings(port: int, seconds: float) -> list[float]:
     return out
 
 
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * 0.99) - 1)]
+
+
 def summary(values: list[float]) -> str:
     ordered = sorted(values)
-    p99 = ordered[int(len(ordered) * 0.99) - 1]
-    return f"p50 {statistics.median(ordered):.2f} ms, p99 {p99:.2f} ms, max {ordered[-1]:.2f} ms"
+    return (
+        f"p50 {statistics.median(ordered):.2f} ms, p99 {p99(ordered):.2f} ms, "
+        f"max {ordered[-1]:.2f} ms ({len(ordered)} requests)"
+    )
+
+
+def wait_for(check: Any, seconds: float) -> bool:
+    """Poll `check()` until true or `seconds` pass (the clients are other processes)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def median_range(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--coding", default="gzip", choices=["gzip", "br", "zstd"])
+    parser.add_argument(
+        "--coding",
+        default="gzip",
+        choices=["gzip", "br", "zstd", "identity"],
+        help="identity: a control, the same downloads uncompressed",
+    )
     parser.add_argument("--level", type=int, default=None)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per phase")
+    parser.add_argument("--cycles", type=int, default=4, help="ABBA cycles of two phases")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
+    if not (1 <= args.cycles <= 20 and 0.5 <= args.seconds <= 30):
+        parser.error("--cycles must be 1..20 and --seconds 0.5..30")
 
     ports: Any = multiprocessing.Queue()
     origin = multiprocessing.Process(target=serve_origin, args=(json_body(BIG), ports))
     origin.start()
     origin_port = ports.get(timeout=10)
     level = f", levels: {{{args.coding}: {args.level}}}" if args.level is not None else ""
+    coding = "gzip" if args.coding == "identity" else args.coding
     config = f"""
 workers: {args.workers}
 listeners:
   - name: web
     bind: 127.0.0.1:0
     default_pool: origin
-    compression: {{algorithms: [{args.coding}]{level}}}
+    compression: {{algorithms: [{coding}]{level}}}
     routes:
       - match: {{path_exact: /ping}}
         respond: {{status: 200, body: "pong"}}
@@ -158,6 +213,10 @@ pools:
   origin:
     servers: [{{address: 127.0.0.1:{origin_port}}}]
 """
+    phases: list[tuple[int, str, list[float]]] = []  # (cycle, "alone" | "loaded", latencies)
+    go = multiprocessing.Event()
+    active = multiprocessing.Value("i", 0)
+    clients: list[multiprocessing.Process] = []
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch, "portico.yaml")
         path.write_text(config)
@@ -171,35 +230,53 @@ pools:
             assert proc.stdout is not None
             line = proc.stdout.readline().decode()
             port = int(re.findall(r"http://[\d.]+:(\d+)", line)[0])
-            alone = pings(port, args.seconds)
-            stop = multiprocessing.Event()
-            done = multiprocessing.Value("i", 0)
             clients = [
-                multiprocessing.Process(target=downloader, args=(port, args.coding, stop, done))
+                multiprocessing.Process(target=downloader, args=(port, args.coding, go, active))
                 for _ in range(args.clients)
             ]
             for client in clients:
                 client.start()
-            time.sleep(0.5)  # the downloads are under way (a warm-up, not synchronisation)
-            loaded = pings(port, args.seconds)
-            stop.set()
+            pings(port, 0.5)  # warm-up: the first requests load what they need
+            for cycle in range(args.cycles):
+                order = ("alone", "loaded") if cycle % 2 == 0 else ("loaded", "alone")
+                for phase in order:
+                    if phase == "loaded":
+                        go.set()
+                        wait_for(lambda: active.value >= args.clients, 10)
+                        time.sleep(0.3)  # the downloads under way: a warm-up, not a sync
+                    else:
+                        go.clear()
+                        if not wait_for(lambda: active.value == 0, 10):
+                            print("warning: downloads still running in an alone phase")
+                    phases.append((cycle, phase, pings(port, args.seconds)))
+        finally:
+            go.clear()
             for client in clients:
-                client.join(30)
+                client.join(5)
                 if client.is_alive():
                     client.terminate()
-        finally:
             proc.terminate()
             proc.wait(30)
             origin.terminate()
             origin.join(10)
-    p99_alone = sorted(alone)[int(len(alone) * 0.99) - 1]
-    p99_loaded = sorted(loaded)[int(len(loaded) * 0.99) - 1]
-    print(f"alone:  {summary(alone)} ({len(alone)} requests)")
+    ratios = []
+    for cycle in range(args.cycles):
+        by = {phase: values for c, phase, values in phases if c == cycle}
+        ratio = p99(by["loaded"]) / p99(by["alone"])
+        ratios.append(ratio)
+        print(
+            f"cycle {cycle + 1}: alone {summary(by['alone'])}; loaded {summary(by['loaded'])}; "
+            f"p99 ratio {ratio:.2f}x"
+        )
+    alone = [p99(v) for _, phase, v in phases if phase == "alone"]
+    loaded = [p99(v) for _, phase, v in phases if phase == "loaded"]
     print(
-        f"loaded: {summary(loaded)} ({len(loaded)} requests; {done.value} compressed "
-        f"{args.coding} downloads of 10 MiB by {args.clients} clients)"
+        f"{args.clients} clients downloading 10 MiB {args.coding} bodies; {args.cycles} ABBA "
+        f"cycles of {args.seconds:g} s phases"
     )
-    print(f"p99 ratio: {p99_loaded / p99_alone:.1f}x")
+    print(f"p99 alone (ms):  {median_range(alone)}")
+    print(f"p99 loaded (ms): {median_range(loaded)}")
+    print(f"p99 ratio loaded/alone, per cycle: {median_range(ratios)}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,14 @@ def origin(release: threading.Event) -> Callable[[Seen], Reply]:
             return Reply(
                 headers=fields, body=pieces, framing="chunked", trailers=[("X-Checksum", "42")]
             )
+        if path == "/small-chunks":  # many small chunks per server read: more pieces in
+            # one turn of the loop than its compression budget (TurnBudget), so some wait
+            body = json_body(600_000)
+            pieces = [body[i : i + 8_000] for i in range(0, len(body), 8_000)]
+            fields = [("Content-Type", "application/json"), ("Trailer", "X-Checksum")]
+            return Reply(
+                headers=fields, body=pieces, framing="chunked", trailers=[("X-Checksum", "7")]
+            )
         if path == "/png":
             return Reply(headers=[("Content-Type", "image/png")], body=PNG)
         if path == "/encoded":
@@ -105,6 +114,10 @@ def origin(release: threading.Event) -> Callable[[Seen], Reply]:
         if path == "/partial":
             fields = [("Content-Type", "text/plain"), ("Content-Range", "bytes 0-99/1000")]
             return Reply(status=206, headers=fields, body=TEXT[:100])
+        if path == "/slow-json":  # a server that stalls before its last piece
+            pieces = [json_body(50_000), b" " * 1000]
+            fields = [("Content-Type", "application/json")]
+            return Reply(headers=fields, body=pieces, framing="chunked", hold_last=release)
         if path == "/events":
             fields = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
             return Reply(headers=fields, body=EVENTS, framing="chunked", hold_last=release)
@@ -388,10 +401,59 @@ def test_large_pieces_compressed_off_the_loop_keep_their_order_and_trailers(
     assert decode("gzip", static.body) == json_body(300_000)
 
 
+def test_concurrent_responses_past_the_loops_budget_keep_their_bytes_in_order(
+    site: Site,
+) -> None:
+    """Small pieces that do not fit one turn's compression budget wait for a later turn (or
+    go to a thread with the pieces queued behind them): every body still decodes whole and
+    in order, trailers last, over HTTP/1.1 and HTTP/2 at once."""
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        plain = [
+            pool.submit(get, site.port, "/gzip-9/small-chunks", {"Accept-Encoding": "gzip"})
+            for _ in range(4)
+        ]
+        framed = [
+            pool.submit(h2_get, site, "/small-chunks", {"accept-encoding": c, "te": "trailers"})
+            for c in ("gzip", "zstd")
+        ]
+        for future in plain:
+            assert decode("gzip", future.result().body) == json_body(600_000)
+        for future, coding in zip(framed, ("gzip", "zstd"), strict=True):
+            response = future.result()
+            assert response.header("content-encoding") == coding
+            assert decode(coding, bytes(response.body)) == json_body(600_000)
+            assert (b"x-checksum", b"7") in response.trailers
+
+
 def test_http2_over_tls(site: Site) -> None:
     response = h2_get(site, "/json/30000", {"accept-encoding": "br"}, tls=True)
     assert response.header("content-encoding") == "br"
     assert decode("br", bytes(response.body)) == json_body(30_000)
+
+
+def test_a_stalled_servers_compressed_bytes_still_reach_the_client(site: Site) -> None:
+    """Not a stream: the compressor is not flushed after every read (that costs CPU and
+    ratio), but what it holds goes out soon when the server stalls, decodable."""
+    site.release.clear()
+    with connect(site.port) as sock:
+        sock.sendall(b"GET /slow-json HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n")
+        raw, text = b"", b""
+        deadline = time.monotonic() + 10
+        while len(text) < 50_000:
+            assert time.monotonic() < deadline, "the compressed bytes were held back"
+            raw += sock.recv(65536)
+            head, sep, rest = raw.partition(b"\r\n\r\n")
+            if sep and rest:
+                assert b"Content-Encoding: gzip" in head
+                decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                text = decoder.decompress(dechunk(rest))
+        assert text == json_body(50_000)
+        site.release.set()
+        while not raw.endswith(b"0\r\n\r\n"):
+            assert time.monotonic() < deadline
+            raw += sock.recv(65536)
+        body = raw.partition(b"\r\n\r\n")[2]
+        assert decode("gzip", dechunk(body)) == json_body(50_000) + b" " * 1000
 
 
 def test_event_streams_are_flushed_per_event(site: Site) -> None:

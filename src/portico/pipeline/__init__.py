@@ -9,6 +9,8 @@ result):
   `BodyTransform` (`transform`) or swap for a whole other answer (`replace`);
 - `BodyTransform`: bytes in, bytes out, `flush`, `end`, `abort`; `TransformChain` runs the
   transforms of one response in order and turns what one raises into `TransformFailed`;
+  `TurnBudget` (one per worker, `TURN_BUDGET`) decides which pieces are transformed on the
+  event loop and which go to a worker thread;
 - `Outcome`: how an exchange ended (status, whether the whole body went out, bytes, server,
   pool, duration, error), which `DoneStage`s (the access log, stick-table learning, a cache's
   commit, users' `on_done`) see once per request.
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
+    "TURN_BUDGET",
     "BodySource",
     "BodyTransform",
     "DoneStage",
@@ -41,6 +45,7 @@ __all__ = [
     "ResponseStage",
     "TransformChain",
     "TransformFailed",
+    "TurnBudget",
 ]
 
 log = logging.getLogger("portico.pipeline")
@@ -67,8 +72,80 @@ class BodyTransform(Protocol):
 
     # Optional: a class attribute `threaded = True` says `feed` may be called in a worker
     # thread (one call at a time, in order): pieces of `offload_min` bytes or more (an
-    # attribute, default 32 KiB) are then transformed off the event loop. Only for transforms
-    # whose work releases the GIL and keeps no thread-bound state.
+    # attribute, default 32 KiB) are then transformed off the event loop, and smaller ones
+    # wait for a later turn of the loop once this turn has spent its `TurnBudget`. Only for
+    # transforms whose work releases the GIL and keeps no thread-bound state.
+
+
+class _Scheduler(Protocol):
+    def call_soon(self, callback: Callable[[], object], /) -> object: ...
+
+
+class TurnBudget:
+    """How much transform work the event loop may still do itself in this turn of the loop,
+    shared by every response of the worker: the bound is on the turn, not on the piece, so
+    eight responses each bringing a piece just under a chain's `offload_min` do not hold the
+    loop eight times as long (they did: small requests then waited ~15 ms behind compression,
+    bench/compress_latency.py). The unit is one chain's `offload_min`, the size of a piece that
+    takes the loop about `portico.compression.codecs.STEP_BUDGET_MS`: a piece costs its
+    size over that, and a turn may spend 1.
+
+    `take` answers whether a piece may be transformed now (and charges it); if not, `wait`
+    queues it for a later turn (a worker thread would do too, but its hand-over costs more
+    CPU than compressing a small piece: ~100 µs here). The queue is first come, first served
+    and is drained by the refill, which the first charge of a turn schedules with the loop's
+    `call_soon` (it runs once the callbacks of this turn are done): each waiting piece costs
+    one call, however many turns it waits."""
+
+    __slots__ = ("_refill_on", "_waiting", "left")
+
+    def __init__(self) -> None:
+        self.left = 1.0
+        self._refill_on: _Scheduler | None = None  # the loop a refill is scheduled on
+        self._waiting: deque[tuple[float, Callable[[], object]]] = deque()
+
+    def take(self, size: int, offload_min: int, loop: _Scheduler) -> bool:
+        """True: transform these `size` bytes now (charged); False: not in this turn (`wait`).
+        Never True while pieces wait: they go first."""
+        cost = size / offload_min if offload_min > 0 else 1.0
+        if cost >= self.left or self._waiting:
+            return False
+        self.left -= cost
+        self._schedule(loop)
+        return True
+
+    def wait(
+        self, size: int, offload_min: int, loop: _Scheduler, then: Callable[[], object]
+    ) -> None:
+        """Call `then` in a later turn, charged with these `size` bytes, after those waiting."""
+        self._waiting.append((size / offload_min if offload_min > 0 else 1.0, then))
+        self._schedule(loop)
+
+    def _schedule(self, loop: _Scheduler) -> None:
+        if self._refill_on is not loop:  # also when a previous loop closed before its refill
+            self._refill_on = loop
+            loop.call_soon(self.refill)
+
+    def refill(self) -> None:
+        """A new turn: the whole budget, first for the pieces waiting."""
+        self.left = 1.0
+        loop, self._refill_on = self._refill_on, None
+        waiting = self._waiting
+        while waiting:
+            cost, then = waiting[0]
+            if cost >= self.left and self.left < 1.0:
+                break  # (a piece that costs the whole budget or more has a turn to itself)
+            waiting.popleft()
+            self.left -= cost
+            try:
+                then()
+            except Exception:
+                log.exception("a transform step waiting for its turn failed")
+        if loop is not None and (waiting or self.left < 1.0):
+            self._schedule(loop)
+
+
+TURN_BUDGET: Final = TurnBudget()  # the worker's: one event loop per process
 
 
 class ExchangeView(Protocol):

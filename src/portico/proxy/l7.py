@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from portico import tasks
@@ -39,7 +40,13 @@ from portico.http.headers import (
 from portico.http.local import BodySource, LocalResponse, local_response, reason_phrase
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
-from portico.pipeline import Outcome, ResponseEdit, TransformChain, TransformFailed
+from portico.pipeline import (
+    TURN_BUDGET,
+    Outcome,
+    ResponseEdit,
+    TransformChain,
+    TransformFailed,
+)
 from portico.plugins.guard import PluginError
 from portico.proxy import proxy_protocol
 from portico.proxy.cache_refresh import refresh as refresh_stale
@@ -67,6 +74,12 @@ if TYPE_CHECKING:
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
+# How long bytes a transform holds back (a compressor's pending block) may wait for more of the
+# body before they are flushed to the client. Not after every read: a flush (zlib's
+# Z_SYNC_FLUSH) ends a block, costing CPU and ratio, and a body read in a few reads (or, when
+# the loop is busy, in a few turns) paid it each time; NGINX does not flush before its buffers
+# fill. Streaming responses (event streams) are flushed per write by their compressor.
+TRANSFORM_FLUSH_DELAY = 0.1
 _CHUNK_END = b"0\r\n\r\n"
 _CRLF = b"\r\n"
 
@@ -249,7 +262,7 @@ class Exchange:
         self._pipe: TransformChain | None = None  # the body transforms of the response
         self._waiter: asyncio.Future[None] | None = None  # a local body waits for writability
         self._error: str | None = None  # why the response was cut (the done phase's)
-        self._flush_due = False  # the transforms' flush runs once this loop turn is over
+        self._flush_due = False  # a flush of the transforms is scheduled (TRANSFORM_FLUSH_DELAY)
         # body pieces waiting behind a piece being transformed in a worker thread (None: no
         # thread at work); the server's end (or trailers) that came meanwhile, kept for after
         self._offloaded: list[bytes] | None = None
@@ -907,17 +920,25 @@ class Exchange:
         self._response_started = True
 
     def _transformed_body(self, pipe: TransformChain, data: bytes | memoryview) -> None:
-        """A body piece through the response's transforms. Held-back bytes are flushed once
-        the server's read that brought them is done (a streaming response is not stalled).
-        A large piece through threaded transforms (compression) goes to a worker thread,
-        the server's reading paused meanwhile: one read's compression never holds the loop."""
+        """A body piece through the response's transforms. Held-back bytes are flushed
+        TRANSFORM_FLUSH_DELAY after the read that brought them (a slow server's response is
+        not stalled; a streaming one's compressor flushes every write itself).
+        Through threaded transforms (compression), a large piece goes to a worker thread;
+        a smaller one waits for a later turn of the loop once this turn has spent its
+        budget (`TurnBudget`, shared by all responses; a thread's hand-over costs ~100 µs,
+        more than compressing a small piece). Either way the server's reading is paused
+        meanwhile, and compression never holds the loop long."""
         waiting = self._offloaded
         if waiting is not None:
             waiting.append(bytes(data))  # behind the piece in the thread, in order
             return
-        if pipe.threaded and len(data) >= pipe.offload_min:
-            self._offload(pipe, [bytes(data)])
-            return
+        if pipe.threaded:
+            if len(data) >= pipe.offload_min:
+                self._offload(pipe, [bytes(data)])
+                return
+            if not TURN_BUDGET.take(len(data), pipe.offload_min, self._client.loop):
+                self._defer(pipe, [bytes(data)])
+                return
         try:
             out = pipe.feed(data)
         except TransformFailed as exc:
@@ -932,7 +953,7 @@ class Exchange:
             self._response_started = True
         if not self._flush_due:
             self._flush_due = True
-            self._client.loop.call_soon(self._flush_body)
+            self._client.loop.call_later(TRANSFORM_FLUSH_DELAY, self._flush_body)
 
     def _offload(self, pipe: TransformChain, pieces: list[bytes]) -> None:
         """Feed `pieces` to `pipe` in a worker thread; the server's reading waits (the pieces
@@ -945,23 +966,57 @@ class Exchange:
         future = loop.run_in_executor(transform_executor(), _feed_all, pipe, pieces)
         future.add_done_callback(self._offload_done)
 
+    def _defer(self, pipe: TransformChain, pieces: list[bytes]) -> None:
+        """This turn of the loop has spent its compression budget: `pieces` are fed in a
+        later turn, the server's reading paused meanwhile (as for a thread)."""
+        self._offloaded = []
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.pause_reading()
+        size = sum(len(piece) for piece in pieces)
+        TURN_BUDGET.wait(size, pipe.offload_min, self._client.loop, partial(self._deferred, pieces))
+
+    def _deferred(self, pieces: list[bytes]) -> None:
+        """The turn `_defer` waited for (the budget charged for `pieces`)."""
+        pipe = self._pipe
+        if self.finished or pipe is None:
+            self._offloaded = None
+            return  # the exchange ended meanwhile
+        try:
+            out = _feed_all(pipe, pieces)
+        except TransformFailed as exc:
+            self._offloaded = None
+            self._transform_failed(exc)
+            return
+        self._caught_up(pipe, out)
+
     def _offload_done(self, future: asyncio.Future[bytes]) -> None:
-        """The worker thread is done with its pieces: send what came out, then go on with what
-        queued up meanwhile, the server's end, or reading the server again."""
-        waiting, self._offloaded = self._offloaded, None
+        """The worker thread is done with its pieces: on with `_caught_up`."""
         pipe = self._pipe
         if future.cancelled() or self.finished or pipe is None:
+            self._offloaded = None
             return  # the exchange ended meanwhile (client gone, server failed)
         exc = future.exception()
         if exc is not None:
+            self._offloaded = None
             if isinstance(exc, TransformFailed):
                 self._transform_failed(exc)
                 return
             raise exc
-        self._transformed(future.result())
+        self._caught_up(pipe, future.result())
+
+    def _caught_up(self, pipe: TransformChain, out: bytes) -> None:
+        """The pieces handed to a thread or a later turn are transformed (`out`): send it,
+        then go on with what queued up meanwhile, the server's end, or reading the server."""
+        waiting, self._offloaded = self._offloaded, None
+        self._transformed(out)
         if waiting:
-            if pipe.threaded and sum(len(piece) for piece in waiting) >= pipe.offload_min:
+            size = sum(len(piece) for piece in waiting)
+            if size >= pipe.offload_min:
                 self._offload(pipe, waiting)
+                return
+            if not TURN_BUDGET.take(size, pipe.offload_min, self._client.loop):
+                self._defer(pipe, waiting)
                 return
             try:
                 out = _feed_all(pipe, waiting)

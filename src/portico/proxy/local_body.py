@@ -16,9 +16,10 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
 
-from portico.pipeline import TransformChain, TransformFailed
+from portico.pipeline import TURN_BUDGET, TransformChain, TransformFailed
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 
 if TYPE_CHECKING:
@@ -136,6 +137,16 @@ async def stream_local(
                             if exchange.finished:
                                 return
                         else:
+                            if pipe.threaded:  # within this turn's budget, or in a later turn
+                                loop = asyncio.get_running_loop()
+                                if not TURN_BUDGET.take(len(data), pipe.offload_min, loop):
+                                    turn = loop.create_future()
+                                    TURN_BUDGET.wait(
+                                        len(data), pipe.offload_min, loop, partial(_set, turn)
+                                    )
+                                    await turn
+                                    if exchange.finished:
+                                        return
                             out = pipe.feed(data)
                         if out:
                             framer.send_body(out)

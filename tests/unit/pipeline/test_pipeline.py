@@ -4,6 +4,7 @@ transforms chained in order, and what a failing transform does to the others."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -17,6 +18,7 @@ from portico.pipeline import (
     ResponseEdit,
     TransformChain,
     TransformFailed,
+    TurnBudget,
 )
 
 
@@ -144,3 +146,65 @@ def test_outcome_is_a_frozen_value() -> None:
     assert outcome.error is None
     with pytest.raises(AttributeError):
         outcome.status = 500  # type: ignore[misc]
+
+
+class _Loop:
+    """What a TurnBudget needs of the event loop: call_soon, run by hand (`turn`)."""
+
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], object]] = []
+
+    def call_soon(self, callback: Callable[[], object], /) -> object:
+        self.soon.append(callback)
+        return None
+
+    def turn(self) -> None:
+        due, self.soon = self.soon, []
+        for callback in due:
+            callback()
+
+
+def test_turn_budget_bounds_the_inline_work_of_one_turn_across_responses() -> None:
+    budget, loop = TurnBudget(), _Loop()
+    # eight responses each bring a piece of 40% of offload_min in the same turn: the first
+    # two are transformed inline, the rest go to a thread (8 x 40% would hold the loop 3.2x)
+    taken = [budget.take(40, 100, loop) for _ in range(8)]
+    assert taken == [True, True, False, False, False, False, False, False]
+    assert len(loop.soon) == 1  # one refill for the turn, not one per piece
+    loop.turn()
+    assert budget.take(40, 100, loop)  # a new turn: the budget is whole again
+
+
+def test_turn_budget_never_takes_a_piece_of_offload_min_or_more() -> None:
+    budget, loop = TurnBudget(), _Loop()
+    assert not budget.take(100, 100, loop)
+    assert not budget.take(1000, 100, loop)
+    assert loop.soon == []  # nothing charged, nothing to refill
+    assert budget.take(99, 100, loop)
+
+
+def test_turn_budget_refills_on_a_new_loop_whose_predecessor_never_ran_the_refill() -> None:
+    budget, first = TurnBudget(), _Loop()
+    assert budget.take(90, 100, first)
+    assert not budget.take(20, 100, first)
+    second = _Loop()  # `first` closed without running its callbacks (a test's loop, say)
+    assert budget.take(5, 100, second)  # charged, and a refill scheduled on the live loop
+    second.turn()
+    assert budget.take(90, 100, second)
+
+
+def test_turn_budget_runs_waiting_pieces_first_come_first_served_one_call_each() -> None:
+    budget, loop = TurnBudget(), _Loop()
+    ran: list[str] = []
+    assert budget.take(70, 100, loop)
+    for name in "abcd":  # four pieces of 40% that did not fit this turn
+        assert not budget.take(40, 100, loop)
+        budget.wait(40, 100, loop, lambda name=name: ran.append(name))
+    assert not budget.take(1, 100, loop)  # a newcomer never overtakes those waiting
+    loop.turn()
+    assert ran == ["a", "b"]  # 40% + 40% fit a turn, a third would not
+    loop.turn()
+    assert ran == ["a", "b", "c", "d"]
+    loop.turn()  # the turn after a busy one: the whole budget, nothing left to run
+    assert loop.soon == []
+    assert budget.take(99, 100, loop)
