@@ -2,11 +2,19 @@
 
 Drives a real H2ClientConnection through fake transports as h2load does (`-m10`): one read
 carries the HEADERS of `--streams` requests, each goes to a pooled server connection, the
-small (or `--size`) responses come back, and one loop turn later the frames go out. The client
-is the h2 library on the other side of the fake socket; its own work is not timed. Prints
-microseconds of CPU per request, so a change to the HTTP/2 path can be judged in seconds.
+responses (`--size` bytes of body) come back, and the loop's next turn writes the frames. The
+client is the h2 library on the other side of the fake socket; its own work is not counted.
+Prints CPU microseconds per request, so a change to the HTTP/2 path can be judged in seconds:
 
-    .venv/bin/python bench/h2hotpath.py [--profile] [--requests N] [--streams 10] [--size 5]
+    .venv/bin/python bench/h2hotpath.py [--requests N] [--streams 10] [--size 5]
+    .venv/bin/python bench/h2hotpath.py --profile [--sort cumtime] [--lines 40]
+
+For counts that do not depend on the machine's load, run it under callgrind with collection
+on only inside the proxy's side (each batch runs inside `itertools.starmap`'s C `starmap_next`):
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=starmap_next \\
+        --callgrind-out-file=/tmp/h2.cg .venv/bin/python bench/h2hotpath.py --requests 2000
+    callgrind_annotate /tmp/h2.cg | head -1     # instructions; divide by --requests
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import itertools
 import pstats
 import time
 from typing import Any
@@ -42,7 +51,7 @@ pools:
       - address: 127.0.0.1:9002
       - address: 127.0.0.1:9003
 """
-# what h2load sends (nghttp2's defaults beside -m10)
+# what h2load sends
 REQUEST = [
     (b":method", b"GET"),
     (b":path", b"/small"),
@@ -103,101 +112,75 @@ class FakeTransport(asyncio.Transport):
         pass
 
 
-async def drive(args: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    config = parse_config(CONFIG, "<h2hotpath>")
-    worker = Worker(loop, config, {})
-    settings = worker.settings["web"]
-    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-    client.local_settings.update({SettingCodes.INITIAL_WINDOW_SIZE: 2**30 - 1})
-    client.initiate_connection()
-    client.increment_flow_control_window(2**30 - 1 - 65535)
-    transport = FakeTransport()
-    conn = H2ClientConnection(settings, worker.context)
-    conn.adopt(transport, "127.0.0.1", None, False, client.data_to_send())
-    for backend in settings.pool.backends:
-        for _ in range(args.streams):
-            up = UpstreamConnection(backend, 30.0, 30.0)
-            up.transport = FakeTransport(("127.0.0.1", 9001))
-            up._deadline = None  # no timers
-            backend.put_idle(up, 0.0)
-    body = response(args.size)
-    stream_id = 1
-    timed = 0.0
-    done = 0
-    bytes_out = 0
+async def _turn() -> None:
+    """Nothing: running it lets the loop run what was scheduled (the connection's flush)."""
 
-    def turn_in(data: bytes) -> list[Any]:
+
+class Harness:
+    def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
+        self.args = args
+        self.loop = loop
+        config = parse_config(CONFIG, "<h2hotpath>")
+        worker = Worker(loop, config, {})
+        settings = worker.settings["web"]
+        client = self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.local_settings.update({SettingCodes.INITIAL_WINDOW_SIZE: 2**30 - 1})
+        client.initiate_connection()
+        client.increment_flow_control_window(2**30 - 1 - 65535)
+        self.transport = FakeTransport()
+        self.conn = H2ClientConnection(settings, worker.context)
+        self.conn.adopt(self.transport, "127.0.0.1", None, False, client.data_to_send())
+        for backend in settings.pool.backends:
+            for _ in range(args.streams):
+                up = UpstreamConnection(backend, 30.0, 30.0)
+                up.transport = FakeTransport(("127.0.0.1", 9001))
+                up._deadline = None  # no timers
+                backend.put_idle(up, 0.0)
+        self.body = response(args.size)
+        self.stream_id = 1
+        self.requests = 0
+        self.bytes_out = 0
+
+    def server(self, data: bytes, ids: list[int]) -> None:
+        """The proxy's side of one batch: requests in, the servers' answers, the loop's turn."""
+        conn = self.conn
         conn.data_received(data)
-        return [conn.streams[sid].exchange for sid in ids if sid in conn.streams]
+        for sid in ids:
+            stream = conn.streams.get(sid)
+            if stream is not None and stream.exchange is not None:
+                upstream = stream.exchange._upstream
+                assert upstream is not None
+                upstream.data_received(self.body)
+        self.loop.run_until_complete(_turn())
 
-    async def batch(timer: bool) -> None:
-        nonlocal stream_id, timed, done, bytes_out
-        ids.clear()
-        for _ in range(args.streams):
-            client.send_headers(stream_id, REQUEST, end_stream=True)
-            ids.append(stream_id)
-            stream_id += 2
+    def acks(self, data: bytes) -> None:
+        self.conn.data_received(data)
+        self.loop.run_until_complete(_turn())
+
+    def batch(self, measure: Any) -> None:
+        """One batch; `measure(fn, *args)` runs the proxy's parts (timed or profiled)."""
+        client = self.client
+        ids = []
+        for _ in range(self.args.streams):
+            client.send_headers(self.stream_id, REQUEST, end_stream=True)
+            ids.append(self.stream_id)
+            self.stream_id += 2
         data = client.data_to_send()
-        transport.out.clear()
-        if profiler is not None:
-            profiler.enable()
-        start = time.process_time()
-        exchanges = turn_in(data)
-        for exchange in exchanges:
-            upstream = exchange._upstream
-            upstream.data_received(body)
-        await asyncio.sleep(0)  # the loop turn that flushes
-        if timer:
-            timed += time.process_time() - start
-        if profiler is not None:
-            profiler.disable()
-        out = b"".join(transport.out)
-        bytes_out += len(out)
+        self.transport.out.clear()
+        measure(self.server, data, ids)
+        out = b"".join(self.transport.out)
+        self.bytes_out += len(out)
         ended = 0
         for event in client.receive_data(out):
             if isinstance(event, StreamEnded):
                 ended += 1
             elif isinstance(event, DataReceived):
                 client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        assert ended == args.streams, (ended, out[:200])
+        assert ended == self.args.streams, (ended, out[:200])
         ack = client.data_to_send()
         if ack:
-            if profiler is not None:
-                profiler.enable()
-            start = time.process_time()
-            conn.data_received(ack)
-            await asyncio.sleep(0)
-            if timer:
-                timed += time.process_time() - start
-            if profiler is not None:
-                profiler.disable()
-        done += args.streams
-
-    ids: list[int] = []
-    profiler: cProfile.Profile | None = None
-    for _ in range(100):
-        await batch(False)
-    writes = transport.writes
-    done = 0
-    bytes_out = 0
-    rounds = args.requests // args.streams
-    if args.profile:
-        profiler = cProfile.Profile()
-        for _ in range(rounds):
-            await batch(False)
-        stats = pstats.Stats(profiler).sort_stats(args.sort)
-        stats.print_stats(args.lines)
-        return
-    writes = transport.writes
-    for _ in range(rounds):
-        await batch(True)
-    print(
-        f"{timed / done * 1e6:.2f} us of Python per request over HTTP/2 "
-        f"({args.streams} streams a read, {args.size}-byte bodies; "
-        f"{(transport.writes - writes) / rounds:.2f} writes and {bytes_out / done:.0f} bytes "
-        "out per request batch/request)"
-    )
+            measure(self.acks, ack)
+        self.requests += self.args.streams
 
 
 def main() -> None:
@@ -211,11 +194,67 @@ def main() -> None:
     parser.add_argument("--asyncio", action="store_true", help="asyncio's loop, not uvloop")
     args = parser.parse_args()
     if args.asyncio:
-        asyncio.run(drive(args))
-        return
-    import uvloop
+        loop = asyncio.new_event_loop()
+    else:
+        import uvloop
 
-    uvloop.run(drive(args))
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    harness = Harness(args, loop)
+
+    def plain(fn: Any, *a: Any) -> None:
+        fn(*a)
+
+    for _ in range(100):
+        harness.batch(plain)
+    harness.requests = harness.bytes_out = 0
+    writes = harness.transport.writes
+    rounds = args.requests // args.streams
+    if args.profile:
+        profiler = cProfile.Profile()
+
+        def profiled(fn: Any, *a: Any) -> None:
+            profiler.runcall(fn, *a)
+
+        for _ in range(rounds):
+            harness.batch(profiled)
+        print_profile(pstats.Stats(profiler).sort_stats(args.sort), args.lines)
+        return
+    spent = 0.0
+
+    def timed(fn: Any, *a: Any) -> None:
+        nonlocal spent
+        start = time.process_time()
+        list(itertools.starmap(fn, (a,)))  # callgrind's toggle: see the docstring
+        spent += time.process_time() - start
+
+    for _ in range(rounds):
+        harness.batch(timed)
+    done = harness.requests
+    print(
+        f"{spent / done * 1e6:.2f} us of CPU per request over HTTP/2 ({args.streams} streams "
+        f"a read, {args.size}-byte bodies; {(harness.transport.writes - writes) / rounds:.2f} "
+        f"socket writes per batch, {harness.bytes_out / done:.0f} bytes out per request)"
+    )
+
+
+def print_profile(stats: pstats.Stats, lines: int) -> None:
+    stats.print_stats(lines)
+    by_package: dict[str, float] = {}
+    for (filename, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        if "site-packages/" in filename:
+            where = filename.split("site-packages/")[1].split("/")[0]
+        elif "portico/" in filename:
+            where = "portico (interpreted)"
+        elif filename == "~":
+            where = "builtins: " + name.split(" of ")[-1].strip("'>")
+        else:
+            where = filename.rsplit("/", 2)[-2] if "/" in filename else filename
+        by_package[where] = by_package.get(where, 0.0) + row[2]
+    total = sum(by_package.values())
+    print("own time by package:")
+    for where, spent in sorted(by_package.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"{spent / total:6.1%}  {where}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from hyperframe.frame import GoAwayFrame
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
+from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
 from portico.proxy.framing import H2Framer
 from portico.proxy.l7 import Exchange
@@ -385,7 +386,10 @@ class H2ClientConnection(asyncio.Protocol):
                 SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
             },
         )
-        h2.decoder.max_header_list_size = settings.max_header_size + HEADER_SLACK
+        # HPACK compiled (portico.http.hpack): the library's codec, without its Python cost
+        h2.encoder = Encoder()  # type: ignore[assignment]
+        decoder = h2.decoder = Decoder()  # type: ignore[assignment]
+        decoder.max_header_list_size = settings.max_header_size + HEADER_SLACK
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
