@@ -40,6 +40,9 @@ COMPILED = [
     "src/portico/proxy/framing.py",  # ResponseFramer's subclasses: native calls from l7
     "src/portico/proxy/l4.py",  # the TCP relay's per-read callbacks
     "src/portico/health/budget.py",  # RetryBudget.record_request: once per request
+    "src/portico/http/h2.py",  # an HTTP/2 request's fields in, its response's out
+    "src/portico/http/hpack.py",  # HPACK for h2: compiled, its only reason to exist
+    "src/portico/listeners/h2.py",  # the HTTP/2 connection and its streams (around h2)
 ]
 GROUP = "portico"  # the shared runtime library is portico__mypyc, not a hash of the module list
 MANIFEST = Path("portico", "_compiled.json")

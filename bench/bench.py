@@ -1000,6 +1000,9 @@ class Workload:
 
     @property
     def label(self) -> str:
+        if self.layer in PROTOCOLS:  # a TLS row (--h2 with --cycles): h2load's
+            speaks = "HTTP/2" if self.layer == "h2" else "HTTP/1.1"
+            return f"{speaks} over TLS {PATHS[self.path][0]}"
         mode = ", new connection per request" if self.close else ""
         return f"{self.layer} {PATHS[self.path][0]}{mode}"
 
@@ -1200,7 +1203,7 @@ def paired_verdict(result: Paired) -> str:
     return "noisy: " + "; ".join(reasons) if reasons else "quiet: the medians can be quoted"
 
 
-def render_paired(result: Paired) -> str:
+def render_paired(result: Paired, title: str = "Paired cycles") -> str:
     def cell(values: list[float], fmt: str) -> str:
         if not values:
             return "-"
@@ -1224,14 +1227,15 @@ def render_paired(result: Paired) -> str:
                 ),
             ]
         )
-    lines.append(
-        [
-            "memory per idle keep-alive connection (KiB)",
-            "",
-            "",
-            *(cell(result.idle_kib.get(t, []), ".2f") for t in ("portico", "haproxy", "nginx")),
-        ]
-    )
+    if result.idle_kib:
+        lines.append(
+            [
+                "memory per idle keep-alive connection (KiB)",
+                "",
+                "",
+                *(cell(result.idle_kib.get(t, []), ".2f") for t in ("portico", "haproxy", "nginx")),
+            ]
+        )
     columns = (
         "workload",
         "Portico ÷ HAProxy per CPU-s, median (range)",
@@ -1253,11 +1257,15 @@ def render_paired(result: Paired) -> str:
             if canary
             else "not run"
         ),
-        f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request, "
-        "opened on each freshly started target before the cycles; the process tree's RSS with "
-        "them minus without, per connection.",
         f"- verdict: {paired_verdict(result)}",
     ]
+    if result.idle_kib:
+        notes.insert(
+            -1,
+            f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request, "
+            "opened on each freshly started target before the cycles; the process tree's RSS "
+            "with them minus without, per connection.",
+        )
     for i, wl in enumerate(result.workloads):
         parts = []
         for t in ("portico", "haproxy", "nginx"):
@@ -1270,7 +1278,7 @@ def render_paired(result: Paired) -> str:
             notes.append(f"- CPU µs per request, {wl.label} (medians): " + "; ".join(parts))
     notes += [f"- Portico {n}" for n in result.split_notes]
     notes += [f"- error: {e}" for e in result.errors]
-    return "## Paired cycles\n\n" + table + "\n\n" + "\n".join(notes)
+    return f"## {title}\n\n" + table + "\n\n" + "\n".join(notes)
 
 
 # --------------------------------------------------------------------------- TLS rows (--h2)
@@ -1535,6 +1543,74 @@ def run_tls_target(args: argparse.Namespace, key: str, origins: Proc) -> list[Ro
     finally:
         stop(server)
     return rows
+
+
+def run_tls_paired(args: argparse.Namespace, keys: list[str], origins: Proc) -> Paired:
+    """--h2 with --cycles: NGINX and Portico over TLS both up, every TLS workload (h2 and
+    HTTP/1.1 per path) measured on each back to back, the order reversed on odd cycles, as
+    `run_paired` does for plain HTTP, so that the TLS ratios are same-cycle ratios too."""
+    result = Paired([Workload(layer, p) for p in args.paths for layer in PROTOCOLS], keys)
+    servers: dict[str, Proc] = {}
+    ports: dict[str, dict[str, int]] = {}
+    try:
+        if not have("h2load"):
+            raise RuntimeError("h2load is not installed (Debian package nghttp2-client)")
+        for key in keys:
+            try:
+                if key == "portico":
+                    server, h2_error = start_portico_tls(args)
+                    if h2_error:
+                        result.errors.append(f"Portico h2: not available: {h2_error}")
+                    ports[key] = {"h1": PORTICO_TLS_PORT}
+                    if not h2_error:
+                        ports[key]["h2"] = PORTICO_H2_PORT
+                else:
+                    target = next(t for t in make_targets(args) if t.key == key)
+                    if "listen 127.0.0.1:8443" not in (RUNDIR / "nginx-proxy.conf").read_text():
+                        raise RuntimeError("no TLS certificate (openssl missing?)")
+                    server = start_listening(target.start, [NGINX_TLS_PORT])
+                    ports[key] = {"h2": NGINX_TLS_PORT, "h1": NGINX_TLS_PORT}
+                check_affinity(server, PROXY_CORE)
+                servers[key] = server
+            except Exception as exc:
+                result.errors.append(f"{key} over TLS: not available: {exc}")
+                log(result.errors[-1])
+        live = [k for k in keys if k in servers]
+        for cycle in range(args.cycles):
+            result.canary_ms.append(canary_ms())
+            log(f"TLS cycle {cycle + 1}/{args.cycles}: canary {result.canary_ms[-1]:.0f} ms")
+            order = live if cycle % 2 == 0 else live[::-1]
+            for i, wl in enumerate(result.workloads):
+                for key in order:
+                    port = ports[key].get(wl.layer)
+                    if port is None:
+                        continue
+                    row = Row(key, key, wl.layer, wl.path)
+                    try:
+                        measure_tls(args, servers[key], origins, row, port)
+                    except (RuntimeError, OSError, ValueError) as exc:
+                        result.errors.append(f"cycle {cycle + 1} {key} {wl.label}: {exc}")
+                        log(result.errors[-1])
+                        continue
+                    result.per_cpu_s[(i, key, str(cycle))] = row.per_cpu_s
+                    if row.requests:
+                        result.user_kernel_us.setdefault((i, key), []).append(
+                            (
+                                1e6 * row.user_s / row.requests,
+                                1e6 * (row.cpu_s - row.user_s) / row.requests,
+                            )
+                        )
+                    result.other_pct.append(row.other_pct)
+                    if servers[key].popen.poll() is not None:
+                        raise RuntimeError(f"{key} exited: {servers[key].log_tail()}")
+            result.cycles = cycle + 1
+    except RuntimeError as exc:
+        result.errors.append(str(exc))
+        log(f"TLS cycles stopped: {exc}")
+    finally:
+        for proc in servers.values():
+            stop(proc)
+    return result
 
 
 # --------------------------------------------------------------------------- TLS soak
@@ -2180,8 +2256,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=0,
         help="paired mode: N interleaved cycles of short runs of every target back to back, "
-        "reported as median same-cycle ratios with their range, a canary and a verdict "
-        "(default 0: the one-pass table)",
+        "reported as median same-cycle ratios with their range, a canary and a verdict; "
+        "with --h2 the TLS rows too (default 0: the one-pass tables)",
     )
     p.add_argument(
         "--workers",
@@ -2279,6 +2355,7 @@ def main(argv: list[str]) -> int:
     tls_rows: list[Row] = []
     soak: Soak | None = None
     paired: Paired | None = None
+    tls_paired: Paired | None = None
     try:
         with cleanup_on_exit():
             origins = spawn(
@@ -2286,14 +2363,16 @@ def main(argv: list[str]) -> int:
             )
             for port in ORIGIN_PORTS:
                 wait_for_port(origins, port)
-            if args.cycles:
+            if args.cycles and targets:
                 paired = run_paired(args, targets, origins)
             for target in [] if args.cycles else targets:
                 if origins.popen.poll() is not None:
                     raise RuntimeError(f"the origins exited: {origins.log_tail()}")
                 log(f"measuring {target.label} ({args.duration}s per path)")
                 rows += run_target(args, target, origins)
-            for key in tls_targets:
+            if args.cycles and tls_targets:
+                tls_paired = run_tls_paired(args, tls_targets, origins)
+            for key in [] if args.cycles else tls_targets:
                 if origins.popen.poll() is not None:
                     raise RuntimeError(f"the origins exited: {origins.log_tail()}")
                 log(f"measuring {key} over TLS with h2load ({args.duration}s per row)")
@@ -2315,7 +2394,11 @@ def main(argv: list[str]) -> int:
         sections.append(render_paired(paired))
     if rows:
         sections.append(f"{render_table(rows, args.paths)}\n\n{footnotes(rows)}")
-    if tls_targets:
+    if tls_paired is not None:
+        footnote = tls_footnotes([], args)
+        sections.append(render_paired(tls_paired, "Paired cycles over TLS (h2load)"))
+        sections[-1] += "\n" + footnote
+    elif tls_targets:
         sections.append(
             "## TLS: HTTP/2 and HTTP/1.1 (h2load)\n\n"
             f"{render_tls_table(tls_rows, args.paths)}\n\n{tls_footnotes(tls_rows, args)}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from portico.http.headers import Header
 
@@ -145,7 +146,7 @@ class FloodGuard:
         "opened",
     )
 
-    WINDOW_UPDATE_SLACK = 1000
+    WINDOW_UPDATE_SLACK: Final = 1000
 
     def __init__(
         self,

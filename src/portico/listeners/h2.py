@@ -51,6 +51,7 @@ from hyperframe.frame import GoAwayFrame
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
+from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
 from portico.proxy.framing import H2Framer
 from portico.proxy.l7 import Exchange
@@ -60,6 +61,7 @@ log = logging.getLogger("portico.h2")
 
 STREAM_BUFFER = 128 * 1024  # response bytes queued per stream before its server is paused
 STREAM_RESUME = 32 * 1024  # ... and resumed below this
+DEFER_BELOW = 32 * 1024  # queued bytes under this wait for the turn's flush (joined, with the end)
 OUTBOUND_TURN = 256 * 1024  # DATA bytes all streams may hand to h2 between two socket writes
 CONTROL_BACKLOG = 4 * 1024 * 1024  # unsent bytes while the socket is full: a client not reading
 HEADER_SLACK = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
@@ -76,6 +78,7 @@ class H2Stream:
     __slots__ = (
         "_blocked",
         "_deadline",
+        "_dirty",
         "_end_pending",
         "_pending",
         "_pending_size",
@@ -123,6 +126,7 @@ class H2Stream:
         self._pending: deque[bytes | memoryview] = deque()
         self._pending_size = 0
         self._end_pending = False
+        self._dirty = False  # queued for the connection's next flush (`H2ClientConnection.later`)
         self._trailers: list[Header] | None = None  # sent after the body, with END_STREAM
         self._deadline = Deadline(conn.loop, self._on_timeout)
 
@@ -144,6 +148,11 @@ class H2Stream:
             return
         self._pending.append(data)
         self._pending_size += len(data)
+        if self._pending_size < DEFER_BELOW:
+            # small: framed at the end of this turn, when the end of the stream may be known
+            # too (one DATA frame with END_STREAM rather than two)
+            self.conn.later(self)
+            return
         self.push()
         if not self.write_paused and self._pending_size > STREAM_BUFFER:
             self.write_paused = True
@@ -158,13 +167,13 @@ class H2Stream:
             return
         self._trailers = fields
         self._end_pending = True
-        self.push()
+        self.conn.later(self)
 
     def send_end(self) -> None:
         if self.closed or self.response_done:
             return
         self._end_pending = True
-        self.push()
+        self.conn.later(self)
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None:
         """The exchange wrote its whole response (it may still wait here for window)."""
@@ -343,6 +352,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._counted = False  # counted against max_conns_per_client
         self._in_events = False
         self._flush_scheduled = False
+        self._dirty: list[H2Stream] = []  # streams with bytes or an end to frame this turn
         self.unsent = 0  # DATA bytes handed to h2 since the last socket write
         self.starved = False  # a stream stopped pushing for OUTBOUND_TURN: push again after
         self._rotation = 0
@@ -376,7 +386,10 @@ class H2ClientConnection(asyncio.Protocol):
                 SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
             },
         )
-        h2.decoder.max_header_list_size = settings.max_header_size + HEADER_SLACK
+        # HPACK compiled (portico.http.hpack): the library's codec, without its Python cost
+        h2.encoder = Encoder()  # type: ignore[assignment]
+        decoder = h2.decoder = Decoder()  # type: ignore[assignment]
+        decoder.max_header_list_size = settings.max_header_size + HEADER_SLACK
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -472,10 +485,26 @@ class H2ClientConnection(asyncio.Protocol):
         self._flush_scheduled = True
         self.loop.call_soon(self._flush_now)
 
+    def later(self, stream: H2Stream) -> None:
+        """Frame `stream`'s queued bytes and end at this turn's flush, with every other's."""
+        if not stream._dirty:
+            stream._dirty = True
+            self._dirty.append(stream)
+        self.flush()
+
     def _flush_now(self) -> None:
-        self._flush_scheduled = False
         if self._closed:
+            self._flush_scheduled = False
             return
+        dirty = self._dirty
+        if dirty:
+            self._flush_scheduled = True  # the pushes' own flush() calls: this is it
+            self._dirty = []
+            for stream in dirty:
+                stream._dirty = False
+                if stream._pending or stream._end_pending:
+                    stream.push()
+        self._flush_scheduled = False
         self.unsent = 0
         data = self.h2.data_to_send()
         transport = self.transport

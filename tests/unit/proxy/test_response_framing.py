@@ -175,3 +175,27 @@ def test_http2_body_of_unknown_length_is_data_frames_until_end_stream(worker) ->
     assert response.headers == [(b":status", b"200"), (b"x-a", b"1")]  # no length, no close
     assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == b"hello"
     assert [e.stream_id for e in events if isinstance(e, StreamEnded)] == [1]
+
+
+def test_http2_small_response_ends_on_its_only_data_frame(worker) -> None:
+    h2client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    h2client.initiate_connection()
+    fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
+    h2client.send_headers(1, fields, end_stream=True)
+    transport = FakeTransport()
+    conn = H2ClientConnection(worker.settings["web"], worker.context)
+    conn.adopt(transport, "127.0.0.1", None, False, h2client.data_to_send())
+    exchange = conn.streams[1].exchange
+    assert exchange is not None
+    upstream = exchange._upstream
+    assert upstream is not None
+    transport.writes.clear()
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    assert transport.writes == []  # framed at the end of the loop's turn, all at once
+    conn._flush_now()  # what the loop would do at the end of this turn
+    assert len(transport.writes) == 1
+    events = h2client.receive_data(transport.written)
+    data = [e for e in events if isinstance(e, DataReceived)]
+    # HEADERS, then one DATA frame that carries END_STREAM (not a second, empty one)
+    assert [(e.data, e.stream_ended is not None) for e in data] == [(b"hello", True)]
+    assert [e.stream_id for e in events if isinstance(e, StreamEnded)] == [1]
