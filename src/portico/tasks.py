@@ -26,6 +26,16 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return task
 
 
+def hold(task: asyncio.Task[Any]) -> None:
+    """Hold `task` until `release` (and cancel it in `cancel_all`), for a caller whose own
+    done callback takes the outcome and releases it (the accept path: one per connection)."""
+    _running.add(task)
+
+
+def release(task: asyncio.Task[Any]) -> None:
+    _running.discard(task)
+
+
 def _finished(task: asyncio.Task[Any]) -> None:
     _running.discard(task)
     if task.cancelled():

@@ -20,6 +20,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 from portico import tasks
@@ -83,6 +84,7 @@ class Acceptor:
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.counters = AcceptCounters()
+        self._nodelay = not type(loop).__module__.startswith("uvloop")  # see `_accepted`
         # state
         self.reading = False
         self.closed = False
@@ -167,35 +169,49 @@ class Acceptor:
                 self.counters.denied += 1
                 _reset(conn)
                 return
-        conn.setblocking(False)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
+        # no setblocking(False) here: the loop's transport makes the socket non-blocking
+        # itself, and uvloop's (uv_tcp_open) sets TCP_NODELAY too; doing either again cost a
+        # syscall per connection (bench/run's `Connection: close` row). asyncio's own loop
+        # skips TCP_NODELAY on an accepted socket (its proto reads 0, not IPPROTO_TCP)
+        if self._nodelay and conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.handshaking += 1
-        tasks.spawn(self._hand_over(conn))
+        loop = self.loop
+        if self.ssl_context is not None:
+            setup = loop.connect_accepted_socket(
+                self.factory,
+                conn,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+        else:
+            setup = loop.connect_accepted_socket(self.factory, conn)
+        # the loop's coroutine runs as the task itself, its outcome taken by a done callback:
+        # no coroutine of ours around it, per connection (bench/accept_path.py)
+        task = loop.create_task(setup)
+        tasks.hold(task)
+        task.add_done_callback(partial(self._handed_over, conn))
 
-    async def _hand_over(self, conn: socket.socket) -> None:
-        try:
-            if self.ssl_context is not None:
-                transport, _ = await self.loop.connect_accepted_socket(
-                    self.factory,
-                    conn,
-                    ssl=self.ssl_context,
-                    ssl_handshake_timeout=self.handshake_timeout,
-                )
-            else:
-                transport, _ = await self.loop.connect_accepted_socket(self.factory, conn)
+    def _handed_over(
+        self, conn: socket.socket, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]
+    ) -> None:
+        tasks.release(task)
+        self.handshaking -= 1
+        if task.cancelled():
+            conn.close()
+            return
+        exc = task.exception()
+        if exc is None:
+            transport = task.result()[0]
             if not transport.is_closing():
                 # a slow reader makes Portico hold at most twice this (the listener's
                 # `limits.response_buffer`) beyond the socket buffers
                 # (upstreams.connections.client_read_size)
                 transport.set_write_buffer_limits(high=self.write_high)
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError):
-            conn.close()  # a failed handshake or a peer gone: as the loop's own server does
-        except Exception:
-            conn.close()
-            log.exception("listener %s: a connection could not be set up", self.name)
-        finally:
-            self.handshaking -= 1
+            return
+        conn.close()  # a failed handshake or a peer gone: as the loop's own server does
+        if not isinstance(exc, (OSError, ssl.SSLError, TimeoutError, EOFError)):
+            log.error("listener %s: a connection could not be set up", self.name, exc_info=exc)
 
     def _say(self, cause: str, message: str, *args: object) -> None:
         """Log `message` for this listener, at most once a second per cause."""
