@@ -26,14 +26,13 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return task
 
 
-def hold(task: asyncio.Task[Any]) -> None:
-    """Hold `task` until `release` (and cancel it in `cancel_all`), for a caller whose own
-    done callback takes the outcome and releases it (the accept path: one per connection)."""
+def spawn_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """`spawn` on a loop the caller holds: `asyncio.get_running_loop()` is a getpid(2) system
+    call on CPython 3.11 (the accept path spawns one task per connection)."""
+    task = loop.create_task(coro)
     _running.add(task)
-
-
-def release(task: asyncio.Task[Any]) -> None:
-    _running.discard(task)
+    task.add_done_callback(_finished)
+    return task
 
 
 def _finished(task: asyncio.Task[Any]) -> None:

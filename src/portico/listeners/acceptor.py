@@ -20,7 +20,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Final
 
 from portico import tasks
@@ -176,42 +175,32 @@ class Acceptor:
         if self._nodelay and conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.handshaking += 1
-        loop = self.loop
-        if self.ssl_context is not None:
-            setup = loop.connect_accepted_socket(
-                self.factory,
-                conn,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=self.handshake_timeout,
-            )
-        else:
-            setup = loop.connect_accepted_socket(self.factory, conn)
-        # the loop's coroutine runs as the task itself, its outcome taken by a done callback:
-        # no coroutine of ours around it, per connection (bench/accept_path.py)
-        task = loop.create_task(setup)
-        tasks.hold(task)
-        task.add_done_callback(partial(self._handed_over, conn))
+        # on the loop held: asyncio.get_running_loop() is a getpid(2) on CPython 3.11
+        tasks.spawn_on(self.loop, self._hand_over(conn))
 
-    def _handed_over(
-        self, conn: socket.socket, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]
-    ) -> None:
-        tasks.release(task)
-        self.handshaking -= 1
-        if task.cancelled():
-            conn.close()
-            return
-        exc = task.exception()
-        if exc is None:
-            transport = task.result()[0]
+    async def _hand_over(self, conn: socket.socket) -> None:
+        try:
+            if self.ssl_context is not None:
+                transport, _ = await self.loop.connect_accepted_socket(
+                    self.factory,
+                    conn,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.handshake_timeout,
+                )
+            else:
+                transport, _ = await self.loop.connect_accepted_socket(self.factory, conn)
             if not transport.is_closing():
                 # a slow reader makes Portico hold at most twice this (the listener's
                 # `limits.response_buffer`) beyond the socket buffers
                 # (upstreams.connections.client_read_size)
                 transport.set_write_buffer_limits(high=self.write_high)
-            return
-        conn.close()  # a failed handshake or a peer gone: as the loop's own server does
-        if not isinstance(exc, (OSError, ssl.SSLError, TimeoutError, EOFError)):
-            log.error("listener %s: a connection could not be set up", self.name, exc_info=exc)
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError):
+            conn.close()  # a failed handshake or a peer gone: as the loop's own server does
+        except Exception:
+            conn.close()
+            log.exception("listener %s: a connection could not be set up", self.name)
+        finally:
+            self.handshaking -= 1
 
     def _say(self, cause: str, message: str, *args: object) -> None:
         """Log `message` for this listener, at most once a second per cause."""
