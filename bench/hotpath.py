@@ -6,9 +6,13 @@ the response out. Prints microseconds per request (CPU time of this process), so
 the hot path can be judged in seconds without the noise of a loaded machine.
 
     .venv/bin/python bench/hotpath.py [--profile] [--requests N] [--plugin] [--route | --rewrite]
+                                      [--close]
 
 `--plugin` puts one do-nothing plugin filter (`Noop` below: an `on_request` that returns
-None) on the listener: the difference is what a plugin filter costs a request.
+None) on the listener: the difference is what a plugin filter costs a request. `--close`: a new
+client connection per request (`Connection: close`): its protocol object made, connected, its
+request answered and the connection lost, as in bench/run's close row (the loop's own transport
+and accept(2) are not in it).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ ROUTE = """    routes:
 """
 REWRITE = ROUTE + "        strip_prefix: /small\n        replace_prefix: /small\n"
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+CLOSE_REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 12:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
@@ -103,6 +108,7 @@ def main() -> None:
     parser.add_argument("--plugin", action="store_true", help="one do-nothing plugin filter")
     parser.add_argument("--route", action="store_true", help="one route without actions")
     parser.add_argument("--rewrite", action="store_true", help="one route with a path rewrite")
+    parser.add_argument("--close", action="store_true", help="a new connection per request")
     args = parser.parse_args()
     try:
         import uvloop
@@ -143,8 +149,25 @@ def main() -> None:
             assert upstream is not None
             upstream.data_received(RESPONSE)
 
+    def run_close(n: int) -> None:
+        for _ in range(n):
+            conn = ClientConnection(settings, worker.context)
+            transport = FakeTransport()
+            conn.connection_made(transport)
+            conn.data_received(CLOSE_REQUEST)
+            exchange = conn.active
+            assert exchange is not None
+            upstream = exchange._upstream
+            assert upstream is not None
+            upstream.data_received(RESPONSE)
+            assert transport.closing
+            conn.connection_lost(None)
+
+    if args.close:
+        run = run_close
     run(1000)
-    assert client.transport.last.endswith(b"hello")  # type: ignore[union-attr]
+    if not args.close:
+        assert client.transport.last.endswith(b"hello")  # type: ignore[union-attr]
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

@@ -26,6 +26,15 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return task
 
 
+def spawn_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """`spawn` on a loop the caller holds: `asyncio.get_running_loop()` is a getpid(2) system
+    call on CPython 3.11 (the accept path spawns one task per connection)."""
+    task = loop.create_task(coro)
+    _running.add(task)
+    task.add_done_callback(_finished)
+    return task
+
+
 def _finished(task: asyncio.Task[Any]) -> None:
     _running.discard(task)
     if task.cancelled():

@@ -83,6 +83,7 @@ class Acceptor:
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.counters = AcceptCounters()
+        self._nodelay = not type(loop).__module__.startswith("uvloop")  # see `_accepted`
         # state
         self.reading = False
         self.closed = False
@@ -167,11 +168,15 @@ class Acceptor:
                 self.counters.denied += 1
                 _reset(conn)
                 return
-        conn.setblocking(False)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
+        # no setblocking(False) here: the loop's transport makes the socket non-blocking
+        # itself, and uvloop's (uv_tcp_open) sets TCP_NODELAY too; doing either again cost a
+        # syscall per connection (bench/run's `Connection: close` row). asyncio's own loop
+        # skips TCP_NODELAY on an accepted socket (its proto reads 0, not IPPROTO_TCP)
+        if self._nodelay and conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.handshaking += 1
-        tasks.spawn(self._hand_over(conn))
+        # on the loop held: asyncio.get_running_loop() is a getpid(2) on CPython 3.11
+        tasks.spawn_on(self.loop, self._hand_over(conn))
 
     async def _hand_over(self, conn: socket.socket) -> None:
         try:

@@ -147,8 +147,10 @@ class ProxyContext:
 
     def remember(self, conn: Connection) -> None:
         """A client connection opened."""
-        self.connections.add(conn)
-        self.all_closed.clear()
+        connections = self.connections
+        if not connections:
+            self.all_closed.clear()  # (an interpreted asyncio.Event method: only when it was set)
+        connections.add(conn)
 
     def forget(self, conn: Connection) -> None:
         """A client connection closed."""

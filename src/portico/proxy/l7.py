@@ -139,6 +139,7 @@ class Exchange:
         "_cache_answer",
         "_client",
         "_connect_time",
+        "_context",
         "_continued",
         "_dequeued",
         "_error",
@@ -146,6 +147,7 @@ class Exchange:
         "_flush_due",
         "_head_len",
         "_learning",
+        "_loop",
         "_observed",
         "_offload_end",
         "_offload_trailers",
@@ -169,6 +171,7 @@ class Exchange:
         "_room_looked",
         "_sent",
         "_sent_at",
+        "_settings",
         "_stale_retried",
         "_started",
         "_stick_key",
@@ -206,7 +209,12 @@ class Exchange:
     ) -> None:
         # the request, as parsed
         self._client = client
-        self._read_limit: int = client.settings.response_buffer  # read once, not per read
+        # the client's listener settings, loop and context, read natively from here on: through
+        # the `ClientSide` protocol each read was a generic attribute look-up (~20 a request)
+        settings = self._settings = client.settings
+        self._loop = client.loop
+        self._context = client.context
+        self._read_limit: int = settings.response_buffer  # read once, not per read
         # the client socket's send queue (fd, SO_SNDBUF), looked up at the first body read
         self._room: SendRoom | None = None
         self._room_looked = not client.direct_writes
@@ -230,7 +238,7 @@ class Exchange:
         self._tried: Sequence[BackendState] = ()  # a list once one has failed
         self._reused = False
         self._stale_retried = False
-        self._pool = client.settings.pool
+        self._pool = self._settings.pool
         self._pool_chosen = False  # a filter chose the pool (`use_pool`)
         self._dequeued = False
         self._fell_back = False
@@ -283,8 +291,7 @@ class Exchange:
     def begin(self, first_filter: int = 0) -> None:
         """The request head is in: run the listener's request filters, route, run the route's
         filters, then go upstream."""
-        client = self._client
-        settings = client.settings
+        settings = self._settings
         filters = settings.filters
         if filters:
             for index in range(first_filter, len(filters)):
@@ -333,7 +340,7 @@ class Exchange:
     def _go(self) -> None:
         """Filters and routing are done: ask the route's cache, else count the request against
         its pool and send it."""
-        caches = self._client.settings.route_caches
+        caches = self._settings.route_caches
         if (
             caches is not None
             and self._cache is None
@@ -344,7 +351,7 @@ class Exchange:
             if route_cache is not None:
                 self._cache = route_cache.exchange(
                     self.method,
-                    self._client.settings.proto.decode("ascii"),
+                    self._settings.proto.decode("ascii"),
                     self.head.host,
                     self._original_target,
                     self.target,
@@ -373,7 +380,7 @@ class Exchange:
 
     def _spawn_refresh(self, refresh: CacheExchange) -> None:
         """A stale-while-revalidate refresh, sent to this request's pool in the background."""
-        tasks.spawn(refresh_stale(refresh, self._pool, self.head.host, self._client.loop))
+        tasks.spawn(refresh_stale(refresh, self._pool, self.head.host, self._loop))
 
     async def _cache_wait(self, cache: CacheExchange) -> None:
         """A request for the same key is at the origin: wait for it (bounded), look again."""
@@ -387,7 +394,7 @@ class Exchange:
     def _cached_answer(self, answer: LocalResponse) -> LocalResponse:
         """A stored response with the route's and listener's response header edits."""
         edits = self._response_edits
-        extra = self._client.settings.response_headers
+        extra = self._settings.response_headers
         if edits is None and not extra:
             return answer
         fields = list(answer.headers)
@@ -401,7 +408,7 @@ class Exchange:
         """Count the request against its pool, then send it."""
         budget = self._pool.budget
         if budget is not None:
-            budget.record_request(self._client.loop.time())
+            budget.record_request(self._loop.time())
         self.start()
 
     async def _await_filter(self, request_filter: RequestFilter, index: int, routed: bool) -> None:
@@ -416,7 +423,7 @@ class Exchange:
         elif not routed:
             self.begin(index + 1)
         else:
-            chain = self._client.settings.route_filters
+            chain = self._settings.route_filters
             assert chain is not None
             assert self.route is not None
             route_chain = chain[self.route.index]
@@ -431,22 +438,20 @@ class Exchange:
     def use_pool(self, name: str) -> None:
         """A filter's choice: this request goes to pool `name` (KeyError when there is none),
         whatever the route says."""
-        self._pool = self._client.context.pools[name]
+        self._pool = self._context.pools[name]
         self._pool_chosen = True
 
     def _filtered(self, answer: LocalResponse) -> None:
-        client = self._client
         if answer.status == 429:  # the rate limiter's (or a plugin's) Too Many Requests
-            client.context.stats.ratelimited(client.settings.name)
+            self._context.stats.ratelimited(self._settings.name)
         self._respond_locally(answer)
 
     def _route(self, router: Router) -> Pool | None:
         """Match the request to a route and apply its request actions; None when the route
         answered itself (a redirect, a fixed response, a static file)."""
-        client = self._client
         head = self.head
         route = self.route = router.match(self.method, self.target, head.host, self.headers)
-        stages = client.settings.route_stages
+        stages = self._settings.route_stages
         if stages is not None:
             stage = stages[route.index]
             if stage is not None:  # the route's actions ("route_actions", a named stage)
@@ -455,7 +460,7 @@ class Exchange:
                     self._respond_locally(answer)
                     return None
                 self._response_edits = stage.response_actions
-        sites = client.settings.static_sites
+        sites = self._settings.static_sites
         if sites is not None:
             site = sites[route.index] if route.index >= 0 else None
             if site is not None:
@@ -465,7 +470,7 @@ class Exchange:
                     return None
                 # try_files: fallback, and no such file: the route's pool answers
         assert route.pool is not None
-        pool = client.context.pools[route.pool]
+        pool = self._context.pools[route.pool]
         timeouts = route.timeouts
         if timeouts is not None:
             settings = pool.settings
@@ -480,7 +485,7 @@ class Exchange:
         """Pick a backend and send the request to it (now if a pooled connection is free)."""
         client = self._client
         pool = self._pool
-        now = client.loop.time()
+        now = self._loop.time()
         persistence = pool.persistence
         if persistence is not None and not self._tried:
             if persistence.stick is not None and not self._stick_looked:
@@ -517,14 +522,14 @@ class Exchange:
             fallback = pool.fallback
             if fallback is not None and not self._tried and not self._fell_back:
                 self._fell_back = True
-                self._pool = client.context.pools[fallback]
+                self._pool = self._context.pools[fallback]
                 self.start()
                 return
             self._respond_error(502 if self._tried else 503)
             return
         if backend is FULL:
             if pool.enqueue(self):
-                self._queue_timer = client.loop.call_later(pool.queue_timeout, self._queue_expired)
+                self._queue_timer = self._loop.call_later(pool.queue_timeout, self._queue_expired)
             else:
                 self._respond_error(503)
             return
@@ -566,7 +571,7 @@ class Exchange:
 
     async def _connect(self, backend: BackendState) -> None:
         settings = self._pool.settings
-        loop = self._client.loop
+        loop = self._loop
         timeouts = self._timeouts
         connect_timeout = settings.connect_timeout if timeouts is None else timeouts[0]
         connect_started = time.monotonic()
@@ -636,7 +641,7 @@ class Exchange:
     def _build_upstream_head(self) -> bytes:
         """The request head re-serialised for the server: never the client's raw bytes."""
         client = self._client
-        settings = client.settings
+        settings = self._settings
         head = self.head
         out = head.headers
         if settings.x_forwarded or settings.forwarded:
@@ -645,7 +650,7 @@ class Exchange:
             else:
                 # the usual case: the same block as this client's last request (the memo is
                 # per client address and worker, not per connection: idle memory)
-                memos = client.context.forwarding_memos
+                memos = self._context.forwarding_memos
                 ip = client.client_ip
                 memo = memos.get(ip)
                 if memo is not None and memo[0] is settings and memo[1] == head.host:
@@ -679,7 +684,7 @@ class Exchange:
 
     def _forwarding(self, head: RequestHead) -> list[Header]:
         client = self._client
-        settings = client.settings
+        settings = self._settings
         return forwarding_headers(
             client.client_ip,
             settings.proto,
@@ -798,7 +803,7 @@ class Exchange:
 
     def _route_chain(self) -> RouteChain | None:
         """The chosen route's own filters and stages, or None (no route, or none there)."""
-        route_filters = self._client.settings.route_filters
+        route_filters = self._settings.route_filters
         if route_filters is None or self.route is None:
             return None
         return route_filters[self.route.index]
@@ -808,7 +813,7 @@ class Exchange:
         `on_response` hooks first in each: on a server's response, or on a local one for those
         that asked). Stops at a `replace`.
         Raises PluginError when a user's hook raised (logged)."""
-        settings = self._client.settings
+        settings = self._settings
         if chain is not None:
             route_hooks = chain.response
             if route_hooks is not None and (server or route_hooks.local):
@@ -835,20 +840,20 @@ class Exchange:
         caller's."""
         client = self._client
         backend = self._backend
-        if client.settings.access_log is not None:
-            self._response_time = client.loop.time() - self._sent_at
+        if self._settings.access_log is not None:
+            self._response_time = self._loop.time() - self._sent_at
         if backend is not None:
             if backend.tracks_latency:
-                backend.observe_latency(client.loop.time() - self._sent_at)
+                backend.observe_latency(self._loop.time() - self._sent_at)
             pool = self._pool
             if status >= 500 and pool.on_5xx and pool.outliers is not None:
-                pool.observe(backend, True, client.loop.time())
+                pool.observe(backend, True, self._loop.time())
                 self._observed = True
         self.status = status
         out = head.headers
         if self._response_edits is not None:
             out = apply_response_headers(out, self._response_edits)
-        settings = client.settings
+        settings = self._settings
         if settings.response_headers:
             out = [*out, *settings.response_headers]
         chain = self._route_chain()
@@ -936,7 +941,7 @@ class Exchange:
             if len(data) >= pipe.offload_min:
                 self._offload(pipe, [bytes(data)])
                 return
-            if not TURN_BUDGET.take(len(data), pipe.offload_min, self._client.loop):
+            if not TURN_BUDGET.take(len(data), pipe.offload_min, self._loop):
                 self._defer(pipe, [bytes(data)])
                 return
         try:
@@ -953,7 +958,7 @@ class Exchange:
             self._response_started = True
         if not self._flush_due:
             self._flush_due = True
-            self._client.loop.call_later(TRANSFORM_FLUSH_DELAY, self._flush_body)
+            self._loop.call_later(TRANSFORM_FLUSH_DELAY, self._flush_body)
 
     def _offload(self, pipe: TransformChain, pieces: list[bytes]) -> None:
         """Feed `pieces` to `pipe` in a worker thread; the server's reading waits (the pieces
@@ -962,7 +967,7 @@ class Exchange:
         upstream = self._upstream
         if upstream is not None:
             upstream.pause_reading()
-        loop = self._client.loop
+        loop = self._loop
         future = loop.run_in_executor(transform_executor(), _feed_all, pipe, pieces)
         future.add_done_callback(self._offload_done)
 
@@ -974,7 +979,7 @@ class Exchange:
         if upstream is not None:
             upstream.pause_reading()
         size = sum(len(piece) for piece in pieces)
-        TURN_BUDGET.wait(size, pipe.offload_min, self._client.loop, partial(self._deferred, pieces))
+        TURN_BUDGET.wait(size, pipe.offload_min, self._loop, partial(self._deferred, pieces))
 
     def _deferred(self, pieces: list[bytes]) -> None:
         """The turn `_defer` waited for (the budget charged for `pieces`)."""
@@ -1015,7 +1020,7 @@ class Exchange:
             if size >= pipe.offload_min:
                 self._offload(pipe, waiting)
                 return
-            if not TURN_BUDGET.take(size, pipe.offload_min, self._client.loop):
+            if not TURN_BUDGET.take(size, pipe.offload_min, self._loop):
                 self._defer(pipe, waiting)
                 return
             try:
@@ -1124,7 +1129,7 @@ class Exchange:
                 or not upstream.is_reusable()
                 or upstream.private
                 or (settings.max_requests and upstream.requests >= settings.max_requests)
-                or not backend.put_idle(upstream, client.loop.time())
+                or not backend.put_idle(upstream, self._loop.time())
             ):
                 upstream.close()
         if cached is not None:
@@ -1182,15 +1187,15 @@ class Exchange:
         sockname = transport.get_extra_info("sockname") or ("", 0)
         relay = Relay(
             _TunnelOwner(client),
-            client.loop,
+            self._loop,
             transport,
             self._pool,
-            client.context.pools,
+            self._context.pools,
             {},
             (peer[0], peer[1]),
             (sockname[0], sockname[1]),
-            client.settings.tunnel_timeout,
-            client.context.stats.client_bytes(client.settings.name),
+            self._settings.tunnel_timeout,
+            self._context.stats.client_bytes(self._settings.name),
         )
         relay.adopt(backend, upstream.transport)
         if rest:
@@ -1235,7 +1240,7 @@ class Exchange:
         gone (then `finished` is set)."""
         client = self._client
         while client.write_paused and not self.finished:
-            waiter = self._waiter = client.loop.create_future()
+            waiter = self._waiter = self._loop.create_future()
             await waiter
 
     def client_gone(self) -> None:
@@ -1265,11 +1270,11 @@ class Exchange:
         pool = self._pool
         if counts and len(self._tried) <= pool.settings.retries:
             budget = pool.budget
-            now = self._client.loop.time()
+            now = self._loop.time()
             if budget is None or budget.can_retry(now):
                 if budget is not None:
                     budget.record_retry(now)
-                self._client.context.stats.retry(pool.name)
+                self._context.stats.retry(pool.name)
                 self.start()
                 return
         self._respond_error(status)
@@ -1282,7 +1287,7 @@ class Exchange:
         keep = self._may_keep()
         if not keep:
             self.keep_alive = False
-        settings = self._client.settings
+        settings = self._settings
         chain = self._route_chain()
         hooks = settings.response_hooks
         if (
@@ -1346,7 +1351,7 @@ class Exchange:
         self._response_started = False
         pipe = self._pipe
         out = self._out
-        timeout = self._client.settings.send_timeout
+        timeout = self._settings.send_timeout
         tasks.spawn(
             stream_local(self, out, pipe, status, reason, headers, body, source, keep, timeout)
         )
@@ -1408,7 +1413,7 @@ class Exchange:
             return False
         if self.head.kind is not LENGTH_BODY:
             return True
-        return self.head.length - self.received <= client.settings.max_discard_size
+        return self.head.length - self.received <= self._settings.max_discard_size
 
     def _expects_continue(self) -> bool:
         for name, value in self.headers:
@@ -1454,9 +1459,8 @@ class Exchange:
     def _done(self, status: int, complete: bool = True) -> None:
         """The request has ended (answered, refused, cut or abandoned): run the done phase's
         stages (the access log, users' `on_done`), count it."""
-        client = self._client
         route = self.route
-        settings = client.settings
+        settings = self._settings
         learning = self._learning
         if learning is not None:
             # the stick table's stage: a session sticks once a response went out whole
@@ -1468,8 +1472,8 @@ class Exchange:
             settings.route_filters is not None and route is not None and self._route_done()
         ):
             self._done_stages(status, complete)
-        client.context.stats.request_done(
-            client.settings.name,
+        self._context.stats.request_done(
+            self._settings.name,
             route.name if route is not None else NO_ROUTE,
             self._pool.name,
             self._backend_name,
@@ -1477,7 +1481,7 @@ class Exchange:
             time.monotonic() - self._started,
             self._connect_time,
         )
-        hooks = client.settings.done_hooks
+        hooks = self._settings.done_hooks
         if hooks:
             for hook in hooks:
                 hook(self, status)
@@ -1489,7 +1493,7 @@ class Exchange:
     def _done_stages(self, status: int, complete: bool) -> None:
         """The done phase: the outcome to every done stage, the route's then the listener's."""
         client = self._client
-        settings = client.settings
+        settings = self._settings
         route = self.route
         outcome = Outcome(
             status=status,
@@ -1525,9 +1529,9 @@ class Exchange:
             pool = self._pool
             if failed:
                 backend.failures += 1
-                pool.observe(backend, True, self._client.loop.time())
+                pool.observe(backend, True, self._loop.time())
             elif failed is not None and backend.fail_streak:
-                pool.observe(backend, False, self._client.loop.time())
+                pool.observe(backend, False, self._loop.time())
             if pool.queue:
                 pool.released()
 
