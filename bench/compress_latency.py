@@ -176,6 +176,75 @@ def median_range(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
 
 
+def start_nginx(
+    scratch: Path, origin_port: int, workers: int, level: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    """NGINX in front of the same origin, gzip on at `level` (its defaults otherwise), /ping
+    answered by NGINX itself as Portico's route does; its port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = scratch / "nginx.conf"
+    conf.write_text(
+        f"""worker_processes {workers};
+error_log {scratch}/error.log;
+pid {scratch}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /ping {{ return 200 "pong"; }}
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            gzip on;
+            gzip_comp_level {level};
+            gzip_proxied any;
+            gzip_types application/json;
+        }}
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(scratch), "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("nginx did not start") from None
+            time.sleep(0.05)
+    return proc, port
+
+
+def check_coding(port: int, coding: str) -> None:
+    """The proxy answers /big in `coding` (identity: not encoded), or the run would measure
+    something else."""
+    request = f"GET /big HTTP/1.1\r\nHost: b\r\nAccept-Encoding: {coding}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            head += piece
+    fields = head.split(b"\r\n\r\n", 1)[0].lower()
+    encoded = re.search(rb"\r\ncontent-encoding: *([a-z0-9-]+)", fields)
+    got = encoded.group(1).decode() if encoded else "identity"
+    if got != coding:
+        raise SystemExit(f"the proxy answered /big in {got}, not {coding}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -189,7 +258,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per phase")
     parser.add_argument("--cycles", type=int, default=4, help="ABBA cycles of two phases")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--proxy",
+        default="portico",
+        choices=["portico", "nginx"],
+        help="nginx: the same scenario through NGINX (gzip only, gzip_comp_level as --level)",
+    )
     args = parser.parse_args()
+    if args.proxy == "nginx" and args.coding not in ("gzip", "identity"):
+        parser.error("NGINX compresses gzip only here")
     if not (1 <= args.cycles <= 20 and 0.5 <= args.seconds <= 30):
         parser.error("--cycles must be 1..20 and --seconds 0.5..30")
 
@@ -218,18 +295,22 @@ pools:
     active = multiprocessing.Value("i", 0)
     clients: list[multiprocessing.Process] = []
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch, "portico.yaml")
-        path.write_text(config)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "portico", "run", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
+        if args.proxy == "nginx":
+            proc, port = start_nginx(Path(scratch), origin_port, args.workers, args.level or 5)
+        else:
+            path = Path(scratch, "portico.yaml")
+            path.write_text(config)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "portico", "run", str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             assert proc.stdout is not None
             line = proc.stdout.readline().decode()
             port = int(re.findall(r"http://[\d.]+:(\d+)", line)[0])
+        try:
+            check_coding(port, args.coding)
             clients = [
                 multiprocessing.Process(target=downloader, args=(port, args.coding, go, active))
                 for _ in range(args.clients)
@@ -271,7 +352,8 @@ pools:
     alone = [p99(v) for _, phase, v in phases if phase == "alone"]
     loaded = [p99(v) for _, phase, v in phases if phase == "loaded"]
     print(
-        f"{args.clients} clients downloading 10 MiB {args.coding} bodies; {args.cycles} ABBA "
+        f"{args.proxy}: {args.clients} clients downloading 10 MiB {args.coding} bodies; "
+        f"{args.cycles} ABBA "
         f"cycles of {args.seconds:g} s phases"
     )
     print(f"p99 alone (ms):  {median_range(alone)}")
