@@ -192,6 +192,7 @@ pid {scratch}/nginx.pid;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;  # the pinger keeps one connection for the whole run
     upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 16; }}
     server {{
         listen 127.0.0.1:{port};
