@@ -734,24 +734,28 @@ def demo_port(proc: subprocess.Popen[str], timeout: float = READY_TIMEOUT) -> in
 
 
 class ClientTransport(asyncio.Transport):
-    """A client's transport for unit tests that drive a protocol object directly: takes writes
-    and keeps their bytes, reports a loopback peer, knows which protocol it feeds."""
+    """A client's transport for unit tests that drive a protocol object directly: keeps each
+    write (a `writelines` is one write, as a real transport sends it in one go), reports a
+    loopback peer, knows which protocol it feeds."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.written = bytearray()
+        self.writes: list[bytes] = []
         self.protocol: Any = None
         self.closing = False
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self.writes)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
     def write(self, data: Any) -> None:
-        self.written += data
+        self.writes.append(bytes(data))
 
     def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.write(part)
+        self.writes.append(b"".join(bytes(part) for part in parts))
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
@@ -776,3 +780,25 @@ class ClientTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def worker_with_idle_servers(config: str, idle: int) -> Iterator[Any]:
+    """A `Worker` on its own (not running) loop whose listener `web`'s first server already has
+    `idle` pooled connections on `ClientTransport`s: a request attaches at once, no socket."""
+    from portico.config.load import parse_config
+    from portico.upstreams.connections import UpstreamConnection
+    from portico.worker import Worker
+
+    loop = asyncio.new_event_loop()
+    try:
+        worker = Worker(loop, parse_config(config, "<test>"), {})
+        backend = worker.settings["web"].pool.backends[0]
+        for _ in range(idle):
+            upstream = UpstreamConnection(backend, 30.0, 30.0)
+            upstream.transport = ClientTransport()
+            upstream._deadline = None  # no timers without a running loop
+            backend.put_idle(upstream, 0.0)
+        yield worker
+    finally:
+        loop.close()

@@ -10,7 +10,6 @@ off: only reference counting may free the objects.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
@@ -20,12 +19,11 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 
 from fakes import ClientTransport as FakeTransport
-from portico.config.load import parse_config
+from fakes import worker_with_idle_servers
 from portico.listeners.h2 import H2ClientConnection, H2Stream
 from portico.listeners.http import ClientConnection
 from portico.proxy.framing import H2Framer
 from portico.proxy.l7 import Exchange
-from portico.upstreams.connections import UpstreamConnection
 from portico.worker import Worker
 
 CONFIG = """
@@ -45,18 +43,8 @@ pools:
 @pytest.fixture
 def worker() -> Iterator[Worker]:
     """A worker whose one server has idle pooled connections: requests attach at once."""
-    loop = asyncio.new_event_loop()
-    try:
-        worker = Worker(loop, parse_config(CONFIG, "<test>"), {})
-        backend = worker.settings["web"].pool.backends[0]
-        for _ in range(4):
-            upstream = UpstreamConnection(backend, 30.0, 30.0)
-            upstream.transport = FakeTransport()
-            upstream._deadline = None  # no timers without a running loop
-            backend.put_idle(upstream, 0.0)
+    with worker_with_idle_servers(CONFIG, 4) as worker:
         yield worker
-    finally:
-        loop.close()
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ the connection without an answer. The broken collaborators here are a parser who
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterator
@@ -19,11 +18,10 @@ import httptools
 import pytest
 
 from fakes import ClientTransport as FakeTransport
-from portico.config.load import parse_config
+from fakes import worker_with_idle_servers
 from portico.listeners.http import ClientConnection
 from portico.plugins.guard import LOG_INTERVAL
 from portico.proxy.internal import InternalErrors, internal_errors
-from portico.upstreams.connections import UpstreamConnection
 from portico.worker import Worker
 
 CONFIG = """
@@ -69,17 +67,8 @@ class BrokenFilter:
 @pytest.fixture
 def worker() -> Iterator[Worker]:
     """A worker whose one server has an idle pooled connection: a request attaches at once."""
-    loop = asyncio.new_event_loop()
-    try:
-        worker = Worker(loop, parse_config(CONFIG, "<test>"), {})
-        backend = worker.settings["web"].pool.backends[0]
-        upstream = UpstreamConnection(backend, 30.0, 30.0)
-        upstream.transport = FakeTransport()
-        upstream._deadline = None  # no timers without a running loop
-        backend.put_idle(upstream, 0.0)
+    with worker_with_idle_servers(CONFIG, 1) as worker:
         yield worker
-    finally:
-        loop.close()
 
 
 @pytest.fixture(autouse=True)

@@ -9,16 +9,15 @@ client, read to the close for HTTP/1.0, DATA frames until END_STREAM for HTTP/2.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded
 
-from portico.config.load import parse_config
+from fakes import ClientTransport as FakeTransport
+from fakes import worker_with_idle_servers
 from portico.listeners.h2 import H2ClientConnection
 from portico.listeners.http import ClientConnection
 from portico.upstreams.connections import UpstreamConnection
@@ -41,68 +40,11 @@ pools:
 UNKNOWN_LENGTH = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\nhello"
 
 
-class FakeTransport(asyncio.Transport):
-    """Records each write; knows which protocol it feeds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.protocol: Any = None
-        self.closing = False
-
-    @property
-    def written(self) -> bytes:
-        return b"".join(self.writes)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: Any) -> None:
-        self.writes.append(bytes(data))
-
-    def writelines(self, parts: Any) -> None:
-        self.writes.append(b"".join(bytes(part) for part in parts))
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 @pytest.fixture
 def worker() -> Iterator[Worker]:
     """A worker whose one server has idle pooled connections: requests attach at once."""
-    loop = asyncio.new_event_loop()
-    try:
-        worker = Worker(loop, parse_config(CONFIG, "<test>"), {})
-        backend = worker.settings["web"].pool.backends[0]
-        for _ in range(2):
-            upstream = UpstreamConnection(backend, 30.0, 30.0)
-            upstream.transport = FakeTransport()
-            upstream._deadline = None  # no timers without a running loop
-            backend.put_idle(upstream, 0.0)
+    with worker_with_idle_servers(CONFIG, 2) as worker:
         yield worker
-    finally:
-        loop.close()
 
 
 def http1_exchange(worker: Worker, request: bytes) -> tuple[FakeTransport, UpstreamConnection]:
