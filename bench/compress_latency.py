@@ -10,6 +10,8 @@ and the figure to quote is the median ratio with its range. Bounded: `--seconds`
 (default 4 cycles x 2 phases x 5 s, ~50 s in all). Loopback only; no fixed port.
 
     .venv/bin/python bench/compress_latency.py [--clients 8] [--coding gzip] [--cycles 4]
+                                               [--spinners N] [--pinger-apart]
+                                               [--proxy nginx]
 """
 
 from __future__ import annotations
@@ -97,6 +99,25 @@ def downloader(port: int, coding: str, go: Any, active: Any) -> None:
             continue
 
 
+def spinner(go: Any, active: Any) -> None:
+    """A process that only burns CPU while `go` is set (`--spinners`: a control for how much
+    of the loaded p99 is the machine's cores being busy with other processes, whatever they
+    do, rather than Portico's loop being busy)."""
+    while True:
+        if not go.wait(60):
+            return
+        with active.get_lock():
+            active.value += 1
+        try:
+            while go.is_set():
+                deadline = time.perf_counter() + 0.01
+                while time.perf_counter() < deadline:
+                    pass
+        finally:
+            with active.get_lock():
+                active.value -= 1
+
+
 def read_response(sock: socket.socket, buffer: bytearray, go: Any = None) -> int:
     """Read one response (Content-Length or chunked) and return its body size on the wire.
     With `go`: give up (ConnectionError) as soon as it is cleared."""
@@ -133,19 +154,26 @@ def _recv(sock: socket.socket, size: int, go: Any) -> bytes:
         return chunk
 
 
-def pings(port: int, seconds: float) -> list[float]:
-    """Latencies (ms) of `/ping` on one keep-alive connection for `seconds`, every ~2 ms."""
+def pings(ports: list[int], seconds: float) -> list[list[float]]:
+    """Latencies (ms) of `/ping` on one keep-alive connection per port for `seconds`, every
+    ~2 ms, the ports taking turns (so each sees the same moments of the machine's load)."""
     buffer = bytearray(65536)
-    out: list[float] = []
+    out: list[list[float]] = [[] for _ in ports]
     deadline = time.monotonic() + seconds
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    socks = [socket.create_connection(("127.0.0.1", port)) for port in ports]
+    try:
+        for sock in socks:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while time.monotonic() < deadline:
-            started = time.perf_counter()
-            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: p\r\n\r\n")
-            read_response(sock, buffer)
-            out.append((time.perf_counter() - started) * 1000)
-            time.sleep(0.002)
+            for sock, latencies in zip(socks, out, strict=True):
+                started = time.perf_counter()
+                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: p\r\n\r\n")
+                read_response(sock, buffer)
+                latencies.append((time.perf_counter() - started) * 1000)
+                time.sleep(0.002)
+    finally:
+        for sock in socks:
+            sock.close()
     return out
 
 
@@ -227,6 +255,20 @@ http {{
     return proc, port
 
 
+def start_portico(path: Path, config: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`portico run` on `config` (written to `path`); its port."""
+    path.write_text(config)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portico", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    return proc, int(re.findall(r"http://[\d.]+:(\d+)", line)[0])
+
+
 def check_coding(port: int, coding: str) -> None:
     """The proxy answers /big in `coding` (identity: not encoded), or the run would measure
     something else."""
@@ -260,12 +302,28 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=4, help="ABBA cycles of two phases")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
+        "--spinners",
+        type=int,
+        default=0,
+        help="processes that only burn CPU in the loaded phases (with --clients 0: a control "
+        "for what busy cores alone do to the p99)",
+    )
+    parser.add_argument(
         "--proxy",
         default="portico",
         choices=["portico", "nginx"],
         help="nginx: the same scenario through NGINX (gzip only, gzip_comp_level as --level)",
     )
+    parser.add_argument(
+        "--pinger-apart",
+        action="store_true",
+        help="small requests also go, in turns with the others, through a second Portico that "
+        "compresses nothing (the same load on the machine, none on its event loop): what the "
+        "shared cores cost them, apart from queueing behind compression in the loop",
+    )
     args = parser.parse_args()
+    if args.pinger_apart and args.proxy != "portico":
+        parser.error("--pinger-apart is for Portico")
     if args.proxy == "nginx" and args.coding not in ("gzip", "identity"):
         parser.error("NGINX compresses gzip only here")
     if not (1 <= args.cycles <= 20 and 0.5 <= args.seconds <= 30):
@@ -291,75 +349,92 @@ pools:
   origin:
     servers: [{{address: 127.0.0.1:{origin_port}}}]
 """
-    phases: list[tuple[int, str, list[float]]] = []  # (cycle, "alone" | "loaded", latencies)
+    # (cycle, "alone" | "loaded", latencies through the compressing Portico[, the other])
+    phases: list[tuple[int, str, list[list[float]]]] = []
     go = multiprocessing.Event()
     active = multiprocessing.Value("i", 0)
     clients: list[multiprocessing.Process] = []
+    pinger: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as scratch:
         if args.proxy == "nginx":
             proc, port = start_nginx(Path(scratch), origin_port, args.workers, args.level or 5)
         else:
-            path = Path(scratch, "portico.yaml")
-            path.write_text(config)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "portico", "run", str(path)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            assert proc.stdout is not None
-            line = proc.stdout.readline().decode()
-            port = int(re.findall(r"http://[\d.]+:(\d+)", line)[0])
+            proc, port = start_portico(Path(scratch, "portico.yaml"), config)
+        ping_ports = [port]
+        if args.pinger_apart:
+            pinger, apart_port = start_portico(Path(scratch, "pinger.yaml"), config)
+            ping_ports.append(apart_port)
         try:
             check_coding(port, args.coding)
             clients = [
                 multiprocessing.Process(target=downloader, args=(port, args.coding, go, active))
                 for _ in range(args.clients)
             ]
+            clients += [
+                multiprocessing.Process(target=spinner, args=(go, active))
+                for _ in range(args.spinners)
+            ]
             for client in clients:
                 client.start()
-            pings(port, 0.5)  # warm-up: the first requests load what they need
+            pings(ping_ports, 0.5)  # warm-up: the first requests load what they need
             for cycle in range(args.cycles):
                 order = ("alone", "loaded") if cycle % 2 == 0 else ("loaded", "alone")
                 for phase in order:
                     if phase == "loaded":
                         go.set()
-                        wait_for(lambda: active.value >= args.clients, 10)
+                        wait_for(lambda: active.value >= args.clients + args.spinners, 10)
                         time.sleep(0.3)  # the downloads under way: a warm-up, not a sync
                     else:
                         go.clear()
                         if not wait_for(lambda: active.value == 0, 10):
                             print("warning: downloads still running in an alone phase")
-                    phases.append((cycle, phase, pings(port, args.seconds)))
+                    phases.append((cycle, phase, pings(ping_ports, args.seconds)))
         finally:
             go.clear()
             for client in clients:
                 client.join(5)
                 if client.is_alive():
                     client.terminate()
-            proc.terminate()
-            proc.wait(30)
+            for started in (proc, pinger) if pinger is not None else (proc,):
+                started.terminate()
+                started.wait(30)
             origin.terminate()
             origin.join(10)
+    spinning = f", {args.spinners} CPU spinners" if args.spinners else ""
+    print(
+        f"{args.proxy}: {args.clients} clients downloading 10 MiB {args.coding} bodies"
+        f"{spinning}; {args.cycles} ABBA cycles of {args.seconds:g} s phases"
+    )
+    report(phases, args.cycles, 0, "")
+    if args.pinger_apart:
+        print("the same moments, small requests through a second Portico that compresses nothing:")
+        report(phases, args.cycles, 1, "apart: ")
+        shares = []
+        for cycle in range(args.cycles):
+            loaded = next(v for c, phase, v in phases if c == cycle and phase == "loaded")
+            shares.append(p99(loaded[0]) / p99(loaded[1]))
+        print(f"loaded p99, compressing Portico / the other, per cycle: {median_range(shares)}")
+
+
+def report(
+    phases: list[tuple[int, str, list[list[float]]]], cycles: int, which: int, label: str
+) -> None:
+    """Per cycle and over cycles: the p99 alone, loaded, and their ratio, of the small
+    requests through proxy number `which` (0: the one the downloads go through)."""
     ratios = []
-    for cycle in range(args.cycles):
-        by = {phase: values for c, phase, values in phases if c == cycle}
+    for cycle in range(cycles):
+        by = {phase: values[which] for c, phase, values in phases if c == cycle}
         ratio = p99(by["loaded"]) / p99(by["alone"])
         ratios.append(ratio)
         print(
-            f"cycle {cycle + 1}: alone {summary(by['alone'])}; loaded {summary(by['loaded'])}; "
-            f"p99 ratio {ratio:.2f}x"
+            f"{label}cycle {cycle + 1}: alone {summary(by['alone'])}; "
+            f"loaded {summary(by['loaded'])}; p99 ratio {ratio:.2f}x"
         )
-    alone = [p99(v) for _, phase, v in phases if phase == "alone"]
-    loaded = [p99(v) for _, phase, v in phases if phase == "loaded"]
-    print(
-        f"{args.proxy}: {args.clients} clients downloading 10 MiB {args.coding} bodies; "
-        f"{args.cycles} ABBA "
-        f"cycles of {args.seconds:g} s phases"
-    )
-    print(f"p99 alone (ms):  {median_range(alone)}")
-    print(f"p99 loaded (ms): {median_range(loaded)}")
-    print(f"p99 ratio loaded/alone, per cycle: {median_range(ratios)}")
+    alone = [p99(v[which]) for _, phase, v in phases if phase == "alone"]
+    loaded = [p99(v[which]) for _, phase, v in phases if phase == "loaded"]
+    print(f"{label}p99 alone (ms):  {median_range(alone)}")
+    print(f"{label}p99 loaded (ms): {median_range(loaded)}")
+    print(f"{label}p99 ratio loaded/alone, per cycle: {median_range(ratios)}")
 
 
 if __name__ == "__main__":

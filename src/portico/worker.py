@@ -320,6 +320,21 @@ def compression_stage(
     )
 
 
+def compression_by_route(
+    listener: ListenerConfig, stages: tuple[CompressionStage, ...]
+) -> tuple[tuple[CompressionStage, ...], ...] | None:
+    """By route index (the last: the default route's), the listener's compression stage where
+    that route's answers may be compressed (the route's or the listener's `compression:`),
+    else none; None without a compression stage."""
+    if not stages:
+        return None
+    count = len(listener.routes)
+    return tuple(
+        tuple(s for s in stages if s.settings_for(i if i < count else None) is not None)
+        for i in range(count + 1)
+    )
+
+
 def done_stages(
     listener: ListenerConfig, logs: dict[tuple[str, str], AccessLogWriter] | None
 ) -> tuple[DoneStage, ...]:
@@ -363,6 +378,7 @@ def listener_settings(
         plugin_request, response_hooks, plugin_done = plugin_filters(
             listener.filters, f"listener {listener.name}", config
         )
+        compression = compression_stage(listener, stats)
         out[listener.name] = HttpListenerSettings(
             name=listener.name,
             pool=pools[listener.default_pool],
@@ -412,7 +428,8 @@ def listener_settings(
             route_stages=route_action_stages(listener),
             route_filters=route_filters(listener, config),
             route_caches=route_caches(listener, cache),
-            response_stages=compression_stage(listener, stats),
+            response_stages=compression,
+            route_response_stages=compression_by_route(listener, compression),
             done_stages=(*done_stages(listener, logs), *plugin_done),
             static_sites=static_sites(listener),
             http2=(

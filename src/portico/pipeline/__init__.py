@@ -88,7 +88,8 @@ class TurnBudget:
     loop eight times as long (they did: small requests then waited ~15 ms behind compression,
     bench/compress_latency.py). The unit is one chain's `offload_min`, the size of a piece that
     takes the loop about `portico.compression.codecs.STEP_BUDGET_MS`: a piece costs its
-    size over that, and a turn may spend 1.
+    size over that, and a turn may spend `share` (TURN_SHARE: a turn holds the loop for about
+    `share` x STEP_BUDGET_MS of transform work).
 
     `take` answers whether a piece may be transformed now (and charges it); if not, `wait`
     queues it for a later turn (a worker thread would do too, but its hand-over costs more
@@ -97,10 +98,11 @@ class TurnBudget:
     `call_soon` (it runs once the callbacks of this turn are done): each waiting piece costs
     one call, however many turns it waits."""
 
-    __slots__ = ("_refill_on", "_waiting", "left")
+    __slots__ = ("_refill_on", "_waiting", "left", "share")
 
-    def __init__(self) -> None:
-        self.left = 1.0
+    def __init__(self, share: float = 1.0) -> None:
+        self.share = share
+        self.left = share
         self._refill_on: _Scheduler | None = None  # the loop a refill is scheduled on
         self._waiting: deque[tuple[float, Callable[[], object]]] = deque()
 
@@ -128,12 +130,12 @@ class TurnBudget:
 
     def refill(self) -> None:
         """A new turn: the whole budget, first for the pieces waiting."""
-        self.left = 1.0
+        share = self.left = self.share
         loop, self._refill_on = self._refill_on, None
         waiting = self._waiting
         while waiting:
             cost, then = waiting[0]
-            if cost >= self.left and self.left < 1.0:
+            if cost >= self.left and self.left < share:
                 break  # (a piece that costs the whole budget or more has a turn to itself)
             waiting.popleft()
             self.left -= cost
@@ -141,11 +143,18 @@ class TurnBudget:
                 then()
             except Exception:
                 log.exception("a transform step waiting for its turn failed")
-        if loop is not None and (waiting or self.left < 1.0):
+        if loop is not None and (waiting or self.left < share):
             self._schedule(loop)
 
 
-TURN_BUDGET: Final = TurnBudget()  # the worker's: one event loop per process
+# A turn's share of one `offload_min` (~1.5 ms, see TurnBudget): ~0.5 ms of compression a
+# turn across all responses (a 64 KiB gzip-5 piece is about one turn's worth), so a small
+# request waits behind at most that much of it, against ~1 ms with a whole share (1.5 ms by
+# zlib's rates, ~1 ms at zlib-ng's). gzip-5 per CPU-second unchanged within bench/run's
+# noise (0.91x NGINX against 0.94x, 2026-12-06); handing the excess to threads instead
+# cost a quarter of it (0.76x)
+TURN_SHARE: Final = 1 / 3
+TURN_BUDGET: Final = TurnBudget(TURN_SHARE)  # the worker's: one event loop per process
 
 
 class ExchangeView(Protocol):

@@ -84,6 +84,11 @@ class HttpListenerSettings:
     # the response-head phase's stages after users' hooks (every response head, Portico's own
     # answers too) and the done phase's; empty (the usual case) costs a tuple check
     response_stages: tuple[ResponseStage, ...] = ()
+    # by route index (the last: the default route's): those of `response_stages` that act on
+    # the route's responses (compression only where the route or the listener compresses: a
+    # stage that does nothing still costs a local answer its ResponseEdit and head copies);
+    # None: all of them on every route
+    route_response_stages: tuple[tuple[ResponseStage, ...], ...] | None = None
     done_stages: tuple[DoneStage, ...] = ()
     # by route index: the route's `static:` site, if any; None when no route has one
     static_sites: tuple[StaticSite | None, ...] | None = None

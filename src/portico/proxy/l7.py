@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
     from portico.filters.plugin import RouteChain
     from portico.persistence.session import Learning, Persistence
+    from portico.pipeline import ResponseStage
     from portico.proxy.context import HttpListenerSettings, ProxyContext
     from portico.upstreams.backend import BackendState
 
@@ -827,10 +828,19 @@ class Exchange:
         hooks = settings.response_hooks
         if hooks is not None and (server or hooks.local):
             hooks.run(self, edit)
-        for stage in settings.response_stages:
+        for stage in self._listener_stages():
             if edit.replacement is not None:
                 return
             stage.on_response_head(self, edit)
+
+    def _listener_stages(self) -> tuple[ResponseStage, ...]:
+        """The listener's response-head stages that act on this exchange's route."""
+        settings = self._settings
+        by_route = settings.route_response_stages
+        route = self.route
+        if by_route is None or route is None:
+            return settings.response_stages
+        return by_route[route.index]
 
     def _response_headers(self, status: int, head: ResponseHead) -> list[Header]:
         """What every response gets whatever the client speaks: observations of the server,
@@ -857,7 +867,7 @@ class Exchange:
         if settings.response_headers:
             out = [*out, *settings.response_headers]
         chain = self._route_chain()
-        if chain is not None or settings.response_hooks is not None or settings.response_stages:
+        if chain is not None or settings.response_hooks is not None or self._listener_stages():
             kind = head.kind
             edit = ResponseEdit(
                 status,
@@ -1291,7 +1301,7 @@ class Exchange:
         chain = self._route_chain()
         hooks = settings.response_hooks
         if (
-            settings.response_stages
+            self._listener_stages()
             or (hooks is not None and hooks.local)
             or (chain is not None and (chain.response_stages or _local_hooks(chain)))
         ):

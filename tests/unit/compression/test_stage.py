@@ -7,8 +7,11 @@ import zlib
 from portico.compression.policy import CompressionSettings
 from portico.compression.stage import compress_response, compression_settings
 from portico.config.content import CompressionConfig
+from portico.config.load import parse_config
+from portico.config.schema import ListenerConfig
 from portico.http.headers import Header
 from portico.observe.stats import WorkerStats
+from portico.worker import compression_by_route, compression_stage
 
 HTML: list[Header] = [(b"Content-Type", b"text/html"), (b"Content-Length", b"4000")]
 
@@ -55,3 +58,42 @@ def test_identity_clients_get_vary_only() -> None:
     head, compressor = compress_response(CompressionSettings(), None, b"GET", [], 200, HTML, 10)
     assert compressor is None
     assert head == HTML
+
+
+def _listener(compression: str, routes: str) -> ListenerConfig:
+    text = f"""
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    default_pool: app
+{compression}    routes:
+{routes}pools:
+  app:
+    servers: [{{address: 127.0.0.1:9001}}]
+"""
+    return parse_config(text, "<test>").listeners[0]
+
+
+ROUTES = """\
+      - match: {path_prefix: /s/}
+        static: {root: /tmp}
+      - match: {path_prefix: /j/}
+        pool: app
+        compression: {algorithms: [gzip]}
+"""
+
+
+def test_the_compression_stage_runs_only_on_routes_that_compress() -> None:
+    # a route that does not compress (a static site beside a compressing route) skips the
+    # stage: its answers cost no ResponseEdit
+    listener = _listener("", ROUTES)
+    stages = compression_stage(listener, None)
+    by_route = compression_by_route(listener, stages)
+    assert by_route == ((), stages, ())  # /s/, /j/, the default route
+    # the listener compresses: every route may
+    listener = _listener("    compression: {algorithms: [br]}\n", ROUTES)
+    stages = compression_stage(listener, None)
+    assert compression_by_route(listener, stages) == (stages, stages, stages)
+    # nothing compresses anywhere: no stage at all
+    listener = _listener("", "      - match: {path_prefix: /s/}\n        static: {root: /tmp}\n")
+    assert compression_by_route(listener, compression_stage(listener, None)) is None

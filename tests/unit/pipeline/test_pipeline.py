@@ -208,3 +208,18 @@ def test_turn_budget_runs_waiting_pieces_first_come_first_served_one_call_each()
     loop.turn()  # the turn after a busy one: the whole budget, nothing left to run
     assert loop.soon == []
     assert budget.take(99, 100, loop)
+
+
+def test_turn_budget_with_a_share_spends_that_fraction_of_offload_min_a_turn() -> None:
+    budget, loop = TurnBudget(share=0.5), _Loop()
+    assert budget.take(30, 100, loop)
+    assert not budget.take(30, 100, loop)  # 60% of offload_min would pass the half
+    ran: list[str] = []
+    budget.wait(30, 100, loop, lambda: ran.append("a"))
+    budget.wait(80, 100, loop, lambda: ran.append("big"))  # more than a turn's share
+    loop.turn()
+    assert ran == ["a"]  # 30% fits; the big piece does not fit beside it
+    loop.turn()
+    assert ran == ["a", "big"]  # a turn to itself
+    loop.turn()
+    assert budget.take(49, 100, loop)
