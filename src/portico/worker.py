@@ -927,8 +927,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", help="NAME:UID:GID to switch to once listening")
     args = parser.parse_args(argv)
     identity = privileges.Identity.parse(args.user) if args.user else None
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s"
+    logging.basicConfig(  # force: a worker forked by the fork server has the supervisor's
+        level=logging.INFO,
+        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s",
+        force=True,
     )
     fds: dict[str, list[int]] = {}
     for item in args.listen:
