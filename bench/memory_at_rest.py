@@ -87,7 +87,10 @@ def usage(pid: int) -> Usage:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
-    name = " ".join(a.decode(errors="replace") for a in argv[:4] if a)
+    with open(f"/proc/{pid}/comm") as f:
+        comm = f.read().strip()
+    args = " ".join(os.path.basename(a.decode(errors="replace")) for a in argv[:4] if a)
+    name = f"{comm}: {args}"
     return Usage(
         pid,
         name[:60],

@@ -371,15 +371,19 @@ def main(argv: list[str] | None = None) -> int:
         "--admin-port", type=int, default=9090, help="the dashboard's port (default 9090)"
     )
     demo.set_defaults(func=cmd_demo)
-    from portico.explain import command as explain_command
-
+    # their arguments only when asked for: their modules (~2 MiB) stay out of `portico run`'s
+    # processes
     explain = sub.add_parser("explain", help="why a request goes to the route, pool and server")
-    explain_command.add_arguments(explain)
-    explain.set_defaults(func=cmd_explain)
-    from portico.simulate import command as simulate_command
+    if given[:1] == ["explain"]:
+        from portico.explain import command as explain_command
 
+        explain_command.add_arguments(explain)
+    explain.set_defaults(func=cmd_explain)
     simulate = sub.add_parser("simulate", help="replay a trace through the policies, compare")
-    simulate_command.add_arguments(simulate)
+    if given[:1] == ["simulate"]:
+        from portico.simulate import command as simulate_command
+
+        simulate_command.add_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")

@@ -114,6 +114,7 @@ def start(preload: Callable[[], object], run: Callable[[list[str]], int]) -> For
     # collector from writing to it (the Instagram recipe: collect, then freeze, then fork)
     gc.collect()
     gc.freeze()
+    _flush()  # nothing buffered is written twice (once per process)
     pid = os.fork()
     if pid == 0:  # the fork server
         code = 1
@@ -161,6 +162,7 @@ def _fork_worker(
     """Fork twice: the grandchild runs the worker, re-parented to the supervisor (the subreaper)
     once the intermediate child exits. Returns the grandchild's pid."""
     r, w = os.pipe()
+    _flush()
     middle = os.fork()
     if middle == 0:
         code = 1
@@ -205,10 +207,14 @@ def _become_worker(
         import logging
 
         logging.shutdown()
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
+        _flush()
         os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _close_fds_except(keep: set[int]) -> None:
