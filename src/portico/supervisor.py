@@ -443,6 +443,7 @@ class Supervisor:
         _write_pid(self.pid_file)
         self._ready = True
         self._ready_event.set()
+        forkserver.trim_heap()  # what starting freed goes back to the kernel
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
         self.notifier.ready(f"{count} worker(s), listening on {listening}")
         interval = notify.watchdog_interval()
