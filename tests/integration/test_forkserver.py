@@ -80,6 +80,23 @@ def test_workers_are_forked_children_of_the_supervisor_and_serve(backends, porti
     assert [request(proxy.port).status for _ in range(6)] == [200] * 6
 
 
+def test_killed_and_reloaded_workers_are_forked_too(backends, portico) -> None:
+    proxy = portico(simple_config([backends("b0")]))
+    (server,) = proxy.forkserver_pids()
+    (first,) = proxy.worker_pids()
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: len(w := proxy.worker_pids()) == 1 and first not in w)
+    (replacement,) = proxy.worker_pids()
+    assert _comm(replacement) == "portico-worker"
+    proxy.proc.send_signal(signal.SIGHUP)
+    assert "generation 1" in proxy.wait_stdout("portico: reloaded")
+    assert wait_until(lambda: replacement not in proxy.worker_pids(), timeout=PROCESS_TIMEOUT)
+    (reloaded,) = proxy.worker_pids()
+    assert _comm(reloaded) == "portico-worker"
+    assert proxy.forkserver_pids() == [server]  # the same fork server all along
+    assert request(proxy.port).status == 200
+
+
 def test_a_forked_worker_holds_what_a_spawned_one_holds(backends, portico) -> None:
     # no descriptor of the supervisor or the fork server leaks into a worker
     app = backends("b0")
