@@ -235,6 +235,23 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
+def tree_pss_kib(root: int) -> int:
+    """Proportional set size of root's tree: each page counted once, split among the processes
+    mapping it (what `smem` shows). Summed RSS counts a page shared by a forked worker and its
+    parent once per process; summed PSS is what the tree really holds."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
 @dataclass(frozen=True)
 class CpuSnapshot:
     """CPU counters in seconds, read together at one moment; subtract two to get a run's share."""
@@ -1017,6 +1034,7 @@ class Paired:
     per_cpu_s: dict[tuple[int, str, str], float] = field(default_factory=dict)
     canary_ms: list[float] = field(default_factory=list)
     idle_kib: dict[str, list[float]] = field(default_factory=dict)  # target -> KiB per connection
+    rest_kib: dict[str, tuple[int, int]] = field(default_factory=dict)  # target -> (RSS, PSS)
     other_pct: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     split_notes: list[str] = field(default_factory=list)  # --workers N: Portico's spread
@@ -1122,6 +1140,9 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
         live = [t for t in proxies if t.key in servers]
         for t in live:  # on fresh processes: after load, allocators keep what they grew
             try:
+                check_response(t.l7_port, "/small", PATHS["small"][1])
+                pid = servers[t.key].pid
+                result.rest_kib[t.key] = (tree_rss_kib(pid), tree_pss_kib(pid))
                 kib = idle_connection_kib(servers[t.key], t.l7_port, IDLE_CONNECTIONS)
             except (RuntimeError, OSError) as exc:
                 result.errors.append(f"{t.label} idle memory: {exc}")
@@ -1227,6 +1248,19 @@ def render_paired(result: Paired, title: str = "Paired cycles") -> str:
                 ),
             ]
         )
+    if result.rest_kib:
+        rest = result.rest_kib
+        lines.append(
+            [
+                "process tree at rest, RSS / PSS (MiB)",
+                "",
+                "",
+                *(
+                    f"{rest[t][0] / 1024:.0f} / {rest[t][1] / 1024:.0f}" if t in rest else "-"
+                    for t in ("portico", "haproxy", "nginx")
+                ),
+            ]
+        )
     if result.idle_kib:
         lines.append(
             [
@@ -1265,6 +1299,13 @@ def render_paired(result: Paired, title: str = "Paired cycles") -> str:
             f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request, "
             "opened on each freshly started target before the cycles; the process tree's RSS "
             "with them minus without, per connection.",
+        )
+    if result.rest_kib:
+        notes.insert(
+            -1,
+            "- at rest: each target's process tree freshly started, after one request; RSS "
+            "summed over its processes counts a page shared by several once per process, PSS "
+            "splits it among them (Portico's workers share their fork server's pages).",
         )
     for i, wl in enumerate(result.workloads):
         parts = []

@@ -401,6 +401,9 @@ def pool_yaml(backends: Iterable[FakeBackend], indent: str = "      ") -> str:
     return "".join(f"{indent}- address: {b.address}\n{indent}  name: {b.name}\n" for b in backends)
 
 
+FORKSERVER_NAME = "portico-zygote"  # its /proc/PID/comm (portico.forkserver)
+
+
 class Portico:
     """`portico run` on an inline config, as a user runs it; `url` once it said it is ready."""
 
@@ -518,10 +521,24 @@ class Portico:
     def worker_pids(self) -> list[int]:
         return self.children(self.proc.pid)
 
+    def forkserver_pids(self) -> list[int]:
+        """The fork server (none with PORTICO_NO_FORKSERVER=1 or off Linux)."""
+        return self.children(self.proc.pid, FORKSERVER_NAME)
+
     @staticmethod
-    def children(pid: int) -> list[int]:
+    def children(pid: int, name: str | None = None) -> list[int]:
+        """`pid`'s worker processes (its children but the fork server), or its children
+        named `name`."""
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-        return [int(p) for p in out.stdout.split()]
+        found = []
+        for child in map(int, out.stdout.split()):
+            try:
+                comm = Path(f"/proc/{child}/comm").read_text().strip()
+            except OSError:
+                continue  # gone meanwhile
+            if (comm == name) if name is not None else (comm != FORKSERVER_NAME):
+                found.append(child)
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

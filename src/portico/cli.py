@@ -65,14 +65,47 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# parsed once before the fork server starts: what the first parse builds lazily (~2 MiB) is
+# then built once and shared, not once per process. Built-ins only: no plug-in is imported.
+_WARM_UP_CONFIG = """\
+listeners:
+  - {name: web, bind: "127.0.0.1:0", protocol: http, default_pool: app}
+pools:
+  app: {servers: [{address: "127.0.0.1:1"}]}
+"""
+
+
+def _warm_up() -> None:
+    from portico.config.load import parse_config
+
+    parse_config(_WARM_UP_CONFIG, "<warm-up>")
+
+
+def _preload_worker() -> None:
+    import portico.worker  # noqa: F401  (the fork server holds the worker's code, shared)
+
+
+def _run_worker(argv: list[str]) -> int:
+    from portico import worker
+
+    return worker.main(argv)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from portico import forkserver, supervisor  # the config models too: shared with workers
+
+    # before the config is parsed (plug-ins are imported by each worker, after the fork) and
+    # before any event loop or thread exists
+    if forkserver.available():
+        _warm_up()
+    fork_server = forkserver.start(_preload_worker, _run_worker)
     loaded = _load(args.config)
     if isinstance(loaded, int):
+        if fork_server is not None:
+            fork_server.close()
         return loaded
     config, text, filename = loaded
-    from portico import supervisor
-
-    return supervisor.run(config, text, filename)
+    return supervisor.run(config, text, filename, fork_server)
 
 
 RELOAD_TIMEOUT = 120.0  # new workers start, then the old ones stop accepting (10 s at most)
@@ -338,15 +371,19 @@ def main(argv: list[str] | None = None) -> int:
         "--admin-port", type=int, default=9090, help="the dashboard's port (default 9090)"
     )
     demo.set_defaults(func=cmd_demo)
-    from portico.explain import command as explain_command
-
+    # their arguments only when asked for: their modules (~2 MiB) stay out of `portico run`'s
+    # processes
     explain = sub.add_parser("explain", help="why a request goes to the route, pool and server")
-    explain_command.add_arguments(explain)
-    explain.set_defaults(func=cmd_explain)
-    from portico.simulate import command as simulate_command
+    if given[:1] == ["explain"]:
+        from portico.explain import command as explain_command
 
+        explain_command.add_arguments(explain)
+    explain.set_defaults(func=cmd_explain)
     simulate = sub.add_parser("simulate", help="replay a trace through the policies, compare")
-    simulate_command.add_arguments(simulate)
+    if given[:1] == ["simulate"]:
+        from portico.simulate import command as simulate_command
+
+        simulate_command.add_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s portico %(levelname)s %(message)s")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portico import channel, control, notify, privileges, tasks
+from portico import channel, control, forkserver, notify, privileges, tasks
 from portico.config.load import ConfigError, parse_config
 from portico.config.schema import Config, ListenerConfig, ServerConfig
 from portico.config.units import parse_address
@@ -185,7 +185,7 @@ def _bound(sock: socket.socket) -> str:
 @dataclass(eq=False)  # one per process: compared, and hashed, by identity
 class WorkerProcess:
     slot: int
-    process: asyncio.subprocess.Process
+    process: asyncio.subprocess.Process | forkserver.ForkedProcess
     writer: asyncio.StreamWriter
     reader: asyncio.StreamReader
     started: float
@@ -316,8 +316,15 @@ class SecurityTables:
 class Supervisor:
     """Start, watch and stop the workers of one Portico instance."""
 
-    def __init__(self, config: Config, config_text: str, filename: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_text: str,
+        filename: str,
+        fork_server: forkserver.ForkServer | None = None,
+    ) -> None:
         self.config = config
+        self.forkserver = fork_server  # None: workers are spawned as new processes
         self.config_text = config_text
         self.filename = filename
         self.path = os.path.abspath(filename)  # as `portico reload` names it from elsewhere
@@ -436,6 +443,7 @@ class Supervisor:
         _write_pid(self.pid_file)
         self._ready = True
         self._ready_event.set()
+        forkserver.trim_heap()  # what starting freed goes back to the kernel
         print(f"portico: ready, {count} worker(s), listening on {listening}", flush=True)
         self.notifier.ready(f"{count} worker(s), listening on {listening}")
         interval = notify.watchdog_interval()
@@ -930,18 +938,18 @@ class Supervisor:
 
     async def _start_worker(self, slot: int) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child.set_inheritable(True)
-        args = [sys.executable, "-m", "portico.worker", "--channel", str(child.fileno())]
+        # the worker's arguments; an int i stands for fds[i] (numbered as the worker sees it)
+        argv: list[forkserver.Arg] = ["--channel", 0]
         if self.identity is not None:
             identity = self.identity
-            args += ["--user", f"{identity.user}:{identity.uid}:{identity.gid}"]
+            argv += ["--user", f"{identity.user}:{identity.uid}:{identity.gid}"]
         fds = [child.fileno()]
         count = self.config.worker_count()
         for name, socks in self.sockets.items():
             for sock in slot_sockets(socks, slot, count):
-                args += ["--listen", f"{name}={sock.fileno()}"]
+                argv += ["--listen", (f"{name}=", len(fds))]
                 fds.append(sock.fileno())
-        process = await asyncio.create_subprocess_exec(*args, pass_fds=fds)
+        process = await self._fork_or_spawn(argv, fds)
         child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=CHANNEL_LIMIT)
         writer.write(channel.encode("config", text=self.config_text, filename=self.filename))
@@ -956,6 +964,20 @@ class Supervisor:
         self.workers[slot] = worker
         self.all_workers.add(worker)
         tasks.spawn(self._watch(worker))
+
+    async def _fork_or_spawn(
+        self, argv: list[forkserver.Arg], fds: list[int]
+    ) -> asyncio.subprocess.Process | forkserver.ForkedProcess:
+        """A worker process: forked by the fork server (sharing its pages), or spawned as a new
+        Python process when there is none (not Linux, disabled) or it has died."""
+        if self.forkserver is not None:
+            try:
+                return await self.forkserver.spawn(argv, fds)
+            except forkserver.ForkServerGone as exc:
+                log.error("the fork server is gone (%s): workers start as new processes", exc)
+                self.forkserver = None
+        args = [sys.executable, "-m", "portico.worker", *forkserver.render(argv, fds)]
+        return await asyncio.create_subprocess_exec(*args, pass_fds=fds)
 
     def _health_changed(self, pool: str, server: str, up: bool) -> None:
         """An active check changed its verdict: every worker hears it at once."""
@@ -1157,8 +1179,13 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def run(config: Config, config_text: str, filename: str) -> int:
-    supervisor = Supervisor(config, config_text, filename)
+def run(
+    config: Config,
+    config_text: str,
+    filename: str,
+    fork_server: forkserver.ForkServer | None = None,
+) -> int:
+    supervisor = Supervisor(config, config_text, filename, fork_server)
     try:
         return asyncio.run(supervisor.run())
     except StartupError as exc:
@@ -1167,3 +1194,5 @@ def run(config: Config, config_text: str, filename: str) -> int:
     finally:
         with contextlib.suppress(OSError):
             supervisor._close_sockets()
+        if supervisor.forkserver is not None:
+            supervisor.forkserver.close()

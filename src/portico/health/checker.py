@@ -124,6 +124,8 @@ class HealthChecker:
             result = await run_probe(check, guard, address.host, address.port, active.timeout)
             health.last_detail = result.detail
             if health.state.observe(result.ok):
+                # the workers first: once the log says DOWN, no worker picks it unwarned
+                self.notify(health.pool, health.server, health.state.up)
                 verdict = "UP" if health.state.up else "DOWN"
                 log.warning(
                     "server %s of pool %s is %s (%s)",
@@ -132,7 +134,6 @@ class HealthChecker:
                     verdict,
                     result.detail,
                 )
-                self.notify(health.pool, health.server, health.state.up)
             # a periodic schedule, not a wait for an event: the next probe is due `interval`
             # after this one started
             await asyncio.sleep(max(0.0, active.interval - (loop.time() - started)))

@@ -71,7 +71,7 @@ _ids = RequestIds()
 new_request_id: Final = _ids.next
 """A new id from this process's generator."""
 
-if hasattr(os, "register_at_fork"):  # workers are spawned, but a fork must not repeat ids
+if hasattr(os, "register_at_fork"):  # workers are forked (forkserver): none may repeat ids
     os.register_at_fork(after_in_child=_ids.reset)
 
 
