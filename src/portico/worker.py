@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from portico import channel, forkserver, privileges, tasks
+from portico import channel, privileges, tasks
 from portico.cache.disk import DiskStore
 from portico.cache.key import KeyRule
 from portico.cache.runtime import Cache, CacheRules, RouteCache
@@ -872,7 +872,8 @@ async def _run(
     # at start-up (the Instagram recipe; measured ~3% of worker CPU on small responses).
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    forkserver.trim_heap()  # what building the config and the worker freed goes back
+    # no malloc_trim here: the pages it gives back are faulted in again by the first busy
+    # moment (measured: the slow-reader test's RSS rise per reader went from ~64 to 65-78 KiB)
     writer.write(channel.encode("ready", pid=os.getpid()))
     await writer.drain()
     if worker.cache is not None:
