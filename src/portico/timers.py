@@ -1,9 +1,14 @@
-"""A resettable deadline that is cheap to push back on the hot path.
+"""Resettable deadlines that are cheap to arm, push back and drop on the hot path.
 
-Connections re-arm their timeouts on every read; cancelling and re-creating a TimerHandle each
-time would allocate per read. Instead `set` only stores the new deadline when it is later than
-the one scheduled, and the handle, when it fires early, re-schedules itself for the remainder
-(the lazy-timer technique of NGINX's and HAProxy's timer wheels, in miniature).
+Connections re-arm their timeouts on every read, and every client connection arms one at
+accept. A loop TimerHandle per deadline cost an allocation per arm, and its making and
+cancelling (libuv's timer, uvloop's two objects) ~5 us per short-lived connection. Instead the
+deadlines of one loop share one TimerHandle (`Timers`): a heap of when each is due, the handle
+set for the earliest. `set` only stores the new deadline when it is later than the one in the
+heap, and an entry that comes up early goes back for the remainder (the lazy-timer technique
+of NGINX's and HAProxy's timer trees). Entries of deadlines pushed earlier or cancelled stay in
+the heap, ignored, until they come up or outnumber the live ones (then the heap is rebuilt):
+nothing is searched.
 """
 
 from __future__ import annotations
@@ -11,71 +16,164 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
+from heapq import heapify, heappop, heappush
 from typing import Final
 
-_NEVER = float("inf")
-# The context every deadline's timer runs in. The loop would otherwise copy the current one
-# for each handle (~64 bytes held per armed deadline, i.e. per idle connection); none of
-# Portico's timeout callbacks reads or sets a context variable.
+_NEVER: Final = float("inf")
+# The context the shared timer runs in. The loop would otherwise copy the current one for
+# each handle; none of Portico's timeout callbacks reads or sets a context variable.
 _CONTEXT: Final = contextvars.Context()
+# Stale heap entries tolerated before a rebuild is considered (then: when they are the most)
+_STALE_MIN: Final = 64
+
+
+class Timers:
+    """The deadlines of one loop: a heap of (when, number, deadline) and one TimerHandle for
+    the earliest. An entry counts while its number is its deadline's `_seq`."""
+
+    __slots__ = ("_at", "_handle", "_heap", "_loop", "_seq", "_stale")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = _NEVER  # when the handle is due (_NEVER: no handle)
+        self._seq = 0
+        self._stale = 0
+
+    def __len__(self) -> int:
+        """Entries in the heap, stale ones included (what memory it holds)."""
+        return len(self._heap)
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def add(self, when: float, deadline: Deadline) -> int:
+        """Put `deadline` in the heap for `when`; returns the entry's number."""
+        seq = self._seq = self._seq + 1
+        heappush(self._heap, (when, seq, deadline))
+        if when < self._at:
+            self._schedule(when)
+        return seq
+
+    def dropped(self) -> None:
+        """An entry no longer counts (its deadline was set earlier, or cancelled)."""
+        stale = self._stale = self._stale + 1
+        heap = self._heap
+        if stale > _STALE_MIN and stale * 2 > len(heap):
+            live = [entry for entry in heap if entry[2]._seq == entry[1]]
+            heapify(live)
+            self._heap = live
+            self._stale = 0
+
+    def _schedule(self, when: float) -> None:
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+        self._at = when
+        self._handle = self._loop.call_at(when, self, context=_CONTEXT)
+
+    def __call__(self) -> None:
+        """The handle fired: run the deadlines that are due, put back those pushed later."""
+        self._handle = None
+        self._at = _NEVER
+        loop = self._loop
+        now = loop.time()
+        later: list[tuple[float, Deadline]] = []
+        while self._heap:  # (a callback's cancel may rebuild it)
+            heap = self._heap
+            entry = heap[0]
+            if entry[0] > now:
+                break
+            heappop(heap)
+            deadline = entry[2]
+            if deadline._seq != entry[1]:
+                self._stale -= 1
+                continue
+            deadline._seq = 0
+            deadline._at = _NEVER
+            when = deadline._when
+            if when == 0.0:
+                continue  # cleared since
+            if when > now:
+                later.append((when, deadline))  # pushed back: after this round
+                continue
+            deadline._when = 0.0
+            try:
+                deadline._callback()
+            except Exception as exc:  # as the loop reports a handle's: the others still run
+                loop.call_exception_handler(
+                    {"message": "Exception in a timeout callback", "exception": exc}
+                )
+        for when, deadline in later:
+            if deadline._seq == 0 and deadline._when == when:  # not set again meanwhile
+                deadline._at = when
+                deadline._seq = self.add(when, deadline)
+        heap = self._heap
+        if heap and heap[0][0] < self._at:
+            self._schedule(heap[0][0])
+
+
+# The last loop asked for and its Timers, as one tuple (read whole, whichever thread asks). A
+# worker has one loop, so this is all but always the answer; a loop that asks after another
+# gets Timers of its own again, as correct, only not shared with its earlier deadlines (and
+# no table of loops is kept alive).
+_LAST: tuple[asyncio.AbstractEventLoop | None, Timers | None] = (None, None)
+
+
+def timers_of(loop: asyncio.AbstractEventLoop) -> Timers:
+    """The Timers of `loop`'s latest deadlines (made when another loop asked last)."""
+    global _LAST
+    last = _LAST
+    timers = last[1]
+    if last[0] is not loop or timers is None:
+        timers = Timers(loop)
+        _LAST = (loop, timers)
+    return timers
 
 
 class Deadline:
-    """Calls `callback` once `seconds` after the latest `set`, unless `clear`ed first.
+    """Calls `callback` once `seconds` after the latest `set`, unless `clear`ed first."""
 
-    The deadline itself is its timer's callback (`__call__`): no bound method is made and
-    held per scheduled handle."""
-
-    __slots__ = ("_at", "_callback", "_handle", "_loop", "_when")
+    __slots__ = ("_at", "_callback", "_seq", "_timers", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-        self._loop = loop
+        self._timers = timers_of(loop)
         self._callback = callback
-        self._handle: asyncio.TimerHandle | None = None
-        self._at = _NEVER  # when the handle is due (_NEVER: no handle)
+        self._at = _NEVER  # when its heap entry is due (_NEVER: none)
+        self._seq = 0  # its heap entry's number (0: none)
         self._when = 0.0  # 0.0 = not armed
 
     def set(self, seconds: float) -> None:
-        when = self._when = self._loop.time() + seconds
+        timers = self._timers
+        when = self._when = timers.time() + seconds
         if when < self._at:
-            if self._handle is not None:
-                self._handle.cancel()
+            if self._seq:
+                self._seq = 0
+                timers.dropped()
             self._at = when
-            self._handle = self._loop.call_at(when, self, context=_CONTEXT)
+            self._seq = timers.add(when, self)
 
     def clear(self) -> None:
-        """Disarm; the scheduled handle, if any, will wake once and do nothing."""
+        """Disarm; the heap entry, if any, will come up once and do nothing."""
         self._when = 0.0
 
     def cancel(self) -> None:
-        """Disarm for good, for a connection that is going away: the handle is dropped, and
-        so is the callback, which is a bound method of the owner. That breaks the cycle owner
-        -> deadline -> owner, so the owner (and, for TLS, the ~100 KiB of OpenSSL state its
-        transport holds) is freed at once instead of waiting for a full garbage collection."""
+        """Disarm for good, for a connection that is going away: the callback, a bound method
+        of the owner, is dropped. That breaks the cycle owner -> deadline -> owner, so the
+        owner (and, for TLS, the ~100 KiB of OpenSSL state its transport holds) is freed at
+        once instead of waiting for a full garbage collection; the heap keeps only this
+        small object until its entry comes up or the heap is rebuilt."""
         self._when = 0.0
         self._at = _NEVER
         self._callback = _nothing
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._seq:
+            self._seq = 0
+            self._timers.dropped()
 
     @property
     def armed(self) -> bool:
         return self._when != 0.0
-
-    def __call__(self) -> None:
-        """The timer fired."""
-        self._handle = None
-        self._at = _NEVER
-        when = self._when
-        if when == 0.0:
-            return
-        if self._loop.time() < when:
-            self._at = when
-            self._handle = self._loop.call_at(when, self, context=_CONTEXT)
-            return
-        self._when = 0.0
-        self._callback()
 
 
 def _nothing() -> None:

@@ -8,7 +8,7 @@ exactly as the parser gave them; names are compared case-insensitively.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Final
 
@@ -60,8 +60,19 @@ def response_body_kind(
 
 
 # What the one pass over a request head must notice, by lower-case name.
-_HOST, _LENGTH, _TE, _CONNECTION, _HOP, _XFF, _XFP, _XFH, _FORWARDED, _UPGRADE = range(10)
-_REQUEST_NAMES: dict[bytes, int] = {
+# Final throughout: the compiled build reads a Final module name as a C static (or inlines it),
+# any other as a look-up in the module's dict (~130 instructions each, several per header).
+_HOST: Final = 0
+_LENGTH: Final = 1
+_TE: Final = 2
+_CONNECTION: Final = 3
+_HOP: Final = 4
+_XFF: Final = 5
+_XFP: Final = 6
+_XFH: Final = 7
+_FORWARDED: Final = 8
+_UPGRADE: Final = 9
+_REQUEST_NAMES: Final[dict[bytes, int]] = {
     b"host": _HOST,
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
@@ -78,8 +89,11 @@ _REQUEST_NAMES: dict[bytes, int] = {
 }
 # Connection tokens that name no header to remove; `host` is never removed because a client
 # lists it there (a client must not be able to strip the Host the server routes on).
-_PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
-_NO_TOKENS: frozenset[bytes] = frozenset()
+_PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+# The lengths of those names: a name of another length is plain, found without lower-casing
+# it or hashing it (most fields a client or server sends)
+_REQUEST_NAME_SIZES: Final = frozenset(len(name) for name in _REQUEST_NAMES)
 
 
 class RequestHead:
@@ -127,7 +141,8 @@ def split_request_headers(
     out = head.headers
     listed: frozenset[bytes] | None = None
     for header in headers:
-        what = _REQUEST_NAMES.get(header[0].lower())
+        name = header[0]
+        what = _REQUEST_NAMES.get(name.lower()) if len(name) in _REQUEST_NAME_SIZES else None
         if what is None:
             out.append(header)
         elif what == _HOST:
@@ -167,7 +182,7 @@ def split_request_headers(
     return head
 
 
-_RESPONSE_NAMES: dict[bytes, int] = {
+_RESPONSE_NAMES: Final[dict[bytes, int]] = {
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
     b"connection": _CONNECTION,
@@ -177,18 +192,18 @@ _RESPONSE_NAMES: dict[bytes, int] = {
     b"trailer": _HOP,
     b"upgrade": _UPGRADE,
 }
-_PLAIN = -1
-# Header names as sent (any case) -> their class: servers repeat the same few names, so most
-# lookups skip bytes.lower(). Bounded, so that a server inventing names cannot grow it.
-_RESPONSE_NAME_MEMO: dict[bytes, int] = {}
-_MEMO_LIMIT = 2048
-# Of those, the names of plain end-to-end fields, as sent: forwarded as they are (unless hidden)
-_PLAIN_NAMES: set[bytes] = set()
+_RESPONSE_NAME_SIZES: Final = frozenset(len(name) for name in _RESPONSE_NAMES)
+_PLAIN: Final = -1
+# Header names as sent (any case) -> their class, for names of one of those lengths: servers
+# repeat the same few (Connection, Content-Length), so most skip bytes.lower(). Bounded, so
+# that a server inventing names cannot grow it.
+_RESPONSE_NAME_MEMO: Final[dict[bytes, int]] = {}
+_MEMO_LIMIT: Final = 2048
 
 
 class ResponseHead:
-    """A response head, sorted as the parser reports each header (it is the parser's callback
-    object): end-to-end headers minus hidden ones, framing, keep-alive. Pure: no I/O.
+    """A response head, sorted as the parser reports each header: end-to-end headers minus
+    hidden ones, framing, keep-alive. Pure: no I/O.
 
     Trailer fields of a chunked body are not its business: the upstream connection collects
     them."""
@@ -197,7 +212,6 @@ class ResponseHead:
         "_hide",
         "_length",
         "_listed",
-        "_plain",
         "declared_length",
         "headers",
         "keep_alive",
@@ -218,8 +232,6 @@ class ResponseHead:
         self.keep_alive = True
         self.upgrade: bytes | None = None  # the protocol a 101 switches to
         self._hide = hide
-        # names to forward without a look: none while some are hidden (hidden ones are plain)
-        self._plain: Collection[bytes] = _PLAIN_NAMES if not hide else ()
         self._length: int | None = None
         self._listed: frozenset[bytes] | None = None
 
@@ -228,18 +240,19 @@ class ResponseHead:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name in self._plain:
-            self.headers.append((name, value))  # the usual field: a name seen before
-            return
-        what = _RESPONSE_NAME_MEMO.get(name)
-        if what is None:
-            what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
-            if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
-                _RESPONSE_NAME_MEMO[name] = what
-                if what == _PLAIN:
-                    _PLAIN_NAMES.add(name)
+        if len(name) not in _RESPONSE_NAME_SIZES:
+            what = _PLAIN  # the usual field: no framing or hop-by-hop name is that long
+        else:
+            found = _RESPONSE_NAME_MEMO.get(name)
+            if found is None:
+                what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
+                if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
+                    _RESPONSE_NAME_MEMO[name] = what
+            else:
+                what = found
         if what == _PLAIN:
-            if not self._hide or name.lower() not in self._hide:
+            hide = self._hide
+            if not hide or name.lower() not in hide:
                 self.headers.append((name, value))
         elif what == _LENGTH:
             self.declared_length = value
@@ -271,7 +284,7 @@ class ResponseHead:
 
 # Fields a sender must not put in a trailer section, or that a recipient must not merge from
 # one (RFC 9110 §6.5.1): framing, routing, authentication, response control, content meta.
-_NOT_IN_TRAILERS = frozenset(
+_NOT_IN_TRAILERS: Final = frozenset(
     {
         b"age",
         b"authorization",
@@ -307,7 +320,7 @@ def trailer_fields(fields: Sequence[Header], hide: frozenset[bytes] = frozenset(
     return out
 
 
-_TOKENS_MEMO: dict[bytes, frozenset[bytes]] = {}
+_TOKENS_MEMO: Final[dict[bytes, frozenset[bytes]]] = {}
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:

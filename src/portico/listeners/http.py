@@ -39,12 +39,14 @@ from portico.timers import Deadline
 __all__ = ["ClientConnection", "Http2Settings", "HttpListenerSettings"]
 
 
-HEAD_SLACK = 64 * 1024  # beyond the configured limits, before an unfinished head is refused
-LINGER_TIME = 2.0  # after an error answer, how long unread client bytes are drained
-LINGER_BYTES = 1 << 20  # ... and how many
-DRAIN_FIRST_REQUEST = 1.0  # on shutdown, how long a new connection has to send its request
-DRAIN_IDLE_GRACE = 1.0  # on reload, how long an idle keep-alive connection stays open
-MAX_METHOD = 32  # longer than any method name llhttp knows
+# beyond the configured limits, before an unfinished head is refused
+HEAD_SLACK: Final = 64 * 1024
+LINGER_TIME: Final = 2.0  # after an error answer, how long unread client bytes are drained
+LINGER_BYTES: Final = 1 << 20  # ... and how many
+# on shutdown, how long a new connection has to send its request
+DRAIN_FIRST_REQUEST: Final = 1.0
+DRAIN_IDLE_GRACE: Final = 1.0  # on reload, how long an idle keep-alive connection stays open
+MAX_METHOD: Final = 32  # longer than any method name llhttp knows
 # Shared empty lists, never appended to: an idle connection holds no list of its own (72 bytes
 # each). `_headers` gets a list of its own when a message begins (llhttp always reports that
 # before any header), `_queue` when a request is pipelined behind the active one.
@@ -56,7 +58,7 @@ class _Nobody:
     """Receives no callbacks: the parser of a closed connection is never fed."""
 
 
-_DEAD_PARSER = httptools.HttpRequestParser(_Nobody())
+_DEAD_PARSER: Final = httptools.HttpRequestParser(_Nobody())
 
 
 class _Refused(Exception):

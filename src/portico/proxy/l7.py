@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from portico import tasks
 from portico.cache.runtime import CacheExchange, Step
@@ -73,25 +73,29 @@ if TYPE_CHECKING:
     from portico.proxy.context import HttpListenerSettings, ProxyContext
     from portico.upstreams.backend import BackendState
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry; beyond, the body streams once
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# request body bytes kept for a retry; beyond, the body streams once
+REPLAY_LIMIT: Final = 64 * 1024
 # How long bytes a transform holds back (a compressor's pending block) may wait for more of the
 # body before they are flushed to the client. Not after every read: a flush (zlib's
 # Z_SYNC_FLUSH) ends a block, costing CPU and ratio, and a body read in a few reads (or, when
 # the loop is busy, in a few turns) paid it each time; NGINX does not flush before its buffers
 # fill. Streaming responses (event streams) are flushed per write by their compressor.
-TRANSFORM_FLUSH_DELAY = 0.1
-_CHUNK_END = b"0\r\n\r\n"
-_CRLF = b"\r\n"
+TRANSFORM_FLUSH_DELAY: Final = 0.1
+_CHUNK_END: Final = b"0\r\n\r\n"
+_CRLF: Final = b"\r\n"
 
-CLIENT_SUBJECT = b"X-Client-Cert-Subject"  # mTLS: the verified client certificate's subject
-CLIENT_SUBJECT_LOWER = CLIENT_SUBJECT.lower()
+# mTLS: the verified client certificate's subject
+CLIENT_SUBJECT: Final = b"X-Client-Cert-Subject"
+CLIENT_SUBJECT_LOWER: Final = CLIENT_SUBJECT.lower()
 
 # Why an exchange asks its client connection to stop reading (one bit each).
-BLOCK_QUEUED = 1  # a pipelined request waits for the one before it
-BLOCK_UPSTREAM = 2  # the server is not taking the request body as fast as the client sends it
-BLOCK_PENDING = 4  # body bytes are buffered while the server connection is being set up
-BLOCK_DONE = 8  # nothing more will be read on this connection
+BLOCK_QUEUED: Final = 1  # a pipelined request waits for the one before it
+# the server is not taking the request body as fast as the client sends it
+BLOCK_UPSTREAM: Final = 2
+# body bytes are buffered while the server connection is being set up
+BLOCK_PENDING: Final = 4
+BLOCK_DONE: Final = 8  # nothing more will be read on this connection
 
 
 class ClientSide(Protocol):

@@ -14,7 +14,7 @@ import contextlib
 import socket
 import struct
 import sys
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -28,7 +28,7 @@ from portico.http.headers import (
 )
 from portico.timers import Deadline
 
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 # How much a server connection reads at a time: what bounds the bytes a slow client makes
 # Portico hold beyond the kernel's buffers. A body read happens only while the client's write
 # buffer is under its high-water mark (half the listener's `limits.response_buffer`, set by the
@@ -45,14 +45,17 @@ MAX_RESPONSE_HEAD = 64 * 1024
 # time. One buffer serves every connection of the worker, sized for the largest read
 # (`reserve_read_buffer`): the loop calls `get_buffer`, reads into it and calls
 # `buffer_updated` in one step, and the bytes are copied out at once.
-DEFAULT_RESPONSE_BUFFER = 64 * 1024
-MIN_RESPONSE_BUFFER = 16 * 1024
-MAX_RESPONSE_BUFFER = 4 * 1024 * 1024
-CLIENT_HIGH_WATER = DEFAULT_RESPONSE_BUFFER // 2
-READ_SIZE = 32 * 1024
-BIG_READ = 256 * 1024
-MAX_READ = DEFAULT_RESPONSE_BUFFER
-MIN_READ = 4 * 1024
+DEFAULT_RESPONSE_BUFFER: Final = 64 * 1024
+MIN_RESPONSE_BUFFER: Final = 16 * 1024
+MAX_RESPONSE_BUFFER: Final = 4 * 1024 * 1024
+CLIENT_HIGH_WATER: Final = DEFAULT_RESPONSE_BUFFER // 2
+READ_SIZE: Final = 32 * 1024
+BIG_READ: Final = 256 * 1024
+MAX_READ: Final = DEFAULT_RESPONSE_BUFFER
+MIN_READ: Final = 4 * 1024
+# A body up to this size, read whole with its head, goes through the head parser too, so that
+# the parser can read the next response's head (see UpstreamConnection._reuse_parser)
+REUSE_BODY: Final = 16 * 1024
 _READ_BUFFER = memoryview(bytearray(BIG_READ))
 _HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
 
@@ -165,8 +168,31 @@ class ResponseSink(Protocol):
         ...
 
 
-# response states
-_IDLE, _HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(6)
+class HeadReader:
+    """The callbacks of a connection's head parser, which outlives one response: each goes
+    to the head being read (a native call in the compiled build)."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: ResponseHead) -> None:
+        self.head = head
+
+    def on_status(self, reason: bytes) -> None:
+        self.head.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head.on_header(name, value)
+
+
+_NO_HEAD: Final = ResponseHead()  # what a reader holds between heads (never filled)
+
+# response states (Final: compiled, a C constant, not a look-up in the module's dict)
+_IDLE: Final = 0
+_HEAD: Final = 1
+_LENGTH: Final = 2
+_CHUNKED: Final = 3
+_CLOSE: Final = 4
+_DONE: Final = 5
 
 
 class UpstreamConnection(asyncio.BufferedProtocol):
@@ -200,6 +226,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._buffer = b""
         self._remaining = 0
         self._parser: httptools.HttpResponseParser | None = None  # of a chunked body
+        self._head_parser: httptools.HttpResponseParser | None = None  # reads every head
+        self._reader: HeadReader | None = None  # ... reporting to this
         self._keep_alive = True
         self._got_bytes = False
         self._chunked_done = False
@@ -384,17 +412,28 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             head_end = end + 4
             self._buffer = b""
             head = ResponseHead(self._hide)
-            # the head object receives the parser's callbacks directly (no hop via this
-            # connection, no body or message callbacks); a chunked body gets its own parser
-            parser = httptools.HttpResponseParser(head)
+            # one parser reads every head of this connection, as long as each message it saw
+            # ended where llhttp thinks it ends (`_reuse_parser`); making one costs as much
+            # as parsing a small head. It reports to a `HeadReader` (head callbacks only: no
+            # body or message callbacks), which hands them to this response's head; a
+            # chunked body gets a parser of its own
+            reader = self._reader
+            parser = self._head_parser
+            if parser is None or reader is None:
+                reader = self._reader = HeadReader(head)
+                parser = self._head_parser = httptools.HttpResponseParser(reader)
+            else:
+                reader.head = head
             raw = buffer[:head_end] if head_end < len(buffer) else buffer
             try:
                 parser.feed_data(raw)
             except httptools.HttpParserUpgrade:
-                pass  # a 101 (or an Upgrade field): the head itself parsed; decided below
+                self._head_parser = None  # the parser has stopped for good
             except httptools.HttpParserError as exc:
+                self._head_parser = None
                 self._fail(f"malformed response head: {exc}")
                 return
+            reader.head = _NO_HEAD  # an idle connection holds no response's fields
             status = parser.get_status_code()
             # the version from the status line's first bytes when it starts there (llhttp
             # accepted "HTTP/<digit>.<digit>"): cheaper than get_http_version's formatting
@@ -439,8 +478,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                         rest = rest[:length]
                     if length:
                         sink.on_response_body(rest)
+                        self._reuse_parser(rest)
                     self._finish()
                 else:
+                    self._head_parser = None  # llhttp waits for a body it will never see
                     self._state = _LENGTH
                     self._remaining = length - len(rest)
                     if rest:
@@ -448,8 +489,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             elif kind is NO_BODY:
                 if rest:
                     self._keep_alive = False
+                if self._method == b"HEAD":
+                    self._head_parser = None  # llhttp expects the body the headers describe
                 self._finish()
             elif kind is CHUNKED_BODY:
+                self._head_parser = None
                 # a parser that reports the body to this connection reads the head again first
                 # (it parsed cleanly above; its fields are not reported twice)
                 parser = httptools.HttpResponseParser(self)
@@ -460,11 +504,28 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 if rest:
                     self._feed_chunked(rest)
             else:
+                self._head_parser = None
                 self._state = _CLOSE
                 self._keep_alive = False
                 if rest:
                     sink.on_response_body(rest)
             return
+
+    def _reuse_parser(self, body: bytes) -> None:
+        """The head parser saw a head with Content-Length: give it the body too (counted by
+        llhttp, reported to nobody), so that it ends the message and can read the next head.
+        Not worth it for a big body (this connection only counts those), nor while the
+        connection is not to be reused (llhttp would refuse bytes after `Connection: close`)."""
+        parser = self._head_parser
+        if parser is None:
+            return
+        if not self._keep_alive or len(body) > REUSE_BODY:
+            self._head_parser = None
+            return
+        try:
+            parser.feed_data(body)
+        except httptools.HttpParserError:
+            self._head_parser = None
 
     # httptools callbacks for the body of a chunked response (the head's go to ResponseHead)
     def on_body(self, body: bytes) -> None:

@@ -195,6 +195,68 @@ def test_connection_is_reused_for_many_responses() -> None:
     assert conn.is_reusable()
 
 
+def test_every_response_on_a_connection_gets_its_own_head_whatever_came_before() -> None:
+    """One parser reads the heads of a connection's responses while each message ended where
+    llhttp saw it end: after any kind of response, the next head is read whole and alone."""
+    backend = BackendState("a", "127.0.0.1", 9001, 1, max_idle=4, clock=lambda: 0.0)
+    conn = UpstreamConnection(backend, 30.0, 30.0)
+    conn.transport = Transport()  # type: ignore[assignment]
+    steps: list[tuple[bytes, list[bytes], list[tuple[bytes, bytes]], list[bytes]]] = [
+        (
+            b"GET",
+            [b"HTTP/1.1 200 OK\r\nA: 1\r\nContent-Length: 2\r\n\r\nab"],
+            [(b"A", b"1")],
+            [b"ab"],
+        ),
+        (b"GET", [b"HTTP/1.1 204 No\r\nB: 2\r\n\r\n"], [(b"B", b"2")], []),
+        # a HEAD's response announces a body llhttp would wait for
+        (b"HEAD", [b"HTTP/1.1 200 OK\r\nC: 3\r\nContent-Length: 9\r\n\r\n"], [(b"C", b"3")], []),
+        (b"GET", [b"HTTP/1.1 200 OK\r\nD: 4\r\nContent-Length: 0\r\n\r\n"], [(b"D", b"4")], []),
+        # a body in two reads
+        (
+            b"GET",
+            [b"HTTP/1.1 200 OK\r\nE: 5\r\nContent-Length: 4\r\n\r\nab", b"cd"],
+            [(b"E", b"5")],
+            [b"ab", b"cd"],
+        ),
+        (b"GET", [b"HTTP/1.1 304 Not Modified\r\nF: 6\r\n\r\n"], [(b"F", b"6")], []),
+        (
+            b"GET",
+            [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nG: 7\r\n\r\n1\r\nz\r\n0\r\n\r\n"],
+            [(b"G", b"7")],
+            [b"z"],
+        ),
+        (
+            b"GET",
+            [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nH: 8\r\nContent-Length: 1\r\n\r\nh"],
+            [(b"H", b"8")],
+            [b"h"],
+        ),
+        (
+            b"GET",
+            [b"HTTP/1.1 200 OK\r\nI: 9\r\nContent-Length: 1\r\n\r\ni"],
+            [(b"I", b"9")],
+            [b"i"],
+        ),
+    ]
+    for method, reads, fields, body in steps:
+        sink = Sink()
+        conn.send(sink, method, b"GET / HTTP/1.1\r\n\r\n", True)
+        for data in reads:
+            conn.data_received(data)
+        heads = [e for e in sink.events if e[0] == "head"]
+        assert [h[3] for h in heads] == [fields], method
+        assert [e[1] for e in sink.events if e[0] == "body"] == body
+        assert sink.events[-1] == ("end",)
+        conn.detach()
+        assert conn.is_reusable()
+    # and a malformed head is still refused after all that
+    sink = Sink()
+    conn.send(sink, b"GET", b"GET / HTTP/1.1\r\n\r\n", True)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n")
+    assert sink.events[0][0] == "failed"
+
+
 @pytest.mark.parametrize(
     "bad",
     [

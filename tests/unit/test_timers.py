@@ -1,0 +1,185 @@
+"""Deadlines sharing one timer per loop: each fires once when due, never early, not after
+`clear` or `cancel`; pushing one back costs no timer, and dropped ones do not pile up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from portico.timers import Deadline, timers_of
+
+
+class FakeHandle:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """time() and call_at(); `advance` runs the handles that fall due, in order."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.handles: list[FakeHandle] = []
+        self.errors: list[BaseException] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(
+        self, when: float, callback: Callable[[], None], *, context: object = None
+    ) -> FakeHandle:
+        handle = FakeHandle(when, callback)
+        self.handles.append(handle)
+        return handle
+
+    def call_exception_handler(self, context: dict[str, object]) -> None:
+        exc = context["exception"]
+        assert isinstance(exc, BaseException)
+        self.errors.append(exc)
+
+    def pending(self) -> list[FakeHandle]:
+        return [h for h in self.handles if not h.cancelled]
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            due = [h for h in self.pending() if h.when <= end]
+            if not due:
+                break
+            handle = min(due, key=lambda h: h.when)
+            self.handles.remove(handle)
+            self.now = max(self.now, handle.when)
+            handle.callback()
+        self.now = end
+
+
+def deadline(loop: FakeLoop, fired: list[str], name: str) -> Deadline:
+    return Deadline(loop, lambda: fired.append(name))  # type: ignore[arg-type]
+
+
+def test_a_deadline_fires_once_when_due_and_never_early() -> None:
+    loop, fired = FakeLoop(), []
+    d = deadline(loop, fired, "a")
+    d.set(5.0)
+    assert d.armed
+    loop.advance(4.9)
+    assert fired == []
+    loop.advance(0.1)
+    assert fired == ["a"]
+    assert not d.armed
+    loop.advance(100)
+    assert fired == ["a"]
+
+
+def test_clear_and_cancel_disarm() -> None:
+    loop, fired = FakeLoop(), []
+    cleared, cancelled = deadline(loop, fired, "cleared"), deadline(loop, fired, "cancelled")
+    cleared.set(1.0)
+    cancelled.set(1.0)
+    cleared.clear()
+    cancelled.cancel()
+    loop.advance(10)
+    assert fired == []
+    cleared.set(1.0)  # armed again after a clear
+    loop.advance(1.0)
+    assert fired == ["cleared"]
+
+
+def test_pushed_back_deadline_fires_at_its_latest_time_without_a_new_timer() -> None:
+    loop, fired = FakeLoop(), []
+    d = deadline(loop, fired, "a")
+    d.set(5.0)
+    handles = len(loop.handles)
+    for _ in range(10):
+        loop.advance(1.0)
+        d.set(5.0)  # a read on a busy connection: later than the one scheduled
+    assert len(loop.handles) == handles  # no timer made or cancelled per push
+    assert fired == []
+    loop.advance(4.9)
+    assert fired == []
+    loop.advance(0.1)
+    assert fired == ["a"]
+
+
+def test_a_deadline_set_earlier_fires_at_the_earlier_time() -> None:
+    loop, fired = FakeLoop(), []
+    d = deadline(loop, fired, "a")
+    d.set(75.0)
+    d.set(10.0)
+    loop.advance(10.0)
+    assert fired == ["a"]
+    loop.advance(100)
+    assert fired == ["a"]
+
+
+def test_deadlines_of_a_loop_share_one_timer_and_fire_in_order() -> None:
+    loop, fired = FakeLoop(), []
+    for name, seconds in [("c", 3.0), ("a", 1.0), ("b", 2.0), ("d", 4.0)]:
+        deadline(loop, fired, name).set(seconds)
+    assert len(loop.pending()) == 1
+    loop.advance(2.5)
+    assert fired == ["a", "b"]
+    loop.advance(10)
+    assert fired == ["a", "b", "c", "d"]
+
+
+def test_a_callback_that_raises_is_reported_and_the_others_still_fire() -> None:
+    loop, fired = FakeLoop(), []
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    Deadline(loop, boom).set(1.0)  # type: ignore[arg-type]
+    deadline(loop, fired, "after").set(1.0)
+    loop.advance(1.0)
+    assert fired == ["after"]
+    assert [str(e) for e in loop.errors] == ["boom"]
+
+
+def test_a_callback_may_arm_and_cancel_deadlines() -> None:
+    loop, fired = FakeLoop(), []
+    other = deadline(loop, fired, "other")
+    other.set(1.5)
+    again = deadline(loop, fired, "again")
+
+    def first() -> None:
+        fired.append("first")
+        other.cancel()
+        again.set(2.0)
+
+    Deadline(loop, first).set(1.0)  # type: ignore[arg-type]
+    loop.advance(1.0)
+    assert fired == ["first"]
+    loop.advance(5.0)
+    assert fired == ["first", "again"]
+
+
+def test_cancelled_deadlines_do_not_pile_up() -> None:
+    """Short connections: each arms a long timeout and cancels it a moment later."""
+    loop, fired = FakeLoop(), []
+    for _ in range(10_000):
+        d = deadline(loop, fired, "x")
+        d.set(10.0)
+        d.cancel()
+    assert len(timers_of(loop)) <= 200  # type: ignore[arg-type]
+    loop.advance(20)
+    assert fired == []
+
+
+@pytest.mark.parametrize("pushes", [1, 3])
+def test_deadlines_pushed_earlier_many_times_do_not_pile_up(pushes: int) -> None:
+    loop, fired = FakeLoop(), []
+    live = [deadline(loop, fired, str(i)) for i in range(50)]
+    for step in range(200):
+        for d in live:
+            for p in range(pushes):
+                d.set(1000.0 - step - p)  # earlier each time: a new entry each
+    assert len(timers_of(loop)) <= 4 * len(live) + 200  # type: ignore[arg-type]
+    loop.advance(1000)
+    assert sorted(fired) == sorted(str(i) for i in range(50))
