@@ -7,23 +7,26 @@ ports, no lock needed): an origin (asyncio, answers each read with nginx's 5-byt
 response), `h2load --h1 -n N -c C` as the client, and, in between, one Portico `Worker` in
 this script's own process, with either
 
-- `--mode l4`: a `protocol: tcp` listener (bench/run's L4 rows: the TCP relay), or
+- `--mode l4`: a `protocol: tcp` listener (bench/run's L4 rows: the TCP relay),
 - `--mode tls`: a `protocol: https` listener with a throwaway self-signed RSA-2048
-  certificate (bench/run's "HTTP/1.1 over TLS" rows: TLS records plus the HTTP/1.1 path),
+  certificate (bench/run's "HTTP/1.1 over TLS" rows: TLS records plus the HTTP/1.1 path), or
 - `--mode http`: the same `protocol: http` listener without TLS, whose count `tls`'s less
   is what TLS adds to a request.
+
+`--chunked`: the origin answers chunked (no Content-Length), and Portico frames the body
+chunked again for the client.
 
 Only the worker's process is measured. With `--callgrind` the script runs the worker twice
 under callgrind, for N and for 3N requests over the same C connections, and prints
 (instructions of the second - of the first) ÷ 2N: the cost of one request at steady state,
-without start-up, connection set-up or handshakes. Without it: CPU µs per request of the
-worker (process time, noisy).
+without start-up, connection set-up or handshakes (`--keep DIR` keeps both profiles for
+`callgrind_annotate`). Without it: the worker's user and kernel CPU µs per request (noisy).
 
-    .venv/bin/python bench/relaypath.py [--mode l4|tls] [--requests N] [--connections C]
-                                        [--callgrind] [--profile]
+    .venv/bin/python bench/relaypath.py [--mode l4|tls|http] [--chunked] [--requests N]
+                                        [--connections C] [--callgrind [--keep DIR]] [--profile]
 
 Needs `h2load` (Debian's nghttp2-client, as bench/run) and, for `--callgrind`, valgrind.
-A run of `--callgrind` takes about a minute per mode.
+A run of `--callgrind` takes two to four minutes on the shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 12:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
     b"X-Backend: 9001\r\n\r\nhello"
+)
+CHUNKED = (  # `--chunked`: the same body, its length unknown up front
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 12:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n"
+    b"X-Backend: 9001\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
 )
 CONFIG = """\
 workers: 1
@@ -70,12 +78,13 @@ class Origin(asyncio.Protocol):
     """Answers every read with one response: h2load --h1 sends one request at a time."""
 
     transport: asyncio.Transport
+    response = RESPONSE
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.transport.write(RESPONSE)
+        self.transport.write(self.response)
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -86,8 +95,10 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_origin() -> None:
+def run_origin(chunked: bool) -> None:
     """`--origin`: serve until stdin closes; the port goes to stdout."""
+    if chunked:
+        Origin.response = CHUNKED
     loop = new_loop()
     server = loop.run_until_complete(loop.create_server(Origin, "127.0.0.1", 0))
     print(server.sockets[0].getsockname()[1], flush=True)
@@ -206,6 +217,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--callgrind", action="store_true", help="instructions per request")
     parser.add_argument("--profile", action="store_true", help="cProfile the worker")
+    parser.add_argument("--chunked", action="store_true", help="chunked responses (HTTP)")
     parser.add_argument("--keep", default="", help="--callgrind: keep the profiles in this folder")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--origin", action="store_true", help=argparse.SUPPRESS)
@@ -213,14 +225,14 @@ def main() -> None:
     parser.add_argument("--cert-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.origin:
-        run_origin()
+        run_origin(args.chunked)
         return
     if args.serve:
         serve(args)
         return
     requests = args.requests or (4000 if args.callgrind else 100_000)
     origin = subprocess.Popen(
-        [sys.executable, __file__, "--origin"],
+        [sys.executable, __file__, "--origin", *(["--chunked"] if args.chunked else [])],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
