@@ -135,9 +135,11 @@ class FastSSLObject(ssl.SSLObject):
     @classmethod
     def _create(cls, *args: Any, **kwargs: Any) -> FastSSLObject:
         self: FastSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
-        native = self._sslobj  # type: ignore[attr-defined]
-        # instance attributes shadow the class's (plain functions, not data descriptors)
-        self.__dict__.update(read=native.read, write=native.write, pending=native.pending)
+        native = getattr(self, "_sslobj", None)
+        # instance attributes shadow the class's (plain functions, not data descriptors); a
+        # Python whose SSLObject differs keeps the forwarding methods, which work the same
+        if native is not None and hasattr(self, "__dict__"):
+            self.__dict__.update(read=native.read, write=native.write, pending=native.pending)
         return self
 
 
