@@ -27,7 +27,9 @@ from portico.observe.stats import ByteCounter
 BODY_UNKNOWN: Final = -1  # a body follows, its length unknown
 BODY_NONE: Final = -2  # no body follows
 
-_COALESCE: Final = 16 * 1024  # a first body piece up to this size is copied behind the head
+# a body piece up to this size is copied into one buffer with its framing (the staged head, a
+# chunk's size line and CRLF): one write, and over TLS one record instead of one per part
+_COALESCE: Final = 16 * 1024
 _CRLF: Final = b"\r\n"
 _CHUNK_END: Final = b"0\r\n\r\n"
 
@@ -163,7 +165,10 @@ class Http1Framer(ResponseFramer):
                 parts.insert(0, head)
                 size += len(head)
             self._bytes.sent += size
-            transport.writelines(parts)
+            if size <= _COALESCE:
+                transport.write(b"".join(parts))
+            else:
+                transport.writelines(parts)
         elif head is not None:
             self._head = None
             self._bytes.sent += len(head) + size

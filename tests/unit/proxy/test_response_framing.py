@@ -96,6 +96,47 @@ def test_a_small_response_leaves_in_one_write_head_and_body_together(worker) -> 
     assert client.writes == [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"]
 
 
+class CallsTransport(FakeTransport):
+    """Also records how each write came: one buffer, or parts for a gathered write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def write(self, data: Any) -> None:
+        self.calls.append(("write", 1))
+        super().write(data)
+
+    def writelines(self, parts: Any) -> None:
+        parts = list(parts)
+        self.calls.append(("writelines", len(parts)))
+        super().writelines(parts)
+
+
+def test_a_small_chunk_leaves_in_one_buffer_with_its_framing(worker) -> None:
+    # over TLS every part of a gathered write is a TLS record of its own: head, size line,
+    # data and CRLF would be four records (and four encryptions) for five bytes of body
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    client = CallsTransport()
+    conn.connection_made(client)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert conn.active is not None
+    upstream = conn.active._upstream
+    assert upstream is not None
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    upstream.data_received(b"5\r\nhello\r\n")
+    upstream.data_received(b"3\r\nbye\r\n0\r\n\r\n")
+    assert client.written == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nbye\r\n0\r\n\r\n"
+    )
+    assert client.writes[0] == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    assert ("writelines", 4) not in client.calls
+    assert ("writelines", 3) not in client.calls
+    assert all(kind == "write" for kind, _ in client.calls)
+
+
 def test_http2_body_of_unknown_length_is_data_frames_until_end_stream(worker) -> None:
     h2client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
     h2client.initiate_connection()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from portico.config.tls import INTERMEDIATE_CIPHERS, TlsConfig
 from portico.listeners.tls import (
     OP_PRIORITIZE_CHACHA,
+    FastSSLObject,
     SniTable,
     TlsError,
     TlsTerminator,
@@ -236,3 +238,56 @@ def test_peer_subject_is_safe_for_a_header(tmp_path: Path) -> None:
     pair = self_signed(tmp_path, "evil", subject=subject)
     text = peer_subject(FakeConnection(der_of(pair), verified=True))  # type: ignore[arg-type]
     assert text == "CN=evil\\0D\\0AX-Admin: 1 \\C3\\A9"
+
+
+# ---------------------------------------------------------------------------------------------
+# The connection objects the loop creates
+
+
+def _pump(source: ssl.MemoryBIO, target: ssl.MemoryBIO) -> None:
+    data = source.read()
+    if data:
+        target.write(data)
+
+
+def test_connections_use_the_native_record_methods_and_still_talk(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    first = issue(ca, tmp_path, "first", "www.example.org")
+    other = issue(ca, tmp_path, "other", "a.example.com")
+    terminator = TlsTerminator(config(first, other))
+    server_in, server_out, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
+    # what the event loop's TLS transport does: wrap_bio on the listening context
+    server = terminator.context.wrap_bio(server_in, server_out, server_side=True)
+    assert isinstance(server, FastSSLObject)
+    assert isinstance(server, ssl.SSLObject)
+    # read/write/pending are OpenSSL's own, no Python frame in between
+    assert type(server.read).__name__ == "builtin_function_or_method"
+    assert type(server.write).__name__ == "builtin_function_or_method"
+    assert type(server.pending).__name__ == "builtin_function_or_method"
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client = client_context.wrap_bio(client_in, client_out, server_hostname="a.example.com")
+    for _ in range(10):
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        _pump(client_out, server_in)
+        _pump(server_out, client_in)
+        if server.version() is not None and client.version() is not None:
+            break
+    # SNI still switched the connection to the second certificate's context
+    assert server.context is terminator.select("a.example.com")
+    assert server.context is not terminator.context
+    assert client.getpeercert()["subjectAltName"] == (("DNS", "a.example.com"),)  # type: ignore[index]
+    client.write(b"GET / HTTP/1.1\r\n\r\n")
+    _pump(client_out, server_in)
+    buffer = bytearray(64)
+    assert server.read(64, buffer) == 18
+    assert bytes(buffer[:18]) == b"GET / HTTP/1.1\r\n\r\n"
+    assert server.pending() == 0
+    with pytest.raises(ssl.SSLWantReadError):
+        server.read(64)
+    assert server.write(b"HTTP/1.1 200 OK\r\n\r\n") == 19
+    _pump(server_out, client_in)
+    assert client.read(1024) == b"HTTP/1.1 200 OK\r\n\r\n"
