@@ -10,6 +10,7 @@ client, read to the close for HTTP/1.0, DATA frames until END_STREAM for HTTP/2.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from h2.config import H2Configuration
