@@ -1034,6 +1034,7 @@ class Paired:
     per_cpu_s: dict[tuple[int, str, str], float] = field(default_factory=dict)
     canary_ms: list[float] = field(default_factory=list)
     idle_kib: dict[str, list[float]] = field(default_factory=dict)  # target -> KiB per connection
+    idle_next_kib: dict[str, list[float]] = field(default_factory=dict)  # ... the next ones'
     rest_kib: dict[str, tuple[int, int]] = field(default_factory=dict)  # target -> (RSS, PSS)
     other_pct: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -1061,32 +1062,41 @@ def canary_ms() -> float:
     return float(out.stdout.strip())
 
 
-def idle_connection_kib(server: Proc, port: int, count: int) -> float:
+def idle_connection_kib(server: Proc, port: int, count: int) -> tuple[float, float]:
     """KiB of the target's RSS per idle keep-alive connection: open `count` connections, make
     one request on each (so each has served a request and sits idle, as a browser's does), and
-    compare the process tree's RSS with and without them."""
+    compare the process tree's RSS with and without them; then `count` more, the same way.
+    The first figure includes what the first connections grow once (a heap with little free
+    room left from start-up grows for them); the second, the marginal cost, does not."""
     check_response(port, "/small", PATHS["small"][1])  # what the first request loads, loaded
     base = tree_rss_kib(server.pid)
     socks: list[socket.socket] = []
     request = b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n"
-    try:
+
+    def open_idle() -> int:
+        opened = []
         for _ in range(count):
             s = socket.create_connection(("127.0.0.1", port), timeout=CHECK_TIMEOUT)
             s.sendall(request)
-            socks.append(s)
+            opened.append(s)
+        socks.extend(opened)
         deadline = time.monotonic() + 30
-        for s in socks:  # each answer read, so the connection is idle on the server's side
+        for s in opened:  # each answer read, so the connection is idle on the server's side
             got = b""
             while not got.endswith(b"hello") and time.monotonic() < deadline:
                 chunk = s.recv(4096)
                 if not chunk:
                     raise RuntimeError("a target closed an idle connection")
                 got += chunk
-        loaded = tree_rss_kib(server.pid)
+        return tree_rss_kib(server.pid)
+
+    try:
+        first = open_idle()
+        second = open_idle()
     finally:
         for s in socks:
             s.close()
-    return max(0.0, (loaded - base) / count)
+    return max(0.0, (first - base) / count), max(0.0, (second - first) / count)
 
 
 def _measure_paired(
@@ -1143,11 +1153,12 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
                 check_response(t.l7_port, "/small", PATHS["small"][1])
                 pid = servers[t.key].pid
                 result.rest_kib[t.key] = (tree_rss_kib(pid), tree_pss_kib(pid))
-                kib = idle_connection_kib(servers[t.key], t.l7_port, IDLE_CONNECTIONS)
+                kib, marginal = idle_connection_kib(servers[t.key], t.l7_port, IDLE_CONNECTIONS)
             except (RuntimeError, OSError) as exc:
                 result.errors.append(f"{t.label} idle memory: {exc}")
                 continue
             result.idle_kib.setdefault(t.key, []).append(kib)
+            result.idle_next_kib.setdefault(t.key, []).append(marginal)
         for cycle in range(args.cycles):
             result.canary_ms.append(canary_ms())
             log(f"cycle {cycle + 1}/{args.cycles}: canary {result.canary_ms[-1]:.0f} ms")
@@ -1270,6 +1281,17 @@ def render_paired(result: Paired, title: str = "Paired cycles") -> str:
                 *(cell(result.idle_kib.get(t, []), ".2f") for t in ("portico", "haproxy", "nginx")),
             ]
         )
+        lines.append(
+            [
+                "... each of the next ones (KiB)",
+                "",
+                "",
+                *(
+                    cell(result.idle_next_kib.get(t, []), ".2f")
+                    for t in ("portico", "haproxy", "nginx")
+                ),
+            ]
+        )
     columns = (
         "workload",
         "Portico ÷ HAProxy per CPU-s, median (range)",
@@ -1298,7 +1320,9 @@ def render_paired(result: Paired, title: str = "Paired cycles") -> str:
             -1,
             f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request, "
             "opened on each freshly started target before the cycles; the process tree's RSS "
-            "with them minus without, per connection.",
+            "with them minus without, per connection; then as many more: their rise per "
+            "connection is the next row (the marginal cost, without what the first ones grow "
+            "once).",
         )
     if result.rest_kib:
         notes.insert(
