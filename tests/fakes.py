@@ -819,3 +819,58 @@ def worker_with_idle_servers(config: str, idle: int) -> Iterator[Any]:
         yield worker
     finally:
         loop.close()
+
+
+class FakeTimerHandle:
+    """What `FakeLoop.call_at` returns: when it is due, its callback, and whether cancelled."""
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self._when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def when(self) -> float:
+        return self._when
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """A clock without an event loop, for timers (`timers.Deadline` and who uses it): time(),
+    call_at() and call_exception_handler(); `advance` runs the handles that fall due, in order."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.handles: list[FakeTimerHandle] = []
+        self.errors: list[BaseException] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(
+        self, when: float, callback: Callable[[], None], *, context: object = None
+    ) -> FakeTimerHandle:
+        handle = FakeTimerHandle(when, callback)
+        self.handles.append(handle)
+        return handle
+
+    def call_exception_handler(self, context: dict[str, object]) -> None:
+        exc = context["exception"]
+        assert isinstance(exc, BaseException)
+        self.errors.append(exc)
+
+    def pending(self) -> list[FakeTimerHandle]:
+        return [h for h in self.handles if not h.cancelled]
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            due = [h for h in self.pending() if h.when() <= end]
+            if not due:
+                break
+            handle = min(due, key=FakeTimerHandle.when)
+            self.handles.remove(handle)
+            self.now = max(self.now, handle.when())
+            handle.callback()
+        self.now = end

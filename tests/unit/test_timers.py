@@ -3,60 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
+from fakes import FakeLoop
 from portico.timers import Deadline, timers_of
-
-
-class FakeHandle:
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeLoop:
-    """time() and call_at(); `advance` runs the handles that fall due, in order."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.handles: list[FakeHandle] = []
-        self.errors: list[BaseException] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(
-        self, when: float, callback: Callable[[], None], *, context: object = None
-    ) -> FakeHandle:
-        handle = FakeHandle(when, callback)
-        self.handles.append(handle)
-        return handle
-
-    def call_exception_handler(self, context: dict[str, object]) -> None:
-        exc = context["exception"]
-        assert isinstance(exc, BaseException)
-        self.errors.append(exc)
-
-    def pending(self) -> list[FakeHandle]:
-        return [h for h in self.handles if not h.cancelled]
-
-    def advance(self, seconds: float) -> None:
-        end = self.now + seconds
-        while True:
-            due = [h for h in self.pending() if h.when <= end]
-            if not due:
-                break
-            handle = min(due, key=lambda h: h.when)
-            self.handles.remove(handle)
-            self.now = max(self.now, handle.when)
-            handle.callback()
-        self.now = end
 
 
 def deadline(loop: FakeLoop, fired: list[str], name: str) -> Deadline:

@@ -5,59 +5,17 @@ server's in-flight count."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 
+from fakes import FakeLoop
 from portico.config.schema import PoolConfig
 from portico.proxy import l4
 from portico.proxy.l4 import IDLE_TICKS, Relay, RelayState
 from portico.upstreams.backend import BackendState
 from portico.upstreams.pool import Pool
-
-
-class FakeHandle:
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self._when = when
-        self.callback = callback
-        self.cancelled = False
-
-    def when(self) -> float:
-        return self._when
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeLoop:
-    """time() and call_at() as Deadline uses them; `advance` runs what falls due."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.timers: list[FakeHandle] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(
-        self, when: float, callback: Callable[[], None], *, context: object = None
-    ) -> FakeHandle:
-        handle = FakeHandle(when, callback)
-        self.timers.append(handle)
-        return handle
-
-    def advance(self, seconds: float) -> None:
-        end = self.now + seconds
-        while True:
-            due = [h for h in self.timers if not h.cancelled and h.when() <= end]
-            if not due:
-                break
-            handle = min(due, key=FakeHandle.when)
-            self.timers.remove(handle)
-            self.now = max(self.now, handle.when())
-            handle.callback()
-        self.now = end
 
 
 class FakeTransport:
