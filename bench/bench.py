@@ -1005,6 +1005,9 @@ CANARY_LOOPS = 3_000_000  # a fixed amount of pure-Python work: its CPU time sho
 NOISY_CANARY_PCT = 10.0  # canary spread (max-min over median) past which the verdict is "noisy"
 NOISY_RATIO_PCT = 30.0  # a ratio's spread past which the verdict is "noisy"
 IDLE_CONNECTIONS = 1000  # idle keep-alive connections opened for the memory row
+# seconds the idle connections stay idle before the reading: Portico's worker releases an idle
+# HTTP/1 connection's parser after two of its 1 s sweeps (the others hold what they hold)
+IDLE_SETTLE = 2.5
 
 
 @dataclass
@@ -1088,6 +1091,7 @@ def idle_connection_kib(server: Proc, port: int, count: int) -> tuple[float, flo
                 if not chunk:
                     raise RuntimeError("a target closed an idle connection")
                 got += chunk
+        time.sleep(IDLE_SETTLE)  # idle as an idle connection is (Portico's sweep: see below)
         return tree_rss_kib(server.pid)
 
     try:
@@ -1318,7 +1322,8 @@ def render_paired(result: Paired, title: str = "Paired cycles") -> str:
     if result.idle_kib:
         notes.insert(
             -1,
-            f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request, "
+            f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request and "
+            f"then idle {IDLE_SETTLE:g} s, "
             "opened on each freshly started target before the cycles; the process tree's RSS "
             "with them minus without, per connection; then as many more: their rise per "
             "connection is the next row (the marginal cost, without what the first ones grow "

@@ -807,6 +807,9 @@ class Worker:
             now = self.loop.time()
             for pool in self.pools.values():
                 pool.close_idle(now - pool.settings.idle_timeout)
+            for conn in self.context.connections:
+                if isinstance(conn, ClientConnection):
+                    conn.rest()  # an idle HTTP/1 connection gives up its parser
 
     async def drain(
         self, grace: float, stopped_accepting: Callable[[], None], idle_grace: float = 0.0

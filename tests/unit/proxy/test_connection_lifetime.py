@@ -11,6 +11,7 @@ off: only reference counting may free the objects.
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -117,3 +118,62 @@ def test_an_http1_connection_that_hands_over_to_h2c_is_freed_too(worker: Worker)
     del h2
     transport.protocol = None
     assert not alive(H2ClientConnection)
+
+
+def answer(conn: ClientConnection, body: bytes) -> None:
+    """The server connection of `conn`'s request in flight answers it with `body`."""
+    assert conn.active is not None
+    upstream = conn.active._upstream
+    assert upstream is not None
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def forwarded(conn: ClientConnection) -> bytes:
+    """What `conn`'s request in flight sent its server, last."""
+    assert conn.active is not None
+    upstream = conn.active._upstream
+    assert upstream is not None
+    assert isinstance(upstream.transport, FakeTransport)
+    return upstream.transport.writes[-1]
+
+
+def test_an_idle_http1_connection_gives_up_its_parser_and_serves_the_next_request(
+    worker: Worker,
+) -> None:
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer(conn, b"one")
+    assert transport.written.endswith(b"\r\n\r\none")
+    parser = conn._parser
+    conn.rest()  # the worker's sweep: idle since now...
+    assert conn._parser is parser
+    conn.rest()  # ... and still idle a sweep later: the parser goes
+    assert conn._parser is not parser
+    assert sys.getrefcount(parser) == 2  # this test's name for it and the call's: freed next
+    del parser
+    transport.writes.clear()
+    conn.data_received(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert forwarded(conn).startswith(b"GET /two HTTP/1.1\r\n")
+    answer(conn, b"two")
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.written.endswith(b"\r\n\r\ntwo")
+
+
+def test_a_connection_with_bytes_between_sweeps_or_half_a_head_keeps_its_parser(
+    worker: Worker,
+) -> None:
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.rest()
+    conn.data_received(b"GET /slow HTTP/1.1\r\nHo")  # a byte since the last sweep
+    parser = conn._parser
+    conn.rest()
+    conn.rest()  # no byte for two sweeps, but half a head parsed: its parser holds it
+    assert conn._parser is parser
+    conn.data_received(b"st: a\r\n\r\n")
+    assert forwarded(conn).startswith(b"GET /slow HTTP/1.1\r\n")
+    answer(conn, b"slow")
+    assert transport.written.endswith(b"\r\n\r\nslow")
