@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as b  # bench/bench.py: the harness this one reuses
 
 PACED_PORT = 8086
+FLOOR_PORT = 8088
 
 
 @dataclass
@@ -103,10 +104,17 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
-    parser.add_argument("--rules", type=int, default=120, help="the paced HAProxy's extra rules")
+    parser.add_argument(
+        "--rules",
+        type=int,
+        default=120,
+        help="the paced HAProxy's extra rules (0: no paced HAProxy)",
+    )
+    parser.add_argument(
+        "--floor", action="store_true", help="also bench/floor.py: uvloop + httptools, no features"
+    )
     args = parser.parse_args(argv)
     b.prepare_rundir(portico_l4=False)
-    paced = paced_config(args.rules)
     try:
         origins = b.spawn(
             "origins", b.nginx_argv("nginx-backends.conf", "backends-error.log"), b.LOAD_CORE
@@ -129,12 +137,15 @@ def main(argv: list[str]) -> int:
                 8082,
                 Runs("HAProxy"),
             ),
-            (
-                b.spawn("haproxy-paced", ["haproxy", "-db", "-f", str(paced)], b.PROXY_CORE),
-                PACED_PORT,
-                Runs(f"HAProxy + {args.rules} rules"),
-            ),
         ]
+        if args.rules:
+            paced = paced_config(args.rules)
+            proc = b.spawn("haproxy-paced", ["haproxy", "-db", "-f", str(paced)], b.PROXY_CORE)
+            targets.append((proc, PACED_PORT, Runs(f"HAProxy + {args.rules} rules")))
+        if args.floor:
+            argv = [sys.executable, str(b.BENCH / "floor.py"), "--port", str(FLOOR_PORT)]
+            proc = b.spawn("floor", argv, b.PROXY_CORE)
+            targets.append((proc, FLOOR_PORT, Runs("floor.py (not a proxy: the stack's floor)")))
         for proc, port, _ in targets:
             b.wait_for_port(proc, port)
             b.check_response(port, "/small", 5)
