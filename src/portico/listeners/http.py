@@ -32,7 +32,14 @@ from portico.proxy import proxy_protocol
 from portico.proxy.context import Http2Settings, HttpListenerSettings, ProxyContext
 from portico.proxy.framing import Http1Framer
 from portico.proxy.internal import internal_errors
-from portico.proxy.l7 import BLOCK_DONE, BLOCK_PENDING, BLOCK_QUEUED, BLOCK_UPSTREAM, Exchange
+from portico.proxy.l7 import (
+    BLOCK_DONE,
+    BLOCK_PENDING,
+    BLOCK_QUEUED,
+    BLOCK_UPSTREAM,
+    ClientSide,
+    Exchange,
+)
 from portico.proxy.proxy_protocol import ParseState
 from portico.timers import Deadline
 
@@ -68,7 +75,7 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the status is on the connection."""
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol, ClientSide):
     """One client connection: parse requests, hand each to an Exchange, answer in order."""
 
     def __init__(self, settings: HttpListenerSettings, context: ProxyContext) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from portico import tasks
 from portico.cache.runtime import CacheExchange, Step
@@ -38,6 +38,7 @@ from portico.http.headers import (
     serialize_head,
 )
 from portico.http.local import BodySource, LocalResponse, local_response, reason_phrase
+from portico.native import trait
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
 from portico.pipeline import (
@@ -58,6 +59,7 @@ from portico.routing import Route, Router
 from portico.routing.actions import RouteActions, apply_response_headers
 from portico.upstreams.backend import report_connect_failure, report_connected
 from portico.upstreams.connections import (
+    ResponseSink,
     SendRoom,
     UpstreamConnection,
     client_read_size,
@@ -98,44 +100,51 @@ BLOCK_PENDING: Final = 4
 BLOCK_DONE: Final = 8  # nothing more will be read on this connection
 
 
-class ClientSide(Protocol):
+@trait
+class ClientSide:
     """What an exchange needs of the client it answers, besides its `ResponseFramer`: an
     HTTP/1.x connection (`portico.listeners.http.ClientConnection`) or one HTTP/2 stream
-    (`portico.listeners.h2.H2Stream`)."""
+    (`portico.listeners.h2.H2Stream`). A trait, not a Protocol: compiled, the exchange reads
+    these attributes and calls these methods natively (through a Protocol each was a look-up
+    by name: ~10 a request). Every method is overridden."""
+
+    __slots__ = ()
 
     write_paused: bool
     # the client's own connection: body writes reach its socket directly (false for an HTTP/2
     # stream, which shares one), so big reads may fill its kernel send queue (`SendRoom`)
     direct_writes: bool
+    settings: HttpListenerSettings
+    context: ProxyContext
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport | None
+    client_ip: str
+    client_subject: str | None
+    draining: bool
+    early: bytes
 
-    @property
-    def settings(self) -> HttpListenerSettings: ...
-    @property
-    def context(self) -> ProxyContext: ...
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-    @property
-    def transport(self) -> asyncio.Transport | None: ...
-    @property
-    def client_ip(self) -> str: ...
-    @property
-    def client_subject(self) -> str | None: ...
-    @property
-    def draining(self) -> bool: ...
-    @property
-    def early(self) -> bytes: ...
+    def block_reading(self, reason: int) -> None:
+        raise NotImplementedError
 
-    def block_reading(self, reason: int) -> None: ...
-    def unblock_reading(self, reason: int) -> None: ...
-    def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None: ...
-    def abort(self) -> None: ...
-    def hand_over(self) -> asyncio.Transport: ...
-    def tunnel_closed(self) -> None: ...
+    def unblock_reading(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def hand_over(self) -> asyncio.Transport:
+        raise NotImplementedError
+
+    def tunnel_closed(self) -> None:
+        raise NotImplementedError
 
 
-class Exchange:
-    """A request from one client and the response to it; implements `ResponseSink`. The same
-    for every client protocol: `out` frames what it decides."""
+class Exchange(ResponseSink):
+    """A request from one client and the response to it (the `ResponseSink` of its server
+    connection). The same for every client protocol: `out` frames what it decides."""
 
     __slots__ = (
         "_backend",
