@@ -403,8 +403,14 @@ def _is_token(value: bytes) -> bool:
     return bool(value) and all(c in _TOKEN_CHARS for c in value)
 
 
-def serialize_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
-    """`first_line` CRLF, each header as `name: value` CRLF, then the empty line."""
+def serialize_head(
+    first_line: bytes,
+    headers: Iterable[Header],
+    block: bytes = b"",
+    tail: list[Header] | None = None,
+) -> bytes:
+    """`first_line` CRLF, each header as `name: value` CRLF, then the empty line. `block`: more
+    fields already serialized (`serialize_fields`), after `headers` and before `tail`'s."""
     # one flat list and one join: a single bytes object made, where joining each pair, then
     # the lines, then concatenating the ends made one per header and four more (compiled,
     # ~35% less time per head; twice per proxied request)
@@ -414,5 +420,25 @@ def serialize_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
         parts.append(name)
         parts.append(b": ")
         parts.append(value)
+    if block:
+        parts.append(block)
+    if tail:
+        for name, value in tail:
+            parts.append(b"\r\n")
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
     parts.append(b"\r\n\r\n")
+    return b"".join(parts)
+
+
+def serialize_fields(headers: Iterable[Header]) -> bytes:
+    """Each header as CRLF `name: value`: a block of fields made once and spliced into many
+    heads by `serialize_head` (one part of its join instead of four per field)."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        parts.append(b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
     return b"".join(parts)

@@ -35,6 +35,7 @@ from portico.http.headers import (
     RequestHead,
     ResponseHead,
     forwarding_headers,
+    serialize_fields,
     serialize_head,
 )
 from portico.http.local import BodySource, LocalResponse, local_response, reason_phrase
@@ -658,9 +659,12 @@ class Exchange(ResponseSink):
         settings = self._settings
         head = self.head
         out = head.headers
+        # the forwarding fields, serialized once per client address (then one part of the
+        # head's join, not four per field)
+        block = b""
         if settings.x_forwarded or settings.forwarded:
             if head.x_forwarded_for or head.forwarded:
-                added = self._forwarding(head)
+                block = serialize_fields(self._forwarding(head))
             else:
                 # the usual case: the same block as this client's last request (the memo is
                 # per client address and worker, not per connection: idle memory)
@@ -668,33 +672,34 @@ class Exchange(ResponseSink):
                 ip = client.client_ip
                 memo = memos.get(ip)
                 if memo is not None and memo[0] is settings and memo[1] == head.host:
-                    added = memo[2]
+                    block = memo[2]
                 else:
-                    added = self._forwarding(head)
+                    block = serialize_fields(self._forwarding(head))
                     if len(memos) >= FORWARDING_MEMOS:
                         memos.clear()  # bounded; refilled by the clients still sending
-                    memos[ip] = (settings, head.host, added)
-            out = out + added
+                    memos[ip] = (settings, head.host, block)
         if head.host is None:
             # an HTTP/1.0 client may omit Host; the HTTP/1.1 request we send may not
             backend = self._backend
             if backend is not None:
                 host = f"[{backend.host}]" if ":" in backend.host else backend.host
                 out = [(b"Host", f"{host}:{backend.port}".encode()), *out]
+        # after the forwarding fields: the framing, Upgrade, the request ID, the certificate
+        tail: list[Header] | None = None
         if head.kind is LENGTH_BODY:
-            out.append((b"Content-Length", b"%d" % head.length))
+            tail = [(b"Content-Length", b"%d" % head.length)]
         elif head.kind is CHUNKED_BODY:
-            out.append((b"Transfer-Encoding", head.te))
+            tail = [(b"Transfer-Encoding", head.te)]
         if head.upgrade is not None:
-            out = [*out, (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
+            tail = [*(tail or ()), (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
         if self._request_id is not None:
-            out = [*out, (b"X-Request-Id", self._request_id)]
+            tail = [*(tail or ()), (b"X-Request-Id", self._request_id)]
         if settings.client_subject:
             # never the client's own claim: only what the TLS handshake verified
             out = [h for h in out if h[0].lower() != CLIENT_SUBJECT_LOWER]
             if client.client_subject is not None:
-                out.append((CLIENT_SUBJECT, client.client_subject.encode()))
-        return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out)
+                tail = [*(tail or ()), (CLIENT_SUBJECT, client.client_subject.encode())]
+        return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out, block, tail)
 
     def _forwarding(self, head: RequestHead) -> list[Header]:
         client = self._client

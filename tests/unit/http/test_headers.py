@@ -15,6 +15,7 @@ from portico.http.headers import (
     format_forwarded_for,
     forwarding_headers,
     response_body_kind,
+    serialize_fields,
     serialize_head,
     split_request_headers,
     split_response_headers,
@@ -485,6 +486,23 @@ def test_serialize_head_writes_headers_in_order_with_duplicates_and_spelling() -
         [(b"Set-Cookie", b"a=1"), (b"x-lower", b"v"), (b"Set-Cookie", b"b=2")],
     )
     assert head == b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nx-lower: v\r\nSet-Cookie: b=2\r\n\r\n"
+
+
+def test_serialize_head_puts_a_serialized_block_between_the_headers_and_the_tail() -> None:
+    block = serialize_fields([(b"X-Forwarded-For", b"1.2.3.4"), (b"X-Forwarded-Proto", b"http")])
+    assert block == b"\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: http"
+    head = serialize_head(b"GET / HTTP/1.1", [(b"Host", b"a")], block, [(b"Content-Length", b"2")])
+    assert head == serialize_head(
+        b"GET / HTTP/1.1",
+        [
+            (b"Host", b"a"),
+            (b"X-Forwarded-For", b"1.2.3.4"),
+            (b"X-Forwarded-Proto", b"http"),
+            (b"Content-Length", b"2"),
+        ],
+    )
+    assert serialize_fields([]) == b""
+    assert serialize_head(b"GET / HTTP/1.1", [], b"", []) == b"GET / HTTP/1.1\r\n\r\n"
 
 
 def test_serialized_request_head_parses_back_to_the_same_fields() -> None:

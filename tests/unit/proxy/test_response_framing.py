@@ -183,3 +183,30 @@ def test_http2_small_response_ends_on_its_only_data_frame(worker) -> None:
     # HEADERS, then one DATA frame that carries END_STREAM (not a second, empty one)
     assert [(e.data, e.stream_ended is not None) for e in data] == [(b"hello", True)]
     assert [e.stream_id for e in events if isinstance(e, StreamEnded)] == [1]
+
+
+def test_each_response_gets_its_own_status_line_and_length(worker) -> None:
+    # status lines and Content-Length values are made once and reused: a reason or a length
+    # that changes from one response to the next must still be the one sent
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    client = FakeTransport()
+    conn.connection_made(client)
+    heads = []
+    for response in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 Fine\r\nContent-Length: 3\r\n\r\nyes",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    ):
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.active is not None
+        upstream = conn.active._upstream
+        assert upstream is not None
+        upstream.data_received(response)
+        heads.append(client.writes[-1])
+    assert heads == [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 Fine\r\nContent-Length: 3\r\n\r\nyes",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    ]
