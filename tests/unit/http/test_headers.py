@@ -272,6 +272,51 @@ def test_response_content_length_gives_its_length() -> None:
     assert (head.kind, head.length) == (BodyKind.LENGTH, 1234)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [b"0", b"5", b"0005", b"1234", b"9" * 18, b"9" * 19, b"1" + b"0" * 30],
+)
+def test_a_content_length_is_read_as_its_decimal_number(value: bytes) -> None:
+    # up to 18 digits read natively, longer ones by int(): the same number either way
+    head = response([(b"Content-Length", value)])
+    assert (head.kind, head.length, head.declared_length) == (BodyKind.LENGTH, int(value), value)
+    request_head = split_request_headers(
+        [(b"Host", b"a"), (b"Content-Length", value)],
+        replace_x_forwarded=True,
+        replace_forwarded=True,
+    )
+    assert (request_head.kind, request_head.length) == (BodyKind.LENGTH, int(value))
+
+
+def test_a_content_length_that_is_not_digits_fails_as_int_does() -> None:
+    # llhttp never passes one; were it to, nothing is made up
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        response([(b"Content-Length", b"5x")])
+
+
+def test_request_field_names_are_classed_in_any_spelling_every_time() -> None:
+    # names are remembered as sent: a second request with the same spellings (and another
+    # spelling of the same name) is classed as the first was
+    for _ in range(2):
+        for host, length, agent in [
+            (b"Host", b"Content-Length", b"User-Agent"),
+            (b"HOST", b"content-length", b"user-agent"),
+        ]:
+            head = split_request_headers(
+                [(host, b"a"), (agent, b"x"), (length, b"3"), (b"Connection", b"close")],
+                replace_x_forwarded=True,
+                replace_forwarded=True,
+            )
+            assert (head.host, head.hosts, head.kind, head.length) == (
+                b"a",
+                1,
+                BodyKind.LENGTH,
+                3,
+            )
+            assert head.headers == [(host, b"a"), (agent, b"x")]
+            assert head.connection == frozenset({b"close"})
+
+
 def test_response_chunked_coding_is_recorded() -> None:
     head = response([(b"Transfer-Encoding", b"gzip, chunked")])
     assert (head.kind, head.te) == (BodyKind.CHUNKED, b"gzip, chunked")
