@@ -120,6 +120,8 @@ class ProxyContext:
         self, loop: asyncio.AbstractEventLoop, stats: WorkerStats, pools: dict[str, Pool]
     ) -> None:
         self.loop = loop
+        # the loop's clock, bound once: `loop.time()` looks the method up on every call
+        self.clock: Callable[[], float] = loop.time
         self.stats = stats
         self.pools = pools
         # open connections
