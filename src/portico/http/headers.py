@@ -209,8 +209,9 @@ def split_request_headers(
             head.upgrade = header[1]
     if listed is not None:
         head.connection = listed
-        extra = listed - _PLAIN_CONNECTION_TOKENS
-        if extra:
+        # a subset test makes no set: Connection lists only plain tokens, all but always
+        if not listed <= _PLAIN_CONNECTION_TOKENS:
+            extra = listed - _PLAIN_CONNECTION_TOKENS
             head.headers = [h for h in out if h[0].lower() not in extra]
     return head
 
@@ -303,8 +304,8 @@ class ResponseHead:
         listed = self._listed
         if listed is not None:
             self.keep_alive = b"close" not in listed if http11 else b"keep-alive" in listed
-            extra = listed - _PLAIN_CONNECTION_TOKENS
-            if extra:
+            if not listed <= _PLAIN_CONNECTION_TOKENS:  # (no set made in the usual case)
+                extra = listed - _PLAIN_CONNECTION_TOKENS
                 self.headers = [h for h in self.headers if h[0].lower() not in extra]
         else:
             self.keep_alive = http11

@@ -381,11 +381,14 @@ class WorkerStats:
         except KeyError:
             classes = self._request_series(entry, route, pool, server)
         code = status // 100
-        classes[code if 0 < code < 6 else 0] += 1
+        code = code if 0 < code < 6 else 0
+        classes[code] = classes[code] + 1  # (compiled: an int addition, not `+=` on an object)
         histogram = entry.durations.get(pool)
         if histogram is None:
             histogram = self._duration_series(entry, pool)
-        histogram.counts[bucket(histogram.bounds, duration)] += 1  # Histogram.observe
+        counts = histogram.counts  # Histogram.observe
+        index = bucket(histogram.bounds, duration)
+        counts[index] = counts[index] + 1
         histogram.sum += duration
         if upstream_connect is not None:
             counters = self._pools.get(pool)

@@ -202,7 +202,12 @@ class Http1Framer(ResponseFramer):
             self._head = None
             self._bytes.sent += len(head) + size
             if size <= _COALESCE:
-                transport.write(head + data)  # one small buffer beats a writev of two
+                # one small buffer beats a writev of two (bytes: compiled, a native
+                # concatenation; a memoryview takes the generic addition)
+                if isinstance(data, bytes):
+                    transport.write(head + data)
+                else:
+                    transport.write(head + data)
             else:
                 transport.writelines([head, data])
         else:
