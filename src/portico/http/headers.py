@@ -105,6 +105,30 @@ _REQUEST_NAME_MEMO: Final[dict[bytes, int]] = {}
 _REQUEST_MEMO_LIMIT: Final = 512
 
 
+def _usual(spellings: dict[bytes, int]) -> tuple[tuple[bytes, int] | None, ...]:
+    """By name length, the usual spelling of a classed name of that length and its class."""
+    table: list[tuple[bytes, int] | None] = [None] * (max(map(len, spellings)) + 1)
+    for name, what in spellings.items():
+        table[len(name)] = (name, what)
+    return tuple(table)
+
+
+# Compared before the memo, whose look-up hashes the name (a new bytes object every time):
+# nearly every client and server spells these so. One per length; the others go to the memo.
+_REQUEST_USUAL: Final = _usual(
+    {
+        b"Host": _HOST,
+        b"Content-Length": _LENGTH,
+        b"Transfer-Encoding": _TE,
+        b"Connection": _CONNECTION,
+        b"Upgrade": _UPGRADE,
+        b"X-Forwarded-For": _XFF,
+        b"X-Forwarded-Host": _XFH,
+        b"Forwarded": _FORWARDED,
+    }
+)
+
+
 def _decimal(value: bytes) -> int:
     """int(value) for a Content-Length as llhttp passes it (ASCII digits), read natively:
     int() on bytes costs ~800 instructions. Anything else goes to int() as before."""
@@ -166,10 +190,14 @@ def split_request_headers(
     listed: frozenset[bytes] | None = None
     for header in headers:
         name = header[0]
-        if not (_REQUEST_SIZE_BITS >> len(name)) & 1:
+        size = len(name)
+        if not (_REQUEST_SIZE_BITS >> size) & 1:
             what = _PLAIN  # the usual field: no name of a class is that long
         else:
-            found = _REQUEST_NAME_MEMO.get(name)
+            usual = _REQUEST_USUAL[size] if size < len(_REQUEST_USUAL) else None
+            found = usual[1] if usual is not None and name == usual[0] else None
+            if found is None:
+                found = _REQUEST_NAME_MEMO.get(name)
             if found is None:
                 what = _REQUEST_NAMES.get(name.lower(), _PLAIN)
                 if len(_REQUEST_NAME_MEMO) < _REQUEST_MEMO_LIMIT:
@@ -233,6 +261,15 @@ _RESPONSE_SIZE_BITS: Final = sum(1 << size for size in _RESPONSE_NAME_SIZES)
 # that a server inventing names cannot grow it.
 _RESPONSE_NAME_MEMO: Final[dict[bytes, int]] = {}
 _MEMO_LIMIT: Final = 2048
+_RESPONSE_USUAL: Final = _usual(
+    {
+        b"Content-Length": _LENGTH,
+        b"Transfer-Encoding": _TE,
+        b"Connection": _CONNECTION,
+        b"Upgrade": _UPGRADE,
+        b"TE": _HOP,
+    }
+)
 
 
 class ResponseHead:
@@ -274,10 +311,14 @@ class ResponseHead:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not (_RESPONSE_SIZE_BITS >> len(name)) & 1:
+        size = len(name)
+        if not (_RESPONSE_SIZE_BITS >> size) & 1:
             what = _PLAIN  # the usual field: no framing or hop-by-hop name is that long
         else:
-            found = _RESPONSE_NAME_MEMO.get(name)
+            usual = _RESPONSE_USUAL[size] if size < len(_RESPONSE_USUAL) else None
+            found = usual[1] if usual is not None and name == usual[0] else None
+            if found is None:
+                found = _RESPONSE_NAME_MEMO.get(name)
             if found is None:
                 what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
                 if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:

@@ -574,3 +574,17 @@ def test_serialized_request_head_parses_back_to_the_same_fields() -> None:
     assert seen.complete
     assert seen.url == b"/p?q=1"
     assert seen.headers == headers
+
+
+def test_the_usual_spellings_checked_first_are_classed_as_the_names_are() -> None:
+    # a name spelled the usual way skips the memo: it must get the class its lower-case form has
+    from portico.http import headers
+
+    for table, names in [
+        (headers._REQUEST_USUAL, headers._REQUEST_NAMES),
+        (headers._RESPONSE_USUAL, headers._RESPONSE_NAMES),
+    ]:
+        entries = [entry for entry in table if entry is not None]
+        assert entries
+        for name, what in entries:
+            assert names[name.lower()] == what, name
