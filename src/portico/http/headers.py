@@ -94,6 +94,54 @@ _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 # The lengths of those names: a name of another length is plain, found without lower-casing
 # it or hashing it (most fields a client or server sends)
 _REQUEST_NAME_SIZES: Final = frozenset(len(name) for name in _REQUEST_NAMES)
+# ... as a bit set (bit n: a name n bytes long), tested with a shift: no set look-up per field
+_REQUEST_SIZE_BITS: Final = sum(1 << size for size in _REQUEST_NAME_SIZES)
+_PLAIN: Final = -1  # a field of no class: forwarded as it is
+# Request field names as sent (any case) -> their class (or _PLAIN), for names of one of those
+# lengths: clients repeat the same few (Host, User-Agent, Connection), so most skip
+# bytes.lower() (a method look-up) and the look-up of its result. Bounded, smaller than the
+# servers' memo below: clients are less trusted.
+_REQUEST_NAME_MEMO: Final[dict[bytes, int]] = {}
+_REQUEST_MEMO_LIMIT: Final = 512
+
+
+def _usual(spellings: dict[bytes, int]) -> tuple[tuple[bytes, int] | None, ...]:
+    """By name length, the usual spelling of a classed name of that length and its class."""
+    table: list[tuple[bytes, int] | None] = [None] * (max(map(len, spellings)) + 1)
+    for name, what in spellings.items():
+        table[len(name)] = (name, what)
+    return tuple(table)
+
+
+# Compared before the memo, whose look-up hashes the name (a new bytes object every time):
+# nearly every client and server spells these so. One per length; the others go to the memo.
+_REQUEST_USUAL: Final = _usual(
+    {
+        b"Host": _HOST,
+        b"Content-Length": _LENGTH,
+        b"Transfer-Encoding": _TE,
+        b"Connection": _CONNECTION,
+        b"Upgrade": _UPGRADE,
+        b"X-Forwarded-For": _XFF,
+        b"X-Forwarded-Host": _XFH,
+        b"Forwarded": _FORWARDED,
+    }
+)
+
+
+def _decimal(value: bytes) -> int:
+    """int(value) for a Content-Length as llhttp passes it (ASCII digits), read natively:
+    int() on bytes costs ~800 instructions. Anything else goes to int() as before."""
+    size = len(value)
+    if 0 < size <= 18:
+        total = 0
+        for i in range(size):
+            digit = value[i] - 48
+            if digit < 0 or digit > 9:
+                return int(value)
+            total = total * 10 + digit
+        return total
+    return int(value)
 
 
 class RequestHead:
@@ -142,8 +190,21 @@ def split_request_headers(
     listed: frozenset[bytes] | None = None
     for header in headers:
         name = header[0]
-        what = _REQUEST_NAMES.get(name.lower()) if len(name) in _REQUEST_NAME_SIZES else None
-        if what is None:
+        size = len(name)
+        if not (_REQUEST_SIZE_BITS >> size) & 1:
+            what = _PLAIN  # the usual field: no name of a class is that long
+        else:
+            usual = _REQUEST_USUAL[size] if size < len(_REQUEST_USUAL) else None
+            found = usual[1] if usual is not None and name == usual[0] else None
+            if found is None:
+                found = _REQUEST_NAME_MEMO.get(name)
+            if found is None:
+                what = _REQUEST_NAMES.get(name.lower(), _PLAIN)
+                if len(_REQUEST_NAME_MEMO) < _REQUEST_MEMO_LIMIT:
+                    _REQUEST_NAME_MEMO[name] = what
+            else:
+                what = found
+        if what == _PLAIN:
             out.append(header)
         elif what == _HOST:
             head.host = header[1]
@@ -151,7 +212,7 @@ def split_request_headers(
             out.append(header)
         elif what == _LENGTH:
             head.kind = LENGTH_BODY
-            head.length = int(header[1])
+            head.length = _decimal(header[1])
         elif what == _TE:
             head.kind = CHUNKED_BODY
             # repeated fields are one list (RFC 9110 §5.3): gzip + chunked stays "gzip, chunked"
@@ -176,8 +237,9 @@ def split_request_headers(
             head.upgrade = header[1]
     if listed is not None:
         head.connection = listed
-        extra = listed - _PLAIN_CONNECTION_TOKENS
-        if extra:
+        # a subset test makes no set: Connection lists only plain tokens, all but always
+        if not listed <= _PLAIN_CONNECTION_TOKENS:
+            extra = listed - _PLAIN_CONNECTION_TOKENS
             head.headers = [h for h in out if h[0].lower() not in extra]
     return head
 
@@ -193,12 +255,21 @@ _RESPONSE_NAMES: Final[dict[bytes, int]] = {
     b"upgrade": _UPGRADE,
 }
 _RESPONSE_NAME_SIZES: Final = frozenset(len(name) for name in _RESPONSE_NAMES)
-_PLAIN: Final = -1
+_RESPONSE_SIZE_BITS: Final = sum(1 << size for size in _RESPONSE_NAME_SIZES)
 # Header names as sent (any case) -> their class, for names of one of those lengths: servers
 # repeat the same few (Connection, Content-Length), so most skip bytes.lower(). Bounded, so
 # that a server inventing names cannot grow it.
 _RESPONSE_NAME_MEMO: Final[dict[bytes, int]] = {}
 _MEMO_LIMIT: Final = 2048
+_RESPONSE_USUAL: Final = _usual(
+    {
+        b"Content-Length": _LENGTH,
+        b"Transfer-Encoding": _TE,
+        b"Connection": _CONNECTION,
+        b"Upgrade": _UPGRADE,
+        b"TE": _HOP,
+    }
+)
 
 
 class ResponseHead:
@@ -240,10 +311,14 @@ class ResponseHead:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) not in _RESPONSE_NAME_SIZES:
+        size = len(name)
+        if not (_RESPONSE_SIZE_BITS >> size) & 1:
             what = _PLAIN  # the usual field: no framing or hop-by-hop name is that long
         else:
-            found = _RESPONSE_NAME_MEMO.get(name)
+            usual = _RESPONSE_USUAL[size] if size < len(_RESPONSE_USUAL) else None
+            found = usual[1] if usual is not None and name == usual[0] else None
+            if found is None:
+                found = _RESPONSE_NAME_MEMO.get(name)
             if found is None:
                 what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
                 if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
@@ -256,7 +331,7 @@ class ResponseHead:
                 self.headers.append((name, value))
         elif what == _LENGTH:
             self.declared_length = value
-            self._length = int(value)
+            self._length = _decimal(value)
         elif what == _CONNECTION:
             tokens = connection_tokens(value)
             self._listed = tokens if self._listed is None else self._listed | tokens
@@ -270,8 +345,8 @@ class ResponseHead:
         listed = self._listed
         if listed is not None:
             self.keep_alive = b"close" not in listed if http11 else b"keep-alive" in listed
-            extra = listed - _PLAIN_CONNECTION_TOKENS
-            if extra:
+            if not listed <= _PLAIN_CONNECTION_TOKENS:  # (no set made in the usual case)
+                extra = listed - _PLAIN_CONNECTION_TOKENS
                 self.headers = [h for h in self.headers if h[0].lower() not in extra]
         else:
             self.keep_alive = http11
@@ -403,8 +478,14 @@ def _is_token(value: bytes) -> bool:
     return bool(value) and all(c in _TOKEN_CHARS for c in value)
 
 
-def serialize_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
-    """`first_line` CRLF, each header as `name: value` CRLF, then the empty line."""
+def serialize_head(
+    first_line: bytes,
+    headers: Iterable[Header],
+    block: bytes = b"",
+    tail: list[Header] | None = None,
+) -> bytes:
+    """`first_line` CRLF, each header as `name: value` CRLF, then the empty line. `block`: more
+    fields already serialized (`serialize_fields`), after `headers` and before `tail`'s."""
     # one flat list and one join: a single bytes object made, where joining each pair, then
     # the lines, then concatenating the ends made one per header and four more (compiled,
     # ~35% less time per head; twice per proxied request)
@@ -414,5 +495,25 @@ def serialize_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
         parts.append(name)
         parts.append(b": ")
         parts.append(value)
+    if block:
+        parts.append(block)
+    if tail:
+        for name, value in tail:
+            parts.append(b"\r\n")
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
     parts.append(b"\r\n\r\n")
+    return b"".join(parts)
+
+
+def serialize_fields(headers: Iterable[Header]) -> bytes:
+    """Each header as CRLF `name: value`: a block of fields made once and spliced into many
+    heads by `serialize_head` (one part of its join instead of four per field)."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        parts.append(b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
     return b"".join(parts)

@@ -54,7 +54,7 @@ from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, spl
 from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
 from portico.proxy.framing import H2Framer
-from portico.proxy.l7 import Exchange
+from portico.proxy.l7 import ClientSide, Exchange
 from portico.timers import Deadline
 
 log = logging.getLogger("portico.h2")
@@ -72,7 +72,7 @@ DRAIN_PING = b"portico\x00"  # the opaque data of the PING that follows a drain'
 DRAIN_PING_TIMEOUT = 2.0  # a client that never answers it gets the final GOAWAY after this
 
 
-class H2Stream:
+class H2Stream(ClientSide):
     """One request stream: the client side an `Exchange` answers (`ClientSide`)."""
 
     __slots__ = (

@@ -20,7 +20,7 @@ from portico.http.headers import (
     serialize_head,
     split_request_headers,
 )
-from portico.upstreams.connections import UpstreamConnection, read_buffer_size
+from portico.upstreams.connections import ResponseSink, UpstreamConnection, read_buffer_size
 
 if TYPE_CHECKING:
     from portico.cache.runtime import CacheExchange
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["refresh"]
 
 
-class _Sink:
-    """Receives the refresh's response for the cache (`ResponseSink`)."""
+class _Sink(ResponseSink):
+    """Receives the refresh's response for the cache."""
 
     def __init__(self, cache: CacheExchange, loop: asyncio.AbstractEventLoop) -> None:
         self.cache = cache

@@ -120,16 +120,18 @@ class ProxyContext:
         self, loop: asyncio.AbstractEventLoop, stats: WorkerStats, pools: dict[str, Pool]
     ) -> None:
         self.loop = loop
+        # the loop's clock, bound once: `loop.time()` looks the method up on every call
+        self.clock: Callable[[], float] = loop.time
         self.stats = stats
         self.pools = pools
         # open connections
         self.connections: set[Connection] = set()
         self.client_connections: dict[str, int] = {}  # open connections per client address
         self.all_closed = asyncio.Event()  # set while no client connection is open
-        # per client address: (the listener's settings, Host, the forwarding headers built
-        # for them) of its last request. Shared by that client's connections, not kept by
-        # each: an idle keep-alive connection would hold ~0.5 KiB for it (see `forwarding`)
-        self.forwarding_memos: dict[str, tuple[object, bytes | None, list[Header]]] = {}
+        # per client address: (the listener's settings, Host, the forwarding fields built for
+        # them, serialized) of its last request. Shared by that client's connections, not kept
+        # by each (idle connections would hold them)
+        self.forwarding_memos: dict[str, tuple[object, bytes | None, bytes]] = {}
 
     def admit(self, client_ip: str, limit: int) -> bool:
         """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it

@@ -32,6 +32,35 @@ BODY_NONE: Final = -2  # no body follows
 _COALESCE: Final = 16 * 1024
 _CRLF: Final = b"\r\n"
 _CHUNK_END: Final = b"0\r\n\r\n"
+# Status lines by status, with the reason they were made for, and Content-Length values by
+# length: made once, not formatted per response (~400 instructions each). Bounded (a few tens
+# of KiB at most): a server inventing reasons only replaces the line of its status, and lengths
+# beyond the bound are formatted each time.
+_STATUS_LINES: Final[dict[int, tuple[bytes, bytes]]] = {}
+_LENGTHS: Final[dict[int, bytes]] = {}
+_STATUS_LIMIT: Final = 1000
+_LENGTH_LIMIT: Final = 512
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """`HTTP/1.1 <status> <reason>`, memoised by status."""
+    memo = _STATUS_LINES.get(status)
+    if memo is not None and memo[0] == reason:
+        return memo[1]
+    line = b"HTTP/1.1 %d %s" % (status, reason)
+    if memo is not None or len(_STATUS_LINES) < _STATUS_LIMIT:
+        _STATUS_LINES[status] = (reason, line)
+    return line
+
+
+def length_value(length: int) -> bytes:
+    """A Content-Length value, memoised."""
+    value = _LENGTHS.get(length)
+    if value is None:
+        value = b"%d" % length
+        if len(_LENGTHS) < _LENGTH_LIMIT:
+            _LENGTHS[length] = value
+    return value
 
 
 class ResponseFramer:
@@ -134,7 +163,7 @@ class Http1Framer(ResponseFramer):
     ) -> int:
         http11 = self.http11
         if length >= 0:
-            headers.append((b"Content-Length", b"%d" % length))
+            headers.append((b"Content-Length", length_value(length)))
         elif length == BODY_UNKNOWN:
             if http11:
                 self._chunked = True
@@ -146,7 +175,7 @@ class Http1Framer(ResponseFramer):
             headers.append((b"Connection", b"close"))
         elif not http11:
             headers.append((b"Connection", b"keep-alive"))
-        staged = self._head = serialize_head(b"HTTP/1.1 %d %s" % (status, reason), headers)
+        staged = self._head = serialize_head(status_line(status, reason), headers)
         return len(staged)
 
     def send_body(self, data: bytes | memoryview) -> None:
@@ -173,7 +202,12 @@ class Http1Framer(ResponseFramer):
             self._head = None
             self._bytes.sent += len(head) + size
             if size <= _COALESCE:
-                transport.write(head + data)  # one small buffer beats a writev of two
+                # one small buffer beats a writev of two (bytes: compiled, a native
+                # concatenation; a memoryview takes the generic addition)
+                if isinstance(data, bytes):
+                    transport.write(head + data)
+                else:
+                    transport.write(head + data)
             else:
                 transport.writelines([head, data])
         else:

@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from portico import tasks
 from portico.cache.runtime import CacheExchange, Step
@@ -35,9 +35,11 @@ from portico.http.headers import (
     RequestHead,
     ResponseHead,
     forwarding_headers,
+    serialize_fields,
     serialize_head,
 )
 from portico.http.local import BodySource, LocalResponse, local_response, reason_phrase
+from portico.native import trait
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
 from portico.pipeline import (
@@ -58,6 +60,7 @@ from portico.routing import Route, Router
 from portico.routing.actions import RouteActions, apply_response_headers
 from portico.upstreams.backend import report_connect_failure, report_connected
 from portico.upstreams.connections import (
+    ResponseSink,
     SendRoom,
     UpstreamConnection,
     client_read_size,
@@ -84,6 +87,8 @@ REPLAY_LIMIT: Final = 64 * 1024
 TRANSFORM_FLUSH_DELAY: Final = 0.1
 _CHUNK_END: Final = b"0\r\n\r\n"
 _CRLF: Final = b"\r\n"
+# called as a C static, not looked up as `time` then `.monotonic` (twice a request)
+_monotonic: Final = time.monotonic
 
 # mTLS: the verified client certificate's subject
 CLIENT_SUBJECT: Final = b"X-Client-Cert-Subject"
@@ -98,44 +103,51 @@ BLOCK_PENDING: Final = 4
 BLOCK_DONE: Final = 8  # nothing more will be read on this connection
 
 
-class ClientSide(Protocol):
+@trait
+class ClientSide:
     """What an exchange needs of the client it answers, besides its `ResponseFramer`: an
     HTTP/1.x connection (`portico.listeners.http.ClientConnection`) or one HTTP/2 stream
-    (`portico.listeners.h2.H2Stream`)."""
+    (`portico.listeners.h2.H2Stream`). A trait, not a Protocol: compiled, the exchange reads
+    these attributes and calls these methods natively (through a Protocol each was a look-up
+    by name: ~10 a request). Every method is overridden."""
+
+    __slots__ = ()
 
     write_paused: bool
     # the client's own connection: body writes reach its socket directly (false for an HTTP/2
     # stream, which shares one), so big reads may fill its kernel send queue (`SendRoom`)
     direct_writes: bool
+    settings: HttpListenerSettings
+    context: ProxyContext
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport | None
+    client_ip: str
+    client_subject: str | None
+    draining: bool
+    early: bytes
 
-    @property
-    def settings(self) -> HttpListenerSettings: ...
-    @property
-    def context(self) -> ProxyContext: ...
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-    @property
-    def transport(self) -> asyncio.Transport | None: ...
-    @property
-    def client_ip(self) -> str: ...
-    @property
-    def client_subject(self) -> str | None: ...
-    @property
-    def draining(self) -> bool: ...
-    @property
-    def early(self) -> bytes: ...
+    def block_reading(self, reason: int) -> None:
+        raise NotImplementedError
 
-    def block_reading(self, reason: int) -> None: ...
-    def unblock_reading(self, reason: int) -> None: ...
-    def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None: ...
-    def abort(self) -> None: ...
-    def hand_over(self) -> asyncio.Transport: ...
-    def tunnel_closed(self) -> None: ...
+    def unblock_reading(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool, linger: bool = False) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def hand_over(self) -> asyncio.Transport:
+        raise NotImplementedError
+
+    def tunnel_closed(self) -> None:
+        raise NotImplementedError
 
 
-class Exchange:
-    """A request from one client and the response to it; implements `ResponseSink`. The same
-    for every client protocol: `out` frames what it decides."""
+class Exchange(ResponseSink):
+    """A request from one client and the response to it (the `ResponseSink` of its server
+    connection). The same for every client protocol: `out` frames what it decides."""
 
     __slots__ = (
         "_backend",
@@ -252,7 +264,7 @@ class Exchange:
         # what the access log reports (kept cheap: counted always, formatted only if logged)
         # durations are measured with time.monotonic(), not loop.time(): uvloop's clock moves
         # in whole milliseconds, which put most sub-millisecond requests at 0
-        self._started = time.monotonic()
+        self._started = _monotonic()
         self._sent = 0  # response body bytes written to the client
         self._head_len = 0
         self._backend_name: str | None = None
@@ -413,7 +425,7 @@ class Exchange:
         """Count the request against its pool, then send it."""
         budget = self._pool.budget
         if budget is not None:
-            budget.record_request(self._loop.time())
+            budget.record_request(self._context.clock())
         self.start()
 
     async def _await_filter(self, request_filter: RequestFilter, index: int, routed: bool) -> None:
@@ -490,7 +502,7 @@ class Exchange:
         """Pick a backend and send the request to it (now if a pooled connection is free)."""
         client = self._client
         pool = self._pool
-        now = self._loop.time()
+        now = self._context.clock()
         persistence = pool.persistence
         if persistence is not None and not self._tried:
             if persistence.stick is not None and not self._stick_looked:
@@ -649,9 +661,12 @@ class Exchange:
         settings = self._settings
         head = self.head
         out = head.headers
+        # the forwarding fields, serialized once per client address (then one part of the
+        # head's join, not four per field)
+        block = b""
         if settings.x_forwarded or settings.forwarded:
             if head.x_forwarded_for or head.forwarded:
-                added = self._forwarding(head)
+                block = serialize_fields(self._forwarding(head))
             else:
                 # the usual case: the same block as this client's last request (the memo is
                 # per client address and worker, not per connection: idle memory)
@@ -659,33 +674,34 @@ class Exchange:
                 ip = client.client_ip
                 memo = memos.get(ip)
                 if memo is not None and memo[0] is settings and memo[1] == head.host:
-                    added = memo[2]
+                    block = memo[2]
                 else:
-                    added = self._forwarding(head)
+                    block = serialize_fields(self._forwarding(head))
                     if len(memos) >= FORWARDING_MEMOS:
                         memos.clear()  # bounded; refilled by the clients still sending
-                    memos[ip] = (settings, head.host, added)
-            out = out + added
+                    memos[ip] = (settings, head.host, block)
         if head.host is None:
             # an HTTP/1.0 client may omit Host; the HTTP/1.1 request we send may not
             backend = self._backend
             if backend is not None:
                 host = f"[{backend.host}]" if ":" in backend.host else backend.host
                 out = [(b"Host", f"{host}:{backend.port}".encode()), *out]
+        # after the forwarding fields: the framing, Upgrade, the request ID, the certificate
+        tail: list[Header] | None = None
         if head.kind is LENGTH_BODY:
-            out.append((b"Content-Length", b"%d" % head.length))
+            tail = [(b"Content-Length", b"%d" % head.length)]
         elif head.kind is CHUNKED_BODY:
-            out.append((b"Transfer-Encoding", head.te))
+            tail = [(b"Transfer-Encoding", head.te)]
         if head.upgrade is not None:
-            out = [*out, (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
+            tail = [*(tail or ()), (b"Connection", b"Upgrade"), (b"Upgrade", head.upgrade)]
         if self._request_id is not None:
-            out = [*out, (b"X-Request-Id", self._request_id)]
+            tail = [*(tail or ()), (b"X-Request-Id", self._request_id)]
         if settings.client_subject:
             # never the client's own claim: only what the TLS handshake verified
             out = [h for h in out if h[0].lower() != CLIENT_SUBJECT_LOWER]
             if client.client_subject is not None:
-                out.append((CLIENT_SUBJECT, client.client_subject.encode()))
-        return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out)
+                tail = [*(tail or ()), (CLIENT_SUBJECT, client.client_subject.encode())]
+        return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out, block, tail)
 
     def _forwarding(self, head: RequestHead) -> list[Header]:
         client = self._client
@@ -1143,7 +1159,7 @@ class Exchange:
                 or not upstream.is_reusable()
                 or upstream.private
                 or (settings.max_requests and upstream.requests >= settings.max_requests)
-                or not backend.put_idle(upstream, self._loop.time())
+                or not backend.put_idle(upstream, self._context.clock())
             ):
                 upstream.close()
         if cached is not None:
@@ -1492,7 +1508,7 @@ class Exchange:
             self._pool.name,
             self._backend_name,
             status if status != 499 or self._response_started else 0,
-            time.monotonic() - self._started,
+            _monotonic() - self._started,
             self._connect_time,
         )
         hooks = self._settings.done_hooks

@@ -14,7 +14,7 @@ import contextlib
 import socket
 import struct
 import sys
-from typing import Final, Protocol, cast
+from typing import Final, cast
 
 import httptools
 
@@ -26,6 +26,7 @@ from portico.http.headers import (
     ResponseHead,
     trailer_fields,
 )
+from portico.native import mypyc_attr
 from portico.timers import Deadline
 
 MAX_RESPONSE_HEAD: Final = 64 * 1024
@@ -144,28 +145,41 @@ class UpstreamFailure(Exception):
     """Why a response could not be read; `retryable` when the server saw nothing useful."""
 
 
-class ResponseSink(Protocol):
-    """What receives a response; the proxy's exchange implements it."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ResponseSink:
+    """What receives a response (the proxy's exchange; a cache refresh's sink). A base class,
+    not a Protocol: compiled, the connection's calls into an exchange are then vtable calls,
+    not look-ups by name (three or more a response). Every method is overridden."""
 
-    def on_interim(self, status: int, head: ResponseHead) -> None: ...
+    __slots__ = ()
 
-    def on_response_head(self, status: int, head: ResponseHead) -> None: ...
+    def on_interim(self, status: int, head: ResponseHead) -> None:
+        raise NotImplementedError
 
-    def on_response_body(self, data: bytes | memoryview) -> None: ...
+    def on_response_head(self, status: int, head: ResponseHead) -> None:
+        raise NotImplementedError
 
-    def on_response_trailers(self, fields: list[Header]) -> None: ...
+    def on_response_body(self, data: bytes | memoryview) -> None:
+        raise NotImplementedError
 
-    def on_response_end(self) -> None: ...
+    def on_response_trailers(self, fields: list[Header]) -> None:
+        raise NotImplementedError
 
-    def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None: ...
+    def on_response_end(self) -> None:
+        raise NotImplementedError
 
-    def on_upstream_writable(self, writable: bool) -> None: ...
+    def on_upstream_failed(self, reason: str, got_bytes: bool, timed_out: bool) -> None:
+        raise NotImplementedError
 
-    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None: ...
+    def on_upstream_writable(self, writable: bool) -> None:
+        raise NotImplementedError
+
+    def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
+        raise NotImplementedError
 
     def read_size(self) -> int:
         """How many body bytes to read from the server now (`client_read_size`)."""
-        ...
+        raise NotImplementedError
 
 
 class HeadReader:

@@ -6,6 +6,7 @@ import gc
 import json
 import random
 import tracemalloc
+from bisect import bisect_left
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from portico.observe.stats import (
     HistogramData,
     StatsAggregator,
     WorkerStats,
+    bucket,
     parse_snapshot,
 )
 from portico.upstreams.pool import Pool
@@ -455,3 +457,12 @@ def test_histogram_data_is_cumulative_for_prometheus() -> None:
     assert data.cumulative() == [1, 1, 3, 6]
     assert data.count == 6
     assert data.plus(HistogramData((1, 1, 1, 1), 0.5)) == HistogramData((2, 1, 3, 4), 2.0)
+
+
+def test_a_value_goes_to_the_bucket_bisect_left_gives_it() -> None:
+    # boundaries count in their own bucket (Prometheus' le), beyond the last in the overflow
+    values = [-1.0, 0.0, 0.0001, 0.00010001, 0.0003, 0.01, 9.99, 10.0, 10.5, 1e9]
+    values += [bound for bound in DURATION_BUCKETS] + [float("inf"), float("nan")]
+    for value in values:
+        assert bucket(DURATION_BUCKETS, value) == bisect_left(DURATION_BUCKETS, value), value
+    assert bucket((), 1.0) == 0

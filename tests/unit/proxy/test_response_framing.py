@@ -183,3 +183,89 @@ def test_http2_small_response_ends_on_its_only_data_frame(worker) -> None:
     # HEADERS, then one DATA frame that carries END_STREAM (not a second, empty one)
     assert [(e.data, e.stream_ended is not None) for e in data] == [(b"hello", True)]
     assert [e.stream_id for e in events if isinstance(e, StreamEnded)] == [1]
+
+
+def test_each_response_gets_its_own_status_line_and_length(worker) -> None:
+    # status lines and Content-Length values are made once and reused: a reason or a length
+    # that changes from one response to the next must still be the one sent
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    client = FakeTransport()
+    conn.connection_made(client)
+    heads = []
+    for response in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 Fine\r\nContent-Length: 3\r\n\r\nyes",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    ):
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.active is not None
+        upstream = conn.active._upstream
+        assert upstream is not None
+        upstream.data_received(response)
+        heads.append(client.writes[-1])
+    assert heads == [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 Fine\r\nContent-Length: 3\r\n\r\nyes",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    ]
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+# what an HTTP/1.1 client and an HTTP/1.0 one (that did not ask for keep-alive) get for OK
+AS_HTTP11 = OK
+AS_HTTP10 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def answer_active(conn: ClientConnection) -> None:
+    assert conn.active is not None
+    upstream = conn.active._upstream
+    assert upstream is not None
+    upstream.data_received(OK)
+
+
+@pytest.mark.parametrize(
+    ("reads", "answers"),
+    [
+        # the version is read off the request line when that begins a read, else asked of
+        # the parser: each way, every request gets the framing of its own version
+        pytest.param(
+            [b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\nHost: a\r\n\r\n"],
+            [AS_HTTP11, AS_HTTP10],
+            id="pipelined-1.1-then-1.0",
+        ),
+        pytest.param(
+            [
+                b"GET /a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\n"
+                b"Host: a\r\n\r\n"
+            ],
+            [OK.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n", 1), AS_HTTP11],
+            id="pipelined-1.0-then-1.1",
+        ),
+        pytest.param(
+            [b"GET / HTTP/1.", b"0\r\nHost: a\r\n\r\n"], [AS_HTTP10], id="line-split-in-version"
+        ),
+        pytest.param([b"GET / HTTP/1.0\r\nHost: a\r\n", b"\r\n"], [AS_HTTP10], id="head-split"),
+        pytest.param([b"\r\nGET / HTTP/1.0\r\nHost: a\r\n\r\n"], [AS_HTTP10], id="blank-line"),
+        pytest.param(
+            [
+                b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+                b"abcGET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            ],
+            [AS_HTTP11, AS_HTTP10],
+            id="after-a-body-in-the-same-read",
+        ),
+    ],
+)
+def test_each_request_is_framed_for_its_own_version(
+    worker: Worker, reads: list[bytes], answers: list[bytes]
+) -> None:
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    client = FakeTransport()
+    conn.connection_made(client)
+    for data in reads:
+        conn.data_received(data)
+    for _ in answers:
+        answer_active(conn)
+    assert client.writes == answers

@@ -17,6 +17,7 @@ from portico.upstreams.connections import (
     MAX_READ,
     MIN_READ,
     READ_SIZE,
+    ResponseSink,
     UpstreamConnection,
     body_read_size,
     client_read_size,
@@ -51,7 +52,7 @@ class Transport:
         self.closing = True
 
 
-class Sink:
+class Sink(ResponseSink):
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
 
