@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from portico import channel, privileges, tasks
@@ -756,7 +757,7 @@ class Worker:
                 self._accept(
                     name,
                     sock,
-                    lambda tcp=tcp: TcpClientConnection(tcp, self.context),  # type: ignore[misc]
+                    lambda _peer, tcp=tcp: TcpClientConnection(tcp, self.context),  # type: ignore[misc]
                     guards,
                     listener.max_conns,
                 )
@@ -765,7 +766,8 @@ class Worker:
             self._accept(
                 name,
                 sock,
-                lambda settings=settings: ClientConnection(settings, self.context),  # type: ignore[misc]
+                # called with the peer's address (no interpreted frame of ours per connection)
+                partial(ClientConnection, settings, self.context),
                 guards,
                 listener.max_conns,
                 terminators[name],
@@ -779,7 +781,7 @@ class Worker:
         self,
         name: str,
         sock: socket.socket,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[Any], asyncio.Protocol],
         guards: ListenerGuards,
         max_conns: int,
         terminator: TlsTerminator | None = None,

@@ -11,7 +11,7 @@ connection's `portico.proxy.framing.Http1Framer`'s.
 from __future__ import annotations
 
 import asyncio
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -47,6 +47,7 @@ LINGER_BYTES: Final = 1 << 20  # ... and how many
 DRAIN_FIRST_REQUEST: Final = 1.0
 DRAIN_IDLE_GRACE: Final = 1.0  # on reload, how long an idle keep-alive connection stays open
 MAX_METHOD: Final = 32  # longer than any method name llhttp knows
+_UNKNOWN: Final = "unknown"  # the client address before connection_made (then: the peer's)
 # Shared empty lists, never appended to: an idle connection holds no list of its own (72 bytes
 # each). `_headers` gets a list of its own when a message begins (llhttp always reports that
 # before any header), `_queue` when a request is pipelined behind the active one.
@@ -71,12 +72,16 @@ class _Refused(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse requests, hand each to an Exchange, answer in order."""
 
-    def __init__(self, settings: HttpListenerSettings, context: ProxyContext) -> None:
+    def __init__(
+        self, settings: HttpListenerSettings, context: ProxyContext, peer: Any = None
+    ) -> None:
+        """`peer`: the client's address as accept(2) gave it (listeners.acceptor), else
+        connection_made asks the transport (a method call that formats the address again)."""
         self.settings = settings
         self.context = context
         self.loop = context.loop
         self.transport: asyncio.Transport | None = None
-        self.client_ip = "unknown"
+        self.client_ip = peer[0] if peer else _UNKNOWN
         self.write_paused = False
         self.draining = False
         self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
@@ -127,9 +132,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._framer.transport = self.transport
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client_ip = peer[0]
+        if self.client_ip is _UNKNOWN:
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self.client_ip = peer[0]
         settings = self.settings
         ssl_object = transport.get_extra_info("ssl_object") if settings.proto == b"https" else None
         if settings.client_subject:
