@@ -59,6 +59,9 @@ class _Nobody:
     """Receives no callbacks: the parser of a closed connection is never fed."""
 
 
+# the parser's class as a constant: `httptools.HttpRequestParser` is a module attribute
+# look-up each time (a new parser per connection, and per idle connection's next request)
+_NEW_PARSER: Final = httptools.HttpRequestParser
 _DEAD_PARSER: Final = httptools.HttpRequestParser(_Nobody())
 # an idle keep-alive connection's stand-in parser (`ClientConnection.rest`): never fed either,
 # the next bytes make a real one first
@@ -85,7 +88,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.draining = False
         self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _NEW_PARSER(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         self._framer = Http1Framer(self._bytes)  # frames the responses, one at a time
@@ -232,7 +235,7 @@ class ClientConnection(asyncio.Protocol):
         if self._blocked & BLOCK_DONE:
             return
         if self._parser is _RESTING_PARSER:
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = _NEW_PARSER(self)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -532,7 +535,9 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after what was written is flushed."""
-        self._block(BLOCK_DONE)
+        # blocked for good, without pausing the transport first: closing stops its reading
+        # (uvloop's, asyncio's and the TLS ones alike), one call less per connection
+        self._blocked |= BLOCK_DONE
         if self.transport is not None and not self._closed:
             self.transport.close()
 
