@@ -13,7 +13,6 @@ is made with the peer's address as accept(2) gave it, so that it need not ask th
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import contextlib
 import errno
@@ -26,6 +25,7 @@ from functools import partial
 from typing import Any, Final
 
 from portico import tasks
+from portico.listeners.accepted import AcceptedSocket
 from portico.upstreams.connections import CLIENT_HIGH_WATER
 
 log = logging.getLogger("portico.accept")
@@ -39,17 +39,6 @@ _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 _GONE: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 # what a hand-over may fail with that is no bug: a failed handshake or a peer gone
 _QUIET: Final = (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError)
-
-
-class _AcceptedSocket(socket.socket):
-    """An accepted connection's socket, made from accept(2)'s descriptor as socket.accept
-    does, but whose `family` and `type` read the C socket's plain ints: socket.socket's
-    properties convert each to an enum member in interpreted code, and accepting plus the
-    loop's connect_accepted_socket read them five times per connection."""
-
-    __slots__ = ()
-    family = _socket.socket.family  # type: ignore[assignment]
-    type = _socket.socket.type  # type: ignore[assignment]
 
 
 class AcceptCounters:
@@ -182,7 +171,7 @@ class Acceptor:
 
     def _accepted(self, fd: int, address: Any) -> None:
         family, kind, proto = self._kind
-        conn = _AcceptedSocket(family, kind, proto, fd)
+        conn = AcceptedSocket(family, kind, proto, fd)
         allows = self.allows
         if allows is not None:
             ip = address[0] if isinstance(address, tuple) else ""
