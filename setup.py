@@ -43,6 +43,7 @@ COMPILED = [
     "src/portico/http/h2.py",  # an HTTP/2 request's fields in, its response's out
     "src/portico/http/hpack.py",  # HPACK for h2: compiled, its only reason to exist
     "src/portico/listeners/h2.py",  # the HTTP/2 connection and its streams (around h2)
+    "src/portico/listeners/acceptor.py",  # accept(2) and the hand-over: once per connection
 ]
 GROUP = "portico"  # the shared runtime library is portico__mypyc, not a hash of the module list
 MANIFEST = Path("portico", "_compiled.json")

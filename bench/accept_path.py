@@ -52,7 +52,7 @@ def main() -> None:
     except ImportError:
         loop = asyncio.new_event_loop()
     listener = socket.create_server(("127.0.0.1", 0))
-    acceptor = Acceptor(loop, listener, "bench", Answer)
+    acceptor = Acceptor(loop, listener, "bench", lambda _peer: Answer())
     acceptor.start()
     port = listener.getsockname()[1]
     loop.run_until_complete(connect_many(loop, port, 100))

@@ -14,7 +14,9 @@ this script's own process, with either
   is what TLS adds to a request.
 
 `--chunked`: the origin answers chunked (no Content-Length), and Portico frames the body
-chunked again for the client.
+chunked again for the client. `--close` (http, tls): every request says `Connection: close`,
+so each comes on a new client connection (h2load connects again) while the server connection
+is kept and reused: bench/run's close row, accept(2) and the loop's transport included.
 
 Only the worker's process is measured. With `--callgrind` the script runs the worker twice
 under callgrind, for N and for 3N requests over the same C connections, and prints
@@ -22,7 +24,7 @@ under callgrind, for N and for 3N requests over the same C connections, and prin
 without start-up, connection set-up or handshakes (`--keep DIR` keeps both profiles for
 `callgrind_annotate`). Without it: the worker's user and kernel CPU µs per request (noisy).
 
-    .venv/bin/python bench/relaypath.py [--mode l4|tls|http] [--chunked] [--requests N]
+    .venv/bin/python bench/relaypath.py [--mode l4|tls|http] [--chunked] [--close] [--requests N]
                                         [--connections C] [--callgrind [--keep DIR]] [--profile]
 
 Needs `h2load` (Debian's nghttp2-client, as bench/run) and, for `--callgrind`, valgrind.
@@ -107,11 +109,12 @@ def run_origin(chunked: bool) -> None:
     loop.run_until_complete(reader.wait())
 
 
-def h2load(mode: str, port: int, requests: int, connections: int) -> list[str]:
+def h2load(mode: str, port: int, requests: int, connections: int, close: bool) -> list[str]:
     scheme = "https" if mode == "tls" else "http"
     return [
         "h2load",
         "--h1",
+        *(["-H", "Connection: close"] if close else []),
         "-n",
         str(requests),
         "-c",
@@ -137,7 +140,7 @@ def serve(args: argparse.Namespace) -> None:
     port = sock.getsockname()[1]
     worker = Worker(loop, config, {"front": [sock]})
     loop.run_until_complete(worker.start())
-    command = h2load(args.mode, port, args.requests, args.connections)
+    command = h2load(args.mode, port, args.requests, args.connections, args.close)
 
     async def load() -> str:
         process = await asyncio.create_subprocess_exec(
@@ -218,6 +221,7 @@ def main() -> None:
     parser.add_argument("--callgrind", action="store_true", help="instructions per request")
     parser.add_argument("--profile", action="store_true", help="cProfile the worker")
     parser.add_argument("--chunked", action="store_true", help="chunked responses (HTTP)")
+    parser.add_argument("--close", action="store_true", help="a new connection per request")
     parser.add_argument("--keep", default="", help="--callgrind: keep the profiles in this folder")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--origin", action="store_true", help=argparse.SUPPRESS)
@@ -255,6 +259,7 @@ def main() -> None:
                 str(origin_port),
                 "--cert-dir",
                 scratch,
+                *(["--close"] if args.close else []),
             ]
             env = dict(os.environ, PYTHONHASHSEED="0")
             os.environ.update(env)
@@ -267,7 +272,8 @@ def main() -> None:
             second = instructions(base, 3 * requests, str(keep / f"callgrind.{args.mode}.3"))
             per = (second - first) / (2 * requests)
             print(
-                f"{args.mode}: {per:,.0f} instructions per request in the worker "
+                f"{args.mode}{' --close' if args.close else ''}: {per:,.0f} instructions per "
+                f"request in the worker "
                 f"({first:,} for {requests}, {second:,} for {3 * requests}; "
                 f"{args.connections} connections)"
             )

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from portico import channel, privileges, tasks
@@ -527,10 +528,18 @@ class ListenerGuards:
         self.filters: tuple[RequestFilter, ...] = tuple(filters)
         self.done_hooks = tuple(hooks)
         self.denied_later = 0  # tcp: refused once the PROXY header named the client
+        # no configured list and no ban by address: then only run-time entries (added at any
+        # moment) can deny a peer, and while there are none `allows_peer` need not look
+        self._only_runtime = (
+            self.policy.runtime if configured is None and not self.ip_bans else None
+        )
 
     def allows_peer(self, ip: str) -> bool:
         """The check at accept: a peer that speaks for its clients (a trusted proxy, a PROXY
         header sender) is let in, and each client judged later."""
+        runtime = self._only_runtime
+        if runtime is not None and not runtime.entries:
+            return True  # nothing that could deny anyone (the usual case: once per connection)
         if self.proxy_trusted and is_trusted(ip, self.proxy_trusted):
             return True
         if self.address.is_trusted_peer(ip):
@@ -756,7 +765,7 @@ class Worker:
                 self._accept(
                     name,
                     sock,
-                    lambda tcp=tcp: TcpClientConnection(tcp, self.context),  # type: ignore[misc]
+                    lambda _peer, tcp=tcp: TcpClientConnection(tcp, self.context),  # type: ignore[misc]
                     guards,
                     listener.max_conns,
                 )
@@ -765,7 +774,8 @@ class Worker:
             self._accept(
                 name,
                 sock,
-                lambda settings=settings: ClientConnection(settings, self.context),  # type: ignore[misc]
+                # called with the peer's address (no interpreted frame of ours per connection)
+                partial(ClientConnection, settings, self.context),
                 guards,
                 listener.max_conns,
                 terminators[name],
@@ -779,7 +789,7 @@ class Worker:
         self,
         name: str,
         sock: socket.socket,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[Any], asyncio.Protocol],
         guards: ListenerGuards,
         max_conns: int,
         terminator: TlsTerminator | None = None,

@@ -6,8 +6,9 @@ worker stops accepting and the kernel's backlog holds the rest, as HAProxy's `ma
 resumes as connections close), and running out of file descriptors or memory (EMFILE, ENFILE,
 ENOBUFS, ENOMEM): accepting pauses for a moment instead of spinning on a socket that stays
 readable, counted, and logged at most once a second. Accepted sockets go to the event loop's
-own transports (`connect_accepted_socket`, with TLS when the listener has it). Never parses
-anything: the protocol objects it creates do.
+own transports (`connect_accepted_socket`, with TLS when the listener has it); each protocol
+is made with the peer's address as accept(2) gave it, so that it need not ask the transport
+(which formats the address again). Never parses anything: the protocol objects it creates do.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any, Final
 
 from portico import tasks
+from portico.listeners.accepted import AcceptedSocket
 from portico.upstreams.connections import CLIENT_HIGH_WATER
 
 log = logging.getLogger("portico.accept")
@@ -34,6 +37,8 @@ LOG_INTERVAL: Final = 1.0  # at most one log line per cause per this many second
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # the peer gave up between the queue and accept(2): nothing to do but take the next one
 _GONE: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+# what a hand-over may fail with that is no bug: a failed handshake or a peer gone
+_QUIET: Final = (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError)
 
 
 class AcceptCounters:
@@ -52,8 +57,9 @@ class Acceptor:
 
     `allows(ip)`: the listener's access check on the peer address (None: everyone);
     `active()`: the listener's open connections in this worker (for `max_conns`, 0 = no
-    limit); `factory`: the protocol of each connection; `ssl_context`: TLS, handshaken by the
-    loop's transport after the checks.
+    limit); `factory(peer)`: the protocol of each connection, given the peer's address as
+    accept(2) returned it; `ssl_context`: TLS, handshaken by the loop's transport after the
+    checks.
     """
 
     def __init__(
@@ -61,7 +67,7 @@ class Acceptor:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         name: str,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[Any], asyncio.Protocol],
         *,
         allows: Callable[[str], bool] | None = None,
         max_conns: int = 0,
@@ -74,6 +80,9 @@ class Acceptor:
         self.loop = loop
         self.write_high = write_high  # each connection's write buffer high-water mark
         self.sock = sock
+        # accept(2) without socket.accept's interpreted wrapper (its family and type look-ups)
+        self._accept: Callable[[], tuple[int, Any]] = sock._accept  # type: ignore[attr-defined]
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         self.name = name
         self.factory = factory
         self.allows = allows
@@ -139,7 +148,7 @@ class Acceptor:
                 self._retry = self.loop.call_later(FULL_POLL, self._resume)
                 return
             try:
-                conn, address = self.sock.accept()
+                fd, address = self._accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -158,9 +167,11 @@ class Acceptor:
                     continue
                 self._say("error", "accept failed: %s", exc)
                 return
-            self._accepted(conn, address)
+            self._accepted(fd, address)
 
-    def _accepted(self, conn: socket.socket, address: object) -> None:
+    def _accepted(self, fd: int, address: Any) -> None:
+        family, kind, proto = self._kind
+        conn = AcceptedSocket(family, kind, proto, fd)
         allows = self.allows
         if allows is not None:
             ip = address[0] if isinstance(address, tuple) else ""
@@ -175,32 +186,67 @@ class Acceptor:
         if self._nodelay and conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.handshaking += 1
-        # on the loop held: asyncio.get_running_loop() is a getpid(2) on CPython 3.11
-        tasks.spawn_on(self.loop, self._hand_over(conn))
+        factory = partial(self.factory, address)
+        if self.ssl_context is not None:
+            # a task, which the worker's shutdown cancels (closing the half-made connection)
+            # while a handshake is under way; on the loop held: asyncio.get_running_loop() is
+            # a getpid(2) on CPython 3.11
+            tasks.spawn_on(self.loop, self._hand_over(conn, factory))
+        else:
+            # no task per connection (its making, asyncio's interpreted registry of tasks,
+            # a loop turn before its first step, our done callback): the loop's coroutine is
+            # stepped from here, and once more when its one wait (for the protocol's
+            # connection_made) is over
+            self._step(conn, self.loop.connect_accepted_socket(factory, conn))
 
-    async def _hand_over(self, conn: socket.socket) -> None:
+    def _step(self, conn: socket.socket, setup: Coroutine[Any, Any, Any], _: object = None) -> None:
+        """Run `setup` (connect_accepted_socket without TLS) to its next wait, as a task's
+        step would: a future it waits on resumes it when done; a bare yield, the next turn."""
         try:
-            if self.ssl_context is not None:
-                transport, _ = await self.loop.connect_accepted_socket(
-                    self.factory,
-                    conn,
-                    ssl=self.ssl_context,
-                    ssl_handshake_timeout=self.handshake_timeout,
-                )
+            try:
+                waiting = setup.send(None)
+            except StopIteration as done:
+                transport = done.value[0]
             else:
-                transport, _ = await self.loop.connect_accepted_socket(self.factory, conn)
-            if not transport.is_closing():
-                # a slow reader makes Portico hold at most twice this (the listener's
-                # `limits.response_buffer`) beyond the socket buffers
-                # (upstreams.connections.client_read_size)
-                transport.set_write_buffer_limits(high=self.write_high)
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError):
+                if waiting is None:
+                    self.loop.call_soon(self._step, conn, setup)
+                else:
+                    waiting.add_done_callback(partial(self._step, conn, setup))
+                return
+            self._handed_over(transport)
+        except _QUIET:
+            conn.close()  # a peer gone: as the loop's own server does
+        except Exception:
+            conn.close()
+            log.exception("listener %s: a connection could not be set up", self.name)
+        self.handshaking -= 1
+
+    async def _hand_over(
+        self, conn: socket.socket, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
+        """The hand-over with TLS: the handshake runs in the loop's coroutine, in a task."""
+        try:
+            transport, _ = await self.loop.connect_accepted_socket(
+                factory,
+                conn,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+            self._handed_over(transport)
+        except _QUIET:
             conn.close()  # a failed handshake or a peer gone: as the loop's own server does
         except Exception:
             conn.close()
             log.exception("listener %s: a connection could not be set up", self.name)
         finally:
             self.handshaking -= 1
+
+    def _handed_over(self, transport: asyncio.BaseTransport) -> None:
+        if not transport.is_closing():
+            # a slow reader makes Portico hold at most twice this (the listener's
+            # `limits.response_buffer`) beyond the socket buffers
+            # (upstreams.connections.client_read_size)
+            transport.set_write_buffer_limits(high=self.write_high)  # type: ignore[attr-defined]
 
     def _say(self, cause: str, message: str, *args: object) -> None:
         """Log `message` for this listener, at most once a second per cause."""

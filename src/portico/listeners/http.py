@@ -11,7 +11,7 @@ connection's `portico.proxy.framing.Http1Framer`'s.
 from __future__ import annotations
 
 import asyncio
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -54,6 +54,7 @@ LINGER_BYTES: Final = 1 << 20  # ... and how many
 DRAIN_FIRST_REQUEST: Final = 1.0
 DRAIN_IDLE_GRACE: Final = 1.0  # on reload, how long an idle keep-alive connection stays open
 MAX_METHOD: Final = 32  # longer than any method name llhttp knows
+_UNKNOWN: Final = "unknown"  # the client address before connection_made (then: the peer's)
 # Shared empty lists, never appended to: an idle connection holds no list of its own (72 bytes
 # each). `_headers` gets a list of its own when a message begins (llhttp always reports that
 # before any header), `_queue` when a request is pipelined behind the active one.
@@ -65,6 +66,9 @@ class _Nobody:
     """Receives no callbacks: the parser of a closed connection is never fed."""
 
 
+# the parser's class as a constant: `httptools.HttpRequestParser` is a module attribute
+# look-up each time (a new parser per connection, and per idle connection's next request)
+_NEW_PARSER: Final = httptools.HttpRequestParser
 _DEAD_PARSER: Final = httptools.HttpRequestParser(_Nobody())
 # an idle keep-alive connection's stand-in parser (`ClientConnection.rest`): never fed either,
 # the next bytes make a real one first
@@ -78,16 +82,20 @@ class _Refused(Exception):
 class ClientConnection(asyncio.Protocol, ClientSide):
     """One client connection: parse requests, hand each to an Exchange, answer in order."""
 
-    def __init__(self, settings: HttpListenerSettings, context: ProxyContext) -> None:
+    def __init__(
+        self, settings: HttpListenerSettings, context: ProxyContext, peer: Any = None
+    ) -> None:
+        """`peer`: the client's address as accept(2) gave it (listeners.acceptor), else
+        connection_made asks the transport (a method call that formats the address again)."""
         self.settings = settings
         self.context = context
         self.loop = context.loop
         self.transport: asyncio.Transport | None = None
-        self.client_ip = "unknown"
+        self.client_ip = peer[0] if peer else _UNKNOWN
         self.write_paused = False
         self.draining = False
         self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _NEW_PARSER(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         self._framer = Http1Framer(self._bytes)  # frames the responses, one at a time
@@ -135,9 +143,10 @@ class ClientConnection(asyncio.Protocol, ClientSide):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._framer.transport = self.transport
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.client_ip = peer[0]
+        if self.client_ip is _UNKNOWN:
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self.client_ip = peer[0]
         settings = self.settings
         ssl_object = transport.get_extra_info("ssl_object") if settings.proto == b"https" else None
         if settings.client_subject:
@@ -234,7 +243,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         if self._blocked & BLOCK_DONE:
             return
         if self._parser is _RESTING_PARSER:
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = _NEW_PARSER(self)
         # between requests, this read begins the next one: its version is read off the request
         # line (`_version`), not formatted by httptools (~2k instructions a request)
         self._start = data if not self._in_head and self._reading is None else b""
@@ -563,7 +572,9 @@ class ClientConnection(asyncio.Protocol, ClientSide):
 
     def close(self) -> None:
         """Close after what was written is flushed."""
-        self._block(BLOCK_DONE)
+        # blocked for good, without pausing the transport first: closing stops its reading
+        # (uvloop's, asyncio's and the TLS ones alike), one call less per connection
+        self._blocked |= BLOCK_DONE
         if self.transport is not None and not self._closed:
             self.transport.close()
 

@@ -44,7 +44,7 @@ def test_an_accepted_socket_is_non_blocking_with_nagle_off(loop_kind: str) -> No
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
         seen: asyncio.Future[tuple[int, bool, bytes]] = loop.create_future()
-        acceptor = Acceptor(loop, listener, "web", lambda: _Recorder(seen))
+        acceptor = Acceptor(loop, listener, "web", lambda _peer: _Recorder(seen))
         acceptor.start()
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
@@ -65,3 +65,107 @@ def test_an_accepted_socket_is_non_blocking_with_nagle_off(loop_kind: str) -> No
     assert answer == b"pong"
     assert nodelay != 0
     assert blocking is False
+
+
+def _new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
+class _Answer(asyncio.Protocol):
+    """Answers the first bytes with `pong`, then closes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"pong")
+        self.transport.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_each_protocol_is_made_with_the_peer_address_accept_gave(loop_kind: str) -> None:
+    """The factory gets the client's address from accept(2) itself (so a ClientConnection
+    need not ask the transport for it), and the connection is served as before."""
+    loop = _new_loop(loop_kind)
+    peers: list[object] = []
+
+    def factory(peer: object) -> asyncio.Protocol:
+        peers.append(peer)
+        return _Answer()
+
+    async def main() -> tuple[object, bytes]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        acceptor = Acceptor(loop, listener, "web", factory)
+        acceptor.start()
+        try:
+            port = listener.getsockname()[1]
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+            writer.write(b"ping")
+            answer = await asyncio.wait_for(reader.read(), 5)  # to the server's close
+            own = writer.get_extra_info("sockname")
+            writer.close()
+            await writer.wait_closed()
+            assert acceptor.handshaking == 0
+            return own, answer
+        finally:
+            acceptor.close()
+
+    try:
+        own, answer = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert answer == b"pong"
+    assert peers == [own]
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_a_connection_that_cannot_be_set_up_is_closed_logged_and_not_counted(
+    loop_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A protocol factory that raises (a bug): the client's connection is closed, the error
+    logged with the listener's name, and the connection no longer counts toward max_conns;
+    the next connection is served."""
+    loop = _new_loop(loop_kind)
+    made = 0
+
+    def factory(peer: object) -> asyncio.Protocol:
+        nonlocal made
+        made += 1
+        if made == 1:
+            raise RuntimeError("a bug")
+        return _Answer()
+
+    async def exchange(port: int) -> bytes:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        try:
+            writer.write(b"ping")
+            return await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    async def main() -> tuple[bytes, bytes, int]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        acceptor = Acceptor(loop, listener, "web", factory, max_conns=1)
+        acceptor.start()
+        try:
+            port = listener.getsockname()[1]
+            first = await exchange(port)
+            second = await exchange(port)  # accepted: the failed one left no slot taken
+            return first, second, acceptor.handshaking
+        finally:
+            acceptor.close()
+
+    with caplog.at_level("ERROR", logger="portico.accept"):
+        try:
+            first, second, handshaking = loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert first == b""
+    assert second == b"pong"
+    assert handshaking == 0
+    assert "listener web: a connection could not be set up" in caplog.text

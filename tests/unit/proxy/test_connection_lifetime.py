@@ -177,3 +177,36 @@ def test_a_connection_with_bytes_between_sweeps_or_half_a_head_keeps_its_parser(
     assert forwarded(conn).startswith(b"GET /slow HTTP/1.1\r\n")
     answer(conn, b"slow")
     assert transport.written.endswith(b"\r\n\r\nslow")
+
+
+class _NoPeerTransport(FakeTransport):
+    """A transport that must not be asked for the peer's address."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        assert name != "peername", "the peer's address was asked of the transport"
+        return default
+
+
+def test_a_connection_given_its_peer_at_accept_uses_it_without_asking_the_transport(
+    worker: Worker,
+) -> None:
+    """The acceptor hands over the address accept(2) gave (asking the transport formats it
+    again): the server sees that client, and the connection is served."""
+    conn = ClientConnection(worker.settings["web"], worker.context, ("192.0.2.9", 5555))
+    transport = _NoPeerTransport()
+    conn.connection_made(transport)
+    assert conn.client_ip == "192.0.2.9"
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert b"\r\nX-Forwarded-For: 192.0.2.9\r\n" in forwarded(conn)
+    answer(conn, b"ok")
+    assert transport.written.endswith(b"\r\n\r\nok")
+    conn.connection_lost(None)
+
+
+def test_a_connection_without_a_peer_from_accept_asks_the_transport(worker: Worker) -> None:
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    conn.connection_made(FakeTransport())  # reports 127.0.0.1:40000
+    assert conn.client_ip == "127.0.0.1"
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert b"\r\nX-Forwarded-For: 127.0.0.1\r\n" in forwarded(conn)
+    conn.connection_lost(None)
