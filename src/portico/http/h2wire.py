@@ -1,0 +1,421 @@
+"""The h2 library's HTTP/2 connection with its hottest paths compiled and leaner (issue #18).
+
+`WireConnection` is h2's `H2Connection`, the same state machines, flow-control windows and
+protocol checks, with these methods done without the library's per-frame Python overhead:
+
+- `send_data`: the DATA frame's 9-byte header and payload go straight into the send buffer
+  (h2 builds a hyperframe `DataFrame`, copies a memoryview to bytes, serialises it, joins it,
+  appends it); the connection's and stream's state machines and windows are moved exactly as
+  h2 moves them, and its flow-control and frame-size errors are raised as it raises them.
+- `_receive_frame`: as h2's, without the `repr(frame)` it computes for a trace log that
+  never prints (a hex dump of every DATA frame's payload).
+- `_prepare_for_sending`: frames appended one by one, not joined first.
+- `take_data`: what is queued to send, without the copy `data_to_send` makes.
+- received header blocks (`WireStream`): h2's normalisation (split cookies joined) and
+  validation (RFC 9113 §8.2, §8.3) in one compiled pass (`received_fields`) instead of a
+  chain of seven generators: the same checks, in the same order, with the same errors.
+
+mypyc cannot compile a native class deriving from a Python one, so both classes are
+non-native (`native_class=False`): ordinary Python classes whose methods are compiled.
+Pure otherwise: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from struct import Struct
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import Event
+from h2.exceptions import (
+    FlowControlError,
+    FrameTooLargeError,
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+)
+from h2.stream import H2Stream, StreamInputs
+from h2.utilities import HeaderValidationFlags, utf8_encode_headers
+from hpack.struct import NeverIndexedHeaderTuple
+from hyperframe.frame import Frame, RstStreamFrame
+from mypy_extensions import mypyc_attr
+
+# hyperframe's frame header: length (24 bits, as 16 + 8), type, flags, stream id (31 bits)
+_FRAME_HEADER = Struct(">HBBBL")
+_END_STREAM = 0x01
+_END_HEADERS = 0x04
+_STREAM_CLOSED = ErrorCodes.STREAM_CLOSED
+
+_SIGIL = 0x3A  # ':'
+_CONNECTION_HEADERS = frozenset(
+    [b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"]
+)
+_ALLOWED_PSEUDO = frozenset(
+    [b":method", b":scheme", b":authority", b":path", b":status", b":protocol"]
+)
+_REQUEST_ONLY = frozenset([b":scheme", b":path", b":authority", b":method", b":protocol"])
+_RESPONSE_ONLY = frozenset([b":status"])
+_CONNECT_ONLY = frozenset([b":protocol"])
+# what a field name may hold (RFC 9113 §8.2.1): 0x21-0x40 and 0x5b-0x7e; for bytes.translate
+_NAME_OK = bytes(range(0x21, 0x41)) + bytes(range(0x5B, 0x7F))
+
+
+def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> list[Any]:
+    """h2's `normalize_inbound_headers` then `validate_headers`, in one pass: split Cookie
+    fields joined (last, never indexed), then every field checked. Raises `ProtocolError`
+    where h2 raises it, with its message; h2's generators check one field through every
+    stage before the next field, and so does this loop."""
+    fields: list[Any] = []
+    cookies: list[bytes] = []
+    for header in headers:
+        if header[0] == b"cookie":
+            cookies.append(header[1])
+        else:
+            fields.append(header)
+    if cookies:
+        fields.append(NeverIndexedHeaderTuple(b"cookie", b"; ".join(cookies)))
+    request = not (response or trailer)
+    pseudo: set[bytes] = set()
+    regular = False
+    method: bytes | None = None
+    authority: bytes | None = None
+    host: bytes | None = None
+    for header in fields:
+        name: bytes = header[0]
+        value: bytes = header[1]
+        # h2's _reject_illegal_characters
+        if name.translate(None, _NAME_OK):
+            _illegal_name(name)
+        if name.find(b":", 1) != -1:
+            raise ProtocolError(f"Illegal character ':' in header name: {name!r}")
+        if value:
+            if b"\x00" in value or b"\n" in value or b"\r" in value:
+                _illegal_value(value)
+            first = value[0]
+            last = value[-1]
+            if first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09:
+                raise ProtocolError(f"Received header value surrounded by whitespace {value!r}")
+        # _reject_empty_header_names
+        if not name:
+            raise ProtocolError("Received header name with zero length.")
+        # _reject_te
+        if name == b"te" and value.lower() != b"trailers":
+            raise ProtocolError(f"Invalid value for TE header: {value!r}")
+        # _reject_connection_header
+        if name in _CONNECTION_HEADERS:
+            raise ProtocolError(f"Connection-specific header field present: {name!r}.")
+        # _reject_pseudo_header_fields
+        if name[0] == _SIGIL:
+            if name in pseudo:
+                raise ProtocolError(f"Received duplicate pseudo-header field {name!r}")
+            pseudo.add(name)
+            if regular:
+                raise ProtocolError(f"Received pseudo-header field out of sequence: {name!r}")
+            if name not in _ALLOWED_PSEUDO:
+                raise ProtocolError(f"Received custom pseudo-header field {name!r}")
+            if name == b":method":
+                method = value
+        else:
+            regular = True
+        if request:
+            # _validate_host_authority_header
+            if name == b":authority":
+                authority = value
+            elif name == b"host":
+                if host is not None:
+                    raise ProtocolError("Request header block has multiple Host headers.")
+                host = value
+            # _check_path_header
+            if name == b":path" and not value:
+                raise ProtocolError("An empty :path header is forbidden")
+    _check_pseudo(pseudo, method, trailer, response)
+    if request:
+        if authority is None and host is None:
+            raise ProtocolError("Request header block does not have an :authority or Host header.")
+        if authority is not None and host is not None and authority != host:
+            raise ProtocolError(
+                "Request header block has mismatched :authority and "
+                f"Host headers: {authority!r} / {host!r}"
+            )
+    return fields
+
+
+def _illegal_name(name: bytes) -> None:
+    for c in name:
+        if 0x41 <= c <= 0x5A:
+            raise ProtocolError(f"Received uppercase header name {name!r}.")
+        if c <= 0x20 or c >= 0x7F:
+            raise ProtocolError(f"Illegal character '{chr(c)}' in header name: {name!r}")
+
+
+def _illegal_value(value: bytes) -> None:
+    for c in value:
+        if c == 0 or c == 0x0A or c == 0x0D:
+            raise ProtocolError(f"Illegal character '{chr(c)}' in header value: {value!r}")
+
+
+def _require(name: bytes, pseudo: set[bytes]) -> None:
+    if name not in pseudo:
+        raise ProtocolError(f"Header block missing mandatory {name!r} header")
+
+
+def _check_pseudo(pseudo: set[bytes], method: bytes | None, trailer: bool, response: bool) -> None:
+    """h2's `_check_pseudo_header_field_acceptability` (RFC 9113 §8.3, RFC 8441 §4)."""
+    if trailer and pseudo:
+        raise ProtocolError(f"Received pseudo-header in trailer {pseudo}")
+    if response:
+        _require(b":status", pseudo)
+        invalid = pseudo & _REQUEST_ONLY
+        if invalid:
+            raise ProtocolError(f"Encountered request-only headers {invalid}")
+    elif not trailer:
+        _require(b":method", pseudo)
+        connect = method == b"CONNECT"
+        extended = connect and b":protocol" in pseudo
+        if connect and not extended:
+            if b":scheme" in pseudo or b":path" in pseudo:
+                raise ProtocolError("Ordinary CONNECT MUST NOT include :scheme or :path")
+        else:
+            _require(b":scheme", pseudo)
+            _require(b":path", pseudo)
+        invalid = pseudo & _RESPONSE_ONLY
+        if invalid:
+            raise ProtocolError(f"Encountered response-only headers {invalid}")
+        if not connect:
+            invalid = pseudo & _CONNECT_ONLY
+            if invalid:
+                raise ProtocolError(f"Encountered connect-request-only headers {invalid!r}")
+
+
+def _informational(fields: list[Any]) -> bool:
+    """h2's `is_informational_response`: a :status of 1xx among the leading pseudo-fields."""
+    for field in fields:
+        name: bytes = field[0]
+        if not name.startswith(b":"):
+            return False
+        if name == b":status":
+            value: bytes = field[1]
+            return value.startswith(b"1")
+    return False
+
+
+def _method(fields: list[Any]) -> bytes | None:
+    """h2's `extract_method_header` on bytes fields."""
+    for field in fields:
+        if field[0] == b":method":
+            value: bytes = field[1]
+            return value
+    return None
+
+
+@mypyc_attr(native_class=False)
+class WireStream(H2Stream):
+    """h2's stream, its received header blocks checked by `received_fields`."""
+
+    def _process_received_headers(
+        self,
+        headers: Iterable[Any],
+        header_validation_flags: HeaderValidationFlags,
+        header_encoding: bool | str | None,
+    ) -> list[Any]:
+        config = self.config
+        if (
+            isinstance(header_encoding, str)
+            or not config.normalize_inbound_headers
+            or not config.validate_inbound_headers
+        ):
+            return H2Stream._process_received_headers(
+                self, headers, header_validation_flags, header_encoding
+            )
+        return received_fields(
+            headers, header_validation_flags.is_trailer, header_validation_flags.is_response_header
+        )
+
+
+@mypyc_attr(native_class=False)
+class WireConnection(H2Connection):
+    """h2's connection with the per-frame paths above done lean; see the module."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        H2Connection.__init__(self, config)
+
+    def take_data(self) -> bytearray:
+        """What is queued to send, as `data_to_send()`, but the buffer itself: no copy (it
+        is never written to again)."""
+        data = self._data_to_send
+        self._data_to_send = bytearray()
+        return data
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        if not frames:
+            return
+        buffer = self._data_to_send
+        limit = self.max_outbound_frame_size
+        for frame in frames:
+            buffer += frame.serialize()
+            assert frame.body_len <= limit
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        pad_length: Any = None,
+    ) -> None:
+        """h2's `send_data`, the same checks and state changes in the same order, the frame
+        written straight to the send buffer (padding, which Portico never sends, is h2's)."""
+        if pad_length is not None:
+            H2Connection.send_data(self, stream_id, data, end_stream, pad_length)
+            return
+        size = len(data)
+        if size > 0:
+            window = self.local_flow_control_window(stream_id)
+            if size > window:
+                raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
+        if size > self.max_outbound_frame_size:
+            raise FrameTooLargeError(
+                f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}"
+            )
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream = self.streams[stream_id]
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        flags = 0
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags = _END_STREAM
+        stream.outbound_flow_control_window -= size
+        assert stream.outbound_flow_control_window >= 0 or size == 0
+        buffer = self._data_to_send
+        buffer += _FRAME_HEADER.pack(
+            (size >> 8) & 0xFFFF, size & 0xFF, 0, flags, stream_id & 0x7FFFFFFF
+        )
+        buffer += data
+        self.outbound_flow_control_window -= size
+        assert self.outbound_flow_control_window >= 0 or size == 0
+
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Iterable[Any],
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        """h2's `send_headers` for a server's response head or trailers on an open stream,
+        with outbound normalisation and validation off (Portico's fields are built valid):
+        the same state changes, HPACK encoding and frames, serialised straight to the send
+        buffer. Anything else (a new stream, priority, a client) is h2's own path."""
+        stream = self.streams.get(stream_id)
+        config = self.config
+        if (
+            stream is None
+            or config.client_side
+            or config.normalize_outbound_headers
+            or config.validate_outbound_headers
+            or priority_weight is not None
+            or priority_depends_on is not None
+            or priority_exclusive is not None
+        ):
+            H2Connection.send_headers(
+                self,
+                stream_id,
+                headers,
+                end_stream,
+                priority_weight,
+                priority_depends_on,
+                priority_exclusive,
+            )
+            return
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        fields = list(headers)
+        for field in fields:
+            if not (isinstance(field[0], bytes) and isinstance(field[1], bytes)):
+                fields = utf8_encode_headers(fields)
+                break
+        machine = stream.state_machine
+        step = StreamInputs.SEND_HEADERS
+        if not machine.client and _informational(fields):
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses.")
+            step = StreamInputs.SEND_INFORMATIONAL_HEADERS
+        machine.process_input(step)
+        block = self.encoder.encode(fields)
+        size = stream.max_outbound_frame_size or 0
+        blocks = [block[i : i + size] for i in range(0, len(block), size)]
+        first = blocks[0]  # h2 fails here too on an empty block (no :status: never ours)
+        flags = 0
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags = _END_STREAM
+        if machine.trailers_sent and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set.")
+        stream.request_method = _method(fields)
+        buffer = self._data_to_send
+        sid = stream_id & 0x7FFFFFFF
+        last = len(blocks) - 1
+        if not last:
+            flags |= _END_HEADERS
+        length = len(first)
+        buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x1, flags, sid)
+        buffer += first
+        for index in range(1, last + 1):
+            part = blocks[index]
+            length = len(part)
+            flags = _END_HEADERS if index == last else 0
+            buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x9, flags, sid)
+            buffer += part
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        """h2's, making a `WireStream`."""
+        outbound = self._stream_id_is_outbound(stream_id)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id <= highest:
+            raise StreamIDTooLowError(stream_id, highest)
+        if (stream_id % 2) != int(allowed_ids):
+            raise ProtocolError("Invalid stream ID for peer.")
+        stream = WireStream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        if outbound:
+            self.highest_outbound_stream_id = stream_id
+        else:
+            self.highest_inbound_stream_id = stream_id
+        return stream
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        """h2's, without the eager `repr(frame)` for its trace log."""
+        events: list[Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as e:
+            # closed by RST_STREAM: a stream error, answered with RST_STREAM; else h2 raises
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = _STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
