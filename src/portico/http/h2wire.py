@@ -27,25 +27,55 @@ from struct import Struct
 from typing import Any
 
 from h2.config import H2Configuration
-from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+    _decode_headers,
+)
 from h2.errors import ErrorCodes
-from h2.events import Event
+from h2.events import (
+    Event,
+    InformationalResponseReceived,
+    PushedStreamReceived,
+    ResponseReceived,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+    _PushedRequestSent,
+    _ResponseSent,
+    _TrailersSent,
+)
 from h2.exceptions import (
     FlowControlError,
     FrameTooLargeError,
+    NoSuchStreamError,
     ProtocolError,
     StreamClosedError,
     StreamIDTooLowError,
+    TooManyStreamsError,
 )
-from h2.stream import H2Stream, StreamInputs
+from h2.stream import (
+    H2Stream,
+    H2StreamStateMachine,
+    StreamInputs,
+    StreamState,
+)
+from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, utf8_encode_headers
+from h2.windows import WindowManager
 from hpack.struct import NeverIndexedHeaderTuple
-from hyperframe.frame import Frame, RstStreamFrame
+from hyperframe.frame import Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 from mypy_extensions import mypyc_attr
 
 # hyperframe's frame header: length (24 bits, as 16 + 8), type, flags, stream id (31 bits)
 _FRAME_HEADER = Struct(">HBBBL")
 _END_STREAM = 0x01
+_LARGEST_WINDOW = 2**31 - 1
+_FLOW_CONTROL_ERROR = ErrorCodes.FLOW_CONTROL_ERROR
+_OPEN_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL, StreamState.HALF_CLOSED_REMOTE)
 _END_HEADERS = 0x04
 _STREAM_CLOSED = ErrorCodes.STREAM_CLOSED
 
@@ -59,8 +89,6 @@ _ALLOWED_PSEUDO = frozenset(
 _REQUEST_ONLY = frozenset([b":scheme", b":path", b":authority", b":method", b":protocol"])
 _RESPONSE_ONLY = frozenset([b":status"])
 _CONNECT_ONLY = frozenset([b":protocol"])
-# what a field name may hold (RFC 9113 §8.2.1): 0x21-0x40 and 0x5b-0x7e; for bytes.translate
-_NAME_OK = bytes(range(0x21, 0x41)) + bytes(range(0x5B, 0x7F))
 
 
 def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> list[Any]:
@@ -86,13 +114,19 @@ def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> li
     for header in fields:
         name: bytes = header[0]
         value: bytes = header[1]
-        # h2's _reject_illegal_characters
-        if name.translate(None, _NAME_OK):
-            _illegal_name(name)
-        if name.find(b":", 1) != -1:
+        # h2's _reject_illegal_characters (bytes compared as ints: `b"x" in value` would
+        # first try the needle as an int and raise and clear a TypeError, every time)
+        colon = False
+        for i in range(len(name)):
+            c = name[i]
+            if c <= 0x20 or c >= 0x7F or 0x41 <= c <= 0x5A:
+                _illegal_name(name)
+            if c == _SIGIL and i:
+                colon = True
+        if colon:
             raise ProtocolError(f"Illegal character ':' in header name: {name!r}")
         if value:
-            if b"\x00" in value or b"\n" in value or b"\r" in value:
+            if 0 in value or 0x0A in value or 0x0D in value:
                 _illegal_value(value)
             first = value[0]
             last = value[-1]
@@ -211,9 +245,170 @@ def _method(fields: list[Any]) -> bytes | None:
     return None
 
 
+# The state machines' transition tables, keyed by the enum members' ids: h2 looks a transition
+# up by a tuple of two enum members, whose hash is Python code (`Enum.__hash__`) run twice
+# for every frame sent or received. Built from h2's own tables, so the moves are h2's.
+_STREAM_MOVES: dict[int, dict[int, Any]] = {}
+for (_state, _input), _move in _stream_transitions.items():
+    _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = _move
+_CONNECTION_MOVES: dict[int, dict[int, Any]] = {}
+for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
+    _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
+_NO_MOVES: dict[int, Any] = {}
+
+
+@mypyc_attr(native_class=False)
+class WireStreamMachine(H2StreamStateMachine):
+    """h2's stream state machine (RFC 9113 §5.1), its table looked up without `Enum.__hash__`."""
+
+    def process_input(self, input_: StreamInputs) -> list[Event]:
+        if not isinstance(input_, StreamInputs):
+            raise ValueError("Input must be an instance of StreamInputs")
+        previous = self.state
+        move = _STREAM_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
+        if move is None:
+            self.state = StreamState.CLOSED
+            raise ProtocolError(f"Invalid input {input_} in state {previous}")
+        func, target = move
+        self.state = target
+        if func is not None:
+            try:
+                events: list[Event] = func(self, previous)
+            except ProtocolError:
+                self.state = StreamState.CLOSED
+                raise
+            except AssertionError as err:
+                self.state = StreamState.CLOSED
+                raise ProtocolError(err) from err
+            return events
+        return []
+
+
+@mypyc_attr(native_class=False)
+class WireConnectionMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, its table looked up without `Enum.__hash__`."""
+
+    def process_input(self, input_: ConnectionInputs) -> list[Event]:
+        if not isinstance(input_, ConnectionInputs):
+            raise ValueError("Input must be an instance of ConnectionInputs")
+        previous = self.state
+        move = _CONNECTION_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
+        if move is None:
+            self.state = ConnectionState.CLOSED
+            raise ProtocolError(f"Invalid input {input_} in state {previous}")
+        func, target = move
+        self.state = target
+        if func is not None:
+            events: list[Event] = func()
+            return events
+        return []
+
+
 @mypyc_attr(native_class=False)
 class WireStream(H2Stream):
     """h2's stream, its received header blocks checked by `received_fields`."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        config: H2Configuration,
+        inbound_window_size: int,
+        outbound_window_size: int,
+    ) -> None:
+        # h2's H2Stream.__init__, with the compiled state machine
+        self.state_machine = WireStreamMachine(stream_id)
+        self.stream_id = stream_id
+        self.max_outbound_frame_size = None
+        self.request_method = None
+        self.outbound_flow_control_window = outbound_window_size
+        self._inbound_window_manager = WindowManager(inbound_window_size)
+        self._expected_content_length = None
+        self._actual_content_length = 0
+        self._authority = None
+        self.config = config
+
+    def receive_headers(
+        self,
+        headers: Any,
+        end_stream: bool,
+        header_encoding: bool | str | None,
+    ) -> tuple[list[Frame], list[Event]]:
+        """h2's, its helpers compiled."""
+        if _informational(headers):
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses")
+            step = StreamInputs.RECV_INFORMATIONAL_HEADERS
+        else:
+            step = StreamInputs.RECV_HEADERS
+        machine = self.state_machine
+        events = machine.process_input(step)
+        headers_event: Any = events[0]
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            headers_event.stream_ended = ended[0]
+            events += ended
+        self._initialize_content_length(headers)
+        if isinstance(headers_event, TrailersReceived) and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set")
+        flags = self._build_hdr_validation_flags(events)
+        headers_event.headers = self._process_received_headers(headers, flags, header_encoding)
+        return [], events
+
+    def receive_window_update(self, increment: int) -> tuple[list[Frame], list[Event]]:
+        """h2's, without its debug log call."""
+        events = self.state_machine.process_input(StreamInputs.RECV_WINDOW_UPDATE)
+        frames: list[Frame] = []
+        if events:
+            event: Any = events[0]
+            event.delta = increment
+            window = self.outbound_flow_control_window + increment
+            if window > _LARGEST_WINDOW:
+                # a stream error, not a connection error: reset the stream
+                events = [
+                    StreamReset(
+                        stream_id=self.stream_id,
+                        error_code=_FLOW_CONTROL_ERROR,
+                        remote_reset=False,
+                    )
+                ]
+                frames = self.reset_stream(_FLOW_CONTROL_ERROR)
+            else:
+                self.outbound_flow_control_window = window
+        return frames, events
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        """h2's: the request's content-length, checked (RFC 9110 §8.6)."""
+        if self.request_method == b"HEAD":
+            self._expected_content_length = 0
+            return
+        length: int | None = None
+        for field in headers:
+            if field[0] == b"content-length":
+                value: bytes = field[1]
+                if not value.isdigit():
+                    raise ProtocolError(f"Invalid content-length header: {value!r}")
+                try:
+                    parsed = int(value, 10)
+                except ValueError as err:
+                    raise ProtocolError(f"Invalid content-length header: {value!r}") from err
+                if length is None:
+                    length = parsed
+                elif parsed != length:
+                    raise ProtocolError(
+                        f"Conflicting content-length headers: {length} and {parsed}"
+                    )
+        self._expected_content_length = length
+
+    def _build_hdr_validation_flags(self, events: Any) -> HeaderValidationFlags:
+        first = events[0]
+        return HeaderValidationFlags(
+            is_client=self.state_machine.client or False,
+            is_trailer=isinstance(first, (_TrailersSent, TrailersReceived)),
+            is_response_header=isinstance(
+                first, (_ResponseSent, ResponseReceived, InformationalResponseReceived)
+            ),
+            is_push_promise=isinstance(first, (PushedStreamReceived, _PushedRequestSent)),
+        )
 
     def _process_received_headers(
         self,
@@ -221,11 +416,11 @@ class WireStream(H2Stream):
         header_validation_flags: HeaderValidationFlags,
         header_encoding: bool | str | None,
     ) -> list[Any]:
-        config = self.config
+        config: Any = self.config  # its fields read directly: h2's are Python descriptors
         if (
             isinstance(header_encoding, str)
-            or not config.normalize_inbound_headers
-            or not config.validate_inbound_headers
+            or not config._normalize_inbound_headers
+            or not config._validate_inbound_headers
         ):
             return H2Stream._process_received_headers(
                 self, headers, header_validation_flags, header_encoding
@@ -241,6 +436,7 @@ class WireConnection(H2Connection):
 
     def __init__(self, config: H2Configuration) -> None:
         H2Connection.__init__(self, config)
+        self.state_machine = WireConnectionMachine()
 
     def take_data(self) -> bytearray:
         """What is queued to send, as `data_to_send()`, but the buffer itself: no copy (it
@@ -311,12 +507,12 @@ class WireConnection(H2Connection):
         the same state changes, HPACK encoding and frames, serialised straight to the send
         buffer. Anything else (a new stream, priority, a client) is h2's own path."""
         stream = self.streams.get(stream_id)
-        config = self.config
+        config: Any = self.config  # its fields read directly: h2's are Python descriptors
         if (
             stream is None
-            or config.client_side
-            or config.normalize_outbound_headers
-            or config.validate_outbound_headers
+            or config._client_side
+            or config._normalize_outbound_headers
+            or config._validate_outbound_headers
             or priority_weight is not None
             or priority_depends_on is not None
             or priority_exclusive is not None
@@ -391,6 +587,91 @@ class WireConnection(H2Connection):
         else:
             self.highest_inbound_stream_id = stream_id
         return stream
+
+    def _get_stream_by_id(self, stream_id: int | None) -> H2Stream:
+        """h2's."""
+        if not stream_id:
+            raise NoSuchStreamError(-1)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        config: Any = self.config
+        outbound = stream_id % 2 == int(config._client_side)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id > highest:
+            raise NoSuchStreamError(stream_id)
+        raise StreamClosedError(stream_id)
+
+    def local_flow_control_window(self, stream_id: int) -> int:
+        """h2's."""
+        stream = self._get_stream_by_id(stream_id)
+        return min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
+
+    def _open_streams(self, remainder: int) -> int:
+        """h2's: the open streams with this parity, forgetting the closed ones."""
+        count = 0
+        closed: list[int] = []
+        streams = self.streams
+        for stream_id, stream in streams.items():
+            state = stream.state_machine.state
+            if state in _OPEN_STATES and stream_id % 2 == remainder:
+                count += 1
+            elif state == StreamState.CLOSED:
+                closed.append(stream_id)
+        for stream_id in closed:
+            gone = streams.pop(stream_id)
+            self._closed_streams[stream_id] = gone.state_machine.stream_closed_by
+        return count
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        """h2's, compiled."""
+        config: Any = self.config
+        client = config._client_side
+        stream_id = frame.stream_id
+        if stream_id not in self.streams:
+            limit = self.local_settings.max_concurrent_streams
+            count = self._open_streams(0 if client else 1)
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+        headers = _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(
+            stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
+        )
+        flags = frame.flags
+        frames, stream_events = stream.receive_headers(
+            headers, "END_STREAM" in flags, config._header_encoding
+        )
+        if "PRIORITY" in flags:
+            p_frames, p_events = self._receive_priority_frame(frame)
+            first: Any = stream_events[0]
+            first.priority_updated = p_events[0]
+            stream_events.extend(p_events)
+            assert not p_frames
+        return frames, events + stream_events
+
+    def _receive_window_update_frame(
+        self, frame: WindowUpdateFrame
+    ) -> tuple[list[Frame], list[Event]]:
+        """h2's, compiled."""
+        events = self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE)
+        increment = frame.window_increment
+        if frame.stream_id:
+            try:
+                stream = self._get_stream_by_id(frame.stream_id)
+                frames, stream_events = stream.receive_window_update(increment)
+            except StreamClosedError:
+                return [], events
+        else:
+            window = self.outbound_flow_control_window + increment
+            if window > _LARGEST_WINDOW:
+                raise FlowControlError(
+                    f"May not increment flow control window past {_LARGEST_WINDOW}"
+                )
+            self.outbound_flow_control_window = window
+            stream_events = [WindowUpdated(stream_id=0, delta=increment)]
+            frames = []
+        return frames, events + stream_events
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         """h2's, without the eager `repr(frame)` for its trace log."""

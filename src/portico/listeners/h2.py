@@ -251,11 +251,15 @@ class H2Stream:
         stream_id = self.stream_id
         pending = self._pending
         frames = 0
+        # the windows, read once: each frame sent takes its size off both the stream's and
+        # the connection's, so their minimum goes down by exactly that much
+        available = h2.local_flow_control_window(stream_id) if pending else 0
+        frame_size = h2.max_outbound_frame_size
         while pending:
             if conn.unsent >= OUTBOUND_TURN:
                 conn.starved = True  # the other streams' turn: this one goes on after a flush
                 break
-            window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+            window = min(available, frame_size)
             if window <= 0:
                 break
             chunk = pending[0]
@@ -265,8 +269,10 @@ class H2Stream:
                 chunk = view[:window]
             else:
                 pending.popleft()
-            self._pending_size -= len(chunk)
-            conn.unsent += len(chunk)
+            size = len(chunk)
+            self._pending_size -= size
+            conn.unsent += size
+            available -= size
             frames += 1
             h2.send_data(
                 stream_id,

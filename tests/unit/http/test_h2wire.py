@@ -12,15 +12,26 @@ from typing import Any
 
 import pytest
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
+from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
 from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, validate_headers
 from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
-from portico.http.h2wire import WireConnection, received_fields
+from portico.http.h2wire import (
+    WireConnection,
+    WireConnectionMachine,
+    WireStreamMachine,
+    received_fields,
+)
 
 REQUEST = [
     (b":method", b"GET"),
@@ -131,11 +142,12 @@ class Pair:
         assert ours == theirs
         return ours
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes) -> tuple[str, Any]:
         results = [
             outcome_of(lambda s=s: [repr(e) for e in s.receive_data(data)]) for s in self.servers
         ]
         assert results[0] == results[1]
+        self.same_state()
         return results[0]
 
     def both(self, method: str, *args: Any, **kwargs: Any) -> tuple[str, Any]:
@@ -152,9 +164,14 @@ class Pair:
         assert ours.inbound_flow_control_window == theirs.inbound_flow_control_window
         assert ours.state_machine.state == theirs.state_machine.state
         assert ours.streams.keys() == theirs.streams.keys()
+        assert ours._closed_streams == theirs._closed_streams
+        assert ours.highest_inbound_stream_id == theirs.highest_inbound_stream_id
         for sid, stream in theirs.streams.items():
             mine = ours.streams[sid]
-            assert mine.state_machine.state == stream.state_machine.state
+            assert vars(mine.state_machine) == vars(stream.state_machine)
+            assert vars(mine._inbound_window_manager) == vars(stream._inbound_window_manager)
+            assert mine._expected_content_length == stream._expected_content_length
+            assert mine.request_method == stream.request_method
             assert mine.outbound_flow_control_window == stream.outbound_flow_control_window
             assert mine.inbound_flow_control_window == stream.inbound_flow_control_window
             assert ours.local_flow_control_window(sid) == theirs.local_flow_control_window(sid)
@@ -313,3 +330,100 @@ def test_response_heads_and_trailers_are_byte_identical() -> None:
     pair.take()
     events = pair.client.receive_data(out)
     assert sum(type(e).__name__ == "StreamEnded" for e in events) == 5  # not 5's
+
+
+def run_machine(machine: Any, state: Any, step: Any, **attrs: Any) -> tuple[Any, ...]:
+    machine.state = state
+    for name, value in attrs.items():
+        setattr(machine, name, value)
+    result = outcome_of(lambda: [type(e).__name__ for e in machine.process_input(step)])
+    return result, machine.state, sorted(vars(machine).items(), key=str)
+
+
+@pytest.mark.parametrize("client", [None, True, False])
+@pytest.mark.parametrize("sent", [None, True])
+def test_the_stream_state_machine_moves_as_h2_s_in_every_state(
+    client: bool | None, sent: bool | None
+) -> None:
+    attrs = {"client": client, "headers_sent": sent, "headers_received": sent}
+    for state in StreamState:
+        for step in StreamInputs:
+            theirs = run_machine(H2StreamStateMachine(1), state, step, **attrs)
+            ours = run_machine(WireStreamMachine(1), state, step, **attrs)
+            assert ours == theirs, (state, step)
+    with pytest.raises(ValueError, match="StreamInputs"):
+        WireStreamMachine(1).process_input("SEND_DATA")  # type: ignore[arg-type]
+
+
+def test_the_connection_state_machine_moves_as_h2_s_in_every_state() -> None:
+    for state in ConnectionState:
+        for step in ConnectionInputs:
+            theirs = run_machine(H2ConnectionStateMachine(), state, step)
+            ours = run_machine(WireConnectionMachine(), state, step)
+            assert ours == theirs, (state, step)
+
+
+def test_received_heads_trailers_and_windows_move_both_alike() -> None:
+    pair = Pair()
+    # a body's length announced, then a second, conflicting one, or one not a number
+    pair.request(1, end=False)
+    head = [*REQUEST, (b"content-length", b"3")]
+    pair.client.send_headers(3, head)
+    pair.feed(pair.client.data_to_send())
+    pair.client.send_data(3, b"abc")
+    pair.client.send_headers(3, [(b"x-trailer", b"1")], end_stream=True)  # trailers
+    assert pair.feed(pair.client.data_to_send())[0] == "ok"
+    # a window update on a stream, on the connection, and one that overflows a stream's
+    # window: a stream error, RST_STREAM FLOW_CONTROL_ERROR from both
+    pair.feed(WindowUpdateFrame(1, window_increment=1000).serialize())
+    pair.feed(WindowUpdateFrame(0, window_increment=1000).serialize())
+    pair.feed(WindowUpdateFrame(1, window_increment=2**31 - 1).serialize())
+    assert RstStreamFrame in {type(f) for f in parse_all(pair.take())}
+    # a priority on a HEADERS frame: PriorityUpdated beside RequestReceived
+    pair.client.send_headers(5, REQUEST, end_stream=True, priority_weight=200)
+    assert "PriorityUpdated" in " ".join(pair.feed(pair.client.data_to_send())[1])
+    pair.take()
+    # the connection's window overflowing: a connection error from both
+    assert pair.feed(WindowUpdateFrame(0, window_increment=2**31 - 1).serialize())[0] != "ok"
+    pair.take()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"content-length", b"3"), (b"content-length", b"4")],
+        [(b"content-length", b"x")],
+        [(b"content-length", b"-1")],
+    ],
+)
+def test_a_bad_content_length_is_a_protocol_error_from_both(fields: list[Any]) -> None:
+    pair = Pair()
+    block = pair.client.encoder.encode([*REQUEST, *fields])
+    assert pair.feed(HeadersFrame(1, block, flags=["END_HEADERS"]).serialize())[0] == (
+        "ProtocolError"
+    )
+
+
+def test_trailers_without_end_stream_are_refused_by_both() -> None:
+    pair = Pair()
+    pair.request(1, end=False)
+    block = pair.client.encoder.encode([(b"x-trailer", b"1")])
+    assert pair.feed(HeadersFrame(1, block, flags=["END_HEADERS"]).serialize())[0] == (
+        "ProtocolError"
+    )
+
+
+def test_streams_past_the_concurrency_limit_and_closed_ones_are_counted_alike() -> None:
+    pair = Pair()
+    for server in pair.servers:
+        server.local_settings = Settings(client=False, initial_values={0x3: 5})
+    for sid in range(1, 10, 2):
+        pair.request(sid, end=False)
+    for sid in (1, 3):  # two answered: closed, forgotten at the next new stream
+        pair.client.send_data(sid, b"", end_stream=True)
+        pair.feed(pair.client.data_to_send())
+        pair.both("send_headers", sid, [(b":status", b"204")], end_stream=True)
+    pair.request(11, end=False)
+    pair.request(13, end=False)
+    pair.client.send_headers(15, REQUEST, end_stream=True)
+    assert pair.feed(pair.client.data_to_send())[0] == "TooManyStreamsError"
