@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from struct import Struct
-from typing import Any
+from typing import Any, Final
 
 from h2.config import H2Configuration
 from h2.connection import (
@@ -50,6 +50,7 @@ from h2.events import (
 )
 from h2.exceptions import (
     FlowControlError,
+    FrameDataMissingError,
     FrameTooLargeError,
     NoSuchStreamError,
     ProtocolError,
@@ -57,6 +58,7 @@ from h2.exceptions import (
     StreamIDTooLowError,
     TooManyStreamsError,
 )
+from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
 from h2.stream import (
     H2Stream,
     H2StreamStateMachine,
@@ -67,28 +69,55 @@ from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, utf8_encode_headers
 from h2.windows import WindowManager
 from hpack.struct import NeverIndexedHeaderTuple
-from hyperframe.frame import Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import (
+    ContinuationFrame,
+    Frame,
+    HeadersFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 from mypy_extensions import mypyc_attr
 
 # hyperframe's frame header: length (24 bits, as 16 + 8), type, flags, stream id (31 bits)
-_FRAME_HEADER = Struct(">HBBBL")
-_END_STREAM = 0x01
-_LARGEST_WINDOW = 2**31 - 1
-_FLOW_CONTROL_ERROR = ErrorCodes.FLOW_CONTROL_ERROR
-_OPEN_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL, StreamState.HALF_CLOSED_REMOTE)
-_END_HEADERS = 0x04
-_STREAM_CLOSED = ErrorCodes.STREAM_CLOSED
+_FRAME_HEADER: Final = Struct(">HBBBL")
+_END_STREAM: Final = 0x01
+_END_HEADERS: Final = 0x04
+_LARGEST_WINDOW: Final = 2**31 - 1
+_FLOW_CONTROL_ERROR: Final = ErrorCodes.FLOW_CONTROL_ERROR
+_STREAM_CLOSED: Final = ErrorCodes.STREAM_CLOSED
+# enum members, read as C statics rather than looked up on their class each time
+_CLOSED: Final = StreamState.CLOSED
+_OPEN_STATES: Final = (
+    StreamState.OPEN,
+    StreamState.HALF_CLOSED_LOCAL,
+    StreamState.HALF_CLOSED_REMOTE,
+)
+_CONNECTION_CLOSED: Final = ConnectionState.CLOSED
+_SEND_DATA: Final = StreamInputs.SEND_DATA
+_SEND_END_STREAM: Final = StreamInputs.SEND_END_STREAM
+_SEND_HEADERS: Final = StreamInputs.SEND_HEADERS
+_SEND_INFORMATIONAL_HEADERS: Final = StreamInputs.SEND_INFORMATIONAL_HEADERS
+_RECV_HEADERS: Final = StreamInputs.RECV_HEADERS
+_RECV_INFORMATIONAL_HEADERS: Final = StreamInputs.RECV_INFORMATIONAL_HEADERS
+_RECV_END_STREAM: Final = StreamInputs.RECV_END_STREAM
+_RECV_WINDOW_UPDATE: Final = StreamInputs.RECV_WINDOW_UPDATE
+_C_SEND_DATA: Final = ConnectionInputs.SEND_DATA
+_C_SEND_HEADERS: Final = ConnectionInputs.SEND_HEADERS
+_C_RECV_HEADERS: Final = ConnectionInputs.RECV_HEADERS
+_C_RECV_WINDOW_UPDATE: Final = ConnectionInputs.RECV_WINDOW_UPDATE
 
-_SIGIL = 0x3A  # ':'
-_CONNECTION_HEADERS = frozenset(
+_SIGIL: Final = 0x3A  # ':'
+_CONNECTION_HEADERS: Final = frozenset(
     [b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"]
 )
-_ALLOWED_PSEUDO = frozenset(
+_ALLOWED_PSEUDO: Final = frozenset(
     [b":method", b":scheme", b":authority", b":path", b":status", b":protocol"]
 )
-_REQUEST_ONLY = frozenset([b":scheme", b":path", b":authority", b":method", b":protocol"])
-_RESPONSE_ONLY = frozenset([b":status"])
-_CONNECT_ONLY = frozenset([b":protocol"])
+_REQUEST_ONLY: Final = frozenset([b":scheme", b":path", b":authority", b":method", b":protocol"])
+_RESPONSE_ONLY: Final = frozenset([b":status"])
+_CONNECT_ONLY: Final = frozenset([b":protocol"])
 
 
 def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> list[Any]:
@@ -248,13 +277,51 @@ def _method(fields: list[Any]) -> bytes | None:
 # The state machines' transition tables, keyed by the enum members' ids: h2 looks a transition
 # up by a tuple of two enum members, whose hash is Python code (`Enum.__hash__`) run twice
 # for every frame sent or received. Built from h2's own tables, so the moves are h2's.
-_STREAM_MOVES: dict[int, dict[int, Any]] = {}
+_STREAM_MOVES: Final[dict[int, dict[int, Any]]] = {}
 for (_state, _input), _move in _stream_transitions.items():
     _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = _move
-_CONNECTION_MOVES: dict[int, dict[int, Any]] = {}
+_CONNECTION_MOVES: Final[dict[int, dict[int, Any]]] = {}
 for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
     _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
-_NO_MOVES: dict[int, Any] = {}
+_NO_MOVES: Final[dict[int, Any]] = {}
+
+
+def stream_step(machine: Any, input_: Any) -> list[Event]:
+    """h2's `H2StreamStateMachine.process_input`, for a valid `StreamInputs` member: called
+    directly from this module's compiled code, through `process_input` from h2's."""
+    previous = machine.state
+    move = _STREAM_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
+    if move is None:
+        machine.state = _CLOSED
+        raise ProtocolError(f"Invalid input {input_} in state {previous}")
+    func, target = move
+    machine.state = target
+    if func is not None:
+        try:
+            events: list[Event] = func(machine, previous)
+        except ProtocolError:
+            machine.state = _CLOSED
+            raise
+        except AssertionError as err:
+            machine.state = _CLOSED
+            raise ProtocolError(err) from err
+        return events
+    return []
+
+
+def connection_step(machine: Any, input_: Any) -> list[Event]:
+    """h2's `H2ConnectionStateMachine.process_input`, for a valid `ConnectionInputs` member."""
+    previous = machine.state
+    move = _CONNECTION_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
+    if move is None:
+        machine.state = _CONNECTION_CLOSED
+        raise ProtocolError(f"Invalid input {input_} in state {previous}")
+    func, target = move
+    machine.state = target
+    if func is not None:
+        events: list[Event] = func()
+        return events
+    return []
 
 
 @mypyc_attr(native_class=False)
@@ -264,24 +331,7 @@ class WireStreamMachine(H2StreamStateMachine):
     def process_input(self, input_: StreamInputs) -> list[Event]:
         if not isinstance(input_, StreamInputs):
             raise ValueError("Input must be an instance of StreamInputs")
-        previous = self.state
-        move = _STREAM_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
-        if move is None:
-            self.state = StreamState.CLOSED
-            raise ProtocolError(f"Invalid input {input_} in state {previous}")
-        func, target = move
-        self.state = target
-        if func is not None:
-            try:
-                events: list[Event] = func(self, previous)
-            except ProtocolError:
-                self.state = StreamState.CLOSED
-                raise
-            except AssertionError as err:
-                self.state = StreamState.CLOSED
-                raise ProtocolError(err) from err
-            return events
-        return []
+        return stream_step(self, input_)
 
 
 @mypyc_attr(native_class=False)
@@ -291,17 +341,7 @@ class WireConnectionMachine(H2ConnectionStateMachine):
     def process_input(self, input_: ConnectionInputs) -> list[Event]:
         if not isinstance(input_, ConnectionInputs):
             raise ValueError("Input must be an instance of ConnectionInputs")
-        previous = self.state
-        move = _CONNECTION_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
-        if move is None:
-            self.state = ConnectionState.CLOSED
-            raise ProtocolError(f"Invalid input {input_} in state {previous}")
-        func, target = move
-        self.state = target
-        if func is not None:
-            events: list[Event] = func()
-            return events
-        return []
+        return connection_step(self, input_)
 
 
 @mypyc_attr(native_class=False)
@@ -337,14 +377,14 @@ class WireStream(H2Stream):
         if _informational(headers):
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses")
-            step = StreamInputs.RECV_INFORMATIONAL_HEADERS
+            step = _RECV_INFORMATIONAL_HEADERS
         else:
-            step = StreamInputs.RECV_HEADERS
+            step = _RECV_HEADERS
         machine = self.state_machine
-        events = machine.process_input(step)
+        events = stream_step(machine, step)
         headers_event: Any = events[0]
         if end_stream:
-            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            ended = stream_step(machine, _RECV_END_STREAM)
             headers_event.stream_ended = ended[0]
             events += ended
         self._initialize_content_length(headers)
@@ -356,7 +396,7 @@ class WireStream(H2Stream):
 
     def receive_window_update(self, increment: int) -> tuple[list[Frame], list[Event]]:
         """h2's, without its debug log call."""
-        events = self.state_machine.process_input(StreamInputs.RECV_WINDOW_UPDATE)
+        events = stream_step(self.state_machine, _RECV_WINDOW_UPDATE)
         frames: list[Frame] = []
         if events:
             event: Any = events[0]
@@ -431,12 +471,67 @@ class WireStream(H2Stream):
 
 
 @mypyc_attr(native_class=False)
+class WireFrameBuffer(FrameBuffer):
+    """h2's FrameBuffer: the received bytes as frames, with its checks (frame size, header
+    blocks and their CONTINUATION frames), a loop where h2 recurses."""
+
+    def __next__(self) -> Frame:
+        while True:
+            data = self._data
+            if len(data) < 9:
+                raise StopIteration
+            try:
+                frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            except (InvalidDataError, InvalidFrameError) as err:
+                raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+            if len(data) < length + 9:
+                raise StopIteration
+            if length > self.max_frame_size:
+                raise FrameTooLargeError(
+                    f"Received overlong frame: length {length}, max {self.max_frame_size}"
+                )
+            try:
+                frame.parse_body(memoryview(data[9 : 9 + length]))
+            except InvalidDataError as err:
+                raise ProtocolError("Received frame with non-compliant data") from err
+            except InvalidFrameError as err:
+                raise FrameDataMissingError("Frame data missing or invalid") from err
+            del data[: 9 + length]
+            complete = self._headers(frame)
+            if complete is not None:
+                return complete
+
+    def _headers(self, frame: Frame) -> Frame | None:
+        """h2's `_update_header_buffer`: a header block split over CONTINUATION frames is
+        held until its last one, then handed on whole."""
+        held = self._headers_buffer
+        if held:
+            if not (isinstance(frame, ContinuationFrame) and frame.stream_id == held[0].stream_id):
+                raise ProtocolError("Invalid frame during header block.")
+            held.append(frame)
+            if len(held) > CONTINUATION_BACKLOG:
+                raise ProtocolError("Too many continuation frames received.")
+            if "END_HEADERS" in frame.flags:
+                first = held[0]
+                first.flags.add("END_HEADERS")
+                first.data = b"".join(part.data for part in held)
+                self._headers_buffer = []
+                return first
+            return None
+        if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and "END_HEADERS" not in frame.flags:
+            held.append(frame)
+            return None
+        return frame
+
+
+@mypyc_attr(native_class=False)
 class WireConnection(H2Connection):
     """h2's connection with the per-frame paths above done lean; see the module."""
 
     def __init__(self, config: H2Configuration) -> None:
         H2Connection.__init__(self, config)
         self.state_machine = WireConnectionMachine()
+        self.incoming_buffer = WireFrameBuffer(server=not config.client_side)
 
     def take_data(self) -> bytearray:
         """What is queued to send, as `data_to_send()`, but the buffer itself: no copy (it
@@ -475,13 +570,13 @@ class WireConnection(H2Connection):
             raise FrameTooLargeError(
                 f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}"
             )
-        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        connection_step(self.state_machine, _C_SEND_DATA)
         stream = self.streams[stream_id]
         machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_DATA)
+        stream_step(machine, _SEND_DATA)
         flags = 0
         if end_stream:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+            stream_step(machine, _SEND_END_STREAM)
             flags = _END_STREAM
         stream.outbound_flow_control_window -= size
         assert stream.outbound_flow_control_window >= 0 or size == 0
@@ -527,26 +622,26 @@ class WireConnection(H2Connection):
                 priority_exclusive,
             )
             return
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        connection_step(self.state_machine, _C_SEND_HEADERS)
         fields = list(headers)
         for field in fields:
             if not (isinstance(field[0], bytes) and isinstance(field[1], bytes)):
                 fields = utf8_encode_headers(fields)
                 break
         machine = stream.state_machine
-        step = StreamInputs.SEND_HEADERS
+        step = _SEND_HEADERS
         if not machine.client and _informational(fields):
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses.")
-            step = StreamInputs.SEND_INFORMATIONAL_HEADERS
-        machine.process_input(step)
+            step = _SEND_INFORMATIONAL_HEADERS
+        stream_step(machine, step)
         block = self.encoder.encode(fields)
         size = stream.max_outbound_frame_size or 0
         blocks = [block[i : i + size] for i in range(0, len(block), size)]
         first = blocks[0]  # h2 fails here too on an empty block (no :status: never ours)
         flags = 0
         if end_stream:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+            stream_step(machine, _SEND_END_STREAM)
             flags = _END_STREAM
         if machine.trailers_sent and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set.")
@@ -616,7 +711,7 @@ class WireConnection(H2Connection):
             state = stream.state_machine.state
             if state in _OPEN_STATES and stream_id % 2 == remainder:
                 count += 1
-            elif state == StreamState.CLOSED:
+            elif state == _CLOSED:
                 closed.append(stream_id)
         for stream_id in closed:
             gone = streams.pop(stream_id)
@@ -634,7 +729,7 @@ class WireConnection(H2Connection):
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
         headers = _decode_headers(self.decoder, frame.data)
-        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        events = connection_step(self.state_machine, _C_RECV_HEADERS)
         stream = self._get_or_create_stream(
             stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
         )
@@ -654,7 +749,7 @@ class WireConnection(H2Connection):
         self, frame: WindowUpdateFrame
     ) -> tuple[list[Frame], list[Event]]:
         """h2's, compiled."""
-        events = self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE)
+        events = connection_step(self.state_machine, _C_RECV_WINDOW_UPDATE)
         increment = frame.window_increment
         if frame.stream_id:
             try:

@@ -24,7 +24,13 @@ from h2.settings import SettingCodes, Settings
 from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
 from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, validate_headers
 from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
-from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 
 from portico.http.h2wire import (
     WireConnection,
@@ -427,3 +433,36 @@ def test_streams_past_the_concurrency_limit_and_closed_ones_are_counted_alike() 
     pair.request(13, end=False)
     pair.client.send_headers(15, REQUEST, end_stream=True)
     assert pair.feed(pair.client.data_to_send())[0] == "TooManyStreamsError"
+
+
+def test_a_header_block_split_over_continuation_frames_arrives_whole_in_both() -> None:
+    pair = Pair()
+    block = pair.client.encoder.encode([*REQUEST, (b"x-big", b"v" * 3000)])
+    parts = [block[i : i + 1000] for i in range(0, len(block), 1000)]
+    data = HeadersFrame(1, parts[0], flags=["END_STREAM"]).serialize()
+    for i, part in enumerate(parts[1:], 1):
+        flags = ["END_HEADERS"] if i == len(parts) - 1 else []
+        data += ContinuationFrame(1, part, flags=flags).serialize()
+    for cut in (5, 9, 1010, len(data) - 1):  # frames split across reads anywhere
+        pair = Pair()  # a fresh decoder: the block's first encoding decodes alone
+        assert pair.feed(data[:cut]) == ("ok", [])
+        status, events = pair.feed(data[cut:])
+        assert status == "ok"
+        assert "RequestReceived" in events[0]
+
+
+def test_a_frame_interleaved_in_a_header_block_or_too_large_is_refused_by_both() -> None:
+    pair = Pair()
+    block = pair.client.encoder.encode(REQUEST)
+    data = HeadersFrame(1, block[:5], flags=["END_STREAM"]).serialize()
+    data += DataFrame(1, b"x").serialize()
+    assert pair.feed(data) == ("ProtocolError", "Invalid frame during header block.")
+    pair = Pair()
+    assert pair.feed(DataFrame(1, b"x" * 16385).serialize())[0] == "FrameTooLargeError"
+
+
+def test_a_continuation_flood_is_cut_off_by_both() -> None:
+    pair = Pair()
+    data = HeadersFrame(1, b"", flags=["END_STREAM"]).serialize()
+    data += ContinuationFrame(1, b"").serialize() * 70
+    assert pair.feed(data) == ("ProtocolError", "Too many continuation frames received.")
