@@ -22,9 +22,9 @@ Pure otherwise: no sockets, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from struct import Struct
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from h2.config import H2Configuration
 from h2.connection import (
@@ -78,7 +78,15 @@ from hyperframe.frame import (
     RstStreamFrame,
     WindowUpdateFrame,
 )
-from mypy_extensions import mypyc_attr
+
+_T = TypeVar("_T")
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # installed for the compile only: at run time the decorator does nothing
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Callable[[_T], _T]:
+        return lambda cls: cls
+
 
 # hyperframe's frame header: length (24 bits, as 16 + 8), type, flags, stream id (31 bits)
 _FRAME_HEADER: Final = Struct(">HBBBL")
