@@ -42,6 +42,7 @@ COMPILED = [
     "src/portico/health/budget.py",  # RetryBudget.record_request: once per request
     "src/portico/http/h2.py",  # an HTTP/2 request's fields in, its response's out
     "src/portico/http/hpack.py",  # HPACK for h2: compiled, its only reason to exist
+    "src/portico/http/h2wire.py",  # h2's connection, its per-frame paths compiled and lean
     "src/portico/listeners/h2.py",  # the HTTP/2 connection and its streams (around h2)
     "src/portico/listeners/acceptor.py",  # accept(2) and the hand-over: once per connection
 ]

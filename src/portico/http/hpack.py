@@ -137,6 +137,12 @@ class HeaderTable:
         self._current_size = 0
         self.resized = False
         self.dynamic_entries: deque[tuple[bytes, bytes]] = deque()
+        # where an entry is, without scanning the table: each entry's insertion number (the
+        # newest entry's number is _inserted - 1 and its index STATIC_LENGTH + 1), for the
+        # newest entry of each (name, value) and of each name
+        self._inserted = 0
+        self._pairs: dict[tuple[bytes, bytes], int] = {}
+        self._names: dict[bytes, int] = {}
 
     def get_by_index(self, index: int) -> tuple[bytes, bytes]:
         original = index
@@ -152,10 +158,14 @@ class HeaderTable:
     def add(self, name: bytes, value: bytes) -> None:
         size = entry_size(name, value)
         if size > self._maxsize:
-            self.dynamic_entries.clear()
-            self._current_size = 0
+            self._clear()
         else:
-            self.dynamic_entries.appendleft((name, value))
+            entry = (name, value)
+            self.dynamic_entries.appendleft(entry)
+            number = self._inserted
+            self._inserted = number + 1
+            self._pairs[entry] = number
+            self._names[name] = number
             self._current_size += size
             self._shrink()
 
@@ -168,12 +178,16 @@ class HeaderTable:
             if index is not None:
                 return index, True
             partial = found[0]
-        for i, entry in enumerate(self.dynamic_entries, STATIC_LENGTH + 1):
-            if entry[0] == name:
-                if entry[1] == value:
-                    return i, True
-                if not partial:
-                    partial = i
+        # as a scan from the newest entry would find: the newest exact match, else (when the
+        # static table has not the name) the newest entry with the name
+        newest = STATIC_LENGTH + self._inserted
+        number = self._pairs.get((name, value))
+        if number is not None:
+            return newest - number, True
+        if not partial:
+            number = self._names.get(name)
+            if number is not None:
+                partial = newest - number
         return partial, False
 
     @property
@@ -187,8 +201,7 @@ class HeaderTable:
         self._maxsize = newmax
         self.resized = newmax != oldmax
         if newmax <= 0:
-            self.dynamic_entries.clear()
-            self._current_size = 0
+            self._clear()
         elif oldmax > newmax:
             self._shrink()
 
@@ -196,9 +209,21 @@ class HeaderTable:
         size = self._current_size
         entries = self.dynamic_entries
         while size > self._maxsize:
-            name, value = entries.pop()
-            size -= entry_size(name, value)
+            oldest = self._inserted - len(entries)
+            entry = entries.pop()
+            name = entry[0]
+            size -= entry_size(name, entry[1])
+            if self._pairs.get(entry) == oldest:
+                del self._pairs[entry]
+            if self._names.get(name) == oldest:
+                del self._names[name]
         self._current_size = size
+
+    def _clear(self) -> None:
+        self.dynamic_entries.clear()
+        self._pairs.clear()
+        self._names.clear()
+        self._current_size = 0
 
 
 class Encoder:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -50,6 +49,7 @@ from hyperframe.frame import GoAwayFrame
 
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request
+from portico.http.h2wire import WireConnection
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
 from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
@@ -251,11 +251,15 @@ class H2Stream(ClientSide):
         stream_id = self.stream_id
         pending = self._pending
         frames = 0
+        # the windows, read once: each frame sent takes its size off both the stream's and
+        # the connection's, so their minimum goes down by exactly that much
+        available = h2.local_flow_control_window(stream_id) if pending else 0
+        frame_size = h2.max_outbound_frame_size
         while pending:
             if conn.unsent >= OUTBOUND_TURN:
                 conn.starved = True  # the other streams' turn: this one goes on after a flush
                 break
-            window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+            window = min(available, frame_size)
             if window <= 0:
                 break
             chunk = pending[0]
@@ -265,8 +269,10 @@ class H2Stream(ClientSide):
                 chunk = view[:window]
             else:
                 pending.popleft()
-            self._pending_size -= len(chunk)
-            conn.unsent += len(chunk)
+            size = len(chunk)
+            self._pending_size -= size
+            conn.unsent += size
+            available -= size
             frames += 1
             h2.send_data(
                 stream_id,
@@ -366,7 +372,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._limits = RequestLimits(
             settings.max_request_line, settings.max_header_size, settings.max_headers
         )
-        h2 = self.h2 = H2Connection(
+        h2 = self.h2 = WireConnection(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,
@@ -506,7 +512,7 @@ class H2ClientConnection(asyncio.Protocol):
                     stream.push()
         self._flush_scheduled = False
         self.unsent = 0
-        data = self.h2.data_to_send()
+        data = self.h2.take_data()
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
             self._bytes.sent += len(data)
@@ -767,11 +773,11 @@ class H2ClientConnection(asyncio.Protocol):
         if not quiet:
             log.info("HTTP/2 client %s: %s; connection closed", self.client_ip, why)
         self._in_events = False
-        data = self.h2.data_to_send()
+        data = self.h2.take_data()
         if not data and goaway is not None:
             with contextlib.suppress(ProtocolError):
                 self.h2.close_connection(goaway)
-            data = self.h2.data_to_send()
+            data = self.h2.take_data()
         self._closed = True
         self._drop_streams()
         transport = self.transport

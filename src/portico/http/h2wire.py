@@ -1,0 +1,805 @@
+"""The h2 library's HTTP/2 connection with its hottest paths compiled and leaner (issue #18).
+
+`WireConnection` is h2's `H2Connection`, the same state machines, flow-control windows and
+protocol checks, with these methods done without the library's per-frame Python overhead:
+
+- `send_data`: the DATA frame's 9-byte header and payload go straight into the send buffer
+  (h2 builds a hyperframe `DataFrame`, copies a memoryview to bytes, serialises it, joins it,
+  appends it); the connection's and stream's state machines and windows are moved exactly as
+  h2 moves them, and its flow-control and frame-size errors are raised as it raises them.
+- `_receive_frame`: as h2's, without the `repr(frame)` it computes for a trace log that
+  never prints (a hex dump of every DATA frame's payload).
+- `_prepare_for_sending`: frames appended one by one, not joined first.
+- `take_data`: what is queued to send, without the copy `data_to_send` makes.
+- received header blocks (`WireStream`): h2's normalisation (split cookies joined) and
+  validation (RFC 9113 §8.2, §8.3) in one compiled pass (`received_fields`) instead of a
+  chain of seven generators: the same checks, in the same order, with the same errors.
+
+mypyc cannot compile a native class deriving from a Python one, so both classes are
+non-native (`native_class=False`): ordinary Python classes whose methods are compiled.
+Pure otherwise: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from struct import Struct
+from typing import Any, Final, TypeVar
+
+from h2.config import H2Configuration
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+    _decode_headers,
+)
+from h2.errors import ErrorCodes
+from h2.events import (
+    Event,
+    InformationalResponseReceived,
+    PushedStreamReceived,
+    ResponseReceived,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+    _PushedRequestSent,
+    _ResponseSent,
+    _TrailersSent,
+)
+from h2.exceptions import (
+    FlowControlError,
+    FrameDataMissingError,
+    FrameTooLargeError,
+    NoSuchStreamError,
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+    TooManyStreamsError,
+)
+from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
+from h2.stream import (
+    H2Stream,
+    H2StreamStateMachine,
+    StreamInputs,
+    StreamState,
+)
+from h2.stream import _transitions as _stream_transitions
+from h2.utilities import HeaderValidationFlags, utf8_encode_headers
+from h2.windows import WindowManager
+from hpack.struct import NeverIndexedHeaderTuple
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import (
+    ContinuationFrame,
+    Frame,
+    HeadersFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
+
+_T = TypeVar("_T")
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # installed for the compile only: at run time the decorator does nothing
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Callable[[_T], _T]:
+        return lambda cls: cls
+
+
+# hyperframe's frame header: length (24 bits, as 16 + 8), type, flags, stream id (31 bits)
+_FRAME_HEADER: Final = Struct(">HBBBL")
+_END_STREAM: Final = 0x01
+_END_HEADERS: Final = 0x04
+_LARGEST_WINDOW: Final = 2**31 - 1
+_FLOW_CONTROL_ERROR: Final = ErrorCodes.FLOW_CONTROL_ERROR
+_STREAM_CLOSED: Final = ErrorCodes.STREAM_CLOSED
+# enum members, read as C statics rather than looked up on their class each time
+_CLOSED: Final = StreamState.CLOSED
+_OPEN_STATES: Final = (
+    StreamState.OPEN,
+    StreamState.HALF_CLOSED_LOCAL,
+    StreamState.HALF_CLOSED_REMOTE,
+)
+_CONNECTION_CLOSED: Final = ConnectionState.CLOSED
+_SEND_DATA: Final = StreamInputs.SEND_DATA
+_SEND_END_STREAM: Final = StreamInputs.SEND_END_STREAM
+_SEND_HEADERS: Final = StreamInputs.SEND_HEADERS
+_SEND_INFORMATIONAL_HEADERS: Final = StreamInputs.SEND_INFORMATIONAL_HEADERS
+_RECV_HEADERS: Final = StreamInputs.RECV_HEADERS
+_RECV_INFORMATIONAL_HEADERS: Final = StreamInputs.RECV_INFORMATIONAL_HEADERS
+_RECV_END_STREAM: Final = StreamInputs.RECV_END_STREAM
+_RECV_WINDOW_UPDATE: Final = StreamInputs.RECV_WINDOW_UPDATE
+_C_SEND_DATA: Final = ConnectionInputs.SEND_DATA
+_C_SEND_HEADERS: Final = ConnectionInputs.SEND_HEADERS
+_C_RECV_HEADERS: Final = ConnectionInputs.RECV_HEADERS
+_C_RECV_WINDOW_UPDATE: Final = ConnectionInputs.RECV_WINDOW_UPDATE
+
+_SIGIL: Final = 0x3A  # ':'
+_CONNECTION_HEADERS: Final = frozenset(
+    [b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"]
+)
+_ALLOWED_PSEUDO: Final = frozenset(
+    [b":method", b":scheme", b":authority", b":path", b":status", b":protocol"]
+)
+_REQUEST_ONLY: Final = frozenset([b":scheme", b":path", b":authority", b":method", b":protocol"])
+_RESPONSE_ONLY: Final = frozenset([b":status"])
+_CONNECT_ONLY: Final = frozenset([b":protocol"])
+
+
+def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> list[Any]:
+    """h2's `normalize_inbound_headers` then `validate_headers`, in one pass: split Cookie
+    fields joined (last, never indexed), then every field checked. Raises `ProtocolError`
+    where h2 raises it, with its message; h2's generators check one field through every
+    stage before the next field, and so does this loop."""
+    fields: list[Any] = []
+    cookies: list[bytes] = []
+    for header in headers:
+        if header[0] == b"cookie":
+            cookies.append(header[1])
+        else:
+            fields.append(header)
+    if cookies:
+        fields.append(NeverIndexedHeaderTuple(b"cookie", b"; ".join(cookies)))
+    request = not (response or trailer)
+    pseudo: set[bytes] = set()
+    regular = False
+    method: bytes | None = None
+    authority: bytes | None = None
+    host: bytes | None = None
+    for header in fields:
+        name: bytes = header[0]
+        value: bytes = header[1]
+        # h2's _reject_illegal_characters (bytes compared as ints: `b"x" in value` would
+        # first try the needle as an int and raise and clear a TypeError, every time)
+        colon = False
+        for i in range(len(name)):
+            c = name[i]
+            if c <= 0x20 or c >= 0x7F or 0x41 <= c <= 0x5A:
+                _illegal_name(name)
+            if c == _SIGIL and i:
+                colon = True
+        if colon:
+            raise ProtocolError(f"Illegal character ':' in header name: {name!r}")
+        if value:
+            if 0 in value or 0x0A in value or 0x0D in value:
+                _illegal_value(value)
+            first = value[0]
+            last = value[-1]
+            if first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09:
+                raise ProtocolError(f"Received header value surrounded by whitespace {value!r}")
+        # _reject_empty_header_names
+        if not name:
+            raise ProtocolError("Received header name with zero length.")
+        # _reject_te
+        if name == b"te" and value.lower() != b"trailers":
+            raise ProtocolError(f"Invalid value for TE header: {value!r}")
+        # _reject_connection_header
+        if name in _CONNECTION_HEADERS:
+            raise ProtocolError(f"Connection-specific header field present: {name!r}.")
+        # _reject_pseudo_header_fields
+        if name[0] == _SIGIL:
+            if name in pseudo:
+                raise ProtocolError(f"Received duplicate pseudo-header field {name!r}")
+            pseudo.add(name)
+            if regular:
+                raise ProtocolError(f"Received pseudo-header field out of sequence: {name!r}")
+            if name not in _ALLOWED_PSEUDO:
+                raise ProtocolError(f"Received custom pseudo-header field {name!r}")
+            if name == b":method":
+                method = value
+        else:
+            regular = True
+        if request:
+            # _validate_host_authority_header
+            if name == b":authority":
+                authority = value
+            elif name == b"host":
+                if host is not None:
+                    raise ProtocolError("Request header block has multiple Host headers.")
+                host = value
+            # _check_path_header
+            if name == b":path" and not value:
+                raise ProtocolError("An empty :path header is forbidden")
+    _check_pseudo(pseudo, method, trailer, response)
+    if request:
+        if authority is None and host is None:
+            raise ProtocolError("Request header block does not have an :authority or Host header.")
+        if authority is not None and host is not None and authority != host:
+            raise ProtocolError(
+                "Request header block has mismatched :authority and "
+                f"Host headers: {authority!r} / {host!r}"
+            )
+    return fields
+
+
+def _illegal_name(name: bytes) -> None:
+    for c in name:
+        if 0x41 <= c <= 0x5A:
+            raise ProtocolError(f"Received uppercase header name {name!r}.")
+        if c <= 0x20 or c >= 0x7F:
+            raise ProtocolError(f"Illegal character '{chr(c)}' in header name: {name!r}")
+
+
+def _illegal_value(value: bytes) -> None:
+    for c in value:
+        if c == 0 or c == 0x0A or c == 0x0D:
+            raise ProtocolError(f"Illegal character '{chr(c)}' in header value: {value!r}")
+
+
+def _require(name: bytes, pseudo: set[bytes]) -> None:
+    if name not in pseudo:
+        raise ProtocolError(f"Header block missing mandatory {name!r} header")
+
+
+def _check_pseudo(pseudo: set[bytes], method: bytes | None, trailer: bool, response: bool) -> None:
+    """h2's `_check_pseudo_header_field_acceptability` (RFC 9113 §8.3, RFC 8441 §4)."""
+    if trailer and pseudo:
+        raise ProtocolError(f"Received pseudo-header in trailer {pseudo}")
+    if response:
+        _require(b":status", pseudo)
+        invalid = pseudo & _REQUEST_ONLY
+        if invalid:
+            raise ProtocolError(f"Encountered request-only headers {invalid}")
+    elif not trailer:
+        _require(b":method", pseudo)
+        connect = method == b"CONNECT"
+        extended = connect and b":protocol" in pseudo
+        if connect and not extended:
+            if b":scheme" in pseudo or b":path" in pseudo:
+                raise ProtocolError("Ordinary CONNECT MUST NOT include :scheme or :path")
+        else:
+            _require(b":scheme", pseudo)
+            _require(b":path", pseudo)
+        invalid = pseudo & _RESPONSE_ONLY
+        if invalid:
+            raise ProtocolError(f"Encountered response-only headers {invalid}")
+        if not connect:
+            invalid = pseudo & _CONNECT_ONLY
+            if invalid:
+                raise ProtocolError(f"Encountered connect-request-only headers {invalid!r}")
+
+
+def _informational(fields: list[Any]) -> bool:
+    """h2's `is_informational_response`: a :status of 1xx among the leading pseudo-fields."""
+    for field in fields:
+        name: bytes = field[0]
+        if not name.startswith(b":"):
+            return False
+        if name == b":status":
+            value: bytes = field[1]
+            return value.startswith(b"1")
+    return False
+
+
+def _method(fields: list[Any]) -> bytes | None:
+    """h2's `extract_method_header` on bytes fields."""
+    for field in fields:
+        if field[0] == b":method":
+            value: bytes = field[1]
+            return value
+    return None
+
+
+# The state machines' transition tables, keyed by the enum members' ids: h2 looks a transition
+# up by a tuple of two enum members, whose hash is Python code (`Enum.__hash__`) run twice
+# for every frame sent or received. Built from h2's own tables, so the moves are h2's.
+_STREAM_MOVES: Final[dict[int, dict[int, Any]]] = {}
+for (_state, _input), _move in _stream_transitions.items():
+    _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = _move
+_CONNECTION_MOVES: Final[dict[int, dict[int, Any]]] = {}
+for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
+    _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
+_NO_MOVES: Final[dict[int, Any]] = {}
+
+
+def stream_step(machine: Any, input_: Any) -> list[Event]:
+    """h2's `H2StreamStateMachine.process_input`, for a valid `StreamInputs` member: called
+    directly from this module's compiled code, through `process_input` from h2's."""
+    previous = machine.state
+    move = _STREAM_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
+    if move is None:
+        machine.state = _CLOSED
+        raise ProtocolError(f"Invalid input {input_} in state {previous}")
+    func, target = move
+    machine.state = target
+    if func is not None:
+        try:
+            events: list[Event] = func(machine, previous)
+        except ProtocolError:
+            machine.state = _CLOSED
+            raise
+        except AssertionError as err:
+            machine.state = _CLOSED
+            raise ProtocolError(err) from err
+        return events
+    return []
+
+
+def connection_step(machine: Any, input_: Any) -> list[Event]:
+    """h2's `H2ConnectionStateMachine.process_input`, for a valid `ConnectionInputs` member."""
+    previous = machine.state
+    move = _CONNECTION_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
+    if move is None:
+        machine.state = _CONNECTION_CLOSED
+        raise ProtocolError(f"Invalid input {input_} in state {previous}")
+    func, target = move
+    machine.state = target
+    if func is not None:
+        events: list[Event] = func()
+        return events
+    return []
+
+
+@mypyc_attr(native_class=False)
+class WireStreamMachine(H2StreamStateMachine):
+    """h2's stream state machine (RFC 9113 §5.1), its table looked up without `Enum.__hash__`."""
+
+    def process_input(self, input_: StreamInputs) -> list[Event]:
+        if not isinstance(input_, StreamInputs):
+            raise ValueError("Input must be an instance of StreamInputs")
+        return stream_step(self, input_)
+
+
+@mypyc_attr(native_class=False)
+class WireConnectionMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, its table looked up without `Enum.__hash__`."""
+
+    def process_input(self, input_: ConnectionInputs) -> list[Event]:
+        if not isinstance(input_, ConnectionInputs):
+            raise ValueError("Input must be an instance of ConnectionInputs")
+        return connection_step(self, input_)
+
+
+@mypyc_attr(native_class=False)
+class WireStream(H2Stream):
+    """h2's stream, its received header blocks checked by `received_fields`."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        config: H2Configuration,
+        inbound_window_size: int,
+        outbound_window_size: int,
+    ) -> None:
+        # h2's H2Stream.__init__, with the compiled state machine
+        self.state_machine = WireStreamMachine(stream_id)
+        self.stream_id = stream_id
+        self.max_outbound_frame_size = None
+        self.request_method = None
+        self.outbound_flow_control_window = outbound_window_size
+        self._inbound_window_manager = WindowManager(inbound_window_size)
+        self._expected_content_length = None
+        self._actual_content_length = 0
+        self._authority = None
+        self.config = config
+
+    def receive_headers(
+        self,
+        headers: Any,
+        end_stream: bool,
+        header_encoding: bool | str | None,
+    ) -> tuple[list[Frame], list[Event]]:
+        """h2's, its helpers compiled."""
+        if _informational(headers):
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses")
+            step = _RECV_INFORMATIONAL_HEADERS
+        else:
+            step = _RECV_HEADERS
+        machine = self.state_machine
+        events = stream_step(machine, step)
+        headers_event: Any = events[0]
+        if end_stream:
+            ended = stream_step(machine, _RECV_END_STREAM)
+            headers_event.stream_ended = ended[0]
+            events += ended
+        self._initialize_content_length(headers)
+        if isinstance(headers_event, TrailersReceived) and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set")
+        flags = self._build_hdr_validation_flags(events)
+        headers_event.headers = self._process_received_headers(headers, flags, header_encoding)
+        return [], events
+
+    def receive_window_update(self, increment: int) -> tuple[list[Frame], list[Event]]:
+        """h2's, without its debug log call."""
+        events = stream_step(self.state_machine, _RECV_WINDOW_UPDATE)
+        frames: list[Frame] = []
+        if events:
+            event: Any = events[0]
+            event.delta = increment
+            window = self.outbound_flow_control_window + increment
+            if window > _LARGEST_WINDOW:
+                # a stream error, not a connection error: reset the stream
+                events = [
+                    StreamReset(
+                        stream_id=self.stream_id,
+                        error_code=_FLOW_CONTROL_ERROR,
+                        remote_reset=False,
+                    )
+                ]
+                frames = self.reset_stream(_FLOW_CONTROL_ERROR)
+            else:
+                self.outbound_flow_control_window = window
+        return frames, events
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        """h2's: the request's content-length, checked (RFC 9110 §8.6)."""
+        if self.request_method == b"HEAD":
+            self._expected_content_length = 0
+            return
+        length: int | None = None
+        for field in headers:
+            if field[0] == b"content-length":
+                value: bytes = field[1]
+                if not value.isdigit():
+                    raise ProtocolError(f"Invalid content-length header: {value!r}")
+                try:
+                    parsed = int(value, 10)
+                except ValueError as err:
+                    raise ProtocolError(f"Invalid content-length header: {value!r}") from err
+                if length is None:
+                    length = parsed
+                elif parsed != length:
+                    raise ProtocolError(
+                        f"Conflicting content-length headers: {length} and {parsed}"
+                    )
+        self._expected_content_length = length
+
+    def _build_hdr_validation_flags(self, events: Any) -> HeaderValidationFlags:
+        first = events[0]
+        return HeaderValidationFlags(
+            is_client=self.state_machine.client or False,
+            is_trailer=isinstance(first, (_TrailersSent, TrailersReceived)),
+            is_response_header=isinstance(
+                first, (_ResponseSent, ResponseReceived, InformationalResponseReceived)
+            ),
+            is_push_promise=isinstance(first, (PushedStreamReceived, _PushedRequestSent)),
+        )
+
+    def _process_received_headers(
+        self,
+        headers: Iterable[Any],
+        header_validation_flags: HeaderValidationFlags,
+        header_encoding: bool | str | None,
+    ) -> list[Any]:
+        config: Any = self.config  # its fields read directly: h2's are Python descriptors
+        if (
+            isinstance(header_encoding, str)
+            or not config._normalize_inbound_headers
+            or not config._validate_inbound_headers
+        ):
+            return H2Stream._process_received_headers(
+                self, headers, header_validation_flags, header_encoding
+            )
+        return received_fields(
+            headers, header_validation_flags.is_trailer, header_validation_flags.is_response_header
+        )
+
+
+@mypyc_attr(native_class=False)
+class WireFrameBuffer(FrameBuffer):
+    """h2's FrameBuffer: the received bytes as frames, with its checks (frame size, header
+    blocks and their CONTINUATION frames), a loop where h2 recurses."""
+
+    def __next__(self) -> Frame:
+        while True:
+            data = self._data
+            if len(data) < 9:
+                raise StopIteration
+            try:
+                frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            except (InvalidDataError, InvalidFrameError) as err:
+                raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+            if len(data) < length + 9:
+                raise StopIteration
+            if length > self.max_frame_size:
+                raise FrameTooLargeError(
+                    f"Received overlong frame: length {length}, max {self.max_frame_size}"
+                )
+            try:
+                frame.parse_body(memoryview(data[9 : 9 + length]))
+            except InvalidDataError as err:
+                raise ProtocolError("Received frame with non-compliant data") from err
+            except InvalidFrameError as err:
+                raise FrameDataMissingError("Frame data missing or invalid") from err
+            del data[: 9 + length]
+            complete = self._headers(frame)
+            if complete is not None:
+                return complete
+
+    def _headers(self, frame: Frame) -> Frame | None:
+        """h2's `_update_header_buffer`: a header block split over CONTINUATION frames is
+        held until its last one, then handed on whole."""
+        held = self._headers_buffer
+        if held:
+            if not (isinstance(frame, ContinuationFrame) and frame.stream_id == held[0].stream_id):
+                raise ProtocolError("Invalid frame during header block.")
+            held.append(frame)
+            if len(held) > CONTINUATION_BACKLOG:
+                raise ProtocolError("Too many continuation frames received.")
+            if "END_HEADERS" in frame.flags:
+                first = held[0]
+                first.flags.add("END_HEADERS")
+                first.data = b"".join(part.data for part in held)
+                self._headers_buffer = []
+                return first
+            return None
+        if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and "END_HEADERS" not in frame.flags:
+            held.append(frame)
+            return None
+        return frame
+
+
+@mypyc_attr(native_class=False)
+class WireConnection(H2Connection):
+    """h2's connection with the per-frame paths above done lean; see the module."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        H2Connection.__init__(self, config)
+        self.state_machine = WireConnectionMachine()
+        self.incoming_buffer = WireFrameBuffer(server=not config.client_side)
+
+    def take_data(self) -> bytearray:
+        """What is queued to send, as `data_to_send()`, but the buffer itself: no copy (it
+        is never written to again)."""
+        data = self._data_to_send
+        self._data_to_send = bytearray()
+        return data
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        if not frames:
+            return
+        buffer = self._data_to_send
+        limit = self.max_outbound_frame_size
+        for frame in frames:
+            buffer += frame.serialize()
+            assert frame.body_len <= limit
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        pad_length: Any = None,
+    ) -> None:
+        """h2's `send_data`, the same checks and state changes in the same order, the frame
+        written straight to the send buffer (padding, which Portico never sends, is h2's)."""
+        if pad_length is not None:
+            H2Connection.send_data(self, stream_id, data, end_stream, pad_length)
+            return
+        size = len(data)
+        if size > 0:
+            window = self.local_flow_control_window(stream_id)
+            if size > window:
+                raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
+        if size > self.max_outbound_frame_size:
+            raise FrameTooLargeError(
+                f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}"
+            )
+        connection_step(self.state_machine, _C_SEND_DATA)
+        stream = self.streams[stream_id]
+        machine = stream.state_machine
+        stream_step(machine, _SEND_DATA)
+        flags = 0
+        if end_stream:
+            stream_step(machine, _SEND_END_STREAM)
+            flags = _END_STREAM
+        stream.outbound_flow_control_window -= size
+        assert stream.outbound_flow_control_window >= 0 or size == 0
+        buffer = self._data_to_send
+        buffer += _FRAME_HEADER.pack(
+            (size >> 8) & 0xFFFF, size & 0xFF, 0, flags, stream_id & 0x7FFFFFFF
+        )
+        buffer += data
+        self.outbound_flow_control_window -= size
+        assert self.outbound_flow_control_window >= 0 or size == 0
+
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Iterable[Any],
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        """h2's `send_headers` for a server's response head or trailers on an open stream,
+        with outbound normalisation and validation off (Portico's fields are built valid):
+        the same state changes, HPACK encoding and frames, serialised straight to the send
+        buffer. Anything else (a new stream, priority, a client) is h2's own path."""
+        stream = self.streams.get(stream_id)
+        config: Any = self.config  # its fields read directly: h2's are Python descriptors
+        if (
+            stream is None
+            or config._client_side
+            or config._normalize_outbound_headers
+            or config._validate_outbound_headers
+            or priority_weight is not None
+            or priority_depends_on is not None
+            or priority_exclusive is not None
+        ):
+            H2Connection.send_headers(
+                self,
+                stream_id,
+                headers,
+                end_stream,
+                priority_weight,
+                priority_depends_on,
+                priority_exclusive,
+            )
+            return
+        connection_step(self.state_machine, _C_SEND_HEADERS)
+        fields = list(headers)
+        for field in fields:
+            if not (isinstance(field[0], bytes) and isinstance(field[1], bytes)):
+                fields = utf8_encode_headers(fields)
+                break
+        machine = stream.state_machine
+        step = _SEND_HEADERS
+        if not machine.client and _informational(fields):
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses.")
+            step = _SEND_INFORMATIONAL_HEADERS
+        stream_step(machine, step)
+        block = self.encoder.encode(fields)
+        size = stream.max_outbound_frame_size or 0
+        blocks = [block[i : i + size] for i in range(0, len(block), size)]
+        first = blocks[0]  # h2 fails here too on an empty block (no :status: never ours)
+        flags = 0
+        if end_stream:
+            stream_step(machine, _SEND_END_STREAM)
+            flags = _END_STREAM
+        if machine.trailers_sent and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set.")
+        stream.request_method = _method(fields)
+        buffer = self._data_to_send
+        sid = stream_id & 0x7FFFFFFF
+        last = len(blocks) - 1
+        if not last:
+            flags |= _END_HEADERS
+        length = len(first)
+        buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x1, flags, sid)
+        buffer += first
+        for index in range(1, last + 1):
+            part = blocks[index]
+            length = len(part)
+            flags = _END_HEADERS if index == last else 0
+            buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x9, flags, sid)
+            buffer += part
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        """h2's, making a `WireStream`."""
+        outbound = self._stream_id_is_outbound(stream_id)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id <= highest:
+            raise StreamIDTooLowError(stream_id, highest)
+        if (stream_id % 2) != int(allowed_ids):
+            raise ProtocolError("Invalid stream ID for peer.")
+        stream = WireStream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        if outbound:
+            self.highest_outbound_stream_id = stream_id
+        else:
+            self.highest_inbound_stream_id = stream_id
+        return stream
+
+    def _get_stream_by_id(self, stream_id: int | None) -> H2Stream:
+        """h2's."""
+        if not stream_id:
+            raise NoSuchStreamError(-1)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        config: Any = self.config
+        outbound = stream_id % 2 == int(config._client_side)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id > highest:
+            raise NoSuchStreamError(stream_id)
+        raise StreamClosedError(stream_id)
+
+    def local_flow_control_window(self, stream_id: int) -> int:
+        """h2's."""
+        stream = self._get_stream_by_id(stream_id)
+        return min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
+
+    def _open_streams(self, remainder: int) -> int:
+        """h2's: the open streams with this parity, forgetting the closed ones."""
+        count = 0
+        closed: list[int] = []
+        streams = self.streams
+        for stream_id, stream in streams.items():
+            state = stream.state_machine.state
+            if state in _OPEN_STATES and stream_id % 2 == remainder:
+                count += 1
+            elif state == _CLOSED:
+                closed.append(stream_id)
+        for stream_id in closed:
+            gone = streams.pop(stream_id)
+            self._closed_streams[stream_id] = gone.state_machine.stream_closed_by
+        return count
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        """h2's, compiled."""
+        config: Any = self.config
+        client = config._client_side
+        stream_id = frame.stream_id
+        if stream_id not in self.streams:
+            limit = self.local_settings.max_concurrent_streams
+            count = self._open_streams(0 if client else 1)
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+        headers = _decode_headers(self.decoder, frame.data)
+        events = connection_step(self.state_machine, _C_RECV_HEADERS)
+        stream = self._get_or_create_stream(
+            stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
+        )
+        flags = frame.flags
+        frames, stream_events = stream.receive_headers(
+            headers, "END_STREAM" in flags, config._header_encoding
+        )
+        if "PRIORITY" in flags:
+            p_frames, p_events = self._receive_priority_frame(frame)
+            first: Any = stream_events[0]
+            first.priority_updated = p_events[0]
+            stream_events.extend(p_events)
+            assert not p_frames
+        return frames, events + stream_events
+
+    def _receive_window_update_frame(
+        self, frame: WindowUpdateFrame
+    ) -> tuple[list[Frame], list[Event]]:
+        """h2's, compiled."""
+        events = connection_step(self.state_machine, _C_RECV_WINDOW_UPDATE)
+        increment = frame.window_increment
+        if frame.stream_id:
+            try:
+                stream = self._get_stream_by_id(frame.stream_id)
+                frames, stream_events = stream.receive_window_update(increment)
+            except StreamClosedError:
+                return [], events
+        else:
+            window = self.outbound_flow_control_window + increment
+            if window > _LARGEST_WINDOW:
+                raise FlowControlError(
+                    f"May not increment flow control window past {_LARGEST_WINDOW}"
+                )
+            self.outbound_flow_control_window = window
+            stream_events = [WindowUpdated(stream_id=0, delta=increment)]
+            frames = []
+        return frames, events + stream_events
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        """h2's, without the eager `repr(frame)` for its trace log."""
+        events: list[Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as e:
+            # closed by RST_STREAM: a stream error, answered with RST_STREAM; else h2 raises
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = _STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events

@@ -1,0 +1,468 @@
+"""portico.http.h2wire against the h2 library it stands in for: run side by side with h2's own
+`H2Connection` on the same input, `WireConnection` must send the same bytes, raise the same
+errors, report the same events and keep the same flow-control windows and stream states;
+`received_fields` must accept and refuse exactly the header blocks h2 does."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
+from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
+from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, validate_headers
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
+
+from portico.http.h2wire import (
+    WireConnection,
+    WireConnectionMachine,
+    WireStreamMachine,
+    received_fields,
+)
+
+REQUEST = [
+    (b":method", b"GET"),
+    (b":path", b"/"),
+    (b":scheme", b"https"),
+    (b":authority", b"example.com"),
+]
+
+
+def h2_fields(headers: list[Any], trailer: bool, response: bool) -> list[Any]:
+    flags = HeaderValidationFlags(False, trailer, response, False)
+    return list(validate_headers(normalize_inbound_headers(headers, flags), flags))
+
+
+def outcome(fn: Callable[[], list[Any]]) -> tuple[str, Any]:
+    try:
+        return "ok", [(type(h), tuple(h)) for h in fn()]
+    except ProtocolError as exc:
+        return "error", str(exc)
+
+
+NAMES = [
+    b":method", b":path", b":scheme", b":authority", b":status", b":protocol", b":bogus",
+    b"host", b"cookie", b"te", b"connection", b"keep-alive", b"upgrade", b"accept",
+    b"content-length", b"x-a", b"", b"Upper", b"bad name", b"a:b", b"\x7f", b"caf\xc3\xa9",
+]  # fmt: skip
+VALUES = [
+    b"GET", b"CONNECT", b"/", b"", b"https", b"example.com", b"other.com", b"trailers",
+    b"TRAILERS", b"gzip", b" lead", b"trail\t", b"a\x00b", b"a\nb", b"a\rb", b"200", b"x y",
+    b"websocket", b"\xff",
+]  # fmt: skip
+
+
+def random_block(rng: random.Random) -> list[Any]:
+    block: list[Any] = []
+    if rng.random() < 0.7:  # mostly near-valid requests, so that the later checks are reached
+        block = [HeaderTuple(n, v) for n, v in REQUEST if rng.random() < 0.9]
+        rng.shuffle(block) if rng.random() < 0.2 else None
+    for _ in range(rng.randrange(0, 6)):
+        block.insert(
+            rng.randrange(0, len(block) + 1), HeaderTuple(rng.choice(NAMES), rng.choice(VALUES))
+        )
+    return block
+
+
+def test_received_fields_accepts_and_refuses_exactly_what_h2_does() -> None:
+    rng = random.Random(18)
+    seen = {"ok": 0, "error": 0}
+    for _ in range(6000):
+        block = random_block(rng)
+        trailer = rng.random() < 0.1
+        response = not trailer and rng.random() < 0.1
+        ours = outcome(partial(received_fields, list(block), trailer, response))
+        theirs = outcome(partial(h2_fields, list(block), trailer, response))
+        assert ours == theirs, block
+        seen[ours[0]] += 1
+    assert seen["ok"] > 300  # both sides of every check exercised
+    assert seen["error"] > 500
+
+
+def test_cookie_crumbs_are_joined_last_and_never_indexed() -> None:
+    block = [
+        HeaderTuple(b"cookie", b"a=1"),
+        *(HeaderTuple(n, v) for n, v in REQUEST),
+        HeaderTuple(b"cookie", b"b=2"),
+        HeaderTuple(b"accept", b"*/*"),
+    ]
+    out = received_fields(block, False, False)
+    assert out[-1] == (b"cookie", b"a=1; b=2")
+    assert isinstance(out[-1], NeverIndexedHeaderTuple)
+    assert out[:-1] == [*REQUEST, (b"accept", b"*/*")]
+
+
+# -- connections side by side ---------------------------------------------------------------
+
+
+class Pair:
+    """A client, and the same bytes fed to h2's server connection and to Portico's."""
+
+    def __init__(self, client_window: int = 65535, max_frame: int = 16384) -> None:
+        self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.client.local_settings = Settings(
+            client=True,
+            initial_values={
+                SettingCodes.INITIAL_WINDOW_SIZE: client_window,
+                SettingCodes.MAX_FRAME_SIZE: max_frame,
+            },
+        )
+        self.client.initiate_connection()
+        self.servers: list[H2Connection] = []
+        for cls in (H2Connection, WireConnection):
+            server = cls(
+                H2Configuration(
+                    client_side=False,
+                    header_encoding=None,
+                    validate_outbound_headers=False,
+                    normalize_outbound_headers=False,
+                )
+            )
+            server.initiate_connection()
+            self.servers.append(server)
+        self.feed(self.client.data_to_send())
+        self.client.receive_data(self.take())
+
+    def take(self) -> bytes:
+        """Both servers' output, which must be the same."""
+        theirs, ours = (bytes(s.data_to_send()) for s in self.servers)
+        assert ours == theirs
+        return ours
+
+    def feed(self, data: bytes) -> tuple[str, Any]:
+        results = [
+            outcome_of(lambda s=s: [repr(e) for e in s.receive_data(data)]) for s in self.servers
+        ]
+        assert results[0] == results[1]
+        self.same_state()
+        return results[0]
+
+    def both(self, method: str, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+        results = [
+            outcome_of(lambda s=s: getattr(s, method)(*args, **kwargs)) for s in self.servers
+        ]
+        assert results[0] == results[1], method
+        self.same_state()
+        return results[0]
+
+    def same_state(self) -> None:
+        theirs, ours = self.servers
+        assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+        assert ours.inbound_flow_control_window == theirs.inbound_flow_control_window
+        assert ours.state_machine.state == theirs.state_machine.state
+        assert ours.streams.keys() == theirs.streams.keys()
+        assert ours._closed_streams == theirs._closed_streams
+        assert ours.highest_inbound_stream_id == theirs.highest_inbound_stream_id
+        for sid, stream in theirs.streams.items():
+            mine = ours.streams[sid]
+            assert vars(mine.state_machine) == vars(stream.state_machine)
+            assert vars(mine._inbound_window_manager) == vars(stream._inbound_window_manager)
+            assert mine._expected_content_length == stream._expected_content_length
+            assert mine.request_method == stream.request_method
+            assert mine.outbound_flow_control_window == stream.outbound_flow_control_window
+            assert mine.inbound_flow_control_window == stream.inbound_flow_control_window
+            assert ours.local_flow_control_window(sid) == theirs.local_flow_control_window(sid)
+
+    def request(self, sid: int, end: bool = True) -> None:
+        self.client.send_headers(sid, REQUEST, end_stream=end)
+        self.feed(self.client.data_to_send())
+
+
+def outcome_of(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "ok", fn()
+    except Exception as exc:  # the same class and message from both
+        return type(exc).__name__, str(exc)
+
+
+def test_data_frames_are_byte_identical_and_windows_exact() -> None:
+    pair = Pair(client_window=100000)
+    pair.request(1)
+    pair.request(3)
+    pair.both("send_headers", 1, [(b":status", b"200")])
+    pair.both("send_headers", 3, [(b":status", b"200")])
+    body = bytes(range(256)) * 200
+    pair.both("send_data", 1, body[:16384])
+    pair.both("send_data", 1, memoryview(body)[100:16000])  # a view: as a stream's queue holds
+    pair.both("send_data", 3, b"")
+    pair.both("send_data", 3, bytearray(b"abc"), end_stream=True)
+    out = pair.take()
+    frames = [f for f in parse_all(out)]
+    assert [type(f) for f in frames] == [
+        HeadersFrame, HeadersFrame, DataFrame, DataFrame, DataFrame, DataFrame,
+    ]  # fmt: skip
+    assert frames[-1].flags == {"END_STREAM"}
+    assert frames[-1].data == b"abc"
+    # larger than a frame may be, or past the window: h2's errors, nothing sent
+    assert pair.both("send_data", 1, body[:16385])[0] == "FrameTooLargeError"
+    pair.both("send_data", 1, body[:16384])
+    pair.both("send_data", 1, body[:16384])
+    pair.take()
+    _status, window = pair.both("local_flow_control_window", 1)
+    assert 0 < window < 16384
+    assert pair.both("send_data", 1, body[: window + 1])[0] == "FlowControlError"
+    assert pair.take() == b""
+    # on a stream we ended, or one that does not exist: h2's errors
+    assert pair.both("send_data", 3, b"x")[0] == "StreamClosedError"
+    assert pair.both("send_data", 99, b"x")[0] == "NoSuchStreamError"
+    assert pair.both("send_data", 1, b"x", pad_length=3) == ("ok", None)  # padding: h2's own
+    pair.both("send_data", 1, b"", end_stream=True)
+    pair.take()
+
+
+def test_window_updates_let_more_data_through_exactly_as_h2() -> None:
+    pair = Pair(client_window=20000)
+    pair.request(1)
+    pair.both("send_headers", 1, [(b":status", b"200")])
+    pair.both("send_data", 1, b"x" * 16384)
+    pair.both("send_data", 1, b"x" * 3616)
+    assert pair.both("local_flow_control_window", 1) == ("ok", 0)
+    pair.client.receive_data(pair.take())
+    pair.client.increment_flow_control_window(5000, stream_id=1)
+    pair.feed(pair.client.data_to_send())
+    assert pair.both("local_flow_control_window", 1) == ("ok", 5000)
+    pair.both("send_data", 1, b"y" * 5000, end_stream=True)
+    events = pair.client.receive_data(pair.take())
+    assert [type(e).__name__ for e in events] == ["DataReceived", "StreamEnded"]
+
+
+def test_protocol_errors_from_the_client_still_apply() -> None:
+    pair = Pair()
+    # a header name in upper case: h2's connection error, GOAWAY PROTOCOL_ERROR from both
+    block = pair.client.encoder.encode([*REQUEST, (b"X-Upper", b"1")])
+    frame = HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"])
+    assert pair.feed(frame.serialize())[0] == "ProtocolError"
+    assert pair.take()[3] == 0x7  # a GOAWAY
+
+
+def test_frames_on_reset_and_closed_streams_are_answered_as_h2_does() -> None:
+    pair = Pair()
+    pair.request(1, end=False)
+    pair.both("reset_stream", 1, ErrorCodes.CANCEL)
+    pair.take()
+    # DATA and WINDOW_UPDATE on the stream we reset: RST_STREAM (a stream error), no GOAWAY
+    pair.feed(DataFrame(1, b"late").serialize())
+    pair.feed(WindowUpdateFrame(1, window_increment=10).serialize())
+    out = pair.take()
+    assert {type(f) for f in parse_all(out)} <= {RstStreamFrame, WindowUpdateFrame}
+    # a stream id going backwards: h2's connection error
+    pair.request(5)
+    assert pair.feed(HeadersFrame(3, b"", flags=["END_HEADERS"]).serialize())[0] != "ok"
+    pair.take()
+
+
+def test_take_data_hands_over_the_buffer_once() -> None:
+    conn = WireConnection(H2Configuration(client_side=False))
+    conn.initiate_connection()
+    first = conn.take_data()
+    assert first[3] == 0x4  # the SETTINGS frame
+    assert conn.take_data() == b""
+    conn.ping(b"12345678")
+    assert bytes(conn.take_data()) != bytes(first)
+    assert bytes(first)[3] == 0x4  # what was handed over is never written again
+
+
+def parse_all(data: bytes) -> list[Any]:
+    from hyperframe.frame import Frame
+
+    frames = []
+    view = memoryview(data)
+    while view:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        frames.append(frame)
+        view = view[9 + length :]
+    return frames
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 16383, 16384])
+def test_a_data_frame_header_is_hyperframe_s(size: int) -> None:
+    pair = Pair()
+    pair.request(1)
+    pair.both("send_headers", 1, [(b":status", b"200")])
+    pair.take()
+    pair.both("send_data", 1, b"z" * size, end_stream=True)
+    assert pair.take() == DataFrame(1, b"z" * size, flags=["END_STREAM"]).serialize()
+
+
+def test_response_heads_and_trailers_are_byte_identical() -> None:
+    pair = Pair()
+    for sid in (1, 3, 5, 7, 9, 11):
+        pair.request(sid, end=sid != 9)
+    pair.both("send_headers", 1, [(b":status", b"103"), (b"link", b"</a.css>; rel=preload")])
+    pair.both("send_headers", 1, [(b":status", b"200"), (b"content-length", b"3")])
+    pair.both("send_data", 1, b"abc", end_stream=True)
+    # a head and an end in one frame; a never-indexed field stays never indexed
+    secret = NeverIndexedHeaderTuple(b"set-cookie", b"s=1")
+    pair.both("send_headers", 3, [(b":status", b"204"), secret], end_stream=True)
+    # trailers: must end the stream
+    pair.both("send_headers", 5, [(b":status", b"200")])
+    assert pair.both("send_headers", 5, [(b"grpc-status", b"0")])[0] == "ProtocolError"
+    pair.both("send_headers", 7, [(b":status", b"200")])
+    pair.both("send_headers", 7, [(b"grpc-status", b"0")], end_stream=True)
+    # informational with END_STREAM: refused; str fields: encoded as h2 encodes them
+    assert pair.both("send_headers", 9, [(b":status", b"100")], end_stream=True)[0] == (
+        "ProtocolError"
+    )
+    pair.both("send_headers", 11, [(":status", "200"), ("x-str", "é")], end_stream=True)
+    # a head bigger than a frame: HEADERS then CONTINUATION frames
+    big = [(b":status", b"200")] + [(b"x-%d" % i, b"v" * 1000) for i in range(40)]
+    pair.both("send_headers", 9, big, end_stream=True)
+    out = pair.take()
+    assert [type(f).__name__ for f in parse_all(out)].count("ContinuationFrame") == 2
+    # on a closed stream, an unknown one, or with priority: h2's errors and path
+    assert pair.both("send_headers", 1, [(b":status", b"200")])[0] == "StreamClosedError"
+    assert pair.both("send_headers", 13, [(b":status", b"200")])[0] != "ok"
+    assert pair.both("send_headers", 5, [(b"x", b"1")], True, 16)[0] != "ok"
+    pair.take()
+    events = pair.client.receive_data(out)
+    assert sum(type(e).__name__ == "StreamEnded" for e in events) == 5  # not 5's
+
+
+def run_machine(machine: Any, state: Any, step: Any, **attrs: Any) -> tuple[Any, ...]:
+    machine.state = state
+    for name, value in attrs.items():
+        setattr(machine, name, value)
+    result = outcome_of(lambda: [type(e).__name__ for e in machine.process_input(step)])
+    return result, machine.state, sorted(vars(machine).items(), key=str)
+
+
+@pytest.mark.parametrize("client", [None, True, False])
+@pytest.mark.parametrize("sent", [None, True])
+def test_the_stream_state_machine_moves_as_h2_s_in_every_state(
+    client: bool | None, sent: bool | None
+) -> None:
+    attrs = {"client": client, "headers_sent": sent, "headers_received": sent}
+    for state in StreamState:
+        for step in StreamInputs:
+            theirs = run_machine(H2StreamStateMachine(1), state, step, **attrs)
+            ours = run_machine(WireStreamMachine(1), state, step, **attrs)
+            assert ours == theirs, (state, step)
+    with pytest.raises(ValueError, match="StreamInputs"):
+        WireStreamMachine(1).process_input("SEND_DATA")  # type: ignore[arg-type]
+
+
+def test_the_connection_state_machine_moves_as_h2_s_in_every_state() -> None:
+    for state in ConnectionState:
+        for step in ConnectionInputs:
+            theirs = run_machine(H2ConnectionStateMachine(), state, step)
+            ours = run_machine(WireConnectionMachine(), state, step)
+            assert ours == theirs, (state, step)
+
+
+def test_received_heads_trailers_and_windows_move_both_alike() -> None:
+    pair = Pair()
+    # a body's length announced, then a second, conflicting one, or one not a number
+    pair.request(1, end=False)
+    head = [*REQUEST, (b"content-length", b"3")]
+    pair.client.send_headers(3, head)
+    pair.feed(pair.client.data_to_send())
+    pair.client.send_data(3, b"abc")
+    pair.client.send_headers(3, [(b"x-trailer", b"1")], end_stream=True)  # trailers
+    assert pair.feed(pair.client.data_to_send())[0] == "ok"
+    # a window update on a stream, on the connection, and one that overflows a stream's
+    # window: a stream error, RST_STREAM FLOW_CONTROL_ERROR from both
+    pair.feed(WindowUpdateFrame(1, window_increment=1000).serialize())
+    pair.feed(WindowUpdateFrame(0, window_increment=1000).serialize())
+    pair.feed(WindowUpdateFrame(1, window_increment=2**31 - 1).serialize())
+    assert RstStreamFrame in {type(f) for f in parse_all(pair.take())}
+    # a priority on a HEADERS frame: PriorityUpdated beside RequestReceived
+    pair.client.send_headers(5, REQUEST, end_stream=True, priority_weight=200)
+    assert "PriorityUpdated" in " ".join(pair.feed(pair.client.data_to_send())[1])
+    pair.take()
+    # the connection's window overflowing: a connection error from both
+    assert pair.feed(WindowUpdateFrame(0, window_increment=2**31 - 1).serialize())[0] != "ok"
+    pair.take()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"content-length", b"3"), (b"content-length", b"4")],
+        [(b"content-length", b"x")],
+        [(b"content-length", b"-1")],
+    ],
+)
+def test_a_bad_content_length_is_a_protocol_error_from_both(fields: list[Any]) -> None:
+    pair = Pair()
+    block = pair.client.encoder.encode([*REQUEST, *fields])
+    assert pair.feed(HeadersFrame(1, block, flags=["END_HEADERS"]).serialize())[0] == (
+        "ProtocolError"
+    )
+
+
+def test_trailers_without_end_stream_are_refused_by_both() -> None:
+    pair = Pair()
+    pair.request(1, end=False)
+    block = pair.client.encoder.encode([(b"x-trailer", b"1")])
+    assert pair.feed(HeadersFrame(1, block, flags=["END_HEADERS"]).serialize())[0] == (
+        "ProtocolError"
+    )
+
+
+def test_streams_past_the_concurrency_limit_and_closed_ones_are_counted_alike() -> None:
+    pair = Pair()
+    for server in pair.servers:
+        server.local_settings = Settings(client=False, initial_values={0x3: 5})
+    for sid in range(1, 10, 2):
+        pair.request(sid, end=False)
+    for sid in (1, 3):  # two answered: closed, forgotten at the next new stream
+        pair.client.send_data(sid, b"", end_stream=True)
+        pair.feed(pair.client.data_to_send())
+        pair.both("send_headers", sid, [(b":status", b"204")], end_stream=True)
+    pair.request(11, end=False)
+    pair.request(13, end=False)
+    pair.client.send_headers(15, REQUEST, end_stream=True)
+    assert pair.feed(pair.client.data_to_send())[0] == "TooManyStreamsError"
+
+
+def test_a_header_block_split_over_continuation_frames_arrives_whole_in_both() -> None:
+    pair = Pair()
+    block = pair.client.encoder.encode([*REQUEST, (b"x-big", b"v" * 3000)])
+    parts = [block[i : i + 1000] for i in range(0, len(block), 1000)]
+    data = HeadersFrame(1, parts[0], flags=["END_STREAM"]).serialize()
+    for i, part in enumerate(parts[1:], 1):
+        flags = ["END_HEADERS"] if i == len(parts) - 1 else []
+        data += ContinuationFrame(1, part, flags=flags).serialize()
+    for cut in (5, 9, 1010, len(data) - 1):  # frames split across reads anywhere
+        pair = Pair()  # a fresh decoder: the block's first encoding decodes alone
+        assert pair.feed(data[:cut]) == ("ok", [])
+        status, events = pair.feed(data[cut:])
+        assert status == "ok"
+        assert "RequestReceived" in events[0]
+
+
+def test_a_frame_interleaved_in_a_header_block_or_too_large_is_refused_by_both() -> None:
+    pair = Pair()
+    block = pair.client.encoder.encode(REQUEST)
+    data = HeadersFrame(1, block[:5], flags=["END_STREAM"]).serialize()
+    data += DataFrame(1, b"x").serialize()
+    assert pair.feed(data) == ("ProtocolError", "Invalid frame during header block.")
+    pair = Pair()
+    assert pair.feed(DataFrame(1, b"x" * 16385).serialize())[0] == "FrameTooLargeError"
+
+
+def test_a_continuation_flood_is_cut_off_by_both() -> None:
+    pair = Pair()
+    data = HeadersFrame(1, b"", flags=["END_STREAM"]).serialize()
+    data += ContinuationFrame(1, b"").serialize() * 70
+    assert pair.feed(data) == ("ProtocolError", "Too many continuation frames received.")
