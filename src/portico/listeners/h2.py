@@ -25,8 +25,9 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
+import h2
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -49,7 +50,7 @@ from hyperframe.frame import GoAwayFrame
 
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request
-from portico.http.h2wire import WireConnection
+from portico.http.h2wire import WRITTEN_FOR, connection_class
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
 from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
@@ -58,6 +59,17 @@ from portico.proxy.l7 import ClientSide, Exchange
 from portico.timers import Deadline
 
 log = logging.getLogger("portico.h2")
+
+# h2's connection with its per-frame paths compiled, under the h2 release they copy
+_CONNECTION: Final = connection_class(h2.__version__)
+if h2.__version__ != WRITTEN_FOR:
+    log.warning(
+        "h2 %s is not the release Portico's HTTP/2 fast paths copy (%s): using the library's "
+        "own, slower (pin h2==%s for them)",
+        h2.__version__,
+        WRITTEN_FOR,
+        WRITTEN_FOR,
+    )
 
 STREAM_BUFFER = 128 * 1024  # response bytes queued per stream before its server is paused
 STREAM_RESUME = 32 * 1024  # ... and resumed below this
@@ -372,7 +384,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._limits = RequestLimits(
             settings.max_request_line, settings.max_header_size, settings.max_headers
         )
-        h2 = self.h2 = WireConnection(
+        h2 = self.h2 = _CONNECTION(
             H2Configuration(
                 client_side=False,
                 header_encoding=None,

@@ -33,9 +33,12 @@ from hyperframe.frame import (
 )
 
 from portico.http.h2wire import (
+    WRITTEN_FOR,
+    LibraryConnection,
     WireConnection,
     WireConnectionMachine,
     WireStreamMachine,
+    connection_class,
     received_fields,
 )
 
@@ -466,3 +469,17 @@ def test_a_continuation_flood_is_cut_off_by_both() -> None:
     data = HeadersFrame(1, b"", flags=["END_STREAM"]).serialize()
     data += ContinuationFrame(1, b"").serialize() * 70
     assert pair.feed(data) == ("ProtocolError", "Too many continuation frames received.")
+
+
+def test_the_fast_paths_serve_only_under_the_h2_release_they_copy() -> None:
+    import h2
+
+    # the lock pins the release the copies were checked against: these tests ran on it
+    assert h2.__version__ == WRITTEN_FOR
+    assert connection_class(WRITTEN_FOR) is WireConnection
+    # another release: the library's own connection, which still talks
+    other = connection_class("4.5.0")
+    assert other is LibraryConnection
+    server = other(H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    assert server.take_data().startswith(b"\x00\x00")  # its SETTINGS frame
