@@ -91,18 +91,39 @@ _REQUEST_NAMES: Final[dict[bytes, int]] = {
 # lists it there (a client must not be able to strip the Host the server routes on).
 _PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"host"})
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
-# The lengths of those names: a name of another length is plain, found without lower-casing
-# it or hashing it (most fields a client or server sends)
-_REQUEST_NAME_SIZES: Final = frozenset(len(name) for name in _REQUEST_NAMES)
-# ... as a bit set (bit n: a name n bytes long), tested with a shift: no set look-up per field
-_REQUEST_SIZE_BITS: Final = sum(1 << size for size in _REQUEST_NAME_SIZES)
 _PLAIN: Final = -1  # a field of no class: forwarded as it is
-# Request field names as sent (any case) -> their class (or _PLAIN), for names of one of those
-# lengths: clients repeat the same few (Host, User-Agent, Connection), so most skip
-# bytes.lower() (a method look-up) and the look-up of its result. Bounded, smaller than the
-# servers' memo below: clients are less trusted.
-_REQUEST_NAME_MEMO: Final[dict[bytes, int]] = {}
-_REQUEST_MEMO_LIMIT: Final = 512
+
+
+class NameClasses:
+    """Tells the class of a field name (framing, hop-by-hop, forwarding...) or `_PLAIN`, in
+    any spelling, as cheaply as the common case allows: a name of no classed name's length is
+    plain at once (a bit set of lengths, tested with a shift); then the usual spelling of its
+    length (`usual`: nearly every peer spells Content-Length so, and the comparison hashes
+    nothing); then a bounded memo of names as sent (peers repeat the same few, so most skip
+    `bytes.lower()` and the look-up of its result); then the lower-cased name."""
+
+    def __init__(self, names: dict[bytes, int], usual: dict[bytes, int], memo_limit: int) -> None:
+        self.names = names
+        self.size_bits = sum(1 << size for size in frozenset(len(name) for name in names))
+        self.usual = _usual(usual)
+        self.memo: dict[bytes, int] = {}
+        self.memo_limit = memo_limit
+
+    def of(self, name: bytes) -> int:
+        size = len(name)
+        if not (self.size_bits >> size) & 1:
+            return _PLAIN  # the usual field: no classed name is that long
+        table = self.usual
+        usual = table[size] if size < len(table) else None
+        if usual is not None and name == usual[0]:
+            return usual[1]
+        found = self.memo.get(name)
+        if found is not None:
+            return found
+        what = self.names.get(name.lower(), _PLAIN)
+        if len(self.memo) < self.memo_limit:
+            self.memo[name] = what
+        return what
 
 
 def _usual(spellings: dict[bytes, int]) -> tuple[tuple[bytes, int] | None, ...]:
@@ -113,9 +134,9 @@ def _usual(spellings: dict[bytes, int]) -> tuple[tuple[bytes, int] | None, ...]:
     return tuple(table)
 
 
-# Compared before the memo, whose look-up hashes the name (a new bytes object every time):
-# nearly every client and server spells these so. One per length; the others go to the memo.
-_REQUEST_USUAL: Final = _usual(
+# Bounded, smaller than the servers' memo: clients are less trusted.
+_REQUEST_CLASSES: Final = NameClasses(
+    _REQUEST_NAMES,
     {
         b"Host": _HOST,
         b"Content-Length": _LENGTH,
@@ -125,7 +146,8 @@ _REQUEST_USUAL: Final = _usual(
         b"X-Forwarded-For": _XFF,
         b"X-Forwarded-Host": _XFH,
         b"Forwarded": _FORWARDED,
-    }
+    },
+    memo_limit=512,
 )
 
 
@@ -190,20 +212,7 @@ def split_request_headers(
     listed: frozenset[bytes] | None = None
     for header in headers:
         name = header[0]
-        size = len(name)
-        if not (_REQUEST_SIZE_BITS >> size) & 1:
-            what = _PLAIN  # the usual field: no name of a class is that long
-        else:
-            usual = _REQUEST_USUAL[size] if size < len(_REQUEST_USUAL) else None
-            found = usual[1] if usual is not None and name == usual[0] else None
-            if found is None:
-                found = _REQUEST_NAME_MEMO.get(name)
-            if found is None:
-                what = _REQUEST_NAMES.get(name.lower(), _PLAIN)
-                if len(_REQUEST_NAME_MEMO) < _REQUEST_MEMO_LIMIT:
-                    _REQUEST_NAME_MEMO[name] = what
-            else:
-                what = found
+        what = _REQUEST_CLASSES.of(name)
         if what == _PLAIN:
             out.append(header)
         elif what == _HOST:
@@ -254,21 +263,19 @@ _RESPONSE_NAMES: Final[dict[bytes, int]] = {
     b"trailer": _HOP,
     b"upgrade": _UPGRADE,
 }
-_RESPONSE_NAME_SIZES: Final = frozenset(len(name) for name in _RESPONSE_NAMES)
-_RESPONSE_SIZE_BITS: Final = sum(1 << size for size in _RESPONSE_NAME_SIZES)
-# Header names as sent (any case) -> their class, for names of one of those lengths: servers
-# repeat the same few (Connection, Content-Length), so most skip bytes.lower(). Bounded, so
-# that a server inventing names cannot grow it.
-_RESPONSE_NAME_MEMO: Final[dict[bytes, int]] = {}
+# Servers repeat the same few names (Connection, Content-Length); the memo is bounded, so that
+# a server inventing names cannot grow it.
 _MEMO_LIMIT: Final = 2048
-_RESPONSE_USUAL: Final = _usual(
+_RESPONSE_CLASSES: Final = NameClasses(
+    _RESPONSE_NAMES,
     {
         b"Content-Length": _LENGTH,
         b"Transfer-Encoding": _TE,
         b"Connection": _CONNECTION,
         b"Upgrade": _UPGRADE,
         b"TE": _HOP,
-    }
+    },
+    memo_limit=_MEMO_LIMIT,
 )
 
 
@@ -311,20 +318,7 @@ class ResponseHead:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name)
-        if not (_RESPONSE_SIZE_BITS >> size) & 1:
-            what = _PLAIN  # the usual field: no framing or hop-by-hop name is that long
-        else:
-            usual = _RESPONSE_USUAL[size] if size < len(_RESPONSE_USUAL) else None
-            found = usual[1] if usual is not None and name == usual[0] else None
-            if found is None:
-                found = _RESPONSE_NAME_MEMO.get(name)
-            if found is None:
-                what = _RESPONSE_NAMES.get(name.lower(), _PLAIN)
-                if len(_RESPONSE_NAME_MEMO) < _MEMO_LIMIT:
-                    _RESPONSE_NAME_MEMO[name] = what
-            else:
-                what = found
+        what = _RESPONSE_CLASSES.of(name)
         if what == _PLAIN:
             hide = self._hide
             if not hide or name.lower() not in hide:

@@ -580,11 +580,9 @@ def test_the_usual_spellings_checked_first_are_classed_as_the_names_are() -> Non
     # a name spelled the usual way skips the memo: it must get the class its lower-case form has
     from portico.http import headers
 
-    for table, names in [
-        (headers._REQUEST_USUAL, headers._REQUEST_NAMES),
-        (headers._RESPONSE_USUAL, headers._RESPONSE_NAMES),
-    ]:
-        entries = [entry for entry in table if entry is not None]
+    for classes in [headers._REQUEST_CLASSES, headers._RESPONSE_CLASSES]:
+        names = classes.names
+        entries = [entry for entry in classes.usual if entry is not None]
         assert entries
         for name, what in entries:
             assert names[name.lower()] == what, name
