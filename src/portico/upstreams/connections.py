@@ -14,6 +14,7 @@ import contextlib
 import socket
 import struct
 import sys
+import time
 from typing import Final, cast
 
 import httptools
@@ -82,6 +83,57 @@ _MEMINFO = struct.Struct("=6I")
 _SEND_ROOM = sys.platform == "linux"
 
 
+# The kernel takes a big write whole only while TCP's memory (all sockets' buffers, counted
+# in pages by /proc/net/sockstat) is below its pressure marks (net.ipv4.tcp_mem); past them it
+# moderates send buffers and refuses a send beyond a socket's fair share, so a big read's bytes
+# would stay in user space, up to BIG_READ per slow reader (measured: 300 slow readers of
+# 10 MiB bodies pass the mark here and held 200 KiB each instead of the bound's 64). Big reads
+# stop once TCP memory passes tcp_mem's first figure (below it the kernel is "not bothered"),
+# before the pressure mark (the second); read at most every TCP_MEMORY_EVERY seconds.
+TCP_MEMORY_EVERY: Final = 0.05
+_SOCKSTAT: Final = "/proc/net/sockstat"
+_TCP_MEM: Final = "/proc/sys/net/ipv4/tcp_mem"
+
+
+def tcp_memory_calm(sockstat: str, tcp_mem: str) -> bool:
+    """Whether the pages TCP holds (`mem` on sockstat's `TCP:` line) are below tcp_mem's
+    first figure; True when either text cannot be read as expected (then nothing changes)."""
+    for line in sockstat.splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            try:
+                used = int(fields[fields.index("mem") + 1])
+                low = int(tcp_mem.split()[0])
+            except (ValueError, IndexError):
+                return True
+            return used < low
+    return True
+
+
+class TcpMemory:
+    """The kernel's TCP memory, sampled: `calm(now)` re-reads it when the last reading is
+    older than TCP_MEMORY_EVERY (two small /proc reads; only reads that could be big ask)."""
+
+    __slots__ = ("_calm", "_next")
+
+    def __init__(self) -> None:
+        self._calm = True
+        self._next = 0.0
+
+    def calm(self, now: float) -> bool:
+        if now >= self._next:
+            self._next = now + TCP_MEMORY_EVERY
+            try:
+                with open(_SOCKSTAT) as sockstat, open(_TCP_MEM) as tcp_mem:
+                    self._calm = tcp_memory_calm(sockstat.read(), tcp_mem.read())
+            except OSError:
+                self._calm = True
+        return self._calm
+
+
+_TCP_MEMORY = TcpMemory()
+
+
 class SendRoom:
     """A plain client socket's kernel send queue: how much more it takes now, by the kernel's
     own test (queued < SO_SNDBUF, both in the bytes it charges, bookkeeping included: on a
@@ -96,7 +148,10 @@ class SendRoom:
     def free(self) -> int:
         """Payload bytes the send queue takes now without blocking: half the room it charges
         for (the kernel's own allowance: it doubles SO_SNDBUF for its bookkeeping); 0 if the
-        socket is gone (a reused fd number at worst sizes one read a closed client never gets)."""
+        socket is gone (a reused fd number at worst sizes one read a closed client never gets),
+        and 0 while the kernel's TCP memory is not calm (`TcpMemory`): it may refuse then."""
+        if not _TCP_MEMORY.calm(time.monotonic()):
+            return 0
         try:
             fields = _MEMINFO.unpack_from(self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
         except (OSError, ValueError, struct.error):
@@ -120,9 +175,15 @@ def send_room(transport: asyncio.BaseTransport | None) -> SendRoom | None:
 def body_read_size(buffered: int, limit: int, free: int) -> int:
     """The rule: `limit` (the listener's `response_buffer`) less the `buffered` bytes of the
     client's write buffer, at least MIN_READ; but with nothing buffered and `free` bytes of
-    room in the client socket's kernel send queue, up to that room (at most BIG_READ) when it
-    is more than `limit`: all of it goes straight into the kernel."""
-    if buffered == 0 and free > limit:
+    room in the client socket's kernel send queue, that room (at most BIG_READ, at least
+    `limit`) when it is more than `limit`, and just that room when it is less (but at least
+    MIN_READ): all of it goes straight into the kernel. A read the kernel takes only in part
+    stays in user space whole until the rest is sent (uvloop keeps the unsent tail as a view
+    of it), so a `limit`-sized read into a queue with a little room held `limit` plus what the
+    kernel took: up to twice the bound for a reader that stops."""
+    if buffered == 0 and free >= MIN_READ:
+        if free <= limit:
+            return free
         big = free if free < BIG_READ else BIG_READ
         return big if big > limit else limit
     return max(MIN_READ, limit - buffered)

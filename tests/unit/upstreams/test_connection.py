@@ -17,13 +17,16 @@ from portico.upstreams.connections import (
     MAX_READ,
     MIN_READ,
     READ_SIZE,
+    TCP_MEMORY_EVERY,
     ResponseSink,
+    TcpMemory,
     UpstreamConnection,
     body_read_size,
     client_read_size,
     read_buffer_size,
     reserve_read_buffer,
     send_room,
+    tcp_memory_calm,
 )
 
 
@@ -324,16 +327,20 @@ def test_a_fast_reader_gets_big_reads_only_when_the_kernel_takes_them_whole() ->
     # nothing buffered, room in the send queue: read what the kernel takes, up to BIG_READ
     assert body_read_size(0, limit, 200 * 1024) == 200 * 1024
     assert body_read_size(0, limit, 4 * 1024 * 1024) == BIG_READ
-    # little room (a slow reader's queue is full) or none known: the bounded rule
-    for free in (-1, 0, 1024, limit):
+    # some room, less than the limit: just that room (a read the kernel takes in part stays
+    # whole in user space until the rest is sent)
+    for free in (MIN_READ, 20 * 1024, limit):
+        assert body_read_size(0, limit, free) == free
+    # (almost) no room (a slow reader's queue is full) or none known: the bounded rule
+    for free in (-1, 0, 1024, MIN_READ - 1):
         assert body_read_size(0, limit, free) == limit
     # anything in user space: the bounded rule, whatever the kernel says
     for buffered in (1, 8 * 1024, CLIENT_HIGH_WATER - 1):
         assert body_read_size(buffered, limit, 4 * 1024 * 1024) + buffered == limit
     assert body_read_size(limit, limit, 4 * 1024 * 1024) == MIN_READ
-    # a listener limit above BIG_READ is never cut down by the room
+    # a listener limit above BIG_READ: read whole when the room is larger, else the room
     assert body_read_size(0, 1024 * 1024, 4 * 1024 * 1024) == 1024 * 1024
-    assert body_read_size(0, 1024 * 1024, 512 * 1024) == 1024 * 1024
+    assert body_read_size(0, 1024 * 1024, 512 * 1024) == 512 * 1024
 
 
 class _RoomTransport(_Transport):
@@ -371,7 +378,7 @@ def test_the_send_room_follows_the_kernels_send_queue() -> None:
                     break
             else:
                 pytest.fail("the send queue never filled")
-            assert room.free() <= MAX_READ
+            assert room.free() < MIN_READ
             assert client_read_size(_RoomTransport(peer), MAX_READ, room) == MAX_READ  # type: ignore[arg-type]
             assert send_room(_RoomTransport(peer, tls=True)) is None  # type: ignore[arg-type]
             assert send_room(_RoomTransport(None)) is None  # type: ignore[arg-type]
@@ -396,3 +403,26 @@ def test_the_shared_read_buffer_grows_to_the_largest_limit_and_never_shrinks() -
     conn.send(LargeLimit(), b"GET", b"GET / HTTP/1.1\r\n\r\n", True)
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
     assert len(conn.get_buffer(-1)) == before + 4096
+
+
+def test_big_reads_stop_when_the_kernels_tcp_memory_passes_its_first_mark() -> None:
+    sockstat = (
+        "sockets: used 312\nTCP: inuse 301 orphan 0 tw 4 alloc 303 mem {mem}\nUDP: inuse 0 mem 0\n"
+    )
+    tcp_mem = "287907\t383878\t575814\n"
+    assert tcp_memory_calm(sockstat.format(mem=239), tcp_mem)
+    assert tcp_memory_calm(sockstat.format(mem=287906), tcp_mem)
+    assert not tcp_memory_calm(sockstat.format(mem=287907), tcp_mem)
+    assert not tcp_memory_calm(sockstat.format(mem=459259), tcp_mem)
+    # unreadable: nothing changes (big reads as before)
+    assert tcp_memory_calm("sockets: used 1\n", tcp_mem)
+    assert tcp_memory_calm(sockstat.format(mem="x"), tcp_mem)
+    assert tcp_memory_calm(sockstat.format(mem=1), "")
+
+
+def test_the_tcp_memory_reading_agrees_with_this_machines_figures() -> None:
+    memory = TcpMemory()
+    with open("/proc/net/sockstat") as sockstat, open("/proc/sys/net/ipv4/tcp_mem") as mem:
+        expected = tcp_memory_calm(sockstat.read(), mem.read())
+    assert memory.calm(100.0) is expected
+    assert memory.calm(100.0 + TCP_MEMORY_EVERY / 2) is expected
