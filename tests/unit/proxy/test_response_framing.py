@@ -308,3 +308,30 @@ def test_each_request_is_framed_for_its_own_version(
     for _ in answers:
         answer_active(conn)
     assert client.writes == answers
+
+
+def test_big_bodies_read_with_their_head_arrive_whole_whatever_their_framing(worker) -> None:
+    # a body of 2 KiB or more read with its head goes on as a view of the read: chunked (the
+    # parser reads the view), read to the close, and a Content-Length body cut short
+    chunk = b"c" * 4000
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(chunk), chunk)
+    )
+    assert client.written == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(chunk), chunk)
+    )
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + chunk)
+    upstream.connection_lost(None)
+    assert client.written == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(chunk), chunk)
+    )
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 8000\r\n\r\n" + chunk)
+    upstream.data_received(chunk)
+    assert client.written == b"HTTP/1.1 200 OK\r\nContent-Length: 8000\r\n\r\n" + chunk + chunk
+    assert upstream.is_reusable()
