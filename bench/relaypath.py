@@ -14,9 +14,11 @@ this script's own process, with either
   is what TLS adds to a request.
 
 `--chunked`: the origin answers chunked (no Content-Length), and Portico frames the body
-chunked again for the client. `--close` (http, tls): every request says `Connection: close`,
-so each comes on a new client connection (h2load connects again) while the server connection
-is kept and reused: bench/run's close row, accept(2) and the loop's transport included.
+chunked again for the client. `--body N`: the origin's body is N bytes (Content-Length;
+bench/run's /16k row is `--body 16384`) instead of 5, written with its head in one write.
+`--close` (http, tls): every request says `Connection: close`, so each comes on a new client
+connection (h2load connects again) while the server connection is kept and reused: bench/run's
+close row, accept(2) and the loop's transport included.
 
 Only the worker's process is measured. With `--callgrind` the script runs the worker twice
 under callgrind, for N and for 3N requests over the same C connections, and prints
@@ -24,8 +26,9 @@ under callgrind, for N and for 3N requests over the same C connections, and prin
 without start-up, connection set-up or handshakes (`--keep DIR` keeps both profiles for
 `callgrind_annotate`). Without it: the worker's user and kernel CPU µs per request (noisy).
 
-    .venv/bin/python bench/relaypath.py [--mode l4|tls|http] [--chunked] [--close] [--requests N]
-                                        [--connections C] [--callgrind [--keep DIR]] [--profile]
+    .venv/bin/python bench/relaypath.py [--mode l4|tls|http] [--chunked | --body N] [--close]
+                                        [--requests N] [--connections C]
+                                        [--callgrind [--keep DIR]] [--profile]
 
 Needs `h2load` (Debian's nghttp2-client, as bench/run) and, for `--callgrind`, valgrind.
 A run of `--callgrind` takes two to four minutes on the shared 2-core machine.
@@ -97,10 +100,20 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_origin(chunked: bool) -> None:
+def sized_response(size: int) -> bytes:
+    """RESPONSE with a body of `size` bytes (`--body`)."""
+    head = RESPONSE[: RESPONSE.index(b"\r\n\r\n") + 4].replace(
+        b"Content-Length: 5", b"Content-Length: %d" % size
+    )
+    return head + b"x" * size
+
+
+def run_origin(chunked: bool, body: int) -> None:
     """`--origin`: serve until stdin closes; the port goes to stdout."""
     if chunked:
         Origin.response = CHUNKED
+    elif body:
+        Origin.response = sized_response(body)
     loop = new_loop()
     server = loop.run_until_complete(loop.create_server(Origin, "127.0.0.1", 0))
     print(server.sockets[0].getsockname()[1], flush=True)
@@ -221,6 +234,7 @@ def main() -> None:
     parser.add_argument("--callgrind", action="store_true", help="instructions per request")
     parser.add_argument("--profile", action="store_true", help="cProfile the worker")
     parser.add_argument("--chunked", action="store_true", help="chunked responses (HTTP)")
+    parser.add_argument("--body", type=int, default=0, help="N-byte bodies, not 5 (HTTP)")
     parser.add_argument("--close", action="store_true", help="a new connection per request")
     parser.add_argument("--keep", default="", help="--callgrind: keep the profiles in this folder")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -229,14 +243,20 @@ def main() -> None:
     parser.add_argument("--cert-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.origin:
-        run_origin(args.chunked)
+        run_origin(args.chunked, args.body)
         return
     if args.serve:
         serve(args)
         return
     requests = args.requests or (4000 if args.callgrind else 100_000)
     origin = subprocess.Popen(
-        [sys.executable, __file__, "--origin", *(["--chunked"] if args.chunked else [])],
+        [
+            sys.executable,
+            __file__,
+            "--origin",
+            *(["--chunked"] if args.chunked else []),
+            *(["--body", str(args.body)] if args.body else []),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -272,7 +292,8 @@ def main() -> None:
             second = instructions(base, 3 * requests, str(keep / f"callgrind.{args.mode}.3"))
             per = (second - first) / (2 * requests)
             print(
-                f"{args.mode}{' --close' if args.close else ''}: {per:,.0f} instructions per "
+                f"{args.mode}{' --close' if args.close else ''}"
+                f"{f' --body {args.body}' if args.body else ''}: {per:,.0f} instructions per "
                 f"request in the worker "
                 f"({first:,} for {requests}, {second:,} for {3 * requests}; "
                 f"{args.connections} connections)"

@@ -98,7 +98,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._parser = _NEW_PARSER(self)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
-        self._framer = Http1Framer(self._bytes)  # frames the responses, one at a time
+        # frames the responses, one at a time
+        self._framer = Http1Framer(self._bytes, settings.proto == b"https")
         self._blocked = 0
         self._closed = False
         self._counted = False

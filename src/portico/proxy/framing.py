@@ -30,6 +30,10 @@ BODY_NONE: Final = -2  # no body follows
 # a body piece up to this size is copied into one buffer with its framing (the staged head, a
 # chunk's size line and CRLF): one write, and over TLS one record instead of one per part
 _COALESCE: Final = 16 * 1024
+# ... on a plain TCP connection, up to this size: beyond it the parts go out in one writev,
+# never copied together first (the kernel copies each part anyway; joining a 16 KiB body to
+# its head cost a copy and an allocation of the whole response per response)
+COALESCE_PLAIN: Final = 4 * 1024
 _CRLF: Final = b"\r\n"
 _CHUNK_END: Final = b"0\r\n\r\n"
 # Status lines by status, with the reason they were made for, and Content-Length values by
@@ -131,9 +135,11 @@ class Http1Framer(ResponseFramer):
     connection sets `http11` whenever another request becomes the one answered). Adds what it
     writes to the listener's `ByteCounter`, as the connection does."""
 
-    def __init__(self, counter: ByteCounter) -> None:
+    def __init__(self, counter: ByteCounter, tls: bool = True) -> None:
         self.transport: asyncio.Transport | None = None  # set once connected
         self._bytes = counter
+        # the largest body piece joined to its framing in one buffer (see COALESCE_PLAIN)
+        self._coalesce = _COALESCE if tls else COALESCE_PLAIN
         self.http11 = True  # the request answered is HTTP/1.1 (else 1.0)
         self.keep = True
         # the response being framed
@@ -194,14 +200,14 @@ class Http1Framer(ResponseFramer):
                 parts.insert(0, head)
                 size += len(head)
             self._bytes.sent += size
-            if size <= _COALESCE:
+            if size <= self._coalesce:
                 transport.write(b"".join(parts))
             else:
                 transport.writelines(parts)
         elif head is not None:
             self._head = None
             self._bytes.sent += len(head) + size
-            if size <= _COALESCE:
+            if size <= self._coalesce:
                 # one small buffer beats a writev of two (bytes: compiled, a native
                 # concatenation; a memoryview takes the generic addition)
                 if isinstance(data, bytes):

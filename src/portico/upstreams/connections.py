@@ -58,8 +58,20 @@ MIN_READ: Final = 4 * 1024
 # A body up to this size, read whole with its head, goes through the head parser too, so that
 # the parser can read the next response's head (see UpstreamConnection._reuse_parser)
 REUSE_BODY: Final = 16 * 1024
+# a body piece at least this big, read with its head, is passed on as a view (`_body_of`)
+VIEW_MIN: Final = 2048
 _READ_BUFFER = memoryview(bytearray(BIG_READ))
 _HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
+
+
+def _body_of(buffer: bytes, start: int, end: int) -> bytes | memoryview:
+    """The body bytes `buffer[start:end]` of a read that began with a response head: a view
+    of the read when it is big (a 16 KiB response's body is then copied once, into the
+    client's write, not twice), a copy when a view's two objects cost more than the copy.
+    A view of immutable bytes: whoever keeps it (the client's write buffer) keeps it valid."""
+    if end - start < VIEW_MIN:
+        return buffer[start:end]
+    return memoryview(buffer)[start:end]
 
 
 def reserve_read_buffer(size: int) -> None:
@@ -518,8 +530,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             head.finish(self._method, status, http11)
             sink = self.sink
             assert sink is not None
-            rest = buffer[head_end:]
             if status < 200:
+                rest = buffer[head_end:]
                 if status == 101:
                     if not self._upgrade:
                         self._fail("unexpected 101 Switching Protocols")
@@ -546,23 +558,24 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 return
             if kind is LENGTH_BODY:
                 length = head.length
-                if len(rest) >= length:
+                available = len(buffer) - head_end
+                if available >= length:
                     # the whole response in this read: the common case for small answers
-                    if len(rest) > length:
+                    if available > length:
                         self._keep_alive = False  # bytes beyond the response
-                        rest = rest[:length]
                     if length:
-                        sink.on_response_body(rest)
-                        self._reuse_parser(rest)
+                        body = _body_of(buffer, head_end, head_end + length)
+                        sink.on_response_body(body)
+                        self._reuse_parser(body)
                     self._finish()
                 else:
                     self._head_parser = None  # llhttp waits for a body it will never see
                     self._state = _LENGTH
-                    self._remaining = length - len(rest)
-                    if rest:
-                        sink.on_response_body(rest)
+                    self._remaining = length - available
+                    if available:
+                        sink.on_response_body(_body_of(buffer, head_end, len(buffer)))
             elif kind is NO_BODY:
-                if rest:
+                if len(buffer) > head_end:
                     self._keep_alive = False
                 if self._method == b"HEAD":
                     self._head_parser = None  # llhttp expects the body the headers describe
@@ -576,17 +589,17 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     parser.feed_data(raw)
                 self._state = _CHUNKED
                 self._parser = parser
-                if rest:
-                    self._feed_chunked(rest)
+                if len(buffer) > head_end:
+                    self._feed_chunked(_body_of(buffer, head_end, len(buffer)))
             else:
                 self._head_parser = None
                 self._state = _CLOSE
                 self._keep_alive = False
-                if rest:
-                    sink.on_response_body(rest)
+                if len(buffer) > head_end:
+                    sink.on_response_body(_body_of(buffer, head_end, len(buffer)))
             return
 
-    def _reuse_parser(self, body: bytes) -> None:
+    def _reuse_parser(self, body: bytes | memoryview) -> None:
         """The head parser saw a head with Content-Length: give it the body too (counted by
         llhttp, reported to nobody), so that it ends the message and can read the next head.
         Not worth it for a big body (this connection only counts those), nor while the
@@ -619,7 +632,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._state == _CHUNKED:
             self._chunked_done = True
 
-    def _feed_chunked(self, data: bytes) -> None:
+    def _feed_chunked(self, data: bytes | memoryview) -> None:
         parser = self._parser
         assert parser is not None
         try:

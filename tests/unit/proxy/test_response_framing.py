@@ -21,6 +21,8 @@ from fakes import ClientTransport as FakeTransport
 from fakes import worker_with_idle_servers
 from portico.listeners.h2 import H2ClientConnection
 from portico.listeners.http import ClientConnection
+from portico.observe.stats import ByteCounter
+from portico.proxy.framing import Http1Framer
 from portico.upstreams.connections import UpstreamConnection
 from portico.worker import Worker
 
@@ -98,20 +100,57 @@ def test_a_small_response_leaves_in_one_write_head_and_body_together(worker) -> 
 
 
 class CallsTransport(FakeTransport):
-    """Also records how each write came: one buffer, or parts for a gathered write."""
+    """Also records how each write came: one buffer, or parts for a gathered write (and the
+    parts themselves, as handed over)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[str, int]] = []
+        self.parts: list[Any] = []
 
     def write(self, data: Any) -> None:
         self.calls.append(("write", 1))
+        self.parts.append(data)
         super().write(data)
 
     def writelines(self, parts: Any) -> None:
         parts = list(parts)
         self.calls.append(("writelines", len(parts)))
+        self.parts.extend(parts)
         super().writelines(parts)
+
+
+def test_a_16k_response_leaves_in_one_gathered_write_its_body_never_copied(worker) -> None:
+    # the head and the body read with it go out in one writev: the body is the server's own
+    # read (a view of it), not sliced off it and joined to the head (two copies of 16 KiB)
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    client = CallsTransport()
+    conn.connection_made(client)
+    conn.data_received(b"GET /16k HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert conn.active is not None
+    upstream = conn.active._upstream
+    assert upstream is not None
+    body = bytes(range(256)) * 64
+    read = b"HTTP/1.1 200 OK\r\nContent-Length: 16384\r\n\r\n" + body
+    upstream.data_received(read)
+    assert client.written == b"HTTP/1.1 200 OK\r\nContent-Length: 16384\r\n\r\n" + body
+    assert client.calls == [("writelines", 2)]
+    sent = client.parts[1]
+    assert isinstance(sent, memoryview)
+    assert sent.obj is read
+    assert upstream.is_reusable()  # and the server connection reads the next head
+
+
+def test_over_tls_a_16k_response_still_leaves_in_one_buffer(worker) -> None:
+    # over TLS each part of a gathered write is a record of its own: the head is joined
+    framer = Http1Framer(ByteCounter(), tls=True)
+    client = CallsTransport()
+    framer.transport = client
+    framer.send_response_head(200, b"OK", [], 16384, None, True)
+    framer.send_body(memoryview(b"x" * 16384))
+    framer.send_end()
+    assert client.calls == [("write", 1)]
+    assert client.written == b"HTTP/1.1 200 OK\r\nContent-Length: 16384\r\n\r\n" + b"x" * 16384
 
 
 def test_a_small_chunk_leaves_in_one_buffer_with_its_framing(worker) -> None:
@@ -269,3 +308,30 @@ def test_each_request_is_framed_for_its_own_version(
     for _ in answers:
         answer_active(conn)
     assert client.writes == answers
+
+
+def test_big_bodies_read_with_their_head_arrive_whole_whatever_their_framing(worker) -> None:
+    # a body of 2 KiB or more read with its head goes on as a view of the read: chunked (the
+    # parser reads the view), read to the close, and a Content-Length body cut short
+    chunk = b"c" * 4000
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(chunk), chunk)
+    )
+    assert client.written == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(chunk), chunk)
+    )
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + chunk)
+    upstream.connection_lost(None)
+    assert client.written == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(chunk), chunk)
+    )
+    client, upstream = http1_exchange(worker, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 8000\r\n\r\n" + chunk)
+    upstream.data_received(chunk)
+    assert client.written == b"HTTP/1.1 200 OK\r\nContent-Length: 8000\r\n\r\n" + chunk + chunk
+    assert upstream.is_reusable()
