@@ -290,6 +290,18 @@ _CONNECTION_MOVES: Final[dict[int, dict[int, Any]]] = {}
 for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
     _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
 _NO_MOVES: Final[dict[int, Any]] = {}
+# the states (ids) in which sending DATA is, in h2's tables, a move to the same state with no
+# function run: nothing to do there (`WireConnection.send_data`)
+_STREAM_DATA_STAYS: Final[frozenset[int]] = frozenset(
+    id(_state)
+    for (_state, _input), _move in _stream_transitions.items()
+    if _input is StreamInputs.SEND_DATA and _move[0] is None and _move[1] is _state
+)
+_CONNECTION_DATA_STAYS: Final[frozenset[int]] = frozenset(
+    id(_cstate)
+    for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items()
+    if _cinput is ConnectionInputs.SEND_DATA and _cmove[0] is None and _cmove[1] is _cstate
+)
 
 
 def stream_step(machine: Any, input_: Any) -> list[Event]:
@@ -589,24 +601,36 @@ class WireConnection(H2Connection):
             H2Connection.send_data(self, stream_id, data, end_stream, pad_length)
             return
         size = len(data)
+        streams = self.streams
+        stream: Any = streams.get(stream_id)
         if size > 0:
-            window = self.local_flow_control_window(stream_id)
+            if stream is None:
+                self.local_flow_control_window(stream_id)  # h2's error for that stream id
+            # h2's local_flow_control_window, its two windows read once
+            window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
             if size > window:
                 raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
-        if size > self.max_outbound_frame_size:
-            raise FrameTooLargeError(
-                f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}"
-            )
-        connection_step(self.state_machine, _C_SEND_DATA)
-        stream = self.streams[stream_id]
+        limit = self.max_outbound_frame_size
+        if size > limit:
+            raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is {limit}")
+        # the state machines: in the states where h2's tables make SEND_DATA a move to the
+        # same state with nothing run (an open connection, an open stream), there is nothing
+        # to do; any other state takes h2's transition (and its error)
+        machine: Any = self.state_machine
+        if id(machine.state) not in _CONNECTION_DATA_STAYS:
+            connection_step(machine, _C_SEND_DATA)
+        if stream is None:
+            stream = streams[stream_id]  # h2's KeyError (an empty frame, unknown stream)
         machine = stream.state_machine
-        stream_step(machine, _SEND_DATA)
+        if id(machine.state) not in _STREAM_DATA_STAYS:
+            stream_step(machine, _SEND_DATA)
         flags = 0
         if end_stream:
             stream_step(machine, _SEND_END_STREAM)
             flags = _END_STREAM
-        stream.outbound_flow_control_window -= size
-        assert stream.outbound_flow_control_window >= 0 or size == 0
+        remaining: int = stream.outbound_flow_control_window - size
+        stream.outbound_flow_control_window = remaining
+        assert remaining >= 0 or size == 0
         buffer = self._data_to_send
         buffer += _FRAME_HEADER.pack(
             (size >> 8) & 0xFFFF, size & 0xFF, 0, flags, stream_id & 0x7FFFFFFF
@@ -623,8 +647,9 @@ class WireConnection(H2Connection):
             self._data_to_send = bytearray()
         else:
             buffer += data
-        self.outbound_flow_control_window -= size
-        assert self.outbound_flow_control_window >= 0 or size == 0
+        remaining = self.outbound_flow_control_window - size
+        self.outbound_flow_control_window = remaining
+        assert remaining >= 0 or size == 0
 
     def send_headers(
         self,

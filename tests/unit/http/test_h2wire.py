@@ -321,6 +321,33 @@ def test_large_payloads_held_until_taken_leave_in_the_order_sent() -> None:
     assert pair.take() == b""
 
 
+@pytest.mark.parametrize("end", [False, True])
+@pytest.mark.parametrize("state", list(StreamState))
+def test_data_in_every_stream_state_moves_both_alike(state: StreamState, end: bool) -> None:
+    """`send_data` skips h2's state machine only where h2's own table makes SEND_DATA a move
+    to the same state with nothing run: in every state, the same outcome as h2's."""
+    pair = Pair()
+    pair.request(1)
+    pair.both("send_headers", 1, [(b":status", b"200")])
+    pair.take()
+    for server in pair.servers:
+        server.streams[1].state_machine.state = state
+    pair.both("send_data", 1, b"x" * 10, end_stream=end)
+    pair.both("send_data", 1, b"", end_stream=end)
+    pair.take()
+
+
+def test_data_on_a_closed_connection_or_an_unknown_stream_fails_in_both() -> None:
+    pair = Pair()
+    pair.request(1, end=False)
+    pair.both("send_headers", 1, [(b":status", b"200")])
+    assert pair.both("send_data", 7, b"")[0] == "KeyError"  # h2's, as it looks the stream up
+    pair.both("close_connection")
+    pair.take()
+    assert pair.both("send_data", 1, b"x")[0] == "ProtocolError"
+    assert pair.both("send_data", 1, b"")[0] == "ProtocolError"
+
+
 def parse_all(data: bytes) -> list[Any]:
     from hyperframe.frame import Frame
 
