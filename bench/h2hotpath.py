@@ -33,7 +33,7 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, StreamEnded
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 
 from portico.config.load import parse_config
 from portico.listeners.h2 import H2ClientConnection
@@ -127,12 +127,23 @@ class Harness:
         worker = Worker(loop, config, {})
         settings = worker.settings["web"]
         client = self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-        client.local_settings.update({SettingCodes.INITIAL_WINDOW_SIZE: 2**30 - 1})
+        # h2load's -w30 (its default): set as the initial value, so that the SETTINGS frame
+        # carries it (`update()` would only stage it, and the frame say 65,535)
+        client.local_settings = Settings(
+            client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: 2**30 - 1}
+        )
         client.initiate_connection()
         client.increment_flow_control_window(2**30 - 1 - 65535)
         self.transport = FakeTransport()
         self.conn = H2ClientConnection(settings, worker.context)
         self.conn.adopt(self.transport, "127.0.0.1", None, False, client.data_to_send())
+        # the settings exchange completed both ways, as h2load's: until the proxy's SETTINGS
+        # ACK reaches it, the client's large windows are not in force on its side, and it
+        # would send a WINDOW_UPDATE for every 32 KiB it reads (h2load, one in 512 MiB)
+        client.receive_data(b"".join(self.transport.out))
+        self.transport.out.clear()
+        self.conn.data_received(client.data_to_send())
+        self.transport.out.clear()
         for backend in settings.pool.backends:
             for _ in range(args.streams):
                 up = UpstreamConnection(backend, 30.0, 30.0)

@@ -33,6 +33,7 @@ from hyperframe.frame import (
 )
 
 from portico.http.h2wire import (
+    HOLD_FROM,
     WRITTEN_FOR,
     LibraryConnection,
     WireConnection,
@@ -282,6 +283,69 @@ def test_take_data_hands_over_the_buffer_once() -> None:
     conn.ping(b"12345678")
     assert bytes(conn.take_data()) != bytes(first)
     assert bytes(first)[3] == 0x4  # what was handed over is never written again
+
+
+def test_large_payloads_held_until_taken_leave_in_the_order_sent() -> None:
+    """DATA payloads from HOLD_FROM bytes are held, not copied, until `take_data`: the bytes
+    that leave are h2's, in h2's order, among control frames queued between them; a
+    payload that could change under us (a bytearray, a view of one) is copied at once."""
+    pair = Pair(client_window=2**20)
+    for sid in (1, 3):
+        pair.request(sid)
+        pair.both("send_headers", sid, [(b":status", b"200")])
+    body = bytes(range(256)) * 64  # 16 KiB
+    mutable = bytearray(body)
+    ours = pair.servers[1]
+    for taking in ("take_data", "data_to_send"):
+        pair.both("send_data", 1, body[: HOLD_FROM - 1])  # copied: small
+        pair.both("send_data", 1, body)  # held
+        pair.both("ping", b"12345678")  # a control frame between two held payloads
+        pair.both("send_data", 3, memoryview(body)[1 : HOLD_FROM + 1])  # held: a read-only view
+        pair.both("send_data", 3, mutable)  # copied: may change
+        pair.both("send_data", 1, memoryview(mutable)[:HOLD_FROM])  # copied too
+        pair.both("send_data", 3, body[:HOLD_FROM], end_stream=taking == "data_to_send")
+        assert ours._held  # what this test is about
+        mutable[:] = bytes(len(mutable))  # after the fact: must not show
+        theirs = bytes(pair.servers[0].data_to_send())
+        assert bytes(getattr(ours, taking)()) == theirs
+        assert ours.take_data() == b""
+        mutable[:] = body
+    # partial reads and clearing count what is held
+    pair.both("send_data", 1, body)
+    pair.both("ping", b"87654321")
+    for amount in (5, 9, 16384, 100):
+        assert pair.both("data_to_send", amount)[0] == "ok"
+    pair.take()
+    pair.both("send_data", 1, body)
+    pair.both("clear_outbound_data_buffer")
+    assert pair.take() == b""
+
+
+@pytest.mark.parametrize("end", [False, True])
+@pytest.mark.parametrize("state", list(StreamState))
+def test_data_in_every_stream_state_moves_both_alike(state: StreamState, end: bool) -> None:
+    """`send_data` skips h2's state machine only where h2's own table makes SEND_DATA a move
+    to the same state with nothing run: in every state, the same outcome as h2's."""
+    pair = Pair()
+    pair.request(1)
+    pair.both("send_headers", 1, [(b":status", b"200")])
+    pair.take()
+    for server in pair.servers:
+        server.streams[1].state_machine.state = state
+    pair.both("send_data", 1, b"x" * 10, end_stream=end)
+    pair.both("send_data", 1, b"", end_stream=end)
+    pair.take()
+
+
+def test_data_on_a_closed_connection_or_an_unknown_stream_fails_in_both() -> None:
+    pair = Pair()
+    pair.request(1, end=False)
+    pair.both("send_headers", 1, [(b":status", b"200")])
+    assert pair.both("send_data", 7, b"")[0] == "KeyError"  # h2's, as it looks the stream up
+    pair.both("close_connection")
+    pair.take()
+    assert pair.both("send_data", 1, b"x")[0] == "ProtocolError"
+    assert pair.both("send_data", 1, b"")[0] == "ProtocolError"
 
 
 def parse_all(data: bytes) -> list[Any]:
