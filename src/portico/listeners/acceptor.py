@@ -286,7 +286,9 @@ class Acceptor:
             # a slow reader makes Portico hold at most twice this (the listener's
             # `limits.response_buffer`) beyond the socket buffers
             # (upstreams.connections.client_read_size)
-            transport.set_write_buffer_limits(high=self.write_high)  # type: ignore[attr-defined]
+            # (`high` by position: the loops' and the TLS transport's first parameter, and a
+            # call with a keyword is not specialised by CPython 3.11)
+            transport.set_write_buffer_limits(self.write_high)  # type: ignore[attr-defined]
 
     def _say(self, cause: str, message: str, *args: object) -> None:
         """Log `message` for this listener, at most once a second per cause."""
