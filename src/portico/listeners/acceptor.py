@@ -11,8 +11,8 @@ is made with the peer's address as accept(2) gave it, so that it need not ask th
 (which formats the address again). Never parses anything: the protocol objects it creates do.
 
 What a new connection costs here is what bench/run's `Connection: close` row measures, so the
-hand-over to uvloop takes no interpreted frame and no exception: the accepted descriptor goes
-to uvloop in a `Handoff` (no socket.socket, whose making asks getsockname(2) and runs
+hand-over to uvloop takes no interpreted frame and no exception: a plain connection's descriptor
+goes to uvloop in a `Handoff` (no socket.socket, whose making asks getsockname(2) and runs
 interpreted code, as does its detach() when the transport closes), and the loop's coroutine is
 stepped by hand (no task) through a compiled coroutine whose `await` sees it finish without a
 StopIteration (a raised one cost a traceback per connection).
@@ -57,7 +57,7 @@ class Handoff:
     it calls `close()` once the transport has closed the descriptor itself. A socket.socket
     would cost a getsockname(2) (its check that the descriptor is a socket: accept(2) just
     said so) and interpreted code when made and when uvloop detaches it. asyncio's own loop
-    needs a real socket (AcceptedSocket)."""
+    needs a real socket (AcceptedSocket), and so does the TLS hand-over (see `_accepted`)."""
 
     def __init__(self, fd: int, family: int, kind: int) -> None:
         self.fd = fd
@@ -222,10 +222,14 @@ class Acceptor:
                     _reset(AcceptedSocket(family, kind, proto, fd))
                     return
         conn: Any
-        if self._uvloop:
+        if self._uvloop and self.ssl_context is None:
             # no setblocking(False) nor TCP_NODELAY here: uvloop's transport (uv_tcp_open)
-            # does both; doing either again cost a syscall per connection
+            # does both; doing either again cost a syscall per connection. With TLS, a real
+            # socket: its task may be cancelled before its first step (a shutdown), and then
+            # only the socket object, once collected, would close the descriptor
             conn = Handoff(fd, family, kind)
+        elif self._uvloop:
+            conn = AcceptedSocket(family, kind, proto, fd)
         else:
             conn = AcceptedSocket(family, kind, proto, fd)
             # asyncio's loop makes the socket non-blocking but skips TCP_NODELAY on an
@@ -260,8 +264,9 @@ class Acceptor:
             waiting.add_done_callback(partial(self._step, setup))
 
     async def _hand_over(self, conn: Any, factory: Callable[[], asyncio.Protocol]) -> None:
-        """The hand-over of `conn` (a Handoff or a socket) to the loop's transport: with TLS
-        the handshake runs in the loop's coroutine, in a task; without, `_step` runs it."""
+        """The hand-over of `conn` (a Handoff, or with TLS or asyncio's loop a socket) to the
+        loop's transport: with TLS the handshake runs in the loop's coroutine, in a task;
+        without, `_step` runs it."""
         try:
             if self.ssl_context is None:
                 transport, _ = await self.loop.connect_accepted_socket(factory, conn)
