@@ -533,6 +533,9 @@ class ListenerGuards:
         self._only_runtime = (
             self.policy.runtime if configured is None and not self.ip_bans else None
         )
+        # for the acceptor (compiled): while these have no entries, `allows_peer` lets every
+        # peer in, so it need not be called (an interpreted frame per connection)
+        self.open_rules = self._only_runtime
 
     def allows_peer(self, ip: str) -> bool:
         """The check at accept: a peer that speaks for its clients (a trusted proxy, a PROXY
@@ -802,6 +805,7 @@ class Worker:
             name,
             factory,
             allows=guards.allows_peer,
+            rules=guards.open_rules,
             max_conns=max_conns,
             active=lambda: stats.active_connections(name),
             ssl_context=terminator.context if terminator is not None else None,

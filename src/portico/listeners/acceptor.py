@@ -9,6 +9,13 @@ readable, counted, and logged at most once a second. Accepted sockets go to the 
 own transports (`connect_accepted_socket`, with TLS when the listener has it); each protocol
 is made with the peer's address as accept(2) gave it, so that it need not ask the transport
 (which formats the address again). Never parses anything: the protocol objects it creates do.
+
+What a new connection costs here is what bench/run's `Connection: close` row measures, so the
+hand-over to uvloop takes no interpreted frame and no exception: a plain connection's descriptor
+goes to uvloop in a `Handoff` (no socket.socket, whose making asks getsockname(2) and runs
+interpreted code, as does its detach() when the transport closes), and the loop's coroutine is
+stepped by hand (no task) through a compiled coroutine whose `await` sees it finish without a
+StopIteration (a raised one cost a traceback per connection).
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, final
 
 from portico import tasks
 from portico.listeners.accepted import AcceptedSocket
@@ -39,6 +47,34 @@ _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 _GONE: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 # what a hand-over may fail with that is no bug: a failed handshake or a peer gone
 _QUIET: Final = (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, EOFError)
+_DONE: Final = object()  # what `next` gives back once a hand-over's coroutine has ended
+
+
+@final
+class Handoff:
+    """An accepted descriptor as uvloop's connect_accepted_socket takes it: all it reads is
+    `family`, `type` and `fileno()` (once, as its transport adopts the descriptor), and
+    it calls `close()` once the transport has closed the descriptor itself. A socket.socket
+    would cost a getsockname(2) (its check that the descriptor is a socket: accept(2) just
+    said so) and interpreted code when made and when uvloop detaches it. asyncio's own loop
+    needs a real socket (AcceptedSocket), and so does the TLS hand-over (see `_accepted`)."""
+
+    def __init__(self, fd: int, family: int, kind: int) -> None:
+        self.fd = fd
+        self.family = family
+        self.type = kind
+        self.adopted = False  # the transport owns the descriptor: never closed here
+
+    def fileno(self) -> int:
+        self.adopted = True  # uvloop asks only to hand the descriptor to its transport
+        return self.fd
+
+    def close(self) -> None:
+        """Close the descriptor unless a transport took it (then the transport closes it,
+        and this is its call once done)."""
+        if not self.adopted and self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 class AcceptCounters:
@@ -55,7 +91,8 @@ class AcceptCounters:
 class Acceptor:
     """Accepts on `sock` for one listener of this worker.
 
-    `allows(ip)`: the listener's access check on the peer address (None: everyone);
+    `allows(ip)`: the listener's access check on the peer address (None: everyone), not
+    called while `rules` (if given) has no `entries` (`ListenerGuards.open_rules`);
     `active()`: the listener's open connections in this worker (for `max_conns`, 0 = no
     limit); `factory(peer)`: the protocol of each connection, given the peer's address as
     accept(2) returned it; `ssl_context`: TLS, handshaken by the loop's transport after the
@@ -76,6 +113,7 @@ class Acceptor:
         handshake_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         write_high: int = CLIENT_HIGH_WATER,
+        rules: Any = None,
     ) -> None:
         self.loop = loop
         self.write_high = write_high  # each connection's write buffer high-water mark
@@ -86,13 +124,16 @@ class Acceptor:
         self.name = name
         self.factory = factory
         self.allows = allows
+        # while `rules.entries` is empty, `allows` is known to let everyone in (it is not
+        # called: an interpreted frame per connection); None: always ask `allows`
+        self.rules = rules
         self.max_conns = max_conns
         self.active = active
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.counters = AcceptCounters()
-        self._nodelay = not type(loop).__module__.startswith("uvloop")  # see `_accepted`
+        self._uvloop = type(loop).__module__.startswith("uvloop")  # see `_accepted`
         # state
         self.reading = False
         self.closed = False
@@ -171,20 +212,30 @@ class Acceptor:
 
     def _accepted(self, fd: int, address: Any) -> None:
         family, kind, proto = self._kind
-        conn = AcceptedSocket(family, kind, proto, fd)
         allows = self.allows
         if allows is not None:
-            ip = address[0] if isinstance(address, tuple) else ""
-            if not allows(ip):
-                self.counters.denied += 1
-                _reset(conn)
-                return
-        # no setblocking(False) here: the loop's transport makes the socket non-blocking
-        # itself, and uvloop's (uv_tcp_open) sets TCP_NODELAY too; doing either again cost a
-        # syscall per connection (bench/run's `Connection: close` row). asyncio's own loop
-        # skips TCP_NODELAY on an accepted socket (its proto reads 0, not IPPROTO_TCP)
-        if self._nodelay and conn.family in (socket.AF_INET, socket.AF_INET6):
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            rules = self.rules
+            if rules is None or rules.entries:
+                ip = address[0] if isinstance(address, tuple) else ""
+                if not allows(ip):
+                    self.counters.denied += 1
+                    _reset(AcceptedSocket(family, kind, proto, fd))
+                    return
+        conn: Any
+        if self._uvloop and self.ssl_context is None:
+            # no setblocking(False) nor TCP_NODELAY here: uvloop's transport (uv_tcp_open)
+            # does both; doing either again cost a syscall per connection. With TLS, a real
+            # socket: its task may be cancelled before its first step (a shutdown), and then
+            # only the socket object, once collected, would close the descriptor
+            conn = Handoff(fd, family, kind)
+        elif self._uvloop:
+            conn = AcceptedSocket(family, kind, proto, fd)
+        else:
+            conn = AcceptedSocket(family, kind, proto, fd)
+            # asyncio's loop makes the socket non-blocking but skips TCP_NODELAY on an
+            # accepted socket (its proto reads 0, not IPPROTO_TCP)
+            if family == socket.AF_INET or family == socket.AF_INET6:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.handshaking += 1
         factory = partial(self.factory, address)
         if self.ssl_context is not None:
@@ -194,44 +245,38 @@ class Acceptor:
             tasks.spawn_on(self.loop, self._hand_over(conn, factory))
         else:
             # no task per connection (its making, asyncio's interpreted registry of tasks,
-            # a loop turn before its first step, our done callback): the loop's coroutine is
+            # a loop turn before its first step, our done callback): the coroutine is
             # stepped from here, and once more when its one wait (for the protocol's
             # connection_made) is over
-            self._step(conn, self.loop.connect_accepted_socket(factory, conn))
+            self._step(self._hand_over(conn, factory).__await__())
 
-    def _step(self, conn: socket.socket, setup: Coroutine[Any, Any, Any], _: object = None) -> None:
-        """Run `setup` (connect_accepted_socket without TLS) to its next wait, as a task's
-        step would: a future it waits on resumes it when done; a bare yield, the next turn."""
+    def _step(self, setup: Iterator[Any], _: object = None) -> None:
+        """Run `setup` (`_hand_over` without TLS) to its next wait, as a task's step would:
+        a future it waits on resumes it when done; a bare yield, the next turn. `next`
+        ends it without an exception reaching compiled code (`_hand_over` catches what it
+        may raise)."""
+        waiting: Any = next(setup, _DONE)
+        if waiting is _DONE:
+            return
+        if waiting is None:
+            self.loop.call_soon(self._step, setup)
+        else:
+            waiting.add_done_callback(partial(self._step, setup))
+
+    async def _hand_over(self, conn: Any, factory: Callable[[], asyncio.Protocol]) -> None:
+        """The hand-over of `conn` (a Handoff, or with TLS or asyncio's loop a socket) to the
+        loop's transport: with TLS the handshake runs in the loop's coroutine, in a task;
+        without, `_step` runs it."""
         try:
-            try:
-                waiting = setup.send(None)
-            except StopIteration as done:
-                transport = done.value[0]
+            if self.ssl_context is None:
+                transport, _ = await self.loop.connect_accepted_socket(factory, conn)
             else:
-                if waiting is None:
-                    self.loop.call_soon(self._step, conn, setup)
-                else:
-                    waiting.add_done_callback(partial(self._step, conn, setup))
-                return
-            self._handed_over(transport)
-        except _QUIET:
-            conn.close()  # a peer gone: as the loop's own server does
-        except Exception:
-            conn.close()
-            log.exception("listener %s: a connection could not be set up", self.name)
-        self.handshaking -= 1
-
-    async def _hand_over(
-        self, conn: socket.socket, factory: Callable[[], asyncio.Protocol]
-    ) -> None:
-        """The hand-over with TLS: the handshake runs in the loop's coroutine, in a task."""
-        try:
-            transport, _ = await self.loop.connect_accepted_socket(
-                factory,
-                conn,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=self.handshake_timeout,
-            )
+                transport, _ = await self.loop.connect_accepted_socket(
+                    factory,
+                    conn,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.handshake_timeout,
+                )
             self._handed_over(transport)
         except _QUIET:
             conn.close()  # a failed handshake or a peer gone: as the loop's own server does
@@ -246,7 +291,9 @@ class Acceptor:
             # a slow reader makes Portico hold at most twice this (the listener's
             # `limits.response_buffer`) beyond the socket buffers
             # (upstreams.connections.client_read_size)
-            transport.set_write_buffer_limits(high=self.write_high)  # type: ignore[attr-defined]
+            # (`high` by position: the loops' and the TLS transport's first parameter, and a
+            # call with a keyword is not specialised by CPython 3.11)
+            transport.set_write_buffer_limits(self.write_high)  # type: ignore[attr-defined]
 
     def _say(self, cause: str, message: str, *args: object) -> None:
         """Log `message` for this listener, at most once a second per cause."""

@@ -169,3 +169,117 @@ def test_a_connection_that_cannot_be_set_up_is_closed_logged_and_not_counted(
     assert second == b"pong"
     assert handshaking == 0
     assert "listener web: a connection could not be set up" in caplog.text
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_every_accepted_descriptor_is_closed_once_its_connection_ends(loop_kind: str) -> None:
+    """Served and closed connections, and ones whose protocol could not be made, leave no
+    descriptor open behind them (uvloop's transports get the bare descriptor: a Handoff)."""
+    loop = _new_loop(loop_kind)
+    made = 0
+
+    def factory(peer: object) -> asyncio.Protocol:
+        nonlocal made
+        made += 1
+        if made % 3 == 0:
+            raise RuntimeError("a bug")
+        return _Answer()
+
+    async def main() -> tuple[list[bytes], int, int]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        acceptor = Acceptor(loop, listener, "web", factory)
+        acceptor.start()
+        port = listener.getsockname()[1]
+        answers = []
+        before = 0
+        try:
+            for attempt in range(10):
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", port), 5
+                    )
+                    writer.write(b"ping")
+                    answers.append(await asyncio.wait_for(reader.read(), 5))
+                except ConnectionResetError:
+                    answers.append(b"")
+                else:
+                    writer.close()
+                    await writer.wait_closed()
+                if attempt == 0:  # what the loop opens once (its resolver's) is open now
+                    await asyncio.sleep(0.05)
+                    before = _open_descriptors()
+            for _ in range(100):  # the server side's close runs on the loop's next turns
+                if _open_descriptors() <= before:
+                    break
+                await asyncio.sleep(0.01)
+            return answers, before, _open_descriptors()
+        finally:
+            acceptor.close()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("portico.listeners.acceptor.log.exception", lambda *args: None)
+        try:
+            answers, before, after = loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert answers == [b"pong", b"pong", b""] * 3 + [b"pong"]
+    assert after == before
+
+
+class _Rules:
+    def __init__(self) -> None:
+        self.entries: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_the_access_check_is_skipped_only_while_its_rules_are_empty(loop_kind: str) -> None:
+    """`rules` with no entries: `allows` cannot deny anyone and is not asked; once an entry
+    appears, every new peer is judged again (and a denied one gets no answer)."""
+    loop = _new_loop(loop_kind)
+    rules = _Rules()
+    asked: list[str] = []
+
+    def allows(ip: str) -> bool:
+        asked.append(ip)
+        return False
+
+    async def exchange(port: int) -> bytes:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        except ConnectionResetError:
+            return b""  # reset as soon as accepted
+        try:
+            writer.write(b"ping")
+            return await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    async def main() -> tuple[bytes, bytes, int]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        acceptor = Acceptor(
+            loop, listener, "web", lambda _peer: _Answer(), allows=allows, rules=rules
+        )
+        acceptor.start()
+        try:
+            port = listener.getsockname()[1]
+            first = await exchange(port)
+            rules.entries["deny"] = "127.0.0.1/32"
+            second = await exchange(port)
+            return first, second, acceptor.counters.denied
+        finally:
+            acceptor.close()
+
+    try:
+        first, second, denied = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert first == b"pong"
+    assert second == b""
+    assert asked == ["127.0.0.1"]
+    assert denied == 1
