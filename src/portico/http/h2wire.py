@@ -7,8 +7,14 @@ protocol checks, with these methods done without the library's per-frame Python 
   (h2 builds a hyperframe `DataFrame`, copies a memoryview to bytes, serialises it, joins it,
   appends it); the connection's and stream's state machines and windows are moved exactly as
   h2 moves them, and its flow-control and frame-size errors are raised as it raises them.
-- `_receive_frame`: as h2's, without the `repr(frame)` it computes for a trace log that
-  never prints (a hex dump of every DATA frame's payload).
+- `receive_data`, `_receive_frame`: as h2's, without the `repr(frame)` it computes for a
+  trace log that never prints (a hex dump of every DATA frame's payload).
+- received frames (`WireFrameBuffer`): h2's buffer as a loop, a plain HEADERS frame (no
+  padding, no priority: what clients send) built as hyperframe builds it without its four
+  `__init__`s and flag loops (`headers_frame`; the fast path checks at import that
+  hyperframe's frame still has that shape).
+- new streams (`_get_or_create_stream`, `_begin_new_stream`): no KeyError raised and caught
+  per stream, settings read without h2's property chain (`setting`).
 - `_prepare_for_sending`: frames appended one by one, not joined first.
 - `take_data`: what is queued to send, without the copy `data_to_send` makes; large DATA
   payloads are held by reference until then and joined once (appended to one growing
@@ -61,6 +67,7 @@ from h2.exceptions import (
     TooManyStreamsError,
 )
 from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
+from h2.settings import SettingCodes
 from h2.stream import (
     H2Stream,
     H2StreamStateMachine,
@@ -71,7 +78,8 @@ from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, utf8_encode_headers
 from h2.windows import WindowManager
 from hpack.struct import NeverIndexedHeaderTuple
-from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
+from hyperframe.flags import Flags
 from hyperframe.frame import (
     ContinuationFrame,
     Frame,
@@ -113,6 +121,30 @@ _C_SEND_DATA: Final = ConnectionInputs.SEND_DATA
 _C_SEND_HEADERS: Final = ConnectionInputs.SEND_HEADERS
 _C_RECV_HEADERS: Final = ConnectionInputs.RECV_HEADERS
 _C_RECV_WINDOW_UPDATE: Final = ConnectionInputs.RECV_WINDOW_UPDATE
+
+# a HEADERS frame's flag bits as hyperframe names them, and the frame as hyperframe builds it
+# (attributes in its order): the shape `headers_frame` copies, checked at import
+_HEADERS_FLAGS: Final[list[tuple[str, int]]] = [
+    (flag.name, flag.bit) for flag in HeadersFrame.defined_flags
+]
+_HEADERS_VALID: Final = frozenset(name for name, _ in _HEADERS_FLAGS)
+_HEADERS_PLAIN: Final = 0x08 | 0x20  # neither PADDED nor PRIORITY: the body is the block
+_HEADERS_SHAPE: Final = (
+    [
+        "stream_id",
+        "flags",
+        "body_len",
+        "depends_on",
+        "stream_weight",
+        "exclusive",
+        "pad_length",
+        "data",
+    ],
+    ["_valid_flags", "_flags"],
+)
+
+_INITIAL_WINDOW_SIZE: Final = SettingCodes.INITIAL_WINDOW_SIZE
+_MAX_CONCURRENT_STREAMS: Final = SettingCodes.MAX_CONCURRENT_STREAMS
 
 _SIGIL: Final = 0x3A  # ':'
 _CONNECTION_HEADERS: Final = frozenset(
@@ -488,6 +520,47 @@ class WireStream(H2Stream):
         )
 
 
+def setting(settings: Any, code: SettingCodes) -> int:
+    """h2's `Settings` property for `code` (`settings.initial_window_size`, ...): the value in
+    force, a KeyError if there is none, read without its property and `__getitem__`."""
+    value: int | None = settings._settings[code][0]
+    if value is None:
+        raise KeyError
+    return value
+
+
+def headers_frame(stream_id: int, flag_byte: int) -> HeadersFrame:
+    """hyperframe's `HeadersFrame(stream_id)` after `parse_flags(flag_byte)`: the same object
+    (its class, attributes and `Flags`), built without its four `__init__`s and flag loops.
+    Stream 0 is hyperframe's own path (its error)."""
+    frame: Any = HeadersFrame.__new__(HeadersFrame)
+    frame.stream_id = stream_id
+    flags: Any = Flags.__new__(Flags)
+    flags._valid_flags = set(_HEADERS_VALID)
+    names: set[str] = set()
+    for name, bit in _HEADERS_FLAGS:
+        if flag_byte & bit:
+            names.add(name)
+    flags._flags = names
+    frame.flags = flags
+    frame.body_len = 0
+    frame.depends_on = 0
+    frame.stream_weight = 0
+    frame.exclusive = False
+    frame.pad_length = 0
+    frame.data = b""
+    built: HeadersFrame = frame
+    return built
+
+
+def _shape(frame: Any) -> tuple[list[str], list[str]]:
+    return list(vars(frame)), list(vars(frame.flags))
+
+
+# the fast path only while hyperframe builds a HEADERS frame as `headers_frame` does
+HEADERS_FAST: Final = _shape(HeadersFrame(1)) == _HEADERS_SHAPE == _shape(headers_frame(1, 0))
+
+
 @mypyc_attr(native_class=False)
 class WireFrameBuffer(FrameBuffer):
     """h2's FrameBuffer: the received bytes as frames, with its checks (frame size, header
@@ -498,10 +571,20 @@ class WireFrameBuffer(FrameBuffer):
             data = self._data
             if len(data) < 9:
                 raise StopIteration
-            try:
-                frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-            except (InvalidDataError, InvalidFrameError) as err:
-                raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+            high, low, kind, flag_byte, stream_id = _FRAME_HEADER.unpack_from(data)
+            stream_id &= 0x7FFFFFFF
+            plain = False
+            frame: Frame
+            if kind == 0x1 and stream_id and HEADERS_FAST:
+                # a request's HEADERS: hyperframe's frame, built directly (`headers_frame`)
+                frame = headers_frame(stream_id, flag_byte)
+                length = (high << 8) + low
+                plain = not flag_byte & _HEADERS_PLAIN
+            else:
+                try:
+                    frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+                except (InvalidDataError, InvalidFrameError) as err:
+                    raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
             if len(data) < length + 9:
                 raise StopIteration
             if length > self.max_frame_size:
@@ -509,7 +592,12 @@ class WireFrameBuffer(FrameBuffer):
                     f"Received overlong frame: length {length}, max {self.max_frame_size}"
                 )
             try:
-                frame.parse_body(memoryview(data[9 : 9 + length]))
+                if plain:
+                    # hyperframe's parse_body with no padding and no priority: the block
+                    frame.body_len = length
+                    frame.data = bytes(data[9 : 9 + length])  # type: ignore[attr-defined]
+                else:
+                    frame.parse_body(memoryview(data[9 : 9 + length]))
             except InvalidDataError as err:
                 raise ProtocolError("Received frame with non-compliant data") from err
             except InvalidFrameError as err:
@@ -724,9 +812,17 @@ class WireConnection(H2Connection):
             buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x9, flags, sid)
             buffer += part
 
+    def _get_or_create_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        """h2's, without a KeyError raised and caught for every new stream."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        return self._begin_new_stream(stream_id, allowed_ids)
+
     def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
         """h2's, making a `WireStream`."""
-        outbound = self._stream_id_is_outbound(stream_id)
+        config: Any = self.config
+        outbound = stream_id % 2 == int(config._client_side)  # h2's _stream_id_is_outbound
         highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
         if stream_id <= highest:
             raise StreamIDTooLowError(stream_id, highest)
@@ -735,8 +831,8 @@ class WireConnection(H2Connection):
         stream = WireStream(
             stream_id,
             config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
+            inbound_window_size=setting(self.local_settings, _INITIAL_WINDOW_SIZE),
+            outbound_window_size=setting(self.remote_settings, _INITIAL_WINDOW_SIZE),
         )
         stream.max_outbound_frame_size = self.max_outbound_frame_size
         self.streams[stream_id] = stream
@@ -787,7 +883,7 @@ class WireConnection(H2Connection):
         client = config._client_side
         stream_id = frame.stream_id
         if stream_id not in self.streams:
-            limit = self.local_settings.max_concurrent_streams
+            limit = setting(self.local_settings, _MAX_CONCURRENT_STREAMS)
             count = self._open_streams(0 if client else 1)
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
@@ -830,6 +926,24 @@ class WireConnection(H2Connection):
             stream_events = [WindowUpdated(stream_id=0, delta=increment)]
             frames = []
         return frames, events + stream_events
+
+    def receive_data(self, data: Any) -> list[Event]:
+        """h2's, compiled (its loop over the received frames), without the trace log call."""
+        events: list[Event] = []
+        buffer = self.incoming_buffer
+        buffer.add_data(data)
+        buffer.max_frame_size = self.max_inbound_frame_size
+        try:
+            for frame in buffer:
+                events.extend(self._receive_frame(frame))
+        except InvalidPaddingError as e:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise ProtocolError("Received frame with invalid padding.") from e
+        except ProtocolError as e:
+            # h2 queues a GOAWAY before the error goes up
+            self._terminate_connection(e.error_code)
+            raise
+        return events
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         """h2's, without the eager `repr(frame)` for its trace log."""
