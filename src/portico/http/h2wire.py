@@ -41,14 +41,15 @@ from h2.connection import (
     ConnectionState,
     H2Connection,
     H2ConnectionStateMachine,
-    _decode_headers,
 )
 from h2.errors import ErrorCodes
 from h2.events import (
     Event,
     InformationalResponseReceived,
     PushedStreamReceived,
+    RequestReceived,
     ResponseReceived,
+    StreamEnded,
     StreamReset,
     TrailersReceived,
     WindowUpdated,
@@ -57,6 +58,7 @@ from h2.events import (
     _TrailersSent,
 )
 from h2.exceptions import (
+    DenialOfServiceError,
     FlowControlError,
     FrameDataMissingError,
     FrameTooLargeError,
@@ -71,12 +73,14 @@ from h2.settings import SettingCodes
 from h2.stream import (
     H2Stream,
     H2StreamStateMachine,
+    StreamClosedBy,
     StreamInputs,
     StreamState,
 )
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, utf8_encode_headers
 from h2.windows import WindowManager
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.struct import NeverIndexedHeaderTuple
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
 from hyperframe.flags import Flags
@@ -109,6 +113,8 @@ _OPEN_STATES: Final = (
     StreamState.HALF_CLOSED_REMOTE,
 )
 _CONNECTION_CLOSED: Final = ConnectionState.CLOSED
+_IDLE: Final = StreamState.IDLE
+_CLOSED_BY_SEND_END_STREAM: Final = StreamClosedBy.SEND_END_STREAM
 _SEND_DATA: Final = StreamInputs.SEND_DATA
 _SEND_END_STREAM: Final = StreamInputs.SEND_END_STREAM
 _SEND_HEADERS: Final = StreamInputs.SEND_HEADERS
@@ -315,9 +321,51 @@ def _method(fields: list[Any]) -> bytes | None:
 # The state machines' transition tables, keyed by the enum members' ids: h2 looks a transition
 # up by a tuple of two enum members, whose hash is Python code (`Enum.__hash__`) run twice
 # for every frame sent or received. Built from h2's own tables, so the moves are h2's.
+def _request_received(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.request_received`, compiled."""
+    assert not machine.headers_received
+    assert not machine.trailers_received
+    machine.client = False
+    machine.headers_received = True
+    return [RequestReceived(stream_id=machine.stream_id)]
+
+
+def _response_sent(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.response_sent`, compiled."""
+    if not machine.headers_sent:
+        if machine.client is True or machine.client is None:
+            raise ProtocolError("Client cannot send responses.")
+        machine.headers_sent = True
+        return [_ResponseSent()]
+    assert not machine.trailers_sent
+    machine.trailers_sent = True
+    return [_TrailersSent()]
+
+
+def _stream_half_closed(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.stream_half_closed`, compiled."""
+    return [StreamEnded(stream_id=machine.stream_id)]
+
+
+def _send_end_stream(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.send_end_stream`, compiled."""
+    machine.stream_closed_by = _CLOSED_BY_SEND_END_STREAM
+    return []
+
+
+# the transitions every request takes, run as the compiled copies above
+_STREAM_COPIES: Final[dict[Any, Any]] = {
+    H2StreamStateMachine.request_received: _request_received,
+    H2StreamStateMachine.response_sent: _response_sent,
+    H2StreamStateMachine.stream_half_closed: _stream_half_closed,
+    H2StreamStateMachine.send_end_stream: _send_end_stream,
+}
 _STREAM_MOVES: Final[dict[int, dict[int, Any]]] = {}
-for (_state, _input), _move in _stream_transitions.items():
-    _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = _move
+for (_state, _input), (_func, _target) in _stream_transitions.items():
+    _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = (
+        _STREAM_COPIES.get(_func, _func),
+        _target,
+    )
 _CONNECTION_MOVES: Final[dict[int, dict[int, Any]]] = {}
 for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
     _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
@@ -377,6 +425,17 @@ def connection_step(machine: Any, input_: Any) -> list[Event]:
 @mypyc_attr(native_class=False)
 class WireStreamMachine(H2StreamStateMachine):
     """h2's stream state machine (RFC 9113 §5.1), its table looked up without `Enum.__hash__`."""
+
+    def __init__(self, stream_id: int) -> None:
+        """h2's, compiled."""
+        self.state = _IDLE
+        self.stream_id = stream_id
+        self.client = None
+        self.headers_sent = None
+        self.trailers_sent = None
+        self.headers_received = None
+        self.trailers_received = None
+        self.stream_closed_by = None
 
     def process_input(self, input_: StreamInputs) -> list[Event]:
         if not isinstance(input_, StreamInputs):
@@ -561,6 +620,26 @@ def _shape(frame: Any) -> tuple[list[str], list[str]]:
 HEADERS_FAST: Final = _shape(HeadersFrame(1)) == _HEADERS_SHAPE == _shape(headers_frame(1, 0))
 
 
+def decode_headers(decoder: Any, block: bytes) -> Any:
+    """h2's `_decode_headers`, compiled: HPACK's errors as h2's."""
+    try:
+        return decoder.decode(block, raw=True)
+    except OversizedHeaderListError as e:
+        raise DenialOfServiceError(f"Oversized header block: {e}") from e
+    except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"Error decoding header block: {e}") from e
+
+
+def flagged(frame: Frame, name: str) -> bool:
+    """`name in frame.flags`, from the set inside hyperframe's `Flags` (its `__contains__` is
+    Python code), when it has the shape checked at import."""
+    flags: Any = frame.flags
+    if HEADERS_FAST and type(flags) is Flags:
+        names: set[str] = flags._flags
+        return name in names
+    return name in flags
+
+
 @mypyc_attr(native_class=False)
 class WireFrameBuffer(FrameBuffer):
     """h2's FrameBuffer: the received bytes as frames, with its checks (frame size, header
@@ -617,14 +696,16 @@ class WireFrameBuffer(FrameBuffer):
             held.append(frame)
             if len(held) > CONTINUATION_BACKLOG:
                 raise ProtocolError("Too many continuation frames received.")
-            if "END_HEADERS" in frame.flags:
+            if flagged(frame, "END_HEADERS"):
                 first = held[0]
                 first.flags.add("END_HEADERS")
                 first.data = b"".join(part.data for part in held)
                 self._headers_buffer = []
                 return first
             return None
-        if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and "END_HEADERS" not in frame.flags:
+        if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and not flagged(
+            frame, "END_HEADERS"
+        ):
             held.append(frame)
             return None
         return frame
@@ -887,16 +968,15 @@ class WireConnection(H2Connection):
             count = self._open_streams(0 if client else 1)
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
-        headers = _decode_headers(self.decoder, frame.data)
+        headers = decode_headers(self.decoder, frame.data)
         events = connection_step(self.state_machine, _C_RECV_HEADERS)
         stream = self._get_or_create_stream(
             stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
         )
-        flags = frame.flags
         frames, stream_events = stream.receive_headers(
-            headers, "END_STREAM" in flags, config._header_encoding
+            headers, flagged(frame, "END_STREAM"), config._header_encoding
         )
-        if "PRIORITY" in flags:
+        if flagged(frame, "PRIORITY"):
             p_frames, p_events = self._receive_priority_frame(frame)
             first: Any = stream_events[0]
             first.priority_updated = p_events[0]

@@ -409,20 +409,33 @@ def test_response_heads_and_trailers_are_byte_identical() -> None:
     assert sum(type(e).__name__ == "StreamEnded" for e in events) == 5  # not 5's
 
 
+def event_state(event: Any) -> tuple[str, dict[str, Any]]:
+    """An event's class and public fields."""
+    names = [n for n in dir(event) if not n.startswith("_")]
+    return type(event).__name__, {n: getattr(event, n) for n in names}
+
+
 def run_machine(machine: Any, state: Any, step: Any, **attrs: Any) -> tuple[Any, ...]:
     machine.state = state
     for name, value in attrs.items():
         setattr(machine, name, value)
-    result = outcome_of(lambda: [type(e).__name__ for e in machine.process_input(step)])
-    return result, machine.state, sorted(vars(machine).items(), key=str)
+    result = outcome_of(lambda: [event_state(e) for e in machine.process_input(step)])
+    return result, machine.state, list(vars(machine).items())
 
 
 @pytest.mark.parametrize("client", [None, True, False])
 @pytest.mark.parametrize("sent", [None, True])
+@pytest.mark.parametrize("trailers", [None, True])
 def test_the_stream_state_machine_moves_as_h2_s_in_every_state(
-    client: bool | None, sent: bool | None
+    client: bool | None, sent: bool | None, trailers: bool | None
 ) -> None:
-    attrs = {"client": client, "headers_sent": sent, "headers_received": sent}
+    attrs = {
+        "client": client,
+        "headers_sent": sent,
+        "headers_received": sent,
+        "trailers_sent": trailers,
+        "trailers_received": trailers,
+    }
     for state in StreamState:
         for step in StreamInputs:
             theirs = run_machine(H2StreamStateMachine(1), state, step, **attrs)
@@ -611,3 +624,15 @@ def test_a_headers_frame_with_bad_padding_ends_both_connections_alike() -> None:
         "Received frame with invalid padding.",
     )
     pair.take()  # the same GOAWAY from both
+
+
+def test_a_bad_or_oversized_header_block_is_refused_by_both() -> None:
+    pair = Pair()
+    bad = HeadersFrame(1, b"\xbe", flags=["END_HEADERS", "END_STREAM"]).serialize()
+    assert pair.feed(bad)[1].startswith("Error decoding header block")
+    pair.take()  # the same GOAWAY
+    pair = Pair()
+    for server in pair.servers:
+        server.decoder.max_header_list_size = 100
+    pair.client.send_headers(1, [*REQUEST, (b"x-big", b"v" * 200)], end_stream=True)
+    assert pair.feed(pair.client.data_to_send())[0] == "DenialOfServiceError"
