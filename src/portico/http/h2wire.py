@@ -869,7 +869,10 @@ class WireConnection(H2Connection):
         stream_step(machine, step)
         block = self.encoder.encode(fields)
         size = stream.max_outbound_frame_size or 0
-        blocks = [block[i : i + size] for i in range(0, len(block), size)]
+        if 0 < len(block) <= size:
+            blocks = [block]  # one frame: the block as it is, not a copy
+        else:
+            blocks = [block[i : i + size] for i in range(0, len(block), size)]
         first = blocks[0]  # h2 fails here too on an empty block (no :status: never ours)
         flags = 0
         if end_stream:
