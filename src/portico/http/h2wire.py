@@ -7,8 +7,14 @@ protocol checks, with these methods done without the library's per-frame Python 
   (h2 builds a hyperframe `DataFrame`, copies a memoryview to bytes, serialises it, joins it,
   appends it); the connection's and stream's state machines and windows are moved exactly as
   h2 moves them, and its flow-control and frame-size errors are raised as it raises them.
-- `_receive_frame`: as h2's, without the `repr(frame)` it computes for a trace log that
-  never prints (a hex dump of every DATA frame's payload).
+- `receive_data`, `_receive_frame`: as h2's, without the `repr(frame)` it computes for a
+  trace log that never prints (a hex dump of every DATA frame's payload).
+- received frames (`WireFrameBuffer`): h2's buffer as a loop, a plain HEADERS frame (no
+  padding, no priority: what clients send) built as hyperframe builds it without its four
+  `__init__`s and flag loops (`headers_frame`; the fast path checks at import that
+  hyperframe's frame still has that shape).
+- new streams (`_get_or_create_stream`, `_begin_new_stream`): no KeyError raised and caught
+  per stream, settings read without h2's property chain (`setting`).
 - `_prepare_for_sending`: frames appended one by one, not joined first.
 - `take_data`: what is queued to send, without the copy `data_to_send` makes; large DATA
   payloads are held by reference until then and joined once (appended to one growing
@@ -35,14 +41,15 @@ from h2.connection import (
     ConnectionState,
     H2Connection,
     H2ConnectionStateMachine,
-    _decode_headers,
 )
 from h2.errors import ErrorCodes
 from h2.events import (
     Event,
     InformationalResponseReceived,
     PushedStreamReceived,
+    RequestReceived,
     ResponseReceived,
+    StreamEnded,
     StreamReset,
     TrailersReceived,
     WindowUpdated,
@@ -51,6 +58,7 @@ from h2.events import (
     _TrailersSent,
 )
 from h2.exceptions import (
+    DenialOfServiceError,
     FlowControlError,
     FrameDataMissingError,
     FrameTooLargeError,
@@ -61,17 +69,21 @@ from h2.exceptions import (
     TooManyStreamsError,
 )
 from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
+from h2.settings import SettingCodes
 from h2.stream import (
     H2Stream,
     H2StreamStateMachine,
+    StreamClosedBy,
     StreamInputs,
     StreamState,
 )
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, utf8_encode_headers
 from h2.windows import WindowManager
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.struct import NeverIndexedHeaderTuple
-from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
+from hyperframe.flags import Flags
 from hyperframe.frame import (
     ContinuationFrame,
     Frame,
@@ -101,6 +113,8 @@ _OPEN_STATES: Final = (
     StreamState.HALF_CLOSED_REMOTE,
 )
 _CONNECTION_CLOSED: Final = ConnectionState.CLOSED
+_IDLE: Final = StreamState.IDLE
+_CLOSED_BY_SEND_END_STREAM: Final = StreamClosedBy.SEND_END_STREAM
 _SEND_DATA: Final = StreamInputs.SEND_DATA
 _SEND_END_STREAM: Final = StreamInputs.SEND_END_STREAM
 _SEND_HEADERS: Final = StreamInputs.SEND_HEADERS
@@ -113,6 +127,30 @@ _C_SEND_DATA: Final = ConnectionInputs.SEND_DATA
 _C_SEND_HEADERS: Final = ConnectionInputs.SEND_HEADERS
 _C_RECV_HEADERS: Final = ConnectionInputs.RECV_HEADERS
 _C_RECV_WINDOW_UPDATE: Final = ConnectionInputs.RECV_WINDOW_UPDATE
+
+# a HEADERS frame's flag bits as hyperframe names them, and the frame as hyperframe builds it
+# (attributes in its order): the shape `headers_frame` copies, checked at import
+_HEADERS_FLAGS: Final[list[tuple[str, int]]] = [
+    (flag.name, flag.bit) for flag in HeadersFrame.defined_flags
+]
+_HEADERS_VALID: Final = frozenset(name for name, _ in _HEADERS_FLAGS)
+_HEADERS_PLAIN: Final = 0x08 | 0x20  # neither PADDED nor PRIORITY: the body is the block
+_HEADERS_SHAPE: Final = (
+    [
+        "stream_id",
+        "flags",
+        "body_len",
+        "depends_on",
+        "stream_weight",
+        "exclusive",
+        "pad_length",
+        "data",
+    ],
+    ["_valid_flags", "_flags"],
+)
+
+_INITIAL_WINDOW_SIZE: Final = SettingCodes.INITIAL_WINDOW_SIZE
+_MAX_CONCURRENT_STREAMS: Final = SettingCodes.MAX_CONCURRENT_STREAMS
 
 _SIGIL: Final = 0x3A  # ':'
 _CONNECTION_HEADERS: Final = frozenset(
@@ -283,9 +321,51 @@ def _method(fields: list[Any]) -> bytes | None:
 # The state machines' transition tables, keyed by the enum members' ids: h2 looks a transition
 # up by a tuple of two enum members, whose hash is Python code (`Enum.__hash__`) run twice
 # for every frame sent or received. Built from h2's own tables, so the moves are h2's.
+def _request_received(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.request_received`, compiled."""
+    assert not machine.headers_received
+    assert not machine.trailers_received
+    machine.client = False
+    machine.headers_received = True
+    return [RequestReceived(stream_id=machine.stream_id)]
+
+
+def _response_sent(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.response_sent`, compiled."""
+    if not machine.headers_sent:
+        if machine.client is True or machine.client is None:
+            raise ProtocolError("Client cannot send responses.")
+        machine.headers_sent = True
+        return [_ResponseSent()]
+    assert not machine.trailers_sent
+    machine.trailers_sent = True
+    return [_TrailersSent()]
+
+
+def _stream_half_closed(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.stream_half_closed`, compiled."""
+    return [StreamEnded(stream_id=machine.stream_id)]
+
+
+def _send_end_stream(machine: Any, previous: StreamState) -> list[Event]:
+    """h2's `H2StreamStateMachine.send_end_stream`, compiled."""
+    machine.stream_closed_by = _CLOSED_BY_SEND_END_STREAM
+    return []
+
+
+# the transitions every request takes, run as the compiled copies above
+_STREAM_COPIES: Final[dict[Any, Any]] = {
+    H2StreamStateMachine.request_received: _request_received,
+    H2StreamStateMachine.response_sent: _response_sent,
+    H2StreamStateMachine.stream_half_closed: _stream_half_closed,
+    H2StreamStateMachine.send_end_stream: _send_end_stream,
+}
 _STREAM_MOVES: Final[dict[int, dict[int, Any]]] = {}
-for (_state, _input), _move in _stream_transitions.items():
-    _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = _move
+for (_state, _input), (_func, _target) in _stream_transitions.items():
+    _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = (
+        _STREAM_COPIES.get(_func, _func),
+        _target,
+    )
 _CONNECTION_MOVES: Final[dict[int, dict[int, Any]]] = {}
 for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
     _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
@@ -345,6 +425,17 @@ def connection_step(machine: Any, input_: Any) -> list[Event]:
 @mypyc_attr(native_class=False)
 class WireStreamMachine(H2StreamStateMachine):
     """h2's stream state machine (RFC 9113 §5.1), its table looked up without `Enum.__hash__`."""
+
+    def __init__(self, stream_id: int) -> None:
+        """h2's, compiled."""
+        self.state = _IDLE
+        self.stream_id = stream_id
+        self.client = None
+        self.headers_sent = None
+        self.trailers_sent = None
+        self.headers_received = None
+        self.trailers_received = None
+        self.stream_closed_by = None
 
     def process_input(self, input_: StreamInputs) -> list[Event]:
         if not isinstance(input_, StreamInputs):
@@ -488,6 +579,67 @@ class WireStream(H2Stream):
         )
 
 
+def setting(settings: Any, code: SettingCodes) -> int:
+    """h2's `Settings` property for `code` (`settings.initial_window_size`, ...): the value in
+    force, a KeyError if there is none, read without its property and `__getitem__`."""
+    value: int | None = settings._settings[code][0]
+    if value is None:
+        raise KeyError
+    return value
+
+
+def headers_frame(stream_id: int, flag_byte: int) -> HeadersFrame:
+    """hyperframe's `HeadersFrame(stream_id)` after `parse_flags(flag_byte)`: the same object
+    (its class, attributes and `Flags`), built without its four `__init__`s and flag loops.
+    Stream 0 is hyperframe's own path (its error)."""
+    frame: Any = HeadersFrame.__new__(HeadersFrame)
+    frame.stream_id = stream_id
+    flags: Any = Flags.__new__(Flags)
+    flags._valid_flags = set(_HEADERS_VALID)
+    names: set[str] = set()
+    for name, bit in _HEADERS_FLAGS:
+        if flag_byte & bit:
+            names.add(name)
+    flags._flags = names
+    frame.flags = flags
+    frame.body_len = 0
+    frame.depends_on = 0
+    frame.stream_weight = 0
+    frame.exclusive = False
+    frame.pad_length = 0
+    frame.data = b""
+    built: HeadersFrame = frame
+    return built
+
+
+def _shape(frame: Any) -> tuple[list[str], list[str]]:
+    return list(vars(frame)), list(vars(frame.flags))
+
+
+# the fast path only while hyperframe builds a HEADERS frame as `headers_frame` does
+HEADERS_FAST: Final = _shape(HeadersFrame(1)) == _HEADERS_SHAPE == _shape(headers_frame(1, 0))
+
+
+def decode_headers(decoder: Any, block: bytes) -> Any:
+    """h2's `_decode_headers`, compiled: HPACK's errors as h2's."""
+    try:
+        return decoder.decode(block, raw=True)
+    except OversizedHeaderListError as e:
+        raise DenialOfServiceError(f"Oversized header block: {e}") from e
+    except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"Error decoding header block: {e}") from e
+
+
+def flagged(frame: Frame, name: str) -> bool:
+    """`name in frame.flags`, from the set inside hyperframe's `Flags` (its `__contains__` is
+    Python code), when it has the shape checked at import."""
+    flags: Any = frame.flags
+    if HEADERS_FAST and type(flags) is Flags:
+        names: set[str] = flags._flags
+        return name in names
+    return name in flags
+
+
 @mypyc_attr(native_class=False)
 class WireFrameBuffer(FrameBuffer):
     """h2's FrameBuffer: the received bytes as frames, with its checks (frame size, header
@@ -498,10 +650,20 @@ class WireFrameBuffer(FrameBuffer):
             data = self._data
             if len(data) < 9:
                 raise StopIteration
-            try:
-                frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-            except (InvalidDataError, InvalidFrameError) as err:
-                raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+            high, low, kind, flag_byte, stream_id = _FRAME_HEADER.unpack_from(data)
+            stream_id &= 0x7FFFFFFF
+            plain = False
+            frame: Frame
+            if kind == 0x1 and stream_id and HEADERS_FAST:
+                # a request's HEADERS: hyperframe's frame, built directly (`headers_frame`)
+                frame = headers_frame(stream_id, flag_byte)
+                length = (high << 8) + low
+                plain = not flag_byte & _HEADERS_PLAIN
+            else:
+                try:
+                    frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+                except (InvalidDataError, InvalidFrameError) as err:
+                    raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
             if len(data) < length + 9:
                 raise StopIteration
             if length > self.max_frame_size:
@@ -509,7 +671,12 @@ class WireFrameBuffer(FrameBuffer):
                     f"Received overlong frame: length {length}, max {self.max_frame_size}"
                 )
             try:
-                frame.parse_body(memoryview(data[9 : 9 + length]))
+                if plain:
+                    # hyperframe's parse_body with no padding and no priority: the block
+                    frame.body_len = length
+                    frame.data = bytes(data[9 : 9 + length])  # type: ignore[attr-defined]
+                else:
+                    frame.parse_body(memoryview(data[9 : 9 + length]))
             except InvalidDataError as err:
                 raise ProtocolError("Received frame with non-compliant data") from err
             except InvalidFrameError as err:
@@ -529,14 +696,16 @@ class WireFrameBuffer(FrameBuffer):
             held.append(frame)
             if len(held) > CONTINUATION_BACKLOG:
                 raise ProtocolError("Too many continuation frames received.")
-            if "END_HEADERS" in frame.flags:
+            if flagged(frame, "END_HEADERS"):
                 first = held[0]
                 first.flags.add("END_HEADERS")
                 first.data = b"".join(part.data for part in held)
                 self._headers_buffer = []
                 return first
             return None
-        if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and "END_HEADERS" not in frame.flags:
+        if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and not flagged(
+            frame, "END_HEADERS"
+        ):
             held.append(frame)
             return None
         return frame
@@ -700,7 +869,10 @@ class WireConnection(H2Connection):
         stream_step(machine, step)
         block = self.encoder.encode(fields)
         size = stream.max_outbound_frame_size or 0
-        blocks = [block[i : i + size] for i in range(0, len(block), size)]
+        if 0 < len(block) <= size:
+            blocks = [block]  # one frame: the block as it is, not a copy
+        else:
+            blocks = [block[i : i + size] for i in range(0, len(block), size)]
         first = blocks[0]  # h2 fails here too on an empty block (no :status: never ours)
         flags = 0
         if end_stream:
@@ -724,9 +896,17 @@ class WireConnection(H2Connection):
             buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x9, flags, sid)
             buffer += part
 
+    def _get_or_create_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        """h2's, without a KeyError raised and caught for every new stream."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        return self._begin_new_stream(stream_id, allowed_ids)
+
     def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
         """h2's, making a `WireStream`."""
-        outbound = self._stream_id_is_outbound(stream_id)
+        config: Any = self.config
+        outbound = stream_id % 2 == int(config._client_side)  # h2's _stream_id_is_outbound
         highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
         if stream_id <= highest:
             raise StreamIDTooLowError(stream_id, highest)
@@ -735,8 +915,8 @@ class WireConnection(H2Connection):
         stream = WireStream(
             stream_id,
             config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
+            inbound_window_size=setting(self.local_settings, _INITIAL_WINDOW_SIZE),
+            outbound_window_size=setting(self.remote_settings, _INITIAL_WINDOW_SIZE),
         )
         stream.max_outbound_frame_size = self.max_outbound_frame_size
         self.streams[stream_id] = stream
@@ -787,20 +967,19 @@ class WireConnection(H2Connection):
         client = config._client_side
         stream_id = frame.stream_id
         if stream_id not in self.streams:
-            limit = self.local_settings.max_concurrent_streams
+            limit = setting(self.local_settings, _MAX_CONCURRENT_STREAMS)
             count = self._open_streams(0 if client else 1)
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
-        headers = _decode_headers(self.decoder, frame.data)
+        headers = decode_headers(self.decoder, frame.data)
         events = connection_step(self.state_machine, _C_RECV_HEADERS)
         stream = self._get_or_create_stream(
             stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
         )
-        flags = frame.flags
         frames, stream_events = stream.receive_headers(
-            headers, "END_STREAM" in flags, config._header_encoding
+            headers, flagged(frame, "END_STREAM"), config._header_encoding
         )
-        if "PRIORITY" in flags:
+        if flagged(frame, "PRIORITY"):
             p_frames, p_events = self._receive_priority_frame(frame)
             first: Any = stream_events[0]
             first.priority_updated = p_events[0]
@@ -830,6 +1009,24 @@ class WireConnection(H2Connection):
             stream_events = [WindowUpdated(stream_id=0, delta=increment)]
             frames = []
         return frames, events + stream_events
+
+    def receive_data(self, data: Any) -> list[Event]:
+        """h2's, compiled (its loop over the received frames), without the trace log call."""
+        events: list[Event] = []
+        buffer = self.incoming_buffer
+        buffer.add_data(data)
+        buffer.max_frame_size = self.max_inbound_frame_size
+        try:
+            for frame in buffer:
+                events.extend(self._receive_frame(frame))
+        except InvalidPaddingError as e:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise ProtocolError("Received frame with invalid padding.") from e
+        except ProtocolError as e:
+            # h2 queues a GOAWAY before the error goes up
+            self._terminate_connection(e.error_code)
+            raise
+        return events
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         """h2's, without the eager `repr(frame)` for its trace log."""

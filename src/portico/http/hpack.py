@@ -46,6 +46,8 @@ STATIC_LENGTH: Final = len(STATIC_TABLE)
 STATIC_MAPPING: Final[dict[bytes, tuple[int, dict[bytes, int]]]] = {}
 for _i, (_name, _value) in enumerate(STATIC_TABLE, 1):
     STATIC_MAPPING.setdefault(_name, (_i, {}))[1][_value] = _i
+# an indexed field (RFC 7541 §6.1) whose index fits the 7-bit prefix: one byte, made once
+INDEXED: Final[list[bytes]] = [bytes([0x80 | index]) for index in range(127)]
 HUFFMAN_CODES: Final[list[int]] = list(REQUEST_CODES)
 HUFFMAN_LENGTHS: Final[list[int]] = list(REQUEST_CODES_LENGTH)
 
@@ -271,6 +273,8 @@ class Encoder:
         indexbit = INDEX_NEVER if sensitive else INDEX_INCREMENTAL
         index, perfect = table.search(name, value)
         if perfect:
+            if index < 127:
+                return INDEXED[index]
             field = encode_integer(index, 7)
             field[0] |= 0x80
             return bytes(field)

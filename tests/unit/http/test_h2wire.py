@@ -20,6 +20,7 @@ from h2.connection import (
 )
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
 from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, validate_headers
@@ -33,13 +34,16 @@ from hyperframe.frame import (
 )
 
 from portico.http.h2wire import (
+    HEADERS_FAST,
     HOLD_FROM,
     WRITTEN_FOR,
     LibraryConnection,
     WireConnection,
     WireConnectionMachine,
+    WireFrameBuffer,
     WireStreamMachine,
     connection_class,
+    headers_frame,
     received_fields,
 )
 
@@ -405,20 +409,33 @@ def test_response_heads_and_trailers_are_byte_identical() -> None:
     assert sum(type(e).__name__ == "StreamEnded" for e in events) == 5  # not 5's
 
 
+def event_state(event: Any) -> tuple[str, dict[str, Any]]:
+    """An event's class and public fields."""
+    names = [n for n in dir(event) if not n.startswith("_")]
+    return type(event).__name__, {n: getattr(event, n) for n in names}
+
+
 def run_machine(machine: Any, state: Any, step: Any, **attrs: Any) -> tuple[Any, ...]:
     machine.state = state
     for name, value in attrs.items():
         setattr(machine, name, value)
-    result = outcome_of(lambda: [type(e).__name__ for e in machine.process_input(step)])
-    return result, machine.state, sorted(vars(machine).items(), key=str)
+    result = outcome_of(lambda: [event_state(e) for e in machine.process_input(step)])
+    return result, machine.state, list(vars(machine).items())
 
 
 @pytest.mark.parametrize("client", [None, True, False])
 @pytest.mark.parametrize("sent", [None, True])
+@pytest.mark.parametrize("trailers", [None, True])
 def test_the_stream_state_machine_moves_as_h2_s_in_every_state(
-    client: bool | None, sent: bool | None
+    client: bool | None, sent: bool | None, trailers: bool | None
 ) -> None:
-    attrs = {"client": client, "headers_sent": sent, "headers_received": sent}
+    attrs = {
+        "client": client,
+        "headers_sent": sent,
+        "headers_received": sent,
+        "trailers_sent": trailers,
+        "trailers_received": trailers,
+    }
     for state in StreamState:
         for step in StreamInputs:
             theirs = run_machine(H2StreamStateMachine(1), state, step, **attrs)
@@ -547,3 +564,75 @@ def test_the_fast_paths_serve_only_under_the_h2_release_they_copy() -> None:
     server = other(H2Configuration(client_side=False, header_encoding=None))
     server.initiate_connection()
     assert server.take_data().startswith(b"\x00\x00")  # its SETTINGS frame
+
+
+def frame_state(frame: Any) -> tuple[Any, ...]:
+    """A parsed frame as h2 can see it: class, attributes in order, flags and their checks."""
+    fields = {k: v for k, v in vars(frame).items() if k != "flags"}
+    return type(frame), list(vars(frame)), fields, vars(frame.flags)
+
+
+def test_a_headers_frame_is_built_as_hyperframe_builds_it() -> None:
+    assert HEADERS_FAST  # this hyperframe still has the shape the fast path copies
+    for sid in (1, 3, 2**31 - 1):
+        for flag_byte in range(256):
+            theirs = HeadersFrame(sid)
+            theirs.parse_flags(flag_byte)
+            ours = headers_frame(sid, flag_byte)
+            assert frame_state(ours) == frame_state(theirs), (sid, flag_byte)
+            assert ours.flags._valid_flags is not theirs.flags._valid_flags
+    with pytest.raises(ValueError, match="Unexpected flag"):  # hyperframe's flag check kept
+        headers_frame(1, 0).flags.add("ACK")
+
+
+def parsed(buffer: Any, data: bytes) -> tuple[str, Any]:
+    buffer.add_data(data)
+    return outcome_of(lambda: [frame_state(f) for f in buffer])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        HeadersFrame(1, b"block", flags=["END_HEADERS", "END_STREAM"]).serialize(),
+        HeadersFrame(7, b"", flags=["END_HEADERS"]).serialize(),
+        HeadersFrame(1, b"block", flags=["END_HEADERS", "PADDED"], pad_length=3).serialize(),
+        HeadersFrame(
+            1, b"block", flags=["END_HEADERS", "PRIORITY"], depends_on=3, stream_weight=9
+        ).serialize(),
+        b"\x00\x00\x02\x01\x0c\x00\x00\x00\x01\x05x",  # padding longer than the frame
+        b"\x00\x00\x02\x01\x24\x00\x00\x00\x01ab",  # priority data cut short
+        b"\x00\x00\x00\x01\x0c\x00\x00\x00\x01",  # padded, no pad length
+        b"\x00\x00\x01\x01\x04\x00\x00\x00\x00x",  # stream 0
+        b"\x00\x00\x01\x01\x05\x80\x00\x00\x01x",  # the reserved bit set
+        HeadersFrame(1, b"part").serialize()  # a block over a CONTINUATION
+        + ContinuationFrame(1, b"rest", flags=["END_HEADERS"]).serialize(),
+        HeadersFrame(3, b"block", flags=["END_HEADERS"]).serialize()[:12],  # not all here yet
+    ],
+)
+def test_headers_frames_are_parsed_as_h2_s_buffer_parses_them(data: bytes) -> None:
+    theirs, ours = FrameBuffer(server=False), WireFrameBuffer(server=False)
+    for buffer in (theirs, ours):
+        buffer.max_frame_size = 16384
+    assert parsed(ours, data) == parsed(theirs, data)
+    assert ours._data == theirs._data  # what is left for the next read
+
+
+def test_a_headers_frame_with_bad_padding_ends_both_connections_alike() -> None:
+    pair = Pair()
+    assert pair.feed(b"\x00\x00\x02\x01\x0d\x00\x00\x00\x01\x05x") == (
+        "ProtocolError",
+        "Received frame with invalid padding.",
+    )
+    pair.take()  # the same GOAWAY from both
+
+
+def test_a_bad_or_oversized_header_block_is_refused_by_both() -> None:
+    pair = Pair()
+    bad = HeadersFrame(1, b"\xbe", flags=["END_HEADERS", "END_STREAM"]).serialize()
+    assert pair.feed(bad)[1].startswith("Error decoding header block")
+    pair.take()  # the same GOAWAY
+    pair = Pair()
+    for server in pair.servers:
+        server.decoder.max_header_list_size = 100
+    pair.client.send_headers(1, [*REQUEST, (b"x-big", b"v" * 200)], end_stream=True)
+    assert pair.feed(pair.client.data_to_send())[0] == "DenialOfServiceError"
