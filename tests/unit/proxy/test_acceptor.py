@@ -181,13 +181,18 @@ def test_every_accepted_descriptor_is_closed_once_its_connection_ends(loop_kind:
     descriptor open behind them (uvloop's transports get the bare descriptor: a Handoff)."""
     loop = _new_loop(loop_kind)
     made = 0
+    first_gone = loop.create_future()
+
+    class _First(_Answer):
+        def connection_lost(self, exc: Exception | None) -> None:
+            first_gone.set_result(None)  # the loop closes the descriptor before the waiter runs
 
     def factory(peer: object) -> asyncio.Protocol:
         nonlocal made
         made += 1
         if made % 3 == 0:
             raise RuntimeError("a bug")
-        return _Answer()
+        return _First() if made == 1 else _Answer()
 
     async def main() -> tuple[list[bytes], int, int]:
         listener = socket.create_server(("127.0.0.1", 0))
@@ -210,7 +215,7 @@ def test_every_accepted_descriptor_is_closed_once_its_connection_ends(loop_kind:
                     writer.close()
                     await writer.wait_closed()
                 if attempt == 0:  # what the loop opens once (its resolver's) is open now
-                    await asyncio.sleep(0.05)
+                    await asyncio.wait_for(first_gone, 5)
                     before = _open_descriptors()
             for _ in range(100):  # the server side's close runs on the loop's next turns
                 if _open_descriptors() <= before:
