@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fakes import Portico, Reply, Seen, pool_yaml, request
+from fakes import Portico, Reply, ResponseReader, Seen, pool_yaml, request
 
 MIB = 1 << 20
 SLOW_READERS = 150
@@ -140,6 +140,66 @@ def test_a_larger_response_buffer_is_honoured_and_bounds_what_a_slow_reader_hold
     )
     assert per_reader >= 384, f"{per_reader:.0f} KiB per slow reader: the setting is not used"
     assert per_reader <= 1.25 * 1024 + 48, f"{per_reader:.0f} KiB per slow reader: unbounded?"
+
+
+def pattern(tag: bytes, size: int) -> bytes:
+    """`size` bytes in which every 16-byte line says which body and where."""
+    return b"".join(b"%s%013d\n" % (tag, i) for i in range((size + 15) // 16))[:size]
+
+
+def sized(target: str) -> int:
+    """The body size a target asks for: /s... 3 MiB, /m... 1 MiB, /k... 16 KiB + 1."""
+    return {"s": 3 * MIB, "m": MIB, "k": 16 * 1024 + 1}[target[1]]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_slow_and_fast_readers_each_get_their_own_bytes(backends, portico, framing: str) -> None:
+    """Response bytes go on from the worker's read buffers as views (not copies) wherever the
+    client's socket takes them at once; a slow reader's socket does not, and the rest of its
+    write stays queued as a view of the buffer, which later reads (the fast readers') must
+    then never overwrite. Every body is checked byte for byte, the slow ones read last."""
+    backend = backends(
+        "b",
+        lambda seen: Reply(body=pattern(seen.target.encode(), sized(seen.target)), framing=framing),
+    )
+    proxy = portico(
+        "workers: 1\n"
+        "listeners:\n  - {name: web, bind: 127.0.0.1:0, default_pool: app}\n"
+        "pools:\n  app:\n    servers:\n" + pool_yaml([backend])
+    )
+    # each asks for 3 MiB in 16 KiB responses at once (pipelined): once its socket's send
+    # queue is full, the next ones' writes stay queued in the worker, as views of the reads
+    slow = slow_readers_of(proxy.port, [[f"/k{i}-{j}" for j in range(192)] for i in range(2)])
+    slow += slow_readers_of(proxy.port, [[f"/s{i}", f"/k{i}"] for i in range(2)])
+    try:
+        for i in range(6):
+            target = f"/m{i}" if i % 2 else f"/k{i}"
+            response = request(proxy.port, target=target)
+            assert response.status == 200
+            assert response.body == pattern(target.encode(), sized(target)), target
+        for targets, sock in slow:
+            reader = ResponseReader(sock)
+            for target in targets:
+                response = reader.read()
+                assert response.status == 200
+                assert response.body == pattern(target.encode(), sized(target)), target
+    finally:
+        for _, sock in slow:
+            sock.close()
+
+
+def slow_readers_of(port: int, asks: list[list[str]]) -> list[tuple[list[str], socket.socket]]:
+    """A client per list of targets, with a small receive buffer, that asks for them all at
+    once and reads nothing yet."""
+    socks = []
+    for targets in asks:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"".join(f"GET {t} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for t in targets))
+        socks.append((targets, sock))
+    return socks
 
 
 def test_oversized_response_head_is_502(backends, portico) -> None:

@@ -44,9 +44,11 @@ MAX_RESPONSE_HEAD: Final = 64 * 1024
 # stays in user space. A slow reader's send queue is full, so it gets the bounded rule.
 # Plain HTTP/1.x clients only: under TLS the socket sits below the SSL layer's own buffers, and
 # HTTP/2 streams share one connection, so both keep the bound. Heads are read READ_SIZE at a
-# time. One buffer serves every connection of the worker, sized for the largest read
-# (`reserve_read_buffer`): the loop calls `get_buffer`, reads into it and calls
-# `buffer_updated` in one step, and the bytes are copied out at once.
+# time. The worker's connections share its read buffers: the loop calls `get_buffer`, reads
+# into it and calls `buffer_updated` in one step. A head read, and a big body read (a fast
+# reader's, `LEND_MIN` or more), go on as views of the buffer, not copies (`LentBuffer`); a
+# bounded read (a slow reader's) is copied out of a buffer sized for the largest read
+# (`reserve_read_buffer`), so that it holds only what it read.
 DEFAULT_RESPONSE_BUFFER: Final = 64 * 1024
 MIN_RESPONSE_BUFFER: Final = 16 * 1024
 MAX_RESPONSE_BUFFER: Final = 4 * 1024 * 1024
@@ -61,7 +63,39 @@ REUSE_BODY: Final = 16 * 1024
 # a body piece at least this big, read with its head, is passed on as a view (`_body_of`)
 VIEW_MIN: Final = 2048
 _READ_BUFFER = memoryview(bytearray(BIG_READ))
-_HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
+# a body read this big or bigger (up to BIG_READ) is read into the lent body buffer: if a view
+# of it is kept, the whole buffer is held, at most 8/7 of what the read asked for
+LEND_MIN: Final = BIG_READ - BIG_READ // 8
+# called as a C static, not looked up as `sys` then `.getrefcount` (twice a lent read)
+_getrefcount: Final = sys.getrefcount
+
+
+class LentBuffer:
+    """A read buffer whose bytes go on as views (`view`), not copies: a 16 KiB response's
+    body was copied out of each read (the biggest single cost of relaying it), a 1 MiB one
+    whole. Reused only while nobody holds a view of it: the refcount of `data` before and
+    after the read's bytes were handed on tells (each `memoryview(data)` holds one reference
+    while it or any slice of it lives). A view still held after that (the client's socket
+    took only part of a write, and uvloop keeps the rest; an HTTP/2 stream waiting for its
+    window) keeps the old buffer alive and unchanged: `renew` gives the next read a new one.
+    Such a view holds the whole buffer, so a read is lent only when it filled at least half
+    of it (`least`): a held view then holds at most twice what a copy held (a pipelining
+    client that reads nothing gets every answer queued in the worker, one read each)."""
+
+    __slots__ = ("data", "least", "view")
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)  # what get_buffer hands out (slices of it)
+        self.least = size // 2
+
+    def renew(self) -> None:
+        self.data = bytearray(len(self.data))
+        self.view = memoryview(self.data)
+
+
+_HEAD_LENT: Final = LentBuffer(READ_SIZE)
+_BODY_LENT: Final = LentBuffer(BIG_READ)
 
 
 def _body_of(buffer: bytes, start: int, end: int) -> bytes | memoryview:
@@ -77,10 +111,9 @@ def _body_of(buffer: bytes, start: int, end: int) -> bytes | memoryview:
 def reserve_read_buffer(size: int) -> None:
     """Make the worker's shared read buffer at least `size` bytes (the largest listener's
     `response_buffer`); called once at start, so that a read never checks."""
-    global _READ_BUFFER, _HEAD_BUFFER
+    global _READ_BUFFER
     if size > len(_READ_BUFFER):
         _READ_BUFFER = memoryview(bytearray(size))
-        _HEAD_BUFFER = _READ_BUFFER[:READ_SIZE]
 
 
 def read_buffer_size() -> int:
@@ -319,6 +352,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._got_bytes = False
         self._chunked_done = False
         self._trailers: list[Header] = []  # of a chunked response, as they arrive
+        self._lent: LentBuffer | None = None  # the buffer get_buffer lent to the read under way
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -363,13 +397,49 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         sink = self.sink
         if sink is None or self._state == _HEAD:
-            return _HEAD_BUFFER
-        return _READ_BUFFER[: sink.read_size()]
+            self._lent = _HEAD_LENT
+            return _HEAD_LENT.view
+        size = sink.read_size()
+        if LEND_MIN <= size <= BIG_READ:
+            self._lent = _BODY_LENT
+            view = _BODY_LENT.view
+            return view if size == BIG_READ else view[:size]
+        self._lent = None
+        return _READ_BUFFER[:size]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_READ_BUFFER[:nbytes]))
+        lent = self._lent
+        if lent is None or nbytes < lent.least:
+            self._lent = None
+            self.data_received(bytes((_READ_BUFFER if lent is None else lent.view)[:nbytes]))
+            return
+        self._lent = None
+        data = lent.data
+        held = _getrefcount(data)
+        try:
+            if self._state == _HEAD:
+                self._lent_head(lent, nbytes)
+            else:
+                self.data_received(memoryview(data)[:nbytes])
+        finally:
+            if _getrefcount(data) != held:
+                lent.renew()  # a view of this read is still held: never write into it again
 
-    def data_received(self, data: bytes) -> None:
+    def _lent_head(self, lent: LentBuffer, nbytes: int) -> None:
+        """A read in the head state: a whole head followed by at least VIEW_MIN body bytes
+        goes on as the head's bytes and a view of the rest; anything else is copied."""
+        data = lent.data
+        end = -1 if self._buffer else data.find(b"\r\n\r\n", 0, nbytes)
+        if end < 0 or nbytes - end - 4 < VIEW_MIN:
+            self.data_received(bytes(lent.view[:nbytes]))
+            return
+        head_end = end + 4
+        self._got_bytes = True
+        self._read_head(bytes(lent.view[:head_end]), memoryview(data)[head_end:nbytes])
+        if _IDLE < self._state < _DONE:
+            self._arm_read()  # more of this response to come
+
+    def data_received(self, data: bytes | memoryview) -> None:
         state = self._state
         if state == _LENGTH:
             # the hot path of a download: count and forward, never parse
@@ -388,7 +458,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self._finish()
         elif state == _HEAD:
             self._got_bytes = True
-            self._read_head(self._buffer + data if self._buffer else data)
+            if self._buffer:
+                self._read_head(self._buffer + data)
+            else:
+                self._read_head(data if isinstance(data, bytes) else bytes(data))
             if _IDLE < self._state < _DONE:
                 self._arm_read()  # more of this response to come (usually it came whole)
         elif state == _CHUNKED:
@@ -487,7 +560,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     # -- response head -----------------------------------------------------------------------
 
-    def _read_head(self, buffer: bytes) -> None:
+    def _read_head(self, buffer: bytes, tail: memoryview | None = None) -> None:
+        """Read the response head(s) at the start of `buffer`, and the body bytes after it.
+        With a `tail` (`_lent_head`), `buffer` is exactly one head, and the bytes after it are
+        `tail`, a view of the read."""
         while True:
             end = buffer.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD + 4)
             if end < 0:
@@ -532,6 +608,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             assert sink is not None
             if status < 200:
                 rest = buffer[head_end:]
+                if tail is not None:
+                    rest, tail = bytes(tail), None  # an interim response: rare, copied
                 if status == 101:
                     if not self._upgrade:
                         self._fail("unexpected 101 Switching Protocols")
@@ -558,13 +636,16 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 return
             if kind is LENGTH_BODY:
                 length = head.length
-                available = len(buffer) - head_end
+                available = len(buffer) - head_end if tail is None else len(tail)
                 if available >= length:
                     # the whole response in this read: the common case for small answers
                     if available > length:
                         self._keep_alive = False  # bytes beyond the response
                     if length:
-                        body = _body_of(buffer, head_end, head_end + length)
+                        if tail is None:
+                            body = _body_of(buffer, head_end, head_end + length)
+                        else:
+                            body = tail if available == length else tail[:length]
                         sink.on_response_body(body)
                         self._reuse_parser(body)
                     self._finish()
@@ -572,10 +653,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     self._head_parser = None  # llhttp waits for a body it will never see
                     self._state = _LENGTH
                     self._remaining = length - available
-                    if available:
+                    if tail is not None:
+                        sink.on_response_body(tail)
+                    elif available:
                         sink.on_response_body(_body_of(buffer, head_end, len(buffer)))
             elif kind is NO_BODY:
-                if len(buffer) > head_end:
+                if len(buffer) > head_end or tail is not None:
                     self._keep_alive = False
                 if self._method == b"HEAD":
                     self._head_parser = None  # llhttp expects the body the headers describe
@@ -589,13 +672,17 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     parser.feed_data(raw)
                 self._state = _CHUNKED
                 self._parser = parser
-                if len(buffer) > head_end:
+                if tail is not None:
+                    self._feed_chunked(tail)
+                elif len(buffer) > head_end:
                     self._feed_chunked(_body_of(buffer, head_end, len(buffer)))
             else:
                 self._head_parser = None
                 self._state = _CLOSE
                 self._keep_alive = False
-                if len(buffer) > head_end:
+                if tail is not None:
+                    sink.on_response_body(tail)
+                elif len(buffer) > head_end:
                     sink.on_response_body(_body_of(buffer, head_end, len(buffer)))
             return
 
