@@ -5,6 +5,7 @@ a name repeats), and the body framing after them."""
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from portico.upstreams.connections import (
     READ_SIZE,
     TCP_MEMORY_EVERY,
     ResponseSink,
+    SendRoom,
     TcpMemory,
     UpstreamConnection,
     body_read_size,
@@ -382,6 +384,53 @@ def test_the_send_room_follows_the_kernels_send_queue() -> None:
             assert client_read_size(_RoomTransport(peer), MAX_READ, room) == MAX_READ  # type: ignore[arg-type]
             assert send_room(_RoomTransport(peer, tls=True)) is None  # type: ignore[arg-type]
             assert send_room(_RoomTransport(None)) is None  # type: ignore[arg-type]
+
+
+class _MeminfoSocket:
+    """A socket whose SO_MEMINFO says what `queued` is set to, counting how often it is asked."""
+
+    family = socket.AF_INET
+
+    def __init__(self, sndbuf: int) -> None:
+        self.sndbuf = sndbuf
+        self.queued = 0
+        self.asked = 0
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        self.asked += 1
+        return struct.pack("=9I", 0, 0, 0, self.sndbuf, 0, self.queued, 0, 0, 0)
+
+
+def test_the_kernel_is_asked_again_only_when_the_room_left_may_be_short() -> None:
+    """A fast reader's 1 MiB body in big reads: one getsockopt while the room measured, less
+    what the reads took since, still covers a whole big read; the sizes are the same as when
+    it is asked every time. Once that floor runs short it is asked again."""
+    sock = _MeminfoSocket(sndbuf=4 * 1024 * 1024)  # room: 2 MiB of payload
+    room = SendRoom(sock)  # type: ignore[arg-type]
+    transport = _Transport(0)
+    sizes = [client_read_size(transport, MAX_READ, room) for _ in range(4)]  # type: ignore[arg-type]
+    assert sizes == [BIG_READ] * 4
+    assert sock.asked == 1
+    # the floor (2 MiB - 1 MiB) covers four more; the fifth asks again
+    sizes = [client_read_size(transport, MAX_READ, room) for _ in range(4)]  # type: ignore[arg-type]
+    assert sizes == [BIG_READ] * 4
+    assert sock.asked == 1
+    sock.queued = 4 * 1024 * 1024 - 2 * 10 * 1024  # the client fell behind: 10 KiB of room
+    assert client_read_size(transport, MAX_READ, room) == 10 * 1024  # type: ignore[arg-type]
+    assert sock.asked == 2
+    # a read while bytes wait in user space counts against the floor too
+    sock.queued = 0
+    assert client_read_size(transport, MAX_READ, room) == BIG_READ  # type: ignore[arg-type]
+    assert client_read_size(_Transport(1024), MAX_READ, room) == MAX_READ - 1024  # type: ignore[arg-type]
+    assert sock.asked == 3
+    sock.queued = 4 * 1024 * 1024  # full: nothing more may be read past the bound
+    floor_left = 2 * 1024 * 1024 - BIG_READ - (MAX_READ - 1024)
+    reads = floor_left // BIG_READ  # what the floor still covers without asking
+    for _ in range(reads):
+        client_read_size(transport, MAX_READ, room)  # type: ignore[arg-type]
+    assert sock.asked == 3
+    assert client_read_size(transport, MAX_READ, room) == MAX_READ  # type: ignore[arg-type]
+    assert sock.asked == 4
 
 
 def test_the_shared_read_buffer_grows_to_the_largest_limit_and_never_shrinks() -> None:
