@@ -18,12 +18,13 @@ checks are done, so the per-chunk path never tests a phase.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import Enum
 from typing import Final, Protocol, cast
 
 from portico import tasks
 from portico.observe.stats import ByteCounter
+from portico.outbox import OUTBOX
 from portico.proxy import proxy_protocol
 from portico.proxy.proxy_protocol import Address
 from portico.timers import Deadline
@@ -53,22 +54,15 @@ class RelayState(Enum):
     DONE = "done"
 
 
-def _unset(data: bytes) -> object:
-    raise AssertionError("a relay side read before the other side's transport was set")
-
-
 class _Side(asyncio.Protocol):
     """One socket of the relay: what it reads goes to the other socket's transport."""
 
-    __slots__ = ("heard", "lost", "other", "out", "read_done", "relay", "send", "transport")
+    __slots__ = ("heard", "lost", "other", "out", "read_done", "relay", "transport")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.out: asyncio.Transport | None = None  # the other side's transport
-        # ... and its bound `write`, looked up once: per chunk a plain call of the loop's
-        # method instead of a method look-up by name (bench/relaypath.py --callgrind)
-        self.send: Callable[[bytes], object] = _unset
         self.other: _Side = self
         self.heard = False  # read something since the last idle check
         self.read_done = False  # EOF received: nothing more will be read here
@@ -77,7 +71,6 @@ class _Side(asyncio.Protocol):
     def send_to(self, transport: asyncio.Transport) -> None:
         """What this side reads goes to `transport` (set before its first read)."""
         self.out = transport
-        self.send = transport.write
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # only the server side is ever connected through this protocol
@@ -86,7 +79,9 @@ class _Side(asyncio.Protocol):
             self.transport.abort()  # the client left while we connected
 
     def data_received(self, data: bytes) -> None:
-        self.send(data)
+        out = self.out
+        assert out is not None, "a relay side read before the other side's transport was set"
+        OUTBOX.write(out, data)  # at the turn's end, with the worker's other writes
         self.heard = True
 
     def eof_received(self) -> bool:
@@ -117,7 +112,9 @@ class _ClientSide(_Side):
         self.counter = counter
 
     def data_received(self, data: bytes) -> None:
-        self.send(data)
+        out = self.out
+        assert out is not None, "a relay side read before the other side's transport was set"
+        OUTBOX.write(out, data)  # at the turn's end, with the worker's other writes
         self.heard = True
         self.counter.received += len(data)
 
@@ -132,7 +129,9 @@ class _ServerSide(_Side):
         self.counter = counter
 
     def data_received(self, data: bytes) -> None:
-        self.send(data)
+        out = self.out
+        assert out is not None, "a relay side read before the other side's transport was set"
+        OUTBOX.write(out, data)  # at the turn's end, with the worker's other writes
         self.heard = True
         self.counter.sent += len(data)
 
@@ -285,7 +284,7 @@ class Relay:
         if version is not None:
             pending = proxy_protocol.encode(version, self.source, self.destination) + pending
         if pending:  # the client's bytes were counted by the listener that read them
-            server_transport.write(pending)  # may pause the client's reading (flow control)
+            OUTBOX.write(server_transport, pending)  # may pause the client's reading (flow control)
         if eof:
             self._shut(server_transport)
             if server.read_done:
@@ -307,6 +306,7 @@ class Relay:
         side.lost = True
         if self.state is RelayState.DONE:
             return
+        OUTBOX.flush()  # what this turn wrote to the other side goes before its close
         other = side.other
         transport = other.transport
         if not other.lost and transport is not None:
@@ -344,6 +344,7 @@ class Relay:
             self.state = RelayState.DONE
             self._release(failed=None)
             return
+        OUTBOX.flush()
         for side in (self.client, self.server):
             if side.transport is not None and not side.lost:
                 side.transport.abort()
@@ -354,12 +355,14 @@ class Relay:
     def _shut(transport: asyncio.Transport) -> None:
         if transport.is_closing():
             return
+        OUTBOX.flush()  # the EOF follows what this turn wrote
         if transport.can_write_eof():
             transport.write_eof()
         else:
             transport.close()
 
     def _close_both(self) -> None:
+        OUTBOX.flush()
         for side in (self.client, self.server):
             if side.transport is not None and not side.lost:
                 side.transport.close()  # after what is queued is sent
@@ -374,6 +377,7 @@ class Relay:
             if self._silent_ticks >= IDLE_TICKS:
                 # silent both ways for the idle timeout: a clean close when nothing is queued
                 # (a peer that stopped reading would hold a graceful close forever)
+                OUTBOX.flush()
                 for side in (client, server):
                     transport = side.transport
                     if transport is not None and not side.lost:

@@ -42,6 +42,7 @@ from portico.http.local import BodySource, LocalResponse, local_response, reason
 from portico.native import trait
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
+from portico.outbox import OUTBOX
 from portico.pipeline import (
     TURN_BUDGET,
     Outcome,
@@ -1230,7 +1231,7 @@ class Exchange(ResponseSink):
         relay.adopt(backend, upstream.transport)
         if rest:
             relay.bytes.sent += len(rest)
-            transport.write(rest)  # what the server sent right after its 101
+            OUTBOX.write(transport, rest)  # what the server sent right after its 101 (after it)
         relay.begin(client.early, False)
 
     def read_size(self) -> int:
