@@ -14,14 +14,15 @@ anything else, and every write while the outbox is not started (tests, tools), i
 once after what is held, so each transport sees its bytes in the order they were written.
 
 The rule for callers: a transport written through the outbox gets every other operation that
-must follow those bytes (a direct write, `write_eof`, `close`, `abort`) only after `flush()`.
-`flush()` is cheap when nothing is held, and writing early is always correct.
+must follow those bytes (a direct write, `write_eof`, `close`, `abort`) only after
+`flush_to(transport)` (or `flush()`). Both are cheap when nothing is held, and writing early is
+always correct.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Final, cast
 
 DEFER_MAX: Final = 32 * 1024  # a write larger than this goes at once (a 16 KiB response waits)
 TURN_MAX: Final = 256 * 1024  # what one turn may hold in all
@@ -35,6 +36,29 @@ def _immutable(data: Data) -> bool:
     if isinstance(data, bytes):
         return True
     return isinstance(data.obj, bytes)
+
+
+def _length(item: Data | list[Data]) -> int:
+    if isinstance(item, list):
+        size = 0
+        for part in item:
+            size += len(part)
+        return size
+    return len(item)
+
+
+def _send(transport: asyncio.WriteTransport, item: Data | list[Data]) -> None:
+    """Write `item` as it would have been written at once. A transport that closed within
+    the turn takes it as it takes any write after its close (asyncio and uvloop drop it; a
+    closing one with bytes still queued sends it first), or refuses it: one refusal must not
+    cost the other transports their bytes."""
+    try:
+        if isinstance(item, list):
+            transport.writelines(item)
+        else:
+            transport.write(item)
+    except RuntimeError:  # uvloop: "unable to perform operation ... the handler is closed"
+        pass
 
 
 class Outbox:
@@ -63,12 +87,12 @@ class Outbox:
         loop = self._loop
         if loop is None or size > DEFER_MAX:
             return False
-        if not loop.is_running():  # not this loop's turn (a test's loop ended): no holding
-            self.flush()
-            self._loop = None
-            return False
         held = self._size
         if not self._data:
+            # the turn's first: checked once a turn (a test's loop that ended holds nothing)
+            if not loop.is_running():
+                self._loop = None
+                return False
             loop.call_soon(self.flush)
         elif held + size > TURN_MAX:
             return False
@@ -99,9 +123,33 @@ class Outbox:
             self.flush()
         transport.writelines(parts)
 
+    def flush_to(self, transport: asyncio.BaseTransport) -> None:
+        """Write what is held for `transport`, in order, before an operation that must follow
+        it (a close, an EOF); the other transports' writes keep waiting for the turn's end."""
+        data = self._data
+        if not data:
+            return
+        transports = self._transports
+        mine: list[Data | list[Data]] = []
+        i = 0
+        for j in range(len(data)):
+            if transports[j] is transport:
+                mine.append(data[j])
+                self._size -= _length(data[j])
+            else:
+                transports[i] = transports[j]
+                data[i] = data[j]
+                i += 1
+        if not mine:
+            return
+        del transports[i:]
+        del data[i:]
+        out = cast(asyncio.WriteTransport, transport)
+        for item in mine:
+            _send(out, item)
+
     def flush(self) -> None:
-        """Write everything held, in order (a closed transport's share is dropped, as its
-        write would have been refused)."""
+        """Write everything held, in order."""
         data = self._data
         if not data:
             return
@@ -110,14 +158,7 @@ class Outbox:
         self._transports = []
         self._size = 0
         for i in range(len(data)):
-            transport = transports[i]
-            if transport.is_closing():
-                continue
-            item = data[i]
-            if isinstance(item, list):
-                transport.writelines(item)
-            else:
-                transport.write(item)
+            _send(transports[i], data[i])
 
 
 OUTBOX: Final = Outbox()  # the worker's (one loop per process); started by `Worker.start`

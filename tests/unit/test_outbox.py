@@ -101,18 +101,24 @@ def test_a_turn_holds_at_most_turn_max() -> None:
     run(body)
 
 
-def test_flush_before_a_close_keeps_the_bytes_and_a_closed_transport_gets_none() -> None:
+def test_a_transport_that_refuses_its_bytes_costs_the_others_nothing() -> None:
+    """A transport closed within the turn may refuse what it held (uvloop raises on a closed
+    handle): the writes held for the other transports still go, in order."""
     log: list[tuple[str, bytes]] = []
+
+    class Closed(Recorder):
+        def write(self, data: bytes | memoryview) -> None:
+            raise RuntimeError("unable to perform operation; the handler is closed")
 
     async def body() -> None:
         box = Outbox()
         box.start(asyncio.get_running_loop())
-        kept, gone = Recorder("kept", log), Recorder("gone", log)
-        box.write(kept, b"answer")  # type: ignore[arg-type]
+        first, gone, last = Recorder("first", log), Closed("gone", log), Recorder("last", log)
+        box.write(first, b"1")  # type: ignore[arg-type]
         box.write(gone, b"lost")  # type: ignore[arg-type]
-        gone.closing = True  # the peer went away within the turn
-        box.flush()  # what the proxy does before closing `kept`
-        assert log == [("kept", b"answer")]
+        box.write(last, b"2")  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert log == [("first", b"1"), ("last", b"2")]
         box.stop()
 
     run(body)
@@ -137,3 +143,24 @@ def test_a_loop_that_no_longer_runs_holds_nothing() -> None:
         assert log[-1] == ("t", b"again")
 
     run(other_loop)
+
+
+def test_flush_to_one_transport_keeps_the_others_waiting() -> None:
+    """Before a close: that transport's held bytes go, in order; the rest wait for the turn."""
+    log: list[tuple[str, bytes]] = []
+
+    async def body() -> None:
+        box = Outbox()
+        box.start(asyncio.get_running_loop())
+        a, b = Recorder("a", log), Recorder("b", log)
+        box.write(a, b"1")  # type: ignore[arg-type]
+        box.write(b, b"2")  # type: ignore[arg-type]
+        box.writelines(a, [b"3", b"4"], 2)  # type: ignore[arg-type]
+        box.flush_to(a)  # type: ignore[arg-type]
+        assert log == [("a", b"1"), ("a", b"34")]
+        box.write(a, b"5")  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert log[2:] == [("b", b"2"), ("a", b"5")]
+        box.stop()
+
+    run(body)

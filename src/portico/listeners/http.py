@@ -286,7 +286,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
 
     def eof_received(self) -> bool:
         self._eof = True
-        OUTBOX.flush()  # returning False closes: what this turn wrote goes first
+        if self.transport is not None:
+            OUTBOX.flush_to(self.transport)  # returning False closes: this turn's writes first
         if self._lingering or self._discarding:
             return False
         # half-close: keep writing to answer what was asked, then close; if nothing is owed,
@@ -579,7 +580,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # (uvloop's, asyncio's and the TLS ones alike), one call less per connection
         self._blocked |= BLOCK_DONE
         if self.transport is not None and not self._closed:
-            OUTBOX.flush()
+            OUTBOX.flush_to(self.transport)
             self.transport.close()
 
     def linger_close(self, seconds: float = LINGER_TIME, limit: int = LINGER_BYTES) -> None:
@@ -599,7 +600,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._linger_limit = limit
         self._blocked = 0
         transport.resume_reading()
-        OUTBOX.flush()
+        OUTBOX.flush_to(transport)
         transport.write_eof()
         self._deadline.set(seconds)
 
@@ -607,7 +608,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         """Close at once: the response cannot be completed, so none is presented as complete."""
         self._block(BLOCK_DONE)
         if self.transport is not None and not self._closed:
-            OUTBOX.flush()
+            OUTBOX.flush_to(self.transport)
             self.transport.abort()
 
     def drain(self, idle_grace: float = 0.0) -> None:

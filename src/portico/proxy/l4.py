@@ -306,10 +306,10 @@ class Relay:
         side.lost = True
         if self.state is RelayState.DONE:
             return
-        OUTBOX.flush()  # what this turn wrote to the other side goes before its close
         other = side.other
         transport = other.transport
         if not other.lost and transport is not None:
+            OUTBOX.flush_to(transport)  # what this turn wrote to it goes before its close
             if exc is None and side.read_done and other.read_done:
                 transport.close()
             else:
@@ -344,9 +344,9 @@ class Relay:
             self.state = RelayState.DONE
             self._release(failed=None)
             return
-        OUTBOX.flush()
         for side in (self.client, self.server):
             if side.transport is not None and not side.lost:
+                OUTBOX.flush_to(side.transport)
                 side.transport.abort()
 
     # -- internals -----------------------------------------------------------------------------
@@ -355,16 +355,16 @@ class Relay:
     def _shut(transport: asyncio.Transport) -> None:
         if transport.is_closing():
             return
-        OUTBOX.flush()  # the EOF follows what this turn wrote
+        OUTBOX.flush_to(transport)  # the EOF follows what this turn wrote
         if transport.can_write_eof():
             transport.write_eof()
         else:
             transport.close()
 
     def _close_both(self) -> None:
-        OUTBOX.flush()
         for side in (self.client, self.server):
             if side.transport is not None and not side.lost:
+                OUTBOX.flush_to(side.transport)
                 side.transport.close()  # after what is queued is sent
 
     def _on_tick(self) -> None:
@@ -377,10 +377,10 @@ class Relay:
             if self._silent_ticks >= IDLE_TICKS:
                 # silent both ways for the idle timeout: a clean close when nothing is queued
                 # (a peer that stopped reading would hold a graceful close forever)
-                OUTBOX.flush()
                 for side in (client, server):
                     transport = side.transport
                     if transport is not None and not side.lost:
+                        OUTBOX.flush_to(transport)
                         if transport.get_write_buffer_size():
                             transport.abort()
                         else:

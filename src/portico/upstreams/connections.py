@@ -346,7 +346,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             )
 
     def eof_received(self) -> bool:
-        OUTBOX.flush()  # what this turn wrote goes before the close
+        if self.transport is not None:
+            OUTBOX.flush_to(self.transport)  # what this turn wrote goes before the close
         return False  # close our side too: a half-closed server connection is never reused
 
     def pause_writing(self) -> None:
@@ -480,7 +481,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
         if self.transport is not None:
-            OUTBOX.flush()
+            OUTBOX.flush_to(self.transport)
             self.transport.close()
 
     def abort(self) -> None:
@@ -489,7 +490,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
         if self.transport is not None:
-            OUTBOX.flush()
+            OUTBOX.flush_to(self.transport)
             self.transport.abort()
 
     # -- response head -----------------------------------------------------------------------
