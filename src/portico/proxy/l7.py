@@ -1229,9 +1229,13 @@ class Exchange(ResponseSink):
             self._context.stats.client_bytes(self._settings.name),
         )
         relay.adopt(backend, upstream.transport)
+        # the relay writes at once (its per-chunk path holds nothing): the 101 and the request
+        # held this turn go first
+        OUTBOX.flush_to(transport)
+        OUTBOX.flush_to(upstream.transport)
         if rest:
             relay.bytes.sent += len(rest)
-            OUTBOX.write(transport, rest)  # what the server sent right after its 101 (after it)
+            transport.write(rest)  # what the server sent right after its 101
         relay.begin(client.early, False)
 
     def read_size(self) -> int:
