@@ -30,6 +30,7 @@ from setuptools.command.build_py import build_py
 COMPILED = [
     "src/portico/http/headers.py",
     "src/portico/timers.py",
+    "src/portico/outbox.py",  # every proxied write goes through it
     "src/portico/upstreams/connections.py",
     "src/portico/upstreams/backend.py",
     "src/portico/upstreams/pool.py",

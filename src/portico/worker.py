@@ -64,6 +64,7 @@ from portico.listeners.tls import TlsTerminator, build_server_context
 from portico.listeners.tls_peek import SniRouter
 from portico.observe.access_log import AccessLogStage, AccessLogWriter
 from portico.observe.stats import WorkerStats
+from portico.outbox import OUTBOX
 from portico.persistence.session import StickBinding
 from portico.persistence.stick import StickTable
 from portico.pipeline import DoneStage
@@ -757,6 +758,7 @@ class Worker:
             self.terminators.append(built)
         if before_serving is not None:
             before_serving()
+        OUTBOX.start(self.loop)  # small writes leave at the end of each turn, together
         for name, sock in ((name, sock) for name, socks in self.sockets.items() for sock in socks):
             listener = self._listeners[name]
             # create_server calls listen() again on the inherited socket: without the configured
@@ -850,6 +852,7 @@ class Worker:
             conn.abort()
         for pool in self.pools.values():
             pool.close_idle(float("inf"))
+        OUTBOX.stop()
 
 
 async def _run(

@@ -28,6 +28,7 @@ from portico.http.headers import (
 from portico.http.local import http1_bytes
 from portico.listeners.tcp import is_trusted
 from portico.listeners.tls import peer_subject
+from portico.outbox import OUTBOX
 from portico.proxy import proxy_protocol
 from portico.proxy.context import Http2Settings, HttpListenerSettings, ProxyContext
 from portico.proxy.framing import Http1Framer
@@ -177,7 +178,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             if not self.context.admit(self.client_ip, limit):
                 self._closed = True  # refused at accept: never counted, never parsed
                 assert self.transport is not None
-                self.transport.abort()
+                self.transport.abort()  # nothing written yet
                 return False
             self._counted = True
         self.context.remember(self)
@@ -285,6 +286,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self.transport is not None:
+            OUTBOX.flush_to(self.transport)  # returning False closes: this turn's writes first
         if self._lingering or self._discarding:
             return False
         # half-close: keep writing to answer what was asked, then close; if nothing is owed,
@@ -487,7 +490,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
     def write(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
         self._bytes.sent += len(data)
-        self.transport.write(data)
+        OUTBOX.write(self.transport, data)
 
     def writelines(self, parts: list[bytes | memoryview]) -> None:
         assert self.transport is not None
@@ -495,7 +498,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         for part in parts:
             size += len(part)
         self._bytes.sent += size
-        self.transport.writelines(parts)
+        OUTBOX.writelines(self.transport, parts, size)
 
     def block_reading(self, reason: int) -> None:
         self._block(reason)
@@ -577,6 +580,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # (uvloop's, asyncio's and the TLS ones alike), one call less per connection
         self._blocked |= BLOCK_DONE
         if self.transport is not None and not self._closed:
+            OUTBOX.flush_to(self.transport)
             self.transport.close()
 
     def linger_close(self, seconds: float = LINGER_TIME, limit: int = LINGER_BYTES) -> None:
@@ -596,6 +600,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._linger_limit = limit
         self._blocked = 0
         transport.resume_reading()
+        OUTBOX.flush_to(transport)
         transport.write_eof()
         self._deadline.set(seconds)
 
@@ -603,6 +608,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         """Close at once: the response cannot be completed, so none is presented as complete."""
         self._block(BLOCK_DONE)
         if self.transport is not None and not self._closed:
+            OUTBOX.flush_to(self.transport)
             self.transport.abort()
 
     def drain(self, idle_grace: float = 0.0) -> None:

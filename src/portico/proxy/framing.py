@@ -23,6 +23,7 @@ from portico.http.h2 import response_fields
 from portico.http.headers import Header, serialize_head
 from portico.http.local import LocalResponse, http1_bytes
 from portico.observe.stats import ByteCounter
+from portico.outbox import OUTBOX
 
 BODY_UNKNOWN: Final = -1  # a body follows, its length unknown
 BODY_NONE: Final = -2  # no body follows
@@ -150,7 +151,7 @@ class Http1Framer(ResponseFramer):
         transport = self.transport
         assert transport is not None
         self._bytes.sent += len(data)
-        transport.write(data)
+        OUTBOX.write(transport, data)
 
     def send_interim(self, status: int, reason: bytes, headers: list[Header]) -> bool:
         if (status == 100 or status == 103) and self.http11:
@@ -201,9 +202,9 @@ class Http1Framer(ResponseFramer):
                 size += len(head)
             self._bytes.sent += size
             if size <= self._coalesce:
-                transport.write(b"".join(parts))
+                OUTBOX.write(transport, b"".join(parts))
             else:
-                transport.writelines(parts)
+                OUTBOX.writelines(transport, parts, size)
         elif head is not None:
             self._head = None
             self._bytes.sent += len(head) + size
@@ -211,14 +212,14 @@ class Http1Framer(ResponseFramer):
                 # one small buffer beats a writev of two (bytes: compiled, a native
                 # concatenation; a memoryview takes the generic addition)
                 if isinstance(data, bytes):
-                    transport.write(head + data)
+                    OUTBOX.write(transport, head + data)
                 else:
-                    transport.write(head + data)
+                    OUTBOX.write(transport, head + data)
             else:
-                transport.writelines([head, data])
+                OUTBOX.writelines(transport, [head, data], len(head) + size)
         else:
             self._bytes.sent += size
-            transport.write(data)
+            OUTBOX.write(transport, data)
 
     def send_trailers(self, fields: list[Header]) -> None:
         """An HTTP/1.1 client gets them in its own chunked framing (an HTTP/1.0 one has

@@ -42,6 +42,7 @@ from portico.http.local import BodySource, LocalResponse, local_response, reason
 from portico.native import trait
 from portico.observe.request_id import request_id
 from portico.observe.stats import NO_ROUTE
+from portico.outbox import OUTBOX
 from portico.pipeline import (
     TURN_BUDGET,
     Outcome,
@@ -1228,18 +1229,27 @@ class Exchange(ResponseSink):
             self._context.stats.client_bytes(self._settings.name),
         )
         relay.adopt(backend, upstream.transport)
+        # the relay writes at once (its per-chunk path holds nothing): the 101 and the request
+        # held this turn go first
+        OUTBOX.flush_to(transport)
+        OUTBOX.flush_to(upstream.transport)
         if rest:
             relay.bytes.sent += len(rest)
             transport.write(rest)  # what the server sent right after its 101
         relay.begin(client.early, False)
 
     def read_size(self) -> int:
+        transport = self._client.transport
+        if transport is not None:
+            # a body read is sized by what the client's transport holds: what this turn
+            # wrote to it goes there first, so the bound counts it (slow readers)
+            OUTBOX.flush_to(transport)
         if not self._room_looked:
             self._room_looked = True
-            self._room = send_room(self._client.transport)
+            self._room = send_room(transport)
         # through transforms, what is written is not what was read (it may grow): the bound
         room = self._room if self._pipe is None else None
-        return client_read_size(self._client.transport, self._read_limit, room)
+        return client_read_size(transport, self._read_limit, room)
 
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
 
+from portico.outbox import OUTBOX
 from portico.pipeline import TURN_BUDGET, TransformChain, TransformFailed
 from portico.proxy.framing import BODY_NONE, BODY_UNKNOWN, ResponseFramer
 
@@ -191,6 +192,7 @@ async def send_file(
     duplicate descriptor that the loop watches for writability (the transport's own is the
     loop's), so the connection's reads and close stay the transport's. A client that takes
     nothing for `send_timeout` seconds raises TimeoutError (the connection's send timeout)."""
+    OUTBOX.flush_to(transport)  # the head (and anything before it) goes first, then the file
     loop = asyncio.get_running_loop()
     sock = transport.get_extra_info("socket")
     own = os.dup(sock.fileno())

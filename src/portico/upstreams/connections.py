@@ -28,6 +28,7 @@ from portico.http.headers import (
     trailer_fields,
 )
 from portico.native import mypyc_attr
+from portico.outbox import OUTBOX
 from portico.timers import Deadline
 
 MAX_RESPONSE_HEAD: Final = 64 * 1024
@@ -404,6 +405,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             )
 
     def eof_received(self) -> bool:
+        if self.transport is not None:
+            OUTBOX.flush_to(self.transport)  # what this turn wrote goes before the close
         return False  # close our side too: a half-closed server connection is never reused
 
     def pause_writing(self) -> None:
@@ -528,16 +531,19 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._got_bytes = False
         self._chunked_done = False
         assert self.transport is not None
-        self.transport.write(head)
+        OUTBOX.write(self.transport, head)
         self._arm_read()
 
     def write(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
-        self.transport.write(data)
+        OUTBOX.write(self.transport, data)
 
     def writelines(self, parts: list[bytes | memoryview]) -> None:
         assert self.transport is not None
-        self.transport.writelines(parts)
+        size = 0
+        for part in parts:
+            size += len(part)
+        OUTBOX.writelines(self.transport, parts, size)
 
     def pause_reading(self) -> None:
         """The client is not keeping up: stop reading so the server slows down, not our memory."""
@@ -573,6 +579,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
         if self.transport is not None:
+            OUTBOX.flush_to(self.transport)
             self.transport.close()
 
     def abort(self) -> None:
@@ -581,6 +588,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
         if self.transport is not None:
+            OUTBOX.flush_to(self.transport)
             self.transport.abort()
 
     # -- response head -----------------------------------------------------------------------
