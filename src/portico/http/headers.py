@@ -295,6 +295,7 @@ class ResponseHead:
         "keep_alive",
         "kind",
         "length",
+        "memo",
         "reason",
         "te",
         "upgrade",
@@ -312,6 +313,24 @@ class ResponseHead:
         self._hide = hide
         self._length: int | None = None
         self._listed: frozenset[bytes] | None = None
+        # the server connection's memo of this head's bytes (`HeadMemo`), if it keeps one
+        self.memo: HeadMemo | None = None
+
+    def copy(self) -> ResponseHead:
+        """The same head, with a list of fields of its own (the proxy edits that list)."""
+        head = ResponseHead(self._hide)
+        head.headers = list(self.headers)
+        head.reason = self.reason
+        head.kind = self.kind
+        head.length = self.length
+        head.declared_length = self.declared_length
+        head.te = self.te
+        head.keep_alive = self.keep_alive
+        head.upgrade = self.upgrade
+        head._length = self._length
+        head._listed = self._listed
+        head.memo = self.memo
+        return head
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
@@ -349,6 +368,48 @@ class ResponseHead:
             self.length = self._length or 0
         elif kind is CLOSE_BODY:
             self.keep_alive = False
+
+
+class HeadMemo:
+    """A server connection's last final response head: its bytes, the request method it
+    answered, and what parsing them gave. A head is a pure function of those (and of the
+    connection's hidden fields, fixed), so the same bytes after the same method need not go
+    through llhttp and `ResponseHead` again: servers repeat their heads byte for byte (a
+    Date changes once a second). Also where the client head last serialized from such a
+    response is kept (`Http1Framer.send_response_head`), reused only when its inputs are
+    equal, compared by value."""
+
+    __slots__ = (
+        "_head",
+        "http11",
+        "method",
+        "out_fields",
+        "out_head",
+        "out_reason",
+        "out_status",
+        "raw",
+        "status",
+    )
+
+    def __init__(
+        self, raw: bytes, method: bytes, status: int, http11: bool, head: ResponseHead
+    ) -> None:
+        self.raw = raw
+        self.method = method
+        self.status = status
+        self.http11 = http11
+        # a copy made before anyone edits the head's fields: copied again for each response
+        self._head = head.copy()
+        self._head.memo = self
+        # the client head last serialized with it: status, reason, fields as framed, bytes
+        self.out_status = 0
+        self.out_reason = b""
+        self.out_fields: list[Header] | None = None
+        self.out_head = b""
+
+    def head(self) -> ResponseHead:
+        """A head as parsing `raw` again would give it."""
+        return self._head.copy()
 
 
 # Fields a sender must not put in a trailer section, or that a recipient must not merge from

@@ -818,7 +818,9 @@ class Exchange(ResponseSink):
                 out = [h for h in out if h[0].lower() != b"content-length"]
         keep = self._may_keep()
         framer = self._out
-        self._head_len = framer.send_response_head(status, reason, out, length, coding, keep)
+        self._head_len = framer.send_response_head(
+            status, reason, out, length, coding, keep, head.memo
+        )
         if not framer.keep:
             self.keep_alive = False
 
