@@ -25,6 +25,7 @@ from portico.http.headers import (
     NO_BODY,
     Header,
     HeadMemo,
+    RequestLineMemo,
     ResponseHead,
     trailer_fields,
 )
@@ -319,6 +320,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._head_parser: httptools.HttpResponseParser | None = None  # reads every head
         self._reader: HeadReader | None = None  # ... reporting to this
         self._memo: HeadMemo | None = None  # the last final head read, parsed
+        self.sent = RequestLineMemo()  # the last request head sent (the proxy serializes it)
         self._keep_alive = True
         self._got_bytes = False
         self._chunked_done = False
