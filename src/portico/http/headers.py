@@ -196,6 +196,21 @@ class RequestHead:
         self.upgrade: bytes | None = None  # the Upgrade field (hop-by-hop: forwarded only on
         # an upgrade the proxy relays, WebSocket)
 
+    def copy(self) -> RequestHead:
+        """The same head, with lists of its own (the proxy edits a request's)."""
+        head = RequestHead()
+        head.headers = list(self.headers)
+        head.host = self.host
+        head.hosts = self.hosts
+        head.kind = self.kind
+        head.length = self.length
+        head.te = self.te
+        head.connection = self.connection
+        head.x_forwarded_for = list(self.x_forwarded_for) if self.x_forwarded_for else ()
+        head.forwarded = list(self.forwarded) if self.forwarded else ()
+        head.upgrade = self.upgrade
+        return head
+
 
 def split_request_headers(
     headers: Sequence[Header], replace_x_forwarded: bool, replace_forwarded: bool
@@ -399,8 +414,10 @@ class HeadMemo:
         self.status = status
         self.http11 = http11
         # a copy made before anyone edits the head's fields: copied again for each response
+        # (pointing at no memo: a memo and its head referring to each other would outlive
+        # their use, a cycle for the garbage collector, one per head read)
         self._head = head.copy()
-        self._head.memo = self
+        self._head.memo = None
         # the client head last serialized with it: status, reason, fields as framed, bytes
         self.out_status = 0
         self.out_reason = b""
@@ -409,7 +426,9 @@ class HeadMemo:
 
     def head(self) -> ResponseHead:
         """A head as parsing `raw` again would give it."""
-        return self._head.copy()
+        head = self._head.copy()
+        head.memo = self
+        return head
 
 
 # Fields a sender must not put in a trailer section, or that a recipient must not merge from
@@ -563,9 +582,10 @@ def serialize_head(
 
 
 class RequestLineMemo:
-    """The last request head one server connection was sent (`serialize_request`), with what
-    it was made from. Clients repeat their requests (a poll, a health check, a page's
-    assets from one client), and serializing a head is a tenth of a small request's cost."""
+    """The last request head one server connection was sent (`serialize`), with what it was
+    made from, once its request line came twice in a row. Clients repeat their requests (a
+    poll, a health check, a load test), and serializing a head is a tenth of a small
+    request's cost."""
 
     __slots__ = ("block", "fields", "head", "method", "tail", "target")
 
@@ -599,12 +619,17 @@ class RequestLineMemo:
         ):
             return self.head
         head = serialize_head(method + b" " + target + b" HTTP/1.1", headers, block, tail)
-        self.method = method
-        self.target = target
-        self.fields = list(headers)
-        self.block = block
-        self.tail = None if tail is None else list(tail)
-        self.head = head
+        if method == self.method and target == self.target:
+            # the same request line twice in a row: worth remembering the rest (a client
+            # whose targets change costs two comparisons, no copy)
+            self.fields = list(headers)
+            self.block = block
+            self.tail = None if tail is None else list(tail)
+            self.head = head
+        else:
+            self.method = method
+            self.target = target
+            self.fields = None
         return head
 
 

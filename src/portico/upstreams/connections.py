@@ -319,7 +319,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._parser: httptools.HttpResponseParser | None = None  # of a chunked body
         self._head_parser: httptools.HttpResponseParser | None = None  # reads every head
         self._reader: HeadReader | None = None  # ... reporting to this
-        self._memo: HeadMemo | None = None  # the last final head read, parsed
+        self._memo: HeadMemo | None = None  # the last final head read twice, parsed
+        self._last_raw = b""  # the last final head read (up to MEMO_HEAD), and its method
+        self._last_method = b""
         self.sent = RequestLineMemo()  # the last request head sent (the proxy serializes it)
         self._keep_alive = True
         self._got_bytes = False
@@ -547,9 +549,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 )
                 head.finish(self._method, status, http11)
                 if whole and status >= 200 and len(raw) <= MEMO_HEAD:
-                    # kept before the sink sees the head (it edits the head's fields)
-                    memo = self._memo = HeadMemo(raw, self._method, status, http11, head)
-                    head.memo = memo
+                    # remembered once read twice in a row (a server that never repeats a head
+                    # costs a comparison, nothing made); before the sink edits its fields
+                    if raw == self._last_raw and self._method == self._last_method:
+                        memo = self._memo = HeadMemo(raw, self._method, status, http11, head)
+                        head.memo = memo
+                    self._last_raw = raw
+                    self._last_method = self._method
             sink = self.sink
             assert sink is not None
             if status < 200:

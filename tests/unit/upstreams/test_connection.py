@@ -514,10 +514,10 @@ def _fresh(hide: frozenset[bytes]) -> UpstreamConnection:
 
 
 def test_a_head_repeated_byte_for_byte_is_what_parsing_it_again_gives() -> None:
-    """A connection remembers its last final head (`HeadMemo`): the same bytes after the
-    same method give the sink the same head, field for field, as a connection that never saw
-    a head before (which parses it), whatever came before; edits to one head never reach the
-    next; the heads between (and the bodies) are read as ever."""
+    """A connection remembers its last final head once read twice in a row (`HeadMemo`): the same
+    bytes after the same method give the sink the same head, field for field, as a connection that
+    never saw a head before (which parses it), whatever came before; edits to one head never reach
+    the next; the heads between (and the bodies) are read as ever."""
     hide = frozenset({b"x-powered-by"})
     conn = _fresh(hide)
     reused = 0
@@ -531,7 +531,7 @@ def test_a_head_repeated_byte_for_byte_is_what_parsing_it_again_gives() -> None:
         if last is not None and sink.heads and last.memo is sink.heads[0].memo:
             reused += 1
         last = sink.heads[0] if sink.heads else None
-    assert reused >= 8  # the memo was used, not only the parser
+    assert reused >= 3  # the memo was used (a head read twice in a row), not only the parser
     # and after all that, a malformed head is still refused
     sink = _run(conn, b"GET", [b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n"])
     assert sink.events[0][0] == "failed"
