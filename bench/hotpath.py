@@ -6,7 +6,7 @@ the response out. Prints microseconds per request (CPU time of this process), so
 the hot path can be judged in seconds without the noise of a loaded machine.
 
     .venv/bin/python bench/hotpath.py [--profile] [--requests N] [--plugin] [--route | --rewrite]
-                                      [--close] [--body N]
+                                      [--close] [--body N] [--vary]
 
 `--plugin` puts one do-nothing plugin filter (`Noop` below: an `on_request` that returns
 None) on the listener: the difference is what a plugin filter costs a request. `--close`: a new
@@ -17,6 +17,10 @@ free stays: until each connection stopped making a loop timer of its own (timers
 cancelled TimerHandles piled up and their garbage collection inflated the `--close` count.
 `--body N`: the response's body is N bytes instead of 5 (bench/run's /16k row: 16384), read
 by the server connection in one piece with its head, as a loopback origin's usually arrives.
+`--vary`: every request and response differs from the one before (two targets, two servers'
+heads, alternating): the memos of repeated heads (a client's request read again, the head sent
+to a server, a server's response head and the client head made of it) never hit, and what
+they cost then is in the count.
 """
 
 from __future__ import annotations
@@ -120,8 +124,14 @@ def main() -> None:
     parser.add_argument("--rewrite", action="store_true", help="one route with a path rewrite")
     parser.add_argument("--close", action="store_true", help="a new connection per request")
     parser.add_argument("--body", type=int, default=0, help="N-byte response bodies, not 5")
+    parser.add_argument("--vary", action="store_true", help="no head repeats the one before")
     args = parser.parse_args()
     response = sized_response(args.body) if args.body else RESPONSE
+    requests = [REQUEST]
+    responses = [response]
+    if args.vary:
+        requests.append(REQUEST.replace(b"/small", b"/smal2"))
+        responses.append(response.replace(b"X-Backend: 9001", b"X-Backend: 9002"))
     try:
         import uvloop
 
@@ -153,13 +163,14 @@ def main() -> None:
         uppers.append(conn)
 
     def run(n: int) -> None:
-        for _ in range(n):
-            client.data_received(REQUEST)
+        kinds = len(requests)
+        for i in range(n):
+            client.data_received(requests[i % kinds])
             exchange = client.active
             assert exchange is not None
             upstream = exchange._upstream
             assert upstream is not None
-            upstream.data_received(response)
+            upstream.data_received(responses[i % kinds])
 
     def run_close(n: int) -> None:
         for _ in range(n):

@@ -196,6 +196,21 @@ class RequestHead:
         self.upgrade: bytes | None = None  # the Upgrade field (hop-by-hop: forwarded only on
         # an upgrade the proxy relays, WebSocket)
 
+    def copy(self) -> RequestHead:
+        """The same head, with lists of its own (the proxy edits a request's)."""
+        head = RequestHead()
+        head.headers = list(self.headers)
+        head.host = self.host
+        head.hosts = self.hosts
+        head.kind = self.kind
+        head.length = self.length
+        head.te = self.te
+        head.connection = self.connection
+        head.x_forwarded_for = list(self.x_forwarded_for) if self.x_forwarded_for else ()
+        head.forwarded = list(self.forwarded) if self.forwarded else ()
+        head.upgrade = self.upgrade
+        return head
+
 
 def split_request_headers(
     headers: Sequence[Header], replace_x_forwarded: bool, replace_forwarded: bool
@@ -295,6 +310,7 @@ class ResponseHead:
         "keep_alive",
         "kind",
         "length",
+        "memo",
         "reason",
         "te",
         "upgrade",
@@ -312,6 +328,24 @@ class ResponseHead:
         self._hide = hide
         self._length: int | None = None
         self._listed: frozenset[bytes] | None = None
+        # the server connection's memo of this head's bytes (`HeadMemo`), if it keeps one
+        self.memo: HeadMemo | None = None
+
+    def copy(self) -> ResponseHead:
+        """The same head, with a list of fields of its own (the proxy edits that list)."""
+        head = ResponseHead(self._hide)
+        head.headers = list(self.headers)
+        head.reason = self.reason
+        head.kind = self.kind
+        head.length = self.length
+        head.declared_length = self.declared_length
+        head.te = self.te
+        head.keep_alive = self.keep_alive
+        head.upgrade = self.upgrade
+        head._length = self._length
+        head._listed = self._listed
+        head.memo = self.memo
+        return head
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
@@ -349,6 +383,52 @@ class ResponseHead:
             self.length = self._length or 0
         elif kind is CLOSE_BODY:
             self.keep_alive = False
+
+
+class HeadMemo:
+    """A server connection's last final response head: its bytes, the request method it
+    answered, and what parsing them gave. A head is a pure function of those (and of the
+    connection's hidden fields, fixed), so the same bytes after the same method need not go
+    through llhttp and `ResponseHead` again: servers repeat their heads byte for byte (a
+    Date changes once a second). Also where the client head last serialized from such a
+    response is kept (`Http1Framer.send_response_head`), reused only when its inputs are
+    equal, compared by value."""
+
+    __slots__ = (
+        "_head",
+        "http11",
+        "method",
+        "out_fields",
+        "out_head",
+        "out_reason",
+        "out_status",
+        "raw",
+        "status",
+    )
+
+    def __init__(
+        self, raw: bytes, method: bytes, status: int, http11: bool, head: ResponseHead
+    ) -> None:
+        self.raw = raw
+        self.method = method
+        self.status = status
+        self.http11 = http11
+        # a copy made before anyone edits the head's fields: copied again for each response
+        # (pointing at no memo: a memo and its head referring to each other would outlive
+        # their use, a cycle for the garbage collector, one per head read)
+        self._head = head.copy()
+        self._head.memo = None
+        # the client head last serialized with it: status, reason, fields as framed, bytes
+        self.out_status = 0
+        self.out_reason = b""
+        self.out_fields: list[Header] | None = None
+        self.out_head = b""
+
+    def head(self) -> ResponseHead:
+        """A head as parsing `raw` again would give it."""
+        head = self._head.copy()
+        head.memo = self
+        return head
 
 
 # Fields a sender must not put in a trailer section, or that a recipient must not merge from
@@ -499,6 +579,58 @@ def serialize_head(
             parts.append(value)
     parts.append(b"\r\n\r\n")
     return b"".join(parts)
+
+
+class RequestLineMemo:
+    """The last request head one server connection was sent (`serialize`), with what it was
+    made from, once its request line came twice in a row. Clients repeat their requests (a
+    poll, a health check, a load test), and serializing a head is a tenth of a small
+    request's cost."""
+
+    __slots__ = ("block", "fields", "head", "method", "tail", "target")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.fields: list[Header] | None = None  # None: nothing serialized yet
+        self.block = b""
+        self.tail: list[Header] | None = None
+        self.head = b""
+
+    def serialize(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        block: bytes,
+        tail: list[Header] | None,
+    ) -> bytes:
+        """`serialize_head` of the request line `method target HTTP/1.1` and these fields:
+        the bytes made last time when every input is equal (compared by value), else made
+        and remembered."""
+        fields = self.fields
+        if (
+            fields is not None
+            and method == self.method
+            and target == self.target
+            and block == self.block
+            and headers == fields
+            and tail == self.tail
+        ):
+            return self.head
+        head = serialize_head(method + b" " + target + b" HTTP/1.1", headers, block, tail)
+        if method == self.method and target == self.target:
+            # the same request line twice in a row: worth remembering the rest (a client
+            # whose targets change costs two comparisons, no copy)
+            self.fields = list(headers)
+            self.block = block
+            self.tail = None if tail is None else list(tail)
+            self.head = head
+        else:
+            self.method = method
+            self.target = target
+            self.fields = None
+        return head
 
 
 def serialize_fields(headers: Iterable[Header]) -> bytes:

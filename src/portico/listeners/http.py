@@ -76,6 +76,39 @@ _DEAD_PARSER: Final = httptools.HttpRequestParser(_Nobody())
 _RESTING_PARSER: Final = httptools.HttpRequestParser(_Nobody())
 
 
+# a read up to this size that was one whole request head (no body) is remembered (`_Repeat`)
+REPEAT_HEAD: Final = 2048
+
+
+class _Repeat:
+    """The last request a connection read, when its read was that head alone and whole (no body,
+    nothing after it, keep-alive, no Upgrade) twice in a row: what parsing it gave. A request head
+    is a pure function of its bytes and the listener's settings, and the parser is back where it
+    began after it, so a read of the same bytes, between requests, is that request again: llhttp
+    and the head's checks are not run again (they passed on these bytes). Clients repeat requests
+    byte for byte (polls, health checks, load tests)."""
+
+    __slots__ = ("head", "headers", "method", "raw", "settings", "target", "version")
+
+    def __init__(
+        self,
+        raw: bytes,
+        settings: HttpListenerSettings,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[Header],
+        head: RequestHead,
+    ) -> None:
+        self.raw = raw
+        self.settings = settings
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.head = head
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the status is on the connection."""
 
@@ -139,6 +172,10 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # a request whose bytes turn out malformed later in the same read never reaches a server
         self._unstarted: Exchange | None = None
         self._refusal: int | None = None  # answer owed once the queue is empty, then close
+        # the last request read alone in one read, and the exchange of one that may become it
+        self._repeat: _Repeat | None = None
+        self._repeatable: Exchange | None = None
+        self._last_read = b""  # the last read that was one request's head alone
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -244,6 +281,21 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             return
         if self._blocked & BLOCK_DONE:
             return
+        repeat = self._repeat
+        if (
+            repeat is not None
+            and data == repeat.raw
+            and self.active is None
+            and self._reading is None
+            and not self._in_head
+            and not self._blocked
+            and not self._eof
+            and not self._closed
+            and not self._discarding
+            and repeat.settings is self.settings
+        ):
+            self._repeated(repeat)
+            return
         if self._parser is _RESTING_PARSER:
             self._parser = _NEW_PARSER(self)
         # between requests, this read begins the next one: its version is read off the request
@@ -277,6 +329,30 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 self._head_bytes += len(data)
                 if self._head_bytes > self._head_guard:
                     self._refuse(431)
+            else:
+                repeatable = self._repeatable
+                if (
+                    repeatable is not None
+                    and repeatable is self._unstarted
+                    and self._reading is None
+                    and self._queue is _NO_QUEUE
+                ):
+                    # this read was that request's head, whole and alone (it began the read,
+                    # it ended, nothing began after it): remembered once read twice in a row
+                    # (a client that never repeats itself costs a comparison, nothing made),
+                    # before the exchange edits its head
+                    if data == self._last_read:
+                        self._repeat = _Repeat(
+                            data,
+                            self.settings,
+                            repeatable.method,
+                            repeatable.target,
+                            repeatable.version,
+                            list(repeatable.headers),
+                            repeatable.head.copy(),
+                        )
+                    self._last_read = data
+        self._repeatable = None
         self._start = b""
         unstarted = self._unstarted
         if unstarted is not None:
@@ -380,6 +456,14 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         if self._eof:
             keep_alive = False
         exchange = Exchange(self, self._framer, method, target, version, headers, head, keep_alive)
+        if (
+            kind is NO_BODY
+            and keep_alive
+            and head.upgrade is None
+            and self.active is None
+            and 0 < len(self._start) <= REPEAT_HEAD
+        ):
+            self._repeatable = exchange  # (remembered if it turns out to be the whole read)
         self._reading = exchange
         # ready for the next head
         self._in_head = False
@@ -402,6 +486,30 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             else:
                 self._queue.append(exchange)
             self._block(BLOCK_QUEUED)
+
+    def _repeated(self, repeat: _Repeat) -> None:
+        """A read that is byte for byte the last request remembered (`_Repeat`), between
+        requests: that request again, as parsing it would make it (its head's timeout, armed
+        when it began and cleared when it ended, is left clear)."""
+        self._deadline.clear()
+        try:
+            exchange = Exchange(
+                self,
+                self._framer,
+                repeat.method,
+                repeat.target,
+                repeat.version,
+                list(repeat.headers),
+                repeat.head.copy(),
+                True,
+            )
+        except Exception as exc:  # as from a parser callback: a bug, answered 500
+            self._failed(exc)
+            return
+        self.active = exchange
+        self._framer.http11 = repeat.version == "1.1"
+        exchange.request_end()
+        self._begin(exchange)
 
     def _version(self, method: bytes) -> str:
         """The version of the request whose head just ended: read off its request line when
@@ -484,6 +592,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             and self._parser is not _DEAD_PARSER
         ):
             self._parser = _RESTING_PARSER
+            self._repeat = None  # nor its last request
+            self._last_read = b""
 
     # -- used by the exchange ----------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from portico.http.headers import (
     ResponseHead,
     forwarding_headers,
     serialize_fields,
-    serialize_head,
 )
 from portico.http.local import BodySource, LocalResponse, local_response, reason_phrase
 from portico.native import trait
@@ -640,7 +639,7 @@ class Exchange(ResponseSink):
         self._upstream = conn
         head = self._upstream_head
         if head is None:
-            head = self._upstream_head = self._build_upstream_head()
+            head = self._upstream_head = self._build_upstream_head(conn)
         self._sent_at = now
         if self._timeouts is not None:
             conn.set_timeouts(self._timeouts[1], self._timeouts[2])
@@ -656,8 +655,9 @@ class Exchange(ResponseSink):
         if pending and self._pending_size > REPLAY_LIMIT:
             client.unblock_reading(BLOCK_PENDING)
 
-    def _build_upstream_head(self) -> bytes:
-        """The request head re-serialised for the server: never the client's raw bytes."""
+    def _build_upstream_head(self, conn: UpstreamConnection) -> bytes:
+        """The request head re-serialised for the server: never the client's raw bytes
+        (through `conn`'s memo of the last head it was sent: equal inputs, the same bytes)."""
         client = self._client
         settings = self._settings
         head = self.head
@@ -702,7 +702,7 @@ class Exchange(ResponseSink):
             out = [h for h in out if h[0].lower() != CLIENT_SUBJECT_LOWER]
             if client.client_subject is not None:
                 tail = [*(tail or ()), (CLIENT_SUBJECT, client.client_subject.encode())]
-        return serialize_head(self.method + b" " + self.target + b" HTTP/1.1", out, block, tail)
+        return conn.sent.serialize(self.method, self.target, out, block, tail)
 
     def _forwarding(self, head: RequestHead) -> list[Header]:
         client = self._client
@@ -819,7 +819,9 @@ class Exchange(ResponseSink):
                 out = [h for h in out if h[0].lower() != b"content-length"]
         keep = self._may_keep()
         framer = self._out
-        self._head_len = framer.send_response_head(status, reason, out, length, coding, keep)
+        self._head_len = framer.send_response_head(
+            status, reason, out, length, coding, keep, head.memo
+        )
         if not framer.keep:
             self.keep_alive = False
 

@@ -24,6 +24,8 @@ from portico.http.headers import (
     LENGTH_BODY,
     NO_BODY,
     Header,
+    HeadMemo,
+    RequestLineMemo,
     ResponseHead,
     trailer_fields,
 )
@@ -63,6 +65,8 @@ MIN_READ: Final = 4 * 1024
 REUSE_BODY: Final = 16 * 1024
 # a body piece at least this big, read with its head, is passed on as a view (`_body_of`)
 VIEW_MIN: Final = 2048
+# a final response head up to this size is remembered by its connection (`HeadMemo`)
+MEMO_HEAD: Final = 2048
 _READ_BUFFER = memoryview(bytearray(BIG_READ))
 # a body read this big or bigger (up to BIG_READ) is read into the lent body buffer: if a view
 # of it is kept, the whole buffer is held, at most 8/7 of what the read asked for
@@ -374,6 +378,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._parser: httptools.HttpResponseParser | None = None  # of a chunked body
         self._head_parser: httptools.HttpResponseParser | None = None  # reads every head
         self._reader: HeadReader | None = None  # ... reporting to this
+        self._memo: HeadMemo | None = None  # the last final head read twice, parsed
+        self._last_raw = b""  # the last final head read (up to MEMO_HEAD), and its method
+        self._last_method = b""
+        self.sent = RequestLineMemo()  # the last request head sent (the proxy serializes it)
         self._keep_alive = True
         self._got_bytes = False
         self._chunked_done = False
@@ -607,36 +615,56 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 return
             head_end = end + 4
             self._buffer = b""
-            head = ResponseHead(self._hide)
-            # one parser reads every head of this connection, as long as each message it saw
-            # ended where llhttp thinks it ends (`_reuse_parser`); making one costs as much
-            # as parsing a small head. It reports to a `HeadReader` (head callbacks only: no
-            # body or message callbacks), which hands them to this response's head; a
-            # chunked body gets a parser of its own
-            reader = self._reader
-            parser = self._head_parser
-            if parser is None or reader is None:
-                reader = self._reader = HeadReader(head)
-                parser = self._head_parser = httptools.HttpResponseParser(reader)
-            else:
-                reader.head = head
             raw = buffer[:head_end] if head_end < len(buffer) else buffer
-            try:
-                parser.feed_data(raw)
-            except httptools.HttpParserUpgrade:
-                self._head_parser = None  # the parser has stopped for good
-            except httptools.HttpParserError as exc:
-                self._head_parser = None
-                self._fail(f"malformed response head: {exc}")
-                return
-            reader.head = _NO_HEAD  # an idle connection holds no response's fields
-            status = parser.get_status_code()
-            # the version from the status line's first bytes when it starts there (llhttp
-            # accepted "HTTP/<digit>.<digit>"): cheaper than get_http_version's formatting
-            http11 = raw[:8] == b"HTTP/1.1" or (
-                raw[:1] != b"H" and parser.get_http_version() == "1.1"
-            )
-            head.finish(self._method, status, http11)
+            memo = self._memo
+            # the same bytes as the last final head, after the same method: the same head,
+            # not parsed again (the head parser, if any, stays where the last message it saw
+            # ended: it never sees this one)
+            parsed = memo is None or memo.raw != raw or memo.method != self._method
+            if memo is not None and not parsed:
+                head = memo.head()
+                status = memo.status
+                http11 = memo.http11
+            else:
+                head = ResponseHead(self._hide)
+                # one parser reads every head of this connection, as long as each message it
+                # saw ended where llhttp thinks it ends (`_reuse_parser`); making one costs as
+                # much as parsing a small head. It reports to a `HeadReader` (head callbacks
+                # only: no body or message callbacks), which hands them to this response's
+                # head; a chunked body gets a parser of its own
+                reader = self._reader
+                parser = self._head_parser
+                if parser is None or reader is None:
+                    reader = self._reader = HeadReader(head)
+                    parser = self._head_parser = httptools.HttpResponseParser(reader)
+                else:
+                    reader.head = head
+                whole = True  # llhttp read the head through, without stopping
+                try:
+                    parser.feed_data(raw)
+                except httptools.HttpParserUpgrade:
+                    self._head_parser = None  # the parser has stopped for good
+                    whole = False
+                except httptools.HttpParserError as exc:
+                    self._head_parser = None
+                    self._fail(f"malformed response head: {exc}")
+                    return
+                reader.head = _NO_HEAD  # an idle connection holds no response's fields
+                status = parser.get_status_code()
+                # the version from the status line's first bytes when it starts there (llhttp
+                # accepted "HTTP/<digit>.<digit>"): cheaper than get_http_version's formatting
+                http11 = raw[:8] == b"HTTP/1.1" or (
+                    raw[:1] != b"H" and parser.get_http_version() == "1.1"
+                )
+                head.finish(self._method, status, http11)
+                if whole and status >= 200 and len(raw) <= MEMO_HEAD:
+                    # remembered once read twice in a row (a server that never repeats a head
+                    # costs a comparison, nothing made); before the sink edits its fields
+                    if raw == self._last_raw and self._method == self._last_method:
+                        memo = self._memo = HeadMemo(raw, self._method, status, http11, head)
+                        head.memo = memo
+                    self._last_raw = raw
+                    self._last_method = self._method
             sink = self.sink
             assert sink is not None
             if status < 200:
@@ -680,7 +708,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                         else:
                             body = tail if available == length else tail[:length]
                         sink.on_response_body(body)
-                        self._reuse_parser(body)
+                        if parsed:  # (else the parser never saw this message's head)
+                            self._reuse_parser(body)
                     self._finish()
                 else:
                     self._head_parser = None  # llhttp waits for a body it will never see

@@ -11,6 +11,7 @@ from portico.http.headers import (
     HOP_BY_HOP,
     BodyKind,
     Header,
+    RequestLineMemo,
     ResponseHead,
     format_forwarded_for,
     forwarding_headers,
@@ -586,3 +587,53 @@ def test_the_usual_spellings_checked_first_are_classed_as_the_names_are() -> Non
         assert entries
         for name, what in entries:
             assert names[name.lower()] == what, name
+
+
+# (method, target, fields, block, tail): request heads that differ in one input each
+_REQUESTS: list[tuple[bytes, bytes, list[Header], bytes, list[Header] | None]] = [
+    (b"GET", b"/a", [(b"Host", b"h"), (b"Accept", b"*/*")], b"", None),
+    (b"GET", b"/a", [(b"Host", b"h"), (b"Accept", b"*/*")], b"\r\nX-Forwarded-For: 1", None),
+    (b"GET", b"/a", [(b"Host", b"h"), (b"Accept", b"*/*")], b"\r\nX-Forwarded-For: 2", None),
+    (b"GET", b"/b", [(b"Host", b"h"), (b"Accept", b"*/*")], b"\r\nX-Forwarded-For: 2", None),
+    (b"HEAD", b"/b", [(b"Host", b"h"), (b"Accept", b"*/*")], b"\r\nX-Forwarded-For: 2", None),
+    (b"HEAD", b"/b", [(b"Accept", b"*/*"), (b"Host", b"h")], b"\r\nX-Forwarded-For: 2", None),
+    (b"HEAD", b"/b", [(b"accept", b"*/*"), (b"Host", b"h")], b"\r\nX-Forwarded-For: 2", None),
+    (b"HEAD", b"/b", [(b"accept", b"*/*"), (b"Host", b"h")], b"\r\nX-Forwarded-For: 2", []),
+    (b"POST", b"/b", [(b"Host", b"h")], b"", [(b"Content-Length", b"0")]),
+    (b"POST", b"/b", [(b"Host", b"h")], b"", [(b"Content-Length", b"10")]),
+    (b"POST", b"/b", [(b"Host", b"h")], b"", [(b"Transfer-Encoding", b"chunked")]),
+    (b"POST", b"/b", [(b"Host", b"h"), (b"X", b"")], b"", [(b"Transfer-Encoding", b"chunked")]),
+    (b"POST", b"/b", [], b"", None),
+    (b"GET", b"/a", [(b"Host", b"h"), (b"Accept", b"*/*")], b"", None),
+]
+
+
+def _copied(fields: list[Header] | None) -> list[Header] | None:
+    """The same fields as new objects, as a parse of the next request makes them."""
+    if fields is None:
+        return None
+    return [(bytes(bytearray(name)), bytes(bytearray(value))) for name, value in fields]
+
+
+def test_a_request_head_from_the_memo_is_byte_for_byte_a_fresh_one() -> None:
+    """A server connection's memo of the last request head it was sent gives back those bytes
+    only for equal inputs: every head below, after every other, is what serialize_head makes
+    of it."""
+    memo = RequestLineMemo()
+    for previous in _REQUESTS:
+        for method, target, fields, block, tail in _REQUESTS:
+            memo.serialize(previous[0], previous[1], list(previous[2]), previous[3], previous[4])
+            fresh = serialize_head(method + b" " + target + b" HTTP/1.1", fields, block, tail)
+            copied = _copied(fields)
+            assert copied is not None
+            made = memo.serialize(method, target, copied, block, _copied(tail))
+            assert made == fresh
+    # a repeat is the remembered bytes, and editing the list given does not change them
+    fields = [(b"Host", b"h")]
+    memo.serialize(b"GET", b"/", fields, b"", None)
+    first = memo.serialize(b"GET", b"/", fields, b"", None)  # (a line remembered once twice)
+    fields.append((b"X", b"y"))
+    assert memo.serialize(b"GET", b"/", [(b"Host", b"h")], b"", None) is first
+    assert memo.serialize(b"GET", b"/", fields, b"", None) == (
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: y\r\n\r\n"
+    )

@@ -19,6 +19,7 @@ from h2.events import DataReceived, ResponseReceived, StreamEnded
 
 from fakes import ClientTransport as FakeTransport
 from fakes import worker_with_idle_servers
+from portico.http.headers import HeadMemo, ResponseHead
 from portico.listeners.h2 import H2ClientConnection
 from portico.listeners.http import ClientConnection
 from portico.observe.stats import ByteCounter
@@ -335,3 +336,65 @@ def test_big_bodies_read_with_their_head_arrive_whole_whatever_their_framing(wor
     upstream.data_received(chunk)
     assert client.written == b"HTTP/1.1 200 OK\r\nContent-Length: 8000\r\n\r\n" + chunk + chunk
     assert upstream.is_reusable()
+
+
+# (status, reason, fields, length, coding, keep, http11): heads that differ in one input each
+_HEADS: list[tuple[int, bytes, list[tuple[bytes, bytes]], int, bytes | None, bool, bool]] = [
+    (200, b"OK", [(b"Server", b"s"), (b"Date", b"d1")], 5, None, True, True),
+    (200, b"OK", [(b"Server", b"s"), (b"Date", b"d2")], 5, None, True, True),
+    (200, b"OK", [(b"Date", b"d2"), (b"Server", b"s")], 5, None, True, True),
+    (200, b"OK", [(b"server", b"s"), (b"Date", b"d2")], 5, None, True, True),
+    (200, b"OK", [(b"Server", b"s"), (b"Date", b"d2")], 6, None, True, True),
+    (200, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], 6, None, True, True),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], 6, None, True, True),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], 6, None, False, True),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], 6, None, True, False),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], -1, None, True, True),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], -1, b"gzip, chunked", True, True),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], -1, None, True, False),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2")], -2, None, True, True),
+    (201, b"Fine", [(b"Server", b"s"), (b"Date", b"d2"), (b"X", b"")], -2, None, True, True),
+    (201, b"Fine", [(b"Server", b"s")], -2, None, True, True),
+    (201, b"Fine", [], -2, None, True, True),
+    (200, b"OK", [(b"Server", b"s"), (b"Date", b"d1")], 5, None, True, True),
+]
+
+
+def _staged(
+    head: tuple[int, bytes, list[tuple[bytes, bytes]], int, bytes | None, bool, bool],
+    memo: HeadMemo | None,
+) -> tuple[bytes, int, bool]:
+    status, reason, fields, length, coding, keep, http11 = head
+    transport = FakeTransport()
+    framer = Http1Framer(ByteCounter())
+    framer.transport = transport
+    framer.http11 = http11
+    # fields as new objects each time, as a parse makes them
+    fresh = [(bytes(bytearray(name)), bytes(bytearray(value))) for name, value in fields]
+    size = framer.send_response_head(status, reason, fresh, length, coding, keep, memo)
+    framer.send_end()
+    return transport.written, size, framer.keep
+
+
+def test_a_head_framed_again_from_a_memo_is_byte_for_byte_a_fresh_one() -> None:
+    """The framer keeps the client head it serialized on the server head's memo and reuses
+    it only for the same status, reason and framed fields: every head below, after every
+    other, frames as one framed without a memo."""
+    memo = HeadMemo(b"HTTP/1.1 200 OK\r\n\r\n", b"GET", 200, True, ResponseHead())
+    reused = 0
+    for previous in _HEADS:
+        for head in _HEADS:
+            _staged(previous, memo)
+            with_memo = _staged(head, memo)
+            assert with_memo == _staged(head, None), (previous, head)
+            assert with_memo[0].startswith(b"HTTP/1.1 %d %s\r\n" % (head[0], head[1]))
+            reused += previous == head
+    assert reused == len(_HEADS) + 2  # (the first head is also the last)
+    # a repeat is the memo's bytes, not serialized again
+    framer = Http1Framer(ByteCounter())
+    framer.transport = FakeTransport()
+    fields = [(b"Server", b"s")]
+    framer.send_response_head(200, b"OK", list(fields), 5, None, True, memo)
+    first = memo.out_head
+    framer.send_response_head(200, b"OK", list(fields), 5, None, True, memo)
+    assert memo.out_head is first

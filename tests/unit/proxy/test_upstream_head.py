@@ -95,3 +95,31 @@ def test_a_chunked_request_says_so_after_the_forwarding_fields(worker) -> None:
         b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     )
     assert head.endswith(b"host=a\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def test_requests_repeated_or_not_get_the_head_a_fresh_proxy_sends_them(worker) -> None:
+    """The server connections remember the last head they were sent (and send those bytes
+    again for equal inputs): whatever came before on them, each request's head is the one a
+    worker that never sent one makes of it."""
+    requests = [
+        b"GET /a HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: b\r\nAccept: */*\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: b\r\nAccept: */*\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: b\r\nAccept: */*\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: b\r\nAccept: text/html\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: b\r\nX-Forwarded-For: 10.0.0.1\r\nAccept: text/html\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: b\r\nX-Forwarded-For: 10.0.0.2\r\nAccept: text/html\r\n\r\n",
+        b"HEAD /b HTTP/1.1\r\nHost: b\r\nAccept: text/html\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n",
+        b"GET /a HTTP/1.0\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /a HTTP/1.0\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n",
+    ]
+    heads = sent_heads(worker, *requests)
+    for request, head in zip(requests, heads, strict=True):
+        with worker_with_idle_servers(CONFIG, 2) as fresh:
+            assert [head] == sent_heads(fresh, request)

@@ -475,3 +475,125 @@ def test_the_tcp_memory_reading_agrees_with_this_machines_figures() -> None:
         expected = tcp_memory_calm(sockstat.read(), mem.read())
     assert memory.calm(100.0) is expected
     assert memory.calm(100.0 + TCP_MEMORY_EVERY / 2) is expected
+
+
+class HeadSink(Sink):
+    """A sink that records every attribute of the heads it gets, and the heads themselves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: list[ResponseHead] = []
+
+    def on_response_head(self, status: int, head: ResponseHead) -> None:
+        self.heads.append(head)
+        self.events.append(
+            (
+                "head",
+                status,
+                head.reason,
+                list(head.headers),
+                head.kind,
+                head.length,
+                head.declared_length,
+                head.te,
+                head.keep_alive,
+                head.upgrade,
+            )
+        )
+        head.headers.append((b"X-Edited", b"by the proxy"))  # as the exchange's framer does
+
+
+_CONTINUED = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nH: 8\r\nContent-Length: 1\r\n\r\nh"
+# (method, reads): responses repeated byte for byte, after the same method or another
+MEMO_STEPS: list[tuple[bytes, list[bytes]]] = [
+    (b"GET", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d1\r\nContent-Length: 2\r\n\r\nab"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d1\r\nContent-Length: 2\r\n\r\nab"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d2\r\nContent-Length: 2\r\n\r\ncd"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d2\r\nContent-Length: 2\r\n\r\nef"]),
+    # the same bytes after a HEAD: no body, whatever Content-Length says
+    (b"HEAD", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d2\r\nContent-Length: 2\r\n\r\n"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d2\r\nContent-Length: 2\r\n\r\n", b"gh"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d2\r\nContent-Length: 2\r\n\r\n", b"gh"]),
+    (b"HEAD", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d2\r\nContent-Length: 2\r\n\r\n"]),
+    (b"HEAD", [b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d2\r\nContent-Length: 2\r\n\r\n"]),
+    (b"GET", [b"HTTP/1.1 204 No\r\nB: 2\r\n\r\n"]),
+    (b"GET", [b"HTTP/1.1 204 No\r\nB: 2\r\n\r\n"]),
+    (b"GET", [b"HTTP/1.1 304 Not Modified\r\nETag: e\r\nContent-Length: 7\r\n\r\n"]),
+    (b"GET", [b"HTTP/1.1 304 Not Modified\r\nETag: e\r\nContent-Length: 7\r\n\r\n"]),
+    (
+        b"GET",
+        [
+            b"HTTP/1.1 200 OK\r\nConnection: X-P, keep-alive\r\nX-P: p\r\nX-Powered-By: x\r\n"
+            b"Q: q\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nz\r\n0\r\nT: t\r\n\r\n"
+        ],
+    ),
+    (
+        b"GET",
+        [
+            b"HTTP/1.1 200 OK\r\nConnection: X-P, keep-alive\r\nX-P: p\r\nX-Powered-By: x\r\n"
+            b"Q: q\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nz\r\n0\r\nT: t\r\n\r\n"
+        ],
+    ),
+    (b"GET", [_CONTINUED]),
+    (b"GET", [_CONTINUED]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nH: 8\r\nContent-Length: 1\r\n\r\nh"]),
+    (b"POST", [b"HTTP/1.1 201 Created\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n"]),
+    (b"POST", [b"HTTP/1.1 201 Created\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n"]),
+    (b"GET", [b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nk"]),
+    (b"GET", [b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nk"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nl"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nl"]),
+    (b"GET", [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nl"]),
+]
+
+
+def _run(conn: UpstreamConnection, method: bytes, reads: list[bytes]) -> HeadSink:
+    sink = HeadSink()
+    conn.send(sink, method, b"GET / HTTP/1.1\r\n\r\n", True)
+    for data in reads:
+        conn.data_received(data)
+    return sink
+
+
+def _fresh(hide: frozenset[bytes]) -> UpstreamConnection:
+    backend = BackendState("a", "127.0.0.1", 9001, 1, max_idle=4, clock=lambda: 0.0)
+    conn = UpstreamConnection(backend, 30.0, 30.0, hide)
+    conn.transport = Transport()  # type: ignore[assignment]
+    return conn
+
+
+def test_a_head_repeated_byte_for_byte_is_what_parsing_it_again_gives() -> None:
+    """A connection remembers its last final head once read twice in a row (`HeadMemo`): the same
+    bytes after the same method give the sink the same head, field for field, as a connection that
+    never saw a head before (which parses it), whatever came before; edits to one head never reach
+    the next; the heads between (and the bodies) are read as ever."""
+    hide = frozenset({b"x-powered-by"})
+    conn = _fresh(hide)
+    reused = 0
+    last: ResponseHead | None = None
+    for method, reads in MEMO_STEPS:
+        sink = _run(conn, method, reads)
+        fresh = _run(_fresh(hide), method, reads)
+        assert sink.events == fresh.events, (method, reads)
+        assert conn.is_reusable()
+        conn.detach()
+        if last is not None and sink.heads and last.memo is sink.heads[0].memo:
+            reused += 1
+        last = sink.heads[0] if sink.heads else None
+    assert reused >= 3  # the memo was used (a head read twice in a row), not only the parser
+    # and after all that, a malformed head is still refused
+    sink = _run(conn, b"GET", [b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n"])
+    assert sink.events[0][0] == "failed"
+
+
+def test_a_repeated_head_with_bytes_beyond_its_response_unpools_the_connection() -> None:
+    """Whether a connection may be reused is read afresh for each response, memo or not."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
+    conn = _fresh(frozenset())
+    _run(conn, b"GET", [response])
+    conn.detach()
+    assert conn.is_reusable()
+    sink = _run(conn, b"GET", [response + b"HTTP"])
+    assert sink.events[-1] == ("end",)
+    assert sink.heads[0].memo is not None
+    assert not conn.is_reusable()
