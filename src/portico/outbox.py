@@ -123,6 +123,21 @@ class Outbox:
             self.flush()
         transport.writelines(parts)
 
+    def held_for(self, transport: asyncio.BaseTransport) -> int:
+        """The bytes held for `transport` this turn: they count against its write buffer's
+        bound (a body read sizes itself by both), though they are not there yet. Asked,
+        not flushed: a read asks from inside uvloop's buffer callback, where a write that
+        pauses the reader would stop the stream in the middle of its read (a crash)."""
+        data = self._data
+        if not data:
+            return 0
+        transports = self._transports
+        size = 0
+        for j in range(len(data)):
+            if transports[j] is transport:
+                size += _length(data[j])
+        return size
+
     def flush_to(self, transport: asyncio.BaseTransport) -> None:
         """Write what is held for `transport`, in order, before an operation that must follow
         it (a close, an EOF); the other transports' writes keep waiting for the turn's end."""

@@ -164,3 +164,27 @@ def test_flush_to_one_transport_keeps_the_others_waiting() -> None:
         box.stop()
 
     run(body)
+
+
+def test_held_for_counts_one_transports_bytes_and_writes_nothing() -> None:
+    """A body read asks how much its client has waiting from inside uvloop's buffer callback,
+    where a write (one that paused the reader) would stop the stream mid-read: asking writes
+    nothing."""
+    log: list[tuple[str, bytes]] = []
+
+    async def body() -> None:
+        box = Outbox()
+        box.start(asyncio.get_running_loop())
+        a, b = Recorder("a", log), Recorder("b", log)
+        assert box.held_for(a) == 0  # type: ignore[arg-type]
+        box.write(a, b"12")  # type: ignore[arg-type]
+        box.write(b, b"3")  # type: ignore[arg-type]
+        box.writelines(a, [b"45", memoryview(b"678")], 5)  # type: ignore[arg-type]
+        assert box.held_for(a) == 7  # type: ignore[arg-type]
+        assert box.held_for(b) == 1  # type: ignore[arg-type]
+        assert log == []
+        await asyncio.sleep(0)
+        assert box.held_for(a) == 0  # type: ignore[arg-type]
+        box.stop()
+
+    run(body)

@@ -1242,16 +1242,15 @@ class Exchange(ResponseSink):
 
     def read_size(self) -> int:
         transport = self._client.transport
-        if transport is not None:
-            # a body read is sized by what the client's transport holds: what this turn
-            # wrote to it goes there first, so the bound counts it (slow readers)
-            OUTBOX.flush_to(transport)
         if not self._room_looked:
             self._room_looked = True
             self._room = send_room(transport)
         # through transforms, what is written is not what was read (it may grow): the bound
         room = self._room if self._pipe is None else None
-        return client_read_size(transport, self._read_limit, room)
+        # a body read is sized by what the client's transport holds, and what this turn
+        # wrote to it that waits in the outbox (slow readers)
+        held = 0 if transport is None else OUTBOX.held_for(transport)
+        return client_read_size(transport, self._read_limit, room, held)
 
     def on_upstream_writable(self, writable: bool) -> None:
         if writable:

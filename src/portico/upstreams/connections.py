@@ -260,13 +260,17 @@ def body_read_size(buffered: int, limit: int, free: int) -> int:
 
 
 def client_read_size(
-    transport: asyncio.BaseTransport | None, limit: int = MAX_READ, room: SendRoom | None = None
+    transport: asyncio.BaseTransport | None,
+    limit: int = MAX_READ,
+    room: SendRoom | None = None,
+    held: int = 0,
 ) -> int:
     """How many body bytes a server connection may read now for a client on `transport`
-    (`body_read_size`); the kernel is asked only when the write buffer is empty."""
+    (`body_read_size`), `held` more bytes on their way to it (the outbox's); the kernel is
+    asked only when nothing is buffered."""
     if transport is None:
         return READ_SIZE
-    buffered = cast(asyncio.WriteTransport, transport).get_write_buffer_size()
+    buffered = cast(asyncio.WriteTransport, transport).get_write_buffer_size() + held
     if room is None:
         return max(MIN_READ, limit - buffered)
     if buffered == 0:

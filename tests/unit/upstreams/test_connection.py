@@ -316,6 +316,15 @@ def test_a_read_never_takes_the_clients_buffer_past_max_read() -> None:
     assert client_read_size(None) == READ_SIZE
 
 
+def test_bytes_held_for_the_client_this_turn_count_as_buffered() -> None:
+    """The outbox's bytes for a client are on their way to its buffer: a read leaves room for
+    them as for what the transport holds (a slow reader's bound)."""
+    for buffered, held in ((0, 1), (0, 8 * 1024), (4 * 1024, 8 * 1024)):
+        size = client_read_size(_Transport(buffered), held=held)  # type: ignore[arg-type]
+        assert buffered + held + size == MAX_READ
+    assert client_read_size(_Transport(), held=MAX_READ) == MIN_READ  # type: ignore[arg-type]
+
+
 def test_a_read_never_takes_the_clients_buffer_past_the_listeners_limit() -> None:
     limit = 1024 * 1024  # limits.response_buffer: 1MiB; the high-water mark is half of it
     assert client_read_size(_Transport(), limit) == limit  # type: ignore[arg-type]
