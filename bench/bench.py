@@ -50,6 +50,10 @@ RUNDIR = BENCH / "rundir"  # not bench/run/: that name is the entry script
 CONFIGS = BENCH / "configs"  # the reference HAProxy and NGINX configs; read-only, never written
 CONFIG_FILES = ("nginx-backends.conf", "nginx-proxy.conf", "haproxy.cfg")
 RESULTS = BENCH / "RESULTS.md"
+# wrk's script for the "varied requests" row: no request repeats the one before it byte for
+# byte (a counter in the query and in a header), as a browser's or an API client's do not; wrk
+# alone sends one request over and over, the best case for any proxy's memo of a repeated head
+VARY_SCRIPT = CONFIGS / "vary.lua"
 PORTICO_BIN = REPO / ".venv" / "bin" / "portico"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
@@ -1017,6 +1021,7 @@ class Workload:
     layer: str  # L7 | L4
     path: str  # PATHS key
     close: bool = False  # Connection: close (a new connection per request)
+    vary: bool = False  # each request differs from the one before (VARY_SCRIPT)
 
     @property
     def label(self) -> str:
@@ -1024,6 +1029,7 @@ class Workload:
             speaks = "HTTP/2" if self.layer == "h2" else "HTTP/1.1"
             return f"{speaks} over TLS {PATHS[self.path][0]}"
         mode = ", new connection per request" if self.close else ""
+        mode += ", varied requests" if self.vary else ""
         return f"{self.layer} {PATHS[self.path][0]}{mode}"
 
 
@@ -1114,6 +1120,7 @@ def _measure_paired(
     check_response(port, path, size, coding)
     url = f"http://127.0.0.1:{port}{path}"
     extra = ["-H", "Connection: close"] if wl.close else []
+    extra += ["-s", str(VARY_SCRIPT)] if wl.vary else []
     if args.warmup:
         run_wrk(wrk_argv(args, url, args.warmup, coding)[:-1] + extra + [url], args.warmup)
     argv = wrk_argv(args, url, args.duration, coding)[:-1] + extra + [url]
@@ -1138,6 +1145,7 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
     workloads = [Workload("L7", p) for p in args.paths]
     if "small" in args.paths:
         workloads.append(Workload("L7", "small", close=True))
+        workloads.append(Workload("L7", "small", vary=True))
     if args.l4:
         workloads += [Workload("L4", p) for p in args.paths]
     result = Paired(workloads, [t.key for t in proxies])
