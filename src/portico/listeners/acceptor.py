@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Final, final
@@ -134,6 +136,8 @@ class Acceptor:
         self.clock = clock
         self.counters = AcceptCounters()
         self._uvloop = type(loop).__module__.startswith("uvloop")  # see `_accepted`
+        if self._uvloop:
+            lighten_transport_registry(loop)
         # state
         self.reading = False
         self.closed = False
@@ -302,6 +306,59 @@ class Acceptor:
             return
         self._logged[cause] = now
         log.warning("listener %s: " + message, self.name, *args)
+
+
+@final
+class TransportRegistry:
+    """What uvloop's loop does with each new transport, `registry[fd] = transport`, without
+    an interpreted frame: `track` stores a plain weak reference in the registry's own dict."""
+
+    def __init__(self, data: dict[Any, Any]) -> None:
+        self.data = data
+
+    def track(self, fd: Any, transport: object) -> None:
+        self.data[fd] = weakref.ref(transport)
+
+
+def lighten_transport_registry(loop: asyncio.AbstractEventLoop) -> bool:
+    """Make uvloop's registry of transports cheap to add to; True once it is (or was).
+
+    A documented workaround of a uvloop internal (written against uvloop 0.23.0, the version
+    requirements/test.txt pins; pyproject.toml allows 0.19 on): its loop keeps every transport in a
+    `weakref.WeakValueDictionary` keyed by descriptor (`Loop._transports`, which
+    `_ensure_fd_no_transport` reads so that add_reader, add_writer and the sock_* calls
+    refuse a descriptor a transport owns). Adding to it runs interpreted code for every
+    connection, `__setitem__` and a `KeyedRef`, and `KeyedRef`'s callback when a transport
+    goes: about 6,400 instructions of a new connection's 88,000 (bench/relaypath.py
+    --close --callgrind). This gives that one instance a subclass whose `__setitem__` is
+    `TransportRegistry.track` (compiled): a plain `weakref.ref`, no callback. Reading is
+    unchanged (the dictionary's own `__getitem__`: a dead reference is a KeyError, as a
+    removed entry was), so uvloop's check still works; an entry whose transport has gone
+    stays until its descriptor is reused, so at most one per descriptor number ever open.
+
+    Nothing is changed unless the loop holds exactly one WeakValueDictionary that is a plain
+    one with its `data` dict (the layout this was written against): on any other layout this
+    returns False and the loop keeps its own registry.
+    """
+    registries = [
+        held for held in gc.get_referents(loop) if isinstance(held, weakref.WeakValueDictionary)
+    ]
+    if len(registries) != 1:
+        return False
+    registry: Any = registries[0]
+    kind = type(registry)
+    if kind is not weakref.WeakValueDictionary:
+        return bool(getattr(kind, "lightened", False))  # this loop's, lightened already
+    data = getattr(registry, "data", None)
+    if type(data) is not dict:
+        return False
+    tracker = TransportRegistry(data)
+    registry.__class__ = type(
+        "LightTransportRegistry",
+        (weakref.WeakValueDictionary,),
+        {"__slots__": (), "__setitem__": tracker.track, "lightened": True},
+    )
+    return True
 
 
 def _reset(conn: socket.socket) -> None:
