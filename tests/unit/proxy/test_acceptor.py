@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -393,3 +394,81 @@ def test_uvloop_still_refuses_a_transports_descriptor_to_add_reader() -> None:
     assert all(message.startswith("File descriptor") for message in refused)
     assert type(registry) is not weakref.WeakValueDictionary  # lightened
     assert len(vars(registry)["data"]) < 10  # by descriptor number, not one per connection
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_connections_accepted_in_one_batch_are_all_handed_over(loop_kind: str) -> None:
+    """Clients that queued up before the acceptor started are accepted in one wake-up; each
+    hand-over waits for its connection_made, and all are resumed after the batch (one loop
+    callback for the batch): every one is served, and none is left counted as handshaking."""
+    loop = _new_loop(loop_kind)
+    parked_seen: list[int] = []
+    acceptor: Acceptor | None = None
+
+    class _Counting(_Answer):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert acceptor is not None
+            parked_seen.append(len(acceptor._parked))
+            super().connection_made(transport)
+
+    async def main() -> tuple[list[bytes], int]:
+        nonlocal acceptor
+        listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+        port = listener.getsockname()[1]
+        acceptor = Acceptor(loop, listener, "web", lambda _peer: _Counting())
+        clients = [
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5) for _ in range(6)
+        ]  # the kernel completes each handshake: all six wait in the backlog
+        for _, writer in clients:
+            writer.write(b"ping")
+        acceptor.start()
+        try:
+            answers = [await asyncio.wait_for(reader.read(), 5) for reader, _ in clients]
+            for _, writer in clients:
+                writer.close()
+            return answers, acceptor.handshaking
+        finally:
+            acceptor.close()
+
+    try:
+        answers, handshaking = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert answers == [b"pong"] * 6
+    assert handshaking == 0
+    assert parked_seen == [6] * 6  # all six in one batch, resumed after it
+
+
+def test_a_parked_hand_over_whose_wait_is_not_over_is_resumed_when_it_is() -> None:
+    """Should a loop not have finished a parked hand-over's wait by the end of the batch,
+    that hand-over is resumed by its future instead, not dropped nor resumed early."""
+    loop = asyncio.new_event_loop()
+    steps: list[str] = []
+
+    def setup(wait: asyncio.Future[None]) -> Iterator[object]:
+        steps.append("started")
+        yield wait
+        steps.append("resumed")
+
+    async def main() -> list[str]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        acceptor = Acceptor(loop, listener, "web", lambda _peer: _Answer())
+        try:
+            wait: asyncio.Future[None] = loop.create_future()
+            acceptor._parking = True
+            acceptor._step(setup(wait))
+            acceptor._parking = False
+            acceptor._resume_parked()
+            before = list(steps)
+            wait.set_result(None)
+            await wait  # after the callbacks added before this one: the hand-over's
+            return before
+        finally:
+            acceptor.close()
+
+    try:
+        before = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert before == ["started"]
+    assert steps == ["started", "resumed"]
