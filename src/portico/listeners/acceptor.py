@@ -15,7 +15,9 @@ hand-over to uvloop takes no interpreted frame and no exception: a plain connect
 goes to uvloop in a `Handoff` (no socket.socket, whose making asks getsockname(2) and runs
 interpreted code, as does its detach() when the transport closes), and the loop's coroutine is
 stepped by hand (no task) through a compiled coroutine whose `await` sees it finish without a
-StopIteration (a raised one cost a traceback per connection).
+StopIteration (a raised one cost a traceback per connection), resumed with the rest of its
+accept batch from one loop callback (`Acceptor._step`). uvloop's own registry of transports
+is given a compiled `__setitem__` once per loop (`lighten_transport_registry`).
 """
 
 from __future__ import annotations
@@ -357,17 +359,18 @@ def lighten_transport_registry(loop: asyncio.AbstractEventLoop) -> bool:
     """Make uvloop's registry of transports cheap to add to; True once it is (or was).
 
     A documented workaround of a uvloop internal (written against uvloop 0.23.0, the version
-    requirements/test.txt pins; pyproject.toml allows 0.19 on): its loop keeps every transport in a
-    `weakref.WeakValueDictionary` keyed by descriptor (`Loop._transports`, which
-    `_ensure_fd_no_transport` reads so that add_reader, add_writer and the sock_* calls
+    requirements/test.txt pins; pyproject.toml allows 0.19 on): its loop keeps every
+    transport in a `weakref.WeakValueDictionary` keyed by descriptor (`Loop._transports`,
+    which `_ensure_fd_no_transport` reads so that add_reader, add_writer and the sock_* calls
     refuse a descriptor a transport owns). Adding to it runs interpreted code for every
     connection, `__setitem__` and a `KeyedRef`, and `KeyedRef`'s callback when a transport
-    goes: about 6,400 instructions of a new connection's 88,000 (bench/relaypath.py
-    --close --callgrind). This gives that one instance a subclass whose `__setitem__` is
-    `TransportRegistry.track` (compiled): a plain `weakref.ref`, no callback. Reading is
-    unchanged (the dictionary's own `__getitem__`: a dead reference is a KeyError, as a
-    removed entry was), so uvloop's check still works; an entry whose transport has gone
-    stays until its descriptor is reused, so at most one per descriptor number ever open.
+    goes: about 5,500 instructions of a new connection's 88,300 (bench/relaypath.py --close
+    --callgrind: 88,339 before, 83,447 with this). This gives that one instance a subclass
+    whose `__setitem__` is `TransportRegistry.track` (compiled): a plain `weakref.ref`, no
+    callback. Reading is unchanged (the dictionary's own `__getitem__`: a dead reference is a
+    KeyError, as a removed entry was), so uvloop's check still works; an entry whose
+    transport has gone stays until its descriptor is reused, so at most one per descriptor
+    number ever open.
 
     Nothing is changed unless the loop holds exactly one WeakValueDictionary that is a plain
     one with its `data` dict (the layout this was written against): on any other layout this
