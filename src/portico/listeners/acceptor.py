@@ -15,7 +15,9 @@ hand-over to uvloop takes no interpreted frame and no exception: a plain connect
 goes to uvloop in a `Handoff` (no socket.socket, whose making asks getsockname(2) and runs
 interpreted code, as does its detach() when the transport closes), and the loop's coroutine is
 stepped by hand (no task) through a compiled coroutine whose `await` sees it finish without a
-StopIteration (a raised one cost a traceback per connection).
+StopIteration (a raised one cost a traceback per connection), resumed with the rest of its
+accept batch from one loop callback (`Acceptor._step`). uvloop's own registry of transports
+is given a compiled `__setitem__` once per loop (`lighten_transport_registry`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Final, final
@@ -134,12 +138,17 @@ class Acceptor:
         self.clock = clock
         self.counters = AcceptCounters()
         self._uvloop = type(loop).__module__.startswith("uvloop")  # see `_accepted`
+        if self._uvloop:
+            lighten_transport_registry(loop)
         # state
         self.reading = False
         self.closed = False
         self.handshaking = 0  # accepted, not yet handed to a protocol (TLS handshakes)
         self._retry: asyncio.TimerHandle | None = None
         self._logged: dict[str, float] = {}
+        # hand-overs of this accept batch waiting for their connection_made (see `_step`)
+        self._parked: list[tuple[Iterator[Any], Any]] = []
+        self._parking = False  # in an accept batch: `_step` parks a hand-over's wait
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -181,6 +190,16 @@ class Acceptor:
         return limit > 0 and self.active() + self.handshaking >= limit
 
     def _on_readable(self) -> None:
+        self._parking = True
+        try:
+            self._accept_batch()
+        finally:
+            self._parking = False
+            if self._parked:
+                # after every connection_made this batch scheduled (see `_step`)
+                self.loop.call_soon(self._resume_parked)
+
+    def _accept_batch(self) -> None:
         for _ in range(ACCEPT_BATCH):
             if self._is_full():
                 self.counters.paused_full += 1
@@ -254,14 +273,34 @@ class Acceptor:
         """Run `setup` (`_hand_over` without TLS) to its next wait, as a task's step would:
         a future it waits on resumes it when done; a bare yield, the next turn. `next`
         ends it without an exception reaching compiled code (`_hand_over` catches what it
-        may raise)."""
+        may raise).
+
+        The loop's hand-over waits once, for its protocol's connection_made, which the loop
+        has scheduled (call_soon) before its coroutine yields: such a wait is parked, and
+        `_resume_parked`, scheduled once per accept batch after all of them, resumes every
+        parked hand-over whose future is done by then. A callback per future instead cost
+        each connection a partial, a done callback and the loop handle that the future's
+        set_result schedules for it: 4,400 instructions of a new connection's 83,400
+        (bench/relaypath.py --close --callgrind, where a batch holds several connections)."""
         waiting: Any = next(setup, _DONE)
         if waiting is _DONE:
             return
         if waiting is None:
             self.loop.call_soon(self._step, setup)
+        elif self._parking:
+            self._parked.append((setup, waiting))
         else:
             waiting.add_done_callback(partial(self._step, setup))
+
+    def _resume_parked(self) -> None:
+        """Resume the hand-overs parked by the last accept batch: those whose future is done
+        (all, as both loops order their callbacks), and any other once its future is."""
+        parked, self._parked = self._parked, []
+        for setup, waiting in parked:
+            if waiting.done():
+                self._step(setup)  # not parking: a wait after this one gets a callback
+            else:
+                waiting.add_done_callback(partial(self._step, setup))
 
     async def _hand_over(self, conn: Any, factory: Callable[[], asyncio.Protocol]) -> None:
         """The hand-over of `conn` (a Handoff, or with TLS or asyncio's loop a socket) to the
@@ -302,6 +341,60 @@ class Acceptor:
             return
         self._logged[cause] = now
         log.warning("listener %s: " + message, self.name, *args)
+
+
+@final
+class TransportRegistry:
+    """What uvloop's loop does with each new transport, `registry[fd] = transport`, without
+    an interpreted frame: `track` stores a plain weak reference in the registry's own dict."""
+
+    def __init__(self, data: dict[Any, Any]) -> None:
+        self.data = data
+
+    def track(self, fd: Any, transport: object) -> None:
+        self.data[fd] = weakref.ref(transport)
+
+
+def lighten_transport_registry(loop: asyncio.AbstractEventLoop) -> bool:
+    """Make uvloop's registry of transports cheap to add to; True once it is (or was).
+
+    A documented workaround of a uvloop internal (written against uvloop 0.23.0, the version
+    requirements/test.txt pins; pyproject.toml allows 0.19 on): its loop keeps every
+    transport in a `weakref.WeakValueDictionary` keyed by descriptor (`Loop._transports`,
+    which `_ensure_fd_no_transport` reads so that add_reader, add_writer and the sock_* calls
+    refuse a descriptor a transport owns). Adding to it runs interpreted code for every
+    connection, `__setitem__` and a `KeyedRef`, and `KeyedRef`'s callback when a transport
+    goes: about 5,500 instructions of a new connection's 88,300 (bench/relaypath.py --close
+    --callgrind: 88,339 before, 83,447 with this). This gives that one instance a subclass
+    whose `__setitem__` is `TransportRegistry.track` (compiled): a plain `weakref.ref`, no
+    callback. Reading is unchanged (the dictionary's own `__getitem__`: a dead reference is a
+    KeyError, as a removed entry was), so uvloop's check still works; an entry whose
+    transport has gone stays until its descriptor is reused, so at most one per descriptor
+    number ever open.
+
+    Nothing is changed unless the loop holds exactly one WeakValueDictionary that is a plain
+    one with its `data` dict (the layout this was written against): on any other layout this
+    returns False and the loop keeps its own registry.
+    """
+    registries = [
+        held for held in gc.get_referents(loop) if isinstance(held, weakref.WeakValueDictionary)
+    ]
+    if len(registries) != 1:
+        return False
+    registry: Any = registries[0]
+    kind = type(registry)
+    if kind is not weakref.WeakValueDictionary:
+        return bool(getattr(kind, "lightened", False))  # this loop's, lightened already
+    data = getattr(registry, "data", None)
+    if type(data) is not dict:
+        return False
+    tracker = TransportRegistry(data)
+    registry.__class__ = type(
+        "LightTransportRegistry",
+        (weakref.WeakValueDictionary,),
+        {"__slots__": (), "__setitem__": tracker.track, "lightened": True},
+    )
+    return True
 
 
 def _reset(conn: socket.socket) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -288,3 +289,186 @@ def test_the_access_check_is_skipped_only_while_its_rules_are_empty(loop_kind: s
     assert second == b""
     assert asked == ["127.0.0.1"]
     assert denied == 1
+
+
+class _Slots:
+    """Stands for a loop: what gc.get_referents finds in it is what its slots hold."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, *held: object) -> None:
+        self.first, self.second = [*held, None, None][:2]
+
+
+class _Owner:
+    """Something a weak reference can point to, standing for a transport."""
+
+
+def test_the_lightened_registry_reads_as_uvloops_own() -> None:
+    """A transport added is found by its descriptor while it lives; once it has gone, its
+    descriptor reads as free (a KeyError, as uvloop's check expects), and adding another
+    transport on the same descriptor replaces the entry (one per descriptor number)."""
+    import weakref
+
+    from portico.listeners.acceptor import lighten_transport_registry
+
+    registry: weakref.WeakValueDictionary[int, _Owner] = weakref.WeakValueDictionary()
+    loop = _Slots(registry)
+    assert lighten_transport_registry(loop)  # type: ignore[arg-type]
+    assert type(registry) is not weakref.WeakValueDictionary
+    assert lighten_transport_registry(loop)  # type: ignore[arg-type]  # once is enough
+    owner = _Owner()
+    registry[7] = owner
+    assert registry[7] is owner
+    del owner
+    with pytest.raises(KeyError):
+        registry[7]
+    again = _Owner()
+    registry[7] = again
+    assert registry[7] is again
+    assert len(vars(registry)["data"]) == 1
+
+
+@pytest.mark.parametrize("held", [0, 2])
+def test_an_unknown_loop_layout_keeps_its_own_registry(held: int) -> None:
+    """No WeakValueDictionary, or more than one: which is the registry is not known, and
+    nothing is changed."""
+    import weakref
+
+    from portico.listeners.acceptor import lighten_transport_registry
+
+    registries = [weakref.WeakValueDictionary[int, _Owner]() for _ in range(held)]
+    assert not lighten_transport_registry(_Slots(*registries))  # type: ignore[arg-type]
+    assert all(type(each) is weakref.WeakValueDictionary for each in registries)
+
+
+def test_uvloop_still_refuses_a_transports_descriptor_to_add_reader() -> None:
+    """With the registry lightened, uvloop's check still holds: add_reader and add_writer on
+    a descriptor a live transport owns raise; and many connections one after another leave
+    at most one entry per descriptor number (no entry per connection)."""
+    uvloop = pytest.importorskip("uvloop")
+    import gc
+    import weakref
+
+    loop = uvloop.new_event_loop()
+    refused: list[str] = []
+
+    class _Probe(_Answer):
+        def data_received(self, data: bytes) -> None:
+            fd = self.transport.get_extra_info("socket").fileno()
+            for add in (loop.add_reader, loop.add_writer):
+                try:
+                    add(fd, lambda: None)
+                except RuntimeError as exc:
+                    refused.append(str(exc).split(" is used")[0])
+            super().data_received(data)
+
+    async def main() -> list[bytes]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        acceptor = Acceptor(loop, listener, "web", lambda _peer: _Probe())
+        acceptor.start()
+        port = listener.getsockname()[1]
+        answers = []
+        try:
+            for _ in range(30):
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), 5
+                )
+                writer.write(b"ping")
+                answers.append(await asyncio.wait_for(reader.read(), 5))
+                writer.close()
+                await writer.wait_closed()
+            return answers
+        finally:
+            acceptor.close()
+
+    try:
+        answers = loop.run_until_complete(main())
+        (registry,) = [
+            held for held in gc.get_referents(loop) if isinstance(held, weakref.WeakValueDictionary)
+        ]
+    finally:
+        loop.close()
+    assert answers == [b"pong"] * 30
+    assert len(refused) == 60
+    assert all(message.startswith("File descriptor") for message in refused)
+    assert type(registry) is not weakref.WeakValueDictionary  # lightened
+    assert len(vars(registry)["data"]) < 10  # by descriptor number, not one per connection
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_connections_accepted_in_one_batch_are_all_handed_over(loop_kind: str) -> None:
+    """Clients that queued up before the acceptor started are accepted in one wake-up; each
+    hand-over waits for its connection_made, and all are resumed after the batch (one loop
+    callback for the batch): every one is served, and none is left counted as handshaking."""
+    loop = _new_loop(loop_kind)
+    parked_seen: list[int] = []
+    acceptor: Acceptor | None = None
+
+    class _Counting(_Answer):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert acceptor is not None
+            parked_seen.append(len(acceptor._parked))
+            super().connection_made(transport)
+
+    async def main() -> tuple[list[bytes], int]:
+        nonlocal acceptor
+        listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+        port = listener.getsockname()[1]
+        acceptor = Acceptor(loop, listener, "web", lambda _peer: _Counting())
+        clients = [
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5) for _ in range(6)
+        ]  # the kernel completes each handshake: all six wait in the backlog
+        for _, writer in clients:
+            writer.write(b"ping")
+        acceptor.start()
+        try:
+            answers = [await asyncio.wait_for(reader.read(), 5) for reader, _ in clients]
+            for _, writer in clients:
+                writer.close()
+            return answers, acceptor.handshaking
+        finally:
+            acceptor.close()
+
+    try:
+        answers, handshaking = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert answers == [b"pong"] * 6
+    assert handshaking == 0
+    assert parked_seen == [6] * 6  # all six in one batch, resumed after it
+
+
+def test_a_parked_hand_over_whose_wait_is_not_over_is_resumed_when_it_is() -> None:
+    """Should a loop not have finished a parked hand-over's wait by the end of the batch,
+    that hand-over is resumed by its future instead, not dropped nor resumed early."""
+    loop = asyncio.new_event_loop()
+    steps: list[str] = []
+
+    def setup(wait: asyncio.Future[None]) -> Iterator[object]:
+        steps.append("started")
+        yield wait
+        steps.append("resumed")
+
+    async def main() -> list[str]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        acceptor = Acceptor(loop, listener, "web", lambda _peer: _Answer())
+        try:
+            wait: asyncio.Future[None] = loop.create_future()
+            acceptor._parking = True
+            acceptor._step(setup(wait))
+            acceptor._parking = False
+            acceptor._resume_parked()
+            before = list(steps)
+            wait.set_result(None)
+            await wait  # after the callbacks added before this one: the hand-over's
+            return before
+        finally:
+            acceptor.close()
+
+    try:
+        before = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert before == ["started"]
+    assert steps == ["started", "resumed"]
