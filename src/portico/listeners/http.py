@@ -133,18 +133,19 @@ class ParserHooks:
 
 
 # The last loop asked for and its hooks, as one tuple (read whole, whichever thread asks; as
-# `timers.timers_of`): a worker has one loop.
-_LAST_HOOKS: tuple[asyncio.AbstractEventLoop | None, ParserHooks | None] = (None, None)
+# `timers.timers_of`, in a Final list: a C static when compiled): a worker has one loop.
+_LAST_HOOKS: Final[list[tuple[asyncio.AbstractEventLoop | None, ParserHooks | None]]] = [
+    (None, None)
+]
 
 
 def hooks_of(loop: asyncio.AbstractEventLoop) -> ParserHooks:
     """The `ParserHooks` of `loop`'s connections (new ones when another loop asked last)."""
-    global _LAST_HOOKS
-    last = _LAST_HOOKS
+    last = _LAST_HOOKS[0]
     hooks = last[1]
     if last[0] is not loop or hooks is None:
         hooks = ParserHooks()
-        _LAST_HOOKS = (loop, hooks)
+        _LAST_HOOKS[0] = (loop, hooks)
     return hooks
 
 
