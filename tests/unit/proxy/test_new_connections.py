@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httptools
 import pytest
 
 from fakes import ClientTransport, FakeLoop, worker_with_idle_servers
-from portico.listeners.http import ClientConnection, hooks_of
+from portico.listeners.http import ClientConnection, hooks_of, new_connection
 from portico.timers import Deadline
 from portico.worker import Worker
 
@@ -162,3 +163,15 @@ def test_a_head_begun_on_a_draining_new_connection_gets_the_whole_header_timeout
     assert forwarded(conn).startswith(b"GET /drained HTTP/1.1\r\n")
     answer(conn)
     assert b"Connection: close\r\n" in transport.written
+
+
+def test_the_factory_the_worker_accepts_with_makes_a_connection_that_knows_its_peer(
+    worker: Worker,
+) -> None:
+    factory = partial(new_connection, worker.settings["web"], worker.context)
+    conn = factory(("192.0.2.7", 5000))
+    assert isinstance(conn, ClientConnection)
+    assert conn.client_ip == "192.0.2.7"
+    conn.connection_made(ClientTransport())
+    conn.data_received(b"GET /f HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert b"X-Forwarded-For: 192.0.2.7\r\n" in forwarded(conn)
