@@ -145,9 +145,23 @@ class Outbox:
         if not data:
             return
         transports = self._transports
-        mine: list[Data | list[Data]] = []
+        count = len(data)
         i = 0
-        for j in range(len(data)):
+        while i < count and transports[i] is not transport:
+            i += 1  # the others' writes before this transport's first stay where they are
+        if i == count:
+            return
+        out = cast(asyncio.WriteTransport, transport)
+        if i == count - 1:
+            # the usual case (a response's last write, then its close): the turn's last write
+            # is this transport's only one, taken off the end (no list made, no slice deleted)
+            item = data.pop()
+            transports.pop()
+            self._size -= _length(item)
+            _send(out, item)
+            return
+        mine: list[Data | list[Data]] = []
+        for j in range(i, count):
             if transports[j] is transport:
                 mine.append(data[j])
                 self._size -= _length(data[j])
@@ -155,11 +169,8 @@ class Outbox:
                 transports[i] = transports[j]
                 data[i] = data[j]
                 i += 1
-        if not mine:
-            return
         del transports[i:]
         del data[i:]
-        out = cast(asyncio.WriteTransport, transport)
         for item in mine:
             _send(out, item)
 

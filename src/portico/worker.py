@@ -53,6 +53,7 @@ from portico.listeners.http import (
     ClientConnection,
     Http2Settings,
     HttpListenerSettings,
+    new_connection,
 )
 from portico.listeners.tcp import (
     TcpClientConnection,
@@ -780,7 +781,7 @@ class Worker:
                 name,
                 sock,
                 # called with the peer's address (no interpreted frame of ours per connection)
-                partial(ClientConnection, settings, self.context),
+                partial(new_connection, settings, self.context),
                 guards,
                 listener.max_conns,
                 terminators[name],

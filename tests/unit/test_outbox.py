@@ -166,6 +166,35 @@ def test_flush_to_one_transport_keeps_the_others_waiting() -> None:
     run(body)
 
 
+def test_flush_to_a_transport_whose_one_write_is_the_last_held() -> None:
+    """The usual close: a response's write, the turn's last, then its close. Only those bytes
+    go; the others' wait in order, and the turn's bound counts only what is still held."""
+    log: list[tuple[str, bytes]] = []
+
+    async def body() -> None:
+        box = Outbox()
+        box.start(asyncio.get_running_loop())
+        a, b, c, d = (Recorder(name, log) for name in "abcd")
+        box.write(a, b"1")  # type: ignore[arg-type]
+        box.write(b, b"22")  # type: ignore[arg-type]
+        box.writelines(c, [b"33", memoryview(b"3")], 3)  # type: ignore[arg-type]
+        box.flush_to(d)  # type: ignore[arg-type]
+        assert log == []  # nothing held for it
+        box.flush_to(c)  # type: ignore[arg-type]
+        assert log == [("c", b"333")]
+        box.flush_to(c)  # type: ignore[arg-type]
+        assert log == [("c", b"333")]
+        assert box._size == 3
+        box.write(b, b"4")  # type: ignore[arg-type]
+        box.flush_to(a)  # type: ignore[arg-type]  (its write is the first of three)
+        assert log[1:] == [("a", b"1")]
+        await asyncio.sleep(0)
+        assert log[2:] == [("b", b"22"), ("b", b"4")]
+        box.stop()
+
+    run(body)
+
+
 def test_held_for_counts_one_transports_bytes_and_writes_nothing() -> None:
     """A body read asks how much its client has waiting from inside uvloop's buffer callback,
     where a write (one that paused the reader) would stop the stream mid-read: asking writes

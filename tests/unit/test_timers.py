@@ -79,6 +79,27 @@ def test_deadlines_of_a_loop_share_one_timer_and_fire_in_order() -> None:
     assert fired == ["a", "b", "c", "d"]
 
 
+def test_deadlines_armed_between_firings_fire_in_order_and_the_dropped_never() -> None:
+    """New entries wait off the heap until the timer fires: armed out of order, between two
+    firings, some cancelled or cleared and some pushed earlier before the timer fires, each
+    live one still fires once, in order, when due."""
+    loop, fired = FakeLoop(), []
+    deadline(loop, fired, "first").set(1.0)
+    armed = {name: deadline(loop, fired, name) for name in "abcdef"}
+    for name, seconds in [("d", 6.0), ("a", 3.0), ("c", 5.0), ("b", 4.0), ("e", 7.0)]:
+        armed[name].set(seconds)
+    armed["f"].set(9.0)
+    armed["f"].set(2.5)  # earlier: a second entry, the first dropped
+    armed["c"].cancel()
+    armed["e"].clear()
+    loop.advance(1.0)
+    assert fired == ["first"]
+    deadline(loop, fired, "late").set(0.5)  # armed after a firing: due before the others
+    loop.advance(10)
+    assert fired == ["first", "late", "f", "a", "b", "d"]
+    assert len(timers_of(loop)) == 0  # type: ignore[arg-type]
+
+
 def test_a_callback_that_raises_is_reported_and_the_others_still_fire() -> None:
     loop, fired = FakeLoop(), []
 

@@ -44,7 +44,7 @@ from portico.proxy.l7 import (
 from portico.proxy.proxy_protocol import ParseState
 from portico.timers import Deadline
 
-__all__ = ["ClientConnection", "Http2Settings", "HttpListenerSettings"]
+__all__ = ["ClientConnection", "Http2Settings", "HttpListenerSettings", "new_connection"]
 
 
 # beyond the configured limits, before an unfinished head is refused
@@ -70,6 +70,85 @@ class _Nobody:
 # the parser's class as a constant: `httptools.HttpRequestParser` is a module attribute
 # look-up each time (a new parser per connection, and per idle connection's next request)
 _NEW_PARSER: Final = httptools.HttpRequestParser
+# the callbacks a request parser takes (httptools asks its protocol for each by name)
+_CALLBACKS: Final = (
+    "on_message_begin",
+    "on_url",
+    "on_header",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+)
+
+
+class ParserHooks:
+    """The parser callbacks of every connection of one loop: each passes the call on to the
+    connection being fed (`conn`, set by its `data_received` around `feed_data`).
+
+    Why: httptools binds a new parser's callbacks by asking its protocol for each of them by
+    name, and asked of a connection each answer was a new bound method (6, and 2 names that
+    miss): ~2,100 instructions a connection, and as many objects to free after it, where a
+    new connection costs ~45,000 in all. The parsers are given `protocol` instead, an object
+    whose class holds these hooks' bound methods, made once: each name is a cached class
+    look-up, nothing is made. A parser then holds no reference to its connection (no cycle to
+    break, and less to keep per idle parser); passing the call on costs ~30 instructions a
+    callback. One per loop (`hooks_of`): a loop's callbacks run in its one thread, and a
+    connection fed from within another's callback restores the one before."""
+
+    def __init__(self) -> None:
+        self.conn: ClientConnection | None = None
+        attributes: dict[str, object] = {name: getattr(self, name) for name in _CALLBACKS}
+        attributes["__slots__"] = ()  # no instance dict to look in before the class
+        self.protocol: object = type("ParserProtocol", (), attributes)()
+
+    def on_message_begin(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_message_complete()
+
+
+# The last loop asked for and its hooks, as one tuple (read whole, whichever thread asks; as
+# `timers.timers_of`, in a Final list: a C static when compiled): a worker has one loop.
+_LAST_HOOKS: Final[list[tuple[asyncio.AbstractEventLoop | None, ParserHooks | None]]] = [
+    (None, None)
+]
+
+
+def hooks_of(loop: asyncio.AbstractEventLoop) -> ParserHooks:
+    """The `ParserHooks` of `loop`'s connections (new ones when another loop asked last)."""
+    last = _LAST_HOOKS[0]
+    hooks = last[1]
+    if last[0] is not loop or hooks is None:
+        hooks = ParserHooks()
+        _LAST_HOOKS[0] = (loop, hooks)
+    return hooks
+
+
 _DEAD_PARSER: Final = httptools.HttpRequestParser(_Nobody())
 # an idle keep-alive connection's stand-in parser (`ClientConnection.rest`): never fed either,
 # the next bytes make a real one first
@@ -129,7 +208,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self.write_paused = False
         self.draining = False
         self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
-        self._parser = _NEW_PARSER(self)
+        hooks = self._hooks = hooks_of(self.loop)
+        self._parser = _NEW_PARSER(hooks.protocol)
         self._deadline = Deadline(self.loop, self._on_timeout)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         # frames the responses, one at a time
@@ -257,10 +337,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             queued.client_gone()
         self._queue = _NO_QUEUE
         self._reading = self._unstarted = None
-        # the parser holds bound methods of this object: without this cycle, the connection
-        # and its transport (for TLS, OpenSSL's buffers) are freed now, not at the next full
-        # garbage collection, which under TLS churn came too late (RSS grew by ~20 KiB per
-        # connection; bench/run --tls-soak)
+        # what a half-parsed head holds (llhttp's state, an unfinished field) is freed now,
+        # and stray bytes fed after this reach no callback
         self._parser = _DEAD_PARSER
 
     def data_received(self, data: bytes) -> None:
@@ -296,11 +374,14 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         ):
             self._repeated(repeat)
             return
+        hooks = self._hooks
         if self._parser is _RESTING_PARSER:
-            self._parser = _NEW_PARSER(self)
+            self._parser = _NEW_PARSER(hooks.protocol)
         # between requests, this read begins the next one: its version is read off the request
         # line (`_version`), not formatted by httptools (~2k instructions a request)
         self._start = data if not self._in_head and self._reading is None else b""
+        fed = hooks.conn
+        hooks.conn = self  # the parser's callbacks are this connection's (`ParserHooks`)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -352,6 +433,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                             repeatable.head.copy(),
                         )
                     self._last_read = data
+        finally:
+            hooks.conn = fed
         self._repeatable = None
         self._start = b""
         unstarted = self._unstarted
@@ -389,7 +472,11 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # the state of the head being read was reset when the last one completed
         self._in_head = True
         self._headers = []
-        if self.active is None:
+        if self.active is None and (self._served or self.draining):
+            # a new connection's first head is timed from its accept, where connection_made
+            # armed the header timeout (as NGINX's client_header_timeout): not armed again
+            # here (a clock read per connection), nor pushed back by a client that waits
+            # before its first byte. Draining, it was cut short: the head gets its full time.
             self._deadline.set(self.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -569,8 +656,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
 
     def rest(self) -> None:
         """Called by the worker about once a second. A keep-alive connection idle between
-        requests since the previous call gives up its parser (~0.9 KiB: llhttp's state and
-        the bound methods it holds of this object) and gets a new one with its next bytes:
+        requests since the previous call gives up its parser (llhttp's state and settings)
+        and gets a new one with its next bytes:
         most of a server's connections are idle ones, and a new parser for every request
         would cost ~2.5% of a small request's CPU."""
         if not self._quiet:
@@ -910,3 +997,13 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 self.linger_close()
             else:
                 self.close()
+
+
+def new_connection(
+    settings: HttpListenerSettings, context: ProxyContext, peer: Any
+) -> ClientConnection:
+    """`ClientConnection(settings, context, peer)`, as the worker's acceptor makes one per
+    accepted connection (`partial(new_connection, settings, context)(peer)`): a call of a
+    compiled function, where a compiled class called from outside goes through type_call and
+    a tuple of its arguments (~300 instructions more a connection)."""
+    return ClientConnection(settings, context, peer)

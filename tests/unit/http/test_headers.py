@@ -589,6 +589,55 @@ def test_the_usual_spellings_checked_first_are_classed_as_the_names_are() -> Non
             assert names[name.lower()] == what, name
 
 
+def _names_of_classed_lengths() -> list[bytes]:
+    """Every classed name in several spellings, and names that are not classed but as long as
+    one: beginning with a classed name's initial, with another letter, and with bytes whose
+    folded initial is a letter's (`@` folds to a backquote, `-` as `m` does)."""
+    from portico.http import headers
+
+    names: list[bytes] = []
+    for classes in [headers._REQUEST_CLASSES, headers._RESPONSE_CLASSES]:
+        for name in classes.names:
+            names += [name, name.upper(), name.title(), name[:1].upper() + name[1:]]
+            names += [name[:1] + b"x" * (len(name) - 1), b"z" + name[1:], b"Q" + name[1:]]
+            names += [b"@" + name[1:], b"`" + name[1:], b"-" + name[1:], b"M" + name[1:]]
+    return names
+
+
+def test_every_name_is_classed_as_its_lower_case_is_whichever_check_answers() -> None:
+    # the usual spellings, the lower-case ones, the initials and the memo each answer some of
+    # these before the lower-cased look-up would: never otherwise than it would (first sight
+    # and again from the memo)
+    from portico.http import headers
+
+    for table in [headers._REQUEST_NAMES, dict(headers._RESPONSE_CLASSES.names)]:
+        classes = headers.NameClasses(table, {b"Content-Length": table[b"content-length"]}, 64)
+        for _ in range(2):
+            for name in _names_of_classed_lengths():
+                assert classes.of(name) == table.get(name.lower(), headers._PLAIN), name
+
+
+def test_the_usual_connection_values_and_others_list_the_same_tokens() -> None:
+    from portico.http.headers import connection_tokens
+
+    assert connection_tokens(b"close") == frozenset({b"close"})
+    assert connection_tokens(b"keep-alive") == frozenset({b"keep-alive"})
+    assert connection_tokens(b"Close") == frozenset({b"close"})
+    assert connection_tokens(b"keep-alive, Upgrade") == frozenset({b"keep-alive", b"upgrade"})
+    # a field the usual value lists beside another that names a field: that field still goes
+    head = split_request_headers(
+        [(b"Host", b"a"), (b"Connection", b"close"), (b"Connection", b"X-Hop"), (b"X-Hop", b"1")],
+        True,
+        True,
+    )
+    assert head.headers == [(b"Host", b"a")]
+    assert head.connection == frozenset({b"close", b"x-hop"})
+    fields = [(b"Connection", b"keep-alive"), (b"Connection", b"X-Hop"), (b"X-Hop", b"1")]
+    served = response([*fields, (b"Content-Length", b"0")])
+    assert served.headers == []
+    assert served.keep_alive
+
+
 # (method, target, fields, block, tail): request heads that differ in one input each
 _REQUESTS: list[tuple[bytes, bytes, list[Header], bytes, list[Header] | None]] = [
     (b"GET", b"/a", [(b"Host", b"h"), (b"Accept", b"*/*")], b"", None),
