@@ -1195,8 +1195,10 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
                                 1e6 * (row.cpu_s - row.user_s) / row.requests,
                             )
                         )
-                    if t.key == "portico" and row.notes:
-                        result.split_notes.append(f"{wl.label}: {row.notes[-1]}")
+                    if t.key == "portico" and row.notes and args.workers > 1:
+                        # how the workers shared it: per cycle (one worker has it all)
+                        note = f"cycle {cycle + 1}, {wl.label}: {row.notes[-1]}"
+                        result.split_notes.append(note)
                     result.other_pct.append(row.other_pct)
                     if servers[t.key].popen.poll() is not None:
                         raise RuntimeError(f"{t.label} exited: {servers[t.key].log_tail()}")
