@@ -9,6 +9,10 @@ Every compiled build carries a manifest, portico/_compiled.json (see portico/bui
 the SHA-256 of each compiled module's source, so that `portico` refuses a compiled module that
 no longer matches its source, or one that is no longer compiled at all.
 
+`NATIVE` is hand-written C against the CPython API, built with the compiled build only (and
+listed in the same manifest, hashed from its .c source): the TCP relay's byte copy
+(portico/proxy/_relay.c). A pure-Python build has none, and portico.proxy.l4 copies in Python.
+
 What users extend stays plain Python: balancing policies, filters, routing, health checks
 (a compiled class cannot be subclassed from interpreted code).
 """
@@ -23,7 +27,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from importlib.metadata import version
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
@@ -47,6 +51,10 @@ COMPILED = [
     "src/portico/listeners/h2.py",  # the HTTP/2 connection and its streams (around h2)
     "src/portico/listeners/acceptor.py",  # accept(2) and the hand-over: once per connection
 ]
+NATIVE = [
+    "src/portico/proxy/_relay.c",  # the TCP relay's copy loop: no Python call per read
+]
+NATIVE_FLAGS = ["-O2", "-Wall", "-Wextra"]
 GROUP = "portico"  # the shared runtime library is portico__mypyc, not a hash of the module list
 MANIFEST = Path("portico", "_compiled.json")
 MANIFEST_DATA = b""  # set by ext_modules()
@@ -139,7 +147,6 @@ def generated_extensions(key: str) -> list[object] | None:
     if cached.get("key") != key:
         return None
     from mypyc.build import setup_mypycify_vars
-    from setuptools import Extension
 
     extensions = []
     for fields in cached["extensions"]:
@@ -164,7 +171,10 @@ def ext_modules() -> list[object]:
         print("portico: mypyc not importable, installing pure Python", file=sys.stderr)
         return []
     # hashed before mypyc reads them: a source edited during the compile then shows as stale
-    sources = {module_name(s): hashlib.sha256(Path(s).read_bytes()).hexdigest() for s in COMPILED}
+    sources = {
+        module_name(s): hashlib.sha256(Path(s).read_bytes()).hexdigest()
+        for s in [*COMPILED, *NATIVE]
+    }
     manifest = {"mypy": version("mypy"), "group": f"{GROUP}__mypyc", "sources": sources}
     MANIFEST_DATA = json.dumps(manifest, indent=2).encode() + b"\n"
     key = generation_key()
@@ -173,7 +183,8 @@ def ext_modules() -> list[object]:
         extensions = list(mypycify(COMPILED, opt_level="3", group_name=GROUP))
         saved = [{k: v for k, v in vars(e).items() if not k.startswith("_")} for e in extensions]
         GENERATED.write_text(json.dumps({"key": key, "extensions": saved}, indent=1))
-    return extensions
+    native = [Extension(module_name(s), [s], extra_compile_args=NATIVE_FLAGS) for s in NATIVE]
+    return [*extensions, *native]
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

@@ -4,9 +4,10 @@ each compiled module still matches the source it was compiled from.
 Owns the reading of the build manifest, `_compiled.json`, that setup.py's build_ext writes
 beside the compiled modules (in a checkout's src/portico/ as in a wheel): the mypy that
 compiled them, the shared runtime library's name, and the SHA-256 of each compiled module's
-source at build time. Python imports a module's .so in preference to the .py beside it, so a
-source edited after the compile would silently not run, and a .so left from a module no longer
-compiled would shadow its source: `portico run/check/demo` refuse both (`problems`).
+source at build time (the .py mypyc compiled, or the .c of a hand-written extension: setup.py's
+NATIVE). Python imports a module's .so in preference to the .py beside it, so a source edited
+after the compile would silently not run, and a .so left from a module no longer compiled would
+shadow its source: `portico run/check/demo` refuse both (`problems`).
 
 Never imports a compiled module (a broken one must be reported, not crash the check), and stays
 cheap enough for every start: one directory walk and a hash of a few source files.
@@ -24,6 +25,7 @@ from typing import Final
 __all__ = ["MANIFEST_NAME", "Manifest", "compiled_files", "describe", "problems", "read_manifest"]
 
 MANIFEST_NAME: Final = "_compiled.json"
+SOURCE_SUFFIXES: Final = (".py", ".c")  # mypyc's modules, then setup.py's NATIVE ones
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 FIX: Final = (
     "rebuild with scripts/setup in a checkout (PORTICO_NO_COMPILE=1 scripts/setup for pure "
@@ -74,6 +76,16 @@ def _module_name(path: Path, root: Path) -> str | None:
     return None
 
 
+def _source_of(directory: Path, stem: str) -> Path | None:
+    """The source a compiled module was built from: its .py (mypyc) or, for the hand-written
+    C extensions (setup.py's NATIVE), its .c."""
+    for suffix in SOURCE_SUFFIXES:
+        source = directory / (stem + suffix)
+        if source.is_file():
+            return source
+    return None
+
+
 def compiled_files(package_dir: Path = PACKAGE_DIR) -> dict[str, Path]:
     """The package's extension modules that this interpreter would import, by module name."""
     found: dict[str, Path] = {}
@@ -101,8 +113,8 @@ def problems(package_dir: Path = PACKAGE_DIR) -> list[str]:
         if name not in manifest.sources:
             lines.append(f"{name}: a compiled module this build does not include ({path})")
             continue
-        source = path.parent / (name.rpartition(".")[2] + ".py")
-        if source.is_file() and source_hash(source) != manifest.sources[name]:
+        source = _source_of(path.parent, name.rpartition(".")[2])
+        if source is not None and source_hash(source) != manifest.sources[name]:
             lines.append(f"{name}: compiled from an older {source} (edited since)")
     lines.extend(
         f"{name}: in the build manifest, but its compiled module is missing"

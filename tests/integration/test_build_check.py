@@ -112,7 +112,10 @@ def checkout(tmp_path: Path) -> Path:
     (root / ".venv").symlink_to(REPO / ".venv")
     sources = {}
     for name in compiled_module_names():
-        source = root / "src" / Path(*name.split(".")).with_suffix(".py")
+        stem = root / "src" / Path(*name.split("."))
+        source = stem.with_suffix(".py")
+        if not source.is_file():
+            source = stem.with_suffix(".c")  # setup.py's NATIVE: hand-written C
         source.with_name(source.stem + SUFFIX).write_bytes(b"a stand-in")
         sources[name] = hashlib.sha256(source.read_bytes()).hexdigest()
     (root / "src" / f"portico__mypyc{SUFFIX}").write_bytes(b"a stand-in")
@@ -140,6 +143,12 @@ def test_a_module_dropped_from_setup_py_is_compiled_away(checkout: Path) -> None
 def test_an_edited_source_is_compiled_again(checkout: Path) -> None:
     with (checkout / "src" / "portico" / "timers.py").open("a") as source:
         source.write("# edited\n")
+    assert not is_current(checkout)
+
+
+def test_an_edited_c_source_is_compiled_again(checkout: Path) -> None:
+    with (checkout / "src" / "portico" / "proxy" / "_relay.c").open("a") as source:
+        source.write("/* edited */\n")
     assert not is_current(checkout)
 
 

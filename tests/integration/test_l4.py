@@ -6,12 +6,17 @@ certificate from `trustme`). Clients are plain sockets. Checked: balancing, 64 M
 intact, back-pressure with bounded worker memory, half-close both ways, the idle timeout, the
 PROXY protocol out (v1/v2) and in (trusted, untrusted, malformed), SNI passthrough routing, and
 connect retries. Run with `-s` for the throughput and memory figures.
+
+Every test runs once per copy the build has: the native engine (portico.proxy._relay, the
+compiled build's) and the Python protocols (PORTICO_L4_ENGINE=python, and the pure build's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import os
 import select
 import socket
 import ssl
@@ -21,12 +26,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import trustme
 
 from fakes import Portico
 
+NATIVE = importlib.util.find_spec("portico.proxy._relay") is not None
 MiB = 1 << 20
 MEMORY_BUDGET = 64 * MiB
 WAIT = 10.0  # the longest any single wait in these tests may take
@@ -237,6 +244,25 @@ def config(listener: str, pools: dict[str, tuple[list[Server], str]]) -> str:
     return out
 
 
+@pytest.fixture(params=["native", "python"] if NATIVE else ["python"])
+def copy(request: pytest.FixtureRequest) -> str:
+    """How the worker copies bytes: its native engine, or the Python protocols."""
+    return str(request.param)
+
+
+@pytest.fixture
+def portico(portico: Callable[..., Portico], copy: str) -> Callable[..., Portico]:
+    """conftest's `portico`, with the copy this run of the test is for."""
+
+    def start(config: str, *args: Any, **options: Any) -> Portico:
+        env = dict(options.pop("env", None) or {})
+        if copy == "python":
+            env["PORTICO_L4_ENGINE"] = "python"
+        return portico(config, *args, env=env, **options)
+
+    return start
+
+
 # -- client helpers ---------------------------------------------------------------------------
 
 
@@ -279,6 +305,13 @@ def is_closed(sock: socket.socket) -> bool:
         return True
 
 
+def epoll_sets(proxy: Portico) -> int:
+    """How many epoll descriptors the only worker holds (its loop's, and its engine's)."""
+    (pid,) = proxy.worker_pids()
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return sum(link == "anon_inode:[eventpoll]" for link in links)
+
+
 def worker_rss(proxy: Portico, field: str = "VmRSS") -> int:
     """The only worker's resident size (VmRSS) or its peak so far (VmHWM), in bytes."""
     (pid,) = proxy.worker_pids()
@@ -305,6 +338,19 @@ def test_round_robin_spreads_connections_over_three_servers(
             assert read_exactly(sock, 6) == b"ping %d" % i
     assert sorted(names) == ["a", "a", "b", "b", "c", "c"]
     assert names[:3] == names[3:]  # in turn
+
+
+def test_the_copy_asked_for_is_the_one_that_runs(
+    servers: StreamServers, portico: Callable[[str], Portico], copy: str
+) -> None:
+    echo = servers.start("echo", "echo")
+    proxy = portico(config("default_pool: app", {"app": ([echo], "")}))
+    loop_only = epoll_sets(proxy)
+    with dial(proxy) as sock:
+        sock.sendall(b"ping")
+        assert read_exactly(sock, 4) == b"ping"
+        # the native engine watches its sockets in an epoll set of its own, made at first use
+        assert epoll_sets(proxy) == loop_only + (copy == "native")
 
 
 def test_large_transfer_both_ways_is_intact(

@@ -6,7 +6,11 @@ header from a trusted load balancer in front (and refusing one from anyone else)
 the TLS ClientHello to route by server name (TLS passthrough: nothing is decrypted), the pool
 that follows, and the time allowed for all that. The bytes read meanwhile are kept, less the
 PROXY header, and handed to `portico.proxy.l4.Relay`, which connects to a server and copies
-bytes both ways; from then on the relay owns the client's transport.
+bytes both ways; from then on the relay owns the client's transport (and, with the native
+engine, takes its socket out of it). The engine is used when the checks are done by the time
+the relay connects, so that `begin` follows the server connection at once; a relay started
+while the spoof check still waits for the client's first bytes copies in Python, so that a
+server that speaks first is heard meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Final, cast
 from portico.listeners.tls_peek import SniRouter, SniState, peek_sni
 from portico.proxy import proxy_protocol
 from portico.proxy.context import Network, ProxyContext
-from portico.proxy.l4 import Relay, RelayState
+from portico.proxy.l4 import Relay, RelayState, engine_for
 from portico.proxy.proxy_protocol import Address, ParseState
 from portico.timers import Deadline
 from portico.upstreams.pool import Pool
@@ -220,6 +224,8 @@ class TcpClientConnection(asyncio.Protocol):
 
     def _start_relay(self) -> None:
         assert self.transport is not None
+        # the native copy only when `begin` follows the server connection at once (see above)
+        engine = None if self._check_spoof else engine_for(self.loop)
         relay = self._relay = Relay(
             self,
             self.loop,
@@ -231,6 +237,7 @@ class TcpClientConnection(asyncio.Protocol):
             self.destination,
             self.settings.idle_timeout,
             self._bytes,
+            engine,
         )
         relay.connect()
 

@@ -9,18 +9,33 @@ copy itself: flow control (a side that cannot take more stops reading on the oth
 the idle timeout. Never looks into the bytes: the listener (`portico.listeners.tcp`) reads any
 PROXY header and ClientHello first and decides the pool.
 
-The copy is two lean asyncio Protocols, one per socket: `data_received` writes to the other
-transport and marks the connection busy, nothing else. The client's transport is switched to
-its relay protocol (`set_protocol`) only once the server connection is up and the listener's
-checks are done, so the per-chunk path never tests a phase.
+Two ways to copy, the same behaviour:
+
+- The native engine (`portico.proxy._relay`, C, in the compiled build): the server is connected
+  with a plain non-blocking socket (`loop.sock_connect`); at `begin` the client's socket leaves
+  its transport (its descriptor duplicated, the transport aborted: uvloop and asyncio only drop
+  their descriptor, no shutdown, no reset) and both sockets go to the loop's `RelayEngine`: one
+  epoll set of its own, watched by the loop with `add_reader`, whose every readable turn copies
+  what all ready sockets have in C (no Python call per read, see _relay.c). The engine reports
+  a pair that ended; `RelayEngine`'s sweep, every `SWEEP` seconds at most (less when an idle
+  timeout is short), folds the bytes moved into the listener's counters (so they lag by at
+  most that) and closes pairs silent both ways for their idle timeout (within +25%, as below).
+- Two lean asyncio Protocols, one per socket (pure-Python build, `PORTICO_L4_ENGINE=python`, a
+  relay `adopt`ed after an HTTP upgrade, or a client whose checks were pending when the server
+  connected): `data_received` writes to the other transport and marks the connection busy,
+  nothing else. The client's transport is switched to its relay protocol (`set_protocol`) only
+  once the server connection is up and the listener's checks are done, so the per-chunk path
+  never tests a phase; the idle timeout ticks every idle_timeout / 4 from those marks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from portico import tasks
 from portico.observe.stats import ByteCounter
@@ -30,7 +45,12 @@ from portico.timers import Deadline
 from portico.upstreams.backend import BackendState, report_connect_failure, report_connected
 from portico.upstreams.pool import Pool
 
+if TYPE_CHECKING:
+    from portico.proxy._relay import Engine, Pair
+
 IDLE_TICKS: Final = 4  # the idle timeout is checked this often per period (closes within +25%)
+SWEEP: Final = 2.0  # the native engine's longest sweep period: how far byte counters lag (s)
+ENGINE_ENV: Final = "PORTICO_L4_ENGINE"  # "python": the Python copy even where C is built
 
 
 class Owner(Protocol):
@@ -154,6 +174,7 @@ class Relay:
         destination: Address,
         idle_timeout: float,
         counter: ByteCounter | None = None,
+        engine: RelayEngine | None = None,
     ) -> None:
         self.owner = owner
         self.bytes = counter if counter is not None else ByteCounter()  # the client's side
@@ -173,7 +194,13 @@ class Relay:
         self.client.transport = client_transport
         self.client.other, self.server.other = self.server, self.client
         self.server.send_to(client_transport)
+        # the native copy (None: the Python protocols): the server's socket until `begin`, then
+        # the pair of sockets the engine relays
+        self.engine = engine
+        self._sock: socket.socket | None = None
+        self._pair: Pair | None = None
         # idle timeout: checked every tick from flags the reads set (no clock read per chunk)
+        self.idle_timeout = idle_timeout
         self._tick = idle_timeout / IDLE_TICKS
         self._silent_ticks = 0
         self._idle = Deadline(loop, self._on_tick)
@@ -205,7 +232,10 @@ class Relay:
         self.backend = backend
         backend.in_flight += 1
         backend.requests += 1
-        tasks.spawn(self._connect(backend))
+        if self.engine is not None:
+            tasks.spawn(self._connect_socket(backend))
+        else:
+            tasks.spawn(self._connect(backend))
 
     async def _connect(self, backend: BackendState) -> None:
         timeout = self.pool.settings.connect_timeout
@@ -221,6 +251,30 @@ class Relay:
         if backend.connect_cause is not None:
             report_connected(self.pool.name, backend)
         self.connected(backend, transport)
+
+    async def _connect_socket(self, backend: BackendState) -> None:
+        """`_connect` for the native engine: a plain non-blocking socket, no transport."""
+        timeout = self.pool.settings.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                sock = await open_socket(self.loop, backend.host, backend.port)
+        except (OSError, TimeoutError) as exc:
+            report_connect_failure(self.pool.name, backend, exc, timeout, self.loop.time())
+            self.connect_failed(backend)
+            return
+        if backend.connect_cause is not None:
+            report_connected(self.pool.name, backend)
+        self.connected_socket(backend, sock)
+
+    def connected_socket(self, backend: BackendState, sock: socket.socket) -> None:
+        """The native engine's `connected`: `sock` is connected to `backend`."""
+        if self.state is not RelayState.CONNECTING or self.backend is not backend:
+            sock.close()  # the client left meanwhile: already released
+            return
+        self.pool.observe(backend, False, self.loop.time())
+        self._sock = sock
+        self.state = RelayState.CONNECTED
+        self.owner.upstream_ready()
 
     def connected(self, backend: BackendState, transport: asyncio.Transport) -> None:
         """The connection to `backend` is up (its transport already runs `self.server`)."""
@@ -270,6 +324,9 @@ class Relay:
         everything the client sends; `eof`: the client already shut its write side."""
         if self.state is not RelayState.CONNECTED:
             return
+        if self.engine is not None:
+            self._begin_native(self.engine, pending, eof)
+            return
         self.state = RelayState.RELAYING
         client, server = self.client, self.server
         client_transport, server_transport = client.transport, server.transport
@@ -290,6 +347,55 @@ class Relay:
             self._shut(server_transport)
             if server.read_done:
                 self._close_both()
+
+    def _begin_native(self, engine: RelayEngine, pending: bytes, eof: bool) -> None:
+        """`begin` for the native engine: both sockets go to it, the client's out of its
+        transport."""
+        sock, self._sock = self._sock, None
+        transport = self.client.transport
+        assert sock is not None
+        assert transport is not None
+        self.state = RelayState.RELAYING
+        version = self.send_proxy.get(self.pool.name)
+        if version is not None:
+            pending = proxy_protocol.encode(version, self.source, self.destination) + pending
+        try:
+            client_fd = os.dup(transport.get_extra_info("socket").fileno())
+        except (OSError, AttributeError):  # no descriptor to spare (EMFILE): end it here
+            sock.close()
+            transport.set_protocol(DETACHED)
+            transport.abort()
+            self._finish()
+            return
+        # The transport lets go of its descriptor: uvloop (libuv) and asyncio take it out of
+        # their poller and close it, with no shutdown(2) and no SO_LINGER, so the socket lives
+        # on in client_fd, unharmed (tests/unit/proxy/test_relay_engine.py checks). Its
+        # connection_lost goes to a protocol that ignores it, not to the listener's.
+        transport.set_protocol(DETACHED)
+        transport.abort()
+        pair = self._pair = engine.add(self, client_fd, sock.detach(), pending, eof)
+        if pair.done:  # an error already (the server reset): reported by no one else
+            self.ended()
+
+    def fold(self) -> None:
+        """Count the bytes the engine moved since the last fold (its sweep calls this)."""
+        pair = self._pair
+        if pair is not None:
+            up, down = pair.take()
+            counter = self.bytes
+            counter.received += up
+            counter.sent += down
+
+    def ended(self) -> None:
+        """The engine closed both sockets: called once per pair, by whoever ended it."""
+        self.fold()
+        self._pair = None
+        self._finish()
+
+    def _drop_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def side_eof(self, side: _Side) -> bool:
         """`side` read an EOF: shut the write side of the other socket once what is queued for
@@ -327,6 +433,11 @@ class Relay:
             return False
         if self.state is RelayState.DONE:
             return False
+        if self.engine is not None:
+            # connected, not begun (after `begin` the transport is no longer the listener's)
+            self._drop_socket()
+            self._finish()
+            return True
         self.client.connection_lost(exc)
         return True
 
@@ -344,9 +455,27 @@ class Relay:
             self.state = RelayState.DONE
             self._release(failed=None)
             return
+        if self.engine is not None:
+            self._abort_native()
+            return
         for side in (self.client, self.server):
             if side.transport is not None and not side.lost:
                 side.transport.abort()
+
+    def _abort_native(self) -> None:
+        if self.state is RelayState.DONE:
+            return
+        pair = self._pair
+        if pair is not None:
+            if pair.abort():
+                self.ended()
+            return  # else it ended already, and its report is on its way
+        # connected, not begun: the client's transport is still the listener's
+        self._drop_socket()
+        transport = self.client.transport
+        if transport is not None:
+            transport.abort()
+        self._finish()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -404,3 +533,143 @@ class Relay:
             pool.observe(backend, failed, self.loop.time())
         if pool.queue:
             pool.released()
+
+
+class _Detached(asyncio.Protocol):
+    """The protocol of a client transport whose socket went to the native engine: that the
+    transport closed says nothing (the listener's protocol would read it as the client gone)."""
+
+
+DETACHED: Final = _Detached()
+
+
+class RelayEngine:
+    """One event loop's native engine (`portico.proxy._relay.Engine`) and what it needs from
+    the loop: its epoll descriptor watched (`add_reader` -> `Engine.run`), the pairs that ended
+    finished (`Relay.ended`), and a sweep every `period` seconds while it has pairs: the idle
+    timeout, and the bytes moved folded into the counters (`Relay.fold`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+        self.loop = loop
+        self.engine = engine
+        self.period = SWEEP  # a quarter of the shortest idle timeout seen, at most SWEEP
+        self._sweeper = Deadline(loop, self._sweep)
+        loop.add_reader(engine.fileno(), self._ready)
+
+    def add(
+        self, relay: Relay, client_fd: int, server_fd: int, to_server: bytes, eof: bool
+    ) -> Pair:
+        """Relay between the two sockets, which the engine now owns (see Engine.add)."""
+        idle = relay.idle_timeout
+        tick = idle / IDLE_TICKS
+        sooner = 0 < tick < self.period
+        if sooner:
+            self.period = tick
+        pair = self.engine.add(client_fd, server_fd, to_server, eof, idle, relay)
+        if sooner or not self._sweeper.armed:
+            self._sweeper.set(self.period)
+        return pair
+
+    def close(self) -> None:
+        """Reset every pair (each relay ends) and stop watching: the loop is going away."""
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.engine.fileno())
+        self._sweeper.cancel()
+        for relay in self.engine.close():
+            cast(Relay, relay).ended()
+
+    def _ready(self) -> None:
+        for relay in self.engine.run():
+            cast(Relay, relay).ended()
+
+    def _sweep(self) -> None:
+        engine = self.engine
+        moved, ended = engine.sweep()
+        for relay in moved:
+            cast(Relay, relay).fold()
+        for relay in ended:
+            cast(Relay, relay).ended()
+        if engine.pairs:
+            self._sweeper.set(self.period)
+
+
+# The native engine's class, looked up once: [] until then, [None] where there is none
+_ENGINE_CLASS: Final[list[Callable[[], Engine] | None]] = []
+# The last loop's RelayEngine (a worker has one loop): another loop gets one of its own
+_LAST_ENGINE: Final[list[RelayEngine | None]] = [None]
+
+
+def _engine_class() -> Callable[[], Engine] | None:
+    if not _ENGINE_CLASS:
+        found: Callable[[], Engine] | None = None
+        if os.environ.get(ENGINE_ENV, "").strip().lower() != "python":
+            try:
+                from portico.proxy import _relay
+            except ImportError:  # a pure-Python build
+                pass
+            else:
+                found = _relay.Engine
+        _ENGINE_CLASS.append(found)
+    return _ENGINE_CLASS[0]
+
+
+def engine_for(loop: asyncio.AbstractEventLoop) -> RelayEngine | None:
+    """`loop`'s native engine, made on first use; None in a pure-Python build or when
+    PORTICO_L4_ENGINE=python (then the relays copy in Python)."""
+    last = _LAST_ENGINE[0]
+    if last is not None and last.loop is loop:
+        return last
+    engine_class = _engine_class()
+    if engine_class is None:
+        return None
+    engine = RelayEngine(loop, engine_class())
+    _LAST_ENGINE[0] = engine
+    return engine
+
+
+# host -> its address family when it is an IP address, 0 for a name (looked up when connecting)
+_FAMILIES: Final[dict[str, int]] = {}
+
+
+def _family(host: str) -> int:
+    family = _FAMILIES.get(host)
+    if family is None:
+        family = 0
+        for candidate in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(candidate, host)
+            except OSError:
+                continue
+            family = candidate
+            break
+        if len(_FAMILIES) < 4096:  # server addresses: a handful, unless names churn
+            _FAMILIES[host] = family
+    return family
+
+
+async def open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket connected to `host`:`port` (each address of a name in turn,
+    as create_connection does), TCP_NODELAY set as the loops set it on their transports."""
+    family = _family(host)
+    targets: list[tuple[int, tuple[Any, ...]]]
+    if family:
+        targets = [(family, (host, port))]
+    else:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        targets = [(info[0], info[4]) for info in infos]
+    error: OSError | None = None
+    for family, address in targets:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()  # cancelled (the connect timeout): nothing left open
+            raise
+        return sock
+    raise error if error is not None else OSError(f"{host}: no address to connect to")

@@ -1,0 +1,503 @@
+"""The native relay engine (portico.proxy._relay, C) over real loopback TCP sockets, driven by
+hand: `Engine.run` whenever its epoll descriptor is readable, as the event loop does. Checked:
+bytes both ways with `to_server` first, a large transfer through a slow reader (short sends,
+flow control: nothing lost or reordered, at most one chunk held per way), half-close each way,
+reset propagation, abort, the idle close (graceful, or a reset with bytes pending), the byte
+counts, exactly one report per pair, and that no descriptor is left open. Also that a loop's
+transport lets go of its socket without touching it (how a client's socket reaches the
+engine). Skipped in a pure-Python build, which has no engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import hashlib
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+relay = pytest.importorskip("portico.proxy._relay", reason="the native engine is not built")
+
+WAIT = 10.0  # the longest any single wait may take
+MiB = 1 << 20
+
+
+def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """Two ends of one loopback TCP connection, both non-blocking."""
+    near = socket.create_connection(listener.getsockname())
+    far, _ = listener.accept()
+    near.setblocking(False)
+    far.setblocking(False)
+    return near, far
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Owner:
+    """What the engine reports when a pair ends: counted, to see it happens once."""
+
+    def __init__(self) -> None:
+        self.reports = 0
+
+
+class Rig:
+    """One relayed connection: `client` (the client's own socket) -- engine -- `server` (the
+    server's own socket)."""
+
+    def __init__(
+        self,
+        engine: relay.Engine,
+        listener: socket.socket,
+        to_server: bytes = b"",
+        client_eof: bool = False,
+        idle: float = 0.0,
+        small_buffers: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.client, client_end = tcp_pair(listener)
+        server_end, self.server = tcp_pair(listener)
+        if small_buffers:  # toward the client: the engine's sends come up short soon
+            client_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        if client_eof:
+            self.client.shutdown(socket.SHUT_WR)
+        self.owner = Owner()
+        self.pair = engine.add(
+            client_end.detach(), server_end.detach(), to_server, client_eof, idle, self.owner
+        )
+        if self.pair.done:
+            self.owner.reports += 1
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+
+def run(
+    engine: relay.Engine,
+    until: Callable[[], bool],
+    also: Callable[[], None] = lambda: None,
+    watch: tuple[socket.socket, ...] = (),
+) -> None:
+    """Run the engine whenever it has work, calling `also` each round, until `until()`; a
+    round also starts when one of `watch` is readable."""
+    deadline = time.monotonic() + WAIT
+    while not until():
+        assert time.monotonic() < deadline, "the engine did not get there in time"
+        select.select([engine.fileno(), *watch], [], [], 0.01)
+        for owner in engine.run():
+            owner.reports += 1
+        also()
+
+
+def read_all(sock: socket.socket, into: bytearray) -> bool:
+    """Read what `sock` has now into `into`; True once it read the EOF."""
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            return False
+        if not data:
+            return True
+        into += data
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def engine() -> Iterator[relay.Engine]:
+    before = fds()
+    made = relay.Engine()
+    yield made
+    assert made.close() == []  # every pair ended, and was reported, in the test
+    assert made.closed
+    assert made.pairs == 0
+    del made
+    assert fds() == before  # the epoll descriptor and every socket are closed
+
+
+def test_bytes_flow_both_ways_with_to_server_first(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    rig = Rig(engine, listener, to_server=b"PROXY TCP4 ...\r\n")
+    rig.client.sendall(b"hello server")
+    got = bytearray()
+    run(engine, lambda: len(got) >= 28, lambda: read_all(rig.server, got))
+    assert bytes(got) == b"PROXY TCP4 ...\r\nhello server"
+    rig.server.sendall(b"hello client")
+    back = bytearray()
+    run(engine, lambda: len(back) >= 12, lambda: read_all(rig.client, back))
+    assert bytes(back) == b"hello client"
+    # what was read from each side; `to_server` is the caller's to count
+    assert (rig.pair.up, rig.pair.down) == (12, 12)
+    assert rig.pair.take() == (12, 12)
+    assert rig.pair.take() == (0, 0)
+    assert not rig.pair.done
+    assert rig.pair.abort()
+    rig.owner.reports += 1
+    rig.close()
+
+
+def test_a_large_transfer_through_a_slow_reader_is_intact_and_held_to_one_chunk(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    rig = Rig(engine, listener, small_buffers=True)
+    total = 8 * MiB
+    block = bytes(range(256)) * 256  # 64 KiB with a pattern: reordering would show
+    sent = 0
+    sent_digest = hashlib.sha256()
+    got = 0
+    got_digest = hashlib.sha256()
+    held = [0]
+    rounds = [0]
+
+    def step() -> None:
+        nonlocal sent, got
+        rounds[0] += 1
+        if sent < total:
+            chunk = block[: min(len(block), total - sent)]
+            try:
+                n = rig.server.send(chunk)
+            except BlockingIOError:
+                n = 0
+            sent_digest.update(chunk[:n])
+            sent += n
+        held[0] = max(held[0], rig.pair.pending)
+        if rounds[0] % 2 == 0:  # the reader takes a little, every other round
+            try:
+                data = rig.client.recv(16 * 1024)
+            except BlockingIOError:
+                data = b""
+            got_digest.update(data)
+            got += len(data)
+
+    run(engine, lambda: got >= total, step, watch=(rig.client,))
+    assert got == total
+    assert got_digest.digest() == sent_digest.digest()
+    assert rig.pair.down == total
+    assert 0 < held[0] <= relay.CHUNK  # short sends happened, and the engine held one chunk
+    assert rig.pair.abort()
+    rig.owner.reports += 1
+    rig.close()
+
+
+def test_both_ways_at_once_with_back_pressure(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    rig = Rig(engine, listener)
+    total = 4 * MiB
+    payload = os.urandom(total)
+    out = {"client": 0, "server": 0}
+    got = {"client": bytearray(), "server": bytearray()}
+
+    def step() -> None:
+        for name, sock in (
+            ("client", rig.client),
+            ("server", rig.server),
+        ):
+            if out[name] < total:
+                with contextlib.suppress(BlockingIOError):
+                    out[name] += sock.send(payload[out[name] : out[name] + 256 * 1024])
+            read_all(sock, got[name])
+
+    run(engine, lambda: len(got["client"]) == total and len(got["server"]) == total, step)
+    assert bytes(got["server"]) == payload
+    assert bytes(got["client"]) == payload
+    assert (rig.pair.up, rig.pair.down) == (total, total)
+    assert rig.pair.abort()
+    rig.owner.reports += 1
+    rig.close()
+
+
+@pytest.mark.parametrize("first", ["client", "server"])
+def test_half_close_passes_the_eof_on_and_the_other_way_keeps_flowing(
+    engine: relay.Engine, listener: socket.socket, first: str
+) -> None:
+    rig = Rig(engine, listener)
+    closer, other = (rig.client, rig.server) if first == "client" else (rig.server, rig.client)
+    closer.sendall(b"last words")
+    closer.shutdown(socket.SHUT_WR)
+    heard = bytearray()
+    eof = [False]
+    run(engine, lambda: eof[0], lambda: eof.__setitem__(0, read_all(other, heard)))
+    assert bytes(heard) == b"last words"  # the bytes, then the EOF
+    # the other way is still open: an answer after the EOF gets through
+    other.sendall(b"the answer")
+    answer = bytearray()
+    run(engine, lambda: len(answer) >= 10, lambda: read_all(closer, answer))
+    assert bytes(answer) == b"the answer"
+    assert not rig.pair.done
+    other.shutdown(socket.SHUT_WR)  # both ways ended: both sockets close, gracefully
+    ended = [False]
+    run(
+        engine,
+        lambda: rig.owner.reports == 1,
+        lambda: ended.__setitem__(0, read_all(closer, answer)),
+    )
+    assert rig.pair.done
+    assert rig.pair.clean
+    run(engine, lambda: ended[0], lambda: ended.__setitem__(0, read_all(closer, answer)))
+    assert engine.pairs == 0
+    assert not rig.pair.abort()  # already ended: reported once, by run()
+    assert rig.owner.reports == 1
+    rig.close()
+
+
+def test_an_eof_the_client_sent_before_add_is_passed_on(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    rig = Rig(engine, listener, to_server=b"request", client_eof=True)
+    heard = bytearray()
+    eof = [False]
+    run(engine, lambda: eof[0], lambda: eof.__setitem__(0, read_all(rig.server, heard)))
+    assert bytes(heard) == b"request"
+    rig.server.sendall(b"response")
+    rig.server.shutdown(socket.SHUT_WR)
+    back = bytearray()
+    done = [False]
+    run(engine, lambda: done[0], lambda: done.__setitem__(0, read_all(rig.client, back)))
+    assert bytes(back) == b"response"
+    run(engine, lambda: rig.owner.reports == 1)
+    assert rig.pair.clean
+    rig.close()
+
+
+def linger_reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def waits_for_reset(sock: socket.socket) -> bool:
+    """Whether `sock`'s peer reset the connection, once something arrives."""
+    select.select([sock], [], [], WAIT)
+    return sees_reset(sock)
+
+
+def sees_reset(sock: socket.socket) -> bool:
+    """Whether `sock`'s peer reset the connection (after whatever was in flight)."""
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    return False  # a plain EOF
+
+
+@pytest.mark.parametrize("lost", ["client", "server"])
+def test_a_reset_on_one_side_resets_the_other(
+    engine: relay.Engine, listener: socket.socket, lost: str
+) -> None:
+    rig = Rig(engine, listener)
+    gone, other = (rig.client, rig.server) if lost == "client" else (rig.server, rig.client)
+    linger_reset(gone)
+    reset = [False]
+    run(engine, lambda: reset[0], lambda: reset.__setitem__(0, sees_reset(other)))
+    run(engine, lambda: rig.owner.reports == 1)
+    assert rig.pair.done
+    assert not rig.pair.clean
+    assert engine.pairs == 0
+    other.close()
+
+
+def test_abort_resets_both_and_is_reported_by_its_return_value(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    rig = Rig(engine, listener)
+    assert rig.pair.abort()
+    assert not rig.pair.abort()
+    assert not rig.pair.close()
+    client_reset, server_reset = [False], [False]
+
+    def look() -> None:
+        client_reset[0] = client_reset[0] or sees_reset(rig.client)
+        server_reset[0] = server_reset[0] or sees_reset(rig.server)
+
+    run(engine, lambda: client_reset[0] and server_reset[0], look)
+    assert engine.run() == ()  # not reported again
+    assert rig.owner.reports == 0  # (the caller reports it: abort() said True)
+    rig.close()
+
+
+def test_the_idle_close_is_graceful_when_nothing_is_pending(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    rig = Rig(engine, listener, idle=0.2)
+    rig.client.sendall(b"x")
+    got = bytearray()
+    run(engine, lambda: len(got) == 1, lambda: read_all(rig.server, got))
+    moved, ended = engine.sweep()
+    assert moved == [rig.owner]
+    assert ended == []
+    assert rig.pair.take() == (1, 0)
+    start = time.monotonic()
+    while True:  # the idle timeout is what is tested: time has to pass
+        moved, ended = engine.sweep()
+        if ended:
+            break
+        assert moved == []
+        assert time.monotonic() - start < WAIT
+        time.sleep(0.02)
+    assert ended == [rig.owner]
+    assert time.monotonic() - start >= 0.2
+    assert rig.pair.done
+    assert rig.pair.clean
+    eof_client, eof_server = bytearray(), bytearray()
+    assert read_all(rig.client, eof_client)  # FIN, no RST
+    assert read_all(rig.server, eof_server)
+    rig.close()
+
+
+def test_close_resets_when_bytes_are_pending(engine: relay.Engine, listener: socket.socket) -> None:
+    rig = Rig(engine, listener, small_buffers=True)
+    block = b"y" * (256 * 1024)
+
+    def fill() -> None:
+        with contextlib.suppress(BlockingIOError):
+            rig.server.send(block)
+
+    run(engine, lambda: rig.pair.pending > 0, fill)  # the client reads nothing
+    assert rig.pair.close()  # the idle timeout's close, from Python
+    assert rig.pair.done
+    assert not rig.pair.clean
+    failure: OSError | None = None
+    for _ in range(1000):
+        try:
+            rig.server.send(block)
+        except OSError as exc:
+            failure = exc
+            break
+    assert failure is not None
+    assert failure.errno in (errno.ECONNRESET, errno.EPIPE)
+    rig.close()
+
+
+def test_a_server_gone_before_add_ends_the_pair_at_once(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    client, client_end = tcp_pair(listener)
+    server_end, server = tcp_pair(listener)
+    linger_reset(server)
+    select.select([server_end], [], [], WAIT)  # the reset has arrived
+    owner = Owner()
+    pair = engine.add(client_end.detach(), server_end.detach(), b"request", False, 0.0, owner)
+    assert pair.done  # the caller reports it
+    assert not pair.clean
+    assert engine.pairs == 0
+    assert engine.run() == ()
+    assert waits_for_reset(client)
+    client.close()
+
+
+def test_many_pairs_end_each_reported_once_and_no_descriptor_is_left(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    before = fds()
+    rigs = [Rig(engine, listener) for _ in range(40)]
+    assert engine.pairs == 40
+    for i, rig in enumerate(rigs):
+        rig.client.sendall(b"ping %d" % i)
+        if i % 3 == 0:
+            linger_reset(rig.server)  # resets
+        elif i % 3 == 1:
+            rig.client.shutdown(socket.SHUT_WR)  # both ways end: graceful
+            rig.server.shutdown(socket.SHUT_WR)
+    run(engine, lambda: all(r.owner.reports for i, r in enumerate(rigs) if i % 3 != 2))
+    for rig in rigs[2::3]:
+        assert rig.pair.abort()
+        rig.owner.reports += 1
+    assert [r.owner.reports for r in rigs] == [1] * 40
+    assert engine.pairs == 0
+    for rig in rigs:
+        rig.close()
+    assert fds() == before
+
+
+def test_closing_the_engine_resets_its_pairs_and_reports_them(listener: socket.socket) -> None:
+    before = fds()
+    engine = relay.Engine()
+    rigs = [Rig(engine, listener) for _ in range(3)]
+    owners = engine.close()
+    assert sorted(map(id, owners)) == sorted(id(r.owner) for r in rigs)
+    client, server = tcp_pair(listener)
+    with pytest.raises(ValueError, match="closed"):
+        engine.add(client.detach(), server.detach(), b"", False, 0.0, None)
+    for rig in rigs:
+        assert waits_for_reset(rig.client)
+        rig.close()
+    del engine
+    assert fds() == before
+
+
+def test_an_unreachable_engine_and_its_pairs_are_collected(listener: socket.socket) -> None:
+    before = fds()
+    engine = relay.Engine()
+    rig = Rig(engine, listener)
+    rig.owner.cycle = (engine, rig.pair)  # type: ignore[attr-defined]  # owner <-> pair, engine
+    client, server = rig.client, rig.server
+    del rig, engine
+    gc.collect()
+    assert waits_for_reset(client)
+    client.close()
+    server.close()
+    assert fds() == before
+
+
+# -- how a client's socket leaves its transport (portico.proxy.l4.Relay._begin_native) ------
+
+
+class _Quiet(asyncio.Protocol):
+    pass
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_a_transport_aborted_after_a_dup_leaves_the_socket_unharmed(loop_kind: str) -> None:
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        peer = socket.create_connection(listener.getsockname())
+        conn, _ = listener.accept()
+        listener.close()
+        conn.setblocking(False)
+        transport, _ = await loop.connect_accepted_socket(_Quiet, conn)
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        transport.set_protocol(_Quiet())
+        transport.abort()
+        for _ in range(3):  # the loop closes its descriptor in a later turn
+            await asyncio.sleep(0)
+        dup = socket.socket(fileno=fd)
+        # no shutdown(2) happened (the send would fail) and no reset (the peer would see it)
+        dup.sendall(b"ping")
+        peer.settimeout(WAIT)
+        assert peer.recv(16) == b"ping"
+        peer.sendall(b"pong")
+        dup.settimeout(WAIT)
+        assert dup.recv(16) == b"pong"
+        dup.close()
+        assert peer.recv(16) == b""  # now the socket closes: a plain FIN
+        peer.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
