@@ -117,6 +117,57 @@ def test_tcp_listeners_count_relayed_bytes_the_same_way(
     eventually(lambda: client_bytes(proxy, "l4") == (len(raw), len(answer)), "relayed bytes")
 
 
+def test_tcp_bytes_are_counted_while_the_connection_stays_open(
+    backends: Callable[..., FakeBackend], portico: Callable[[str], Portico]
+) -> None:
+    # the native relay engine counts in C: its counts reach the metrics every few seconds,
+    # not only when the connection closes
+    b = backends("b")
+    config = (
+        f"workers: 1\n{ADMIN}"
+        "listeners:\n"
+        "  - name: l4\n"
+        "    bind: 127.0.0.1:0\n"
+        "    protocol: tcp\n"
+        "    default_pool: app\n"
+        "pools:\n"
+        "  app:\n"
+        f"    servers:\n      - address: {b.address}\n"
+    )
+    proxy = portico(config)
+    raw = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"  # keep-alive: the connection stays
+    with connect(proxy.port) as sock:
+        sent = received = 0
+        for _ in range(3):
+            sock.sendall(raw)
+            answer = read_one_response(sock)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            sent += len(raw)
+            received += len(answer)
+        eventually(lambda: client_bytes(proxy, "l4") == (sent, received), "bytes, still open")
+
+
+def read_one_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, as read from `sock`."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before a response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the whole body"
+        body += chunk
+    assert len(body) == length  # one response at a time: nothing more came
+    return head + b"\r\n\r\n" + body
+
+
 def test_request_durations_are_measured_finer_than_the_event_loop_clock(
     backends: Callable[..., FakeBackend], portico: Callable[[str], Portico]
 ) -> None:
