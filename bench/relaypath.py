@@ -7,7 +7,8 @@ ports, no lock needed): an origin (asyncio, answers each read with nginx's 5-byt
 response), `h2load --h1 -n N -c C` as the client, and, in between, one Portico `Worker` in
 this script's own process, with either
 
-- `--mode l4`: a `protocol: tcp` listener (bench/run's L4 rows: the TCP relay),
+- `--mode l4`: a `protocol: tcp` listener (bench/run's L4 rows: the TCP relay; in the compiled
+  build its native engine, `PORTICO_L4_ENGINE=python` for the Python copy),
 - `--mode tls`: a `protocol: https` listener with a throwaway self-signed RSA-2048
   certificate (bench/run's "HTTP/1.1 over TLS" rows: TLS records plus the HTTP/1.1 path), or
 - `--mode http`: the same `protocol: http` listener without TLS, whose count `tls`'s less

@@ -84,6 +84,22 @@ def test_a_compiled_module_older_than_its_source_is_refused(site: Path, command:
     assert "listening" not in result.stderr + result.stdout  # `run` never started
 
 
+def test_a_native_module_older_than_its_c_source_is_refused(site: Path) -> None:
+    # setup.py's NATIVE: hand-written C, hashed from its .c like a mypyc module from its .py
+    package = site / "portico"
+    (package / "proxy" / f"_relay{SUFFIX}").write_bytes(b"a stand-in")
+    manifest = json.loads((package / buildinfo.MANIFEST_NAME).read_text())
+    source = package / "proxy" / "_relay.c"
+    manifest["sources"]["portico.proxy._relay"] = hashlib.sha256(source.read_bytes()).hexdigest()
+    (package / buildinfo.MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert portico_cli(site, "check", "portico.yaml").returncode == 0
+    with source.open("a") as edited:
+        edited.write("/* edited after the compile */\n")
+    result = portico_cli(site, "check", "portico.yaml")
+    assert result.returncode == 2
+    assert "portico.proxy._relay: compiled from an older" in result.stderr
+
+
 def test_a_compiled_module_left_from_an_earlier_build_is_refused(site: Path) -> None:
     # a module taken out of setup.py's COMPILED: its old .so would shadow the source
     (site / "portico" / "routing" / f"router{SUFFIX}").write_bytes(b"left over")
