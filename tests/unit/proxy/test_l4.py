@@ -4,8 +4,14 @@ server's in-flight count."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import random
-from collections.abc import Coroutine
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -333,3 +339,202 @@ def test_abort_resets_both(spawned: list[BackendState]) -> None:
     relay.abort()
     assert client.aborted
     assert server.aborted
+
+
+# -- the native engine: the Relay's side of it (portico.proxy._relay itself has its own tests) --
+
+NATIVE = importlib.util.find_spec("portico.proxy._relay") is not None
+native_only = pytest.mark.skipif(not NATIVE, reason="the native engine is not built")
+
+
+class ReaderLoop(FakeLoop):
+    """FakeLoop that also takes the engine's add_reader (its callback run by hand)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: dict[int, Callable[[], None]] = {}
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.readers[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        del self.readers[fd]
+
+    def is_closed(self) -> bool:
+        return False
+
+
+class SocketTransport(FakeTransport):
+    """A client transport over a real socket, as far as `begin` looks at it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
+
+    def abort(self) -> None:
+        super().abort()
+        self.sock.close()  # as the loop does: its descriptor goes, the socket stays (dup'd)
+
+
+def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    near = socket.create_connection(listener.getsockname())
+    far, _ = listener.accept()
+    near.setblocking(False)
+    far.setblocking(False)
+    return near, far
+
+
+class Native:
+    """A relay with a native engine, its client (`client`) and server (`server`) ends."""
+
+    def __init__(
+        self, spawned: list[BackendState], send_proxy: dict[str, str] | None = None
+    ) -> None:
+        from portico.proxy import _relay
+
+        self.loop = ReaderLoop()
+        self.pool = make_pool(self.loop)
+        self.engine = l4.RelayEngine(self.loop, _relay.Engine())  # type: ignore[arg-type]
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.client, client_end = tcp_pair(self.listener)
+        server_end, self.server = tcp_pair(self.listener)
+        self.owner = FakeOwner()
+        self.transport = SocketTransport(client_end)
+        self.relay = Relay(
+            self.owner,
+            self.loop,  # type: ignore[arg-type]
+            self.transport,  # type: ignore[arg-type]
+            self.pool,
+            {"app": self.pool},
+            send_proxy or {},
+            ("203.0.113.7", 40001),
+            ("198.51.100.1", 443),
+            4.0,
+            engine=self.engine,
+        )
+        RELAYS.append(self.relay)
+        self.relay.connect()
+        self.backend = spawned[-1]
+        self.server_end = server_end
+
+    def run(self, until: Callable[[], bool]) -> None:
+        """Run the engine (as the loop would when its descriptor is readable) until `until()`."""
+        deadline = time.monotonic() + 10.0
+        while not until():
+            assert time.monotonic() < deadline
+            select.select([self.engine.engine.fileno()], [], [], 0.01)
+            self.loop.readers[self.engine.engine.fileno()]()
+
+    def read(self, sock: socket.socket, n: int) -> bytes:
+        """`n` bytes from `sock` (b"" at its EOF), the engine run meanwhile."""
+        out = b""
+        deadline = time.monotonic() + 10.0
+        while len(out) < n or not n:
+            assert time.monotonic() < deadline
+            fd = self.engine.engine.fileno()
+            ready, _, _ = select.select([fd, sock], [], [], 0.01)
+            if fd in ready:
+                self.loop.readers[fd]()
+            with contextlib.suppress(BlockingIOError):
+                data = sock.recv(max(n - len(out), 1))
+                if not data:
+                    break
+                out += data
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
+        for sock in (self.client, self.server, self.listener, self.transport.sock):
+            sock.close()
+
+
+@native_only
+def test_native_begin_hands_both_sockets_over_and_the_end_is_finished_once(
+    spawned: list[BackendState],
+) -> None:
+    rig = Native(spawned, send_proxy={"app": "v1"})
+    rig.relay.connected_socket(rig.backend, rig.server_end)
+    assert rig.owner.events == ["ready"]
+    rig.relay.begin(b"hello", eof=False)
+    assert rig.relay.state is RelayState.RELAYING
+    assert rig.transport.protocol is l4.DETACHED  # its closing is not the listener's business
+    assert rig.transport.aborted
+    header = b"PROXY TCP4 203.0.113.7 198.51.100.1 40001 443\r\n"
+    assert rig.read(rig.server, len(header) + 5) == header + b"hello"
+    rig.client.sendall(b"more")
+    rig.server.sendall(b"answer")
+    assert rig.read(rig.client, 6) == b"answer"
+    assert rig.read(rig.server, 4) == b"more"
+    assert (rig.relay.bytes.received, rig.relay.bytes.sent) == (0, 0)  # not folded yet
+    assert rig.backend.in_flight == 1
+    rig.loop.advance(l4.SWEEP)  # the sweep folds what moved into the counters
+    assert (rig.relay.bytes.received, rig.relay.bytes.sent) == (4, 6)
+    rig.client.close()  # the client goes (FIN): passed on; the server ends too
+    rig.server.shutdown(socket.SHUT_WR)
+    rig.run(lambda: "closed" in rig.owner.events)
+    assert rig.owner.events == ["ready", "closed"]
+    assert rig.backend.in_flight == 0
+    assert rig.relay.state is RelayState.DONE
+    rig.relay.abort()  # late: nothing more happens
+    assert rig.owner.events == ["ready", "closed"]
+    rig.close()
+
+
+@native_only
+def test_native_abort_resets_both_and_finishes_at_once(spawned: list[BackendState]) -> None:
+    rig = Native(spawned)
+    rig.relay.connected_socket(rig.backend, rig.server_end)
+    rig.relay.begin(b"", eof=False)
+    rig.relay.abort()
+    assert rig.owner.events == ["ready", "closed"]
+    assert rig.backend.in_flight == 0
+    select.select([rig.server], [], [], 10.0)
+    with pytest.raises(ConnectionResetError):
+        rig.server.recv(1)
+    rig.relay.abort()
+    assert rig.owner.events == ["ready", "closed"]
+    rig.close()
+
+
+@native_only
+def test_native_client_gone_before_begin_closes_the_server_socket(
+    spawned: list[BackendState],
+) -> None:
+    rig = Native(spawned)
+    rig.relay.connected_socket(rig.backend, rig.server_end)
+    assert rig.relay.client_lost(None)  # the relay ends it: relay_closed follows at once
+    assert rig.owner.events == ["ready", "closed"]
+    assert rig.backend.in_flight == 0
+    assert rig.read(rig.server, 0) == b""  # the server's socket was closed
+    rig.close()
+
+
+@native_only
+def test_native_connection_made_after_the_client_left_is_closed(
+    spawned: list[BackendState],
+) -> None:
+    rig = Native(spawned)
+    assert not rig.relay.client_lost(None)  # still connecting: the listener forgets it
+    assert rig.backend.in_flight == 0
+    rig.relay.connected_socket(rig.backend, rig.server_end)
+    assert rig.owner.events == []
+    assert rig.read(rig.server, 0) == b""  # closed at once
+    rig.close()
+
+
+@native_only
+def test_native_a_server_reset_before_begin_finishes_the_relay_in_begin(
+    spawned: list[BackendState],
+) -> None:
+    rig = Native(spawned)
+    rig.relay.connected_socket(rig.backend, rig.server_end)
+    rig.server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    rig.server.close()
+    select.select([rig.server_end], [], [], 10.0)  # the reset has arrived
+    rig.relay.begin(b"request", eof=False)  # sending it fails: the pair ends in add
+    assert rig.owner.events == ["ready", "closed"]
+    assert rig.backend.in_flight == 0
+    rig.close()
