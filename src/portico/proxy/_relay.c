@@ -218,7 +218,9 @@ static PyObject *report(Engine *e) {
 
 /* Read socket `i` while its way is open and has nothing pending; wait until it is writable while
    the other way has something pending for it. Nothing to wait for: out of the epoll set (epoll
-   would still report EPOLLHUP/EPOLLERR on it, level-triggered, with nothing to do about them). */
+   would still report EPOLLHUP/EPOLLERR on it, level-triggered, with nothing to do about them);
+   a reset of such a socket (its EOF read, nothing to send it) shows at the next send to it, or
+   the idle timeout ends the pair, as with uvloop once a transport stopped reading. */
 static int watch(Pair *p, int i) {
     Sock *s = &p->sock[i];
     uint32_t want = 0;
