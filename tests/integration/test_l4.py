@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import os
 import select
+import signal
 import socket
 import ssl
 import struct
@@ -466,6 +467,24 @@ def test_idle_timeout_closes_a_silent_connection(
         assert is_closed(sock)
         silent = time.monotonic() - silent_since
     assert 0.25 < silent < 3.0, silent
+
+
+def test_shutdown_resets_a_relayed_connection_once_the_grace_time_is_over(
+    servers: StreamServers, portico: Callable[[str], Portico]
+) -> None:
+    echo = servers.start("echo", "echo")
+    proxy = portico(config("default_pool: app", {"app": ([echo], "")}))  # shutdown_grace: 1s
+    with dial(proxy) as sock:
+        sock.sendall(b"ping")
+        assert read_exactly(sock, 4) == b"ping"
+        started = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        # a TCP stream has no request boundary to stop at: it runs on through the grace time
+        sock.sendall(b"still")
+        assert read_exactly(sock, 5) == b"still"
+        assert is_closed(sock)  # then the worker ends it, and exits
+        assert time.monotonic() - started >= 0.9
+    assert proxy.stop() == 0
 
 
 def test_dead_server_connect_is_retried_on_another(
