@@ -51,7 +51,7 @@ COMPILED = [
     "src/portico/listeners/h2.py",  # the HTTP/2 connection and its streams (around h2)
     "src/portico/listeners/acceptor.py",  # accept(2) and the hand-over: once per connection
 ]
-NATIVE = [
+NATIVE = [  # built on Linux only (epoll): elsewhere the Python copy runs, as in a pure build
     "src/portico/proxy/_relay.c",  # the TCP relay's copy loop: no Python call per read
 ]
 NATIVE_FLAGS = ["-O2", "-Wall", "-Wextra"]
@@ -170,10 +170,11 @@ def ext_modules() -> list[object]:
     except ImportError:
         print("portico: mypyc not importable, installing pure Python", file=sys.stderr)
         return []
+    native_sources = NATIVE if sys.platform.startswith("linux") else []
     # hashed before mypyc reads them: a source edited during the compile then shows as stale
     sources = {
         module_name(s): hashlib.sha256(Path(s).read_bytes()).hexdigest()
-        for s in [*COMPILED, *NATIVE]
+        for s in [*COMPILED, *native_sources]
     }
     manifest = {"mypy": version("mypy"), "group": f"{GROUP}__mypyc", "sources": sources}
     MANIFEST_DATA = json.dumps(manifest, indent=2).encode() + b"\n"
@@ -183,7 +184,9 @@ def ext_modules() -> list[object]:
         extensions = list(mypycify(COMPILED, opt_level="3", group_name=GROUP))
         saved = [{k: v for k, v in vars(e).items() if not k.startswith("_")} for e in extensions]
         GENERATED.write_text(json.dumps({"key": key, "extensions": saved}, indent=1))
-    native = [Extension(module_name(s), [s], extra_compile_args=NATIVE_FLAGS) for s in NATIVE]
+    native = [
+        Extension(module_name(s), [s], extra_compile_args=NATIVE_FLAGS) for s in native_sources
+    ]
     return [*extensions, *native]
 
 
