@@ -186,6 +186,10 @@ class _Repeat:
         self.version = version
         self.headers = headers
         self.head = head
+        # its head goes to a server through the server connection's memo of the last head it
+        # was sent (`RequestLineMemo.serialize`: equal inputs, no bytes made), cheaper than
+        # splicing the client's bytes again
+        head.raw = b""
 
 
 class _Refused(Exception):
@@ -234,6 +238,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
         self._start = b""  # the read being parsed, while its first byte begins a request
+        self._line = 0  # ... the length of its request line, read off it as HTTP/1.1
         self._head_guard = settings.max_request_line + settings.max_header_size + HEAD_SLACK
         # a target shorter than this cannot make the request line too long, whatever the method
         self._url_room = settings.max_request_line - 10 - MAX_METHOD
@@ -504,8 +509,12 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         version = self._version(method)
         headers = self._headers
         target = self._url
+        # the request line as the proxy sends it, from this read's first byte: the head a
+        # server gets may be made of the client's bytes, if they are what it would be made of
+        line = self._line
+        raw = self._start if line and target[:1] == b"/" else b""
         # positional: a call with keywords is not specialised by CPython 3.11
-        head = split_request_headers(headers, settings.x_forwarded, settings.forwarded)
+        head = split_request_headers(headers, settings.x_forwarded, settings.forwarded, raw, line)
         if version != "1.1" and version != "1.0":
             self._refuse_status = 505  # llhttp reads a missing version as 0.9
             raise _Refused
@@ -604,6 +613,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         METHOD SP target SP HTTP/d.d, strict, with nothing before but the CR/LF llhttp skips,
         which this refuses), else asked of the parser."""
         start = self._start
+        self._line = 0
         major = len(method) + len(self._url) + 7  # the major digit: after "HTTP/"
         if (
             len(start) > major + 2
@@ -616,6 +626,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         ):
             minor = start[major + 2]
             if minor == 49:
+                self._line = major + 3  # `method SP target SP HTTP/1.1` ends there
                 return "1.1"
             if minor == 48:
                 return "1.0"
