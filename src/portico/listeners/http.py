@@ -234,6 +234,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._headers = _NO_HEADERS
         self._head_size = 0
         self._in_head = False
+        self._head_due = False  # the header timeout is to be armed once this read is parsed
         self._reading: Exchange | None = None
         self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
@@ -410,6 +411,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 self._refuse(400)
         else:
             if self._in_head:
+                if self._head_due:
+                    self._deadline.set(self.settings.header_timeout)
                 # httptools holds an unfinished field in memory and reports it only whole:
                 # bound what a client may make us hold while its head never ends
                 self._head_bytes += len(data)
@@ -440,6 +443,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                     self._last_read = data
         finally:
             hooks.conn = fed
+            self._head_due = False
         self._repeatable = None
         self._start = b""
         unstarted = self._unstarted
@@ -482,7 +486,10 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             # armed the header timeout (as NGINX's client_header_timeout): not armed again
             # here (a clock read per connection), nor pushed back by a client that waits
             # before its first byte. Draining, it was cut short: the head gets its full time.
-            self._deadline.set(self.settings.header_timeout)
+            # Armed once this read is parsed, if the head is still unfinished then (a head that
+            # ends in the read that began it, as nearly all do, is spared a clock read; no
+            # timer can run in between, so it is timed from the same moment)
+            self._head_due = True
 
     def on_url(self, url: bytes) -> None:
         url = self._url = self._url + url
@@ -503,6 +510,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._head_due = False  # the head ended in the read that began it: never armed
         parser = self._parser
         settings = self.settings
         method: bytes = parser.get_method()
