@@ -280,12 +280,12 @@ def split_request_headers(
     (`name: value`, one space, no other whitespace), the head's `raw` is those bytes less the
     fields left out: the head a server is sent is then made of one slice per run of kept
     fields, not four parts per field (`serialize_fields`), the same bytes. Checked at each
-    field's place as serialized: CR LF before it, ": " after its name, and CR LF CR LF after
-    the last. llhttp reports a name and a value as the bytes they are in `raw` (a value from
-    its first byte that is not whitespace, up to its CR; obs-fold refused), with no CR or LF
-    in either, so a field with other whitespace than one space before its value moves every
-    CR LF after it, and a check fails (`_fits` in the tests holds this against
-    `serialize_head`).
+    field's place as serialized: the CR before it, the space after its colon, and CR LF CR LF
+    after the last. llhttp (strict) reports a name and a value as the bytes they are in `raw`
+    (a name up to its colon; a value from its first byte that is not whitespace, up to its
+    CR; obs-fold, bare CR or LF refused), with no CR or LF in either, so a field with other
+    whitespace than one space before its value moves every CR after it, and a check fails
+    (`_fits` in the tests holds this against `serialize_head`, on llhttp's own parse).
     """
     head = RequestHead()
     out = head.headers
@@ -302,13 +302,9 @@ def split_request_headers(
         if pos >= 0:
             colon = pos + 2 + len(name)
             end = colon + 2 + len(header[1])
-            if (
-                end + 4 <= size
-                and raw[pos] == 13
-                and raw[pos + 1] == 10
-                and raw[colon] == 58
-                and raw[colon + 1] == 32
-            ):
+            # (its CR and the space after its colon: llhttp already holds the LF after a CR
+            # and the colon right after a name, so a field in place has them)
+            if end + 4 <= size and raw[pos] == 13 and raw[colon + 1] == 32:
                 kept = len(out)  # (the branches below append a field they keep)
             else:
                 pos = -1
