@@ -6,7 +6,7 @@ the response out. Prints microseconds per request (CPU time of this process), so
 the hot path can be judged in seconds without the noise of a loaded machine.
 
     .venv/bin/python bench/hotpath.py [--profile] [--requests N] [--plugin] [--route | --rewrite]
-                                      [--close] [--body N] [--vary]
+                                      [--close] [--body N] [--vary | --unique]
 
 `--plugin` puts one do-nothing plugin filter (`Noop` below: an `on_request` that returns
 None) on the listener: the difference is what a plugin filter costs a request. `--close`: a new
@@ -21,6 +21,10 @@ by the server connection in one piece with its head, as a loopback origin's usua
 heads, alternating): the memos of repeated heads (a client's request read again, the head sent
 to a server, a server's response head and the client head made of it) never hit, and what
 they cost then is in the count.
+`--unique`: every request as bench/configs/vary.lua makes them (bench/run's "small, varied
+requests" row): a counter in the query and in an `X-Request-Id` field, so no request repeats
+any before it, while the server's response repeats as a real origin's does (its head memo
+hits): what a client's new request costs, alone.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import itertools
 import pstats
 import time
 from pathlib import Path
@@ -62,6 +67,8 @@ ROUTE = """    routes:
 """
 REWRITE = ROUTE + "        strip_prefix: /small\n        replace_prefix: /small\n"
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+# `--unique`: made per request by one %-format (its cost, ~1% of a request's, is in the count)
+UNIQUE = b"GET /small?n=%d HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-Request-Id: %d\r\n\r\n"
 CLOSE_REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 12:00:00 GMT\r\n"
@@ -125,6 +132,7 @@ def main() -> None:
     parser.add_argument("--close", action="store_true", help="a new connection per request")
     parser.add_argument("--body", type=int, default=0, help="N-byte response bodies, not 5")
     parser.add_argument("--vary", action="store_true", help="no head repeats the one before")
+    parser.add_argument("--unique", action="store_true", help="vary.lua's requests, one response")
     args = parser.parse_args()
     response = sized_response(args.body) if args.body else RESPONSE
     requests = [REQUEST]
@@ -186,8 +194,22 @@ def main() -> None:
             assert transport.closing
             conn.connection_lost(None)
 
+    serial = itertools.count()  # the counter, never reset (warm-up included)
+
+    def run_unique(n: int) -> None:
+        for _ in range(n):
+            k = next(serial)
+            client.data_received(UNIQUE % (k, k))
+            exchange = client.active
+            assert exchange is not None
+            upstream = exchange._upstream
+            assert upstream is not None
+            upstream.data_received(response)
+
     if args.close:
         run = run_close
+    elif args.unique:
+        run = run_unique
     run(1000)
     if not args.close:
         assert bytes(client.transport.last).endswith(response[-5:])  # type: ignore[union-attr]

@@ -211,6 +211,8 @@ class RequestHead:
         "hosts",
         "kind",
         "length",
+        "raw",
+        "raw_fields",
         "te",
         "upgrade",
         "x_forwarded_for",
@@ -218,6 +220,9 @@ class RequestHead:
 
     def __init__(self) -> None:
         self.headers: list[Header] = []  # end-to-end, in order; framing re-added by the proxy
+        # `serialize_head`'s bytes of the request line and of `raw_fields` (a copy of
+        # `headers` as split), without the final empty line, when the client's own head had
+        # exactly those bytes (`split_request_headers`); b"": unknown
         self.host: bytes | None = None
         self.hosts = 0
         self.kind = NO_BODY
@@ -229,6 +234,8 @@ class RequestHead:
         self.forwarded: Sequence[bytes] = ()
         self.upgrade: bytes | None = None  # the Upgrade field (hop-by-hop: forwarded only on
         # an upgrade the proxy relays, WebSocket)
+        self.raw = b""
+        self.raw_fields: list[Header] = _NO_FIELDS
 
     def copy(self) -> RequestHead:
         """The same head, with lists of its own (the proxy edits a request's)."""
@@ -243,11 +250,21 @@ class RequestHead:
         head.x_forwarded_for = list(self.x_forwarded_for) if self.x_forwarded_for else ()
         head.forwarded = list(self.forwarded) if self.forwarded else ()
         head.upgrade = self.upgrade
+        head.raw = self.raw
+        head.raw_fields = self.raw_fields  # never edited: a new list replaces it
         return head
 
 
+_NO_FIELDS: Final[list[Header]] = []  # shared, never appended to
+_END: Final = b"\r\n\r\n"
+
+
 def split_request_headers(
-    headers: list[Header], replace_x_forwarded: bool, replace_forwarded: bool
+    headers: list[Header],
+    replace_x_forwarded: bool,
+    replace_forwarded: bool,
+    raw: bytes = b"",
+    line: int = 0,
 ) -> RequestHead:
     """Sort a parsed request head (already validated by llhttp) for forwarding. (`headers`: a
     list, iterated natively by the compiled build.)
@@ -256,12 +273,41 @@ def split_request_headers(
     re-frames the body); with `replace_*`, the client's forwarding headers too (the proxy sets
     its own, keeping the prior X-Forwarded-For and Forwarded lists). Names listed in Connection
     are removed as RFC 9110 §7.6.1 asks.
+
+    `raw`: the bytes llhttp parsed `headers` from, when they begin with the request line,
+    `line` bytes long up to its CRLF, as `method SP target SP HTTP/1.1` (the line the proxy
+    sends). Then, if they are what `serialize_head` makes of that line and of each field
+    (`name: value`, one space, no other whitespace), the head's `raw` is those bytes less the
+    fields left out: the head a server is sent is then made of one slice per run of kept
+    fields, not four parts per field (`serialize_fields`), the same bytes. Checked at each
+    field's place as serialized: the CR before it, the space after its colon, and CR LF CR LF
+    after the last. llhttp (strict) reports a name and a value as the bytes they are in `raw`
+    (a name up to its colon; a value from its first byte that is not whitespace, up to its
+    CR; obs-fold, bare CR or LF refused), with no CR or LF in either, so a field with other
+    whitespace than one space before its value moves every CR after it, and a check fails
+    (`_fits` in the tests holds this against `serialize_head`, on llhttp's own parse).
     """
     head = RequestHead()
     out = head.headers
     listed: frozenset[bytes] | None = None
+    # the raw bytes' checks: where the field being read begins if it was serialized (-1: it
+    # was not), where the run of kept bytes being read began, and the runs before it
+    pos = line if raw else -1
+    size = len(raw)
+    run = 0
+    kept = end = 0
+    runs: list[bytes] | None = None
     for header in headers:
         name = header[0]
+        if pos >= 0:
+            colon = pos + 2 + len(name)
+            end = colon + 2 + len(header[1])
+            # (its CR and the space after its colon: llhttp already holds the LF after a CR
+            # and the colon right after a name, so a field in place has them)
+            if end + 4 <= size and raw[pos] == 13 and raw[colon + 1] == 32:
+                kept = len(out)  # (the branches below append a field they keep)
+            else:
+                pos = -1
         what = _REQUEST_CLASSES.of(name)
         if what == _PLAIN:
             out.append(header)
@@ -294,12 +340,39 @@ def split_request_headers(
                 out.append(header)
         elif what == _UPGRADE:
             head.upgrade = header[1]
+        if pos >= 0:
+            if len(out) == kept:  # left out: the run of kept bytes before it ends
+                if run >= 0:
+                    if runs is None:
+                        runs = [raw[run:pos]]
+                    else:
+                        runs.append(raw[run:pos])
+                    run = -1
+            elif run < 0:
+                run = pos
+            pos = end
     if listed is not None:
         head.connection = listed
         # a subset test makes no set: Connection lists only plain tokens, all but always
         if not _plain_tokens(listed):
             extra = listed - _PLAIN_CONNECTION_TOKENS
             head.headers = [h for h in out if h[0].lower() not in extra]
+            pos = -1  # (rare: not worth finding the runs again)
+    if (
+        pos >= 0
+        and pos + 4 <= size
+        and raw[pos] == 13
+        and raw[pos + 1] == 10
+        and raw[pos + 2] == 13
+        and raw[pos + 3] == 10
+    ):
+        if runs is None:
+            head.raw = raw[:pos]  # every field kept: the usual case
+        else:
+            if run >= 0:
+                runs.append(raw[run:pos])
+            head.raw = b"".join(runs)
+        head.raw_fields = list(out)
     return head
 
 
@@ -642,7 +715,18 @@ class RequestLineMemo:
     poll, a health check, a load test), and serializing a head is a tenth of a small
     request's cost."""
 
-    __slots__ = ("block", "fields", "head", "method", "tail", "target")
+    __slots__ = (
+        "block",
+        "fields",
+        "head",
+        "method",
+        "raw",
+        "raw_block",
+        "raw_head",
+        "raw_tail",
+        "tail",
+        "target",
+    )
 
     def __init__(self) -> None:
         self.method = b""
@@ -651,6 +735,28 @@ class RequestLineMemo:
         self.block = b""
         self.tail: list[Header] | None = None
         self.head = b""
+        # the last head made by `splice`, and what it was made of
+        self.raw = b""
+        self.raw_block = b""
+        self.raw_tail: list[Header] | None = None
+        self.raw_head = b""
+
+    def splice(self, raw: bytes, block: bytes, tail: list[Header] | None) -> bytes:
+        """`serialize_head` of a head whose request line and fields serialize as `raw`
+        (`RequestHead.raw`), then `block` and `tail`: the bytes made last time when `raw` is
+        the same object (a client's request read again, `_Repeat`, shares its head's) and
+        the rest is equal, else made."""
+        if raw is self.raw and block == self.raw_block and tail == self.raw_tail:
+            return self.raw_head
+        if tail is None:
+            head = b"".join((raw, block, _END)) if block else raw + _END
+        else:
+            head = serialize_head(raw, _NO_FIELDS, block, tail)
+        self.raw = raw
+        self.raw_block = block
+        self.raw_tail = None if tail is None else list(tail)
+        self.raw_head = head
+        return head
 
     def serialize(
         self,

@@ -186,6 +186,10 @@ class _Repeat:
         self.version = version
         self.headers = headers
         self.head = head
+        # its head goes to a server through the server connection's memo of the last head it
+        # was sent (`RequestLineMemo.serialize`: equal inputs, no bytes made), cheaper than
+        # splicing the client's bytes again
+        head.raw = b""
 
 
 class _Refused(Exception):
@@ -230,10 +234,12 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._headers = _NO_HEADERS
         self._head_size = 0
         self._in_head = False
+        self._head_due = False  # the header timeout is to be armed once this read is parsed
         self._reading: Exchange | None = None
         self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
         self._start = b""  # the read being parsed, while its first byte begins a request
+        self._line = 0  # ... the length of its request line, read off it as HTTP/1.1
         self._head_guard = settings.max_request_line + settings.max_header_size + HEAD_SLACK
         # a target shorter than this cannot make the request line too long, whatever the method
         self._url_room = settings.max_request_line - 10 - MAX_METHOD
@@ -405,6 +411,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 self._refuse(400)
         else:
             if self._in_head:
+                if self._head_due:
+                    self._deadline.set(self.settings.header_timeout)
                 # httptools holds an unfinished field in memory and reports it only whole:
                 # bound what a client may make us hold while its head never ends
                 self._head_bytes += len(data)
@@ -435,6 +443,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                     self._last_read = data
         finally:
             hooks.conn = fed
+            self._head_due = False
         self._repeatable = None
         self._start = b""
         unstarted = self._unstarted
@@ -477,7 +486,10 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             # armed the header timeout (as NGINX's client_header_timeout): not armed again
             # here (a clock read per connection), nor pushed back by a client that waits
             # before its first byte. Draining, it was cut short: the head gets its full time.
-            self._deadline.set(self.settings.header_timeout)
+            # Armed once this read is parsed, if the head is still unfinished then (a head that
+            # ends in the read that began it, as nearly all do, is spared a clock read; no
+            # timer can run in between, so it is timed from the same moment)
+            self._head_due = True
 
     def on_url(self, url: bytes) -> None:
         url = self._url = self._url + url
@@ -498,14 +510,19 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._head_due = False  # the head ended in the read that began it: never armed
         parser = self._parser
         settings = self.settings
         method: bytes = parser.get_method()
         version = self._version(method)
         headers = self._headers
         target = self._url
+        # the request line as the proxy sends it, from this read's first byte: the head a
+        # server gets may be made of the client's bytes, if they are what it would be made of
+        line = self._line
+        raw = self._start if line and target[:1] == b"/" else b""
         # positional: a call with keywords is not specialised by CPython 3.11
-        head = split_request_headers(headers, settings.x_forwarded, settings.forwarded)
+        head = split_request_headers(headers, settings.x_forwarded, settings.forwarded, raw, line)
         if version != "1.1" and version != "1.0":
             self._refuse_status = 505  # llhttp reads a missing version as 0.9
             raise _Refused
@@ -604,6 +621,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         METHOD SP target SP HTTP/d.d, strict, with nothing before but the CR/LF llhttp skips,
         which this refuses), else asked of the parser."""
         start = self._start
+        self._line = 0
         major = len(method) + len(self._url) + 7  # the major digit: after "HTTP/"
         if (
             len(start) > major + 2
@@ -616,6 +634,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         ):
             minor = start[major + 2]
             if minor == 49:
+                self._line = major + 3  # `method SP target SP HTTP/1.1` ends there
                 return "1.1"
             if minor == 48:
                 return "1.0"

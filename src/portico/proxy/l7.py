@@ -702,6 +702,12 @@ class Exchange(ResponseSink):
             out = [h for h in out if h[0].lower() != CLIENT_SUBJECT_LOWER]
             if client.client_subject is not None:
                 tail = [*(tail or ()), (CLIENT_SUBJECT, client.client_subject.encode())]
+        raw = head.raw
+        if raw and self.target is self._original_target and out == head.raw_fields:
+            # the client's request line and fields were what serializing them makes, and they
+            # go on as they were split (compared by value): those bytes, after one check of
+            # each field (`split_request_headers`), where serializing cost four parts a field
+            return conn.sent.splice(raw, block, tail)
         return conn.sent.serialize(self.method, self.target, out, block, tail)
 
     def _forwarding(self, head: RequestHead) -> list[Header]:

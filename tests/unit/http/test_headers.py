@@ -3,6 +3,8 @@ framing (RFC 9112 §6.3), forwarding headers (RFC 7239) and head serialisation."
 
 from __future__ import annotations
 
+import random
+
 import httptools
 import pytest
 
@@ -11,6 +13,7 @@ from portico.http.headers import (
     HOP_BY_HOP,
     BodyKind,
     Header,
+    RequestHead,
     RequestLineMemo,
     ResponseHead,
     format_forwarded_for,
@@ -686,3 +689,165 @@ def test_a_request_head_from_the_memo_is_byte_for_byte_a_fresh_one() -> None:
     assert memo.serialize(b"GET", b"/", fields, b"", None) == (
         b"GET / HTTP/1.1\r\nHost: h\r\nX: y\r\n\r\n"
     )
+
+
+class _Fields:
+    """What httptools reports of a request head (its callbacks)."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[Header] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+def _split_raw(raw: bytes, *, replace: bool = True) -> tuple[bytes, RequestHead] | None:
+    """Parse `raw` with llhttp as the listener does, then split it with its bytes: the
+    request line as the proxy sends it, and the head; None when llhttp refuses it."""
+    fields = _Fields()
+    parser = httptools.HttpRequestParser(fields)
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserError:
+        return None
+    method = parser.get_method()
+    line = method + b" " + fields.url + b" HTTP/1.1"
+    head = split_request_headers(fields.headers, replace, replace, raw, len(line))
+    return line, head
+
+
+def _fits(raw: bytes, *, replace: bool = True) -> bytes:
+    """The head's `raw` bytes, checked: when there are some, they are what serialize_head
+    makes of the request line and the fields as split, byte for byte."""
+    split = _split_raw(raw, replace=replace)
+    assert split is not None
+    line, head = split
+    if head.raw:
+        assert head.raw + b"\r\n\r\n" == serialize_head(line, head.headers)
+        assert head.raw_fields == head.headers
+    return head.raw
+
+
+def test_a_request_head_serialized_as_portico_would_is_kept_as_raw_bytes() -> None:
+    raw = b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\nX-Request-Id: 7\r\nAccept: */*\r\n\r\n"
+    assert _fits(raw) == raw[:-4]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"Host:h",  # no space
+        b"Host:  h",  # two
+        b"Host:\th",  # a tab
+        b"Host: \th",
+        b"Host: h\r\nX:",  # an empty value without a space
+        b"Host: h\r\nX:  ",  # ... with two
+        b"Host: h\r\nX: a b\r\nY:b",
+        b"Host: h\r\nX: a\r\nY:  b\r\nZ: c",  # one field among others
+    ],
+)
+def test_a_request_head_spelled_otherwise_is_never_kept_as_raw_bytes(fields: bytes) -> None:
+    """Any other whitespace before a value than one space: the head a server gets is
+    serialized anew (the raw bytes would differ from it)."""
+    assert _fits(b"GET / HTTP/1.1\r\n" + fields + b"\r\n\r\n") == b""
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        # whitespace after a value is in it, as llhttp reports it: serialized as it came
+        (b"GET / HTTP/1.1\r\nHost: h \r\nX: 1\t\r\n\r\n", b"GET / HTTP/1.1\r\nHost: h \r\nX: 1\t"),
+        # an empty value after one space is what serializing it makes
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: \r\n\r\n", b"GET / HTTP/1.1\r\nHost: h\r\nX: "),
+        # mixed-case names and duplicates stay as sent
+        (
+            b"GET / HTTP/1.1\r\nhOST: h\r\nX-a: 1\r\nx-A: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhOST: h\r\nX-a: 1\r\nx-A: 2",
+        ),
+        # fields left out (hop-by-hop, framing, forwarding replaced), first, between, last
+        (
+            b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nHost: h\r\nTE: trailers\r\n"
+            b"A: 1\r\nX-Forwarded-For: 1.2.3.4\r\nB: 2\r\nKeep-Alive: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nA: 1\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: h\r\nA: 1",
+        ),
+        # a very long value
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nCookie: " + b"c" * 20000 + b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nCookie: " + b"c" * 20000,
+        ),
+        # Connection naming another field: serialized anew (rare, not spliced)
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: a\r\nA: 1\r\nB: 2\r\n\r\n", b""),
+    ],
+)
+def test_the_raw_bytes_kept_are_the_fields_forwarded(raw: bytes, kept: bytes) -> None:
+    assert _fits(raw) == kept
+
+
+def test_forwarding_fields_kept_when_the_proxy_sets_none_are_in_the_raw_bytes() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=x\r\n\r\n"
+    assert _fits(raw, replace=False) == raw[:-4]
+    assert _fits(raw) == b"GET / HTTP/1.1\r\nHost: h"
+
+
+def test_raw_bytes_of_every_spelling_of_a_head_are_what_serializing_it_makes() -> None:
+    """Heads of random fields, whitespace and classes (seeded): whenever raw bytes are kept,
+    they are serialize_head's bytes (`_fits` checks), and a head spelled as it serializes
+    keeps them."""
+    rng = random.Random(18)
+    names = [b"Host", b"A", b"x-b", b"Connection", b"Content-Length", b"X-Forwarded-For", b"TE"]
+    values = [b"", b"1", b"a b", b"keep-alive", b"close, x-b", b"\x80\xff", b"v" * 300]
+    spaces = [b"", b" ", b"  ", b"\t", b" \t"]
+    kept = 0
+    for _ in range(3000):
+        fields = []
+        canonical = True
+        for _ in range(rng.randrange(1, 6)):
+            name = rng.choice(names)
+            if name == b"Content-Length":
+                value = b"0"
+            elif name == b"Host":
+                value = b"h"
+            else:
+                value = rng.choice(values)
+            before, after = rng.choice(spaces), rng.choice(spaces) if rng.random() < 0.2 else b""
+            canonical = canonical and before == b" " and not after
+            fields.append(name + b":" + before + value + after)
+        raw = b"GET /p HTTP/1.1\r\n" + b"\r\n".join(fields) + b"\r\n\r\n"
+        split = _split_raw(raw)
+        if split is None:
+            continue  # llhttp refused it (two Content-Lengths, say)
+        result = _fits(raw)
+        if canonical and b"Connection" not in raw:
+            assert result, raw
+        kept += bool(result)
+    assert kept > 100
+
+
+def test_a_spliced_request_head_is_serialize_heads_whatever_came_before() -> None:
+    """`RequestLineMemo.splice`: raw bytes of a line and fields, then a block and a tail, give
+    serialize_head's bytes, after any other head, and again for the same raw object."""
+    memo = RequestLineMemo()
+    line, fields = b"GET /a HTTP/1.1", [(b"Host", b"h"), (b"A", b"")]
+    raw = serialize_head(line, fields)[:-4]
+    block = serialize_fields([(b"X-Forwarded-For", b"1.2.3.4")])
+    tails: list[list[Header] | None] = [None, [(b"Content-Length", b"3")], []]
+    for other in (b"", block):
+        for tail in tails:
+            for first_block in (b"", block):
+                memo.splice(bytes(bytearray(raw)), other, None)
+                made = memo.splice(raw, first_block, tail)
+                fresh = serialize_head(line, fields, first_block, tail)
+                assert made == fresh
+                assert memo.splice(raw, first_block, None if tail is None else list(tail)) == fresh
+    tail = [(b"X", b"1")]
+    made = memo.splice(raw, b"", tail)
+    tail.append((b"Y", b"2"))  # the list given is not kept
+    assert memo.splice(raw, b"", tail) == serialize_head(line, fields, b"", tail) != made

@@ -149,6 +149,24 @@ def test_a_kept_alive_connections_next_head_is_timed_from_its_first_byte(
     assert forwarded(conn).startswith(b"GET /two HTTP/1.1\r\n")
 
 
+def test_a_kept_alive_connections_unfinished_next_head_gets_the_header_timeout(
+    worker: Worker,
+) -> None:
+    """The header timeout is armed once the read that began a head is parsed, if the head is
+    still unfinished then (not when its first byte is parsed): it runs all the same."""
+    loop = FakeLoop()
+    conn, transport = connect(worker, loop)
+    conn.data_received(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer(conn)
+    loop.advance(30.0)
+    conn.data_received(b"GET /two HTTP/1.1\r\nHost: a\r\n")
+    loop.advance(9.9)
+    assert not transport.closing
+    loop.advance(0.2)  # not the keep-alive timeout (60 s) any more: the head's
+    assert b"HTTP/1.1 408 " in transport.written
+    assert transport.closing
+
+
 def test_a_head_begun_on_a_draining_new_connection_gets_the_whole_header_timeout(
     worker: Worker,
 ) -> None:
