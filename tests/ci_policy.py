@@ -58,6 +58,16 @@ def is_extension(path: str | None) -> bool:
     return path is not None and any(path.endswith(suffix) for suffix in EXTENSION_SUFFIXES)
 
 
+def runs_compiled(name: str) -> bool:
+    """Whether module `name` is imported from an extension; a native module (C, no Python
+    source) that was not built cannot be imported at all: not compiled either."""
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError:
+        return False
+    return is_extension(module.__file__)
+
+
 def build_problems(expect: str) -> list[str]:
     """Why the portico this session imports is not the build to test; empty if it is."""
     import portico
@@ -69,7 +79,7 @@ def build_problems(expect: str) -> list[str]:
         return problems
     if expect == "compiled":
         names = compiled_module_names()
-        pure = [n for n in names if not is_extension(importlib.import_module(n).__file__)]
+        pure = [n for n in names if not runs_compiled(n)]
         if pure:
             return [
                 f"PORTICO_EXPECT_BUILD=compiled, but these run as pure Python: {', '.join(pure)}"
