@@ -5,7 +5,8 @@ transfer through a slow reader (short sends, flow control: nothing lost or reord
 one chunk held per way), half-close each way, reset propagation, abort, the idle close
 (graceful, or a reset with bytes pending), the byte counts, exactly one report per pair, and
 that no descriptor and no thread is left. Also the thread itself: started at the first pair,
-signals blocked, stopped by close(), and pairs aborted from Python while it copies. And that a
+signals blocked, stopped by close(), pairs ended from Python while it copies, and a forked
+child's copy of an engine refused. And that a
 loop's transport lets go of its socket without touching it (how a client's socket reaches the
 engine). Skipped in a pure-Python build, which has no engine."""
 
@@ -506,6 +507,45 @@ def test_the_thread_starts_at_the_first_pair_blocks_signals_and_stops_at_close(
     assert waits_for_reset(rig.client)
     rig.close()
     assert fds() == before  # close() closed the engine's descriptors
+
+
+def test_a_forked_child_refuses_to_use_its_parents_engine(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    """The child has no copy of the thread (and maybe a mutex locked forever): every call
+    answers without waiting, and new pairs are refused, their sockets closed."""
+    rig = Rig(engine, listener)
+    spare_client, spare_server = tcp_pair(listener)
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest here, only an exit status
+        status = 1
+        try:
+            with contextlib.suppress(RuntimeError):
+                engine.add(spare_client.fileno(), spare_server.fileno(), b"", False, 0.0, None)
+                os._exit(2)  # accepted: wrong
+            for fd in (spare_client.fileno(), spare_server.fileno()):
+                with contextlib.suppress(OSError):
+                    os.fstat(fd)
+                    os._exit(3)  # not closed: wrong
+            if rig.pair.abort() or engine.pairs != 0 or engine.reap() != ():
+                os._exit(4)
+            if engine.close() != []:
+                os._exit(5)
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's engine is untouched: it still relays
+    rig.client.sendall(b"after the fork")
+    got = bytearray()
+    run(engine, lambda: len(got) >= 14, lambda: read_all(rig.server, got))
+    assert bytes(got) == b"after the fork"
+    assert rig.pair.abort()
+    rig.owner.reports += 1
+    rig.close()
+    spare_client.close()
+    spare_server.close()
 
 
 def test_pairs_ended_from_python_while_the_thread_copies_are_each_reported_once(
