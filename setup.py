@@ -52,9 +52,10 @@ COMPILED = [
     "src/portico/listeners/acceptor.py",  # accept(2) and the hand-over: once per connection
 ]
 NATIVE = [  # built on Linux only (epoll): elsewhere the Python copy runs, as in a pure build
-    "src/portico/proxy/_relay.c",  # the TCP relay's copy loop: no Python call per read
+    "src/portico/proxy/_relay.c",  # the TCP relay's copy loop, on a thread of its own
 ]
-NATIVE_FLAGS = ["-O2", "-Wall", "-Wextra"]
+NATIVE_FLAGS = ["-O2", "-Wall", "-Wextra", "-pthread"]
+NATIVE_LINK = ["-pthread"]
 GROUP = "portico"  # the shared runtime library is portico__mypyc, not a hash of the module list
 MANIFEST = Path("portico", "_compiled.json")
 MANIFEST_DATA = b""  # set by ext_modules()
@@ -185,7 +186,8 @@ def ext_modules() -> list[object]:
         saved = [{k: v for k, v in vars(e).items() if not k.startswith("_")} for e in extensions]
         GENERATED.write_text(json.dumps({"key": key, "extensions": saved}, indent=1))
     native = [
-        Extension(module_name(s), [s], extra_compile_args=NATIVE_FLAGS) for s in native_sources
+        Extension(module_name(s), [s], extra_compile_args=NATIVE_FLAGS, extra_link_args=NATIVE_LINK)
+        for s in native_sources
     ]
     return [*extensions, *native]
 

@@ -179,7 +179,7 @@ def serve(args: argparse.Namespace) -> None:
             print(line, file=sys.stderr)  # the same as NGINX gets from h2load in bench/run?
     user = (end.user - start.user) / args.requests * 1e6
     system = (end.system - start.system) / args.requests * 1e6
-    print(f"worker CPU per request: {user:.1f} us user + {system:.1f} us kernel", file=sys.stderr)
+    print(f"worker CPU per request: {user:.2f} us user + {system:.2f} us kernel", file=sys.stderr)
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 

@@ -487,6 +487,35 @@ def test_shutdown_resets_a_relayed_connection_once_the_grace_time_is_over(
     assert proxy.stop() == 0
 
 
+def test_a_reload_keeps_relaying_until_the_grace_time_and_new_connections_go_on(
+    servers: StreamServers, portico: Callable[[str], Portico]
+) -> None:
+    echo = servers.start("echo", "echo")
+    proxy = portico(config("default_pool: app", {"app": ([echo], "")}))  # shutdown_grace: 1s
+    (old_worker,) = proxy.worker_pids()
+    with dial(proxy) as old:
+        old.sendall(b"before")
+        assert read_exactly(old, 6) == b"before"
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert "generation 1" in proxy.wait_stdout("portico: reloaded")
+        reloaded = time.monotonic()
+        with dial(proxy) as new:  # the new worker's (its own engine, its own thread)
+            new.sendall(b"new")
+            assert read_exactly(new, 3) == b"new"
+            # the old worker's connection runs on through its grace time
+            old.sendall(b"during")
+            assert read_exactly(old, 6) == b"during"
+            assert is_closed(old)  # then the old worker ends it, and exits
+            assert time.monotonic() - reloaded >= 0.5
+            new.sendall(b"after")
+            assert read_exactly(new, 5) == b"after"
+        deadline = time.monotonic() + WAIT
+        while old_worker in proxy.worker_pids():
+            assert time.monotonic() < deadline, "the old worker did not exit"
+            time.sleep(0.05)
+    assert proxy.stop() == 0
+
+
 def test_dead_server_connect_is_retried_on_another(
     servers: StreamServers, portico: Callable[[str], Portico], dead_port: int
 ) -> None:

@@ -15,12 +15,13 @@ Two ways to copy, the same behaviour:
   with a plain non-blocking socket (connect(2), the loop told to wake on writability); at
   `begin` the client's socket leaves its transport (its descriptor duplicated, the transport
   aborted: uvloop and asyncio only drop their descriptor, no shutdown, no reset) and both
-  sockets go to the loop's `RelayEngine`: one
-  epoll set of its own, watched by the loop with `add_reader`, whose every readable turn copies
-  what all ready sockets have in C (no Python call per read, see _relay.c). The engine reports
-  a pair that ended; `RelayEngine`'s sweep, every `SWEEP` seconds at most (less when an idle
-  timeout is short), folds the bytes moved into the listener's counters (so they lag by at
-  most that) and closes pairs silent both ways for their idle timeout (within +25%, as below).
+  sockets go to the loop's `RelayEngine`: one epoll set of its own and a thread of its own
+  that copies what every ready socket has, in C, without the GIL (no Python call and no loop
+  turn per read, see _relay.c). The loop hears only of pairs that ended (an eventfd it
+  watches with `add_reader`); `RelayEngine`'s sweep, every `SWEEP` seconds at most (less when
+  an idle timeout is short), folds the bytes moved into the listener's counters (so they lag
+  by at most that) and closes pairs silent both ways for their idle timeout (within +25%, as
+  below).
 - Two lean asyncio Protocols, one per socket (pure-Python build, `PORTICO_L4_ENGINE=python`, a
   relay `adopt`ed after an HTTP upgrade, or a client whose checks were pending when the server
   connected): `data_received` writes to the other transport and marks the connection busy,
@@ -234,39 +235,31 @@ class Relay:
         self.backend = backend
         backend.in_flight += 1
         backend.requests += 1
-        if self.engine is not None:
-            tasks.spawn(self._connect_socket(backend))
-        else:
-            tasks.spawn(self._connect(backend))
+        tasks.spawn(self._connect(backend))
 
     async def _connect(self, backend: BackendState) -> None:
+        """Connect to `backend`: for the native engine a plain non-blocking socket, else a
+        transport running `self.server`."""
         timeout = self.pool.settings.connect_timeout
+        native = self.engine is not None
         try:
             async with asyncio.timeout(timeout):
-                transport, _ = await self.loop.create_connection(
-                    lambda: self.server, backend.host, backend.port
-                )
+                if native:
+                    sock = await open_socket(self.loop, backend.host, backend.port)
+                else:
+                    transport, _ = await self.loop.create_connection(
+                        lambda: self.server, backend.host, backend.port
+                    )
         except (OSError, TimeoutError) as exc:
             report_connect_failure(self.pool.name, backend, exc, timeout, self.loop.time())
             self.connect_failed(backend)
             return
         if backend.connect_cause is not None:
             report_connected(self.pool.name, backend)
-        self.connected(backend, transport)
-
-    async def _connect_socket(self, backend: BackendState) -> None:
-        """`_connect` for the native engine: a plain non-blocking socket, no transport."""
-        timeout = self.pool.settings.connect_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                sock = await open_socket(self.loop, backend.host, backend.port)
-        except (OSError, TimeoutError) as exc:
-            report_connect_failure(self.pool.name, backend, exc, timeout, self.loop.time())
-            self.connect_failed(backend)
-            return
-        if backend.connect_cause is not None:
-            report_connected(self.pool.name, backend)
-        self.connected_socket(backend, sock)
+        if native:
+            self.connected_socket(backend, sock)
+        else:
+            self.connected(backend, transport)
 
     def connected_socket(self, backend: BackendState, sock: socket.socket) -> None:
         """The native engine's `connected`: `sock` is connected to `backend`."""
@@ -546,10 +539,11 @@ DETACHED: Final = _Detached()
 
 
 class RelayEngine:
-    """One event loop's native engine (`portico.proxy._relay.Engine`) and what it needs from
-    the loop: its epoll descriptor watched (`add_reader` -> `Engine.run`), the pairs that ended
-    finished (`Relay.ended`), and a sweep every `period` seconds while it has pairs: the idle
-    timeout, and the bytes moved folded into the counters (`Relay.fold`)."""
+    """One event loop's native engine (`portico.proxy._relay.Engine`, which copies on a thread
+    of its own) and what it needs from the loop: its eventfd watched (`add_reader` ->
+    `Engine.reap`), the pairs that ended finished (`Relay.ended`), and a sweep every `period`
+    seconds while it has pairs: the idle timeout, and the bytes moved folded into the counters
+    (`Relay.fold`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
         self.loop = loop
@@ -581,7 +575,7 @@ class RelayEngine:
             cast(Relay, relay).ended()
 
     def _ready(self) -> None:
-        for relay in self.engine.run():
+        for relay in self.engine.reap():
             cast(Relay, relay).ended()
 
     def _sweep(self) -> None:

@@ -1,10 +1,13 @@
-"""The native relay engine (portico.proxy._relay, C) over real loopback TCP sockets, driven by
-hand: `Engine.run` whenever its epoll descriptor is readable, as the event loop does. Checked:
-bytes both ways with `to_server` first, a large transfer through a slow reader (short sends,
-flow control: nothing lost or reordered, at most one chunk held per way), half-close each way,
-reset propagation, abort, the idle close (graceful, or a reset with bytes pending), the byte
-counts, exactly one report per pair, and that no descriptor is left open. Also that a loop's
-transport lets go of its socket without touching it (how a client's socket reaches the
+"""The native relay engine (portico.proxy._relay, C, copying on a thread of its own) over real
+loopback TCP sockets, its reports taken by hand: `Engine.reap` whenever its eventfd is
+readable, as the event loop does. Checked: bytes both ways with `to_server` first, a large
+transfer through a slow reader (short sends, flow control: nothing lost or reordered, at most
+one chunk held per way), half-close each way, reset propagation, abort, the idle close
+(graceful, or a reset with bytes pending), the byte counts, exactly one report per pair, and
+that no descriptor and no thread is left. Also the thread itself: started at the first pair,
+signals blocked, stopped by close(), pairs ended from Python while it copies, and a forked
+child's copy of an engine refused. And that a
+loop's transport lets go of its socket without touching it (how a client's socket reaches the
 engine). Skipped in a pure-Python build, which has no engine."""
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import gc
 import hashlib
 import os
 import select
+import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -40,6 +45,11 @@ def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
 
 def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def threads() -> set[str]:
+    """The process's threads (task ids)."""
+    return set(os.listdir("/proc/self/task"))
 
 
 class Owner:
@@ -88,13 +98,14 @@ def run(
     also: Callable[[], None] = lambda: None,
     watch: tuple[socket.socket, ...] = (),
 ) -> None:
-    """Run the engine whenever it has work, calling `also` each round, until `until()`; a
-    round also starts when one of `watch` is readable."""
+    """Reap what the engine reports whenever its eventfd is readable, calling `also` each
+    round, until `until()`; a round also starts when one of `watch` is readable (or after
+    10 ms: the engine's thread copies meanwhile)."""
     deadline = time.monotonic() + WAIT
     while not until():
         assert time.monotonic() < deadline, "the engine did not get there in time"
         select.select([engine.fileno(), *watch], [], [], 0.01)
-        for owner in engine.run():
+        for owner in engine.reap():
             owner.reports += 1
         also()
 
@@ -120,14 +131,16 @@ def listener() -> Iterator[socket.socket]:
 
 @pytest.fixture
 def engine() -> Iterator[relay.Engine]:
-    before = fds()
+    before, before_threads = fds(), threads()
     made = relay.Engine()
     yield made
     assert made.close() == []  # every pair ended, and was reported, in the test
     assert made.closed
     assert made.pairs == 0
+    assert not made.running
     del made
-    assert fds() == before  # the epoll descriptor and every socket are closed
+    assert fds() == before  # the epoll descriptor, the eventfds and every socket are closed
+    assert threads() == before_threads  # the copying thread was joined
 
 
 def test_bytes_flow_both_ways_with_to_server_first(
@@ -252,7 +265,7 @@ def test_half_close_passes_the_eof_on_and_the_other_way_keeps_flowing(
     assert rig.pair.clean
     run(engine, lambda: ended[0], lambda: ended.__setitem__(0, read_all(closer, answer)))
     assert engine.pairs == 0
-    assert not rig.pair.abort()  # already ended: reported once, by run()
+    assert not rig.pair.abort()  # already ended: reported once, by reap()
     assert rig.owner.reports == 1
     rig.close()
 
@@ -329,7 +342,7 @@ def test_abort_resets_both_and_is_reported_by_its_return_value(
         server_reset[0] = server_reset[0] or sees_reset(rig.server)
 
     run(engine, lambda: client_reset[0] and server_reset[0], look)
-    assert engine.run() == ()  # not reported again
+    assert engine.reap() == ()  # not reported again
     assert rig.owner.reports == 0  # (the caller reports it: abort() said True)
     rig.close()
 
@@ -399,7 +412,7 @@ def test_a_server_gone_before_add_ends_the_pair_at_once(
     assert pair.done  # the caller reports it
     assert not pair.clean
     assert engine.pairs == 0
-    assert engine.run() == ()
+    assert engine.reap() == ()
     assert waits_for_reset(client)
     client.close()
 
@@ -458,11 +471,152 @@ def test_an_unreachable_engine_and_its_pairs_are_collected(listener: socket.sock
     assert fds() == before
 
 
+# -- the thread ------------------------------------------------------------------------------
+
+
+def blocked_signals(tid: str) -> int:
+    """The signal mask of thread `tid` (bit n - 1 for signal n)."""
+    with open(f"/proc/self/task/{tid}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk")
+
+
+def test_the_thread_starts_at_the_first_pair_blocks_signals_and_stops_at_close(
+    listener: socket.socket,
+) -> None:
+    before, before_threads = fds(), threads()
+    engine = relay.Engine()
+    assert not engine.running
+    assert threads() == before_threads  # an engine that relays nothing costs no thread
+    rig = Rig(engine, listener)
+    assert engine.running
+    (tid,) = threads() - before_threads
+    # signals go to the main thread, where Python handles them
+    blocked = blocked_signals(tid)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+        assert blocked & (1 << (sig - 1)), sig
+    assert blocked_signals(str(threading.get_native_id())) & (1 << (signal.SIGINT - 1)) == 0
+    rig.client.sendall(b"still relayed")
+    got = bytearray()
+    run(engine, lambda: len(got) >= 13, lambda: read_all(rig.server, got))
+    assert engine.close() == [rig.owner]  # reset, reported by close()
+    assert not engine.running
+    assert threads() == before_threads
+    assert waits_for_reset(rig.client)
+    rig.close()
+    assert fds() == before  # close() closed the engine's descriptors
+
+
+def test_a_forked_child_refuses_to_use_its_parents_engine(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    """The child has no copy of the thread (and maybe a mutex locked forever): every call
+    answers without waiting, and new pairs are refused, their sockets closed."""
+    rig = Rig(engine, listener)
+    spare_client, spare_server = tcp_pair(listener)
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest here, only an exit status
+        status = 1
+        try:
+            with contextlib.suppress(RuntimeError):
+                engine.add(spare_client.fileno(), spare_server.fileno(), b"", False, 0.0, None)
+                os._exit(2)  # accepted: wrong
+            for fd in (spare_client.fileno(), spare_server.fileno()):
+                with contextlib.suppress(OSError):
+                    os.fstat(fd)
+                    os._exit(3)  # not closed: wrong
+            if rig.pair.abort() or engine.pairs != 0 or engine.reap() != ():
+                os._exit(4)
+            if engine.close() != []:
+                os._exit(5)
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's engine is untouched: it still relays
+    rig.client.sendall(b"after the fork")
+    got = bytearray()
+    run(engine, lambda: len(got) >= 14, lambda: read_all(rig.server, got))
+    assert bytes(got) == b"after the fork"
+    assert rig.pair.abort()
+    rig.owner.reports += 1
+    rig.close()
+    spare_client.close()
+    spare_server.close()
+
+
+def test_pairs_ended_from_python_while_the_thread_copies_are_each_reported_once(
+    engine: relay.Engine, listener: socket.socket
+) -> None:
+    """Aborts, idle closes and sweeps race the thread's copying: every pair is reported exactly
+    once, by whichever call ended it, and the bytes of the pairs left alone all arrive."""
+    rigs = [Rig(engine, listener, idle=60.0) for _ in range(24)]
+    total = 512 * 1024
+    payload = os.urandom(total)
+    sent = [0] * len(rigs)
+    got = [bytearray() for _ in rigs]
+    ended_by_us: set[int] = set()
+    folded = [0] * len(rigs)
+    index = {id(rig.owner): i for i, rig in enumerate(rigs)}
+
+    def step() -> None:
+        for i, rig in enumerate(rigs):
+            if i in ended_by_us:
+                continue
+            if sent[i] < total:
+                with contextlib.suppress(BlockingIOError):
+                    sent[i] += rig.client.send(payload[sent[i] : sent[i] + 16 * 1024])
+                if sent[i] == total:
+                    rig.client.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(ConnectionResetError):
+                if read_all(rig.server, got[i]):
+                    with contextlib.suppress(OSError):
+                        rig.server.shutdown(socket.SHUT_WR)
+        # while bytes flow: end every fourth pair from Python, by abort or by the idle close
+        for i in range(0, len(rigs), 4):
+            if i not in ended_by_us and sent[i] >= (1 + i % 3) * 64 * 1024:
+                ended_by_us.add(i)
+                pair = rigs[i].pair
+                assert pair.abort() if i % 8 == 0 else pair.close()
+                rigs[i].owner.reports += 1
+        moved, ended = engine.sweep()
+        for owner in moved:
+            up, _ = rigs[index[id(owner)]].pair.take()
+            folded[index[id(owner)]] += up
+        for owner in ended:
+            owner.reports += 1
+
+    run(engine, lambda: all(r.owner.reports for r in rigs), step)
+    assert [r.owner.reports for r in rigs] == [1] * len(rigs)
+    assert engine.pairs == 0
+    for i, rig in enumerate(rigs):
+        up, down = rig.pair.take()
+        assert down == 0
+        assert folded[i] + up == rig.pair.up  # every byte counted once, by sweeps or at the end
+        if i not in ended_by_us:
+            assert bytes(got[i]) == payload
+            assert rig.pair.up == total
+            assert rig.pair.clean
+        else:
+            assert len(got[i]) <= rig.pair.up
+        rig.close()
+
+
 # -- how a client's socket leaves its transport (portico.proxy.l4.Relay._begin_native) ------
 
 
 class _Quiet(asyncio.Protocol):
-    pass
+    """A protocol that only says when its transport let go of the socket."""
+
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
 
 
 @pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
@@ -481,10 +635,10 @@ def test_a_transport_aborted_after_a_dup_leaves_the_socket_unharmed(loop_kind: s
         conn.setblocking(False)
         transport, _ = await loop.connect_accepted_socket(_Quiet, conn)
         fd = os.dup(transport.get_extra_info("socket").fileno())
-        transport.set_protocol(_Quiet())
+        quiet = _Quiet()
+        transport.set_protocol(quiet)
         transport.abort()
-        for _ in range(3):  # the loop closes its descriptor in a later turn
-            await asyncio.sleep(0)
+        await asyncio.wait_for(quiet.lost, WAIT)  # the loop has closed its descriptor
         dup = socket.socket(fileno=fd)
         # no shutdown(2) happened (the send would fail) and no reset (the peer would see it)
         dup.sendall(b"ping")
