@@ -393,6 +393,13 @@ class Supervisor:
         finally:
             await self.control.close()
             _remove_pid(self.pid_file)
+            # closing the loop would give SIGTERM/SIGINT their default action back: a second
+            # SIGTERM during the last steps of a stop (a service manager's, an impatient
+            # operator's) would kill the process, and its exit status, instead of being the
+            # no-op it is while stopping
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN)
 
     async def _run(self) -> int:
         count = self.config.worker_count()

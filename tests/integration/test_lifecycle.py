@@ -274,6 +274,24 @@ def test_idle_keep_alive_connections_are_closed_at_once_on_stop(backends, portic
     assert elapsed < 5.0
 
 
+def test_sigterm_repeated_until_it_exits_still_ends_in_a_clean_exit(backends, portico) -> None:
+    # an impatient operator or service manager: SIGTERM after SIGTERM (1 ms apart) through the
+    # whole stop, its last steps after the event loop closed included; once the loop was closed
+    # SIGTERM had its default action back and one arriving then killed the process (-15)
+    proxy = portico(simple_config([backends("b0")]))
+    assert request(proxy.port).status == 200
+    sent = 0
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while proxy.proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            proxy.proc.send_signal(signal.SIGTERM)
+            sent += 1
+        time.sleep(0.001)  # the pace of the signals, not a wait for anything
+    assert exit_code(proxy) == 0, f"after {sent} SIGTERMs"
+    assert sent > 1
+    assert not is_listening(proxy.port)
+
+
 # -- workers ---------------------------------------------------------------------------------------
 
 
