@@ -120,7 +120,9 @@ class Acceptor:
         rules: Any = None,
     ) -> None:
         self.loop = loop
-        self.write_high = write_high  # each connection's write buffer high-water mark
+        # each connection's write buffer high-water mark, set once the loop hands it over;
+        # 0: its protocol sets its own in connection_made (HTTP: a call less a connection)
+        self.write_high = write_high
         self.sock = sock
         # accept(2) without socket.accept's interpreted wrapper (its family and type look-ups)
         self._accept: Callable[[], tuple[int, Any]] = sock._accept  # type: ignore[attr-defined]
@@ -316,7 +318,8 @@ class Acceptor:
                     ssl=self.ssl_context,
                     ssl_handshake_timeout=self.handshake_timeout,
                 )
-            self._handed_over(transport)
+            if self.write_high:
+                self._handed_over(transport)
         except _QUIET:
             conn.close()  # a failed handshake or a peer gone: as the loop's own server does
         except Exception:

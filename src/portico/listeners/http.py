@@ -11,6 +11,7 @@ connection's `portico.proxy.framing.Http1Framer`'s.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import httptools
@@ -204,51 +205,51 @@ class ClientConnection(asyncio.Protocol, ClientSide):
     ) -> None:
         """`peer`: the client's address as accept(2) gave it (listeners.acceptor), else
         connection_made asks the transport (a method call that formats the address again)."""
+        # The flags first, together: compiled, each is a byte of the object, and a byte
+        # between two pointers takes eight (an idle connection is mostly this object, #18)
+        self._closed = False
+        self._counted = False
+        self._eof = False
+        self.tunneled = False
+        self._sniff_h2c = False  # h2c: the first bytes may be the HTTP/2 preface
+        self._in_head = False
+        self._head_due = False  # the header timeout is to be armed once this read is parsed
+        self._lingering = False
+        self._discarding = False  # reading the rest of an answered request's body
+        self._quiet = False  # no byte since the last `rest` call
+        self.write_paused = False
+        self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
+        self.draining = False
         self.settings = settings
         self.context = context
-        self.loop = context.loop
+        loop = self.loop = context.loop
         self.transport: asyncio.Transport | None = None
         self.client_ip = peer[0] if peer else _UNKNOWN
-        self.write_paused = False
-        self.draining = False
-        self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
-        hooks = self._hooks = hooks_of(self.loop)
-        self._parser = _NEW_PARSER(hooks.protocol)
-        self._deadline = Deadline(self.loop, self._on_timeout)
+        # (the loop's `ParserHooks` are looked up when a read is parsed, `hooks_of`: not kept)
+        self._parser = _NEW_PARSER(hooks_of(loop).protocol)
+        # its owner passed to `_on_timeout` when due: no bound method kept per connection
+        self._deadline = Deadline(loop, _ON_TIMEOUT, self)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         # frames the responses, one at a time
         self._framer = Http1Framer(self._bytes, settings.proto == b"https")
         self._blocked = 0
-        self._closed = False
-        self._counted = False
         self._served = 0
-        self._eof = False
         self.early = b""  # bytes after an Upgrade request's head
         self.client_subject: str | None = None  # mTLS: the verified certificate's subject
         self._proxy_header: bytes | None = None  # bytes of a PROXY header still expected
-        self.tunneled = False
-        self._sniff_h2c = False  # h2c: the first bytes may be the HTTP/2 preface
         self._preface = b""  # ... of which this much has arrived
         # the request being parsed
         self._url = b""
         self._headers = _NO_HEADERS
         self._head_size = 0
-        self._in_head = False
-        self._head_due = False  # the header timeout is to be armed once this read is parsed
         self._reading: Exchange | None = None
         self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
         self._start = b""  # the read being parsed, while its first byte begins a request
         self._line = 0  # ... the length of its request line, read off it as HTTP/1.1
-        self._head_guard = settings.max_request_line + settings.max_header_size + HEAD_SLACK
-        # a target shorter than this cannot make the request line too long, whatever the method
-        self._url_room = settings.max_request_line - 10 - MAX_METHOD
-        self._lingering = False
-        self._lingered = 0  # bytes thrown away while lingering or discarding
-        self._linger_limit = LINGER_BYTES
-        self._discarding = False  # reading the rest of an answered request's body
+        # lingering or discarding: how many more bytes may be thrown away before cutting
+        self._linger_left = LINGER_BYTES
         self._idle_grace = 0.0  # draining: how long an idle connection stays open
-        self._quiet = False  # no byte since the last `rest` call
         # the request being answered, and those pipelined behind it
         self.active: Exchange | None = None
         # a list, not a deque: reading pauses once one is queued, and an empty deque is 760 B
@@ -268,11 +269,17 @@ class ClientConnection(asyncio.Protocol, ClientSide):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._framer.transport = self.transport
+        settings = self.settings
+        # a slow reader makes Portico hold at most `limits.response_buffer` beyond the socket
+        # buffers (upstreams.connections.client_read_size). Set here, not by the acceptor
+        # once the loop's hand-over returns (its check that the transport is open, and a call:
+        # ~2,000 instructions a connection); `high` by position: the loops' and the TLS
+        # transport's first parameter, and a call with a keyword is not specialised by CPython
+        self.transport.set_write_buffer_limits(settings.response_buffer // 2)
         if self.client_ip is _UNKNOWN:
             peer = transport.get_extra_info("peername")
             if peer:
                 self.client_ip = peer[0]
-        settings = self.settings
         ssl_object = transport.get_extra_info("ssl_object") if settings.proto == b"https" else None
         if settings.client_subject:
             self.client_subject = peer_subject(ssl_object)
@@ -359,8 +366,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             if not data:
                 return
         if self._lingering:
-            self._lingered += len(data)
-            if self._lingered > self._linger_limit:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
                 self.abort()
             return
         if self._blocked & BLOCK_DONE:
@@ -380,7 +387,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         ):
             self._repeated(repeat)
             return
-        hooks = self._hooks
+        hooks = hooks_of(self.loop)
         if self._parser is _RESTING_PARSER:
             self._parser = _NEW_PARSER(hooks.protocol)
         # between requests, this read begins the next one: its version is read off the request
@@ -416,7 +423,11 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 # httptools holds an unfinished field in memory and reports it only whole:
                 # bound what a client may make us hold while its head never ends
                 self._head_bytes += len(data)
-                if self._head_bytes > self._head_guard:
+                settings = self.settings
+                if (
+                    self._head_bytes
+                    > settings.max_request_line + settings.max_header_size + HEAD_SLACK
+                ):
                     self._refuse(431)
             else:
                 repeatable = self._repeatable
@@ -494,10 +505,10 @@ class ClientConnection(asyncio.Protocol, ClientSide):
     def on_url(self, url: bytes) -> None:
         url = self._url = self._url + url
         # the whole request line: method SP target SP HTTP/1.x
-        if (
-            len(url) > self._url_room
-            and len(url) + len(self._parser.get_method()) + 10 > self.settings.max_request_line
-        ):
+        # a target shorter than max_request_line - 10 - MAX_METHOD cannot make the request
+        # line too long, whatever the method
+        room = self.settings.max_request_line - 10
+        if len(url) > room - MAX_METHOD and len(url) + len(self._parser.get_method()) > room:
             self._refuse_status = 414
             raise _Refused
 
@@ -646,8 +657,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         assert exchange is not None
         exchange.received += len(body)
         if self._discarding:
-            self._lingered += len(body)
-            if self._lingered > self.settings.max_discard_size:
+            self._linger_left -= len(body)
+            if self._linger_left < 0:
                 raise _Refused  # stops the parser; data_received cuts the connection
             return
         max_body = self.settings.max_body_size
@@ -787,7 +798,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             self.linger_close(settings.linger_timeout, settings.max_discard_size)
             return
         self._discarding = True
-        self._lingered = 0
+        self._linger_left = settings.max_discard_size
         self._deadline.set(settings.linger_timeout)
 
     def close(self) -> None:
@@ -812,8 +823,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             return
         self._lingering = True
         self._discarding = False
-        self._lingered = 0
-        self._linger_limit = limit
+        self._linger_left = limit
         self._blocked = 0
         transport.resume_reading()
         OUTBOX.flush_to(transport)
@@ -1016,6 +1026,10 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 self.linger_close()
             else:
                 self.close()
+
+
+# what a connection's deadline calls, with the connection, when it is due (`Deadline`'s owner)
+_ON_TIMEOUT: Final[Callable[[ClientConnection], None]] = ClientConnection._on_timeout
 
 
 def new_connection(
