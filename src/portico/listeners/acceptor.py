@@ -61,7 +61,13 @@ class Handoff:
     it calls `close()` once the transport has closed the descriptor itself. A socket.socket
     would cost a getsockname(2) (its check that the descriptor is a socket: accept(2) just
     said so) and interpreted code when made and when uvloop detaches it. asyncio's own loop
-    needs a real socket (AcceptedSocket), and so does the TLS hand-over (see `_accepted`)."""
+    needs a real socket (AcceptedSocket), and so does the TLS hand-over (see `_accepted`).
+
+    One per acceptor, aimed at each accepted descriptor in turn (`Acceptor._accepted`): the
+    loop's hand-over either adopts the descriptor or fails (and closes it here) before its
+    first wait, which is before the next one is accepted; after that `fd` is -1, and the
+    `close()` of a transport that keeps it (every one does, for as long as it is open) is a
+    no-op. One object per connection was 72 bytes kept by every idle connection (#18)."""
 
     def __init__(self, fd: int, family: int, kind: int) -> None:
         self.fd = fd
@@ -140,8 +146,12 @@ class Acceptor:
         self.clock = clock
         self.counters = AcceptCounters()
         self._uvloop = type(loop).__module__.startswith("uvloop")  # see `_accepted`
+        # uvloop without TLS: what each accepted descriptor is handed over in
+        self._handoff: Handoff | None = None
         if self._uvloop:
             lighten_transport_registry(loop)
+            if ssl_context is None:
+                self._handoff = Handoff(-1, self._kind[0], self._kind[1])
         # state
         self.reading = False
         self.closed = False
@@ -243,12 +253,15 @@ class Acceptor:
                     _reset(AcceptedSocket(family, kind, proto, fd))
                     return
         conn: Any
-        if self._uvloop and self.ssl_context is None:
+        handoff = self._handoff
+        if handoff is not None:
             # no setblocking(False) nor TCP_NODELAY here: uvloop's transport (uv_tcp_open)
             # does both; doing either again cost a syscall per connection. With TLS, a real
             # socket: its task may be cancelled before its first step (a shutdown), and then
             # only the socket object, once collected, would close the descriptor
-            conn = Handoff(fd, family, kind)
+            handoff.fd = fd
+            handoff.adopted = False
+            conn = handoff
         elif self._uvloop:
             conn = AcceptedSocket(family, kind, proto, fd)
         else:
@@ -270,6 +283,9 @@ class Acceptor:
             # stepped from here, and once more when its one wait (for the protocol's
             # connection_made) is over
             self._step(self._hand_over(conn, factory).__await__())
+            if handoff is not None:
+                # adopted by its transport, or closed: the next connection's (see Handoff)
+                handoff.fd = -1
 
     def _step(self, setup: Iterator[Any], _: object = None) -> None:
         """Run `setup` (`_hand_over` without TLS) to its next wait, as a task's step would:
