@@ -197,7 +197,15 @@ class _Repeat:
 
 
 class _Refused(Exception):
-    """Raised from a parser callback to stop parsing; the status is on the connection."""
+    """Raised from a parser callback to stop parsing, with the status to answer (400 if
+    none): `_Refused(431)`."""
+
+
+def _status_of(refusal: BaseException | None) -> int:
+    """The status a `_Refused` carries (400 if none)."""
+    args = refusal.args if refusal is not None else ()
+    status = args[0] if args else 400
+    return status if isinstance(status, int) else 400
 
 
 class ClientConnection(asyncio.Protocol, ClientSide):
@@ -220,9 +228,11 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._lingering = False
         self._discarding = False  # reading the rest of an answered request's body
         self._quiet = False  # no byte since the last `rest` call
-        self.write_paused = False
-        self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
-        self.draining = False
+        self._served = False  # a response has been written whole
+        # (declared here, the trait's flags are laid out with these, not 8 bytes apart)
+        self.write_paused: bool = False
+        self.direct_writes: bool = True  # body writes reach this socket (connections.SendRoom)
+        self.draining: bool = False
         self.settings = settings
         self.context = context
         loop = self.loop = context.loop
@@ -236,7 +246,6 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # frames the responses, one at a time
         self._framer = Http1Framer(self._bytes, settings.proto == b"https")
         self._blocked = 0
-        self._served = 0
         self.early = b""  # bytes after an Upgrade request's head
         self.client_subject: str | None = None  # mTLS: the verified certificate's subject
         self._proxy_header: bytes | None = None  # bytes of a PROXY header still expected
@@ -246,7 +255,6 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._headers = _NO_HEADERS
         self._head_size = 0
         self._reading: Exchange | None = None
-        self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
         self._start = b""  # the read being parsed, while its first byte begins a request
         self._line = 0  # ... the length of its request line, read off it as HTTP/1.1
@@ -415,7 +423,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             elif self._discarding:
                 self.abort()  # more of an answered body than max_discard_size
             else:
-                self._refuse(self._refuse_status)
+                self._refuse(_status_of(cause))
         except httptools.HttpParserError:
             if self._discarding:
                 self.abort()  # the answered request's body turned out malformed
@@ -514,15 +522,13 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # line too long, whatever the method
         room = self.settings.max_request_line - 10
         if len(url) > room - MAX_METHOD and len(url) + len(self._parser.get_method()) > room:
-            self._refuse_status = 414
-            raise _Refused
+            raise _Refused(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
         settings = self.settings
         if self._head_size > settings.max_header_size or len(self._headers) >= settings.max_headers:
-            self._refuse_status = 431
-            raise _Refused
+            raise _Refused(431)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -540,25 +546,20 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # positional: a call with keywords is not specialised by CPython 3.11
         head = split_request_headers(headers, settings.x_forwarded, settings.forwarded, raw, line)
         if version != "1.1" and version != "1.0":
-            self._refuse_status = 505  # llhttp reads a missing version as 0.9
-            raise _Refused
+            raise _Refused(505)  # llhttp reads a missing version as 0.9
         if method == b"CONNECT":
-            self._refuse_status = 405
-            raise _Refused
+            raise _Refused(405)
         if target[:1] != b"/":
             target = self._absolute_target(target, head)
         hosts = head.hosts
         if hosts != 1 and (hosts > 1 or version == "1.1"):
-            self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
-            raise _Refused
+            raise _Refused(400)  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
         kind = head.kind
         if kind is CHUNKED_BODY and version == "1.0":
-            self._refuse_status = 400  # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
-            raise _Refused
+            raise _Refused(400)  # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
         max_body = settings.max_body_size
         if max_body and kind is LENGTH_BODY and head.length > max_body:
-            self._refuse_status = 413
-            raise _Refused
+            raise _Refused(413)
         keep_alive: bool = parser.should_keep_alive()
         # llhttp flags an upgrade only for a request with an Upgrade field (CONNECT is refused)
         if head.upgrade is not None and parser.should_upgrade():
@@ -566,8 +567,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             # the connection becomes a tunnel. Else answered as a plain request, then closed,
             # since llhttp treats any bytes after this head as another protocol's.
             if kind is not NO_BODY:
-                self._refuse_status = 400
-                raise _Refused
+                raise _Refused(400)
             if method != b"GET":
                 head.upgrade = None
             keep_alive = False
@@ -668,8 +668,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             return
         max_body = self.settings.max_body_size
         if max_body and exchange.received > max_body:
-            self._refuse_status = 413
-            raise _Refused
+            raise _Refused(413)
         if exchange is self.active and not self.write_paused:
             self._deadline.set(self.settings.body_timeout)
         exchange.request_body(body)
@@ -748,7 +747,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         if exchange is not self.active:
             return
         self.active = None
-        self._served += 1
+        self._served = True
         if self._closed:
             return
         if linger:
@@ -942,11 +941,9 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         try:
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
-            self._refuse_status = 400
-            raise _Refused from None
+            raise _Refused(400) from None
         if not url.host or url.schema not in (b"http", b"https"):
-            self._refuse_status = 400
-            raise _Refused
+            raise _Refused(400)
         # httptools' stub says int, but the port is None when the target has none: read it
         # untyped, or the compiled build converts None to int and raises (found by the fuzzer)
         port: object = getattr(url, "port", None)
