@@ -135,6 +135,9 @@ class Acceptor:
         self._kind = (int(sock.family), int(sock.type), sock.proto)
         self.name = name
         self.factory = factory
+        # without TLS, the peer of the connection being handed over, for `_make` (made once)
+        self._peer: Any = None
+        self._make: Callable[[], asyncio.Protocol] = self._protocol_for_peer
         self.allows = allows
         # while `rules.entries` is empty, `allows` is known to let everyone in (it is not
         # called: an interpreted frame per connection); None: always ask `allows`
@@ -271,21 +274,29 @@ class Acceptor:
             if family == socket.AF_INET or family == socket.AF_INET6:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.handshaking += 1
-        factory = partial(self.factory, address)
         if self.ssl_context is not None:
             # a task, which the worker's shutdown cancels (closing the half-made connection)
             # while a handshake is under way; on the loop held: asyncio.get_running_loop() is
             # a getpid(2) on CPython 3.11
+            factory = partial(self.factory, address)
             tasks.spawn_on(self.loop, self._hand_over(conn, factory))
         else:
             # no task per connection (its making, asyncio's interpreted registry of tasks,
             # a loop turn before its first step, our done callback): the coroutine is
             # stepped from here, and once more when its one wait (for the protocol's
-            # connection_made) is over
-            self._step(self._hand_over(conn, factory).__await__())
+            # connection_made) is over. Both loops make the protocol before that wait, so
+            # from here: `_make` reads the peer off the acceptor (no partial per connection)
+            self._peer = address
+            self._step(self._hand_over(conn, self._make).__await__())
+            self._peer = None
             if handoff is not None:
                 # adopted by its transport, or closed: the next connection's (see Handoff)
                 handoff.fd = -1
+
+    def _protocol_for_peer(self) -> asyncio.Protocol:
+        """The protocol of the connection `_accepted` is handing over now (without TLS), as
+        the loop's hand-over asks for it before its first wait."""
+        return self.factory(self._peer)
 
     def _step(self, setup: Iterator[Any], _: object = None) -> None:
         """Run `setup` (`_hand_over` without TLS) to its next wait, as a task's step would:
