@@ -238,8 +238,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         loop = self.loop = context.loop
         self.transport: asyncio.Transport | None = None
         self.client_ip = peer[0] if peer else _UNKNOWN
-        # (the loop's `ParserHooks` are looked up when a read is parsed, `hooks_of`: not kept)
-        self._parser = _NEW_PARSER(hooks_of(loop).protocol)
+        # the loop's `ParserHooks`, kept by the context (`_hooks`), not by each connection
+        self._parser = _NEW_PARSER(self._hooks().protocol)
         # its owner passed to `_on_timeout` when due: no bound method kept per connection
         self._deadline = Deadline(loop, _ON_TIMEOUT, self)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
@@ -274,6 +274,16 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._repeat: _Repeat | None = None
         self._repeatable: Exchange | None = None
         self._last_read = b""  # the last read that was one request's head alone
+
+    def _hooks(self) -> ParserHooks:
+        """The `ParserHooks` of this connection's loop, as its context keeps them."""
+        context = self.context
+        hooks = context.parser_hooks
+        if isinstance(hooks, ParserHooks):
+            return hooks
+        made = hooks_of(context.loop)
+        context.parser_hooks = made
+        return made
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -398,7 +408,9 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         ):
             self._repeated(repeat)
             return
-        hooks = hooks_of(self.loop)
+        hooks = self.context.parser_hooks
+        if not isinstance(hooks, ParserHooks):
+            hooks = self._hooks()
         if self._parser is _RESTING_PARSER:
             self._parser = _NEW_PARSER(hooks.protocol)
             framer = self._framer = Http1Framer(self._bytes, self.settings.proto == b"https")
