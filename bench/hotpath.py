@@ -109,6 +109,9 @@ class FakeTransport(asyncio.Transport):
         for part in parts:
             self.write(part)
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # (what ClientConnection.connection_made sets: nothing is buffered here)
+
     def is_closing(self) -> bool:
         return self.closing
 

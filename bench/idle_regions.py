@@ -8,7 +8,7 @@ anonymous mappings, where Python's object arenas live; the malloc heap; the rest
 A single count (as `bench/run`'s row) mixes the marginal cost with whatever free room the
 worker's start-up left in its heap; rounds tell them apart.
 
-    .venv/bin/python bench/idle_regions.py [--count 1000] [--rounds 4]
+    .venv/bin/python bench/idle_regions.py [--count 1000] [--rounds 4] [--burst]
     PORTICO_NO_FORKSERVER=1 .venv/bin/python bench/idle_regions.py   # spawned workers
 """
 
@@ -77,17 +77,34 @@ def regions(pid: int) -> dict[str, int]:
     return out
 
 
-def open_idle(port: int, count: int, socks: list[socket.socket]) -> None:
+def open_idle(port: int, count: int, socks: list[socket.socket], burst: bool = False) -> None:
+    """`count` connections, each after one request answered; `burst`: every request sent
+    before any answer is read (as bench/run's row does: up to `count` requests in flight at
+    once, and the server connections they need), else one connection after the other."""
+    opened = []
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.sendall(REQUEST)
-        got = b""
-        while not got.endswith(b"hello"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise RuntimeError("Portico closed an idle connection")
-            got += chunk
-        socks.append(sock)
+        if not burst:
+            read_answer(sock)
+        opened.append(sock)
+    if burst:
+        for sock in opened:
+            read_answer(sock)
+    socks.extend(opened)
+
+
+def read_answer(sock: socket.socket) -> None:
+    got = b""
+    while not got.endswith(b"hello"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("Portico closed an idle connection")
+        got += chunk
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def main() -> int:
@@ -100,6 +117,12 @@ def main() -> int:
         default=2.5,
         help="seconds idle before each reading: an HTTP/1 connection idle for two of the "
         "worker's 1 s sweeps gives up its parser (0: read at once)",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="send each round's requests before reading any answer, as bench/run's row does "
+        "(then the server connections that many requests in flight need are counted too)",
     )
     parser.add_argument("--portico", default=str(PORTICO))
     args = parser.parse_args()
@@ -138,17 +161,20 @@ def main() -> int:
             time.sleep(args.settle)
             before = regions(worker)
             print(f"KiB the worker's mappings grew per {args.count} idle connections:")
+            fds = descriptors(worker)
             for n in range(1, args.rounds + 1):
-                open_idle(port, args.count, socks)
+                open_idle(port, args.count, socks, args.burst)
                 time.sleep(args.settle)  # the connections idle, as an idle one is
                 now = regions(worker)
                 grew = {k: now.get(k, 0) - before.get(k, 0) for k in ("anonymous", "heap", "other")}
                 total = sum(grew.values())
+                now_fds = descriptors(worker)
                 print(
                     f"  round {n}: anonymous +{grew['anonymous']}, heap +{grew['heap']}, "
-                    f"other +{grew['other']}: {total / args.count:.2f} KiB per connection"
+                    f"other +{grew['other']}: {total / args.count:.2f} KiB per connection "
+                    f"(descriptors +{now_fds - fds}: clients' and servers')"
                 )
-                before = now
+                before, fds = now, now_fds
         finally:
             for sock in socks:
                 sock.close()

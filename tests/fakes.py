@@ -760,6 +760,7 @@ class ClientTransport(asyncio.Transport):
         self.writes: list[bytes] = []
         self.protocol: Any = None
         self.closing = False
+        self.high_water: int | None = None  # the last set_write_buffer_limits(high)
 
     @property
     def written(self) -> bytes:
@@ -776,6 +777,9 @@ class ClientTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high_water = high
 
     def is_closing(self) -> bool:
         return self.closing

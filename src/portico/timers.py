@@ -122,7 +122,11 @@ class Timers:
                 continue
             deadline._when = 0.0
             try:
-                deadline._callback()
+                owner = deadline._owner
+                if owner is None:
+                    deadline._callback()
+                else:
+                    deadline._callback(owner)
             except Exception as exc:  # as the loop reports a handle's: the others still run
                 loop.call_exception_handler(
                     {"message": "Exception in a timeout callback", "exception": exc}
@@ -155,13 +159,22 @@ def timers_of(loop: asyncio.AbstractEventLoop) -> Timers:
 
 
 class Deadline:
-    """Calls `callback` once `seconds` after the latest `set`, unless `clear`ed first."""
+    """Calls `callback` once `seconds` after the latest `set`, unless `clear`ed first; with an
+    `owner`, calls `callback(owner)`: an owner that is one of many (a client connection) then
+    passes its class's function (`Class.method`) rather than a bound method, which would be an
+    object of its own per owner (72 bytes kept by every idle connection)."""
 
-    __slots__ = ("_at", "_callback", "_seq", "_timers", "_when")
+    __slots__ = ("_at", "_callback", "_owner", "_seq", "_timers", "_when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        callback: Callable[..., None],
+        owner: object = None,
+    ) -> None:
         self._timers = timers_of(loop)
         self._callback = callback
+        self._owner = owner
         self._at = _NEVER  # when its heap entry is due (_NEVER: none)
         self._seq = 0  # its heap entry's number (0: none)
         self._when = 0.0  # 0.0 = not armed
@@ -182,13 +195,14 @@ class Deadline:
 
     def cancel(self) -> None:
         """Disarm for good, for a connection that is going away: the callback, a bound method
-        of the owner, is dropped. That breaks the cycle owner -> deadline -> owner, so the
-        owner (and, for TLS, the ~100 KiB of OpenSSL state its transport holds) is freed at
-        once instead of waiting for a full garbage collection; the heap keeps only this
-        small object until its entry comes up or the heap is rebuilt."""
+        of the owner, and the owner are dropped. That breaks the cycle owner -> deadline ->
+        owner, so the owner (and, for TLS, the ~100 KiB of OpenSSL state its transport holds)
+        is freed at once instead of waiting for a full garbage collection; the heap keeps only
+        this small object until its entry comes up or the heap is rebuilt."""
         self._when = 0.0
         self._at = _NEVER
         self._callback = _NOTHING
+        self._owner = None
         if self._seq:
             self._seq = 0
             self._timers.dropped()

@@ -785,7 +785,7 @@ class Worker:
                 guards,
                 listener.max_conns,
                 terminators[name],
-                write_high=settings.response_buffer // 2,
+                write_high=0,  # ClientConnection.connection_made sets `response_buffer` // 2
             )
         tasks.spawn(self._sweep_idle())
         for writer in self.access_logs.values():

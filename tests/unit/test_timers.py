@@ -41,6 +41,36 @@ def test_clear_and_cancel_disarm() -> None:
     assert fired == ["cleared"]
 
 
+class _Owner:
+    def __init__(self) -> None:
+        self.timeouts = 0
+
+    def on_timeout(self) -> None:
+        self.timeouts += 1
+
+
+def test_a_deadline_with_an_owner_calls_its_function_with_the_owner() -> None:
+    """What a client connection's keep-alive or header timeout relies on: `Deadline(loop,
+    Class.method, owner)` calls `method(owner)` when due, and not once cancelled (nor does it
+    keep the owner then)."""
+    loop = FakeLoop()
+    owner, gone = _Owner(), _Owner()
+    d = Deadline(loop, _Owner.on_timeout, owner)  # type: ignore[arg-type]
+    cancelled = Deadline(loop, _Owner.on_timeout, gone)  # type: ignore[arg-type]
+    d.set(2.0)
+    cancelled.set(1.0)
+    cancelled.cancel()
+    loop.advance(1.9)
+    assert owner.timeouts == 0
+    loop.advance(0.1)
+    assert owner.timeouts == 1
+    assert gone.timeouts == 0
+    assert cancelled._owner is None  # nothing keeps a connection that went away
+    d.set(1.0)  # and again, as a connection's next idle time
+    loop.advance(1.0)
+    assert owner.timeouts == 2
+
+
 def test_pushed_back_deadline_fires_at_its_latest_time_without_a_new_timer() -> None:
     loop, fired = FakeLoop(), []
     d = deadline(loop, fired, "a")

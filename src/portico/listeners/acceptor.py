@@ -61,7 +61,13 @@ class Handoff:
     it calls `close()` once the transport has closed the descriptor itself. A socket.socket
     would cost a getsockname(2) (its check that the descriptor is a socket: accept(2) just
     said so) and interpreted code when made and when uvloop detaches it. asyncio's own loop
-    needs a real socket (AcceptedSocket), and so does the TLS hand-over (see `_accepted`)."""
+    needs a real socket (AcceptedSocket), and so does the TLS hand-over (see `_accepted`).
+
+    One per acceptor, aimed at each accepted descriptor in turn (`Acceptor._accepted`): the
+    loop's hand-over either adopts the descriptor or fails (and closes it here) before its
+    first wait, which is before the next one is accepted; after that `fd` is -1, and the
+    `close()` of a transport that keeps it (every one does, for as long as it is open) is a
+    no-op. One object per connection was 72 bytes kept by every idle connection (#18)."""
 
     def __init__(self, fd: int, family: int, kind: int) -> None:
         self.fd = fd
@@ -120,13 +126,18 @@ class Acceptor:
         rules: Any = None,
     ) -> None:
         self.loop = loop
-        self.write_high = write_high  # each connection's write buffer high-water mark
+        # each connection's write buffer high-water mark, set once the loop hands it over;
+        # 0: its protocol sets its own in connection_made (HTTP: a call less a connection)
+        self.write_high = write_high
         self.sock = sock
         # accept(2) without socket.accept's interpreted wrapper (its family and type look-ups)
         self._accept: Callable[[], tuple[int, Any]] = sock._accept  # type: ignore[attr-defined]
         self._kind = (int(sock.family), int(sock.type), sock.proto)
         self.name = name
         self.factory = factory
+        # without TLS, the peer of the connection being handed over, for `_make` (made once)
+        self._peer: Any = None
+        self._make: Callable[[], asyncio.Protocol] = self._protocol_for_peer
         self.allows = allows
         # while `rules.entries` is empty, `allows` is known to let everyone in (it is not
         # called: an interpreted frame per connection); None: always ask `allows`
@@ -138,8 +149,12 @@ class Acceptor:
         self.clock = clock
         self.counters = AcceptCounters()
         self._uvloop = type(loop).__module__.startswith("uvloop")  # see `_accepted`
+        # uvloop without TLS: what each accepted descriptor is handed over in
+        self._handoff: Handoff | None = None
         if self._uvloop:
             lighten_transport_registry(loop)
+            if ssl_context is None:
+                self._handoff = Handoff(-1, self._kind[0], self._kind[1])
         # state
         self.reading = False
         self.closed = False
@@ -241,12 +256,15 @@ class Acceptor:
                     _reset(AcceptedSocket(family, kind, proto, fd))
                     return
         conn: Any
-        if self._uvloop and self.ssl_context is None:
+        handoff = self._handoff
+        if handoff is not None:
             # no setblocking(False) nor TCP_NODELAY here: uvloop's transport (uv_tcp_open)
             # does both; doing either again cost a syscall per connection. With TLS, a real
             # socket: its task may be cancelled before its first step (a shutdown), and then
             # only the socket object, once collected, would close the descriptor
-            conn = Handoff(fd, family, kind)
+            handoff.fd = fd
+            handoff.adopted = False
+            conn = handoff
         elif self._uvloop:
             conn = AcceptedSocket(family, kind, proto, fd)
         else:
@@ -256,18 +274,29 @@ class Acceptor:
             if family == socket.AF_INET or family == socket.AF_INET6:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.handshaking += 1
-        factory = partial(self.factory, address)
         if self.ssl_context is not None:
             # a task, which the worker's shutdown cancels (closing the half-made connection)
             # while a handshake is under way; on the loop held: asyncio.get_running_loop() is
             # a getpid(2) on CPython 3.11
+            factory = partial(self.factory, address)
             tasks.spawn_on(self.loop, self._hand_over(conn, factory))
         else:
             # no task per connection (its making, asyncio's interpreted registry of tasks,
             # a loop turn before its first step, our done callback): the coroutine is
             # stepped from here, and once more when its one wait (for the protocol's
-            # connection_made) is over
-            self._step(self._hand_over(conn, factory).__await__())
+            # connection_made) is over. Both loops make the protocol before that wait, so
+            # from here: `_make` reads the peer off the acceptor (no partial per connection)
+            self._peer = address
+            self._step(self._hand_over(conn, self._make).__await__())
+            self._peer = None
+            if handoff is not None:
+                # adopted by its transport, or closed: the next connection's (see Handoff)
+                handoff.fd = -1
+
+    def _protocol_for_peer(self) -> asyncio.Protocol:
+        """The protocol of the connection `_accepted` is handing over now (without TLS), as
+        the loop's hand-over asks for it before its first wait."""
+        return self.factory(self._peer)
 
     def _step(self, setup: Iterator[Any], _: object = None) -> None:
         """Run `setup` (`_hand_over` without TLS) to its next wait, as a task's step would:
@@ -316,7 +345,8 @@ class Acceptor:
                     ssl=self.ssl_context,
                     ssl_handshake_timeout=self.handshake_timeout,
                 )
-            self._handed_over(transport)
+            if self.write_high:
+                self._handed_over(transport)
         except _QUIET:
             conn.close()  # a failed handshake or a peer gone: as the loop's own server does
         except Exception:

@@ -11,6 +11,7 @@ connection's `portico.proxy.framing.Http1Framer`'s.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import httptools
@@ -28,6 +29,7 @@ from portico.http.headers import (
 from portico.http.local import http1_bytes
 from portico.listeners.tcp import is_trusted
 from portico.listeners.tls import peer_subject
+from portico.observe.stats import ByteCounter
 from portico.outbox import OUTBOX
 from portico.proxy import proxy_protocol
 from portico.proxy.context import Http2Settings, HttpListenerSettings, ProxyContext
@@ -150,6 +152,8 @@ def hooks_of(loop: asyncio.AbstractEventLoop) -> ParserHooks:
 
 
 _DEAD_PARSER: Final = httptools.HttpRequestParser(_Nobody())
+# ... and its stand-in framer, never written through (no request is answered while it rests)
+_RESTING_FRAMER: Final = Http1Framer(ByteCounter(), False)
 # an idle keep-alive connection's stand-in parser (`ClientConnection.rest`): never fed either,
 # the next bytes make a real one first
 _RESTING_PARSER: Final = httptools.HttpRequestParser(_Nobody())
@@ -193,7 +197,15 @@ class _Repeat:
 
 
 class _Refused(Exception):
-    """Raised from a parser callback to stop parsing; the status is on the connection."""
+    """Raised from a parser callback to stop parsing, with the status to answer (400 if
+    none): `_Refused(431)`."""
+
+
+def _status_of(refusal: BaseException | None) -> int:
+    """The status a `_Refused` carries (400 if none)."""
+    args = refusal.args if refusal is not None else ()
+    status = args[0] if args else 400
+    return status if isinstance(status, int) else 400
 
 
 class ClientConnection(asyncio.Protocol, ClientSide):
@@ -204,51 +216,51 @@ class ClientConnection(asyncio.Protocol, ClientSide):
     ) -> None:
         """`peer`: the client's address as accept(2) gave it (listeners.acceptor), else
         connection_made asks the transport (a method call that formats the address again)."""
+        # The flags first, together: compiled, each is a byte of the object, and a byte
+        # between two pointers takes eight (an idle connection is mostly this object, #18)
+        self._closed = False
+        self._counted = False
+        self._eof = False
+        self.tunneled = False
+        self._sniff_h2c = False  # h2c: the first bytes may be the HTTP/2 preface
+        self._in_head = False
+        self._head_due = False  # the header timeout is to be armed once this read is parsed
+        self._lingering = False
+        self._discarding = False  # reading the rest of an answered request's body
+        self._quiet = False  # no byte since the last `rest` call
+        self._served = False  # a response has been written whole
+        # (declared here, the trait's flags are laid out with these, not 8 bytes apart)
+        self.write_paused: bool = False
+        self.direct_writes: bool = True  # body writes reach this socket (connections.SendRoom)
+        self.draining: bool = False
         self.settings = settings
         self.context = context
-        self.loop = context.loop
+        loop = self.loop = context.loop
         self.transport: asyncio.Transport | None = None
         self.client_ip = peer[0] if peer else _UNKNOWN
-        self.write_paused = False
-        self.draining = False
-        self.direct_writes = True  # body writes reach this socket (connections.SendRoom)
-        hooks = self._hooks = hooks_of(self.loop)
-        self._parser = _NEW_PARSER(hooks.protocol)
-        self._deadline = Deadline(self.loop, self._on_timeout)
+        # the loop's `ParserHooks`, kept by the context (`_hooks`), not by each connection
+        self._parser = _NEW_PARSER(self._hooks().protocol)
+        # its owner passed to `_on_timeout` when due: no bound method kept per connection
+        self._deadline = Deadline(loop, _ON_TIMEOUT, self)
         self._bytes = context.stats.client_bytes(settings.name)  # every byte in and out
         # frames the responses, one at a time
         self._framer = Http1Framer(self._bytes, settings.proto == b"https")
         self._blocked = 0
-        self._closed = False
-        self._counted = False
-        self._served = 0
-        self._eof = False
         self.early = b""  # bytes after an Upgrade request's head
         self.client_subject: str | None = None  # mTLS: the verified certificate's subject
         self._proxy_header: bytes | None = None  # bytes of a PROXY header still expected
-        self.tunneled = False
-        self._sniff_h2c = False  # h2c: the first bytes may be the HTTP/2 preface
         self._preface = b""  # ... of which this much has arrived
         # the request being parsed
         self._url = b""
         self._headers = _NO_HEADERS
         self._head_size = 0
-        self._in_head = False
-        self._head_due = False  # the header timeout is to be armed once this read is parsed
         self._reading: Exchange | None = None
-        self._refuse_status = 400
         self._head_bytes = 0  # bytes received while a head is unfinished (a memory guard)
         self._start = b""  # the read being parsed, while its first byte begins a request
         self._line = 0  # ... the length of its request line, read off it as HTTP/1.1
-        self._head_guard = settings.max_request_line + settings.max_header_size + HEAD_SLACK
-        # a target shorter than this cannot make the request line too long, whatever the method
-        self._url_room = settings.max_request_line - 10 - MAX_METHOD
-        self._lingering = False
-        self._lingered = 0  # bytes thrown away while lingering or discarding
-        self._linger_limit = LINGER_BYTES
-        self._discarding = False  # reading the rest of an answered request's body
+        # lingering or discarding: how many more bytes may be thrown away before cutting
+        self._linger_left = LINGER_BYTES
         self._idle_grace = 0.0  # draining: how long an idle connection stays open
-        self._quiet = False  # no byte since the last `rest` call
         # the request being answered, and those pipelined behind it
         self.active: Exchange | None = None
         # a list, not a deque: reading pauses once one is queued, and an empty deque is 760 B
@@ -263,16 +275,32 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         self._repeatable: Exchange | None = None
         self._last_read = b""  # the last read that was one request's head alone
 
+    def _hooks(self) -> ParserHooks:
+        """The `ParserHooks` of this connection's loop, as its context keeps them."""
+        context = self.context
+        hooks = context.parser_hooks
+        if isinstance(hooks, ParserHooks):
+            return hooks
+        made = hooks_of(context.loop)
+        context.parser_hooks = made
+        return made
+
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._framer.transport = self.transport
+        settings = self.settings
+        # a slow reader makes Portico hold at most `limits.response_buffer` beyond the socket
+        # buffers (upstreams.connections.client_read_size). Set here, not by the acceptor
+        # once the loop's hand-over returns (its check that the transport is open, and a call:
+        # ~2,000 instructions a connection); `high` by position: the loops' and the TLS
+        # transport's first parameter, and a call with a keyword is not specialised by CPython
+        self.transport.set_write_buffer_limits(settings.response_buffer // 2)
         if self.client_ip is _UNKNOWN:
             peer = transport.get_extra_info("peername")
             if peer:
                 self.client_ip = peer[0]
-        settings = self.settings
         ssl_object = transport.get_extra_info("ssl_object") if settings.proto == b"https" else None
         if settings.client_subject:
             self.client_subject = peer_subject(ssl_object)
@@ -359,8 +387,8 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             if not data:
                 return
         if self._lingering:
-            self._lingered += len(data)
-            if self._lingered > self._linger_limit:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
                 self.abort()
             return
         if self._blocked & BLOCK_DONE:
@@ -380,9 +408,13 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         ):
             self._repeated(repeat)
             return
-        hooks = self._hooks
+        hooks = self.context.parser_hooks
+        if not isinstance(hooks, ParserHooks):
+            hooks = self._hooks()
         if self._parser is _RESTING_PARSER:
             self._parser = _NEW_PARSER(hooks.protocol)
+            framer = self._framer = Http1Framer(self._bytes, self.settings.proto == b"https")
+            framer.transport = self.transport
         # between requests, this read begins the next one: its version is read off the request
         # line (`_version`), not formatted by httptools (~2k instructions a request)
         self._start = data if not self._in_head and self._reading is None else b""
@@ -403,7 +435,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             elif self._discarding:
                 self.abort()  # more of an answered body than max_discard_size
             else:
-                self._refuse(self._refuse_status)
+                self._refuse(_status_of(cause))
         except httptools.HttpParserError:
             if self._discarding:
                 self.abort()  # the answered request's body turned out malformed
@@ -416,7 +448,11 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 # httptools holds an unfinished field in memory and reports it only whole:
                 # bound what a client may make us hold while its head never ends
                 self._head_bytes += len(data)
-                if self._head_bytes > self._head_guard:
+                settings = self.settings
+                if (
+                    self._head_bytes
+                    > settings.max_request_line + settings.max_header_size + HEAD_SLACK
+                ):
                     self._refuse(431)
             else:
                 repeatable = self._repeatable
@@ -494,19 +530,17 @@ class ClientConnection(asyncio.Protocol, ClientSide):
     def on_url(self, url: bytes) -> None:
         url = self._url = self._url + url
         # the whole request line: method SP target SP HTTP/1.x
-        if (
-            len(url) > self._url_room
-            and len(url) + len(self._parser.get_method()) + 10 > self.settings.max_request_line
-        ):
-            self._refuse_status = 414
-            raise _Refused
+        # a target shorter than max_request_line - 10 - MAX_METHOD cannot make the request
+        # line too long, whatever the method
+        room = self.settings.max_request_line - 10
+        if len(url) > room - MAX_METHOD and len(url) + len(self._parser.get_method()) > room:
+            raise _Refused(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
         settings = self.settings
         if self._head_size > settings.max_header_size or len(self._headers) >= settings.max_headers:
-            self._refuse_status = 431
-            raise _Refused
+            raise _Refused(431)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -524,25 +558,20 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         # positional: a call with keywords is not specialised by CPython 3.11
         head = split_request_headers(headers, settings.x_forwarded, settings.forwarded, raw, line)
         if version != "1.1" and version != "1.0":
-            self._refuse_status = 505  # llhttp reads a missing version as 0.9
-            raise _Refused
+            raise _Refused(505)  # llhttp reads a missing version as 0.9
         if method == b"CONNECT":
-            self._refuse_status = 405
-            raise _Refused
+            raise _Refused(405)
         if target[:1] != b"/":
             target = self._absolute_target(target, head)
         hosts = head.hosts
         if hosts != 1 and (hosts > 1 or version == "1.1"):
-            self._refuse_status = 400  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
-            raise _Refused
+            raise _Refused(400)  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
         kind = head.kind
         if kind is CHUNKED_BODY and version == "1.0":
-            self._refuse_status = 400  # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
-            raise _Refused
+            raise _Refused(400)  # RFC 9112 §6.1: faulty framing from an HTTP/1.0 client
         max_body = settings.max_body_size
         if max_body and kind is LENGTH_BODY and head.length > max_body:
-            self._refuse_status = 413
-            raise _Refused
+            raise _Refused(413)
         keep_alive: bool = parser.should_keep_alive()
         # llhttp flags an upgrade only for a request with an Upgrade field (CONNECT is refused)
         if head.upgrade is not None and parser.should_upgrade():
@@ -550,8 +579,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             # the connection becomes a tunnel. Else answered as a plain request, then closed,
             # since llhttp treats any bytes after this head as another protocol's.
             if kind is not NO_BODY:
-                self._refuse_status = 400
-                raise _Refused
+                raise _Refused(400)
             if method != b"GET":
                 head.upgrade = None
             keep_alive = False
@@ -646,14 +674,13 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         assert exchange is not None
         exchange.received += len(body)
         if self._discarding:
-            self._lingered += len(body)
-            if self._lingered > self.settings.max_discard_size:
+            self._linger_left -= len(body)
+            if self._linger_left < 0:
                 raise _Refused  # stops the parser; data_received cuts the connection
             return
         max_body = self.settings.max_body_size
         if max_body and exchange.received > max_body:
-            self._refuse_status = 413
-            raise _Refused
+            raise _Refused(413)
         if exchange is self.active and not self.write_paused:
             self._deadline.set(self.settings.body_timeout)
         exchange.request_body(body)
@@ -675,8 +702,9 @@ class ClientConnection(asyncio.Protocol, ClientSide):
 
     def rest(self) -> None:
         """Called by the worker about once a second. A keep-alive connection idle between
-        requests since the previous call gives up its parser (llhttp's state and settings)
-        and gets a new one with its next bytes:
+        requests since the previous call gives up its parser (llhttp's state and settings),
+        its framer and its memo of the last request, and gets a new parser and framer with
+        its next bytes:
         most of a server's connections are idle ones, and a new parser for every request
         would cost ~2.5% of a small request's CPU."""
         if not self._quiet:
@@ -700,6 +728,9 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             self._parser = _RESTING_PARSER
             self._repeat = None  # nor its last request
             self._last_read = b""
+            # nor its framer (between responses, a new one's state): 96 bytes an idle
+            # connection, made again with the parser
+            self._framer = _RESTING_FRAMER
 
     # -- used by the exchange ----------------------------------------------------------------
 
@@ -728,7 +759,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         if exchange is not self.active:
             return
         self.active = None
-        self._served += 1
+        self._served = True
         if self._closed:
             return
         if linger:
@@ -787,7 +818,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             self.linger_close(settings.linger_timeout, settings.max_discard_size)
             return
         self._discarding = True
-        self._lingered = 0
+        self._linger_left = settings.max_discard_size
         self._deadline.set(settings.linger_timeout)
 
     def close(self) -> None:
@@ -812,8 +843,7 @@ class ClientConnection(asyncio.Protocol, ClientSide):
             return
         self._lingering = True
         self._discarding = False
-        self._lingered = 0
-        self._linger_limit = limit
+        self._linger_left = limit
         self._blocked = 0
         transport.resume_reading()
         OUTBOX.flush_to(transport)
@@ -923,11 +953,9 @@ class ClientConnection(asyncio.Protocol, ClientSide):
         try:
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
-            self._refuse_status = 400
-            raise _Refused from None
+            raise _Refused(400) from None
         if not url.host or url.schema not in (b"http", b"https"):
-            self._refuse_status = 400
-            raise _Refused
+            raise _Refused(400)
         # httptools' stub says int, but the port is None when the target has none: read it
         # untyped, or the compiled build converts None to int and raises (found by the fuzzer)
         port: object = getattr(url, "port", None)
@@ -1016,6 +1044,10 @@ class ClientConnection(asyncio.Protocol, ClientSide):
                 self.linger_close()
             else:
                 self.close()
+
+
+# what a connection's deadline calls, with the connection, when it is due (`Deadline`'s owner)
+_ON_TIMEOUT: Final[Callable[[ClientConnection], None]] = ClientConnection._on_timeout
 
 
 def new_connection(

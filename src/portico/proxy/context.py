@@ -132,6 +132,9 @@ class ProxyContext:
         # them, serialized) of its last request. Shared by that client's connections, not kept
         # by each (idle connections would hold them)
         self.forwarding_memos: dict[str, tuple[object, bytes | None, bytes]] = {}
+        # the HTTP/1 parser callbacks of this loop's connections (`listeners.http.ParserHooks`,
+        # set by the first connection), read here on each read rather than kept by each one
+        self.parser_hooks: object = None
 
     def admit(self, client_ip: str, limit: int) -> bool:
         """`max_conns_per_client`: count one more connection from `client_ip`, or refuse it

@@ -117,13 +117,13 @@ class ClientSide:
     # the client's own connection: body writes reach its socket directly (false for an HTTP/2
     # stream, which shares one), so big reads may fill its kernel send queue (`SendRoom`)
     direct_writes: bool
+    draining: bool  # (next to the other flags: compiled, flags apart take 8 bytes each)
     settings: HttpListenerSettings
     context: ProxyContext
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport | None
     client_ip: str
     client_subject: str | None
-    draining: bool
     early: bytes
 
     def block_reading(self, reason: int) -> None:

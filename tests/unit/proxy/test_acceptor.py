@@ -400,22 +400,30 @@ def test_uvloop_still_refuses_a_transports_descriptor_to_add_reader() -> None:
 def test_connections_accepted_in_one_batch_are_all_handed_over(loop_kind: str) -> None:
     """Clients that queued up before the acceptor started are accepted in one wake-up; each
     hand-over waits for its connection_made, and all are resumed after the batch (one loop
-    callback for the batch): every one is served, and none is left counted as handshaking."""
+    callback for the batch): every one is served, and none is left counted as handshaking.
+    Each protocol is made with its own client's address, and gets its own descriptor."""
     loop = _new_loop(loop_kind)
     parked_seen: list[int] = []
+    made_for: list[object] = []
+    connected_to: list[object] = []
     acceptor: Acceptor | None = None
 
     class _Counting(_Answer):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             assert acceptor is not None
             parked_seen.append(len(acceptor._parked))
+            connected_to.append(transport.get_extra_info("peername"))
             super().connection_made(transport)
 
-    async def main() -> tuple[list[bytes], int]:
+    def factory(peer: object) -> asyncio.Protocol:
+        made_for.append(peer)
+        return _Counting()
+
+    async def main() -> tuple[list[bytes], int, list[object]]:
         nonlocal acceptor
         listener = socket.create_server(("127.0.0.1", 0), backlog=16)
         port = listener.getsockname()[1]
-        acceptor = Acceptor(loop, listener, "web", lambda _peer: _Counting())
+        acceptor = Acceptor(loop, listener, "web", factory)
         clients = [
             await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5) for _ in range(6)
         ]  # the kernel completes each handshake: all six wait in the backlog
@@ -424,19 +432,22 @@ def test_connections_accepted_in_one_batch_are_all_handed_over(loop_kind: str) -
         acceptor.start()
         try:
             answers = [await asyncio.wait_for(reader.read(), 5) for reader, _ in clients]
+            own = [writer.get_extra_info("sockname") for _, writer in clients]
             for _, writer in clients:
                 writer.close()
-            return answers, acceptor.handshaking
+            return answers, acceptor.handshaking, own
         finally:
             acceptor.close()
 
     try:
-        answers, handshaking = loop.run_until_complete(main())
+        answers, handshaking, own = loop.run_until_complete(main())
     finally:
         loop.close()
     assert answers == [b"pong"] * 6
     assert handshaking == 0
     assert parked_seen == [6] * 6  # all six in one batch, resumed after it
+    assert sorted(made_for) == sorted(own)  # each client's address, once
+    assert connected_to == made_for  # and the transport it got is that client's
 
 
 def test_a_parked_hand_over_whose_wait_is_not_over_is_resumed_when_it_is() -> None:

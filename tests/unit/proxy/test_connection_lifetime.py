@@ -170,6 +170,51 @@ def test_an_idle_http1_connection_gives_up_its_parser_and_serves_the_next_reques
     assert transport.written.endswith(b"\r\n\r\ntwo")
 
 
+def test_an_idle_connection_gives_up_its_framer_and_frames_and_counts_the_next_answer(
+    worker: Worker,
+) -> None:
+    """The framer goes with the parser (an idle connection holds neither); the next request's
+    answer is framed as any (here for an HTTP/1.0 client: keep-alive said, since it asked)
+    and its bytes count in the listener's traffic as before."""
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer(conn, b"one")
+    framer = conn._framer
+    conn.rest()
+    conn.rest()
+    assert conn._framer is not framer
+    assert sys.getrefcount(framer) == 2  # this test's name for it and the call's: freed next
+    del framer
+    counter = worker.stats.client_bytes("web")
+    sent = counter.sent
+    transport.writes.clear()
+    conn.data_received(b"GET /two HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+    answer(conn, b"two")
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nConnection: keep-alive\r\n" in transport.written
+    assert transport.written.endswith(b"\r\n\r\ntwo")
+    assert counter.sent - sent == len(transport.written)
+    assert not transport.closing
+    transport.writes.clear()
+    conn.data_received(b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n")  # and again at once
+    answer(conn, b"three")
+    assert transport.written.endswith(b"\r\n\r\nthree")
+    assert b"Connection:" not in transport.written
+
+
+def test_a_connection_sets_its_write_buffer_to_half_the_listeners_response_buffer(
+    worker: Worker,
+) -> None:
+    """What bounds the response bytes held for a client that does not read
+    (`limits.response_buffer`, 64 KiB unless configured): set as the connection is made."""
+    conn = ClientConnection(worker.settings["web"], worker.context)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    assert transport.high_water == worker.settings["web"].response_buffer // 2 == 32 * 1024
+
+
 def test_a_connection_with_bytes_between_sweeps_or_half_a_head_keeps_its_parser(
     worker: Worker,
 ) -> None:
