@@ -30,6 +30,7 @@ Pure otherwise: no sockets, no clock.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from struct import Struct
 from typing import Any, Final
@@ -78,7 +79,7 @@ from h2.stream import (
     StreamState,
 )
 from h2.stream import _transitions as _stream_transitions
-from h2.utilities import HeaderValidationFlags, utf8_encode_headers
+from h2.utilities import HeaderValidationFlags, SizeLimitDict, utf8_encode_headers
 from h2.windows import WindowManager
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.struct import NeverIndexedHeaderTuple
@@ -499,8 +500,23 @@ class WireStream(H2Stream):
         self._initialize_content_length(headers)
         if isinstance(headers_event, TrailersReceived) and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set")
-        flags = self._build_hdr_validation_flags(events)
-        headers_event.headers = self._process_received_headers(headers, flags, header_encoding)
+        config: Any = self.config  # its fields read directly: h2's are Python descriptors
+        if (
+            isinstance(header_encoding, str)
+            or not config._normalize_inbound_headers
+            or not config._validate_inbound_headers
+        ):
+            flags = self._build_hdr_validation_flags(events)
+            headers_event.headers = self._process_received_headers(headers, flags, header_encoding)
+        else:
+            # `_process_received_headers`'s fast path, without building h2's flags tuple (a
+            # namedtuple made through its Python `__new__`) for the two of its fields it reads
+            first = events[0]
+            headers_event.headers = received_fields(
+                headers,
+                isinstance(first, (_TrailersSent, TrailersReceived)),
+                isinstance(first, (_ResponseSent, ResponseReceived, InformationalResponseReceived)),
+            )
         return [], events
 
     def receive_window_update(self, increment: int) -> tuple[list[Frame], list[Event]]:
@@ -586,6 +602,21 @@ def setting(settings: Any, code: SettingCodes) -> int:
     if value is None:
         raise KeyError
     return value
+
+
+def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
+    """`closed[stream_id] = closed_by` for h2's `_closed_streams`: a `SizeLimitDict` (an
+    `OrderedDict` whose `__setitem__`, Python code, drops its oldest entries beyond its size
+    limit) stored into as its `__setitem__` does, without that Python call; anything else
+    (a subclass, another mapping) through its own `__setitem__`."""
+    if type(closed) is not SizeLimitDict:
+        closed[stream_id] = closed_by
+        return
+    OrderedDict.__setitem__(closed, stream_id, closed_by)
+    limit: int | None = closed._size_limit
+    if limit is not None:
+        while len(closed) > limit:
+            closed.popitem(last=False)
 
 
 def headers_frame(stream_id: int, flag_byte: int) -> HeadersFrame:
@@ -956,9 +987,11 @@ class WireConnection(H2Connection):
                 count += 1
             elif state == _CLOSED:
                 closed.append(stream_id)
-        for stream_id in closed:
-            gone = streams.pop(stream_id)
-            self._closed_streams[stream_id] = gone.state_machine.stream_closed_by
+        if closed:
+            remember = self._closed_streams
+            for stream_id in closed:
+                gone = streams.pop(stream_id)
+                forget(remember, stream_id, gone.state_machine.stream_closed_by)
         return count
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
