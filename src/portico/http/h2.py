@@ -34,14 +34,27 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 
-@dataclass(slots=True)
 class H2Request:
-    """An HTTP/2 request head in the form an HTTP/1.1 exchange takes."""
+    """An HTTP/2 request head in the form an HTTP/1.1 exchange takes.
 
-    method: bytes
-    target: bytes
-    headers: list[Header]  # Host first (from :authority), then the regular fields
-    has_length: bool  # a content-length field was sent
+    A plain class, not a dataclass: one is made per request, and a compiled dataclass keeps
+    the `__init__` the decorator writes (Python code); this one is compiled."""
+
+    __slots__ = ("has_length", "headers", "method", "target")
+
+    def __init__(
+        self, method: bytes, target: bytes, headers: list[Header], has_length: bool
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers  # Host first (from :authority), then the regular fields
+        self.has_length = has_length  # a content-length field was sent
+
+    def __repr__(self) -> str:
+        return (
+            f"H2Request(method={self.method!r}, target={self.target!r}, "
+            f"headers={self.headers!r}, has_length={self.has_length!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ from h2.stream import (
 )
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, SizeLimitDict, utf8_encode_headers
-from h2.windows import WindowManager
+from h2.windows import LARGEST_FLOW_CONTROL_WINDOW, WindowManager
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.struct import NeverIndexedHeaderTuple
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
@@ -471,7 +471,7 @@ class WireStream(H2Stream):
         self.max_outbound_frame_size = None
         self.request_method = None
         self.outbound_flow_control_window = outbound_window_size
-        self._inbound_window_manager = WindowManager(inbound_window_size)
+        self._inbound_window_manager = window_manager(inbound_window_size)
         self._expected_content_length = None
         self._actual_content_length = 0
         self._authority = None
@@ -604,6 +604,20 @@ def setting(settings: Any, code: SettingCodes) -> int:
     return value
 
 
+def window_manager(size: int) -> WindowManager:
+    """h2's `WindowManager(size)`: the same object (its class and attributes), built without
+    its `__init__` (Python code, once per stream) while it has the shape checked at import."""
+    if not WINDOW_FAST:
+        return WindowManager(size)
+    assert size <= LARGEST_FLOW_CONTROL_WINDOW  # as its __init__
+    manager: Any = WindowManager.__new__(WindowManager)
+    manager.max_window_size = size
+    manager.current_window_size = size
+    manager._bytes_processed = 0
+    built: WindowManager = manager
+    return built
+
+
 def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
     """`closed[stream_id] = closed_by` for h2's `_closed_streams`: a `SizeLimitDict` (an
     `OrderedDict` whose `__setitem__`, Python code, drops its oldest entries beyond its size
@@ -649,6 +663,10 @@ def _shape(frame: Any) -> tuple[list[str], list[str]]:
 
 # the fast path only while hyperframe builds a HEADERS frame as `headers_frame` does
 HEADERS_FAST: Final = _shape(HeadersFrame(1)) == _HEADERS_SHAPE == _shape(headers_frame(1, 0))
+
+# the fast path only while h2's WindowManager is built as `window_manager` builds it
+_WINDOW_SHAPE: Final = ["max_window_size", "current_window_size", "_bytes_processed"]
+WINDOW_FAST: Final = list(vars(WindowManager(65535))) == _WINDOW_SHAPE
 
 
 def decode_headers(decoder: Any, block: bytes) -> Any:

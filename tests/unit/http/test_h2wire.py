@@ -22,8 +22,14 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
-from h2.utilities import HeaderValidationFlags, normalize_inbound_headers, validate_headers
+from h2.stream import H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
+from h2.utilities import (
+    HeaderValidationFlags,
+    SizeLimitDict,
+    normalize_inbound_headers,
+    validate_headers,
+)
+from h2.windows import WindowManager
 from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 from hyperframe.frame import (
     ContinuationFrame,
@@ -36,6 +42,7 @@ from hyperframe.frame import (
 from portico.http.h2wire import (
     HEADERS_FAST,
     HOLD_FROM,
+    WINDOW_FAST,
     WRITTEN_FOR,
     LibraryConnection,
     WireConnection,
@@ -43,8 +50,10 @@ from portico.http.h2wire import (
     WireFrameBuffer,
     WireStreamMachine,
     connection_class,
+    forget,
     headers_frame,
     received_fields,
+    window_manager,
 )
 
 REQUEST = [
@@ -583,6 +592,39 @@ def test_a_headers_frame_is_built_as_hyperframe_builds_it() -> None:
             assert ours.flags._valid_flags is not theirs.flags._valid_flags
     with pytest.raises(ValueError, match="Unexpected flag"):  # hyperframe's flag check kept
         headers_frame(1, 0).flags.add("ACK")
+
+
+def test_a_stream_s_window_manager_is_built_as_h2_builds_it() -> None:
+    assert WINDOW_FAST  # this h2 still has the shape the fast path copies
+    for size in (0, 1, 65535, 2**31 - 1):
+        ours, theirs = window_manager(size), WindowManager(size)
+        assert type(ours) is WindowManager
+        assert vars(ours) == vars(theirs)
+        ours.window_consumed(1 if size else 0)  # and it works as theirs
+        theirs.window_consumed(1 if size else 0)
+        assert vars(ours) == vars(theirs)
+    with pytest.raises(AssertionError):  # h2's check on the size, kept
+        window_manager(2**31)
+
+
+def test_closed_streams_are_remembered_and_dropped_as_h2_s_dict_does() -> None:
+    ours: Any = SizeLimitDict(size_limit=3)
+    theirs: Any = SizeLimitDict(size_limit=3)
+    causes = [StreamClosedBy.SEND_END_STREAM, StreamClosedBy.RECV_RST_STREAM, None]
+    for sid in range(1, 16, 2):
+        forget(ours, sid, causes[sid % 3])
+        theirs[sid] = causes[sid % 3]
+        assert list(ours.items()) == list(theirs.items())
+    assert list(ours) == [11, 13, 15]  # the oldest dropped past the limit
+    forget(ours, 13, None)  # a stream id stored again keeps its place, as in theirs
+    theirs[13] = None
+    assert list(ours.items()) == list(theirs.items())
+    unlimited: Any = SizeLimitDict()
+    plain: dict[int, Any] = {}
+    for closed in (unlimited, plain):
+        for sid in range(1, 400, 2):
+            forget(closed, sid, None)
+        assert len(closed) == 200
 
 
 def parsed(buffer: Any, data: bytes) -> tuple[str, Any]:
