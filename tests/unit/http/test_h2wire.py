@@ -134,7 +134,7 @@ def test_cookie_crumbs_are_joined_last_and_never_indexed() -> None:
 class Pair:
     """A client, and the same bytes fed to h2's server connection and to Portico's."""
 
-    def __init__(self, client_window: int = 65535, max_frame: int = 16384) -> None:
+    def __init__(self, client_window: int = 65535, max_frame: int = 16384, **inbound: Any) -> None:
         self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         self.client.local_settings = Settings(
             client=True,
@@ -148,10 +148,13 @@ class Pair:
         for cls in (H2Connection, WireConnection):
             server = cls(
                 H2Configuration(
-                    client_side=False,
-                    header_encoding=None,
-                    validate_outbound_headers=False,
-                    normalize_outbound_headers=False,
+                    **{
+                        "client_side": False,
+                        "header_encoding": None,
+                        "validate_outbound_headers": False,
+                        "normalize_outbound_headers": False,
+                        **inbound,
+                    }
                 )
             )
             server.initiate_connection()
@@ -485,6 +488,25 @@ def test_received_heads_trailers_and_windows_move_both_alike() -> None:
     # the connection's window overflowing: a connection error from both
     assert pair.feed(WindowUpdateFrame(0, window_increment=2**31 - 1).serialize())[0] != "ok"
     pair.take()
+
+
+@pytest.mark.parametrize(
+    "inbound",
+    [
+        {"header_encoding": "utf-8"},
+        {"normalize_inbound_headers": False},
+        {"validate_inbound_headers": False},
+    ],
+)
+def test_received_blocks_under_other_settings_take_h2_s_path_alike(inbound: Any) -> None:
+    pair = Pair(**inbound)
+    head = [*REQUEST, (b"cookie", b"a=1"), (b"cookie", b"b=2")]
+    pair.client.send_headers(1, head)
+    assert pair.feed(pair.client.data_to_send())[0] == "ok"
+    pair.client.send_headers(1, [(b"x-trailer", b"1")], end_stream=True)
+    assert pair.feed(pair.client.data_to_send())[0] == "ok"
+    block = pair.client.encoder.encode([*REQUEST, (b"Upper", b"1")])  # an upper-case name
+    pair.feed(HeadersFrame(3, block, flags=["END_HEADERS", "END_STREAM"]).serialize())
 
 
 @pytest.mark.parametrize(
