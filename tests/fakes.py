@@ -566,6 +566,15 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
+def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """Two ends of one loopback TCP connection made through `listener`, both non-blocking."""
+    near = socket.create_connection(listener.getsockname())
+    far, _ = listener.accept()
+    near.setblocking(False)
+    far.setblocking(False)
+    return near, far
+
+
 def read_until_closed(sock: socket.socket, limit: int = 1 << 24) -> bytes:
     chunks = []
     total = 0

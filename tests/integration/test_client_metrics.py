@@ -95,11 +95,9 @@ def test_portico_own_answers_count_whole_and_log_their_body(
     assert '"GET /x HTTP/1.1" 502 16 ' in line  # $body_bytes_sent, as NGINX logs its own
 
 
-def test_tcp_listeners_count_relayed_bytes_the_same_way(
-    backends: Callable[..., FakeBackend], portico: Callable[[str], Portico]
-) -> None:
-    b = backends("b")
-    config = (
+def l4_config(backend: FakeBackend) -> str:
+    """One worker, the admin API, and a `protocol: tcp` listener `l4` in front of `backend`."""
+    return (
         f"workers: 1\n{ADMIN}"
         "listeners:\n"
         "  - name: l4\n"
@@ -108,9 +106,15 @@ def test_tcp_listeners_count_relayed_bytes_the_same_way(
         "    default_pool: app\n"
         "pools:\n"
         "  app:\n"
-        f"    servers:\n      - address: {b.address}\n"
+        f"    servers:\n      - address: {backend.address}\n"
     )
-    proxy = portico(config)
+
+
+def test_tcp_listeners_count_relayed_bytes_the_same_way(
+    backends: Callable[..., FakeBackend], portico: Callable[[str], Portico]
+) -> None:
+    b = backends("b")
+    proxy = portico(l4_config(b))
     raw = b"GET / HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n"
     answer = exchange(proxy.port, raw)
     assert answer.startswith(b"HTTP/1.1 200 ")
@@ -123,18 +127,7 @@ def test_tcp_bytes_are_counted_while_the_connection_stays_open(
     # the native relay engine counts in C: its counts reach the metrics every few seconds,
     # not only when the connection closes
     b = backends("b")
-    config = (
-        f"workers: 1\n{ADMIN}"
-        "listeners:\n"
-        "  - name: l4\n"
-        "    bind: 127.0.0.1:0\n"
-        "    protocol: tcp\n"
-        "    default_pool: app\n"
-        "pools:\n"
-        "  app:\n"
-        f"    servers:\n      - address: {b.address}\n"
-    )
-    proxy = portico(config)
+    proxy = portico(l4_config(b))
     raw = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"  # keep-alive: the connection stays
     with connect(proxy.port) as sock:
         sent = received = 0

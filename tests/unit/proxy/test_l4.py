@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fakes import FakeLoop
+from fakes import FakeLoop, tcp_pair
 from portico.config.schema import PoolConfig
 from portico.proxy import l4
 from portico.proxy.l4 import IDLE_TICKS, Relay, RelayState
@@ -377,14 +377,6 @@ class SocketTransport(FakeTransport):
     def abort(self) -> None:
         super().abort()
         self.sock.close()  # as the loop does: its descriptor goes, the socket stays (dup'd)
-
-
-def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
-    near = socket.create_connection(listener.getsockname())
-    far, _ = listener.accept()
-    near.setblocking(False)
-    far.setblocking(False)
-    return near, far
 
 
 class Native:

@@ -28,19 +28,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from fakes import tcp_pair
+
 relay = pytest.importorskip("portico.proxy._relay", reason="the native engine is not built")
 
 WAIT = 10.0  # the longest any single wait may take
 MiB = 1 << 20
-
-
-def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
-    """Two ends of one loopback TCP connection, both non-blocking."""
-    near = socket.create_connection(listener.getsockname())
-    far, _ = listener.accept()
-    near.setblocking(False)
-    far.setblocking(False)
-    return near, far
 
 
 def fds() -> int:
