@@ -3,18 +3,17 @@
 Connections re-arm their timeouts on every read, and every client connection arms one at
 accept. A loop TimerHandle per deadline cost an allocation per arm, and its making and
 cancelling (libuv's timer, uvloop's two objects) ~5 us per short-lived connection. Instead the
-deadlines of one loop share one TimerHandle (`Timers`): a heap of when each is due, the handle
-set for the earliest. `set` only stores the new deadline when it is later than the one in the
-heap, and an entry that comes up early goes back for the remainder (the lazy-timer technique
-of NGINX's and HAProxy's timer trees). Entries of deadlines pushed earlier or cancelled stay in
-the heap, ignored, until they come up or outnumber the live ones (then the heap is rebuilt):
-nothing is searched.
+deadlines of one loop share one TimerHandle (`Timers`), set for the earliest of them.
 
-A new entry is not pushed on the heap at once but appended to a list of those made since the
-handle last fired (`_fresh`; the handle is still set for it if it is the earliest): most are
-dropped before that (a short connection's header timeout, cancelled when it closes), and
-those never cost a heap push (~800 instructions a connection). Whatever is still live goes
-on the heap when the handle fires, before anything is run.
+The deadlines are kept in one queue per length (`seconds`): a deadline set for `seconds` is
+due `seconds` from now, no earlier than any set before it for as long, so appending it to its
+length's queue keeps that queue in the order its deadlines are due, and the earliest deadline
+of the loop is the earliest of the queues' first ones. A queue is a list linked through the
+deadlines themselves (as NGINX's and HAProxy's timer trees link their nodes through the
+connection), so arming, pushing back and dropping one allocates nothing and leaves nothing
+behind: no entry per arm (a heap's tuple, boxed time and number: ~120 bytes held by every
+idle connection), no stale entries to skip or sweep. Lengths are the configured timeouts: a
+handful per loop, which is what makes looking at every queue's first deadline cheap.
 """
 
 from __future__ import annotations
@@ -22,62 +21,62 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
-from heapq import heapify, heappop, heappush
 from typing import Final
 
 _NEVER: Final = float("inf")
 # The context the shared timer runs in. The loop would otherwise copy the current one for
 # each handle; none of Portico's timeout callbacks reads or sets a context variable.
 _CONTEXT: Final = contextvars.Context()
-# Stale heap entries tolerated before a rebuild is considered (then: when they are the most)
-_STALE_MIN: Final = 64
+
+
+class _Queue:
+    """The armed deadlines of one length, in the order they are due (first: the earliest)."""
+
+    __slots__ = ("first", "last", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.first: Deadline | None = None
+        self.last: Deadline | None = None
 
 
 class Timers:
-    """The deadlines of one loop: a heap of (when, number, deadline), the entries not yet on it
-    (`_fresh`), and one TimerHandle, set no later than the earliest of either. An entry counts
-    while its number is its deadline's `_seq`."""
+    """The deadlines of one loop: a queue per length, and one TimerHandle, set no later than
+    the earliest deadline (it may come up before, for a deadline pushed back or dropped since:
+    then it is set again for the earliest)."""
 
-    __slots__ = ("_at", "_clock", "_fresh", "_handle", "_heap", "_loop", "_seq", "_stale")
+    __slots__ = ("_at", "_clock", "_handle", "_loop", "_queue_list", "_queues")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         # the loop's clock bound once: each Deadline.set reads it (a method look-up on the
         # loop otherwise, ~200 instructions)
         self._clock: Callable[[], float] = loop.time
-        self._heap: list[tuple[float, int, Deadline]] = []
-        self._fresh: list[tuple[float, int, Deadline]] = []  # added since the handle fired
+        self._queues: dict[float, _Queue] = {}
+        self._queue_list: list[_Queue] = []  # the same, to walk without a dict iterator
         self._handle: asyncio.TimerHandle | None = None
         self._at = _NEVER  # when the handle is due (_NEVER: no handle)
-        self._seq = 0
-        self._stale = 0
 
     def __len__(self) -> int:
-        """Entries held, stale ones included (what memory they take)."""
-        return len(self._heap) + len(self._fresh)
+        """Deadlines armed."""
+        count = 0
+        for queue in self._queue_list:
+            deadline = queue.first
+            while deadline is not None:
+                count += 1
+                deadline = deadline._next
+        return count
 
     def time(self) -> float:
         return self._clock()
 
-    def add(self, when: float, deadline: Deadline) -> int:
-        """Hold an entry for `deadline` at `when`; returns the entry's number."""
-        seq = self._seq = self._seq + 1
-        self._fresh.append((when, seq, deadline))  # on the heap when the handle fires
-        if when < self._at:
-            self._schedule(when)
-        return seq
-
-    def dropped(self) -> None:
-        """An entry no longer counts (its deadline was set earlier, or cancelled)."""
-        stale = self._stale = self._stale + 1
-        heap = self._heap
-        fresh = self._fresh
-        if stale > _STALE_MIN and stale * 2 > len(heap) + len(fresh):
-            live = [entry for entry in heap if entry[2]._seq == entry[1]]
-            heapify(live)
-            self._heap = live
-            self._fresh = [entry for entry in fresh if entry[2]._seq == entry[1]]
-            self._stale = 0
+    def queue(self, seconds: float) -> _Queue:
+        """The queue of deadlines `seconds` long (made the first time that length is used)."""
+        queue = self._queues.get(seconds)
+        if queue is None:
+            queue = self._queues[seconds] = _Queue(seconds)
+            self._queue_list.append(queue)
+        return queue
 
     def _schedule(self, when: float) -> None:
         handle = self._handle
@@ -86,41 +85,33 @@ class Timers:
         self._at = when
         self._handle = self._loop.call_at(when, self, context=_CONTEXT)
 
+    def _earliest(self) -> Deadline | None:
+        earliest: Deadline | None = None
+        for queue in self._queue_list:
+            deadline = queue.first
+            if deadline is not None and (earliest is None or deadline._when < earliest._when):
+                earliest = deadline
+        return earliest
+
     def __call__(self) -> None:
-        """The handle fired: run the deadlines that are due, put back those pushed later."""
+        """The handle came up: run the deadlines that are due, earliest first. Those a callback
+        arms meanwhile wait for the next round, even when due at once (no round without end)."""
         self._handle = None
         self._at = _NEVER
-        fresh = self._fresh
-        if fresh:
-            self._fresh = []
-            heap = self._heap
-            for entry in fresh:
-                if entry[2]._seq == entry[1]:
-                    heappush(heap, entry)
-                else:
-                    self._stale -= 1  # dropped before it reached the heap
         loop = self._loop
         now = loop.time()
-        later: list[tuple[float, Deadline]] = []
-        while self._heap:  # (a callback's cancel may rebuild it)
-            heap = self._heap
-            entry = heap[0]
-            if entry[0] > now:
-                break
-            heappop(heap)
-            deadline = entry[2]
-            if deadline._seq != entry[1]:
-                self._stale -= 1
-                continue
-            deadline._seq = 0
-            deadline._at = _NEVER
-            when = deadline._when
-            if when == 0.0:
-                continue  # cleared since
-            if when > now:
-                later.append((when, deadline))  # pushed back: after this round
-                continue
-            deadline._when = 0.0
+        due: list[tuple[float, Deadline]] = []
+        for queue in self._queue_list:
+            deadline = queue.first
+            while deadline is not None and deadline._when <= now:
+                due.append((deadline._when, deadline))
+                deadline = deadline._next
+        if len(due) > 1:
+            due.sort(key=_due_time)  # stable: a queue's own order kept among equal times
+        for when, deadline in due:
+            if deadline._when != when:
+                continue  # cleared or set again by a callback of this round
+            deadline.clear()
             try:
                 owner = deadline._owner
                 if owner is None:
@@ -131,13 +122,13 @@ class Timers:
                 loop.call_exception_handler(
                     {"message": "Exception in a timeout callback", "exception": exc}
                 )
-        for when, deadline in later:
-            if deadline._seq == 0 and deadline._when == when:  # not set again meanwhile
-                deadline._at = when
-                deadline._seq = self.add(when, deadline)
-        heap = self._heap
-        if heap and heap[0][0] < self._at:
-            self._schedule(heap[0][0])
+        earliest = self._earliest()
+        if earliest is not None and earliest._when < self._at:
+            self._schedule(earliest._when)
+
+
+def _due_time(entry: tuple[float, Deadline]) -> float:
+    return entry[0]
 
 
 # The last loop asked for and its Timers, as one tuple (read whole, whichever thread asks). A
@@ -164,7 +155,7 @@ class Deadline:
     passes its class's function (`Class.method`) rather than a bound method, which would be an
     object of its own per owner (72 bytes kept by every idle connection)."""
 
-    __slots__ = ("_at", "_callback", "_owner", "_seq", "_timers", "_when")
+    __slots__ = ("_callback", "_next", "_owner", "_prev", "_queue", "_timers", "_when")
 
     def __init__(
         self,
@@ -175,37 +166,63 @@ class Deadline:
         self._timers = timers_of(loop)
         self._callback = callback
         self._owner = owner
-        self._at = _NEVER  # when its heap entry is due (_NEVER: none)
-        self._seq = 0  # its heap entry's number (0: none)
-        self._when = 0.0  # 0.0 = not armed
+        self._when = 0.0  # 0.0 = not armed (then in no queue)
+        self._queue: _Queue | None = None  # the queue of its latest length
+        self._prev: Deadline | None = None  # its neighbours in that queue while armed
+        self._next: Deadline | None = None
 
     def set(self, seconds: float) -> None:
         timers = self._timers
-        when = self._when = timers.time() + seconds
-        if when < self._at:
-            if self._seq:
-                self._seq = 0
-                timers.dropped()
-            self._at = when
-            self._seq = timers.add(when, self)
+        when = timers.time() + seconds
+        queue = self._queue
+        if self._when != 0.0 and queue is not None:  # armed: in `queue`
+            if queue.last is self and queue.seconds == seconds:
+                self._when = when  # still the last: where it stands is its place
+                return
+            self._unlink(queue)
+        if queue is None or queue.seconds != seconds:
+            queue = self._queue = timers.queue(seconds)
+        self._when = when
+        last = queue.last
+        self._prev = last
+        if last is None:
+            queue.first = self
+        else:
+            last._next = self
+        queue.last = self
+        if when < timers._at:
+            timers._schedule(when)
+
+    def _unlink(self, queue: _Queue) -> None:
+        prev = self._prev
+        after = self._next
+        if prev is None:
+            queue.first = after
+        else:
+            prev._next = after
+            self._prev = None
+        if after is None:
+            queue.last = prev
+        else:
+            after._prev = prev
+            self._next = None
 
     def clear(self) -> None:
-        """Disarm; the heap entry, if any, will come up once and do nothing."""
-        self._when = 0.0
+        """Disarm (the shared handle, if set for it, comes up once and finds nothing due)."""
+        if self._when != 0.0:
+            self._when = 0.0
+            queue = self._queue
+            if queue is not None:
+                self._unlink(queue)
 
     def cancel(self) -> None:
         """Disarm for good, for a connection that is going away: the callback, a bound method
         of the owner, and the owner are dropped. That breaks the cycle owner -> deadline ->
         owner, so the owner (and, for TLS, the ~100 KiB of OpenSSL state its transport holds)
-        is freed at once instead of waiting for a full garbage collection; the heap keeps only
-        this small object until its entry comes up or the heap is rebuilt."""
-        self._when = 0.0
-        self._at = _NEVER
+        is freed at once instead of waiting for a full garbage collection."""
+        self.clear()
         self._callback = _NOTHING
         self._owner = None
-        if self._seq:
-            self._seq = 0
-            self._timers.dropped()
 
     @property
     def armed(self) -> bool:

@@ -184,3 +184,47 @@ def test_deadlines_pushed_earlier_many_times_do_not_pile_up(pushes: int) -> None
     assert len(timers_of(loop)) <= 4 * len(live) + 200  # type: ignore[arg-type]
     loop.advance(1000)
     assert sorted(fired) == sorted(str(i) for i in range(50))
+
+
+def test_a_deadline_set_later_for_another_length_fires_at_the_later_time() -> None:
+    """A connection's header timeout (short) followed by its keep-alive timeout (long): the
+    deadline moves to the longer length's queue and does not fire at the shorter time."""
+    loop, fired = FakeLoop(), []
+    d = deadline(loop, fired, "a")
+    d.set(2.0)
+    d.set(10.0)
+    loop.advance(9.9)
+    assert fired == []
+    loop.advance(0.1)
+    assert fired == ["a"]
+
+
+def test_a_callback_that_rearms_at_once_waits_for_the_next_round() -> None:
+    """A callback arming its own deadline for 0 s does not run again within the same round (a
+    round without end), but on the next one."""
+    loop = FakeLoop()
+    calls: list[float] = []
+
+    def again() -> None:
+        calls.append(loop.time())
+        if len(calls) < 3:
+            d.set(0.0)
+
+    d = Deadline(loop, again)  # type: ignore[arg-type]
+    d.set(1.0)
+    loop.advance(1.0)
+    assert calls == [101.0, 101.0, 101.0]
+
+
+def test_many_connections_with_one_timeout_fire_in_the_order_they_were_armed() -> None:
+    loop, fired = FakeLoop(), []
+    armed = [deadline(loop, fired, str(i)) for i in range(100)]
+    for d in armed:
+        d.set(5.0)
+        loop.advance(0.01)
+    for d in armed[::2]:  # half of them busy again: pushed back
+        d.set(5.0)
+    loop.advance(4.995)  # to 105.995: the last unmoved one was due at 105.99, the moved at 106
+    assert fired == [str(i) for i in range(1, 100, 2)]
+    loop.advance(10)
+    assert fired[50:] == [str(i) for i in range(0, 100, 2)]
