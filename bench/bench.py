@@ -1152,25 +1152,30 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
     servers: dict[str, Proc] = {}
     try:
         for t in proxies:
-            ports = [t.l7_port] + ([t.l4_port] if args.l4 and t.l4_port else [])
             try:
-                servers[t.key] = start_listening(t.start, ports)
+                servers[t.key] = start_listening(t.start, target_ports(t, args))
                 check_affinity(servers[t.key], PROXY_CORE)
             except Exception as exc:
                 result.errors.append(f"{t.label}: not available: {exc}")
                 log(result.errors[-1])
         live = [t for t in proxies if t.key in servers]
-        for t in live:  # on fresh processes: after load, allocators keep what they grew
-            try:
-                check_response(t.l7_port, "/small", PATHS["small"][1])
-                pid = servers[t.key].pid
-                result.rest_kib[t.key] = (tree_rss_kib(pid), tree_pss_kib(pid))
-                kib, marginal = idle_connection_kib(servers[t.key], t.l7_port, IDLE_CONNECTIONS)
-            except (RuntimeError, OSError) as exc:
-                result.errors.append(f"{t.label} idle memory: {exc}")
-                continue
-            result.idle_kib.setdefault(t.key, []).append(kib)
-            result.idle_next_kib.setdefault(t.key, []).append(marginal)
+        for run in range(args.idle_runs):
+            # each on fresh processes: after load, allocators keep what they grew
+            for t in live:
+                if run:
+                    stop(servers.pop(t.key))
+                    servers[t.key] = start_listening(t.start, target_ports(t, args))
+                try:
+                    check_response(t.l7_port, "/small", PATHS["small"][1])
+                    pid = servers[t.key].pid
+                    if not run:
+                        result.rest_kib[t.key] = (tree_rss_kib(pid), tree_pss_kib(pid))
+                    kib, marginal = idle_connection_kib(servers[t.key], t.l7_port, IDLE_CONNECTIONS)
+                except (RuntimeError, OSError) as exc:
+                    result.errors.append(f"{t.label} idle memory: {exc}")
+                    continue
+                result.idle_kib.setdefault(t.key, []).append(kib)
+                result.idle_next_kib.setdefault(t.key, []).append(marginal)
         for cycle in range(args.cycles):
             result.canary_ms.append(canary_ms())
             log(f"cycle {cycle + 1}/{args.cycles}: canary {result.canary_ms[-1]:.0f} ms")
@@ -1207,6 +1212,10 @@ def run_paired(args: argparse.Namespace, targets: list[Target], origins: Proc) -
         for proc in servers.values():
             stop(proc)
     return result
+
+
+def target_ports(t: Target, args: argparse.Namespace) -> list[int]:
+    return [t.l7_port] + ([t.l4_port] if args.l4 and t.l4_port else [])
 
 
 def _median_range(values: list[float]) -> tuple[float, float, float]:
@@ -1334,7 +1343,9 @@ def render_paired(result: Paired, title: str = "Paired cycles") -> str:
             -1,
             f"- idle memory: {IDLE_CONNECTIONS} keep-alive connections, each after one request and "
             f"then idle {IDLE_SETTLE:g} s, "
-            "opened on each freshly started target before the cycles; the process tree's RSS "
+            "opened on each freshly started target before the cycles "
+            f"({max(map(len, result.idle_kib.values()))} times, each on targets started anew: "
+            "median and range); the process tree's RSS "
             "with them minus without, per connection; then as many more: their rise per "
             "connection is the next row (the marginal cost, without what the first ones grow "
             "once).",
@@ -2338,6 +2349,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="paired mode: N interleaved cycles of short runs of every target back to back, "
         "reported as median same-cycle ratios with their range, a canary and a verdict; "
         "with --h2 the TLS rows too (default 0: the one-pass tables)",
+    )
+    p.add_argument(
+        "--idle-runs",
+        type=int,
+        default=3,
+        help="paired mode: how many times the idle-connection memory rows are measured, each "
+        "on freshly started targets (median and range shown; 0: not measured)",
     )
     p.add_argument(
         "--workers",
