@@ -134,11 +134,17 @@ def main(argv: list[str]) -> int:
             b.wait_for_port(procs["haproxy"], 8082)
         if "haproxy-splice" in wanted:
             text = (b.RUNDIR / "haproxy.cfg").read_text()
-            text = text.replace("    timeout connect 5s\n", "    timeout connect 5s\n    option splice-response\n")
-            text = text.replace("127.0.0.1:8082", "127.0.0.1:8086").replace("127.0.0.1:8083", "127.0.0.1:8087")
+            text = text.replace(
+                "    timeout connect 5s\n", "    timeout connect 5s\n    option splice-response\n"
+            )
+            text = text.replace("127.0.0.1:8082", "127.0.0.1:8086").replace(
+                "127.0.0.1:8083", "127.0.0.1:8087"
+            )
             (b.RUNDIR / "haproxy-splice.cfg").write_text(text)
             procs["haproxy-splice"] = b.spawn(
-                "haproxy-splice", ["haproxy", "-db", "-f", str(b.RUNDIR / "haproxy-splice.cfg")], b.PROXY_CORE
+                "haproxy-splice",
+                ["haproxy", "-db", "-f", str(b.RUNDIR / "haproxy-splice.cfg")],
+                b.PROXY_CORE,
             )
             b.wait_for_port(procs["haproxy-splice"], 8086)
         for target in wanted:
@@ -148,10 +154,22 @@ def main(argv: list[str]) -> int:
             time.sleep(0.5)
             pid = worker_pid(proc)
             b.log(f"{target}: pid {pid}")
-            rows.append((target, *measure(pid, port, args.path, args.seconds, args.record and f"{args.record}.{target}")))
+            rows.append(
+                (
+                    target,
+                    *measure(
+                        pid,
+                        port,
+                        args.path,
+                        args.seconds,
+                        args.record and f"{args.record}.{target}",
+                    ),
+                )
+            )
     finally:
         b.stop_all()
-    print(f"\n{args.path}, {args.seconds} s each ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"\n{args.path}, {args.seconds} s each ({when})")
     print("per request:")
     names = [n for n in SYSCALLS if any(row[2].get(n) for row in rows)]
     print("| target | requests | user µs | kernel µs | " + " | ".join(names) + " |")

@@ -936,9 +936,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if deadline is not None:
             deadline.set(self._send_timeout if for_client else self._read_timeout)
 
-    def splice_done(self) -> None:
+    def splice_done(self, trailing: bool) -> None:
         self._splice = None
         self._remaining = 0
+        if trailing:
+            self._keep_alive = False  # bytes beyond the response: the stream is corrupt
         if self._deadline is not None:
             self._deadline.clear()
         self._finish()

@@ -23,11 +23,13 @@ the pipe holds bytes the client does not take; writing the client waits for it t
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import fcntl
 import os
 import sys
+import termios
 from typing import Final, Protocol
 
 # F_SETPIPE_SZ (Linux 2.6.35+; the fcntl module names it from Python 3.10)
@@ -82,8 +84,10 @@ class SpliceOwner(Protocol):
         """Nothing moves until the client's socket takes more (`for_client`) or the server
         sends more: the owner arms the matching timeout."""
 
-    def splice_done(self) -> None:
-        """The whole body reached the client's socket (the splice has closed itself)."""
+    def splice_done(self, trailing: bool) -> None:
+        """The whole body reached the client's socket (the splice has closed itself);
+        `trailing`: the server's socket holds bytes beyond it (the connection is out of step:
+        the copying path sees such bytes in the body's last read and never reuses it)."""
 
     def splice_failed(self, reason: str, client: bool) -> None:
         """The move stopped (the splice has closed itself): the server ended early or failed
@@ -203,8 +207,9 @@ class BodySplice:
             if self._pipe is None:
                 return  # the owner closed it meanwhile
         if self._count == 0 and self._held == 0:
+            trailing = _unread(self._source) > 0
             self.close()
-            owner.splice_done()
+            owner.splice_done(trailing)
             return
         self._wait(self._held > 0)
 
@@ -232,6 +237,16 @@ class BodySplice:
             owner.splice_moved(moved)
         self.close()
         owner.splice_failed(reason, client)
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in socket `fd`'s receive queue (FIONREAD); 0 if it cannot say."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return 0
+    return count[0]
 
 
 def _describe(exc: OSError) -> str:
