@@ -1,18 +1,22 @@
-"""Syscalls per request and bytes per read/write, for one path, through each proxy.
+"""Syscalls per request through each proxy, for one path: where the kernel time goes.
 
-`bench/run` gives a proxy's user and kernel CPU µs per request; this says where the kernel
-time goes: how many reads, writes, epoll_ctl (a transport's pause_reading/resume_reading)
-and epoll_wait calls each proxy makes per request, and how many bytes a read or write
-moves on average (the bytes the proxy relayed ÷ its reads). Same layout as `bench/run`
-(the proxy on core 0, wrk -t1 -c50 and the origins on core 1; ports 8080, 8085, 8082, 8083),
-so run it under the bench lock:
+`bench/run` gives a proxy's user and kernel CPU µs per request; this counts, per request, the
+system calls that make up the kernel side: reads and writes (recvfrom/sendto for HAProxy and
+the L4 engine, read/write/writev for uvloop), splice, epoll_ctl (a transport's
+pause_reading/resume_reading, a loop's add_reader/remove_reader) and epoll_wait. Counts are
+`perf stat -e syscalls:sys_enter_*` on the process that relays (Portico's one worker, all its
+threads, the L4 engine's included; HAProxy's one process) during one wrk run; the user and
+kernel µs are that process's, from /proc. Same layout as `bench/run` (the proxy on core 0,
+`wrk -t1 -c50` and the origins on core 1, ports 8080, 8085, 8082, 8083), so run it under the
+bench lock:
 
     flock /tmp/bench.lock .venv/bin/python bench/syscalls.py [--path /1m] [--seconds 3]
-                                          [--targets portico,portico-l4,haproxy]
+        [--targets portico,portico-l4,haproxy,haproxy-l4,haproxy-splice] [--record PREFIX]
 
-Counts are `perf stat -e syscalls:sys_enter_*` on the measured process (Portico's worker,
-HAProxy's one process), bytes are `syscalls:sys_exit_*` return values summed by
-`perf record`... no: by the wrk byte count, which the proxy read once and wrote once.
+`haproxy-splice` is HAProxy's L7 config with `option splice-response` (kernel splice(2) for
+response bodies, on :8086): not the bench's reference config, a control for what splicing
+does by itself. `--record PREFIX` runs `perf record -g` instead of counting, into
+PREFIX.TARGET (`perf report -i PREFIX.portico --no-children --sort sym`).
 """
 
 from __future__ import annotations
