@@ -42,8 +42,14 @@ KEEP_PIPES: Final = 8
 _IDLE_PIPES: Final[list[tuple[int, int, int]]] = []  # (read end, write end, size)
 
 
+# "off": bodies are copied as on other platforms (to compare, or to rule splicing out)
+SPLICE_ENV: Final = "PORTICO_SPLICE"
+
+
 def available() -> bool:
-    """Whether this platform splices (Linux, Python 3.10+)."""
+    """Whether bodies may be spliced: Linux, Python 3.10+, and not PORTICO_SPLICE=off."""
+    if os.environ.get(SPLICE_ENV, "").lower() == "off":
+        return False
     return sys.platform == "linux" and hasattr(os, "splice")
 
 

@@ -10,6 +10,7 @@ import fcntl
 import os
 import socket
 import struct
+import sys
 import termios
 from collections.abc import Callable, Iterator
 
@@ -18,7 +19,9 @@ import pytest
 from fakes import tcp_pair
 from portico.upstreams import splice
 
-pytestmark = pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux's")
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or not hasattr(os, "splice"), reason="splice(2) is Linux's"
+)
 
 KIB = 1 << 10
 
@@ -252,3 +255,10 @@ def test_pipes_are_kept_empty_and_reused(loop, pairs) -> None:
     count = array.array("i", [0])
     fcntl.ioctl(read_end, termios.FIONREAD, count)
     assert count[0] == 0
+
+
+def test_portico_splice_off_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(splice.SPLICE_ENV, "off")
+    assert not splice.available()
+    monkeypatch.setenv(splice.SPLICE_ENV, "")
+    assert splice.available()
