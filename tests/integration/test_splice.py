@@ -112,6 +112,34 @@ def test_big_bodies_arrive_whole_in_order_on_reused_connections_and_are_counted(
     assert [entry["status"] for entry in lines] == [200] * len(targets)
 
 
+def test_a_head_sent_alone_goes_out_before_the_body_then_the_body_whole(backends, portico) -> None:
+    """A server that sends a big body's head, then the body later: the head is not held back
+    until body bytes come (the splice starts from the head), and the body follows whole."""
+    release = threading.Event()
+    body = pattern(b"hh", 2 * MIB)
+    backend = backends("b", lambda seen: Reply(body=[body], hold_last=release))
+    proxy = portico(simple_config([backend]))
+    try:
+        with connect(proxy.port, timeout=10) as sock:
+            send(sock, "/held")
+            head = b""
+            while b"\r\n\r\n" not in head:  # arrives while the server holds the body
+                data = sock.recv(4096)
+                assert data, "closed before the head"
+                head += data
+            assert head.startswith(b"HTTP/1.1 200")
+            assert head.endswith(b"\r\n\r\n")  # the head alone
+            release.set()
+            rest = b""
+            while len(rest) < len(body):
+                data = sock.recv(MIB)
+                assert data, f"closed after {len(rest)} body bytes"
+                rest += data
+    finally:
+        release.set()
+    assert rest == body
+
+
 def test_a_reader_that_stops_leaves_at_most_the_response_buffer_in_the_workers_pipe(
     backends, portico
 ) -> None:

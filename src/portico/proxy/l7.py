@@ -979,19 +979,27 @@ class Exchange(ResponseSink):
         self._sent += len(data)
         self._response_started = True
         if self._splice_to is not None:
-            self._try_splice(self._splice_to)
+            self._try_splice(self._splice_to, False)
 
-    def _try_splice(self, transport: asyncio.Transport) -> None:
+    def on_response_waiting(self) -> None:
+        if self._splice_to is not None:
+            self._try_splice(self._splice_to, True)
+
+    def _try_splice(self, transport: asyncio.Transport, head_only: bool) -> None:
         """Splice the rest of the body to the client's socket (`splice_body`: no copy of it
         goes through the worker) once what was written to the client is in its socket, and
         the whole request was sent; else try again after the next read. A rest too small to
-        pay for setting it up is copied."""
+        pay for setting it up is copied. `head_only`: none of the body was read yet (the
+        server sent its head alone), and the staged head goes out first, alone."""
         upstream = self._upstream
         if upstream is None or not self.request_complete:
             return
         if upstream.body_left() < SPLICE_MIN:
             self._splice_to = None
             return
+        if head_only:
+            self._out.send_body(b"")  # the staged head
+            self._response_started = True
         OUTBOX.flush_to(transport)
         if transport.get_write_buffer_size():
             return  # the client is behind: the copying path's bound holds until it catches up

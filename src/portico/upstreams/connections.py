@@ -319,6 +319,10 @@ class ResponseSink:
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         raise NotImplementedError
 
+    def on_response_waiting(self) -> None:
+        """The head of a Content-Length body was read alone: none of the body yet."""
+        raise NotImplementedError
+
     def on_response_spliced(self, size: int) -> None:
         """`size` more body bytes went to the client's socket in the kernel, never through
         `on_response_body` (`UpstreamConnection.splice_body`)."""
@@ -747,6 +751,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                         sink.on_response_body(tail)
                     elif available:
                         sink.on_response_body(_body_of(buffer, head_end, len(buffer)))
+                    else:
+                        sink.on_response_waiting()
             elif kind is NO_BODY:
                 if len(buffer) > head_end or tail is not None:
                     self._keep_alive = False
