@@ -919,7 +919,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._splice = moving
         try:
             moving.start()
-        except OSError:  # no pipe (EMFILE): copy as before
+        except (OSError, RuntimeError):  # no pipe (EMFILE), or not watched: copy as before
             self._splice = None
             moving.close()
             self.resume_reading()

@@ -64,9 +64,14 @@ def _take_pipe(size: int) -> tuple[int, int, int]:
         os.close(pipe[1])
     read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        real = fcntl.fcntl(write, _F_SETPIPE_SZ, size)
-    except OSError:  # above /proc/sys/fs/pipe-max-size, or the user's pipe pages: as made
-        real = fcntl.fcntl(write, _F_GETPIPE_SZ)
+        try:
+            real = fcntl.fcntl(write, _F_SETPIPE_SZ, size)
+        except OSError:  # above /proc/sys/fs/pipe-max-size, or the user's pipe pages: as made
+            real = fcntl.fcntl(write, _F_GETPIPE_SZ)
+    except OSError:
+        os.close(read)
+        os.close(write)
+        raise
     return read, write, real
 
 
@@ -139,10 +144,11 @@ class BodySplice:
 
     def start(self) -> None:
         """Begin with the next turn of the loop (the server's socket is watched: what it holds
-        now is moved then). OSError when no pipe can be made (the caller goes on copying)."""
+        now is moved then). OSError when no pipe can be made, or the loop refuses to watch
+        the descriptor (the caller goes on copying)."""
         self._pipe = _take_pipe(self._limit)
-        self._reading = True
         self._loop.add_reader(self._source, self._step)
+        self._reading = True
         self._owner.splice_waits(False)
 
     def close(self) -> None:
