@@ -36,6 +36,7 @@ COMPILED = [
     "src/portico/timers.py",
     "src/portico/outbox.py",  # every proxied write goes through it
     "src/portico/upstreams/connections.py",
+    "src/portico/upstreams/splice.py",  # a spliced body's per-wake-up step
     "src/portico/upstreams/backend.py",
     "src/portico/upstreams/pool.py",
     "src/portico/observe/stats.py",

@@ -10,8 +10,10 @@ line, never for a fixed time.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import selectors
@@ -19,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 import zlib
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httptools
+from prometheus_client.parser import text_string_to_metric_families
 
 READY_TIMEOUT = 20.0
 
@@ -887,3 +891,81 @@ class FakeLoop:
             self.now = max(self.now, handle.when())
             handle.callback()
         self.now = end
+
+
+# -- what a running Portico holds and counts ------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        found = re.search(r"VmRSS:\s+(\d+) kB", status.read())
+    assert found
+    return int(found.group(1))
+
+
+def pipe_kib(pid: int) -> int:
+    """KiB held in the pipes of process `pid`: a response body spliced to a client
+    (portico.upstreams.splice) waits there, in the kernel's memory, not in the worker's RSS.
+    Each pipe is opened again through /proc (a pipe's /proc link opens the pipe itself) and
+    asked how many bytes it holds (FIONREAD), once per pipe (both its ends are listed)."""
+    total = 0
+    seen = set()
+    fds = f"/proc/{pid}/fd"
+    for name in os.listdir(fds):
+        try:
+            link = os.readlink(f"{fds}/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        if not link.startswith("pipe:") or link in seen:
+            continue
+        seen.add(link)
+        try:
+            fd = os.open(f"{fds}/{name}", os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            count = array.array("i", [0])
+            fcntl.ioctl(fd, termios.FIONREAD, count)
+            total += count[0]
+        finally:
+            os.close(fd)
+    return total // 1024
+
+
+def held_kib(pid: int) -> int:
+    """What the worker holds: its RSS and the bytes in its pipes."""
+    return rss_kib(pid) + pipe_kib(pid)
+
+
+def settled(read: Callable[[], int], quiet: float = 0.5, timeout: float = 20.0) -> int:
+    """Poll `read()` until it stops changing for `quiet` seconds; its value then."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "never settled"
+        time.sleep(0.05)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
+def metrics(proxy: Portico, listener: str) -> dict[str, float]:
+    """The samples of `listener` in /metrics now, by name (the last one of each name)."""
+    port = int(proxy.ready_line.rsplit("admin http://127.0.0.1:", 1)[1].split()[0].rstrip(";"))
+    body = request(port, target="/metrics", headers={"Host": f"127.0.0.1:{port}"}).body.decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.labels.get("listener") == listener:
+                found[sample.name] = sample.value
+    return found
+
+
+def client_bytes(proxy: Portico, listener: str) -> tuple[float, float]:
+    """(received, sent) on `listener`'s client connections, as /metrics says now."""
+    found = metrics(proxy, listener)
+    return (
+        found.get("portico_client_received_bytes_total", -1),
+        found.get("portico_client_sent_bytes_total", -1),
+    )

@@ -9,33 +9,19 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import simple_config
-from fakes import FakeBackend, Portico, connect, eventually, read_until_closed, request
+from fakes import (
+    FakeBackend,
+    Portico,
+    client_bytes,
+    connect,
+    eventually,
+    metrics,
+    read_until_closed,
+    request,
+)
 
 ADMIN = "admin:\n  bind: 127.0.0.1:0\n"
-
-
-def metrics(proxy: Portico, listener: str) -> dict[str, float]:
-    """The samples of `listener` in /metrics now, by name (the last one of each name)."""
-    port = int(proxy.ready_line.rsplit("admin http://127.0.0.1:", 1)[1].split()[0].rstrip(";"))
-    body = request(port, target="/metrics", headers={"Host": f"127.0.0.1:{port}"}).body.decode()
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.labels.get("listener") == listener:
-                found[sample.name] = sample.value
-    return found
-
-
-def client_bytes(proxy: Portico, listener: str) -> tuple[float, float]:
-    """(received, sent) on `listener`'s client connections, as /metrics says now."""
-    found = metrics(proxy, listener)
-    return (
-        found.get("portico_client_received_bytes_total", -1),
-        found.get("portico_client_sent_bytes_total", -1),
-    )
 
 
 def exchange(port: int, raw: bytes) -> bytes:

@@ -3,40 +3,27 @@ a server's oversized response head, and a worker out of file descriptors."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
 
-from fakes import Portico, Reply, ResponseReader, Seen, pool_yaml, request
+from fakes import (
+    Portico,
+    Reply,
+    ResponseReader,
+    Seen,
+    held_kib,
+    pool_yaml,
+    request,
+    settled,
+)
 
 MIB = 1 << 20
 SLOW_READERS = 150
 WARM_READERS = 10
 RESPONSE = 10 * MIB
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        found = re.search(r"VmRSS:\s+(\d+) kB", status.read())
-    assert found
-    return int(found.group(1))
-
-
-def settled(read: Callable[[], int], quiet: float = 0.5, timeout: float = 20.0) -> int:
-    """Poll `read()` until it stops changing for `quiet` seconds; its value then."""
-    deadline = time.monotonic() + timeout
-    value, since = read(), time.monotonic()
-    while time.monotonic() - since < quiet:
-        assert time.monotonic() < deadline, "never settled"
-        time.sleep(0.05)
-        now = read()
-        if now != value:
-            value, since = now, time.monotonic()
-    return value
 
 
 def big(seen: Seen) -> Reply:
@@ -59,10 +46,10 @@ def slow_readers(port: int, count: int) -> list[socket.socket]:
 
 
 def held_per_slow_reader(backends, portico, readers: int, limits: str = "") -> float:
-    """KiB of worker RSS each of `readers` never-reading clients of a 10 MiB download makes
-    Portico hold once every response stalled: the rise they cause beyond a first few such
-    readers (what the first ones grow once per worker, e.g. library and heap pages a forked
-    worker touches for the first time, is not what each reader holds)."""
+    """KiB of worker RSS and pipes (`held_kib`) each of `readers` never-reading clients of a
+    10 MiB download makes Portico hold once every response stalled: the rise they cause beyond
+    a first few such readers (what the first ones grow once per worker, e.g. library and heap
+    pages a forked worker touches for the first time, is not what each reader holds)."""
     backend = backends("b", big)
     proxy = portico(
         "workers: 1\n"
@@ -77,17 +64,17 @@ def held_per_slow_reader(backends, portico, readers: int, limits: str = "") -> f
     socks = slow_readers(proxy.port, WARM_READERS)
     try:
         settled(lambda: backend.body_bytes_sent)
-        before = settled(lambda: rss_kib(worker))
+        before = settled(lambda: held_kib(worker))
         socks += slow_readers(proxy.port, readers)
         # every response stalls: Portico stopped reading from the server
         settled(lambda: backend.body_bytes_sent)
-        held = settled(lambda: rss_kib(worker)) - before
+        held = settled(lambda: held_kib(worker)) - before
     finally:
         for sock in socks:
             sock.close()
     per_reader = held / readers
     print(
-        f"limits {{{limits.lstrip(', ')}}}: worker RSS rise with {readers} slow readers "
+        f"limits {{{limits.lstrip(', ')}}}: worker RSS + pipes rise with {readers} slow readers "
         f"(after {WARM_READERS}): {held} KiB, {per_reader:.0f} KiB each"
     )
     return per_reader

@@ -70,6 +70,15 @@ class _Sink(ResponseSink):
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         self.on_upstream_failed("upgrade", True, False)
 
+    def on_response_waiting(self) -> None:
+        pass
+
+    def on_response_spliced(self, size: int) -> None:
+        pass  # never spliced: the cache must see the body (no client socket either)
+
+    def on_client_failed(self) -> None:
+        pass
+
 
 async def refresh(
     cache: CacheExchange, pool: Pool, host: bytes | None, loop: asyncio.AbstractEventLoop

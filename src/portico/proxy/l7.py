@@ -67,6 +67,7 @@ from portico.upstreams.connections import (
     send_room,
 )
 from portico.upstreams.pool import FULL, Pool
+from portico.upstreams.splice import available as splice_available
 
 if TYPE_CHECKING:
     from portico.filters.base import RequestFilter
@@ -101,6 +102,13 @@ BLOCK_UPSTREAM: Final = 2
 # body bytes are buffered while the server connection is being set up
 BLOCK_PENDING: Final = 4
 BLOCK_DONE: Final = 8  # nothing more will be read on this connection
+# A Content-Length body at least this big, with nothing to see it (no transform, no cache
+# store), for a plain HTTP/1.x client, is spliced to the client's socket by the kernel once its
+# first bytes are written and at least this much is still to come (issue #18: the two copies
+# of every byte were most of a 1 MiB response's cost); smaller rests are copied (setting a
+# splice up costs ~10 system calls)
+SPLICE_MIN: Final = 128 * 1024
+SPLICING: Final = splice_available()
 
 
 @trait
@@ -189,6 +197,7 @@ class Exchange(ResponseSink):
         "_sent",
         "_sent_at",
         "_settings",
+        "_splice_to",
         "_stale_retried",
         "_started",
         "_stick_key",
@@ -285,6 +294,9 @@ class Exchange(ResponseSink):
         self._response_started = False  # a byte of it went to the client
         self._continued = False  # a 100 Continue went to the client
         self._pipe: TransformChain | None = None  # the body transforms of the response
+        # the client's transport, while the rest of the response body may be spliced to its
+        # socket in the kernel (`_try_splice`)
+        self._splice_to: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None  # a local body waits for writability
         self._error: str | None = None  # why the response was cut (the done phase's)
         self._flush_due = False  # a flush of the transforms is scheduled (TRANSFORM_FLUSH_DELAY)
@@ -830,6 +842,10 @@ class Exchange(ResponseSink):
         )
         if not framer.keep:
             self.keep_alive = False
+        if length >= SPLICE_MIN and SPLICING and self._pipe is None and self._client.direct_writes:
+            cache = self._cache
+            if cache is None or not cache.storing:
+                self._splice_to = framer.raw_transport()  # None: TLS (or HTTP/2)
 
     def _route_chain(self) -> RouteChain | None:
         """The chosen route's own filters and stages, or None (no route, or none there)."""
@@ -962,6 +978,42 @@ class Exchange(ResponseSink):
         self._out.send_body(data)
         self._sent += len(data)
         self._response_started = True
+        if self._splice_to is not None:
+            self._try_splice(self._splice_to, False)
+
+    def on_response_waiting(self) -> None:
+        if self._splice_to is not None:
+            self._try_splice(self._splice_to, True)
+
+    def _try_splice(self, transport: asyncio.Transport, head_only: bool) -> None:
+        """Splice the rest of the body to the client's socket (`splice_body`: no copy of it
+        goes through the worker) once what was written to the client is in its socket, and
+        the whole request was sent; else try again after the next read. A rest too small to
+        pay for setting it up is copied. `head_only`: none of the body was read yet (the
+        server sent its head alone), and the staged head goes out first, alone."""
+        upstream = self._upstream
+        if upstream is None or not self.request_complete:
+            return
+        if upstream.body_left() < SPLICE_MIN:
+            self._splice_to = None
+            return
+        if head_only:
+            self._out.send_body(b"")  # the staged head
+            self._response_started = True
+        OUTBOX.flush_to(transport)
+        if transport.get_write_buffer_size():
+            return  # the client is behind: the copying path's bound holds until it catches up
+        self._splice_to = None
+        upstream.splice_body(transport, self._read_limit, self._settings.send_timeout)
+
+    def on_response_spliced(self, size: int) -> None:
+        self._sent += size
+        self._out.sent_raw(size)
+
+    def on_client_failed(self) -> None:
+        # as when its transport fails on the copying path: the connection's loss ends this
+        # exchange ("client gone") and drops the server connection, mid-body
+        self._client.abort()
 
     def _transformed_body(self, pipe: TransformChain, data: bytes | memoryview) -> None:
         """A body piece through the response's transforms. Held-back bytes are flushed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 import sys
@@ -32,6 +33,7 @@ from portico.http.headers import (
 from portico.native import mypyc_attr
 from portico.outbox import OUTBOX
 from portico.timers import Deadline
+from portico.upstreams import splice
 
 MAX_RESPONSE_HEAD: Final = 64 * 1024
 # How much a server connection reads at a time: what bounds the bytes a slow client makes
@@ -317,6 +319,20 @@ class ResponseSink:
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         raise NotImplementedError
 
+    def on_response_waiting(self) -> None:
+        """The head of a Content-Length body was read alone: none of the body yet."""
+        raise NotImplementedError
+
+    def on_response_spliced(self, size: int) -> None:
+        """`size` more body bytes went to the client's socket in the kernel, never through
+        `on_response_body` (`UpstreamConnection.splice_body`)."""
+        raise NotImplementedError
+
+    def on_client_failed(self) -> None:
+        """The client's socket failed, or took nothing for the send timeout, while a body was
+        spliced to it (the splice has stopped; the server connection is mid-body)."""
+        raise NotImplementedError
+
     def read_size(self) -> int:
         """How many body bytes to read from the server now (`client_read_size`)."""
         raise NotImplementedError
@@ -391,6 +407,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._chunked_done = False
         self._trailers: list[Header] = []  # of a chunked response, as they arrive
         self._lent: LentBuffer | None = None  # the buffer get_buffer lent to the read under way
+        # a body spliced to the client's socket (`splice_body`), and what its wait is for
+        self._splice: splice.BodySplice | None = None
+        self._splice_for_client = False
+        self._send_timeout = 0.0  # ... the client's, while the splice waits for it
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -400,6 +420,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_splice()
         if self._deadline is not None:
             self._deadline.cancel()
         sink, self.sink = self.sink, None
@@ -557,6 +578,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             size += len(part)
         OUTBOX.writelines(self.transport, parts, size)
 
+    def body_left(self) -> int:
+        """Bytes of a Content-Length body still to be read (0 in any other state)."""
+        return self._remaining if self._state == _LENGTH else 0
+
     def pause_reading(self) -> None:
         """The client is not keeping up: stop reading so the server slows down, not our memory."""
         if not self._paused_reading and self.transport is not None:
@@ -577,6 +602,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         wait forever for its response (the last bytes of a big download often arrive while
         the client is behind)."""
         self.sink = None
+        self._stop_splice()
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resume_reading()
@@ -588,6 +614,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def close(self) -> None:
         self.sink = None
         self.closed = True
+        self._stop_splice()
         if self._deadline is not None:
             self._deadline.cancel()
         if self.transport is not None:
@@ -597,6 +624,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def abort(self) -> None:
         self.sink = None
         self.closed = True
+        self._stop_splice()
         if self._deadline is not None:
             self._deadline.cancel()
         if self.transport is not None:
@@ -723,6 +751,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                         sink.on_response_body(tail)
                     elif available:
                         sink.on_response_body(_body_of(buffer, head_end, len(buffer)))
+                    else:
+                        sink.on_response_waiting()
             elif kind is NO_BODY:
                 if len(buffer) > head_end or tail is not None:
                     self._keep_alive = False
@@ -847,4 +877,93 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def _on_timeout(self) -> None:
         if self._state in (_IDLE, _DONE):
             return
+        if self._splice is not None and self._splice_for_client:
+            self._splice_failed_client()  # the client took nothing for its send timeout
+            return
         self._fail("server timed out", timed_out=True)
+
+    # -- a body spliced to the client (portico.upstreams.splice) -------------------------------
+
+    def splice_body(self, client: asyncio.Transport, limit: int, send_timeout: float) -> bool:
+        """Move the rest of this Content-Length body to `client`'s socket in the kernel
+        (`splice.BodySplice`), at most `limit` bytes held at a time; the sink hears of it by
+        `on_response_spliced`, then `on_response_end` (or a failure) as for a copied body.
+        Preconditions (the caller's): whatever was written to `client` is in its socket (its
+        write buffer is empty), the client is plain TCP, and nothing has to see the body.
+        False (nothing changed) when this connection cannot: not in a Content-Length body,
+        still sending the request, TLS, or no descriptor or pipe to spare."""
+        transport = self.transport
+        if (
+            self._state != _LENGTH
+            or self._remaining <= 0
+            or self._sending
+            or self._splice is not None
+            or transport is None
+            or transport.get_extra_info("sslcontext") is not None
+        ):
+            return False
+        try:
+            source = os.dup(transport.get_extra_info("socket").fileno())
+        except (OSError, AttributeError):
+            return False
+        try:
+            dest = os.dup(client.get_extra_info("socket").fileno())
+        except (OSError, AttributeError):
+            os.close(source)
+            return False
+        moving = splice.BodySplice(
+            asyncio.get_running_loop(), source, dest, self._remaining, limit, self
+        )
+        self._send_timeout = send_timeout
+        self.pause_reading()
+        self._splice = moving
+        try:
+            moving.start()
+        except (OSError, RuntimeError):  # no pipe (EMFILE), or not watched: copy as before
+            self._splice = None
+            moving.close()
+            self.resume_reading()
+            return False
+        return True
+
+    def _stop_splice(self) -> None:
+        moving, self._splice = self._splice, None
+        if moving is not None:
+            moving.close()
+
+    def splice_moved(self, size: int) -> None:
+        self._remaining -= size
+        if self.sink is not None:
+            self.sink.on_response_spliced(size)
+
+    def splice_waits(self, for_client: bool) -> None:
+        self._splice_for_client = for_client
+        deadline = self._deadline
+        if deadline is not None:
+            deadline.set(self._send_timeout if for_client else self._read_timeout)
+
+    def splice_done(self, trailing: bool) -> None:
+        self._splice = None
+        self._remaining = 0
+        if trailing:
+            self._keep_alive = False  # bytes beyond the response: the stream is corrupt
+        if self._deadline is not None:
+            self._deadline.clear()
+        self._finish()
+
+    def splice_failed(self, reason: str, client: bool) -> None:
+        self._splice = None
+        if client:
+            self._splice_failed_client()
+        else:
+            self._fail(reason)
+
+    def _splice_failed_client(self) -> None:
+        """The client failed mid-body: as when its transport fails on the copying path, the
+        client is aborted (its connection's loss ends the exchange, which drops this one)."""
+        self._stop_splice()
+        if self._deadline is not None:
+            self._deadline.clear()
+        sink = self.sink
+        if sink is not None:
+            sink.on_client_failed()

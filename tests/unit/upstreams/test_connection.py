@@ -85,6 +85,9 @@ class Sink(ResponseSink):
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         self.events.append(("upgraded", rest))
 
+    def on_response_waiting(self) -> None:
+        self.events.append(("waiting",))
+
     def read_size(self) -> int:
         return READ_SIZE
 
@@ -125,6 +128,24 @@ def test_plain_fields_keep_order_and_spelling_framing_and_hop_by_hop_go() -> Non
         ("body", b"ok"),
         ("end",),
     ]
+
+
+def test_a_length_head_read_alone_says_its_body_is_still_to_come_once() -> None:
+    """The sink hears that a Content-Length body has not begun (a spliced body starts from
+    there); a head read with body bytes, or with no body to come, does not say it."""
+    conn, [sink] = exchange([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"])
+    assert [event[0] for event in sink.events] == ["head", "waiting"]
+    conn.data_received(b"ab")
+    conn.data_received(b"cd")
+    assert sink.events[2:] == [("body", b"ab"), ("body", b"cd"), ("end",)]
+    _, [with_body, empty] = exchange(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ]
+    )
+    assert [event[0] for event in with_body.events] == ["head", "body"]
+    assert [event[0] for event in empty.events] == ["head", "end"]
 
 
 def test_repeated_field_names_are_all_forwarded_in_order() -> None:

@@ -65,6 +65,9 @@ class Sink(ResponseSink):
     def on_upgraded(self, head: ResponseHead, rest: bytes) -> None:
         pass
 
+    def on_response_waiting(self) -> None:
+        pass
+
     def read_size(self) -> int:
         return self.read
 
