@@ -249,6 +249,8 @@ class _BackendProtocol(asyncio.Protocol):
             else:
                 transport.write(chunk)
             self.backend.body_bytes_sent += len(chunk)
+            if transport.is_closing():
+                return  # the peer is gone (a real server's send fails): no more to send
             await self.writable.wait()  # flow control: a slow reader slows this backend
         if reply.framing == "chunked" and not no_body:
             trailer = "".join(f"{k}: {v}\r\n" for k, v in reply.trailers)
