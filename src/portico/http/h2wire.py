@@ -96,6 +96,8 @@ from hyperframe.frame import (
 
 from portico.native import mypyc_attr
 
+_H2_STREAM: Final[Any] = H2Stream  # h2's methods, run on a `WireStream` (duck-typed)
+
 # hyperframe's frame header: length (24 bits, as 16 + 8), type, flags, stream id (31 bits)
 _FRAME_HEADER: Final = Struct(">HBBBL")
 _END_STREAM: Final = 0x01
@@ -108,11 +110,9 @@ _FLOW_CONTROL_ERROR: Final = ErrorCodes.FLOW_CONTROL_ERROR
 _STREAM_CLOSED: Final = ErrorCodes.STREAM_CLOSED
 # enum members, read as C statics rather than looked up on their class each time
 _CLOSED: Final = StreamState.CLOSED
-_OPEN_STATES: Final = (
-    StreamState.OPEN,
-    StreamState.HALF_CLOSED_LOCAL,
-    StreamState.HALF_CLOSED_REMOTE,
-)
+_OPEN: Final = StreamState.OPEN
+_HALF_CLOSED_LOCAL: Final = StreamState.HALF_CLOSED_LOCAL
+_HALF_CLOSED_REMOTE: Final = StreamState.HALF_CLOSED_REMOTE
 _CONNECTION_CLOSED: Final = ConnectionState.CLOSED
 _IDLE: Final = StreamState.IDLE
 _CLOSED_BY_SEND_END_STREAM: Final = StreamClosedBy.SEND_END_STREAM
@@ -385,27 +385,60 @@ _CONNECTION_DATA_STAYS: Final[frozenset[int]] = frozenset(
 )
 
 
-def stream_step(machine: Any, input_: Any) -> list[Event]:
+# a closed stream never opens again in h2's tables: what `StreamTally` counts on
+TALLY_FAST: Final = all(
+    _target is _CLOSED
+    for (_state, _input), (_func, _target) in _stream_transitions.items()
+    if _state is _CLOSED
+)
+
+
+def stream_step(machine: WireStreamMachine, input_: Any) -> list[Event]:
     """h2's `H2StreamStateMachine.process_input`, for a valid `StreamInputs` member: called
-    directly from this module's compiled code, through `process_input` from h2's."""
+    directly from this module's compiled code, through `process_input` from h2's. Every
+    move is told to the machine's `StreamTally`, if it has one."""
     previous = machine.state
     move = _STREAM_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
     if move is None:
-        machine.state = _CLOSED
+        _move_to(machine, previous, _CLOSED)
         raise ProtocolError(f"Invalid input {input_} in state {previous}")
     func, target = move
-    machine.state = target
+    if target is not previous:
+        _move_to(machine, previous, target)
     if func is not None:
         try:
             events: list[Event] = func(machine, previous)
         except ProtocolError:
-            machine.state = _CLOSED
+            _move_to(machine, target, _CLOSED)
             raise
         except AssertionError as err:
-            machine.state = _CLOSED
+            _move_to(machine, target, _CLOSED)
             raise ProtocolError(err) from err
         return events
     return []
+
+
+def _is_open(state: Any) -> bool:
+    """h2's `STREAM_OPEN[state]`: open, or half closed either way (RFC 9113 §5.1.2)."""
+    return state is _OPEN or state is _HALF_CLOSED_LOCAL or state is _HALF_CLOSED_REMOTE
+
+
+def _move_to(machine: WireStreamMachine, previous: Any, target: Any) -> None:
+    """`machine.state = target`, and the machine's tally (if any) told of the move."""
+    machine.state = target
+    tally = machine.tally
+    if tally is None or target is previous:
+        return
+    was = _is_open(previous)
+    now = _is_open(target)
+    if was != now:
+        delta = 1 if now else -1
+        if machine.stream_id & 1:
+            tally.odd += delta
+        else:
+            tally.even += delta
+    if target is _CLOSED:
+        tally.closed.append(machine)
 
 
 def connection_step(machine: Any, input_: Any) -> list[Event]:
@@ -423,20 +456,63 @@ def connection_step(machine: Any, input_: Any) -> list[Event]:
     return []
 
 
-@mypyc_attr(native_class=False)
-class WireStreamMachine(H2StreamStateMachine):
-    """h2's stream state machine (RFC 9113 §5.1), its table looked up without `Enum.__hash__`."""
+# h2's stream state machine's attributes, in the order its `__init__` sets them
+MACHINE_FIELDS: Final = (
+    "state",
+    "stream_id",
+    "client",
+    "headers_sent",
+    "trailers_sent",
+    "headers_received",
+    "trailers_received",
+    "stream_closed_by",
+)
+
+
+class StreamTally:
+    """A connection's open streams counted as they move (h2 counts them by walking every
+    stream each time a stream opens), and those closed since they were last forgotten."""
+
+    __slots__ = ("closed", "even", "made", "members", "odd")
+
+    def __init__(self) -> None:
+        self.even = 0  # open streams (RFC 9113 §5.1.2: open or half closed) with even ids
+        self.odd = 0  # ... with odd ids
+        self.closed: list[WireStreamMachine] = []  # closed, maybe not yet forgotten
+        self.made = 0  # streams made: each machine's `order`
+        self.members = 0  # streams the connection holds, as far as the tally knows
+
+
+class WireStreamMachine:
+    """h2's stream state machine (RFC 9113 §5.1): its attributes (`MACHINE_FIELDS`) and its
+    moves (h2's tables, run by `stream_step`, or by h2's own functions on this object) in a
+    compiled class; `tally` and `order` are the connection's count of open streams."""
+
+    __slots__ = (
+        "client",
+        "headers_received",
+        "headers_sent",
+        "order",
+        "state",
+        "stream_closed_by",
+        "stream_id",
+        "tally",
+        "trailers_received",
+        "trailers_sent",
+    )
 
     def __init__(self, stream_id: int) -> None:
         """h2's, compiled."""
-        self.state = _IDLE
-        self.stream_id = stream_id
-        self.client = None
-        self.headers_sent = None
-        self.trailers_sent = None
-        self.headers_received = None
-        self.trailers_received = None
-        self.stream_closed_by = None
+        self.state: Any = _IDLE
+        self.stream_id: int = stream_id
+        self.client: Any = None
+        self.headers_sent: Any = None
+        self.trailers_sent: Any = None
+        self.headers_received: Any = None
+        self.trailers_received: Any = None
+        self.stream_closed_by: Any = None
+        self.tally: StreamTally | None = None
+        self.order = 0  # when it was made, among its connection's streams
 
     def process_input(self, input_: StreamInputs) -> list[Event]:
         if not isinstance(input_, StreamInputs):
@@ -454,9 +530,23 @@ class WireConnectionMachine(H2ConnectionStateMachine):
         return connection_step(self, input_)
 
 
-@mypyc_attr(native_class=False)
-class WireStream(H2Stream):
-    """h2's stream, its received header blocks checked by `received_fields`."""
+class WireStream:
+    """h2's stream (`H2Stream`) as a compiled class: its attributes (`STREAM_FIELDS`), its
+    properties, the methods every request runs compiled (received header blocks checked by
+    `received_fields`), and every other method h2's own, run on this object."""
+
+    __slots__ = (
+        "_actual_content_length",
+        "_authority",
+        "_expected_content_length",
+        "_inbound_window_manager",
+        "config",
+        "max_outbound_frame_size",
+        "outbound_flow_control_window",
+        "request_method",
+        "state_machine",
+        "stream_id",
+    )
 
     def __init__(
         self,
@@ -468,14 +558,97 @@ class WireStream(H2Stream):
         # h2's H2Stream.__init__, with the compiled state machine
         self.state_machine = WireStreamMachine(stream_id)
         self.stream_id = stream_id
-        self.max_outbound_frame_size = None
-        self.request_method = None
-        self.outbound_flow_control_window = outbound_window_size
-        self._inbound_window_manager = window_manager(inbound_window_size)
-        self._expected_content_length = None
-        self._actual_content_length = 0
-        self._authority = None
-        self.config = config
+        self.max_outbound_frame_size: Any = None
+        self.request_method: Any = None
+        self.outbound_flow_control_window: int = outbound_window_size
+        self._inbound_window_manager: Any = window_manager(inbound_window_size)
+        self._expected_content_length: Any = None
+        self._actual_content_length: int = 0
+        self._authority: Any = None
+        self.config: Any = config
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id:{self.stream_id} state:{self.state_machine.state!r}>"
+
+    # -- h2's properties -------------------------------------------------------------------------
+
+    @property
+    def inbound_flow_control_window(self) -> int:
+        size: int = self._inbound_window_manager.current_window_size
+        return size
+
+    @property
+    def open(self) -> bool:
+        return _is_open(self.state_machine.state)
+
+    @property
+    def closed(self) -> bool:
+        return self.state_machine.state is _CLOSED
+
+    @property
+    def closed_by(self) -> Any:
+        return self.state_machine.stream_closed_by
+
+    # -- h2's own methods, run on this object ----------------------------------------------------
+
+    def upgrade(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.upgrade(self, *args, **kwargs)
+
+    def send_headers(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.send_headers(self, *args, **kwargs)
+
+    def push_stream_in_band(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.push_stream_in_band(self, *args, **kwargs)
+
+    def locally_pushed(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.locally_pushed(self, *args, **kwargs)
+
+    def send_data(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.send_data(self, *args, **kwargs)
+
+    def end_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.end_stream(self, *args, **kwargs)
+
+    def advertise_alternative_service(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.advertise_alternative_service(self, *args, **kwargs)
+
+    def increase_flow_control_window(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.increase_flow_control_window(self, *args, **kwargs)
+
+    def receive_push_promise_in_band(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.receive_push_promise_in_band(self, *args, **kwargs)
+
+    def remotely_pushed(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.remotely_pushed(self, *args, **kwargs)
+
+    def receive_data(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.receive_data(self, *args, **kwargs)
+
+    def receive_continuation(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.receive_continuation(self, *args, **kwargs)
+
+    def receive_alt_svc(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.receive_alt_svc(self, *args, **kwargs)
+
+    def reset_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.reset_stream(self, *args, **kwargs)
+
+    def stream_reset(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.stream_reset(self, *args, **kwargs)
+
+    def acknowledge_received_data(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM.acknowledge_received_data(self, *args, **kwargs)
+
+    def _build_headers_frames(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM._build_headers_frames(self, *args, **kwargs)
+
+    def _track_content_length(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM._track_content_length(self, *args, **kwargs)
+
+    def _inbound_flow_control_change_from_settings(self, *args: Any, **kwargs: Any) -> Any:
+        return _H2_STREAM._inbound_flow_control_change_from_settings(self, *args, **kwargs)
+
+    # -- compiled ----------------------------------------------------------------------------
 
     def receive_headers(
         self,
@@ -587,7 +760,7 @@ class WireStream(H2Stream):
             or not config._normalize_inbound_headers
             or not config._validate_inbound_headers
         ):
-            return H2Stream._process_received_headers(
+            return _H2_STREAM._process_received_headers(  # type: ignore[no-any-return]
                 self, headers, header_validation_flags, header_encoding
             )
         return received_fields(
@@ -772,6 +945,8 @@ class WireConnection(H2Connection):
         # bytes): filled send buffers and large DATA payloads, held rather than copied in
         # (`send_data`), joined once by `take_data`
         self._held: list[bytes | bytearray | memoryview] = []
+        # the open streams counted as they move, not by a walk over all of them per new one
+        self._tally: StreamTally | None = StreamTally() if TALLY_FAST else None
 
     def take_data(self) -> bytes | bytearray:
         """What is queued to send, as `data_to_send()`: the buffer itself when nothing is
@@ -839,15 +1014,16 @@ class WireConnection(H2Connection):
             connection_step(machine, _C_SEND_DATA)
         if stream is None:
             stream = streams[stream_id]  # h2's KeyError (an empty frame, unknown stream)
-        machine = stream.state_machine
+        wire: WireStream = stream
+        machine = wire.state_machine
         if id(machine.state) not in _STREAM_DATA_STAYS:
             stream_step(machine, _SEND_DATA)
         flags = 0
         if end_stream:
             stream_step(machine, _SEND_END_STREAM)
             flags = _END_STREAM
-        remaining: int = stream.outbound_flow_control_window - size
-        stream.outbound_flow_control_window = remaining
+        remaining: int = wire.outbound_flow_control_window - size
+        wire.outbound_flow_control_window = remaining
         assert remaining >= 0 or size == 0
         buffer = self._data_to_send
         buffer += _FRAME_HEADER.pack(
@@ -882,7 +1058,7 @@ class WireConnection(H2Connection):
         with outbound normalisation and validation off (Portico's fields are built valid):
         the same state changes, HPACK encoding and frames, serialised straight to the send
         buffer. Anything else (a new stream, priority, a client) is h2's own path."""
-        stream = self.streams.get(stream_id)
+        stream: Any = self.streams.get(stream_id)
         config: Any = self.config  # its fields read directly: h2's are Python descriptors
         if (
             stream is None
@@ -903,13 +1079,14 @@ class WireConnection(H2Connection):
                 priority_exclusive,
             )
             return
+        wire: WireStream = stream
         connection_step(self.state_machine, _C_SEND_HEADERS)
         fields = list(headers)
         for field in fields:
             if not (isinstance(field[0], bytes) and isinstance(field[1], bytes)):
                 fields = utf8_encode_headers(fields)
                 break
-        machine = stream.state_machine
+        machine = wire.state_machine
         step = _SEND_HEADERS
         if not machine.client and _informational(fields):
             if end_stream:
@@ -917,7 +1094,7 @@ class WireConnection(H2Connection):
             step = _SEND_INFORMATIONAL_HEADERS
         stream_step(machine, step)
         block = self.encoder.encode(fields)
-        size = stream.max_outbound_frame_size or 0
+        size: int = wire.max_outbound_frame_size or 0
         if 0 < len(block) <= size:
             blocks = [block]  # one frame: the block as it is, not a copy
         else:
@@ -929,7 +1106,7 @@ class WireConnection(H2Connection):
             flags = _END_STREAM
         if machine.trailers_sent and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set.")
-        stream.request_method = _method(fields)
+        wire.request_method = _method(fields)
         buffer = self._data_to_send
         sid = stream_id & 0x7FFFFFFF
         last = len(blocks) - 1
@@ -945,37 +1122,18 @@ class WireConnection(H2Connection):
             buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x9, flags, sid)
             buffer += part
 
-    def _get_or_create_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+    def _get_or_create_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> Any:
         """h2's, without a KeyError raised and caught for every new stream."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             return stream
-        return self._begin_new_stream(stream_id, allowed_ids)
+        return new_stream(self, stream_id, allowed_ids)
 
-    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> Any:
         """h2's, making a `WireStream`."""
-        config: Any = self.config
-        outbound = stream_id % 2 == int(config._client_side)  # h2's _stream_id_is_outbound
-        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
-        if stream_id <= highest:
-            raise StreamIDTooLowError(stream_id, highest)
-        if (stream_id % 2) != int(allowed_ids):
-            raise ProtocolError("Invalid stream ID for peer.")
-        stream = WireStream(
-            stream_id,
-            config=self.config,
-            inbound_window_size=setting(self.local_settings, _INITIAL_WINDOW_SIZE),
-            outbound_window_size=setting(self.remote_settings, _INITIAL_WINDOW_SIZE),
-        )
-        stream.max_outbound_frame_size = self.max_outbound_frame_size
-        self.streams[stream_id] = stream
-        if outbound:
-            self.highest_outbound_stream_id = stream_id
-        else:
-            self.highest_inbound_stream_id = stream_id
-        return stream
+        return new_stream(self, stream_id, allowed_ids)
 
-    def _get_stream_by_id(self, stream_id: int | None) -> H2Stream:
+    def _get_stream_by_id(self, stream_id: int | None) -> Any:
         """h2's."""
         if not stream_id:
             raise NoSuchStreamError(-1)
@@ -991,42 +1149,33 @@ class WireConnection(H2Connection):
 
     def local_flow_control_window(self, stream_id: int) -> int:
         """h2's."""
-        stream = self._get_stream_by_id(stream_id)
-        return min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
+        stream: WireStream = self._get_stream_by_id(stream_id)
+        window: int = self.outbound_flow_control_window
+        return min(window, stream.outbound_flow_control_window)
 
     def _open_streams(self, remainder: int) -> int:
         """h2's: the open streams with this parity, forgetting the closed ones."""
-        count = 0
-        closed: list[int] = []
-        streams = self.streams
-        for stream_id, stream in streams.items():
-            state = stream.state_machine.state
-            if state in _OPEN_STATES and stream_id % 2 == remainder:
-                count += 1
-            elif state == _CLOSED:
-                closed.append(stream_id)
-        if closed:
-            remember = self._closed_streams
-            for stream_id in closed:
-                gone = streams.pop(stream_id)
-                forget(remember, stream_id, gone.state_machine.stream_closed_by)
-        return count
+        return open_streams(self, remainder)
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
         """h2's, compiled."""
         config: Any = self.config
         client = config._client_side
-        stream_id = frame.stream_id
-        if stream_id not in self.streams:
+        stream_id: int = frame.stream_id
+        streams = self.streams
+        if stream_id not in streams:
             limit = setting(self.local_settings, _MAX_CONCURRENT_STREAMS)
-            count = self._open_streams(0 if client else 1)
+            count = open_streams(self, 0 if client else 1)
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
         headers = decode_headers(self.decoder, frame.data)
         events = connection_step(self.state_machine, _C_RECV_HEADERS)
-        stream = self._get_or_create_stream(
-            stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
-        )
+        found: Any = streams.get(stream_id)  # h2's _get_or_create_stream
+        if found is None:
+            found = new_stream(
+                self, stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
+            )
+        stream: WireStream = found
         frames, stream_events = stream.receive_headers(
             headers, flagged(frame, "END_STREAM"), config._header_encoding
         )
@@ -1106,6 +1255,113 @@ class WireConnection(H2Connection):
         else:
             self._prepare_for_sending(frames)
         return events
+
+
+def new_stream(conn: Any, stream_id: int, allowed_ids: AllowedStreamIDs) -> WireStream:
+    """h2's `_begin_new_stream` for `conn` (a `WireConnection`): a `WireStream`, counted in
+    the connection's tally."""
+    config: Any = conn.config
+    outbound = stream_id % 2 == int(config._client_side)  # h2's _stream_id_is_outbound
+    highest: int = conn.highest_outbound_stream_id if outbound else conn.highest_inbound_stream_id
+    if stream_id <= highest:
+        raise StreamIDTooLowError(stream_id, highest)
+    if (stream_id % 2) != int(allowed_ids):
+        raise ProtocolError("Invalid stream ID for peer.")
+    stream = WireStream(
+        stream_id,
+        config,
+        setting(conn.local_settings, _INITIAL_WINDOW_SIZE),
+        setting(conn.remote_settings, _INITIAL_WINDOW_SIZE),
+    )
+    stream.max_outbound_frame_size = conn.max_outbound_frame_size
+    conn.streams[stream_id] = stream
+    tally: StreamTally | None = conn._tally
+    if tally is not None:
+        machine = stream.state_machine
+        machine.tally = tally
+        tally.made += 1
+        machine.order = tally.made
+        tally.members += 1
+    if outbound:
+        conn.highest_outbound_stream_id = stream_id
+    else:
+        conn.highest_inbound_stream_id = stream_id
+    return stream
+
+
+def open_streams(conn: Any, remainder: int) -> int:
+    """h2's `_open_streams` for `conn` (a `WireConnection`): how many of its streams with
+    ids of this parity are open (RFC 9113 §5.1.2), after forgetting the closed ones (into
+    `_closed_streams`, in the order h2 forgets them: the order the streams were made). Read
+    from the tally the streams' moves keep; h2's walk over every stream when there is none,
+    or when the streams are not those the tally counted (a stream put in or taken out by
+    other code than h2's)."""
+    streams: dict[int, Any] = conn.streams
+    tally: StreamTally | None = conn._tally
+    if tally is None or tally.members != len(streams):
+        return walk_streams(conn, remainder)
+    closed = tally.closed
+    if closed:
+        tally.closed = []
+        last = 0
+        for machine in closed:
+            if machine.order < last:
+                closed.sort(key=_made)
+                break
+            last = machine.order
+        remember = conn._closed_streams
+        for machine in closed:
+            stream_id = machine.stream_id
+            stream = streams.get(stream_id)
+            if stream is not None and stream.state_machine is machine:
+                del streams[stream_id]
+                tally.members -= 1
+                forget(remember, stream_id, machine.stream_closed_by)
+    return tally.odd if remainder else tally.even
+
+
+def _made(machine: WireStreamMachine) -> int:
+    return machine.order
+
+
+def walk_streams(conn: Any, remainder: int) -> int:
+    """h2's `_open_streams` as h2 does it (every stream looked at), then a new tally of the
+    streams that are left (none, if one of them is not a `WireStream`)."""
+    count = 0
+    even = odd = 0
+    closed: list[int] = []
+    streams: dict[int, Any] = conn.streams
+    for stream_id, stream in streams.items():
+        if stream.open:
+            if stream_id % 2 == remainder:
+                count += 1
+            if stream_id & 1:
+                odd += 1
+            else:
+                even += 1
+        elif stream.closed:
+            closed.append(stream_id)
+    remember = conn._closed_streams
+    for stream_id in closed:
+        gone = streams.pop(stream_id)
+        forget(remember, stream_id, gone.closed_by)
+    if conn._tally is not None:
+        tally: StreamTally | None = StreamTally()
+        for stream in streams.values():
+            if type(stream) is not WireStream:
+                tally = None
+                break
+        if tally is not None:
+            tally.even = even
+            tally.odd = odd
+            tally.members = len(streams)
+            for stream in streams.values():
+                machine: WireStreamMachine = stream.state_machine
+                machine.tally = tally
+                tally.made += 1
+                machine.order = tally.made
+        conn._tally = tally
+    return count
 
 
 # The h2 release whose internals the classes above copy, and which tests/unit/http/test_h2wire.py
