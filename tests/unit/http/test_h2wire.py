@@ -22,7 +22,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from h2.stream import H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
+from h2.stream import H2Stream, H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
 from h2.utilities import (
     HeaderValidationFlags,
     SizeLimitDict,
@@ -49,6 +49,7 @@ from portico.http.h2wire import (
     WireConnection,
     WireConnectionMachine,
     WireFrameBuffer,
+    WireStream,
     WireStreamMachine,
     connection_class,
     forget,
@@ -708,3 +709,108 @@ def test_a_bad_or_oversized_header_block_is_refused_by_both() -> None:
         server.decoder.max_header_list_size = 100
     pair.client.send_headers(1, [*REQUEST, (b"x-big", b"v" * 200)], end_stream=True)
     assert pair.feed(pair.client.data_to_send())[0] == "DenialOfServiceError"
+
+
+def quietly(fn: Callable[[], Any]) -> None:
+    """A client's move, or nothing where its own h2 refuses it."""
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_open_streams_are_counted_and_closed_ones_forgotten_as_h2_does(seed: int) -> None:
+    """Streams opened, pushed, ended, answered and reset in a random order: the open ones of
+    either parity counted alike at every step, the closed ones forgotten in the same order
+    (`same_state` compares `_closed_streams`, an ordered dict)."""
+    rng = random.Random(seed)
+    pair = Pair()
+    for server in pair.servers:
+        server.local_settings = Settings(client=False, initial_values={0x3: 8})
+    client = pair.client
+    next_id, pushed = 1, 2
+    for _ in range(200):
+        theirs, ours = pair.servers
+        live = sorted(  # open at both ends (the client's h2 fails on frames after its reset)
+            i
+            for i, s in ours.streams.items()
+            if not s.closed and i in client.streams and not client.streams[i].closed
+        )
+        action = rng.randrange(8) if live else 0
+        sid = rng.choice(live) if live else 0
+        if action in (2, 3) and sid % 2 == 0:
+            action = 0  # the client ends or resets only its own requests
+        if action <= 1 and ours.open_inbound_streams == 8:  # at the limit: none opened
+            action, sid = 5, rng.choice(live or [i for i, s in ours.streams.items() if s.open])
+        if action <= 1:  # a new request, ended or not
+            client.send_headers(next_id, REQUEST, end_stream=action == 0)
+            next_id += 2
+        elif action == 2:
+            quietly(partial(client.send_data, sid, b"", end_stream=True))
+        elif action == 3:
+            quietly(partial(client.reset_stream, sid, ErrorCodes.CANCEL))
+        elif action == 4 and not ours.streams[sid].state_machine.headers_sent:
+            pair.both("send_headers", sid, [(b":status", b"200")], end_stream=rng.random() < 0.7)
+        elif action == 4:
+            pair.both("send_headers", sid, [(b"x-trailer", b"1")], end_stream=True)
+        elif action == 5:
+            pair.both("reset_stream", sid, ErrorCodes.INTERNAL_ERROR)
+        elif action == 6 and sid in client.streams and client.streams[sid].open:
+            # a push: an even stream of ours, reserved then open
+            pushing = pair.both("push_stream", sid, pushed, [*REQUEST[:3], (b":authority", b"a")])
+            if pushing[0] == "ok":
+                pair.both("send_headers", pushed, [(b":status", b"200")])
+                pushed += 2
+        else:
+            if not ours.streams[sid].state_machine.headers_sent:
+                pair.both("send_headers", sid, [(b":status", b"200")])
+            pair.both("send_data", sid, b"x", end_stream=True)
+        result = pair.feed(client.data_to_send())
+        assert ours.state_machine.state != ConnectionState.CLOSED, result
+        quietly(partial(client.receive_data, pair.take()))
+        for remainder in (0, 1):
+            pair.both("_open_streams", remainder)
+        assert ours.open_inbound_streams == theirs.open_inbound_streams == sum(
+            s.open and i % 2 == 1 for i, s in theirs.streams.items()
+        )
+        assert ours.open_outbound_streams == theirs.open_outbound_streams
+    assert next_id > 40 and pushed > 4  # streams of both kinds were made
+    assert len(pair.servers[1]._closed_streams) >= 20  # ... closed, and forgotten
+
+
+def test_streams_taken_out_by_other_code_are_counted_by_h2_s_walk() -> None:
+    pair = Pair()
+    for sid in (1, 3, 5, 7):
+        pair.request(sid, end=False)
+    for server in pair.servers:
+        del server.streams[3]  # not h2's doing: the tally no longer knows the streams
+    assert pair.both("_open_streams", 1) == ("ok", 3)
+    pair.both("send_headers", 5, [(b":status", b"200")], end_stream=True)
+    pair.client.send_data(5, b"", end_stream=True)
+    pair.feed(pair.client.data_to_send())  # 5 closed: forgotten at the next count
+    assert pair.both("_open_streams", 1) == ("ok", 2)
+    pair.request(9)
+    assert pair.both("_open_streams", 1) == ("ok", 3)
+
+
+def test_a_stream_has_every_method_and_property_of_h2_s() -> None:
+    """h2's connection calls these on its streams: each is compiled, or h2's own run on
+    the compiled stream."""
+    for name, member in vars(H2Stream).items():
+        if callable(member) or isinstance(member, property):
+            assert hasattr(WireStream, name), name
+    pair = Pair()
+    pair.request(1, end=False)
+    theirs, ours = (s.streams[1] for s in pair.servers)
+    for name in ("open", "closed", "closed_by", "inbound_flow_control_window"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert repr(ours) == repr(theirs).replace("H2Stream", "WireStream")
+    # h2's own paths on the compiled stream: a body received, acknowledged, then a reset
+    pair.client.send_data(1, b"body")
+    pair.feed(pair.client.data_to_send())
+    pair.both("acknowledge_received_data", 4, 1)
+    pair.both("increment_flow_control_window", 100, stream_id=1)
+    pair.both("reset_stream", 1)
+    pair.take()
+    assert ours.closed and ours.closed_by == theirs.closed_by
