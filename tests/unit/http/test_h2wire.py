@@ -814,3 +814,13 @@ def test_a_stream_has_every_method_and_property_of_h2_s() -> None:
     pair.both("reset_stream", 1)
     pair.take()
     assert ours.closed and ours.closed_by == theirs.closed_by
+
+
+def test_streams_closed_out_of_order_are_forgotten_in_the_order_they_were_made() -> None:
+    pair = Pair()
+    for sid in (1, 3, 5, 7):
+        pair.request(sid)
+    for sid in (5, 1, 7, 3):  # answered newest first, mostly
+        pair.both("send_headers", sid, [(b":status", b"204")], end_stream=True)
+    pair.request(9)  # forgets them (`same_state` compares the ordered `_closed_streams`)
+    assert list(pair.servers[1]._closed_streams) == [1, 3, 5, 7]
