@@ -45,6 +45,7 @@ from h2.connection import (
 )
 from h2.errors import ErrorCodes
 from h2.events import (
+    _LAZY_INIT,
     Event,
     InformationalResponseReceived,
     PushedStreamReceived,
@@ -322,16 +323,16 @@ def _method(fields: list[Any]) -> bytes | None:
 # The state machines' transition tables, keyed by the enum members' ids: h2 looks a transition
 # up by a tuple of two enum members, whose hash is Python code (`Enum.__hash__`) run twice
 # for every frame sent or received. Built from h2's own tables, so the moves are h2's.
-def _request_received(machine: Any, previous: StreamState) -> list[Event]:
+def _request_received(machine: WireStreamMachine, previous: Any) -> list[Event]:
     """h2's `H2StreamStateMachine.request_received`, compiled."""
     assert not machine.headers_received
     assert not machine.trailers_received
     machine.client = False
     machine.headers_received = True
-    return [RequestReceived(stream_id=machine.stream_id)]
+    return [request_received(machine.stream_id)]
 
 
-def _response_sent(machine: Any, previous: StreamState) -> list[Event]:
+def _response_sent(machine: WireStreamMachine, previous: Any) -> list[Event]:
     """h2's `H2StreamStateMachine.response_sent`, compiled."""
     if not machine.headers_sent:
         if machine.client is True or machine.client is None:
@@ -343,30 +344,40 @@ def _response_sent(machine: Any, previous: StreamState) -> list[Event]:
     return [_TrailersSent()]
 
 
-def _stream_half_closed(machine: Any, previous: StreamState) -> list[Event]:
+def _stream_half_closed(machine: WireStreamMachine, previous: Any) -> list[Event]:
     """h2's `H2StreamStateMachine.stream_half_closed`, compiled."""
-    return [StreamEnded(stream_id=machine.stream_id)]
+    return [stream_ended(machine.stream_id)]
 
 
-def _send_end_stream(machine: Any, previous: StreamState) -> list[Event]:
+def _send_end_stream(machine: WireStreamMachine, previous: Any) -> list[Event]:
     """h2's `H2StreamStateMachine.send_end_stream`, compiled."""
     machine.stream_closed_by = _CLOSED_BY_SEND_END_STREAM
     return []
 
 
-# the transitions every request takes, run as the compiled copies above
-_STREAM_COPIES: Final[dict[Any, Any]] = {
-    H2StreamStateMachine.request_received: _request_received,
-    H2StreamStateMachine.response_sent: _response_sent,
-    H2StreamStateMachine.stream_half_closed: _stream_half_closed,
-    H2StreamStateMachine.send_end_stream: _send_end_stream,
+# the transitions every request takes, run as the compiled copies above (called directly,
+# by their number in a move: 0 is none, `_OTHER` h2's own function)
+_REQUEST_RECEIVED: Final = 1
+_RESPONSE_SENT: Final = 2
+_STREAM_HALF_CLOSED: Final = 3
+_SEND_END_STREAM_MOVE: Final = 4
+_OTHER: Final = 5
+_STREAM_COPIES: Final[dict[Any, int]] = {
+    None: 0,
+    H2StreamStateMachine.request_received: _REQUEST_RECEIVED,
+    H2StreamStateMachine.response_sent: _RESPONSE_SENT,
+    H2StreamStateMachine.stream_half_closed: _STREAM_HALF_CLOSED,
+    H2StreamStateMachine.send_end_stream: _SEND_END_STREAM_MOVE,
 }
-_STREAM_MOVES: Final[dict[int, dict[int, Any]]] = {}
+# state id -> input id -> (the copy's number, h2's function, the state it moves to)
+_STREAM_MOVES: Final[dict[int, dict[int, tuple[int, Any, Any]]]] = {}
 for (_state, _input), (_func, _target) in _stream_transitions.items():
     _STREAM_MOVES.setdefault(id(_state), {})[id(_input)] = (
-        _STREAM_COPIES.get(_func, _func),
+        _STREAM_COPIES.get(_func, _OTHER),
+        _func,
         _target,
     )
+_NO_STREAM_MOVES: Final[dict[int, tuple[int, Any, Any]]] = {}
 _CONNECTION_MOVES: Final[dict[int, dict[int, Any]]] = {}
 for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
     _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
@@ -398,24 +409,32 @@ def stream_step(machine: WireStreamMachine, input_: Any) -> list[Event]:
     directly from this module's compiled code, through `process_input` from h2's. Every
     move is told to the machine's `StreamTally`, if it has one."""
     previous = machine.state
-    move = _STREAM_MOVES.get(id(previous), _NO_MOVES).get(id(input_))
+    move = _STREAM_MOVES.get(id(previous), _NO_STREAM_MOVES).get(id(input_))
     if move is None:
         _move_to(machine, previous, _CLOSED)
         raise ProtocolError(f"Invalid input {input_} in state {previous}")
-    func, target = move
+    copy, func, target = move
     if target is not previous:
         _move_to(machine, previous, target)
-    if func is not None:
-        try:
-            events: list[Event] = func(machine, previous)
-        except ProtocolError:
-            _move_to(machine, target, _CLOSED)
-            raise
-        except AssertionError as err:
-            _move_to(machine, target, _CLOSED)
-            raise ProtocolError(err) from err
+    if not copy:
+        return []
+    try:
+        if copy == _REQUEST_RECEIVED:
+            return _request_received(machine, previous)
+        if copy == _RESPONSE_SENT:
+            return _response_sent(machine, previous)
+        if copy == _STREAM_HALF_CLOSED:
+            return _stream_half_closed(machine, previous)
+        if copy == _SEND_END_STREAM_MOVE:
+            return _send_end_stream(machine, previous)
+        events: list[Event] = func(machine, previous)
         return events
-    return []
+    except ProtocolError:
+        _move_to(machine, target, _CLOSED)
+        raise
+    except AssertionError as err:
+        _move_to(machine, target, _CLOSED)
+        raise ProtocolError(err) from err
 
 
 def _is_open(state: Any) -> bool:
@@ -806,6 +825,34 @@ def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
             closed.popitem(last=False)
 
 
+_new_object: Final[Any] = object.__new__
+
+
+def request_received(stream_id: int) -> RequestReceived:
+    """h2's `RequestReceived(stream_id=stream_id)`: the same object (its class, attributes in
+    their order), built without the dataclass's `__init__` (Python code, once per request)
+    while it has the shape checked at import."""
+    if not EVENTS_FAST:
+        return RequestReceived(stream_id=stream_id)
+    event: Any = _new_object(RequestReceived)
+    event.stream_id = stream_id
+    event.headers = _LAZY_INIT
+    event.stream_ended = None
+    event.priority_updated = None
+    built: RequestReceived = event
+    return built
+
+
+def stream_ended(stream_id: int) -> StreamEnded:
+    """h2's `StreamEnded(stream_id=stream_id)`, as `request_received` builds its event."""
+    if not EVENTS_FAST:
+        return StreamEnded(stream_id=stream_id)
+    event: Any = _new_object(StreamEnded)
+    event.stream_id = stream_id
+    built: StreamEnded = event
+    return built
+
+
 def headers_frame(stream_id: int, flag_byte: int) -> HeadersFrame:
     """hyperframe's `HeadersFrame(stream_id)` after `parse_flags(flag_byte)`: the same object
     (its class, attributes and `Flags`), built without its four `__init__`s and flag loops.
@@ -836,6 +883,15 @@ def _shape(frame: Any) -> tuple[list[str], list[str]]:
 
 # the fast path only while hyperframe builds a HEADERS frame as `headers_frame` does
 HEADERS_FAST: Final = _shape(HeadersFrame(1)) == _HEADERS_SHAPE == _shape(headers_frame(1, 0))
+
+# the events' fast path only while h2 builds them as `request_received` and `stream_ended` do
+EVENTS_FAST: Final = (
+    list(vars(RequestReceived(stream_id=1)))
+    == ["stream_id", "headers", "stream_ended", "priority_updated"]
+    and list(vars(StreamEnded(stream_id=1))) == ["stream_id"]
+    and RequestReceived.__new__ is object.__new__
+    and StreamEnded.__new__ is object.__new__
+)
 
 # the fast path only while h2's WindowManager is built as `window_manager` builds it
 _WINDOW_SHAPE: Final = ["max_window_size", "current_window_size", "_bytes_processed"]

@@ -20,6 +20,7 @@ from h2.connection import (
     H2ConnectionStateMachine,
 )
 from h2.errors import ErrorCodes
+from h2.events import RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
@@ -41,6 +42,7 @@ from hyperframe.frame import (
 )
 
 from portico.http.h2wire import (
+    EVENTS_FAST,
     HEADERS_FAST,
     HOLD_FROM,
     MACHINE_FIELDS,
@@ -56,6 +58,8 @@ from portico.http.h2wire import (
     forget,
     headers_frame,
     received_fields,
+    request_received,
+    stream_ended,
     window_manager,
 )
 
@@ -827,3 +831,16 @@ def test_streams_closed_out_of_order_are_forgotten_in_the_order_they_were_made()
         pair.both("send_headers", sid, [(b":status", b"204")], end_stream=True)
     pair.request(9)  # forgets them (`same_state` compares the ordered `_closed_streams`)
     assert list(pair.servers[1]._closed_streams) == [1, 3, 5, 7]
+
+
+def test_a_request_s_events_are_built_as_h2_builds_them() -> None:
+    assert EVENTS_FAST  # this h2 still builds them as the fast path does
+    for sid in (1, 3, 2**31 - 1):
+        for ours, theirs in (
+            (request_received(sid), RequestReceived(stream_id=sid)),
+            (stream_ended(sid), StreamEnded(stream_id=sid)),
+        ):
+            assert type(ours) is type(theirs)
+            assert list(vars(ours).items()) == list(vars(theirs).items())
+            assert ours == theirs
+            assert repr(ours) == repr(theirs)
