@@ -95,6 +95,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from portico.http.hpack import Decoder, Encoder
 from portico.native import mypyc_attr
 
 _H2_STREAM: Final[Any] = H2Stream  # h2's methods, run on a `WireStream` (duck-typed)
@@ -171,10 +172,13 @@ def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> li
     fields joined (last, never indexed), then every field checked. Raises `ProtocolError`
     where h2 raises it, with its message; h2's generators check one field through every
     stage before the next field, and so does this loop."""
-    fields: list[Any] = []
+    # fields as the decoders make them: tuples (a `HeaderTuple` is one), read as tuples
+    fields: list[tuple[Any, ...]] = []
     cookies: list[bytes] = []
-    for header in headers:
-        if header[0] == b"cookie":
+    for item in headers:
+        header: tuple[Any, ...] = item
+        key: bytes = header[0]
+        if key == b"cookie":
             cookies.append(header[1])
         else:
             fields.append(header)
@@ -186,9 +190,9 @@ def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> li
     method: bytes | None = None
     authority: bytes | None = None
     host: bytes | None = None
-    for header in fields:
-        name: bytes = header[0]
-        value: bytes = header[1]
+    for field in fields:
+        name: bytes = field[0]
+        value: bytes = field[1]
         # h2's _reject_illegal_characters (bytes compared as ints: `b"x" in value` would
         # first try the needle as an int and raise and clear a TypeError, every time)
         colon = False
@@ -299,10 +303,19 @@ def _check_pseudo(pseudo: set[bytes], method: bytes | None, trailer: bool, respo
                 raise ProtocolError(f"Encountered connect-request-only headers {invalid!r}")
 
 
+def _field_name(field: Any) -> bytes:
+    """`field[0]`, read directly when the field is a tuple (as fields almost always are)."""
+    if isinstance(field, tuple):
+        name: bytes = field[0]
+        return name
+    other: bytes = field[0]
+    return other
+
+
 def _informational(fields: list[Any]) -> bool:
     """h2's `is_informational_response`: a :status of 1xx among the leading pseudo-fields."""
     for field in fields:
-        name: bytes = field[0]
+        name = _field_name(field)
         if not name.startswith(b":"):
             return False
         if name == b":status":
@@ -314,7 +327,8 @@ def _informational(fields: list[Any]) -> bool:
 def _method(fields: list[Any]) -> bytes | None:
     """h2's `extract_method_header` on bytes fields."""
     for field in fields:
-        if field[0] == b":method":
+        name = _field_name(field)
+        if name == b":method":
             value: bytes = field[1]
             return value
     return None
@@ -740,7 +754,8 @@ class WireStream:
             return
         length: int | None = None
         for field in headers:
-            if field[0] == b"content-length":
+            name = _field_name(field)
+            if name == b"content-length":
                 value: bytes = field[1]
                 if not value.isdigit():
                     raise ProtocolError(f"Invalid content-length header: {value!r}")
@@ -901,6 +916,8 @@ WINDOW_FAST: Final = list(vars(WindowManager(65535))) == _WINDOW_SHAPE
 def decode_headers(decoder: Any, block: bytes) -> Any:
     """h2's `_decode_headers`, compiled: HPACK's errors as h2's."""
     try:
+        if isinstance(decoder, Decoder):  # Portico's compiled HPACK: called directly
+            return decoder.decode(block, True)
         return decoder.decode(block, raw=True)
     except OversizedHeaderListError as e:
         raise DenialOfServiceError(f"Oversized header block: {e}") from e
@@ -924,69 +941,80 @@ class WireFrameBuffer(FrameBuffer):
     blocks and their CONTINUATION frames), a loop where h2 recurses."""
 
     def __next__(self) -> Frame:
-        while True:
-            data = self._data
-            if len(data) < 9:
-                raise StopIteration
-            high, low, kind, flag_byte, stream_id = _FRAME_HEADER.unpack_from(data)
-            stream_id &= 0x7FFFFFFF
-            plain = False
-            frame: Frame
-            if kind == 0x1 and stream_id and HEADERS_FAST:
-                # a request's HEADERS: hyperframe's frame, built directly (`headers_frame`)
-                frame = headers_frame(stream_id, flag_byte)
-                length = (high << 8) + low
-                plain = not flag_byte & _HEADERS_PLAIN
-            else:
-                try:
-                    frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-                except (InvalidDataError, InvalidFrameError) as err:
-                    raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
-            if len(data) < length + 9:
-                raise StopIteration
-            if length > self.max_frame_size:
-                raise FrameTooLargeError(
-                    f"Received overlong frame: length {length}, max {self.max_frame_size}"
-                )
-            try:
-                if plain:
-                    # hyperframe's parse_body with no padding and no priority: the block
-                    frame.body_len = length
-                    frame.data = bytes(data[9 : 9 + length])  # type: ignore[attr-defined]
-                else:
-                    frame.parse_body(memoryview(data[9 : 9 + length]))
-            except InvalidDataError as err:
-                raise ProtocolError("Received frame with non-compliant data") from err
-            except InvalidFrameError as err:
-                raise FrameDataMissingError("Frame data missing or invalid") from err
-            del data[: 9 + length]
-            complete = self._headers(frame)
-            if complete is not None:
-                return complete
+        frame = next_frame(self)
+        if frame is None:
+            raise StopIteration
+        return frame
 
     def _headers(self, frame: Frame) -> Frame | None:
-        """h2's `_update_header_buffer`: a header block split over CONTINUATION frames is
-        held until its last one, then handed on whole."""
-        held = self._headers_buffer
-        if held:
-            if not (isinstance(frame, ContinuationFrame) and frame.stream_id == held[0].stream_id):
-                raise ProtocolError("Invalid frame during header block.")
-            held.append(frame)
-            if len(held) > CONTINUATION_BACKLOG:
-                raise ProtocolError("Too many continuation frames received.")
-            if flagged(frame, "END_HEADERS"):
-                first = held[0]
-                first.flags.add("END_HEADERS")
-                first.data = b"".join(part.data for part in held)
-                self._headers_buffer = []
-                return first
+        """h2's `_update_header_buffer` (`held_headers`)."""
+        return held_headers(self, frame)
+
+
+def next_frame(buffer: Any) -> Frame | None:
+    """`next()` of a `WireFrameBuffer`, None where it raises StopIteration (a direct call
+    from `WireConnection.receive_data`, not Python's iteration protocol)."""
+    while True:
+        data = buffer._data
+        if len(data) < 9:
             return None
-        if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and not flagged(
-            frame, "END_HEADERS"
-        ):
-            held.append(frame)
+        high, low, kind, flag_byte, stream_id = _FRAME_HEADER.unpack_from(data)
+        stream_id &= 0x7FFFFFFF
+        plain = False
+        frame: Frame
+        if kind == 0x1 and stream_id and HEADERS_FAST:
+            # a request's HEADERS: hyperframe's frame, built directly (`headers_frame`)
+            frame = headers_frame(stream_id, flag_byte)
+            length = (high << 8) + low
+            plain = not flag_byte & _HEADERS_PLAIN
+        else:
+            try:
+                frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            except (InvalidDataError, InvalidFrameError) as err:
+                raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        if len(data) < length + 9:
             return None
-        return frame
+        limit: int = buffer.max_frame_size
+        if length > limit:
+            raise FrameTooLargeError(f"Received overlong frame: length {length}, max {limit}")
+        try:
+            if plain:
+                # hyperframe's parse_body with no padding and no priority: the block
+                frame.body_len = length
+                frame.data = bytes(data[9 : 9 + length])  # type: ignore[attr-defined]
+            else:
+                frame.parse_body(memoryview(data[9 : 9 + length]))
+        except InvalidDataError as err:
+            raise ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
+        del data[: 9 + length]
+        complete = held_headers(buffer, frame)
+        if complete is not None:
+            return complete
+
+
+def held_headers(buffer: Any, frame: Frame) -> Frame | None:
+    """h2's `_update_header_buffer`: a header block split over CONTINUATION frames is held
+    until its last one, then handed on whole."""
+    held: list[Any] = buffer._headers_buffer
+    if held:
+        if not (isinstance(frame, ContinuationFrame) and frame.stream_id == held[0].stream_id):
+            raise ProtocolError("Invalid frame during header block.")
+        held.append(frame)
+        if len(held) > CONTINUATION_BACKLOG:
+            raise ProtocolError("Too many continuation frames received.")
+        if flagged(frame, "END_HEADERS"):
+            first = held[0]
+            first.flags.add("END_HEADERS")
+            first.data = b"".join(part.data for part in held)
+            buffer._headers_buffer = []
+            return first  # type: ignore[no-any-return]
+        return None
+    if isinstance(frame, (HeadersFrame, PushPromiseFrame)) and not flagged(frame, "END_HEADERS"):
+        held.append(frame)
+        return None
+    return frame
 
 
 @mypyc_attr(native_class=False)
@@ -1149,7 +1177,11 @@ class WireConnection(H2Connection):
                 raise ProtocolError("Cannot set END_STREAM on informational responses.")
             step = _SEND_INFORMATIONAL_HEADERS
         stream_step(machine, step)
-        block = self.encoder.encode(fields)
+        encoder = self.encoder
+        if isinstance(encoder, Encoder):  # Portico's compiled HPACK: called directly
+            block = encoder.encode(fields, True)
+        else:
+            block = encoder.encode(fields)
         size: int = wire.max_outbound_frame_size or 0
         if 0 < len(block) <= size:
             blocks = [block]  # one frame: the block as it is, not a copy
@@ -1214,34 +1246,8 @@ class WireConnection(H2Connection):
         return open_streams(self, remainder)
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
-        """h2's, compiled."""
-        config: Any = self.config
-        client = config._client_side
-        stream_id: int = frame.stream_id
-        streams = self.streams
-        if stream_id not in streams:
-            limit = setting(self.local_settings, _MAX_CONCURRENT_STREAMS)
-            count = open_streams(self, 0 if client else 1)
-            if count + 1 > limit:
-                raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
-        headers = decode_headers(self.decoder, frame.data)
-        events = connection_step(self.state_machine, _C_RECV_HEADERS)
-        found: Any = streams.get(stream_id)  # h2's _get_or_create_stream
-        if found is None:
-            found = new_stream(
-                self, stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
-            )
-        stream: WireStream = found
-        frames, stream_events = stream.receive_headers(
-            headers, flagged(frame, "END_STREAM"), config._header_encoding
-        )
-        if flagged(frame, "PRIORITY"):
-            p_frames, p_events = self._receive_priority_frame(frame)
-            first: Any = stream_events[0]
-            first.priority_updated = p_events[0]
-            stream_events.extend(p_events)
-            assert not p_frames
-        return frames, events + stream_events
+        """h2's, compiled (`receive_headers_frame`)."""
+        return receive_headers_frame(self, frame)
 
     def _receive_window_update_frame(
         self, frame: WindowUpdateFrame
@@ -1269,12 +1275,21 @@ class WireConnection(H2Connection):
     def receive_data(self, data: Any) -> list[Event]:
         """h2's, compiled (its loop over the received frames), without the trace log call."""
         events: list[Event] = []
-        buffer = self.incoming_buffer
+        buffer: Any = self.incoming_buffer
         buffer.add_data(data)
         buffer.max_frame_size = self.max_inbound_frame_size
         try:
-            for frame in buffer:
-                events.extend(self._receive_frame(frame))
+            if type(buffer) is WireFrameBuffer:
+                # the frames read and handled by direct calls, not through Python's
+                # iteration protocol and the connection's methods
+                while True:
+                    frame = next_frame(buffer)
+                    if frame is None:
+                        break
+                    events.extend(receive_frame(self, frame))
+            else:
+                for frame in buffer:
+                    events.extend(self._receive_frame(frame))
         except InvalidPaddingError as e:
             self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
             raise ProtocolError("Received frame with invalid padding.") from e
@@ -1286,31 +1301,73 @@ class WireConnection(H2Connection):
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         """h2's, without the eager `repr(frame)` for its trace log."""
-        events: list[Event]
-        try:
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
-        except StreamClosedError as e:
-            # closed by RST_STREAM: a stream error, answered with RST_STREAM; else h2 raises
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = RstStreamFrame(e.stream_id)
-                f.error_code = e.error_code
-                self._prepare_for_sending([f])
-                events = e._events
-            else:
-                raise
-        except StreamIDTooLowError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = RstStreamFrame(e.stream_id)
-                f.error_code = _STREAM_CLOSED
-                self._prepare_for_sending([f])
-                events = []
-            elif self._stream_is_closed_by_end(e.stream_id):
-                raise StreamClosedError(e.stream_id) from e
-            else:
-                raise
+        return receive_frame(self, frame)
+
+
+def receive_frame(conn: Any, frame: Frame) -> list[Event]:
+    """h2's `_receive_frame` for `conn` (a `WireConnection`), without the eager `repr(frame)`
+    for its trace log; a HEADERS frame handled by a direct call (`receive_headers_frame`,
+    which the connection's dispatch table calls too)."""
+    events: list[Event]
+    try:
+        if type(frame) is HeadersFrame:
+            frames, events = receive_headers_frame(conn, frame)
         else:
-            self._prepare_for_sending(frames)
-        return events
+            frames, events = conn._frame_dispatch_table[frame.__class__](frame)
+    except StreamClosedError as e:
+        # closed by RST_STREAM: a stream error, answered with RST_STREAM; else h2 raises
+        if conn._stream_is_closed_by_reset(e.stream_id):
+            f = RstStreamFrame(e.stream_id)
+            f.error_code = e.error_code
+            conn._prepare_for_sending([f])
+            events = e._events
+        else:
+            raise
+    except StreamIDTooLowError as e:
+        if conn._stream_is_closed_by_reset(e.stream_id):
+            f = RstStreamFrame(e.stream_id)
+            f.error_code = _STREAM_CLOSED
+            conn._prepare_for_sending([f])
+            events = []
+        elif conn._stream_is_closed_by_end(e.stream_id):
+            raise StreamClosedError(e.stream_id) from e
+        else:
+            raise
+    else:
+        if frames:
+            conn._prepare_for_sending(frames)
+    return events
+
+
+def receive_headers_frame(conn: Any, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+    """h2's `_receive_headers_frame` for `conn` (a `WireConnection`), compiled."""
+    config: Any = conn.config
+    client = config._client_side
+    stream_id: int = frame.stream_id
+    streams = conn.streams
+    if stream_id not in streams:
+        limit = setting(conn.local_settings, _MAX_CONCURRENT_STREAMS)
+        count = open_streams(conn, 0 if client else 1)
+        if count + 1 > limit:
+            raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+    headers = decode_headers(conn.decoder, frame.data)
+    events = connection_step(conn.state_machine, _C_RECV_HEADERS)
+    found: Any = streams.get(stream_id)  # h2's _get_or_create_stream
+    if found is None:
+        found = new_stream(
+            conn, stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
+        )
+    stream: WireStream = found
+    frames, stream_events = stream.receive_headers(
+        headers, flagged(frame, "END_STREAM"), config._header_encoding
+    )
+    if flagged(frame, "PRIORITY"):
+        p_frames, p_events = conn._receive_priority_frame(frame)
+        first: Any = stream_events[0]
+        first.priority_updated = p_events[0]
+        stream_events.extend(p_events)
+        assert not p_frames
+    return frames, events + stream_events
 
 
 def new_stream(conn: Any, stream_id: int, allowed_ids: AllowedStreamIDs) -> WireStream:

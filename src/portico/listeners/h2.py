@@ -54,7 +54,7 @@ from portico.http.h2wire import WRITTEN_FOR, connection_class
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
 from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
-from portico.proxy.framing import H2Framer
+from portico.proxy.framing import H2Framer, StreamSide
 from portico.proxy.l7 import ClientSide, Exchange
 from portico.timers import Deadline
 
@@ -84,7 +84,7 @@ DRAIN_PING = b"portico\x00"  # the opaque data of the PING that follows a drain'
 DRAIN_PING_TIMEOUT = 2.0  # a client that never answers it gets the final GOAWAY after this
 
 
-class H2Stream(ClientSide):
+class H2Stream(ClientSide, StreamSide):
     """One request stream: the client side an `Exchange` answers (`ClientSide`)."""
 
     __slots__ = (
@@ -472,9 +472,18 @@ class H2ClientConnection(asyncio.Protocol):
         dispatch = _DISPATCH
         try:
             for event in events:
-                handler = dispatch.get(type(event))
-                if handler is not None:
-                    handler(self, event)
+                # a request's own events called directly (compiled: a C call), the rest
+                # through the table
+                if isinstance(event, RequestReceived):
+                    self._on_request(event)
+                elif isinstance(event, StreamEnded):
+                    self._on_stream_ended(event)
+                elif isinstance(event, DataReceived):
+                    self._on_data(event)
+                else:
+                    handler = dispatch.get(type(event))
+                    if handler is not None:
+                        handler(self, event)
                 if self._closed:
                     return
         finally:
