@@ -81,7 +81,7 @@ from h2.stream import (
 )
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, SizeLimitDict, utf8_encode_headers
-from h2.windows import LARGEST_FLOW_CONTROL_WINDOW, WindowManager
+from h2.windows import LARGEST_FLOW_CONTROL_WINDOW
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.struct import NeverIndexedHeaderTuple
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
@@ -594,7 +594,7 @@ class WireStream:
         self.max_outbound_frame_size: Any = None
         self.request_method: Any = None
         self.outbound_flow_control_window: int = outbound_window_size
-        self._inbound_window_manager: Any = window_manager(inbound_window_size)
+        self._inbound_window_manager = WireWindow(inbound_window_size)
         self._expected_content_length: Any = None
         self._actual_content_length: int = 0
         self._authority: Any = None
@@ -607,7 +607,7 @@ class WireStream:
 
     @property
     def inbound_flow_control_window(self) -> int:
-        size: int = self._inbound_window_manager.current_window_size
+        size: int = self._inbound_window_manager.current_window_size  # (h2's `int`)
         return size
 
     @property
@@ -811,18 +811,54 @@ def setting(settings: Any, code: SettingCodes) -> int:
     return value
 
 
-def window_manager(size: int) -> WindowManager:
-    """h2's `WindowManager(size)`: the same object (its class and attributes), built without
-    its `__init__` (Python code, once per stream) while it has the shape checked at import."""
-    if not WINDOW_FAST:
-        return WindowManager(size)
-    assert size <= LARGEST_FLOW_CONTROL_WINDOW  # as its __init__
-    manager: Any = WindowManager.__new__(WindowManager)
-    manager.max_window_size = size
-    manager.current_window_size = size
-    manager._bytes_processed = 0
-    built: WindowManager = manager
-    return built
+class WireWindow:
+    """h2's `WindowManager` (a stream's inbound flow-control window, and when to give it
+    back: RFC 9113 §6.9) as a compiled class: its attributes (`WINDOW_FIELDS`), its methods
+    and its algorithm, h2's code copied; made once per stream."""
+
+    __slots__ = ("_bytes_processed", "current_window_size", "max_window_size")
+
+    def __init__(self, max_window_size: int) -> None:
+        assert max_window_size <= LARGEST_FLOW_CONTROL_WINDOW
+        self.max_window_size = max_window_size
+        self.current_window_size = max_window_size
+        self._bytes_processed = 0
+
+    def window_consumed(self, size: int) -> None:
+        """Bytes received from the peer: the window shrinks."""
+        self.current_window_size -= size
+        if self.current_window_size < 0:
+            raise FlowControlError("Flow control window shrunk below 0")
+
+    def window_opened(self, size: int) -> None:
+        """The window grew (by hand, or a settings change): maybe its maximum too."""
+        self.current_window_size += size
+        if self.current_window_size > LARGEST_FLOW_CONTROL_WINDOW:
+            raise FlowControlError(
+                f"Flow control window mustn't exceed {LARGEST_FLOW_CONTROL_WINDOW}"
+            )
+        self.max_window_size = max(self.current_window_size, self.max_window_size)
+
+    def process_bytes(self, size: int) -> int | None:
+        """The application processed `size` bytes: the increment to send, or None."""
+        self._bytes_processed += size
+        return self._maybe_update_window()
+
+    def _maybe_update_window(self) -> int | None:
+        """h2's rule: give back once half the window was processed, or (the window empty)
+        1024 bytes or a quarter of it."""
+        if not self._bytes_processed:
+            return None
+        max_increment = self.max_window_size - self.current_window_size
+        increment = 0
+        if (
+            self.current_window_size == 0
+            and self._bytes_processed > min(1024, self.max_window_size // 4)
+        ) or self._bytes_processed >= (self.max_window_size // 2):
+            increment = min(self._bytes_processed, max_increment)
+            self._bytes_processed = 0
+        self.current_window_size += increment
+        return increment
 
 
 def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
@@ -908,9 +944,8 @@ EVENTS_FAST: Final = (
     and StreamEnded.__new__ is object.__new__
 )
 
-# the fast path only while h2's WindowManager is built as `window_manager` builds it
-_WINDOW_SHAPE: Final = ["max_window_size", "current_window_size", "_bytes_processed"]
-WINDOW_FAST: Final = list(vars(WindowManager(65535))) == _WINDOW_SHAPE
+# h2's WindowManager's attributes, in the order its `__init__` sets them (`WireWindow`'s)
+WINDOW_FIELDS: Final = ("max_window_size", "current_window_size", "_bytes_processed")
 
 
 def decode_headers(decoder: Any, block: bytes) -> Any:
@@ -941,7 +976,7 @@ class WireFrameBuffer(FrameBuffer):
     blocks and their CONTINUATION frames), a loop where h2 recurses."""
 
     def __next__(self) -> Frame:
-        frame = next_frame(self)
+        frame: Frame | None = next_frame(self, False)
         if frame is None:
             raise StopIteration
         return frame
@@ -951,9 +986,24 @@ class WireFrameBuffer(FrameBuffer):
         return held_headers(self, frame)
 
 
-def next_frame(buffer: Any) -> Frame | None:
+class PlainHeaders:
+    """A HEADERS frame carrying a whole header block, without padding or priority (what a
+    client sends for a request): what `receive_headers_frame` reads of hyperframe's
+    `HeadersFrame`, without making one and its `Flags` per request. Only `next_frame`
+    makes it, for `WireConnection.receive_data`; nothing else sees it."""
+
+    __slots__ = ("data", "end_stream", "stream_id")
+
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.end_stream = end_stream
+
+
+def next_frame(buffer: Any, light: bool) -> Any:
     """`next()` of a `WireFrameBuffer`, None where it raises StopIteration (a direct call
-    from `WireConnection.receive_data`, not Python's iteration protocol)."""
+    from `WireConnection.receive_data`, not Python's iteration protocol). `light`: a plain
+    HEADERS frame with its whole block (and none held) as a `PlainHeaders`."""
     while True:
         data = buffer._data
         if len(data) < 9:
@@ -963,10 +1013,22 @@ def next_frame(buffer: Any) -> Frame | None:
         plain = False
         frame: Frame
         if kind == 0x1 and stream_id and HEADERS_FAST:
-            # a request's HEADERS: hyperframe's frame, built directly (`headers_frame`)
-            frame = headers_frame(stream_id, flag_byte)
             length = (high << 8) + low
             plain = not flag_byte & _HEADERS_PLAIN
+            if light and plain and flag_byte & _END_HEADERS and not buffer._headers_buffer:
+                # the frame as hyperframe's would be read (the same checks, in order)
+                if len(data) < length + 9:
+                    return None
+                limit: int = buffer.max_frame_size
+                if length > limit:
+                    raise FrameTooLargeError(
+                        f"Received overlong frame: length {length}, max {limit}"
+                    )
+                block = bytes(data[9 : 9 + length])
+                del data[: 9 + length]
+                return PlainHeaders(stream_id, block, bool(flag_byte & _END_STREAM))
+            # a request's HEADERS: hyperframe's frame, built directly (`headers_frame`)
+            frame = headers_frame(stream_id, flag_byte)
         else:
             try:
                 frame, length = Frame.parse_frame_header(memoryview(data[:9]))
@@ -974,9 +1036,9 @@ def next_frame(buffer: Any) -> Frame | None:
                 raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
         if len(data) < length + 9:
             return None
-        limit: int = buffer.max_frame_size
-        if length > limit:
-            raise FrameTooLargeError(f"Received overlong frame: length {length}, max {limit}")
+        most: int = buffer.max_frame_size
+        if length > most:
+            raise FrameTooLargeError(f"Received overlong frame: length {length}, max {most}")
         try:
             if plain:
                 # hyperframe's parse_body with no padding and no priority: the block
@@ -1072,62 +1134,8 @@ class WireConnection(H2Connection):
         end_stream: bool = False,
         pad_length: Any = None,
     ) -> None:
-        """h2's `send_data`, the same checks and state changes in the same order, the frame
-        written straight to the send buffer (padding, which Portico never sends, is h2's)."""
-        if pad_length is not None:
-            H2Connection.send_data(self, stream_id, data, end_stream, pad_length)
-            return
-        size = len(data)
-        streams = self.streams
-        stream: Any = streams.get(stream_id)
-        if size > 0:
-            if stream is None:
-                self.local_flow_control_window(stream_id)  # h2's error for that stream id
-            # h2's local_flow_control_window, its two windows read once
-            window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
-            if size > window:
-                raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
-        limit = self.max_outbound_frame_size
-        if size > limit:
-            raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is {limit}")
-        # the state machines: in the states where h2's tables make SEND_DATA a move to the
-        # same state with nothing run (an open connection, an open stream), there is nothing
-        # to do; any other state takes h2's transition (and its error)
-        machine: Any = self.state_machine
-        if id(machine.state) not in _CONNECTION_DATA_STAYS:
-            connection_step(machine, _C_SEND_DATA)
-        if stream is None:
-            stream = streams[stream_id]  # h2's KeyError (an empty frame, unknown stream)
-        wire: WireStream = stream
-        machine = wire.state_machine
-        if id(machine.state) not in _STREAM_DATA_STAYS:
-            stream_step(machine, _SEND_DATA)
-        flags = 0
-        if end_stream:
-            stream_step(machine, _SEND_END_STREAM)
-            flags = _END_STREAM
-        remaining: int = wire.outbound_flow_control_window - size
-        wire.outbound_flow_control_window = remaining
-        assert remaining >= 0 or size == 0
-        buffer = self._data_to_send
-        buffer += _FRAME_HEADER.pack(
-            (size >> 8) & 0xFFFF, size & 0xFF, 0, flags, stream_id & 0x7FFFFFFF
-        )
-        if size >= HOLD_FROM and (
-            type(data) is bytes or (type(data) is memoryview and data.readonly)
-        ):
-            # held, not copied: appended to a growing buffer, the bytes of a large body were
-            # copied about 4.5 times (each time the buffer outgrew its block); joined once
-            # by `take_data` instead. Immutable payloads only, so holding equals copying.
-            held = self._held
-            held.append(buffer)
-            held.append(data)
-            self._data_to_send = bytearray()
-        else:
-            buffer += data
-        remaining = self.outbound_flow_control_window - size
-        self.outbound_flow_control_window = remaining
-        assert remaining >= 0 or size == 0
+        """h2's (`wire_send_data`)."""
+        wire_send_data(self, stream_id, data, end_stream, pad_length)
 
     def send_headers(
         self,
@@ -1138,77 +1146,16 @@ class WireConnection(H2Connection):
         priority_depends_on: int | None = None,
         priority_exclusive: bool | None = None,
     ) -> None:
-        """h2's `send_headers` for a server's response head or trailers on an open stream,
-        with outbound normalisation and validation off (Portico's fields are built valid):
-        the same state changes, HPACK encoding and frames, serialised straight to the send
-        buffer. Anything else (a new stream, priority, a client) is h2's own path."""
-        stream: Any = self.streams.get(stream_id)
-        config: Any = self.config  # its fields read directly: h2's are Python descriptors
-        if (
-            stream is None
-            or config._client_side
-            or config._normalize_outbound_headers
-            or config._validate_outbound_headers
-            or priority_weight is not None
-            or priority_depends_on is not None
-            or priority_exclusive is not None
-        ):
-            H2Connection.send_headers(
-                self,
-                stream_id,
-                headers,
-                end_stream,
-                priority_weight,
-                priority_depends_on,
-                priority_exclusive,
-            )
-            return
-        wire: WireStream = stream
-        connection_step(self.state_machine, _C_SEND_HEADERS)
-        fields = list(headers)
-        for field in fields:
-            if not (isinstance(field[0], bytes) and isinstance(field[1], bytes)):
-                fields = utf8_encode_headers(fields)
-                break
-        machine = wire.state_machine
-        step = _SEND_HEADERS
-        if not machine.client and _informational(fields):
-            if end_stream:
-                raise ProtocolError("Cannot set END_STREAM on informational responses.")
-            step = _SEND_INFORMATIONAL_HEADERS
-        stream_step(machine, step)
-        encoder = self.encoder
-        if isinstance(encoder, Encoder):  # Portico's compiled HPACK: called directly
-            block = encoder.encode(fields, True)
-        else:
-            block = encoder.encode(fields)
-        size: int = wire.max_outbound_frame_size or 0
-        if 0 < len(block) <= size:
-            blocks = [block]  # one frame: the block as it is, not a copy
-        else:
-            blocks = [block[i : i + size] for i in range(0, len(block), size)]
-        first = blocks[0]  # h2 fails here too on an empty block (no :status: never ours)
-        flags = 0
-        if end_stream:
-            stream_step(machine, _SEND_END_STREAM)
-            flags = _END_STREAM
-        if machine.trailers_sent and not end_stream:
-            raise ProtocolError("Trailers must have END_STREAM set.")
-        wire.request_method = _method(fields)
-        buffer = self._data_to_send
-        sid = stream_id & 0x7FFFFFFF
-        last = len(blocks) - 1
-        if not last:
-            flags |= _END_HEADERS
-        length = len(first)
-        buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x1, flags, sid)
-        buffer += first
-        for index in range(1, last + 1):
-            part = blocks[index]
-            length = len(part)
-            flags = _END_HEADERS if index == last else 0
-            buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x9, flags, sid)
-            buffer += part
+        """h2's (`wire_send_headers`)."""
+        wire_send_headers(
+            self,
+            stream_id,
+            headers,
+            end_stream,
+            priority_weight,
+            priority_depends_on,
+            priority_exclusive,
+        )
 
     def _get_or_create_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> Any:
         """h2's, without a KeyError raised and caught for every new stream."""
@@ -1236,10 +1183,8 @@ class WireConnection(H2Connection):
         raise StreamClosedError(stream_id)
 
     def local_flow_control_window(self, stream_id: int) -> int:
-        """h2's."""
-        stream: WireStream = self._get_stream_by_id(stream_id)
-        window: int = self.outbound_flow_control_window
-        return min(window, stream.outbound_flow_control_window)
+        """h2's (`wire_window`)."""
+        return wire_window(self, stream_id)
 
     def _open_streams(self, remainder: int) -> int:
         """h2's: the open streams with this parity, forgetting the closed ones."""
@@ -1283,7 +1228,7 @@ class WireConnection(H2Connection):
                 # the frames read and handled by direct calls, not through Python's
                 # iteration protocol and the connection's methods
                 while True:
-                    frame = next_frame(buffer)
+                    frame = next_frame(buffer, True)
                     if frame is None:
                         break
                     events.extend(receive_frame(self, frame))
@@ -1304,13 +1249,13 @@ class WireConnection(H2Connection):
         return receive_frame(self, frame)
 
 
-def receive_frame(conn: Any, frame: Frame) -> list[Event]:
+def receive_frame(conn: Any, frame: Any) -> list[Event]:
     """h2's `_receive_frame` for `conn` (a `WireConnection`), without the eager `repr(frame)`
     for its trace log; a HEADERS frame handled by a direct call (`receive_headers_frame`,
     which the connection's dispatch table calls too)."""
     events: list[Event]
     try:
-        if type(frame) is HeadersFrame:
+        if type(frame) is PlainHeaders or type(frame) is HeadersFrame:
             frames, events = receive_headers_frame(conn, frame)
         else:
             frames, events = conn._frame_dispatch_table[frame.__class__](frame)
@@ -1339,10 +1284,18 @@ def receive_frame(conn: Any, frame: Frame) -> list[Event]:
     return events
 
 
-def receive_headers_frame(conn: Any, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
-    """h2's `_receive_headers_frame` for `conn` (a `WireConnection`), compiled."""
+def receive_headers_frame(conn: Any, frame: Any) -> tuple[list[Frame], list[Event]]:
+    """h2's `_receive_headers_frame` for `conn` (a `WireConnection`), compiled: `frame` is
+    hyperframe's `HeadersFrame` or a `PlainHeaders`."""
     config: Any = conn.config
     client = config._client_side
+    end_stream: bool
+    priority = False
+    if isinstance(frame, PlainHeaders):
+        end_stream = frame.end_stream
+    else:
+        end_stream = flagged(frame, "END_STREAM")
+        priority = flagged(frame, "PRIORITY")
     stream_id: int = frame.stream_id
     streams = conn.streams
     if stream_id not in streams:
@@ -1358,16 +1311,169 @@ def receive_headers_frame(conn: Any, frame: HeadersFrame) -> tuple[list[Frame], 
             conn, stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
         )
     stream: WireStream = found
-    frames, stream_events = stream.receive_headers(
-        headers, flagged(frame, "END_STREAM"), config._header_encoding
-    )
-    if flagged(frame, "PRIORITY"):
+    frames, stream_events = stream.receive_headers(headers, end_stream, config._header_encoding)
+    if priority:
         p_frames, p_events = conn._receive_priority_frame(frame)
         first: Any = stream_events[0]
         first.priority_updated = p_events[0]
         stream_events.extend(p_events)
         assert not p_frames
     return frames, events + stream_events
+
+
+def wire_send_data(
+    conn: Any,
+    stream_id: int,
+    data: bytes | memoryview,
+    end_stream: bool = False,
+    pad_length: Any = None,
+) -> None:
+    """h2's `send_data` for `conn` (a `WireConnection`), the same checks and state changes
+    in the same order, the frame written straight to the send buffer (padding, which
+    Portico never sends, is h2's)."""
+    if pad_length is not None:
+        H2Connection.send_data(conn, stream_id, data, end_stream, pad_length)
+        return
+    size = len(data)
+    streams = conn.streams
+    stream: Any = streams.get(stream_id)
+    if size > 0:
+        if stream is None:
+            conn.local_flow_control_window(stream_id)  # h2's error for that stream id
+        # h2's local_flow_control_window, its two windows read once
+        window = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)
+        if size > window:
+            raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
+    limit = conn.max_outbound_frame_size
+    if size > limit:
+        raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is {limit}")
+    # the state machines: in the states where h2's tables make SEND_DATA a move to the
+    # same state with nothing run (an open connection, an open stream), there is nothing
+    # to do; any other state takes h2's transition (and its error)
+    machine: Any = conn.state_machine
+    if id(machine.state) not in _CONNECTION_DATA_STAYS:
+        connection_step(machine, _C_SEND_DATA)
+    if stream is None:
+        stream = streams[stream_id]  # h2's KeyError (an empty frame, unknown stream)
+    wire: WireStream = stream
+    machine = wire.state_machine
+    if id(machine.state) not in _STREAM_DATA_STAYS:
+        stream_step(machine, _SEND_DATA)
+    flags = 0
+    if end_stream:
+        stream_step(machine, _SEND_END_STREAM)
+        flags = _END_STREAM
+    remaining: int = wire.outbound_flow_control_window - size
+    wire.outbound_flow_control_window = remaining
+    assert remaining >= 0 or size == 0
+    buffer = conn._data_to_send
+    buffer += _FRAME_HEADER.pack(
+        (size >> 8) & 0xFFFF, size & 0xFF, 0, flags, stream_id & 0x7FFFFFFF
+    )
+    if size >= HOLD_FROM and (type(data) is bytes or (type(data) is memoryview and data.readonly)):
+        # held, not copied: appended to a growing buffer, the bytes of a large body were
+        # copied about 4.5 times (each time the buffer outgrew its block); joined once
+        # by `take_data` instead. Immutable payloads only, so holding equals copying.
+        held = conn._held
+        held.append(buffer)
+        held.append(data)
+        conn._data_to_send = bytearray()
+    else:
+        buffer += data
+    remaining = conn.outbound_flow_control_window - size
+    conn.outbound_flow_control_window = remaining
+    assert remaining >= 0 or size == 0
+
+
+def wire_send_headers(
+    conn: Any,
+    stream_id: int,
+    headers: Iterable[Any],
+    end_stream: bool = False,
+    priority_weight: int | None = None,
+    priority_depends_on: int | None = None,
+    priority_exclusive: bool | None = None,
+) -> None:
+    """h2's `send_headers` on `conn` (a `WireConnection`) for a server's response head or
+    trailers on an open stream, with outbound normalisation and validation off (Portico's
+    fields are built valid): the same state changes, HPACK encoding and frames, serialised
+    straight to the send buffer. Anything else (a new stream, priority, a client) is h2's
+    own path."""
+    stream: Any = conn.streams.get(stream_id)
+    config: Any = conn.config  # its fields read directly: h2's are Python descriptors
+    if (
+        stream is None
+        or config._client_side
+        or config._normalize_outbound_headers
+        or config._validate_outbound_headers
+        or priority_weight is not None
+        or priority_depends_on is not None
+        or priority_exclusive is not None
+    ):
+        H2Connection.send_headers(
+            conn,
+            stream_id,
+            headers,
+            end_stream,
+            priority_weight,
+            priority_depends_on,
+            priority_exclusive,
+        )
+        return
+    wire: WireStream = stream
+    connection_step(conn.state_machine, _C_SEND_HEADERS)
+    fields = list(headers)
+    for field in fields:
+        if not (isinstance(field[0], bytes) and isinstance(field[1], bytes)):
+            fields = utf8_encode_headers(fields)
+            break
+    machine = wire.state_machine
+    step = _SEND_HEADERS
+    if not machine.client and _informational(fields):
+        if end_stream:
+            raise ProtocolError("Cannot set END_STREAM on informational responses.")
+        step = _SEND_INFORMATIONAL_HEADERS
+    stream_step(machine, step)
+    encoder: Any = conn.encoder  # Any: h2 declares hpack's; Portico's is called directly
+    block = encoder.encode(fields, True) if isinstance(encoder, Encoder) else encoder.encode(fields)
+    size: int = wire.max_outbound_frame_size or 0
+    if 0 < len(block) <= size:
+        blocks = [block]  # one frame: the block as it is, not a copy
+    else:
+        blocks = [block[i : i + size] for i in range(0, len(block), size)]
+    first = blocks[0]  # h2 fails here too on an empty block (no :status: never ours)
+    flags = 0
+    if end_stream:
+        stream_step(machine, _SEND_END_STREAM)
+        flags = _END_STREAM
+    if machine.trailers_sent and not end_stream:
+        raise ProtocolError("Trailers must have END_STREAM set.")
+    wire.request_method = _method(fields)
+    buffer = conn._data_to_send
+    sid = stream_id & 0x7FFFFFFF
+    last = len(blocks) - 1
+    if not last:
+        flags |= _END_HEADERS
+    length = len(first)
+    buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x1, flags, sid)
+    buffer += first
+    for index in range(1, last + 1):
+        part = blocks[index]
+        length = len(part)
+        flags = _END_HEADERS if index == last else 0
+        buffer += _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, 0x9, flags, sid)
+        buffer += part
+
+
+def wire_window(conn: Any, stream_id: int) -> int:
+    """h2's `local_flow_control_window` for `conn` (a `WireConnection`): how much DATA the
+    stream may send now, the smaller of its window and the connection's."""
+    stream: Any = conn.streams.get(stream_id) if stream_id else None
+    if stream is None:
+        stream = conn._get_stream_by_id(stream_id)  # h2's errors
+    wire: WireStream = stream
+    window: int = conn.outbound_flow_control_window
+    return min(window, wire.outbound_flow_control_window)
 
 
 def new_stream(conn: Any, stream_id: int, allowed_ids: AllowedStreamIDs) -> WireStream:

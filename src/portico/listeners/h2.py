@@ -50,7 +50,14 @@ from hyperframe.frame import GoAwayFrame
 
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request
-from portico.http.h2wire import WRITTEN_FOR, connection_class
+from portico.http.h2wire import (
+    WRITTEN_FOR,
+    WireConnection,
+    connection_class,
+    wire_send_data,
+    wire_send_headers,
+    wire_window,
+)
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
 from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
@@ -62,6 +69,8 @@ log = logging.getLogger("portico.h2")
 
 # h2's connection with its per-frame paths compiled, under the h2 release they copy
 _CONNECTION: Final = connection_class(h2.__version__)
+# ... whose sending methods are then called directly (compiled: C calls, not method look-ups)
+_WIRE: Final = _CONNECTION is WireConnection
 if h2.__version__ != WRITTEN_FOR:
     log.warning(
         "h2 %s is not the release Portico's HTTP/2 fast paths copy (%s): using the library's "
@@ -150,7 +159,10 @@ class H2Stream(ClientSide, StreamSide):
         if self.closed:
             return
         conn = self.conn
-        conn.h2.send_headers(self.stream_id, fields, end_stream=end)
+        if _WIRE:
+            wire_send_headers(conn.h2, self.stream_id, fields, end)
+        else:
+            conn.h2.send_headers(self.stream_id, fields, end_stream=end)
         if end:
             self._sent_end()
         conn.flush()
@@ -265,7 +277,11 @@ class H2Stream(ClientSide, StreamSide):
         frames = 0
         # the windows, read once: each frame sent takes its size off both the stream's and
         # the connection's, so their minimum goes down by exactly that much
-        available = h2.local_flow_control_window(stream_id) if pending else 0
+        available = 0
+        if pending:
+            available = (
+                wire_window(h2, stream_id) if _WIRE else h2.local_flow_control_window(stream_id)
+            )
         frame_size = h2.max_outbound_frame_size
         while pending:
             if conn.unsent >= OUTBOUND_TURN:
@@ -286,18 +302,24 @@ class H2Stream(ClientSide, StreamSide):
             conn.unsent += size
             available -= size
             frames += 1
-            h2.send_data(
-                stream_id,
-                chunk,
-                end_stream=not pending and self._end_pending and self._trailers is None,
-            )
+            end = not pending and self._end_pending and self._trailers is None
+            if _WIRE:
+                wire_send_data(h2, stream_id, chunk, end)
+            else:
+                h2.send_data(stream_id, chunk, end_stream=end)
         if frames:
             conn.guard.data_frame_sent(frames)
         if self._end_pending and not pending:
             if self._trailers is not None:
-                h2.send_headers(stream_id, self._trailers, end_stream=True)
+                if _WIRE:
+                    wire_send_headers(h2, stream_id, self._trailers, True)
+                else:
+                    h2.send_headers(stream_id, self._trailers, end_stream=True)
             elif not frames:
-                h2.send_data(stream_id, b"", end_stream=True)
+                if _WIRE:
+                    wire_send_data(h2, stream_id, b"", True)
+                else:
+                    h2.send_data(stream_id, b"", end_stream=True)
             self._sent_end()
         if self.write_paused and self._pending_size <= STREAM_RESUME:
             self.write_paused = False

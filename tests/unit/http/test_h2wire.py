@@ -46,7 +46,7 @@ from portico.http.h2wire import (
     HEADERS_FAST,
     HOLD_FROM,
     MACHINE_FIELDS,
-    WINDOW_FAST,
+    WINDOW_FIELDS,
     WRITTEN_FOR,
     LibraryConnection,
     WireConnection,
@@ -54,13 +54,13 @@ from portico.http.h2wire import (
     WireFrameBuffer,
     WireStream,
     WireStreamMachine,
+    WireWindow,
     connection_class,
     forget,
     headers_frame,
     received_fields,
     request_received,
     stream_ended,
-    window_manager,
 )
 
 REQUEST = [
@@ -202,7 +202,9 @@ class Pair:
         for sid, stream in theirs.streams.items():
             mine = ours.streams[sid]
             assert machine_state(mine.state_machine) == machine_state(stream.state_machine)
-            assert vars(mine._inbound_window_manager) == vars(stream._inbound_window_manager)
+            assert window_state(mine._inbound_window_manager) == window_state(
+                stream._inbound_window_manager
+            )
             assert mine._expected_content_length == stream._expected_content_length
             assert mine.request_method == stream.request_method
             assert mine.outbound_flow_control_window == stream.outbound_flow_control_window
@@ -630,17 +632,27 @@ def test_a_headers_frame_is_built_as_hyperframe_builds_it() -> None:
         headers_frame(1, 0).flags.add("ACK")
 
 
-def test_a_stream_s_window_manager_is_built_as_h2_builds_it() -> None:
-    assert WINDOW_FAST  # this h2 still has the shape the fast path copies
-    for size in (0, 1, 65535, 2**31 - 1):
-        ours, theirs = window_manager(size), WindowManager(size)
-        assert type(ours) is WindowManager
-        assert vars(ours) == vars(theirs)
-        ours.window_consumed(1 if size else 0)  # and it works as theirs
-        theirs.window_consumed(1 if size else 0)
-        assert vars(ours) == vars(theirs)
+def window_state(window: Any) -> list[tuple[str, Any]]:
+    """A window manager's attributes, as h2's has them."""
+    return [(name, getattr(window, name)) for name in WINDOW_FIELDS]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_stream_s_window_moves_as_h2_s_window_manager(seed: int) -> None:
+    """Received, processed and opened in a random order (past the limits too): the same
+    increments, errors and state from both."""
+    assert list(vars(WindowManager(65535))) == list(WINDOW_FIELDS)  # h2's shape, still
+    rng = random.Random(seed)
+    size = rng.choice([0, 1, 100, 65535, 2**31 - 1])
+    ours, theirs = WireWindow(size), WindowManager(size)
+    for _ in range(300):
+        method = rng.choice(["window_consumed", "window_opened", "process_bytes"])
+        amount = rng.choice([0, 1, 10, 1000, 40000, 70000, 2**31])
+        results = [outcome_of(partial(getattr(w, method), amount)) for w in (ours, theirs)]
+        assert results[0] == results[1], (method, amount)
+        assert window_state(ours) == window_state(theirs)
     with pytest.raises(AssertionError):  # h2's check on the size, kept
-        window_manager(2**31)
+        WireWindow(2**31)
 
 
 def test_closed_streams_are_remembered_and_dropped_as_h2_s_dict_does() -> None:
@@ -844,3 +856,29 @@ def test_a_request_s_events_are_built_as_h2_builds_them() -> None:
             assert list(vars(ours).items()) == list(vars(theirs).items())
             assert ours == theirs
             assert repr(ours) == repr(theirs)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 9, 20])
+def test_a_whole_header_block_is_read_alike_when_split_over_reads_too_large_or_inside_another(
+    cut: int,
+) -> None:
+    """The plain HEADERS frame (`PlainHeaders`, not hyperframe's object) and h2's agree:
+    arriving in two reads, longer than the frame size allowed, or inside a held block."""
+    pair = Pair()
+    block = pair.client.encoder.encode(REQUEST)
+    data = HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+    pair.feed(data[:cut])
+    assert "RequestReceived" in " ".join(pair.feed(data[cut:])[1])
+    pair.take()
+    pair = Pair()
+    big = pair.client.encoder.encode([*REQUEST, (b"x-big", b"v" * 30000)])
+    too_large = HeadersFrame(1, big, flags=["END_HEADERS", "END_STREAM"]).serialize()
+    assert pair.feed(too_large[: 9 + cut])[0] == "ok"  # the header alone: not yet read
+    assert pair.feed(too_large[9 + cut :])[0] == "FrameTooLargeError"
+    pair.take()
+    pair = Pair()
+    held = HeadersFrame(1, block[:5], flags=["END_STREAM"]).serialize()
+    assert pair.feed(held + data.replace(b"\x00\x00\x00\x01", b"\x00\x00\x00\x03", 1)) == (
+        "ProtocolError",
+        "Invalid frame during header block.",
+    )
