@@ -392,10 +392,10 @@ for (_state, _input), (_func, _target) in _stream_transitions.items():
         _target,
     )
 _NO_STREAM_MOVES: Final[dict[int, tuple[int, Any, Any]]] = {}
-_CONNECTION_MOVES: Final[dict[int, dict[int, Any]]] = {}
+_CONNECTION_MOVES: Final[dict[int, dict[int, tuple[Any, Any]]]] = {}
 for (_cstate, _cinput), _cmove in H2ConnectionStateMachine._transitions.items():
     _CONNECTION_MOVES.setdefault(id(_cstate), {})[id(_cinput)] = _cmove
-_NO_MOVES: Final[dict[int, Any]] = {}
+_NO_MOVES: Final[dict[int, tuple[Any, Any]]] = {}
 # the states (ids) in which sending DATA is, in h2's tables, a move to the same state with no
 # function run: nothing to do there (`WireConnection.send_data`)
 _STREAM_DATA_STAYS: Final[frozenset[int]] = frozenset(
@@ -869,7 +869,7 @@ def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
     if type(closed) is not SizeLimitDict:
         closed[stream_id] = closed_by
         return
-    OrderedDict.__setitem__(closed, stream_id, closed_by)
+    _ORDERED_SET(closed, stream_id, closed_by)
     limit: int | None = closed._size_limit
     if limit is not None:
         while len(closed) > limit:
@@ -877,6 +877,7 @@ def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
 
 
 _new_object: Final[Any] = object.__new__
+_ORDERED_SET: Final[Any] = OrderedDict.__setitem__  # what `forget` stores with
 
 
 def request_received(stream_id: int) -> RequestReceived:

@@ -260,6 +260,14 @@ class Encoder:
         if isinstance(headers, dict):
             headers = sorted(headers.items(), key=lambda kv: not _to_bytes(kv[0]).startswith(b":"))
         for header in headers:
+            if type(header) is tuple:
+                # a plain tuple (what Portico sends): read as one, its items bytes already
+                pair: tuple[Any, ...] = header
+                name = pair[0]
+                value = pair[1]
+                if type(name) is bytes and type(value) is bytes and len(pair) == 2:
+                    block.append(self._add(name, value, False, huffman))
+                    continue
             sensitive = False
             if isinstance(header, HeaderTuple):
                 sensitive = not header.indexable

@@ -80,17 +80,23 @@ if h2.__version__ != WRITTEN_FOR:
         WRITTEN_FOR,
     )
 
-STREAM_BUFFER = 128 * 1024  # response bytes queued per stream before its server is paused
-STREAM_RESUME = 32 * 1024  # ... and resumed below this
-DEFER_BELOW = 32 * 1024  # queued bytes under this wait for the turn's flush (joined, with the end)
-OUTBOUND_TURN = 256 * 1024  # DATA bytes all streams may hand to h2 between two socket writes
-CONTROL_BACKLOG = 4 * 1024 * 1024  # unsent bytes while the socket is full: a client not reading
-HEADER_SLACK = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
-LINGER_TIME = 1.0  # after a GOAWAY for an error, how long the client's bytes are discarded
-LINGER_BYTES = 1 << 20  # ... and how many
-MAX_STREAM_ID = 2**31 - 1
-DRAIN_PING = b"portico\x00"  # the opaque data of the PING that follows a drain's first GOAWAY
-DRAIN_PING_TIMEOUT = 2.0  # a client that never answers it gets the final GOAWAY after this
+STREAM_BUFFER: Final = 128 * 1024  # response bytes queued per stream before its server is paused
+STREAM_RESUME: Final = 32 * 1024  # ... and resumed below this
+DEFER_BELOW: Final = (
+    32 * 1024
+)  # queued bytes under this wait for the turn's flush (joined, with the end)
+OUTBOUND_TURN: Final = 256 * 1024  # DATA bytes all streams may hand to h2 between two socket writes
+CONTROL_BACKLOG: Final = (
+    4 * 1024 * 1024
+)  # unsent bytes while the socket is full: a client not reading
+HEADER_SLACK: Final = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
+LINGER_TIME: Final = 1.0  # after a GOAWAY for an error, how long the client's bytes are discarded
+LINGER_BYTES: Final = 1 << 20  # ... and how many
+MAX_STREAM_ID: Final = 2**31 - 1
+DRAIN_PING: Final = (
+    b"portico\x00"  # the opaque data of the PING that follows a drain's first GOAWAY
+)
+DRAIN_PING_TIMEOUT: Final = 2.0  # a client that never answers it gets the final GOAWAY after this
 
 
 class H2Stream(ClientSide, StreamSide):
