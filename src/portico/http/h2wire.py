@@ -81,7 +81,6 @@ from h2.stream import (
 )
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import HeaderValidationFlags, SizeLimitDict, utf8_encode_headers
-from h2.windows import LARGEST_FLOW_CONTROL_WINDOW
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.struct import NeverIndexedHeaderTuple
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
@@ -352,7 +351,7 @@ def _response_sent(machine: WireStreamMachine, previous: Any) -> list[Event]:
         if machine.client is True or machine.client is None:
             raise ProtocolError("Client cannot send responses.")
         machine.headers_sent = True
-        return [_ResponseSent()]
+        return [_RESPONSE_SENT_EVENT()]
     assert not machine.trailers_sent
     machine.trailers_sent = True
     return [_TrailersSent()]
@@ -368,6 +367,12 @@ def _send_end_stream(machine: WireStreamMachine, previous: Any) -> list[Event]:
     machine.stream_closed_by = _CLOSED_BY_SEND_END_STREAM
     return []
 
+
+# the events that make a header block trailers, or a response's (`received_fields`)
+_TRAILERS_RECEIVED: Final = TrailersReceived
+_TRAILER_EVENTS: Final = (_TrailersSent, TrailersReceived)
+_RESPONSE_EVENTS: Final = (_ResponseSent, ResponseReceived, InformationalResponseReceived)
+_RESPONSE_SENT_EVENT: Final = _ResponseSent
 
 # the transitions every request takes, run as the compiled copies above (called directly,
 # by their number in a move: 0 is none, `_OTHER` h2's own function)
@@ -704,7 +709,7 @@ class WireStream:
             headers_event.stream_ended = ended[0]
             events += ended
         self._initialize_content_length(headers)
-        if isinstance(headers_event, TrailersReceived) and not end_stream:
+        if isinstance(headers_event, _TRAILERS_RECEIVED) and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set")
         config: Any = self.config  # its fields read directly: h2's are Python descriptors
         if (
@@ -720,8 +725,8 @@ class WireStream:
             first = events[0]
             headers_event.headers = received_fields(
                 headers,
-                isinstance(first, (_TrailersSent, TrailersReceived)),
-                isinstance(first, (_ResponseSent, ResponseReceived, InformationalResponseReceived)),
+                isinstance(first, _TRAILER_EVENTS),
+                isinstance(first, _RESPONSE_EVENTS),
             )
         return [], events
 
@@ -819,7 +824,7 @@ class WireWindow:
     __slots__ = ("_bytes_processed", "current_window_size", "max_window_size")
 
     def __init__(self, max_window_size: int) -> None:
-        assert max_window_size <= LARGEST_FLOW_CONTROL_WINDOW
+        assert max_window_size <= _LARGEST_WINDOW
         self.max_window_size = max_window_size
         self.current_window_size = max_window_size
         self._bytes_processed = 0
@@ -833,10 +838,8 @@ class WireWindow:
     def window_opened(self, size: int) -> None:
         """The window grew (by hand, or a settings change): maybe its maximum too."""
         self.current_window_size += size
-        if self.current_window_size > LARGEST_FLOW_CONTROL_WINDOW:
-            raise FlowControlError(
-                f"Flow control window mustn't exceed {LARGEST_FLOW_CONTROL_WINDOW}"
-            )
+        if self.current_window_size > _LARGEST_WINDOW:
+            raise FlowControlError(f"Flow control window mustn't exceed {_LARGEST_WINDOW}")
         self.max_window_size = max(self.current_window_size, self.max_window_size)
 
     def process_bytes(self, size: int) -> int | None:
@@ -866,7 +869,7 @@ def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
     `OrderedDict` whose `__setitem__`, Python code, drops its oldest entries beyond its size
     limit) stored into as its `__setitem__` does, without that Python call; anything else
     (a subclass, another mapping) through its own `__setitem__`."""
-    if type(closed) is not SizeLimitDict:
+    if type(closed) is not _SIZE_LIMIT_DICT:
         closed[stream_id] = closed_by
         return
     _ORDERED_SET(closed, stream_id, closed_by)
@@ -877,6 +880,13 @@ def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
 
 
 _new_object: Final[Any] = object.__new__
+# h2's classes and values read on every request, as C statics (an imported name is looked up
+# in the module's dict each time it is used)
+_REQUEST_RECEIVED_EVENT: Final = RequestReceived
+_STREAM_ENDED_EVENT: Final = StreamEnded
+_LAZY: Final[Any] = _LAZY_INIT
+_SIZE_LIMIT_DICT: Final = SizeLimitDict
+_HEADERS_FRAME: Final = HeadersFrame
 _ORDERED_SET: Final[Any] = OrderedDict.__setitem__  # what `forget` stores with
 
 
@@ -886,9 +896,9 @@ def request_received(stream_id: int) -> RequestReceived:
     while it has the shape checked at import."""
     if not EVENTS_FAST:
         return RequestReceived(stream_id=stream_id)
-    event: Any = _new_object(RequestReceived)
+    event: Any = _new_object(_REQUEST_RECEIVED_EVENT)
     event.stream_id = stream_id
-    event.headers = _LAZY_INIT
+    event.headers = _LAZY
     event.stream_ended = None
     event.priority_updated = None
     built: RequestReceived = event
@@ -899,7 +909,7 @@ def stream_ended(stream_id: int) -> StreamEnded:
     """h2's `StreamEnded(stream_id=stream_id)`, as `request_received` builds its event."""
     if not EVENTS_FAST:
         return StreamEnded(stream_id=stream_id)
-    event: Any = _new_object(StreamEnded)
+    event: Any = _new_object(_STREAM_ENDED_EVENT)
     event.stream_id = stream_id
     built: StreamEnded = event
     return built
@@ -1256,7 +1266,7 @@ def receive_frame(conn: Any, frame: Any) -> list[Event]:
     which the connection's dispatch table calls too)."""
     events: list[Event]
     try:
-        if type(frame) is PlainHeaders or type(frame) is HeadersFrame:
+        if type(frame) is PlainHeaders or type(frame) is _HEADERS_FRAME:
             frames, events = receive_headers_frame(conn, frame)
         else:
             frames, events = conn._frame_dispatch_table[frame.__class__](frame)

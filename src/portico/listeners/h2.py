@@ -80,6 +80,11 @@ if h2.__version__ != WRITTEN_FOR:
         WRITTEN_FOR,
     )
 
+# h2's events a request brings, as C statics (an imported name is looked up per use)
+_REQUEST_RECEIVED: Final = RequestReceived
+_STREAM_ENDED: Final = StreamEnded
+_DATA_RECEIVED: Final = DataReceived
+
 STREAM_BUFFER: Final = 128 * 1024  # response bytes queued per stream before its server is paused
 STREAM_RESUME: Final = 32 * 1024  # ... and resumed below this
 DEFER_BELOW: Final = (
@@ -502,11 +507,11 @@ class H2ClientConnection(asyncio.Protocol):
             for event in events:
                 # a request's own events called directly (compiled: a C call), the rest
                 # through the table
-                if isinstance(event, RequestReceived):
+                if isinstance(event, _REQUEST_RECEIVED):
                     self._on_request(event)
-                elif isinstance(event, StreamEnded):
+                elif isinstance(event, _STREAM_ENDED):
                     self._on_stream_ended(event)
-                elif isinstance(event, DataReceived):
+                elif isinstance(event, _DATA_RECEIVED):
                     self._on_data(event)
                 else:
                     handler = dispatch.get(type(event))
