@@ -122,6 +122,19 @@ def test_received_fields_accepts_and_refuses_exactly_what_h2_does() -> None:
     assert seen["error"] > 500
 
 
+@pytest.mark.parametrize("size", [1, 2, 62, 63, 64, 65, 300])
+@pytest.mark.parametrize("bad", [b"\x00", b"\n", b"\r", b"\t", b" ", b"\x0b", b"\x7f"])
+def test_a_field_value_of_any_length_is_checked_as_h2_checks_it(size: int, bad: bytes) -> None:
+    """A value's illegal characters found alike, short (one compiled pass) or long (searched):
+    at its start, middle and end."""
+    for where in (0, size // 2, size - 1):
+        value = bytearray(b"v" * size)
+        value[where : where + 1] = bad
+        block = [*REQUEST, (b"x-value", bytes(value))]
+        ours = outcome(partial(received_fields, block, False, False))
+        assert ours == outcome(partial(h2_fields, block, False, False)), (where, value)
+
+
 def test_cookie_crumbs_are_joined_last_and_never_indexed() -> None:
     block = [
         HeaderTuple(b"cookie", b"a=1"),
