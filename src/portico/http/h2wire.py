@@ -1315,7 +1315,7 @@ def receive_headers_frame(conn: Any, frame: Any) -> tuple[list[Frame], list[Even
         end_stream = flagged(frame, "END_STREAM")
         priority = flagged(frame, "PRIORITY")
     stream_id: int = frame.stream_id
-    streams = conn.streams
+    streams: dict[int, Any] = conn.streams
     if stream_id not in streams:
         limit = setting(conn.local_settings, _MAX_CONCURRENT_STREAMS)
         count = open_streams(conn, 0 if client else 1)
@@ -1353,16 +1353,18 @@ def wire_send_data(
         H2Connection.send_data(conn, stream_id, data, end_stream, pad_length)
         return
     size = len(data)
-    streams = conn.streams
+    streams: dict[int, Any] = conn.streams
     stream: Any = streams.get(stream_id)
     if size > 0:
         if stream is None:
             conn.local_flow_control_window(stream_id)  # h2's error for that stream id
+        found: WireStream = stream
         # h2's local_flow_control_window, its two windows read once
-        window = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)
+        shared: int = conn.outbound_flow_control_window
+        window = min(shared, found.outbound_flow_control_window)
         if size > window:
             raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
-    limit = conn.max_outbound_frame_size
+    limit: int = conn.max_outbound_frame_size
     if size > limit:
         raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is {limit}")
     # the state machines: in the states where h2's tables make SEND_DATA a move to the
@@ -1384,7 +1386,7 @@ def wire_send_data(
     remaining: int = wire.outbound_flow_control_window - size
     wire.outbound_flow_control_window = remaining
     assert remaining >= 0 or size == 0
-    buffer = conn._data_to_send
+    buffer: bytearray = conn._data_to_send
     buffer += _FRAME_HEADER.pack(
         (size >> 8) & 0xFFFF, size & 0xFF, 0, flags, stream_id & 0x7FFFFFFF
     )
@@ -1417,7 +1419,8 @@ def wire_send_headers(
     fields are built valid): the same state changes, HPACK encoding and frames, serialised
     straight to the send buffer. Anything else (a new stream, priority, a client) is h2's
     own path."""
-    stream: Any = conn.streams.get(stream_id)
+    streams: dict[int, Any] = conn.streams
+    stream: Any = streams.get(stream_id)
     config: Any = conn.config  # its fields read directly: h2's are Python descriptors
     if (
         stream is None
@@ -1472,7 +1475,7 @@ def wire_send_headers(
     if machine.trailers_sent and not end_stream:
         raise ProtocolError("Trailers must have END_STREAM set.")
     wire.request_method = _method(fields)
-    buffer = conn._data_to_send
+    buffer: bytearray = conn._data_to_send
     sid = stream_id & 0x7FFFFFFF
     last = len(blocks) - 1
     if not last:
@@ -1491,7 +1494,8 @@ def wire_send_headers(
 def wire_window(conn: Any, stream_id: int) -> int:
     """h2's `local_flow_control_window` for `conn` (a `WireConnection`): how much DATA the
     stream may send now, the smaller of its window and the connection's."""
-    stream: Any = conn.streams.get(stream_id) if stream_id else None
+    streams: dict[int, Any] = conn.streams
+    stream: Any = streams.get(stream_id) if stream_id else None
     if stream is None:
         stream = conn._get_stream_by_id(stream_id)  # h2's errors
     wire: WireStream = stream
@@ -1516,7 +1520,8 @@ def new_stream(conn: Any, stream_id: int, allowed_ids: AllowedStreamIDs) -> Wire
         setting(conn.remote_settings, _INITIAL_WINDOW_SIZE),
     )
     stream.max_outbound_frame_size = conn.max_outbound_frame_size
-    conn.streams[stream_id] = stream
+    streams: dict[int, Any] = conn.streams
+    streams[stream_id] = stream
     tally: StreamTally | None = conn._tally
     if tally is not None:
         machine = stream.state_machine
