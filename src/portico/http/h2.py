@@ -126,12 +126,27 @@ def map_request(fields: list[Header], limits: RequestLimits) -> H2Request | int:
 def response_fields(status: int, headers: Iterable[Header]) -> list[Header]:
     """A response head as HTTP/2 fields: `:status` first, names lower-case, and nothing
     connection-specific (a server's own Connection-listed fields were removed already)."""
-    out: list[Header] = [(b":status", b"%d" % status)]
+    code = _STATUS_CODES[status] if 100 <= status < 1000 else b"%d" % status
+    out: list[Header] = [(b":status", code)]
+    lowered = _LOWERED
     for name, value in headers:
-        low = name.lower()
+        low = lowered.get(name)
+        if low is None:
+            low = name.lower()
+            if len(lowered) < LOWERED_LIMIT:
+                lowered[name] = low
         if low not in _CONNECTION_SPECIFIC:
             out.append((low, value))
     return out
+
+
+# `:status` values, made once
+_STATUS_CODES: Final = [b"%d" % code for code in range(1000)]
+# field names as servers spell them -> lower case: a look-up, not a `lower()` call and a new
+# object per field (whose hash HPACK's tables would compute again). Bounded: past the limit,
+# names a server invents are lowered each time, as before.
+LOWERED_LIMIT: Final = 512
+_LOWERED: Final[dict[bytes, bytes]] = {}
 
 
 class FloodGuard:
