@@ -8,23 +8,35 @@ protocol checks, with these methods done without the library's per-frame Python 
   appends it); the connection's and stream's state machines and windows are moved exactly as
   h2 moves them, and its flow-control and frame-size errors are raised as it raises them.
 - `receive_data`, `_receive_frame`: as h2's, without the `repr(frame)` it computes for a
-  trace log that never prints (a hex dump of every DATA frame's payload).
-- received frames (`WireFrameBuffer`): h2's buffer as a loop, a plain HEADERS frame (no
-  padding, no priority: what clients send) built as hyperframe builds it without its four
-  `__init__`s and flag loops (`headers_frame`; the fast path checks at import that
-  hyperframe's frame still has that shape).
-- new streams (`_get_or_create_stream`, `_begin_new_stream`): no KeyError raised and caught
-  per stream, settings read without h2's property chain (`setting`).
+  trace log that never prints (a hex dump of every DATA frame's payload); the frames read
+  and handled by direct calls (`next_frame`, `receive_frame`, `receive_headers_frame`).
+- received frames (`WireFrameBuffer`): h2's buffer as a loop; a HEADERS frame with a whole
+  block and neither padding nor priority (what clients send) read as a `PlainHeaders`, no
+  hyperframe object made; iterated (h2's way), one built as hyperframe builds it without
+  its four `__init__`s and flag loops (`headers_frame`; checked at import that hyperframe's
+  frame still has that shape).
+- new streams (`new_stream`): no KeyError raised and caught per stream, settings read
+  without h2's property chain (`setting`).
+- open streams counted as streams move (`StreamTally`), not by a walk over every stream
+  each time one opens (h2's `_open_streams`); the closed ones forgotten in h2's order.
 - `_prepare_for_sending`: frames appended one by one, not joined first.
 - `take_data`: what is queued to send, without the copy `data_to_send` makes; large DATA
   payloads are held by reference until then and joined once (appended to one growing
   buffer, a 1 MiB body was copied about 4.5 times: each time the buffer outgrew its block).
-- received header blocks (`WireStream`): h2's normalisation (split cookies joined) and
-  validation (RFC 9113 §8.2, §8.3) in one compiled pass (`received_fields`) instead of a
-  chain of seven generators: the same checks, in the same order, with the same errors.
+- received header blocks: h2's normalisation (split cookies joined) and validation (RFC 9113
+  §8.2, §8.3) in one compiled pass (`received_fields`) instead of a chain of seven
+  generators: the same checks, in the same order, with the same errors.
+- sending (`wire_send_headers`, `wire_send_data`, `wire_window`): module functions the
+  listener calls directly; the methods h2 and other callers use delegate to them.
 
-mypyc cannot compile a native class deriving from a Python one, so both classes are
-non-native (`native_class=False`): ordinary Python classes whose methods are compiled.
+A stream is a compiled (native) class of its own, not h2's: `WireStream` (h2's `H2Stream`:
+its attributes and properties; the methods every request runs compiled, every other method
+h2's own function run on it), `WireStreamMachine` (h2's stream state machine: its
+attributes; its moves h2's tables, the common ones as compiled copies called directly) and
+`WireWindow` (h2's `WindowManager`, copied). mypyc cannot compile a native class deriving
+from a Python one, so the connection, its state machine and its frame buffer stay h2's
+subclasses, non-native (`native_class=False`): ordinary Python classes whose methods are
+compiled. tests/unit/http/test_h2wire.py runs each beside h2's own objects.
 Pure otherwise: no sockets, no clock.
 """
 
