@@ -236,7 +236,8 @@ def received_fields(headers: Iterable[Any], trailer: bool, response: bool) -> li
         if name == b"te" and value.lower() != b"trailers":
             raise ProtocolError(f"Invalid value for TE header: {value!r}")
         # _reject_connection_header
-        if name in _CONNECTION_HEADERS:
+        width = len(name)  # (7, 10, 16 and 17: the lengths of the connection-specific names)
+        if (width == 7 or width == 10 or width >= 16) and name in _CONNECTION_HEADERS:
             raise ProtocolError(f"Connection-specific header field present: {name!r}.")
         # _reject_pseudo_header_fields
         if name[0] == _SIGIL:
@@ -312,13 +313,12 @@ def _check_pseudo(pseudo: set[bytes], method: bytes | None, trailer: bool, respo
         else:
             _require(b":scheme", pseudo)
             _require(b":path", pseudo)
-        invalid = pseudo & _RESPONSE_ONLY
-        if invalid:
-            raise ProtocolError(f"Encountered response-only headers {invalid}")
-        if not connect:
+        # (each set has one name: looked up, not intersected, unless it is there)
+        if b":status" in pseudo:
+            raise ProtocolError(f"Encountered response-only headers {pseudo & _RESPONSE_ONLY}")
+        if not connect and b":protocol" in pseudo:
             invalid = pseudo & _CONNECT_ONLY
-            if invalid:
-                raise ProtocolError(f"Encountered connect-request-only headers {invalid!r}")
+            raise ProtocolError(f"Encountered connect-request-only headers {invalid!r}")
 
 
 def _field_name(field: Any) -> bytes:
@@ -389,8 +389,9 @@ def _send_end_stream(machine: WireStreamMachine, previous: Any) -> list[Event]:
 
 # the events that make a header block trailers, or a response's (`received_fields`)
 _TRAILERS_RECEIVED: Final = TrailersReceived
-_TRAILER_EVENTS: Final = (_TrailersSent, TrailersReceived)
-_RESPONSE_EVENTS: Final = (_ResponseSent, ResponseReceived, InformationalResponseReceived)
+_TRAILERS_SENT_EVENT: Final = _TrailersSent
+_RESPONSE_RECEIVED: Final = ResponseReceived
+_INFORMATIONAL_RECEIVED: Final = InformationalResponseReceived
 _RESPONSE_SENT_EVENT: Final = _ResponseSent
 
 # the transitions every request takes, run as the compiled copies above (called directly,
@@ -728,7 +729,10 @@ class WireStream:
             headers_event.stream_ended = ended[0]
             events += ended
         self._initialize_content_length(headers)
-        if isinstance(headers_event, _TRAILERS_RECEIVED) and not end_stream:
+        # the events' classes compared, not `isinstance`: h2 makes these classes, never
+        # subclasses of them
+        kind = type(headers_event)
+        if kind is _TRAILERS_RECEIVED and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set")
         config: Any = self.config  # its fields read directly: h2's are Python descriptors
         if (
@@ -741,11 +745,12 @@ class WireStream:
         else:
             # `_process_received_headers`'s fast path, without building h2's flags tuple (a
             # namedtuple made through its Python `__new__`) for the two of its fields it reads
-            first = events[0]
             headers_event.headers = received_fields(
                 headers,
-                isinstance(first, _TRAILER_EVENTS),
-                isinstance(first, _RESPONSE_EVENTS),
+                kind is _TRAILERS_RECEIVED or kind is _TRAILERS_SENT_EVENT,
+                kind is _RESPONSE_RECEIVED
+                or kind is _INFORMATIONAL_RECEIVED
+                or kind is _RESPONSE_SENT_EVENT,
             )
         return [], events
 

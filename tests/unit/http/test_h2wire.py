@@ -86,6 +86,7 @@ def outcome(fn: Callable[[], list[Any]]) -> tuple[str, Any]:
 NAMES = [
     b":method", b":path", b":scheme", b":authority", b":status", b":protocol", b":bogus",
     b"host", b"cookie", b"te", b"connection", b"keep-alive", b"upgrade", b"accept",
+    b"proxy-connection", b"transfer-encoding",
     b"content-length", b"x-a", b"", b"Upper", b"bad name", b"a:b", b"\x7f", b"caf\xc3\xa9",
 ]  # fmt: skip
 VALUES = [
