@@ -904,6 +904,8 @@ def forget(closed: Any, stream_id: int, closed_by: Any) -> None:
 
 
 _new_object: Final[Any] = object.__new__
+_EVEN_IDS: Final = AllowedStreamIDs.EVEN
+_ODD_IDS: Final = AllowedStreamIDs.ODD
 # h2's classes and values read on every request, as C statics (an imported name is looked up
 # in the module's dict each time it is used)
 _REQUEST_RECEIVED_EVENT: Final = RequestReceived
@@ -1342,9 +1344,7 @@ def receive_headers_frame(conn: Any, frame: Any) -> tuple[list[Frame], list[Even
     events = connection_step(conn.state_machine, _C_RECV_HEADERS)
     found: Any = streams.get(stream_id)  # h2's _get_or_create_stream
     if found is None:
-        found = new_stream(
-            conn, stream_id, AllowedStreamIDs.EVEN if client else AllowedStreamIDs.ODD
-        )
+        found = new_stream(conn, stream_id, _EVEN_IDS if client else _ODD_IDS)
     stream: WireStream = found
     frames, stream_events = stream.receive_headers(headers, end_stream, config._header_encoding)
     if priority:
@@ -1524,11 +1524,14 @@ def new_stream(conn: Any, stream_id: int, allowed_ids: AllowedStreamIDs) -> Wire
     """h2's `_begin_new_stream` for `conn` (a `WireConnection`): a `WireStream`, counted in
     the connection's tally."""
     config: Any = conn.config
-    outbound = stream_id % 2 == int(config._client_side)  # h2's _stream_id_is_outbound
+    client: bool = config._client_side
+    outbound = stream_id % 2 == (1 if client else 0)  # h2's _stream_id_is_outbound
     highest: int = conn.highest_outbound_stream_id if outbound else conn.highest_inbound_stream_id
     if stream_id <= highest:
         raise StreamIDTooLowError(stream_id, highest)
-    if (stream_id % 2) != int(allowed_ids):
+    # the enum's members told apart by identity: `int()` of one is a call through Python's
+    parity = 1 if allowed_ids is _ODD_IDS else 0 if allowed_ids is _EVEN_IDS else int(allowed_ids)
+    if (stream_id % 2) != parity:
         raise ProtocolError("Invalid stream ID for peer.")
     stream = WireStream(
         stream_id,
