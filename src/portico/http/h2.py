@@ -16,13 +16,15 @@ from typing import Final
 
 from portico.http.headers import Header
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what an HTTP/2 client sends first (RFC 9113 3.4)
+PREFACE: Final = (
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what an HTTP/2 client sends first (RFC 9113 3.4)
+)
 
 # Per RFC 9113 §6.5.2 a header field costs its name and value plus 32 octets of overhead.
-FIELD_OVERHEAD = 32
+FIELD_OVERHEAD: Final = 32
 
 # Never sent on HTTP/2 (RFC 9113 §8.2.2).
-_CONNECTION_SPECIFIC = frozenset(
+_CONNECTION_SPECIFIC: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -108,7 +110,7 @@ def map_request(fields: list[Header], limits: RequestLimits) -> H2Request | int:
     if len(method) + len(path) + 10 > limits.max_request_line:
         return 414
     if authority is not None:
-        if not authority or b"@" in authority:
+        if not authority or 0x40 in authority:  # "@" as an int: a byte search, no TypeError
             return 400  # RFC 9113 §8.3.1: no userinfo
         if host is not None and host != authority:
             return 400  # §8.3.1: Host must name what :authority names
@@ -124,12 +126,27 @@ def map_request(fields: list[Header], limits: RequestLimits) -> H2Request | int:
 def response_fields(status: int, headers: Iterable[Header]) -> list[Header]:
     """A response head as HTTP/2 fields: `:status` first, names lower-case, and nothing
     connection-specific (a server's own Connection-listed fields were removed already)."""
-    out: list[Header] = [(b":status", b"%d" % status)]
+    code = _STATUS_CODES[status] if 100 <= status < 1000 else b"%d" % status
+    out: list[Header] = [(b":status", code)]
+    lowered = _LOWERED
     for name, value in headers:
-        low = name.lower()
+        low = lowered.get(name)
+        if low is None:
+            low = name.lower()
+            if len(lowered) < LOWERED_LIMIT:
+                lowered[name] = low
         if low not in _CONNECTION_SPECIFIC:
             out.append((low, value))
     return out
+
+
+# `:status` values, made once
+_STATUS_CODES: Final = [b"%d" % code for code in range(1000)]
+# field names as servers spell them -> lower case: a look-up, not a `lower()` call and a new
+# object per field (whose hash HPACK's tables would compute again). Bounded: past the limit,
+# names a server invents are lowered each time, as before.
+LOWERED_LIMIT: Final = 512
+_LOWERED: Final[dict[bytes, bytes]] = {}
 
 
 class FloodGuard:

@@ -143,7 +143,9 @@ class HeaderTable:
         # newest entry's number is _inserted - 1 and its index STATIC_LENGTH + 1), for the
         # newest entry of each (name, value) and of each name
         self._inserted = 0
-        self._pairs: dict[tuple[bytes, bytes], int] = {}
+        # name -> value -> number (not keyed by (name, value) tuples: a tuple made and hashed
+        # per field looked up; the name's and the value's hashes are kept by their bytes)
+        self._pairs: dict[bytes, dict[bytes, int]] = {}
         self._names: dict[bytes, int] = {}
 
     def get_by_index(self, index: int) -> tuple[bytes, bytes]:
@@ -166,7 +168,10 @@ class HeaderTable:
             self.dynamic_entries.appendleft(entry)
             number = self._inserted
             self._inserted = number + 1
-            self._pairs[entry] = number
+            values = self._pairs.get(name)
+            if values is None:
+                values = self._pairs[name] = {}
+            values[value] = number
             self._names[name] = number
             self._current_size += size
             self._shrink()
@@ -183,9 +188,11 @@ class HeaderTable:
         # as a scan from the newest entry would find: the newest exact match, else (when the
         # static table has not the name) the newest entry with the name
         newest = STATIC_LENGTH + self._inserted
-        number = self._pairs.get((name, value))
-        if number is not None:
-            return newest - number, True
+        values = self._pairs.get(name)
+        if values is not None:
+            number = values.get(value)
+            if number is not None:
+                return newest - number, True
         if not partial:
             number = self._names.get(name)
             if number is not None:
@@ -212,11 +219,13 @@ class HeaderTable:
         entries = self.dynamic_entries
         while size > self._maxsize:
             oldest = self._inserted - len(entries)
-            entry = entries.pop()
-            name = entry[0]
-            size -= entry_size(name, entry[1])
-            if self._pairs.get(entry) == oldest:
-                del self._pairs[entry]
+            name, value = entries.pop()
+            size -= entry_size(name, value)
+            values = self._pairs.get(name)
+            if values is not None and values.get(value) == oldest:
+                del values[value]
+                if not values:
+                    del self._pairs[name]
             if self._names.get(name) == oldest:
                 del self._names[name]
         self._current_size = size
@@ -260,6 +269,14 @@ class Encoder:
         if isinstance(headers, dict):
             headers = sorted(headers.items(), key=lambda kv: not _to_bytes(kv[0]).startswith(b":"))
         for header in headers:
+            if type(header) is tuple:
+                # a plain tuple (what Portico sends): read as one, its items bytes already
+                pair: tuple[Any, ...] = header
+                name = pair[0]
+                value = pair[1]
+                if type(name) is bytes and type(value) is bytes and len(pair) == 2:
+                    block.append(self._add(name, value, False, huffman))
+                    continue
             sensitive = False
             if isinstance(header, HeaderTuple):
                 sensitive = not header.indexable

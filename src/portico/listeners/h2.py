@@ -50,11 +50,18 @@ from hyperframe.frame import GoAwayFrame
 
 from portico.http.errors import client_error
 from portico.http.h2 import FloodGuard, H2Request, RequestLimits, map_request
-from portico.http.h2wire import WRITTEN_FOR, connection_class
+from portico.http.h2wire import (
+    WRITTEN_FOR,
+    WireConnection,
+    connection_class,
+    wire_send_data,
+    wire_send_headers,
+    wire_window,
+)
 from portico.http.headers import CHUNKED_BODY, LENGTH_BODY, NO_BODY, Header, split_request_headers
 from portico.http.hpack import Decoder, Encoder
 from portico.proxy.context import HttpListenerSettings, ProxyContext
-from portico.proxy.framing import H2Framer
+from portico.proxy.framing import H2Framer, StreamSide
 from portico.proxy.l7 import ClientSide, Exchange
 from portico.timers import Deadline
 
@@ -62,6 +69,8 @@ log = logging.getLogger("portico.h2")
 
 # h2's connection with its per-frame paths compiled, under the h2 release they copy
 _CONNECTION: Final = connection_class(h2.__version__)
+# ... whose sending methods are then called directly (compiled: C calls, not method look-ups)
+_WIRE: Final = _CONNECTION is WireConnection
 if h2.__version__ != WRITTEN_FOR:
     log.warning(
         "h2 %s is not the release Portico's HTTP/2 fast paths copy (%s): using the library's "
@@ -71,20 +80,31 @@ if h2.__version__ != WRITTEN_FOR:
         WRITTEN_FOR,
     )
 
-STREAM_BUFFER = 128 * 1024  # response bytes queued per stream before its server is paused
-STREAM_RESUME = 32 * 1024  # ... and resumed below this
-DEFER_BELOW = 32 * 1024  # queued bytes under this wait for the turn's flush (joined, with the end)
-OUTBOUND_TURN = 256 * 1024  # DATA bytes all streams may hand to h2 between two socket writes
-CONTROL_BACKLOG = 4 * 1024 * 1024  # unsent bytes while the socket is full: a client not reading
-HEADER_SLACK = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
-LINGER_TIME = 1.0  # after a GOAWAY for an error, how long the client's bytes are discarded
-LINGER_BYTES = 1 << 20  # ... and how many
-MAX_STREAM_ID = 2**31 - 1
-DRAIN_PING = b"portico\x00"  # the opaque data of the PING that follows a drain's first GOAWAY
-DRAIN_PING_TIMEOUT = 2.0  # a client that never answers it gets the final GOAWAY after this
+# h2's events a request brings, as C statics (an imported name is looked up per use)
+_REQUEST_RECEIVED: Final = RequestReceived
+_STREAM_ENDED: Final = StreamEnded
+_DATA_RECEIVED: Final = DataReceived
+
+STREAM_BUFFER: Final = 128 * 1024  # response bytes queued per stream before its server is paused
+STREAM_RESUME: Final = 32 * 1024  # ... and resumed below this
+DEFER_BELOW: Final = (
+    32 * 1024
+)  # queued bytes under this wait for the turn's flush (joined, with the end)
+OUTBOUND_TURN: Final = 256 * 1024  # DATA bytes all streams may hand to h2 between two socket writes
+CONTROL_BACKLOG: Final = (
+    4 * 1024 * 1024
+)  # unsent bytes while the socket is full: a client not reading
+HEADER_SLACK: Final = 16 * 1024  # the HPACK decoder's hard cap is the header limit plus this
+LINGER_TIME: Final = 1.0  # after a GOAWAY for an error, how long the client's bytes are discarded
+LINGER_BYTES: Final = 1 << 20  # ... and how many
+MAX_STREAM_ID: Final = 2**31 - 1
+DRAIN_PING: Final = (
+    b"portico\x00"  # the opaque data of the PING that follows a drain's first GOAWAY
+)
+DRAIN_PING_TIMEOUT: Final = 2.0  # a client that never answers it gets the final GOAWAY after this
 
 
-class H2Stream(ClientSide):
+class H2Stream(ClientSide, StreamSide):
     """One request stream: the client side an `Exchange` answers (`ClientSide`)."""
 
     __slots__ = (
@@ -150,7 +170,10 @@ class H2Stream(ClientSide):
         if self.closed:
             return
         conn = self.conn
-        conn.h2.send_headers(self.stream_id, fields, end_stream=end)
+        if _WIRE:
+            wire_send_headers(conn.h2, self.stream_id, fields, end)
+        else:
+            conn.h2.send_headers(self.stream_id, fields, end_stream=end)
         if end:
             self._sent_end()
         conn.flush()
@@ -265,7 +288,11 @@ class H2Stream(ClientSide):
         frames = 0
         # the windows, read once: each frame sent takes its size off both the stream's and
         # the connection's, so their minimum goes down by exactly that much
-        available = h2.local_flow_control_window(stream_id) if pending else 0
+        available = 0
+        if pending:
+            available = (
+                wire_window(h2, stream_id) if _WIRE else h2.local_flow_control_window(stream_id)
+            )
         frame_size = h2.max_outbound_frame_size
         while pending:
             if conn.unsent >= OUTBOUND_TURN:
@@ -286,18 +313,24 @@ class H2Stream(ClientSide):
             conn.unsent += size
             available -= size
             frames += 1
-            h2.send_data(
-                stream_id,
-                chunk,
-                end_stream=not pending and self._end_pending and self._trailers is None,
-            )
+            end = not pending and self._end_pending and self._trailers is None
+            if _WIRE:
+                wire_send_data(h2, stream_id, chunk, end)
+            else:
+                h2.send_data(stream_id, chunk, end_stream=end)
         if frames:
             conn.guard.data_frame_sent(frames)
         if self._end_pending and not pending:
             if self._trailers is not None:
-                h2.send_headers(stream_id, self._trailers, end_stream=True)
+                if _WIRE:
+                    wire_send_headers(h2, stream_id, self._trailers, True)
+                else:
+                    h2.send_headers(stream_id, self._trailers, end_stream=True)
             elif not frames:
-                h2.send_data(stream_id, b"", end_stream=True)
+                if _WIRE:
+                    wire_send_data(h2, stream_id, b"", True)
+                else:
+                    h2.send_data(stream_id, b"", end_stream=True)
             self._sent_end()
         if self.write_paused and self._pending_size <= STREAM_RESUME:
             self.write_paused = False
@@ -472,9 +505,18 @@ class H2ClientConnection(asyncio.Protocol):
         dispatch = _DISPATCH
         try:
             for event in events:
-                handler = dispatch.get(type(event))
-                if handler is not None:
-                    handler(self, event)
+                # a request's own events called directly (compiled: a C call), the rest
+                # through the table
+                if isinstance(event, _REQUEST_RECEIVED):
+                    self._on_request(event)
+                elif isinstance(event, _STREAM_ENDED):
+                    self._on_stream_ended(event)
+                elif isinstance(event, _DATA_RECEIVED):
+                    self._on_data(event)
+                else:
+                    handler = dispatch.get(type(event))
+                    if handler is not None:
+                        handler(self, event)
                 if self._closed:
                     return
         finally:

@@ -17,11 +17,12 @@ are native calls.
 from __future__ import annotations
 
 import asyncio
-from typing import Final, Protocol
+from typing import Final
 
 from portico.http.h2 import response_fields
 from portico.http.headers import Header, HeadMemo, serialize_head
 from portico.http.local import LocalResponse, http1_bytes
+from portico.native import trait
 from portico.observe.stats import ByteCounter
 from portico.outbox import OUTBOX
 
@@ -292,17 +293,28 @@ class Http1Framer(ResponseFramer):
         self._bytes.sent += size
 
 
-class StreamSide(Protocol):
+@trait
+class StreamSide:
     """What an `H2Framer` needs of its HTTP/2 stream (`portico.listeners.h2.H2Stream`: the
-    frames, flow control and END_STREAM are the stream's)."""
+    frames, flow control and END_STREAM are the stream's). A trait, not a Protocol: compiled,
+    the framer calls these natively (through a Protocol, each call was a look-up by name:
+    three a request). Every method is overridden."""
 
-    @property
-    def head_only(self) -> bool: ...
+    __slots__ = ()
 
-    def send_headers(self, fields: list[Header], *, end: bool) -> None: ...
-    def send_data(self, data: bytes | memoryview) -> None: ...
-    def send_trailers(self, fields: list[Header]) -> None: ...
-    def send_end(self) -> None: ...
+    head_only: bool
+
+    def send_headers(self, fields: list[Header], *, end: bool) -> None:
+        raise NotImplementedError
+
+    def send_data(self, data: bytes | memoryview) -> None:
+        raise NotImplementedError
+
+    def send_trailers(self, fields: list[Header]) -> None:
+        raise NotImplementedError
+
+    def send_end(self) -> None:
+        raise NotImplementedError
 
 
 class H2Framer(ResponseFramer):

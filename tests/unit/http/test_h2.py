@@ -10,6 +10,7 @@ import pytest
 from portico.http.errors import client_error, upstream_error
 from portico.http.h2 import (
     FIELD_OVERHEAD,
+    LOWERED_LIMIT,
     FloodGuard,
     H2Request,
     RequestLimits,
@@ -264,6 +265,19 @@ def test_response_fields_keep_values_as_they_are() -> None:
         (b":status", b"200"),
         (b"etag", b'"AbC"'),
     ]
+
+
+@pytest.mark.parametrize("status", [0, 99, 100, 200, 599, 999, 1000, 12345])
+def test_response_fields_write_any_status_in_decimal(status: int) -> None:
+    assert response_fields(status, [])[0] == (b":status", str(status).encode())
+
+
+def test_response_fields_lower_names_a_server_invents_past_the_remembered_ones() -> None:
+    """Names are lowered alike whether remembered or not (the memory of them is bounded)."""
+    for round_ in range(2):
+        for i in range(LOWERED_LIMIT + 50):
+            fields = response_fields(200, [(b"X-Made-Up-%d" % i, b"v"), (b"Connection", b"x")])
+            assert fields[1:] == [(b"x-made-up-%d" % i, b"v")], (round_, i)
 
 
 # -- FloodGuard: control frames ----------------------------------------------------------------

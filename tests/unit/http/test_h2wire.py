@@ -5,6 +5,7 @@ errors, report the same events and keep the same flow-control windows and stream
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from functools import partial
@@ -19,10 +20,11 @@ from h2.connection import (
     H2ConnectionStateMachine,
 )
 from h2.errors import ErrorCodes
+from h2.events import RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from h2.stream import H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
+from h2.stream import H2Stream, H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
 from h2.utilities import (
     HeaderValidationFlags,
     SizeLimitDict,
@@ -40,20 +42,25 @@ from hyperframe.frame import (
 )
 
 from portico.http.h2wire import (
+    EVENTS_FAST,
     HEADERS_FAST,
     HOLD_FROM,
-    WINDOW_FAST,
+    MACHINE_FIELDS,
+    WINDOW_FIELDS,
     WRITTEN_FOR,
     LibraryConnection,
     WireConnection,
     WireConnectionMachine,
     WireFrameBuffer,
+    WireStream,
     WireStreamMachine,
+    WireWindow,
     connection_class,
     forget,
     headers_frame,
     received_fields,
-    window_manager,
+    request_received,
+    stream_ended,
 )
 
 REQUEST = [
@@ -79,6 +86,7 @@ def outcome(fn: Callable[[], list[Any]]) -> tuple[str, Any]:
 NAMES = [
     b":method", b":path", b":scheme", b":authority", b":status", b":protocol", b":bogus",
     b"host", b"cookie", b"te", b"connection", b"keep-alive", b"upgrade", b"accept",
+    b"proxy-connection", b"transfer-encoding",
     b"content-length", b"x-a", b"", b"Upper", b"bad name", b"a:b", b"\x7f", b"caf\xc3\xa9",
 ]  # fmt: skip
 VALUES = [
@@ -113,6 +121,19 @@ def test_received_fields_accepts_and_refuses_exactly_what_h2_does() -> None:
         seen[ours[0]] += 1
     assert seen["ok"] > 300  # both sides of every check exercised
     assert seen["error"] > 500
+
+
+@pytest.mark.parametrize("size", [1, 2, 62, 63, 64, 65, 300])
+@pytest.mark.parametrize("bad", [b"\x00", b"\n", b"\r", b"\t", b" ", b"\x0b", b"\x7f"])
+def test_a_field_value_of_any_length_is_checked_as_h2_checks_it(size: int, bad: bytes) -> None:
+    """A value's illegal characters found alike, short (one compiled pass) or long (searched):
+    at its start, middle and end."""
+    for where in (0, size // 2, size - 1):
+        value = bytearray(b"v" * size)
+        value[where : where + 1] = bad
+        block = [*REQUEST, (b"x-value", bytes(value))]
+        ours = outcome(partial(received_fields, block, False, False))
+        assert ours == outcome(partial(h2_fields, block, False, False)), (where, value)
 
 
 def test_cookie_crumbs_are_joined_last_and_never_indexed() -> None:
@@ -194,8 +215,10 @@ class Pair:
         assert ours.highest_inbound_stream_id == theirs.highest_inbound_stream_id
         for sid, stream in theirs.streams.items():
             mine = ours.streams[sid]
-            assert vars(mine.state_machine) == vars(stream.state_machine)
-            assert vars(mine._inbound_window_manager) == vars(stream._inbound_window_manager)
+            assert machine_state(mine.state_machine) == machine_state(stream.state_machine)
+            assert window_state(mine._inbound_window_manager) == window_state(
+                stream._inbound_window_manager
+            )
             assert mine._expected_content_length == stream._expected_content_length
             assert mine.request_method == stream.request_method
             assert mine.outbound_flow_control_window == stream.outbound_flow_control_window
@@ -427,12 +450,19 @@ def event_state(event: Any) -> tuple[str, dict[str, Any]]:
     return type(event).__name__, {n: getattr(event, n) for n in names}
 
 
+def machine_state(machine: Any) -> list[tuple[str, Any]]:
+    """A state machine's attributes as h2's has them (a stream's: names in its order)."""
+    if isinstance(machine, (H2StreamStateMachine, WireStreamMachine)):
+        return [(name, getattr(machine, name)) for name in MACHINE_FIELDS]
+    return list(vars(machine).items())
+
+
 def run_machine(machine: Any, state: Any, step: Any, **attrs: Any) -> tuple[Any, ...]:
     machine.state = state
     for name, value in attrs.items():
         setattr(machine, name, value)
     result = outcome_of(lambda: [event_state(e) for e in machine.process_input(step)])
-    return result, machine.state, list(vars(machine).items())
+    return result, machine.state, machine_state(machine)
 
 
 @pytest.mark.parametrize("client", [None, True, False])
@@ -616,17 +646,27 @@ def test_a_headers_frame_is_built_as_hyperframe_builds_it() -> None:
         headers_frame(1, 0).flags.add("ACK")
 
 
-def test_a_stream_s_window_manager_is_built_as_h2_builds_it() -> None:
-    assert WINDOW_FAST  # this h2 still has the shape the fast path copies
-    for size in (0, 1, 65535, 2**31 - 1):
-        ours, theirs = window_manager(size), WindowManager(size)
-        assert type(ours) is WindowManager
-        assert vars(ours) == vars(theirs)
-        ours.window_consumed(1 if size else 0)  # and it works as theirs
-        theirs.window_consumed(1 if size else 0)
-        assert vars(ours) == vars(theirs)
+def window_state(window: Any) -> list[tuple[str, Any]]:
+    """A window manager's attributes, as h2's has them."""
+    return [(name, getattr(window, name)) for name in WINDOW_FIELDS]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_stream_s_window_moves_as_h2_s_window_manager(seed: int) -> None:
+    """Received, processed and opened in a random order (past the limits too): the same
+    increments, errors and state from both."""
+    assert list(vars(WindowManager(65535))) == list(WINDOW_FIELDS)  # h2's shape, still
+    rng = random.Random(seed)
+    size = rng.choice([0, 1, 100, 65535, 2**31 - 1])
+    ours, theirs = WireWindow(size), WindowManager(size)
+    for _ in range(300):
+        method = rng.choice(["window_consumed", "window_opened", "process_bytes"])
+        amount = rng.choice([0, 1, 10, 1000, 40000, 70000, 2**31])
+        results = [outcome_of(partial(getattr(w, method), amount)) for w in (ours, theirs)]
+        assert results[0] == results[1], (method, amount)
+        assert window_state(ours) == window_state(theirs)
     with pytest.raises(AssertionError):  # h2's check on the size, kept
-        window_manager(2**31)
+        WireWindow(2**31)
 
 
 def test_closed_streams_are_remembered_and_dropped_as_h2_s_dict_does() -> None:
@@ -700,3 +740,159 @@ def test_a_bad_or_oversized_header_block_is_refused_by_both() -> None:
         server.decoder.max_header_list_size = 100
     pair.client.send_headers(1, [*REQUEST, (b"x-big", b"v" * 200)], end_stream=True)
     assert pair.feed(pair.client.data_to_send())[0] == "DenialOfServiceError"
+
+
+def quietly(fn: Callable[[], Any]) -> None:
+    """A client's move, or nothing where its own h2 refuses it."""
+    with contextlib.suppress(Exception):
+        fn()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_open_streams_are_counted_and_closed_ones_forgotten_as_h2_does(seed: int) -> None:
+    """Streams opened, pushed, ended, answered and reset in a random order: the open ones of
+    either parity counted alike at every step, the closed ones forgotten in the same order
+    (`same_state` compares `_closed_streams`, an ordered dict)."""
+    rng = random.Random(seed)
+    pair = Pair()
+    for server in pair.servers:
+        server.local_settings = Settings(client=False, initial_values={0x3: 8})
+    client = pair.client
+    next_id, pushed = 1, 2
+    for _ in range(200):
+        theirs, ours = pair.servers
+        live = sorted(  # open at both ends (the client's h2 fails on frames after its reset)
+            i
+            for i, s in ours.streams.items()
+            if not s.closed and i in client.streams and not client.streams[i].closed
+        )
+        action = rng.randrange(8) if live else 0
+        sid = rng.choice(live) if live else 0
+        if action in (2, 3) and sid % 2 == 0:
+            action = 0  # the client ends or resets only its own requests
+        if action <= 1 and ours.open_inbound_streams == 8:  # at the limit: none opened
+            action, sid = 5, rng.choice(live or [i for i, s in ours.streams.items() if s.open])
+        if action <= 1:  # a new request, ended or not
+            client.send_headers(next_id, REQUEST, end_stream=action == 0)
+            next_id += 2
+        elif action == 2:
+            quietly(partial(client.send_data, sid, b"", end_stream=True))
+        elif action == 3:
+            quietly(partial(client.reset_stream, sid, ErrorCodes.CANCEL))
+        elif action == 4 and not ours.streams[sid].state_machine.headers_sent:
+            pair.both("send_headers", sid, [(b":status", b"200")], end_stream=rng.random() < 0.7)
+        elif action == 4:
+            pair.both("send_headers", sid, [(b"x-trailer", b"1")], end_stream=True)
+        elif action == 5:
+            pair.both("reset_stream", sid, ErrorCodes.INTERNAL_ERROR)
+        elif action == 6 and sid in client.streams and client.streams[sid].open:
+            # a push: an even stream of ours, reserved then open
+            pushing = pair.both("push_stream", sid, pushed, [*REQUEST[:3], (b":authority", b"a")])
+            if pushing[0] == "ok":
+                pair.both("send_headers", pushed, [(b":status", b"200")])
+                pushed += 2
+        else:
+            if not ours.streams[sid].state_machine.headers_sent:
+                pair.both("send_headers", sid, [(b":status", b"200")])
+            pair.both("send_data", sid, b"x", end_stream=True)
+        result = pair.feed(client.data_to_send())
+        assert ours.state_machine.state != ConnectionState.CLOSED, result
+        quietly(partial(client.receive_data, pair.take()))
+        for remainder in (0, 1):
+            pair.both("_open_streams", remainder)
+        assert (
+            ours.open_inbound_streams
+            == theirs.open_inbound_streams
+            == sum(s.open and i % 2 == 1 for i, s in theirs.streams.items())
+        )
+        assert ours.open_outbound_streams == theirs.open_outbound_streams
+    assert next_id > 40  # streams of both kinds were made
+    assert pushed > 4
+    assert len(pair.servers[1]._closed_streams) >= 20  # ... closed, and forgotten
+
+
+def test_streams_taken_out_by_other_code_are_counted_by_h2_s_walk() -> None:
+    pair = Pair()
+    for sid in (1, 3, 5, 7):
+        pair.request(sid, end=False)
+    for server in pair.servers:
+        del server.streams[3]  # not h2's doing: the tally no longer knows the streams
+    assert pair.both("_open_streams", 1) == ("ok", 3)
+    pair.both("send_headers", 5, [(b":status", b"200")], end_stream=True)
+    pair.client.send_data(5, b"", end_stream=True)
+    pair.feed(pair.client.data_to_send())  # 5 closed: forgotten at the next count
+    assert pair.both("_open_streams", 1) == ("ok", 2)
+    pair.request(9)
+    assert pair.both("_open_streams", 1) == ("ok", 3)
+
+
+def test_a_stream_has_every_method_and_property_of_h2_s() -> None:
+    """h2's connection calls these on its streams: each is compiled, or h2's own run on
+    the compiled stream."""
+    for name, member in vars(H2Stream).items():
+        if callable(member) or isinstance(member, property):
+            assert hasattr(WireStream, name), name
+    pair = Pair()
+    pair.request(1, end=False)
+    theirs, ours = (s.streams[1] for s in pair.servers)
+    for name in ("open", "closed", "closed_by", "inbound_flow_control_window"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert repr(ours) == repr(theirs).replace("H2Stream", "WireStream")
+    # h2's own paths on the compiled stream: a body received, acknowledged, then a reset
+    pair.client.send_data(1, b"body")
+    pair.feed(pair.client.data_to_send())
+    pair.both("acknowledge_received_data", 4, 1)
+    pair.both("increment_flow_control_window", 100, stream_id=1)
+    pair.both("reset_stream", 1)
+    pair.take()
+    assert ours.closed
+    assert ours.closed_by == theirs.closed_by
+
+
+def test_streams_closed_out_of_order_are_forgotten_in_the_order_they_were_made() -> None:
+    pair = Pair()
+    for sid in (1, 3, 5, 7):
+        pair.request(sid)
+    for sid in (5, 1, 7, 3):  # answered newest first, mostly
+        pair.both("send_headers", sid, [(b":status", b"204")], end_stream=True)
+    pair.request(9)  # forgets them (`same_state` compares the ordered `_closed_streams`)
+    assert list(pair.servers[1]._closed_streams) == [1, 3, 5, 7]
+
+
+def test_a_request_s_events_are_built_as_h2_builds_them() -> None:
+    assert EVENTS_FAST  # this h2 still builds them as the fast path does
+    for sid in (1, 3, 2**31 - 1):
+        for ours, theirs in (
+            (request_received(sid), RequestReceived(stream_id=sid)),
+            (stream_ended(sid), StreamEnded(stream_id=sid)),
+        ):
+            assert type(ours) is type(theirs)
+            assert list(vars(ours).items()) == list(vars(theirs).items())
+            assert ours == theirs
+            assert repr(ours) == repr(theirs)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 9, 20])
+def test_a_whole_header_block_is_read_alike_when_split_over_reads_too_large_or_inside_another(
+    cut: int,
+) -> None:
+    """The plain HEADERS frame (`PlainHeaders`, not hyperframe's object) and h2's agree:
+    arriving in two reads, longer than the frame size allowed, or inside a held block."""
+    pair = Pair()
+    block = pair.client.encoder.encode(REQUEST)
+    data = HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+    pair.feed(data[:cut])
+    assert "RequestReceived" in " ".join(pair.feed(data[cut:])[1])
+    pair.take()
+    pair = Pair()
+    big = pair.client.encoder.encode([*REQUEST, (b"x-big", b"v" * 30000)])
+    too_large = HeadersFrame(1, big, flags=["END_HEADERS", "END_STREAM"]).serialize()
+    assert pair.feed(too_large[: 9 + cut])[0] == "ok"  # the header alone: not yet read
+    assert pair.feed(too_large[9 + cut :])[0] == "FrameTooLargeError"
+    pair.take()
+    pair = Pair()
+    held = HeadersFrame(1, block[:5], flags=["END_STREAM"]).serialize()
+    assert pair.feed(held + data.replace(b"\x00\x00\x00\x01", b"\x00\x00\x00\x03", 1)) == (
+        "ProtocolError",
+        "Invalid frame during header block.",
+    )
