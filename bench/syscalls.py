@@ -85,16 +85,9 @@ def measure(
         stderr=subprocess.DEVNULL,
     )
     text = b.run_wrk(
-        [
-            "taskset",
-            "-c",
-            str(b.LOAD_CORE),
-            "wrk",
-            "-t1",
-            "-c50",
-            f"-d{seconds}s",
-            f"http://127.0.0.1:{port}{path}",
-        ],
+        b.wrk_argv(
+            argparse.Namespace(threads=1, connections=50), f"http://127.0.0.1:{port}{path}", seconds
+        ),
         seconds,
     )
     perf.send_signal(2)

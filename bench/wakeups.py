@@ -74,16 +74,9 @@ def measure(proc: b.Proc, port: int, seconds: int, runs: Runs) -> None:
             stderr=subprocess.DEVNULL,
         )
     text = b.run_wrk(
-        [
-            "taskset",
-            "-c",
-            str(b.LOAD_CORE),
-            "wrk",
-            "-t1",
-            "-c50",
-            f"-d{seconds}s",
-            f"http://127.0.0.1:{port}/small",
-        ],
+        b.wrk_argv(
+            argparse.Namespace(threads=1, connections=50), f"http://127.0.0.1:{port}/small", seconds
+        ),
         seconds,
     )
     user1, kernel1 = b.tree_user_kernel_seconds(proc.pid)
