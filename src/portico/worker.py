@@ -823,7 +823,8 @@ class Worker:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL)
             now = self.loop.time()
             for pool in self.pools.values():
-                pool.close_idle(now - pool.settings.idle_timeout)
+                # pooled server connections unused for two sweeps rest, as client ones do
+                pool.close_idle(now - pool.settings.idle_timeout, now - 2 * IDLE_SWEEP_INTERVAL)
             for conn in self.context.connections:
                 if isinstance(conn, ClientConnection):
                     conn.rest()  # an idle HTTP/1 connection gives up its parser

@@ -112,13 +112,16 @@ class BackendState:
         self.idle.append(conn)
         return True
 
-    def close_idle(self, older_than: float) -> None:
-        """Close idle connections unused since before `older_than` (a loop time)."""
+    def close_idle(self, older_than: float, rest_before: float = 0.0) -> None:
+        """Close idle connections unused since before `older_than` (a loop time); those kept
+        and unused since before `rest_before` give up their parser (`UpstreamConnection.rest`)."""
         keep = []
         for conn in self.idle:
             if conn.idle_since < older_than or not conn.is_reusable():
                 conn.close()
             else:
+                if conn.idle_since < rest_before:
+                    conn.rest()
                 keep.append(conn)
         self.idle[:] = keep
 

@@ -596,6 +596,16 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
             self._arm_read()
 
+    def rest(self) -> None:
+        """Pooled and unused for a while: give up what only speeds up a busy connection's next
+        response, its head parser (llhttp's state with it) and the memo of its last head, as an
+        idle client connection gives up its parser; the next response makes them anew."""
+        if self._state == _IDLE:
+            self._head_parser = None
+            self._reader = None
+            self._memo = None
+            self._last_raw = b""
+
     def detach(self) -> None:
         """The exchange is over; the caller decides whether to pool or close. A connection
         paused for a slow client reads again: pooled paused, the next request sent on it would

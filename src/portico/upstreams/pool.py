@@ -286,9 +286,9 @@ class Pool:
         if self.queue:
             self.queue.popleft().dequeued()
 
-    def close_idle(self, older_than: float) -> None:
+    def close_idle(self, older_than: float, rest_before: float = 0.0) -> None:
         for backend in self.backends:
-            backend.close_idle(older_than)
+            backend.close_idle(older_than, rest_before)
 
     # -- run-time changes from the admin API ----------------------------------------------------
 

@@ -627,3 +627,35 @@ def test_a_repeated_head_with_bytes_beyond_its_response_unpools_the_connection()
     assert sink.events[-1] == ("end",)
     assert sink.heads[0].memo is not None
     assert not conn.is_reusable()
+
+
+def test_a_pooled_connection_unused_for_a_while_rests_and_reads_on_as_a_fresh_one() -> None:
+    """The worker's sweep rests pooled connections unused for two sweeps (`close_idle`'s
+    `rest_before`): they stay pooled, give up their head parser and head memo (what an idle
+    server connection holds beyond its socket), and read the next responses exactly as a
+    connection that never saw a head does; those used more recently keep theirs."""
+    now = [100.0]
+    backend = BackendState("a", "127.0.0.1", 9001, 1, max_idle=4, clock=lambda: now[0])
+    hide = frozenset({b"x-powered-by"})
+    resting, busy = _fresh(hide), _fresh(hide)
+    for conn in (resting, busy):
+        for method, reads in MEMO_STEPS[:2]:  # a head read twice: parser and memo made
+            _run(conn, method, reads)
+            conn.detach()
+        assert conn._head_parser is not None
+        assert conn._memo is not None
+    backend.put_idle(resting, 100.0)
+    backend.put_idle(busy, 101.5)
+    backend.close_idle(older_than=40.0, rest_before=101.0)
+    assert backend.idle == [resting, busy]  # both still pooled
+    assert resting._head_parser is None
+    assert resting._memo is None
+    assert busy._head_parser is not None
+    assert busy._memo is not None
+    fresh = _fresh(hide)
+    for method, reads in MEMO_STEPS:
+        got = _run(resting, method, reads)
+        assert got.events == _run(fresh, method, reads).events, (method, reads)
+        resting.detach()
+        fresh.detach()
+    assert resting.is_reusable()
